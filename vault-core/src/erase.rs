@@ -1,0 +1,314 @@
+//! Erasure (crypto-shredding) and the purge that makes it physical.
+//!
+//! 1. [`Vault::erase`] destroys the subject's wrapped DEK and its id → storage-id link
+//!    in one synced batch that also records the erasure (by storage id, with a time)
+//!    and queues the purge. Its cost does not depend on the subject's record count.
+//!    The cached DEK is dropped before it returns; from then on every token of the
+//!    subject answers [`Error::Erased`].
+//! 2. The purge replaces each record with a stub, deletes the index entries, then has
+//!    the storage layer flush, compact to the bottom level and verify on the directory
+//!    that no file older than the purge survives (see `Store::purge_files`).
+//! 3. Only after the verification passed is the erasure marked purged.
+
+use std::fmt;
+use std::sync::PoisonError;
+use std::time::Duration;
+
+use crate::codec::{decode, encode};
+use crate::error::Error;
+use crate::options::PurgePolicy;
+use crate::records::{RECORD_FORMAT, StoredRecord};
+use crate::store::Cf;
+use crate::subjects::{KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, SubjectEntry, dek_counter};
+use crate::vault::{Inner, Vault};
+
+const ERASURE_FORMAT: u8 = 1;
+const QUEUE_FORMAT: u8 = 1;
+/// Records stubbed per write batch during a purge.
+const PURGE_CHUNK: usize = 10_000;
+/// How long a purge waits for pinned files (an export's iterator) to be released.
+const PURGE_VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `erasures` column family: sid → this. No personal data.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ErasureEntry {
+    erased_at: u64,
+    records: u64,
+    purged_at: Option<u64>,
+}
+
+/// A reference to one subject instance that says nothing about who it is: the hex
+/// form of its random storage id. Once the subject is erased and purged, nothing in
+/// the vault links it to the subject id.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubjectRef(pub(crate) Sid);
+
+impl SubjectRef {
+    /// Parses the hex form.
+    pub fn parse(text: &str) -> Option<SubjectRef> {
+        if text.len() != 32 {
+            return None;
+        }
+        let mut sid = [0u8; 16];
+        for (i, byte) in sid.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(SubjectRef(sid))
+    }
+}
+
+impl fmt::Display for SubjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl fmt::Debug for SubjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SubjectRef({self})")
+    }
+}
+
+/// Where the physical removal of an erased subject's bytes stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PurgeState {
+    /// The subject's key and ciphertexts are gone from every live file of the vault.
+    Done {
+        /// When the purge was verified, in milliseconds since the Unix epoch.
+        at: u64,
+    },
+    /// The key is destroyed; the bytes are scheduled for removal.
+    Pending {
+        /// The purge deadline, in milliseconds since the Unix epoch.
+        due_by: u64,
+    },
+    /// There was nothing to erase: no subject with this id exists.
+    NotNeeded,
+}
+
+/// What [`Vault::erase`] did. Carries no personal data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErasureReceipt {
+    /// The erased subject instance, or `None` when no subject had this id.
+    pub subject_ref: Option<SubjectRef>,
+    /// When the key was destroyed, in milliseconds since the Unix epoch.
+    pub erased_at: u64,
+    /// How many records were shredded with it.
+    pub records: u64,
+    /// Whether the bytes have been purged from disk yet.
+    pub purge: PurgeState,
+}
+
+/// An erasure whose purge has not completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingPurge {
+    /// The erased subject instance.
+    pub subject_ref: SubjectRef,
+    /// The purge deadline, in milliseconds since the Unix epoch.
+    pub due_by: u64,
+}
+
+/// What a purge run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PurgeReport {
+    /// Erased subjects whose bytes this run removed.
+    pub subjects: usize,
+    /// Records stubbed.
+    pub records: u64,
+    /// Whether the file check passed; if not, the erasures stay pending and the purge
+    /// is retried.
+    pub verified: bool,
+}
+
+impl Vault {
+    /// Erases a subject: destroys its key (crypto-shredding) and returns a receipt.
+    ///
+    /// Every token of the subject answers [`Error::Erased`] from the moment this
+    /// returns. Its bytes are purged from disk now or within the configured delay
+    /// ([`PurgePolicy`]). Erasing an id with no subject is not an error: the receipt
+    /// says [`PurgeState::NotNeeded`]. The id can be used again afterwards; it then
+    /// names a new subject with a new key.
+    pub fn erase(&self, subject: &str) -> Result<ErasureReceipt, Error> {
+        let inner = &*self.inner;
+        inner.opts.limits.check_subject(subject)?;
+        let hash = inner.index.subject_hash(subject);
+        let now = inner.now();
+        let (sid, records, due_by) = {
+            let _stripe = inner.stripes.lock(&hash);
+            let _keys = inner.key_writes.read().unwrap_or_else(PoisonError::into_inner);
+            let Some(bytes) = inner.store.get(Cf::Subjects, &hash)? else {
+                return Ok(ErasureReceipt {
+                    subject_ref: None,
+                    erased_at: now,
+                    records: 0,
+                    purge: PurgeState::NotNeeded,
+                });
+            };
+            let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
+            let sid = entry.sid;
+            let mut batch = inner.store.batch();
+            if let Some(key) = inner.store.get(Cf::Keys, &sid)? {
+                let key: KeyEntry = decode(KEY_FORMAT, &key)?;
+                batch.add(&dek_counter(key.kek_version), -1);
+            }
+            batch.delete(Cf::Subjects, &hash);
+            batch.delete(Cf::Keys, &sid);
+            let erasure = ErasureEntry {
+                erased_at: now,
+                records: entry.records,
+                purged_at: None,
+            };
+            batch.put(Cf::Erasures, &sid, &encode(ERASURE_FORMAT, &erasure));
+            let due_by = match inner.opts.purge {
+                PurgePolicy::Immediate => now,
+                PurgePolicy::Within(delay) => now.saturating_add(delay.as_millis() as u64),
+            };
+            batch.put(Cf::PurgeQueue, &sid, &encode(QUEUE_FORMAT, &due_by));
+            inner.store.write(batch)?;
+            inner.cache.remove(&sid);
+            (sid, entry.records, due_by)
+        };
+        let purge = match inner.opts.purge {
+            PurgePolicy::Immediate if inner.purge_pending()?.verified => PurgeState::Done { at: inner.now() },
+            _ => PurgeState::Pending { due_by },
+        };
+        Ok(ErasureReceipt {
+            subject_ref: Some(SubjectRef(sid)),
+            erased_at: now,
+            records,
+            purge,
+        })
+    }
+
+    /// Purges every pending erasure now, whatever its deadline.
+    pub fn purge_now(&self) -> Result<PurgeReport, Error> {
+        self.inner.purge_pending()
+    }
+
+    /// Purges the pending erasures if any is due (the background worker calls this);
+    /// all pending ones share the run.
+    pub fn purge_due(&self) -> Result<PurgeReport, Error> {
+        self.inner.purge_due()
+    }
+
+    /// Erasures whose bytes have not been purged yet.
+    pub fn pending_purges(&self) -> Result<Vec<PendingPurge>, Error> {
+        self.inner.pending()
+    }
+
+    /// The receipt of an earlier erasure, by its subject reference.
+    pub fn erasure_receipt(&self, subject_ref: &SubjectRef) -> Result<Option<ErasureReceipt>, Error> {
+        let inner = &*self.inner;
+        let Some(bytes) = inner.store.get(Cf::Erasures, &subject_ref.0)? else {
+            return Ok(None);
+        };
+        let entry: ErasureEntry = decode(ERASURE_FORMAT, &bytes)?;
+        let purge = match entry.purged_at {
+            Some(at) => PurgeState::Done { at },
+            None => match inner.store.get(Cf::PurgeQueue, &subject_ref.0)? {
+                Some(due) => PurgeState::Pending {
+                    due_by: decode(QUEUE_FORMAT, &due)?,
+                },
+                None => PurgeState::Pending { due_by: entry.erased_at },
+            },
+        };
+        Ok(Some(ErasureReceipt {
+            subject_ref: Some(subject_ref.clone()),
+            erased_at: entry.erased_at,
+            records: entry.records,
+            purge,
+        }))
+    }
+}
+
+impl Inner {
+    pub(crate) fn pending(&self) -> Result<Vec<PendingPurge>, Error> {
+        let mut out = Vec::new();
+        self.store.scan_prefix(Cf::PurgeQueue, &[], |k, v| {
+            let sid: Sid = k.try_into().map_err(|_| Error::Integrity)?;
+            out.push(PendingPurge {
+                subject_ref: SubjectRef(sid),
+                due_by: decode(QUEUE_FORMAT, v)?,
+            });
+            Ok(true)
+        })?;
+        Ok(out)
+    }
+
+    pub(crate) fn purge_due(&self) -> Result<PurgeReport, Error> {
+        let now = self.now();
+        if self.pending()?.iter().any(|p| p.due_by <= now) {
+            self.purge_pending()
+        } else {
+            Ok(PurgeReport {
+                verified: true,
+                ..PurgeReport::default()
+            })
+        }
+    }
+
+    /// Purges every queued erasure in one run (one flush and compaction for all).
+    pub(crate) fn purge_pending(&self) -> Result<PurgeReport, Error> {
+        let _purge = self.purge_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let pending = self.pending()?;
+        if pending.is_empty() {
+            return Ok(PurgeReport {
+                verified: true,
+                ..PurgeReport::default()
+            });
+        }
+        let mut records = 0u64;
+        for p in &pending {
+            let sid = p.subject_ref.0;
+            let mut ids = Vec::new();
+            self.store.scan_prefix(Cf::Index, &sid, |k, _| {
+                ids.push(k.to_vec());
+                Ok(true)
+            })?;
+            let stub = encode(RECORD_FORMAT, &StoredRecord::Shredded);
+            for chunk in ids.chunks(PURGE_CHUNK) {
+                let mut batch = self.store.batch();
+                for key in chunk {
+                    batch.put(Cf::Records, &key[16..], &stub);
+                    batch.delete(Cf::Index, key);
+                }
+                self.store.write(batch)?;
+            }
+            records += ids.len() as u64;
+        }
+        let verified = self.store.purge_files(PURGE_VERIFY_TIMEOUT)?;
+        if verified {
+            let now = self.now();
+            let mut batch = self.store.batch();
+            for p in &pending {
+                let sid = p.subject_ref.0;
+                batch.delete(Cf::PurgeQueue, &sid);
+                if let Some(bytes) = self.store.get(Cf::Erasures, &sid)? {
+                    let mut entry: ErasureEntry = decode(ERASURE_FORMAT, &bytes)?;
+                    entry.purged_at = Some(now);
+                    batch.put(Cf::Erasures, &sid, &encode(ERASURE_FORMAT, &entry));
+                }
+            }
+            self.store.write(batch)?;
+        }
+        Ok(PurgeReport {
+            subjects: pending.len(),
+            records,
+            verified,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_ref_round_trips() {
+        let r = SubjectRef([0xa5; 16]);
+        assert_eq!(SubjectRef::parse(&r.to_string()), Some(r));
+        assert_eq!(SubjectRef::parse("zz"), None);
+        assert_eq!(SubjectRef::parse(&"g".repeat(32)), None);
+    }
+}

@@ -1,0 +1,82 @@
+//! Export (GDPR Art. 15 and 20): every record of one subject, read through the
+//! subject's index prefix and a multi-get of its records, never a scan of others.
+
+use crate::codec::decode;
+use crate::error::Error;
+use crate::erase::SubjectRef;
+use crate::records::{ExportedRecord, Plaintext, RECORD_FORMAT, StoredRecord, record_aad};
+use crate::store::Cf;
+use crate::subjects::{SUBJECT_FORMAT, SubjectEntry};
+use crate::token::{Token, TokenId};
+use crate::vault::Vault;
+
+/// Everything the vault holds about one subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectExport {
+    /// The subject instance, or `None` when the vault holds nothing under this id.
+    pub subject_ref: Option<SubjectRef>,
+    /// When the export was made, in milliseconds since the Unix epoch.
+    pub exported_at: u64,
+    /// The subject's records, in token order.
+    pub records: Vec<ExportedRecord>,
+}
+
+impl Vault {
+    /// Exports every record of `subject`. A subject the vault does not know (never
+    /// stored, or erased) exports as empty.
+    pub fn export(&self, subject: &str) -> Result<SubjectExport, Error> {
+        let inner = &*self.inner;
+        inner.opts.limits.check_subject(subject)?;
+        let hash = inner.index.subject_hash(subject);
+        let exported_at = inner.now();
+        let Some(bytes) = inner.store.get(Cf::Subjects, &hash)? else {
+            return Ok(SubjectExport {
+                subject_ref: None,
+                exported_at,
+                records: Vec::new(),
+            });
+        };
+        let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
+        let sid = entry.sid;
+        let mut ids: Vec<TokenId> = Vec::with_capacity(entry.records as usize);
+        inner.store.scan_prefix(Cf::Index, &sid, |key, _| {
+            ids.push(key[16..].try_into().map_err(|_| Error::Integrity)?);
+            Ok(true)
+        })?;
+        // Erased between the two reads: the subject is gone.
+        let dek = inner.dek(&sid)?.ok_or(Error::Erased)?;
+        let stored = inner.store.multi_get(Cf::Records, &ids)?;
+        let mut records = Vec::with_capacity(ids.len());
+        for (id, value) in ids.iter().zip(stored) {
+            // Deleted between the index scan and the read: not part of the export.
+            let Some(value) = value else { continue };
+            match decode(RECORD_FORMAT, &value)? {
+                StoredRecord::Live {
+                    sid: record_sid,
+                    field,
+                    created_at,
+                    sealed,
+                } => {
+                    if record_sid != sid {
+                        return Err(Error::Integrity);
+                    }
+                    let plain = dek
+                        .aead
+                        .open(&record_aad(&inner.vault_id, &sid, id, &field, created_at), &sealed)?;
+                    records.push(ExportedRecord {
+                        token: Token::new(*id, &inner.index.token_tag_key),
+                        field,
+                        value: Plaintext::new(plain),
+                        created_at,
+                    });
+                }
+                StoredRecord::Shredded => return Err(Error::Erased),
+            }
+        }
+        Ok(SubjectExport {
+            subject_ref: Some(SubjectRef(sid)),
+            exported_at,
+            records,
+        })
+    }
+}

@@ -1,0 +1,332 @@
+//! Options for opening a vault, with their documented defaults, and the clock.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Argument, Error, InputError, Problem};
+
+/// How an acknowledged write is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Every write syncs the write-ahead log before it returns; concurrent writers
+    /// share syncs (group commit). An acknowledged write survives a crash of the
+    /// process and of the machine. The default.
+    #[default]
+    Synced,
+    /// Writes return once they are in the write-ahead log's OS buffer: they survive a
+    /// crash of the process but not of the machine. Never the default.
+    Relaxed,
+}
+
+/// When the bytes of an erased subject are purged from the vault's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PurgePolicy {
+    /// Purge inside [`Vault::erase`](crate::Vault::erase), before it returns. Each
+    /// erasure then pays a flush and a full compaction of the subject data.
+    Immediate,
+    /// Batch erasures: a background worker purges every pending erasure no later than
+    /// this delay after the oldest one. Many erasures share one compaction.
+    Within(Duration),
+}
+
+impl Default for PurgePolicy {
+    /// Batched, within 15 minutes.
+    fn default() -> Self {
+        PurgePolicy::Within(Duration::from_secs(15 * 60))
+    }
+}
+
+/// Size limits on what callers may store. Inputs over a limit are rejected with an
+/// [`InputError`] before anything is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest subject id, in bytes. Default 256.
+    pub max_subject_len: usize,
+    /// Longest field name, in bytes. Default 64.
+    pub max_field_len: usize,
+    /// Largest value, in bytes. Default 64 KiB.
+    pub max_value_len: usize,
+    /// Most items in one batch call. Default 10 000.
+    pub max_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_subject_len: 256,
+            max_field_len: 64,
+            max_value_len: 64 * 1024,
+            max_batch: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    pub(crate) fn check_subject(&self, subject: &str) -> Result<(), InputError> {
+        check_len(Argument::Subject, subject.len(), self.max_subject_len)?;
+        if subject.chars().any(char::is_control) {
+            return Err(InputError::new(Argument::Subject, Problem::BadCharacter));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_field(&self, field: &str) -> Result<(), InputError> {
+        check_len(Argument::Field, field.len(), self.max_field_len)?;
+        let ok = field
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !ok {
+            return Err(InputError::new(Argument::Field, Problem::BadCharacter));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_value(&self, value: &[u8]) -> Result<(), InputError> {
+        check_len(Argument::Value, value.len(), self.max_value_len)
+    }
+
+    pub(crate) fn check_batch(&self, len: usize) -> Result<(), InputError> {
+        check_len(Argument::Batch, len, self.max_batch)
+    }
+}
+
+fn check_len(argument: Argument, len: usize, limit: usize) -> Result<(), InputError> {
+    if len == 0 {
+        Err(InputError::new(argument, Problem::Empty))
+    } else if len > limit {
+        Err(InputError::new(argument, Problem::TooLong { limit }))
+    } else {
+        Ok(())
+    }
+}
+
+/// Argon2id cost parameters for a passphrase root key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory in KiB. Default 65 536 (64 MiB, RFC 9106's second recommendation).
+    pub memory_kib: u32,
+    /// Passes. Default 3.
+    pub iterations: u32,
+    /// Lanes. Default 1 (one thread).
+    pub parallelism: u32,
+}
+
+impl Default for KdfParams {
+    fn default() -> Self {
+        KdfParams {
+            memory_kib: 64 * 1024,
+            iterations: 3,
+            parallelism: 1,
+        }
+    }
+}
+
+impl KdfParams {
+    /// The OWASP minimum (19 MiB, 2 passes, 1 lane); lower settings are refused.
+    pub const MINIMUM: KdfParams = KdfParams {
+        memory_kib: 19 * 1024,
+        iterations: 2,
+        parallelism: 1,
+    };
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.memory_kib < Self::MINIMUM.memory_kib || self.iterations < Self::MINIMUM.iterations
+        {
+            return Err(Error::InvalidOption(
+                "Argon2id parameters below the OWASP minimum (19 MiB, 2 passes)",
+            ));
+        }
+        if self.parallelism == 0 || self.parallelism > 16 || self.memory_kib > 4 * 1024 * 1024 {
+            return Err(Error::InvalidOption("Argon2id parameters out of range"));
+        }
+        Ok(())
+    }
+}
+
+/// The source of "now" for timestamps and purge deadlines, in milliseconds since the
+/// Unix epoch. Injectable so that tests need no sleeping.
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Milliseconds since 1970-01-01T00:00:00Z.
+    fn now_millis(&self) -> u64;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_millis(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// Options for [`Vault::open`](crate::Vault::open). Every field has a documented
+/// default; build with [`VaultOptions::default`] and the setters.
+#[derive(Debug, Clone)]
+pub struct VaultOptions {
+    pub(crate) create_if_missing: bool,
+    pub(crate) durability: Durability,
+    pub(crate) purge: PurgePolicy,
+    pub(crate) limits: Limits,
+    pub(crate) kdf: KdfParams,
+    pub(crate) dek_cache_capacity: usize,
+    pub(crate) compression: bool,
+    pub(crate) background_worker: bool,
+    pub(crate) rotation_batch: usize,
+    pub(crate) statistics: bool,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl Default for VaultOptions {
+    fn default() -> Self {
+        VaultOptions {
+            create_if_missing: true,
+            durability: Durability::default(),
+            purge: PurgePolicy::default(),
+            limits: Limits::default(),
+            kdf: KdfParams::default(),
+            dek_cache_capacity: 100_000,
+            compression: true,
+            background_worker: true,
+            rotation_batch: 1_000,
+            statistics: false,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl VaultOptions {
+    /// Create a new vault when the directory is missing or empty. Default `true`.
+    pub fn create_if_missing(mut self, yes: bool) -> Self {
+        self.create_if_missing = yes;
+        self
+    }
+
+    /// Durability of acknowledged writes. Default [`Durability::Synced`].
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// When erased subjects are purged from disk. Default: within 15 minutes.
+    pub fn purge_policy(mut self, policy: PurgePolicy) -> Self {
+        self.purge = policy;
+        self
+    }
+
+    /// Input size limits. Default [`Limits::default`].
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Argon2id parameters used when a vault is created, or its passphrase changed.
+    /// Default [`KdfParams::default`]; below [`KdfParams::MINIMUM`] is refused.
+    pub fn kdf_params(mut self, params: KdfParams) -> Self {
+        self.kdf = params;
+        self
+    }
+
+    /// How many unwrapped subject keys are kept in memory. Default 100 000.
+    pub fn dek_cache_capacity(mut self, capacity: usize) -> Self {
+        self.dek_cache_capacity = capacity;
+        self
+    }
+
+    /// LZ4-compress stored files. Default `true`. Tests that scan files for plaintext
+    /// turn it off, or the scan would prove nothing.
+    pub fn compression(mut self, yes: bool) -> Self {
+        self.compression = yes;
+        self
+    }
+
+    /// Run a background thread that purges due erasures and resumes an interrupted
+    /// key rotation. Default `true`. Without it, call [`Vault::purge_due`](crate::Vault::purge_due)
+    /// and [`Vault::resume_kek_rotation`](crate::Vault::resume_kek_rotation) yourself.
+    pub fn background_worker(mut self, yes: bool) -> Self {
+        self.background_worker = yes;
+        self
+    }
+
+    /// Subject keys rewrapped per checkpointed batch of a KEK rotation. Default 1 000.
+    pub fn rotation_batch(mut self, size: usize) -> Self {
+        self.rotation_batch = size;
+        self
+    }
+
+    /// Collect storage-engine statistics, read with
+    /// [`Vault::storage_counters`](crate::Vault::storage_counters). Default `false`
+    /// (they cost a few percent).
+    pub fn statistics(mut self, yes: bool) -> Self {
+        self.statistics = yes;
+        self
+    }
+
+    /// The clock used for timestamps and purge deadlines. Default [`SystemClock`].
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.dek_cache_capacity == 0 {
+            return Err(Error::InvalidOption("the DEK cache capacity must be at least 1"));
+        }
+        if self.rotation_batch == 0 {
+            return Err(Error::InvalidOption("the rotation batch must be at least 1"));
+        }
+        let l = &self.limits;
+        if l.max_subject_len == 0 || l.max_field_len == 0 || l.max_value_len == 0 || l.max_batch == 0
+        {
+            return Err(Error::InvalidOption("limits must be at least 1"));
+        }
+        if l.max_field_len > 1024 || l.max_subject_len > 4096 || l.max_value_len > 16 << 20 {
+            return Err(Error::InvalidOption(
+                "limits above 1 KiB (field), 4 KiB (subject) or 16 MiB (value)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_reject_without_content() {
+        let l = Limits::default();
+        assert_eq!(l.check_subject("").unwrap_err().problem, Problem::Empty);
+        let long = "x".repeat(257);
+        let err = l.check_subject(&long).unwrap_err();
+        assert_eq!(err.problem, Problem::TooLong { limit: 256 });
+        assert!(!err.to_string().contains("xxx"));
+        assert_eq!(l.check_subject("a\u{0}b").unwrap_err().problem, Problem::BadCharacter);
+        assert!(l.check_subject("alice@example.com").is_ok());
+        assert!(l.check_field("email").is_ok());
+        assert!(l.check_field("e mail").is_err());
+        assert!(l.check_field("émail").is_err());
+        assert!(l.check_value(b"").is_err());
+        assert!(l.check_value(&vec![1; 64 * 1024]).is_ok());
+        assert!(l.check_value(&vec![1; 64 * 1024 + 1]).is_err());
+        assert!(l.check_batch(0).is_err());
+        assert!(l.check_batch(10_001).is_err());
+    }
+
+    #[test]
+    fn kdf_minimum_enforced() {
+        assert!(KdfParams::MINIMUM.validate().is_ok());
+        assert!(KdfParams::default().validate().is_ok());
+        let weak = KdfParams {
+            memory_kib: 1024,
+            ..KdfParams::MINIMUM
+        };
+        assert!(weak.validate().is_err());
+    }
+}

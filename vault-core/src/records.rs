@@ -1,0 +1,115 @@
+//! Records: one value of one subject, stored under its token id and sealed with the
+//! subject's DEK. The AAD binds the ciphertext to the vault, the subject's storage id,
+//! the token id, the field name and the creation time, so a ciphertext copied onto another record does
+//! not decrypt.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::crypto::{aad, domain};
+use crate::subjects::Sid;
+use crate::token::{Token, TokenId};
+
+pub(crate) const RECORD_FORMAT: u8 = 1;
+
+/// `records` column family: token id → this.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum StoredRecord {
+    /// A record whose subject still exists (or is erased but not yet purged).
+    Live {
+        sid: Sid,
+        field: String,
+        created_at: u64,
+        /// `nonce || ciphertext || tag` under the subject's DEK.
+        sealed: Vec<u8>,
+    },
+    /// What a purge leaves of an erased subject's record: nothing but the fact that
+    /// the token once existed, so that it keeps answering *erased*.
+    Shredded,
+}
+
+pub(crate) fn record_aad(vault_id: &[u8; 16], sid: &Sid, id: &TokenId, field: &str, created_at: u64) -> Vec<u8> {
+    aad(
+        domain::RECORD,
+        &[vault_id, sid, id, field.as_bytes(), &created_at.to_le_bytes()],
+    )
+}
+
+/// The `index` key of a record: sid || token id.
+pub(crate) fn index_key(sid: &Sid, id: &TokenId) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(sid);
+    key[16..].copy_from_slice(id);
+    key
+}
+
+/// A decrypted value. Wiped on drop; its `Debug` shows only the length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Plaintext(Zeroizing<Vec<u8>>);
+
+impl Plaintext {
+    pub(crate) fn new(bytes: Zeroizing<Vec<u8>>) -> Plaintext {
+        Plaintext(bytes)
+    }
+
+    /// The value's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The value as UTF-8 text, if it is.
+    pub fn as_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+
+    /// The bytes, still in a wiping container.
+    pub fn into_bytes(self) -> Zeroizing<Vec<u8>> {
+        self.0
+    }
+}
+
+impl fmt::Debug for Plaintext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Plaintext([REDACTED; {} bytes])", self.0.len())
+    }
+}
+
+/// A record turned back into its value by [`Vault::detokenize`](crate::Vault::detokenize).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detokenized {
+    /// The field name given at tokenization.
+    pub field: String,
+    /// The value.
+    pub value: Plaintext,
+    /// When the record was created, in milliseconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+/// One record of a [`SubjectExport`](crate::SubjectExport).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportedRecord {
+    /// The record's token.
+    pub token: Token,
+    /// The field name.
+    pub field: String,
+    /// The value.
+    pub value: Plaintext,
+    /// When the record was created, in milliseconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_debug_is_redacted() {
+        let p = Plaintext::new(Zeroizing::new(b"alice@example.com".to_vec()));
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("alice"));
+        assert!(shown.contains("17 bytes"));
+        assert_eq!(p.as_str(), Some("alice@example.com"));
+    }
+}

@@ -1,0 +1,183 @@
+//! Key management: KEK rotation, root-key change and key status.
+//!
+//! Rotation makes a new KEK version active at once (new subjects get it immediately),
+//! then rewraps every DEK in checkpointed batches: each batch's rewrapped keys, the
+//! per-version counters and the cursor are one atomic write, so a crash loses at most
+//! the batch in flight and the rotation resumes after the cursor. "A rotation is in
+//! progress" is simply "the keyring holds more than one version". Old versions are
+//! destroyed (removed from the keyring, which is rewritten atomically) only after a
+//! full pass found no DEK left under them.
+
+use std::sync::PoisonError;
+
+use crate::codec::{decode, encode};
+use crate::error::Error;
+use crate::keys::{KdfRecord, RootKey, RootSecret};
+use crate::store::{Cf, decode_i64};
+use crate::subjects::{KEY_FORMAT, KeyEntry, Sid, dek_counter};
+use crate::vault::{Inner, Vault};
+
+const ROTATION_CURSOR: &[u8] = b"rotation/cursor";
+
+/// One KEK version and the DEKs it wraps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KekVersionStatus {
+    /// The version number.
+    pub version: u32,
+    /// Whether new subject keys are wrapped with it.
+    pub active: bool,
+    /// How many subject keys it wraps.
+    pub deks: u64,
+}
+
+/// The state of the vault's keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyStatus {
+    /// The version new subject keys are wrapped with.
+    pub active_version: u32,
+    /// Every KEK version that still exists.
+    pub versions: Vec<KekVersionStatus>,
+    /// Whether a rotation is under way (more than one version exists).
+    pub rotation_in_progress: bool,
+    /// Erasures whose bytes are not purged yet.
+    pub pending_purges: usize,
+}
+
+impl Vault {
+    /// Starts a KEK rotation: a new version is active when this returns. Rewrapping
+    /// is done by [`resume_kek_rotation`](Self::resume_kek_rotation) (or the background
+    /// worker). If a rotation is already under way this only reports its status.
+    pub fn start_kek_rotation(&self) -> Result<KeyStatus, Error> {
+        let inner = &*self.inner;
+        {
+            let _keys = inner.key_writes.write().unwrap_or_else(PoisonError::into_inner);
+            let ring = inner.ring();
+            if ring.versions().count() == 1 {
+                // A cursor left by a rotation that finished just before a crash.
+                let mut batch = inner.store.batch();
+                batch.delete(Cf::Meta, ROTATION_CURSOR);
+                inner.store.write(batch)?;
+                let mut next = ring.duplicate()?;
+                next.add_active()?;
+                inner.persist_ring(next)?;
+            }
+        }
+        self.key_status()
+    }
+
+    /// Rewraps DEKs batch by batch until the rotation is complete, then destroys the
+    /// old versions. Returns at once when no rotation is under way.
+    pub fn resume_kek_rotation(&self) -> Result<KeyStatus, Error> {
+        while self.inner.rotation_step()? {}
+        self.key_status()
+    }
+
+    /// Starts a rotation and runs it to completion.
+    pub fn rotate_kek(&self) -> Result<KeyStatus, Error> {
+        self.start_kek_rotation()?;
+        self.resume_kek_rotation()
+    }
+
+    /// Runs one checkpointed batch of the rotation in progress; `false` when there
+    /// is nothing (left) to do.
+    pub fn kek_rotation_step(&self) -> Result<bool, Error> {
+        self.inner.rotation_step()
+    }
+
+    /// Versions, DEKs per version, rotation and purge progress.
+    pub fn key_status(&self) -> Result<KeyStatus, Error> {
+        let inner = &*self.inner;
+        let ring = inner.ring();
+        let mut versions = Vec::new();
+        for version in ring.versions() {
+            let deks = inner
+                .store
+                .get(Cf::Counters, &dek_counter(version))?
+                .map(|v| decode_i64(&v).max(0) as u64)
+                .unwrap_or(0);
+            versions.push(KekVersionStatus {
+                version,
+                active: version == ring.active(),
+                deks,
+            });
+        }
+        Ok(KeyStatus {
+            active_version: ring.active(),
+            rotation_in_progress: versions.len() > 1,
+            versions,
+            pending_purges: inner.pending()?.len(),
+        })
+    }
+
+    /// Replaces the root key (a new passphrase or key): the keyring is resealed and
+    /// the header rewritten atomically. O(1): no subject key is touched.
+    pub fn change_root_key(&self, new_root: &RootKey) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let _keys = inner.key_writes.write().unwrap_or_else(PoisonError::into_inner);
+        let kdf = KdfRecord::for_key(new_root, &inner.opts.kdf)?;
+        let secret = RootSecret::derive(new_root, &kdf)?;
+        let ring = inner.ring();
+        let mut state = inner.header.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut header = state.header.clone();
+        header.kdf = kdf;
+        header.commitment = secret.commitment(&inner.vault_id);
+        header.keyring = secret.seal_keyring(&inner.vault_id, &ring)?;
+        header.write(&inner.dir)?;
+        state.header = header;
+        state.root = secret;
+        Ok(())
+    }
+}
+
+impl Inner {
+    pub(crate) fn rotation_in_progress(&self) -> bool {
+        self.ring().versions().count() > 1
+    }
+
+    pub(crate) fn rotation_step(&self) -> Result<bool, Error> {
+        let _keys = self.key_writes.write().unwrap_or_else(PoisonError::into_inner);
+        let ring = self.ring();
+        if ring.versions().count() <= 1 {
+            return Ok(false);
+        }
+        let target = ring.active();
+        let cursor = self.store.get(Cf::Meta, ROTATION_CURSOR)?;
+        let page = self
+            .store
+            .scan_after(Cf::Keys, cursor.as_deref(), self.opts.rotation_batch)?;
+        let mut batch = self.store.batch();
+        for (sid, value) in &page {
+            let sid: Sid = sid.as_slice().try_into().map_err(|_| Error::Integrity)?;
+            let mut entry: KeyEntry = decode(KEY_FORMAT, value)?;
+            if entry.kek_version == target {
+                continue;
+            }
+            let dek = ring.unwrap_dek(entry.kek_version, &self.vault_id, &sid, &entry.wrapped)?;
+            let (version, wrapped) = ring.wrap_dek_with(target, &self.vault_id, &sid, &dek)?;
+            batch.add(&dek_counter(entry.kek_version), -1);
+            batch.add(&dek_counter(version), 1);
+            entry.kek_version = version;
+            entry.wrapped = wrapped;
+            batch.put(Cf::Keys, &sid, &encode(KEY_FORMAT, &entry));
+        }
+        if let Some((last, _)) = page.last() {
+            batch.put(Cf::Meta, ROTATION_CURSOR, last);
+        }
+        self.store.write(batch)?;
+        if page.len() == self.opts.rotation_batch {
+            return Ok(true);
+        }
+        // A full pass is done, and no DEK under an old version can have been written
+        // meanwhile (new subjects use the active version; writers hold `key_writes`).
+        let mut next = ring.duplicate()?;
+        let retired = next.retain_active_only();
+        self.persist_ring(next)?;
+        let mut batch = self.store.batch();
+        batch.delete(Cf::Meta, ROTATION_CURSOR);
+        for version in retired {
+            batch.delete(Cf::Counters, &dek_counter(version));
+        }
+        self.store.write(batch)?;
+        Ok(false)
+    }
+}

@@ -1,0 +1,469 @@
+//! The storage layer: RocksDB behind a narrow interface (get, multi-get, atomic batch,
+//! prefix scan, range scan, physical purge). Nothing above this module names a
+//! RocksDB type, so a second backend can replace it.
+//!
+//! One column family per kind of thing. Every multi-key change is one [`Batch`]. The
+//! write options follow the vault's [`Durability`]: synced by default, which RocksDB
+//! turns into group commit when writers are concurrent.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rocksdb::{
+    BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
+    CompactOptions, DB, DBCompressionType, Direction, FlushOptions, IteratorMode, MergeOperands,
+    Options, ReadOptions, WaitForCompactOptions, WriteBatch, WriteOptions,
+};
+
+use crate::error::Error;
+use crate::options::Durability;
+
+/// The column families. Keys and values of each are described beside the variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Cf {
+    /// Vault-wide state: the rotation cursor.
+    Meta,
+    /// subject hash (32) → subject entry (storage id, counts).
+    Subjects,
+    /// storage id (16) → wrapped DEK.
+    Keys,
+    /// token id (16) → record (live, or a stub once its subject is purged).
+    Records,
+    /// storage id (16) || token id (16) → empty: a subject's records, by prefix.
+    Index,
+    /// storage id (16) → erasure entry (time, records, purge time). No personal data.
+    Erasures,
+    /// storage id (16) → purge deadline: erasures whose bytes are still on disk.
+    PurgeQueue,
+    /// counter name → i64, merged by addition (DEKs per KEK version).
+    Counters,
+}
+
+impl Cf {
+    pub(crate) const ALL: [Cf; 8] = [
+        Cf::Meta,
+        Cf::Subjects,
+        Cf::Keys,
+        Cf::Records,
+        Cf::Index,
+        Cf::Erasures,
+        Cf::PurgeQueue,
+        Cf::Counters,
+    ];
+
+    /// The column families that hold a subject's key or data, and so are compacted by a purge.
+    pub(crate) const SUBJECT_DATA: [Cf; 4] = [Cf::Subjects, Cf::Keys, Cf::Records, Cf::Index];
+
+    fn name(self) -> &'static str {
+        match self {
+            Cf::Meta => "meta",
+            Cf::Subjects => "subjects",
+            Cf::Keys => "keys",
+            Cf::Records => "records",
+            Cf::Index => "index",
+            Cf::Erasures => "erasures",
+            Cf::PurgeQueue => "purge_queue",
+            Cf::Counters => "counters",
+        }
+    }
+}
+
+/// Storage-engine counters, for tests and monitoring: how much work an operation did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageCounters {
+    /// Keys read by point lookups (get and multi-get).
+    pub keys_read: u64,
+    /// Keys written (puts, deletes and merges).
+    pub keys_written: u64,
+    /// Iterator seeks.
+    pub seeks: u64,
+    /// Iterator steps.
+    pub iterator_steps: u64,
+}
+
+/// Storage options taken from the vault's options.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoreOptions {
+    pub durability: Durability,
+    pub compression: bool,
+    pub statistics: bool,
+}
+
+pub(crate) struct Store {
+    db: DB,
+    opts: Options,
+    write: WriteOptions,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+fn add_i64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
+    let mut total = existing.map(decode_i64).unwrap_or(0);
+    for op in operands {
+        total = total.wrapping_add(decode_i64(op));
+    }
+    Some(total.to_le_bytes().to_vec())
+}
+
+pub(crate) fn decode_i64(bytes: &[u8]) -> i64 {
+    bytes
+        .try_into()
+        .map(i64::from_le_bytes)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens the database in `dir`; creates it (and its column families) if `create`.
+    pub(crate) fn open(dir: &Path, create: bool, so: StoreOptions) -> Result<Store, Error> {
+        let mut opts = Options::default();
+        opts.create_if_missing(create);
+        opts.create_missing_column_families(create);
+        // Erasure depends on these: no recycled or archived WALs (ERASURE.md).
+        opts.set_recycle_log_file_num(0);
+        opts.set_wal_ttl_seconds(0);
+        opts.set_wal_size_limit_mb(0);
+        // Start a new MANIFEST often, so old file boundaries (subject hashes) do not linger.
+        opts.set_max_manifest_file_size(1 << 20);
+        opts.set_keep_log_file_num(4);
+        opts.set_max_background_jobs(2);
+        opts.set_bytes_per_sync(1 << 20);
+        if so.statistics {
+            opts.enable_statistics();
+        }
+        let cache = Cache::new_lru_cache(64 << 20);
+        let compression = if so.compression {
+            DBCompressionType::Lz4
+        } else {
+            DBCompressionType::None
+        };
+        let cfs = Cf::ALL.iter().map(|&cf| {
+            let mut o = Options::default();
+            o.set_compression_type(compression);
+            o.set_bottommost_compression_type(compression);
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&cache);
+            table.set_bloom_filter(10.0, false);
+            table.set_cache_index_and_filter_blocks(true);
+            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            o.set_block_based_table_factory(&table);
+            if cf == Cf::Counters {
+                o.set_merge_operator_associative("add_i64", add_i64);
+            }
+            ColumnFamilyDescriptor::new(cf.name(), o)
+        });
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        let mut write = WriteOptions::default();
+        write.set_sync(so.durability == Durability::Synced);
+        Ok(Store {
+            db,
+            opts,
+            write,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn cf(&self, cf: Cf) -> &ColumnFamily {
+        // Every column family in `Cf::ALL` is opened (or the open fails), so the handle exists.
+        self.db
+            .cf_handle(cf.name())
+            .expect("column family opened with the database")
+    }
+
+    pub(crate) fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.db.get_pinned_cf(self.cf(cf), key)?.map(|v| v.to_vec()))
+    }
+
+    pub(crate) fn multi_get<K: AsRef<[u8]>>(&self, cf: Cf, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        let handle = self.cf(cf);
+        self.db
+            .batched_multi_get_cf(handle, keys.iter().map(AsRef::as_ref), false)
+            .into_iter()
+            .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(Error::from))
+            .collect()
+    }
+
+    pub(crate) fn batch(&self) -> Batch<'_> {
+        Batch {
+            store: self,
+            inner: WriteBatch::default(),
+        }
+    }
+
+    pub(crate) fn write(&self, batch: Batch<'_>) -> Result<(), Error> {
+        Ok(self.db.write_opt(batch.inner, &self.write)?)
+    }
+
+    /// Calls `f` on every key/value whose key starts with `prefix`, in key order,
+    /// stopping when `f` returns `false`. Reads only that prefix's keys.
+    pub(crate) fn scan_prefix(&self, cf: Cf, prefix: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, Error>) -> Result<(), Error> {
+        let mut ro = ReadOptions::default();
+        if let Some(upper) = prefix_upper_bound(prefix) {
+            ro.set_iterate_upper_bound(upper);
+        }
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
+        it.seek(prefix);
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+            if !k.starts_with(prefix) || !f(k, v)? {
+                break;
+            }
+            it.next();
+        }
+        Ok(it.status()?)
+    }
+
+    /// Up to `limit` key/values with keys strictly after `after` (from the start if `None`).
+    pub(crate) fn scan_after(&self, cf: Cf, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+        let mode = match after {
+            Some(k) => IteratorMode::From(k, Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(cf), mode) {
+            let (k, v) = item?;
+            if after.is_some_and(|a| a == &*k) {
+                continue;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn counters(&self) -> StorageCounters {
+        use rocksdb::statistics::Ticker;
+        let t = |ticker| self.opts.get_ticker_count(ticker);
+        StorageCounters {
+            keys_read: t(Ticker::NumberKeysRead) + t(Ticker::NumberMultigetKeysRead),
+            keys_written: t(Ticker::NumberKeysWritten),
+            seeks: t(Ticker::NumberDbSeek),
+            iterator_steps: t(Ticker::NumberDbNext) + t(Ticker::NumberDbPrev),
+        }
+    }
+
+    /// Syncs the write-ahead log (for [`Durability::Relaxed`] callers that want a barrier).
+    pub(crate) fn sync_wal(&self) -> Result<(), Error> {
+        Ok(self.db.flush_wal(true)?)
+    }
+
+    /// Removes deleted and overwritten bytes of the subject-data column families from
+    /// every file (ERASURE.md, "a purge that works"): flush every column family so no
+    /// WAL holding old writes stays alive, compact the subject-data families to the
+    /// bottom level over their whole range (no bounds, so none reach the info LOG),
+    /// wait for background work, then verify on the directory itself that no file
+    /// older than the purge remains for those families and no older WAL exists.
+    ///
+    /// Must be called after the deletes/overwrites were written. Returns whether the
+    /// verification passed within `timeout` (an open iterator elsewhere can pin an
+    /// old file for a while; the caller retries later).
+    pub(crate) fn purge_files(&self, timeout: Duration) -> Result<bool, Error> {
+        let before = self.max_file_number()?;
+        let handles: Vec<&ColumnFamily> = Cf::ALL.iter().map(|&cf| self.cf(cf)).collect();
+        let mut fo = FlushOptions::default();
+        fo.set_wait(true);
+        self.db.flush_cfs_opt(&handles, &fo)?;
+        self.db.flush_wal(true)?;
+
+        let mut co = CompactOptions::default();
+        co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        co.set_exclusive_manual_compaction(true);
+        for cf in Cf::SUBJECT_DATA {
+            self.db
+                .compact_range_cf_opt(self.cf(cf), None::<&[u8]>, None::<&[u8]>, &co);
+        }
+        let mut wo = WaitForCompactOptions::default();
+        wo.set_flush(true);
+        self.db.wait_for_compact(&wo)?;
+
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.old_files_gone(before)? {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// True when no live file of a subject-data family, no table file on disk at all,
+    /// and no WAL is numbered `before` or lower.
+    fn old_files_gone(&self, before: u64) -> Result<bool, Error> {
+        let subject_cfs: HashSet<&str> = Cf::SUBJECT_DATA.iter().map(|c| c.name()).collect();
+        let mut live = HashSet::new();
+        for file in self.db.live_files()? {
+            let number = file_number(&file.name).unwrap_or(0);
+            if subject_cfs.contains(file.column_family_name.as_str()) && number <= before {
+                return Ok(false);
+            }
+            live.insert(number);
+        }
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(number) = file_number(&name) {
+                let obsolete_table = name.ends_with(".sst") && !live.contains(&number);
+                let old_wal = name.ends_with(".log") && number <= before;
+                if obsolete_table || old_wal {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn max_file_number(&self) -> Result<u64, Error> {
+        let mut max = 0;
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
+            if let Some(n) = file_number(&entry.file_name().to_string_lossy()) {
+                max = max.max(n);
+            }
+        }
+        Ok(max)
+    }
+}
+
+/// The number in a RocksDB table or WAL file name (`/000123.sst`, `000124.log`).
+fn file_number(name: &str) -> Option<u64> {
+    let name = name.rsplit('/').next()?;
+    let stem = name.strip_suffix(".sst").or_else(|| name.strip_suffix(".log"))?;
+    stem.parse().ok()
+}
+
+/// The smallest key greater than every key with this prefix, if one exists.
+fn prefix_upper_bound(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut upper = prefix.to_vec();
+    while let Some(last) = upper.pop() {
+        if last < u8::MAX {
+            upper.push(last + 1);
+            return Some(upper);
+        }
+    }
+    None
+}
+
+/// An atomic group of writes.
+pub(crate) struct Batch<'a> {
+    store: &'a Store,
+    inner: WriteBatch,
+}
+
+impl Batch<'_> {
+    pub(crate) fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        self.inner.put_cf(self.store.cf(cf), key, value);
+    }
+
+    pub(crate) fn delete(&mut self, cf: Cf, key: &[u8]) {
+        self.inner.delete_cf(self.store.cf(cf), key);
+    }
+
+    /// Adds `delta` to the counter `key` of [`Cf::Counters`].
+    pub(crate) fn add(&mut self, key: &[u8], delta: i64) {
+        self.inner
+            .merge_cf(self.store.cf(Cf::Counters), key, delta.to_le_bytes());
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.inner.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Result<Store, Error> {
+        Store::open(
+            dir,
+            true,
+            StoreOptions {
+                durability: Durability::Synced,
+                compression: false,
+                statistics: true,
+            },
+        )
+    }
+
+    #[test]
+    fn prefix_scan_reads_only_the_prefix() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = open(dir.path())?;
+        let mut b = store.batch();
+        for p in 0u8..4 {
+            for i in 0u8..10 {
+                b.put(Cf::Index, &[p, i], b"");
+            }
+        }
+        b.put(Cf::Index, &[0xff, 0xff], b"");
+        store.write(b)?;
+        let before = store.counters();
+        let mut seen = Vec::new();
+        store.scan_prefix(Cf::Index, &[2], |k, _| {
+            seen.push(k.to_vec());
+            Ok(true)
+        })?;
+        assert_eq!(seen.len(), 10);
+        assert!(seen.iter().all(|k| k[0] == 2));
+        let after = store.counters();
+        assert!(after.iterator_steps - before.iterator_steps <= 10);
+        let mut top = 0;
+        store.scan_prefix(Cf::Index, &[0xff], |_, _| {
+            top += 1;
+            Ok(true)
+        })?;
+        assert_eq!(top, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn counters_merge_by_addition() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = open(dir.path())?;
+        let mut b = store.batch();
+        b.add(b"c", 5);
+        b.add(b"c", -2);
+        store.write(b)?;
+        let mut b = store.batch();
+        b.add(b"c", 10);
+        store.write(b)?;
+        assert_eq!(store.get(Cf::Counters, b"c")?.map(|v| decode_i64(&v)), Some(13));
+        Ok(())
+    }
+
+    #[test]
+    fn scan_after_pages() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = open(dir.path())?;
+        let mut b = store.batch();
+        for i in 0u8..5 {
+            b.put(Cf::Keys, &[i], &[i]);
+        }
+        store.write(b)?;
+        let page = store.scan_after(Cf::Keys, None, 2)?;
+        assert_eq!(page.iter().map(|(k, _)| k[0]).collect::<Vec<_>>(), vec![0, 1]);
+        let page = store.scan_after(Cf::Keys, Some(&[1]), 10)?;
+        assert_eq!(page.iter().map(|(k, _)| k[0]).collect::<Vec<_>>(), vec![2, 3, 4]);
+        Ok(())
+    }
+
+    #[test]
+    fn upper_bounds() {
+        assert_eq!(prefix_upper_bound(&[1, 2]), Some(vec![1, 3]));
+        assert_eq!(prefix_upper_bound(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_upper_bound(&[0xff]), None);
+        assert_eq!(file_number("/000123.sst"), Some(123));
+        assert_eq!(file_number("000124.log"), Some(124));
+        assert_eq!(file_number("MANIFEST-000005"), None);
+    }
+}

@@ -1,0 +1,215 @@
+//! Subjects and their keys: the stored subject entry and wrapped DEK, the unwrapped
+//! DEK, the bounded DEK cache, and the striped per-subject write locks.
+//!
+//! A subject id is stored only as its keyed hash. Each subject *instance* gets a
+//! random 16-byte storage id (`sid`): its key, records and index entries live under
+//! the sid, and erasure deletes the hash → sid link, so a subject id used again after
+//! an erasure is a new subject with a new key and nothing links it to the old one.
+
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use lru::LruCache;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{Aead256, Key, label};
+use crate::error::Error;
+use crate::token::TokenId;
+
+/// A subject instance's random storage id.
+pub(crate) type Sid = [u8; 16];
+/// A subject id's keyed hash.
+pub(crate) type SubjectHash = [u8; 32];
+
+pub(crate) const SUBJECT_FORMAT: u8 = 1;
+pub(crate) const KEY_FORMAT: u8 = 1;
+
+/// `subjects` column family: subject hash → this.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct SubjectEntry {
+    pub sid: Sid,
+    pub created_at: u64,
+    /// Live records, kept so that erasure can report them without counting (O(1)).
+    pub records: u64,
+}
+
+/// `keys` column family: sid → this. The DEK sealed under KEK `kek_version`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct KeyEntry {
+    pub subject_hash: SubjectHash,
+    pub kek_version: u32,
+    pub wrapped: Vec<u8>,
+}
+
+/// The counter of DEKs wrapped by one KEK version.
+pub(crate) fn dek_counter(version: u32) -> Vec<u8> {
+    let mut key = b"deks/".to_vec();
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+/// An unwrapped subject key, ready to use; wiped when the last holder drops it.
+pub(crate) struct Dek {
+    pub aead: Aead256,
+    deterministic: Key,
+    pub subject_hash: SubjectHash,
+}
+
+impl Dek {
+    pub(crate) fn new(key: &Key, subject_hash: SubjectHash) -> Dek {
+        Dek {
+            aead: key.aead(),
+            deterministic: key.derive(label::DETERMINISTIC_TOKEN),
+            subject_hash,
+        }
+    }
+
+    /// The deterministic token id of (field, value) for this subject.
+    pub(crate) fn deterministic_id(&self, field: &str, value: &[u8]) -> TokenId {
+        let mac = self.deterministic.mac_parts(&[field.as_bytes(), value]);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&mac[..16]);
+        id
+    }
+}
+
+impl std::fmt::Debug for Dek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dek([REDACTED])")
+    }
+}
+
+const SHARDS: usize = 16;
+
+/// A bounded, sharded LRU cache of unwrapped DEKs by sid. Evicted entries are wiped
+/// once no call still uses them. A miss loads *while holding the shard lock*, so an
+/// erasure's [`remove`](DekCache::remove) (after its write) cannot be overtaken by a
+/// load that read the key before the write.
+pub(crate) struct DekCache {
+    shards: Vec<Mutex<LruCache<Sid, Arc<Dek>>>>,
+}
+
+impl std::fmt::Debug for DekCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DekCache").finish_non_exhaustive()
+    }
+}
+
+impl DekCache {
+    pub(crate) fn new(capacity: usize) -> DekCache {
+        let per_shard = NonZeroUsize::new(capacity.div_ceil(SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
+        DekCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(LruCache::new(per_shard))).collect(),
+        }
+    }
+
+    fn shard(&self, sid: &Sid) -> MutexGuard<'_, LruCache<Sid, Arc<Dek>>> {
+        self.shards[usize::from(sid[0]) % SHARDS]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cached DEK, or the result of `load` (cached when `Some`).
+    pub(crate) fn get_or_load(&self, sid: &Sid, load: impl FnOnce() -> Result<Option<Dek>, Error>) -> Result<Option<Arc<Dek>>, Error> {
+        let mut shard = self.shard(sid);
+        if let Some(dek) = shard.get(sid) {
+            return Ok(Some(dek.clone()));
+        }
+        let Some(dek) = load()? else { return Ok(None) };
+        let dek = Arc::new(dek);
+        shard.put(*sid, dek.clone());
+        Ok(Some(dek))
+    }
+
+    pub(crate) fn insert(&self, sid: Sid, dek: Arc<Dek>) {
+        self.shard(&sid).put(sid, dek);
+    }
+
+    pub(crate) fn remove(&self, sid: &Sid) {
+        self.shard(sid).pop(sid);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+}
+
+const STRIPES: usize = 1024;
+
+/// Per-subject write serialisation: tokenize, rectify, delete and erase of one subject
+/// take its stripe, so an erasure and a write of the same subject are ordered. Reads
+/// take no lock.
+pub(crate) struct Stripes {
+    locks: Vec<Mutex<()>>,
+}
+
+impl std::fmt::Debug for Stripes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Stripes")
+    }
+}
+
+impl Stripes {
+    pub(crate) fn new() -> Stripes {
+        Stripes {
+            locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    fn index(hash: &SubjectHash) -> usize {
+        usize::from(u16::from_le_bytes([hash[0], hash[1]])) % STRIPES
+    }
+
+    pub(crate) fn lock(&self, hash: &SubjectHash) -> MutexGuard<'_, ()> {
+        self.locks[Self::index(hash)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Locks the stripes of all `hashes`, in stripe order so that batches cannot deadlock.
+    pub(crate) fn lock_all<'a>(&'a self, hashes: impl Iterator<Item = &'a SubjectHash>) -> Vec<MutexGuard<'a, ()>> {
+        let mut indices: Vec<usize> = hashes.map(Self::index).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        indices
+            .into_iter()
+            .map(|i| self.locks[i].lock().unwrap_or_else(PoisonError::into_inner))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_is_bounded_and_removal_sticks() -> Result<(), Error> {
+        let cache = DekCache::new(32);
+        for i in 0..=255u8 {
+            let key = Key::random()?;
+            cache.insert([i; 16], Arc::new(Dek::new(&key, [0; 32])));
+        }
+        assert!(cache.len() <= 32, "{}", cache.len());
+        let key = Key::random()?;
+        let loaded = cache.get_or_load(&[1; 16], || Ok(Some(Dek::new(&key, [1; 32]))))?;
+        assert!(loaded.is_some());
+        cache.remove(&[1; 16]);
+        let again = cache.get_or_load(&[1; 16], || Ok(None))?;
+        assert!(again.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn deterministic_ids_depend_on_key_field_and_value() -> Result<(), Error> {
+        let a = Dek::new(&Key::random()?, [0; 32]);
+        let b = Dek::new(&Key::random()?, [0; 32]);
+        assert_eq!(a.deterministic_id("email", b"x"), a.deterministic_id("email", b"x"));
+        assert_ne!(a.deterministic_id("email", b"x"), b.deterministic_id("email", b"x"));
+        assert_ne!(a.deterministic_id("email", b"x"), a.deterministic_id("phone", b"x"));
+        assert_ne!(a.deterministic_id("emai", b"lx"), a.deterministic_id("email", b"x"));
+        Ok(())
+    }
+}

@@ -1,0 +1,187 @@
+//! Tokens: what the rest of the company stores instead of personal data.
+//!
+//! A token is 128 random bits (or, for deterministic tokens, 128 bits derived from the
+//! subject's key) followed by a 32-bit tag keyed by the vault, in a fixed-length text
+//! form: `tok_` and 32 lowercase base32 characters. The tag lets the vault reject
+//! typos and other vaults' tokens without a lookup; the token says nothing about the
+//! subject or the value.
+
+use std::fmt;
+use std::str::FromStr;
+
+use subtle::ConstantTimeEq;
+
+use crate::crypto::Key;
+use crate::error::Error;
+
+/// Bytes of the random (or derived) identifier, the storage key of a record.
+pub(crate) const ID_LEN: usize = 16;
+const TAG_LEN: usize = 4;
+const RAW_LEN: usize = ID_LEN + TAG_LEN;
+const PREFIX: &str = "tok_";
+/// Length of a token's text form.
+pub const TOKEN_TEXT_LEN: usize = PREFIX.len() + RAW_LEN * 8 / 5;
+const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+/// The identifier part of a token: the record's storage key.
+pub(crate) type TokenId = [u8; ID_LEN];
+
+/// An opaque token, as issued by [`Vault::tokenize`](crate::Vault::tokenize).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Token {
+    raw: [u8; RAW_LEN],
+}
+
+impl Token {
+    pub(crate) fn new(id: TokenId, tag_key: &Key) -> Token {
+        let mut raw = [0u8; RAW_LEN];
+        raw[..ID_LEN].copy_from_slice(&id);
+        raw[ID_LEN..].copy_from_slice(&tag(&id, tag_key));
+        Token { raw }
+    }
+
+    /// Checks the vault tag: a well-formed token from another vault is refused here.
+    pub(crate) fn verify(&self, tag_key: &Key) -> Result<TokenId, Error> {
+        let id = self.id();
+        let expected = tag(&id, tag_key);
+        if bool::from(expected.ct_eq(&self.raw[ID_LEN..])) {
+            Ok(id)
+        } else {
+            Err(Error::InvalidToken)
+        }
+    }
+
+    pub(crate) fn id(&self) -> TokenId {
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(&self.raw[..ID_LEN]);
+        id
+    }
+
+    /// The text form.
+    pub fn as_string(&self) -> String {
+        self.to_string()
+    }
+}
+
+fn tag(id: &TokenId, tag_key: &Key) -> [u8; TAG_LEN] {
+    let mac = tag_key.mac(id);
+    let mut out = [0u8; TAG_LEN];
+    out.copy_from_slice(&mac[..TAG_LEN]);
+    out
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = [0u8; TOKEN_TEXT_LEN];
+        text[..PREFIX.len()].copy_from_slice(PREFIX.as_bytes());
+        // 20 bytes = 160 bits = exactly 32 groups of 5 bits.
+        let mut acc: u64 = 0;
+        let mut bits = 0;
+        let mut pos = PREFIX.len();
+        for &b in &self.raw {
+            acc = (acc << 8) | u64::from(b);
+            bits += 8;
+            while bits >= 5 {
+                bits -= 5;
+                text[pos] = ALPHABET[((acc >> bits) & 31) as usize];
+                pos += 1;
+            }
+        }
+        // Every byte written is ASCII from PREFIX or ALPHABET.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token({self})")
+    }
+}
+
+impl FromStr for Token {
+    type Err = Error;
+
+    /// Parses the text form. This checks the shape only; the vault checks the tag.
+    fn from_str(s: &str) -> Result<Token, Error> {
+        let body = s.strip_prefix(PREFIX).ok_or(Error::InvalidToken)?;
+        if s.len() != TOKEN_TEXT_LEN {
+            return Err(Error::InvalidToken);
+        }
+        let mut raw = [0u8; RAW_LEN];
+        let mut acc: u64 = 0;
+        let mut bits = 0;
+        let mut pos = 0;
+        for c in body.bytes() {
+            let v = match c {
+                b'a'..=b'z' => c - b'a',
+                b'2'..=b'7' => c - b'2' + 26,
+                _ => return Err(Error::InvalidToken),
+            };
+            acc = (acc << 5) | u64::from(v);
+            bits += 5;
+            if bits >= 8 {
+                bits -= 8;
+                raw[pos] = (acc >> bits) as u8;
+                pos += 1;
+            }
+        }
+        Ok(Token { raw })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(b: u8) -> Key {
+        Key::fill_with(|k| *k = [b; 32])
+    }
+
+    #[test]
+    fn text_form_is_fixed_length_and_round_trips() -> Result<(), Error> {
+        let k = key(1);
+        let t = Token::new([0xab; ID_LEN], &k);
+        let s = t.to_string();
+        assert_eq!(s.len(), TOKEN_TEXT_LEN);
+        assert_eq!(TOKEN_TEXT_LEN, 36);
+        assert!(s.starts_with("tok_"));
+        let back: Token = s.parse()?;
+        assert_eq!(back, t);
+        assert_eq!(back.verify(&k)?, [0xab; ID_LEN]);
+        Ok(())
+    }
+
+    #[test]
+    fn foreign_and_malformed_tokens_are_refused() {
+        let t = Token::new([7; ID_LEN], &key(1));
+        assert!(matches!(t.verify(&key(2)), Err(Error::InvalidToken)));
+        for bad in [
+            "",
+            "tok_",
+            "tok_aaaa",
+            "xyz_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "tok_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "tok_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa1",
+            "tok_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "tok_ééééééééééééééé",
+        ] {
+            assert!(bad.parse::<Token>().is_err(), "{bad:?}");
+        }
+        // One changed character breaks the tag.
+        let mut s = t.to_string().into_bytes();
+        s[10] = if s[10] == b'a' { b'b' } else { b'a' };
+        let changed: Token = String::from_utf8(s).expect("ascii").parse().expect("shape");
+        assert!(changed.verify(&key(1)).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(id in proptest::array::uniform16(any::<u8>())) {
+            let k = key(3);
+            let t = Token::new(id, &k);
+            let parsed: Token = t.to_string().parse().expect("parse");
+            prop_assert_eq!(parsed.verify(&k).expect("tag"), id);
+        }
+    }
+}

@@ -1,0 +1,538 @@
+//! The vault: opening and creating, tokenize, detokenize, rectify and delete.
+//! Erasure, export and key management are in their own modules as further
+//! `impl Vault` blocks.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use crate::codec::{decode, encode};
+use crate::crypto::{Key, random_bytes};
+use crate::error::Error;
+use crate::header::{Header, sync_dir};
+use crate::keys::{IndexKeys, KdfRecord, Keyring, RootKey, RootSecret};
+use crate::options::VaultOptions;
+use crate::records::{Detokenized, Plaintext, RECORD_FORMAT, StoredRecord, index_key, record_aad};
+use crate::store::{Cf, Store, StorageCounters, StoreOptions};
+use crate::subjects::{
+    Dek, DekCache, KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, Stripes, SubjectEntry, SubjectHash,
+    dek_counter,
+};
+use crate::token::{Token, TokenId};
+use crate::worker::Worker;
+
+/// One value to tokenize, for [`Vault::tokenize_batch`].
+#[derive(Clone, Copy)]
+pub struct TokenizeRequest<'a> {
+    /// The data subject the value belongs to (e.g. a customer id).
+    pub subject: &'a str,
+    /// The field name, e.g. `email` (ASCII letters, digits, `_`, `-`, `.`).
+    pub field: &'a str,
+    /// The value.
+    pub value: &'a [u8],
+    /// Issue the deterministic token of (subject, field, value) instead of a random one.
+    pub deterministic: bool,
+}
+
+impl<'a> TokenizeRequest<'a> {
+    /// A request for a random token.
+    pub fn new(subject: &'a str, field: &'a str, value: &'a [u8]) -> Self {
+        TokenizeRequest {
+            subject,
+            field,
+            value,
+            deterministic: false,
+        }
+    }
+
+    /// Asks for the deterministic token instead.
+    pub fn deterministic(mut self) -> Self {
+        self.deterministic = true;
+        self
+    }
+}
+
+impl std::fmt::Debug for TokenizeRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenizeRequest")
+            .field("field", &self.field)
+            .field("deterministic", &self.deterministic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The header and the root secret that seals the keyring in it.
+pub(crate) struct HeaderState {
+    pub header: Header,
+    pub root: RootSecret,
+}
+
+/// Shared state of an open vault; the background worker holds it too.
+pub(crate) struct Inner {
+    pub dir: PathBuf,
+    pub vault_id: [u8; 16],
+    pub store: Store,
+    pub opts: VaultOptions,
+    pub index: IndexKeys,
+    /// The current keyring. Readers clone the `Arc` and let go at once.
+    ring: RwLock<Arc<Keyring>>,
+    /// Taken (shared) by every write of the `keys` column family and exclusively by
+    /// key rotation, so a rotation batch never races an erasure or a new subject.
+    pub key_writes: RwLock<()>,
+    pub header: Mutex<HeaderState>,
+    pub cache: DekCache,
+    pub stripes: Stripes,
+    pub purge_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+/// An open vault. `Send + Sync`: share it through an `Arc`. Closing (drop or
+/// [`Vault::close`]) stops the background worker and closes the storage.
+#[derive(Debug)]
+pub struct Vault {
+    pub(crate) inner: Arc<Inner>,
+    worker: Option<Worker>,
+}
+
+impl Vault {
+    /// Opens the vault in `dir`, creating it when the directory is missing or empty
+    /// (unless [`VaultOptions::create_if_missing`] is off).
+    ///
+    /// A directory that holds something else, a vault of a newer format, or a wrong
+    /// root key is refused before the storage engine opens: nothing is decrypted and
+    /// nothing on disk changes.
+    pub fn open(dir: impl AsRef<Path>, root: &RootKey, opts: VaultOptions) -> Result<Vault, Error> {
+        opts.validate()?;
+        let dir = dir.as_ref();
+        let (header, secret, ring) = if is_missing_or_empty(dir)? {
+            if !opts.create_if_missing {
+                return Err(Error::NoVault { path: dir.into() });
+            }
+            create_header(dir, root, &opts)?
+        } else {
+            let header = Header::read(dir)?;
+            let secret = RootSecret::derive(root, &header.kdf)?;
+            secret.check(&header.vault_id, &header.commitment)?;
+            let ring = secret.open_keyring(&header.vault_id, &header.keyring)?;
+            (header, secret, ring)
+        };
+        // A header without a database is a creation that stopped half-way: finish it.
+        let create = !dir.join("CURRENT").exists();
+        let store = Store::open(
+            dir,
+            create,
+            StoreOptions {
+                durability: opts.durability,
+                compression: opts.compression,
+                statistics: opts.statistics,
+            },
+        )?;
+        let inner = Arc::new(Inner {
+            dir: dir.to_path_buf(),
+            vault_id: header.vault_id,
+            store,
+            index: ring.index_keys(),
+            ring: RwLock::new(Arc::new(ring)),
+            key_writes: RwLock::new(()),
+            header: Mutex::new(HeaderState {
+                header,
+                root: secret,
+            }),
+            cache: DekCache::new(opts.dek_cache_capacity),
+            stripes: Stripes::new(),
+            purge_lock: Mutex::new(()),
+            opts,
+        });
+        let worker = inner
+            .opts
+            .background_worker
+            .then(|| Worker::start(inner.clone()))
+            .transpose()?;
+        Ok(Vault { inner, worker })
+    }
+
+    /// Stops the background worker, syncs the write-ahead log and closes the vault.
+    pub fn close(mut self) -> Result<(), Error> {
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+        self.inner.store.sync_wal()
+    }
+
+    /// Tokenizes one value with a random token.
+    pub fn tokenize(&self, subject: &str, field: &str, value: impl AsRef<[u8]>) -> Result<Token, Error> {
+        let request = TokenizeRequest::new(subject, field, value.as_ref());
+        Ok(self.single(self.tokenize_batch(&[request])?))
+    }
+
+    /// Tokenizes one value with its deterministic token: the same (subject, field,
+    /// value) always gives the same token, derived from the subject's key, so it
+    /// cannot be recomputed once the subject is erased.
+    pub fn tokenize_deterministic(&self, subject: &str, field: &str, value: impl AsRef<[u8]>) -> Result<Token, Error> {
+        let request = TokenizeRequest::new(subject, field, value.as_ref()).deterministic();
+        Ok(self.single(self.tokenize_batch(&[request])?))
+    }
+
+    fn single(&self, mut tokens: Vec<Token>) -> Token {
+        // tokenize_batch returns exactly one token per request, and we sent one.
+        tokens.pop().expect("one token per request")
+    }
+
+    /// Tokenizes many values in one atomic write: either every value is stored and a
+    /// token returned for each (in order), or nothing is stored. An invalid item fails
+    /// the whole call with an [`InputError`] naming its index.
+    pub fn tokenize_batch(&self, items: &[TokenizeRequest<'_>]) -> Result<Vec<Token>, Error> {
+        let inner = &*self.inner;
+        let limits = &inner.opts.limits;
+        limits.check_batch(items.len())?;
+        for (i, item) in items.iter().enumerate() {
+            limits.check_subject(item.subject).map_err(|e| e.at(i))?;
+            limits.check_field(item.field).map_err(|e| e.at(i))?;
+            limits.check_value(item.value).map_err(|e| e.at(i))?;
+        }
+        let hashes: Vec<SubjectHash> = items.iter().map(|it| inner.index.subject_hash(it.subject)).collect();
+        let _stripes = inner.stripes.lock_all(hashes.iter());
+        let _keys = inner.key_writes.read().unwrap_or_else(PoisonError::into_inner);
+        let ring = inner.ring();
+        let now = inner.now();
+
+        let mut distinct: Vec<SubjectHash> = Vec::new();
+        let mut seen = HashSet::new();
+        for h in &hashes {
+            if seen.insert(*h) {
+                distinct.push(*h);
+            }
+        }
+        let found = inner.store.multi_get(Cf::Subjects, &distinct)?;
+        let mut batch = inner.store.batch();
+        let mut subjects: HashMap<SubjectHash, (SubjectEntry, Arc<Dek>)> = HashMap::new();
+        let mut new_deks = Vec::new();
+        for (h, found) in distinct.iter().zip(found) {
+            let (entry, dek) = match found {
+                Some(bytes) => {
+                    let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
+                    // A subject entry without its key is damage, not an erasure
+                    // (erasure removes both in one batch).
+                    let dek = inner.dek_with(&ring, &entry.sid)?.ok_or(Error::Integrity)?;
+                    (entry, dek)
+                }
+                None => {
+                    let sid: Sid = random_bytes()?;
+                    let key = Key::random()?;
+                    let (version, wrapped) = ring.wrap_dek(&inner.vault_id, &sid, &key)?;
+                    let entry = KeyEntry {
+                        subject_hash: *h,
+                        kek_version: version,
+                        wrapped,
+                    };
+                    batch.put(Cf::Keys, &sid, &encode(KEY_FORMAT, &entry));
+                    batch.add(&dek_counter(version), 1);
+                    let dek = Arc::new(Dek::new(&key, *h));
+                    new_deks.push((sid, dek.clone()));
+                    let entry = SubjectEntry {
+                        sid,
+                        created_at: now,
+                        records: 0,
+                    };
+                    (entry, dek)
+                }
+            };
+            subjects.insert(*h, (entry, dek));
+        }
+
+        let mut tokens = Vec::with_capacity(items.len());
+        let mut issued: HashSet<TokenId> = HashSet::new();
+        let mut changed: HashSet<SubjectHash> = HashSet::new();
+        for (item, h) in items.iter().zip(&hashes) {
+            let Some((entry, dek)) = subjects.get_mut(h) else {
+                return Err(Error::Integrity);
+            };
+            let id: TokenId = if item.deterministic {
+                let id = dek.deterministic_id(item.field, item.value);
+                if issued.contains(&id) || inner.store.get(Cf::Records, &id)?.is_some() {
+                    tokens.push(Token::new(id, &inner.index.token_tag_key));
+                    continue;
+                }
+                id
+            } else {
+                random_bytes()?
+            };
+            issued.insert(id);
+            let sealed = dek
+                .aead
+                .seal(&record_aad(&inner.vault_id, &entry.sid, &id, item.field, now), item.value)?;
+            let record = StoredRecord::Live {
+                sid: entry.sid,
+                field: item.field.to_owned(),
+                created_at: now,
+                sealed,
+            };
+            batch.put(Cf::Records, &id, &encode(RECORD_FORMAT, &record));
+            batch.put(Cf::Index, &index_key(&entry.sid, &id), b"");
+            entry.records += 1;
+            changed.insert(*h);
+            tokens.push(Token::new(id, &inner.index.token_tag_key));
+        }
+        for h in &changed {
+            let (entry, _) = &subjects[h];
+            batch.put(Cf::Subjects, h, &encode(SUBJECT_FORMAT, entry));
+        }
+        if batch.len() > 0 {
+            inner.store.write(batch)?;
+        }
+        for (sid, dek) in new_deks {
+            inner.cache.insert(sid, dek);
+        }
+        Ok(tokens)
+    }
+
+    /// Turns a token back into its field and value.
+    ///
+    /// Errors: [`Error::InvalidToken`] (malformed or another vault's),
+    /// [`Error::NotFound`], [`Error::Erased`], [`Error::Integrity`].
+    pub fn detokenize(&self, token: &str) -> Result<Detokenized, Error> {
+        let id = self.inner.token_id(token)?;
+        match self.inner.store.get(Cf::Records, &id)? {
+            Some(bytes) => self.inner.open_record(&id, &bytes),
+            None => Err(Error::NotFound),
+        }
+    }
+
+    /// Detokenizes many tokens, with one result per token, in order: one bad token
+    /// does not fail the others.
+    pub fn detokenize_batch<S: AsRef<str>>(&self, tokens: &[S]) -> Result<Vec<Result<Detokenized, Error>>, Error> {
+        let inner = &*self.inner;
+        inner.opts.limits.check_batch(tokens.len())?;
+        let ids: Vec<Result<TokenId, Error>> = tokens.iter().map(|t| inner.token_id(t.as_ref())).collect();
+        let valid: Vec<TokenId> = ids.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+        let mut found = inner.store.multi_get(Cf::Records, &valid)?.into_iter();
+        Ok(ids
+            .into_iter()
+            .map(|id| {
+                let id = id?;
+                match found.next().flatten() {
+                    Some(bytes) => inner.open_record(&id, &bytes),
+                    None => Err(Error::NotFound),
+                }
+            })
+            .collect())
+    }
+
+    /// Replaces the value behind `token`; the token stays valid and keeps its field.
+    pub fn rectify(&self, token: &str, value: impl AsRef<[u8]>) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let value = value.as_ref();
+        inner.opts.limits.check_value(value)?;
+        let id = inner.token_id(token)?;
+        inner.with_live_record(&id, |sid, dek, record| {
+            let StoredRecord::Live {
+                field, created_at, ..
+            } = record
+            else {
+                return Err(Error::Erased);
+            };
+            let sealed = dek
+                .aead
+                .seal(&record_aad(&inner.vault_id, sid, &id, &field, created_at), value)?;
+            let updated = StoredRecord::Live {
+                sid: *sid,
+                field,
+                created_at,
+                sealed,
+            };
+            let mut batch = inner.store.batch();
+            batch.put(Cf::Records, &id, &encode(RECORD_FORMAT, &updated));
+            inner.store.write(batch)
+        })
+    }
+
+    /// Deletes the record behind `token`; the token then answers [`Error::NotFound`].
+    ///
+    /// The ciphertext stays in older storage files until compaction reaches them; it is
+    /// still under the subject's key. Erasure is what removes bytes provably.
+    pub fn delete(&self, token: &str) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let id = inner.token_id(token)?;
+        inner.with_live_record(&id, |sid, dek, _| {
+            let mut batch = inner.store.batch();
+            batch.delete(Cf::Records, &id);
+            batch.delete(Cf::Index, &index_key(sid, &id));
+            if let Some(bytes) = inner.store.get(Cf::Subjects, &dek.subject_hash)? {
+                let mut entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
+                entry.records = entry.records.saturating_sub(1);
+                batch.put(Cf::Subjects, &dek.subject_hash, &encode(SUBJECT_FORMAT, &entry));
+            }
+            inner.store.write(batch)
+        })
+    }
+
+    /// Storage-engine counters (zero unless [`VaultOptions::statistics`] is on).
+    pub fn storage_counters(&self) -> StorageCounters {
+        self.inner.store.counters()
+    }
+
+    /// Number of subject keys currently unwrapped in memory.
+    pub fn cached_keys(&self) -> usize {
+        self.inner.cache.len()
+    }
+
+    /// The vault's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+}
+
+impl Drop for Vault {
+    fn drop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop();
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn now(&self) -> u64 {
+        self.opts.clock.now_millis()
+    }
+
+    pub(crate) fn ring(&self) -> Arc<Keyring> {
+        self.ring.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Seals `ring` into the header, writes it durably, then makes it current.
+    /// Callers hold `key_writes` exclusively.
+    pub(crate) fn persist_ring(&self, ring: Keyring) -> Result<(), Error> {
+        let mut state = self.header.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut header = state.header.clone();
+        header.keyring = state.root.seal_keyring(&self.vault_id, &ring)?;
+        header.write(&self.dir)?;
+        state.header = header;
+        *self.ring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
+        Ok(())
+    }
+
+    pub(crate) fn token_id(&self, token: &str) -> Result<TokenId, Error> {
+        token.parse::<Token>()?.verify(&self.index.token_tag_key)
+    }
+
+    /// The subject's DEK: from the cache, else unwrapped from the `keys` family.
+    /// `None` when the key does not exist (erased, or never existed).
+    pub(crate) fn dek(&self, sid: &Sid) -> Result<Option<Arc<Dek>>, Error> {
+        self.cache.get_or_load(sid, || self.load_dek(&self.ring(), sid))
+    }
+
+    /// Like [`dek`](Self::dek), with a keyring the caller already holds.
+    pub(crate) fn dek_with(&self, ring: &Keyring, sid: &Sid) -> Result<Option<Arc<Dek>>, Error> {
+        self.cache.get_or_load(sid, || self.load_dek(ring, sid))
+    }
+
+    fn load_dek(&self, ring: &Keyring, sid: &Sid) -> Result<Option<Dek>, Error> {
+        let Some(bytes) = self.store.get(Cf::Keys, sid)? else {
+            return Ok(None);
+        };
+        let entry: KeyEntry = decode(KEY_FORMAT, &bytes)?;
+        let key = ring.unwrap_dek(entry.kek_version, &self.vault_id, sid, &entry.wrapped)?;
+        Ok(Some(Dek::new(&key, entry.subject_hash)))
+    }
+
+    /// Why a live record's key is missing: the subject was erased, or the data is damaged.
+    fn missing_key(&self, sid: &Sid) -> Error {
+        match self.store.get(Cf::Erasures, sid) {
+            Ok(Some(_)) => Error::Erased,
+            Ok(None) => Error::Integrity,
+            Err(e) => e,
+        }
+    }
+
+    pub(crate) fn open_record(&self, id: &TokenId, bytes: &[u8]) -> Result<Detokenized, Error> {
+        match decode(RECORD_FORMAT, bytes)? {
+            StoredRecord::Shredded => Err(Error::Erased),
+            StoredRecord::Live {
+                sid,
+                field,
+                created_at,
+                sealed,
+            } => {
+                let dek = self.dek(&sid)?.ok_or_else(|| self.missing_key(&sid))?;
+                let value = dek
+                    .aead
+                    .open(&record_aad(&self.vault_id, &sid, id, &field, created_at), &sealed)?;
+                Ok(Detokenized {
+                    field,
+                    value: Plaintext::new(value),
+                    created_at,
+                })
+            }
+        }
+    }
+
+    /// Runs `f` on a live record under its subject's stripe lock, after checking again
+    /// under the lock that the record is live and its subject not erased.
+    fn with_live_record<T>(&self, id: &TokenId, f: impl FnOnce(&Sid, &Dek, StoredRecord) -> Result<T, Error>) -> Result<T, Error> {
+        let read = |id: &TokenId| -> Result<(Sid, StoredRecord), Error> {
+            let bytes = self.store.get(Cf::Records, id)?.ok_or(Error::NotFound)?;
+            let record: StoredRecord = decode(RECORD_FORMAT, &bytes)?;
+            match &record {
+                StoredRecord::Shredded => Err(Error::Erased),
+                StoredRecord::Live { sid, .. } => Ok((*sid, record)),
+            }
+        };
+        let (sid, _) = read(id)?;
+        let dek = self.dek(&sid)?.ok_or_else(|| self.missing_key(&sid))?;
+        let _stripe = self.stripes.lock(&dek.subject_hash);
+        // Under the lock: an erasure has either finished (key gone, cache entry
+        // dropped) or not begun.
+        let (sid_now, record) = read(id)?;
+        if sid_now != sid {
+            return Err(Error::Integrity);
+        }
+        let dek = self.dek(&sid)?.ok_or_else(|| self.missing_key(&sid))?;
+        f(&sid, &dek, record)
+    }
+}
+
+fn is_missing_or_empty(dir: &Path) -> Result<bool, Error> {
+    match fs::read_dir(dir) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
+/// Writes the header of a new vault; the database is created after it.
+fn create_header(dir: &Path, root: &RootKey, opts: &VaultOptions) -> Result<(Header, RootSecret, Keyring), Error> {
+    let kdf = KdfRecord::for_key(root, &opts.kdf)?;
+    let secret = RootSecret::derive(root, &kdf)?;
+    let ring = Keyring::generate()?;
+    let vault_id: [u8; 16] = random_bytes()?;
+    let header = Header {
+        vault_id,
+        created_at: opts.clock.now_millis(),
+        kdf,
+        commitment: secret.commitment(&vault_id),
+        keyring: secret.seal_keyring(&vault_id, &ring)?,
+    };
+    create_private_dir(dir)?;
+    header.write(dir)?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
+    Ok((header, secret, ring))
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), Error> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|e| Error::io(dir, e))
+}

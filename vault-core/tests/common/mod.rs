@@ -1,0 +1,153 @@
+//! Helpers shared by the integration tests: opening test vaults, reading the raw
+//! RocksDB data the way an attacker with the disk would, and scanning files.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vault_core::{Durability, KdfParams, PurgePolicy, RootKey, Vault, VaultOptions};
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+pub const ROOT: [u8; 32] = [7; 32];
+
+pub fn root() -> RootKey {
+    RootKey::from_bytes(&ROOT).expect("32 bytes")
+}
+
+/// Options for tests: no background worker (tests drive purges), no compression
+/// (so file scans are meaningful), statistics on, cheapest allowed Argon2id.
+pub fn options() -> VaultOptions {
+    VaultOptions::default()
+        .background_worker(false)
+        .compression(false)
+        .statistics(true)
+        .kdf_params(KdfParams::MINIMUM)
+        .purge_policy(PurgePolicy::Within(Duration::from_secs(3600)))
+}
+
+pub fn relaxed() -> VaultOptions {
+    options().durability(Durability::Relaxed)
+}
+
+pub fn open(dir: &Path) -> Vault {
+    Vault::open(dir, &root(), options()).expect("open vault")
+}
+
+/// The 16-byte record id inside a token's text form (`tok_` + base32 of id || tag).
+pub fn token_id(token: &str) -> Vec<u8> {
+    let body = token.strip_prefix("tok_").expect("token prefix");
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u64, 0);
+    for c in body.bytes() {
+        let v = match c {
+            b'a'..=b'z' => c - b'a',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => panic!("not base32"),
+        };
+        acc = (acc << 5) | u64::from(v);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out.truncate(16);
+    out
+}
+
+pub fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+pub const COLUMN_FAMILIES: [&str; 8] = [
+    "meta",
+    "subjects",
+    "keys",
+    "records",
+    "index",
+    "erasures",
+    "purge_queue",
+    "counters",
+];
+
+/// Opens the vault's RocksDB directly (the vault must be closed), as someone holding
+/// the disk would.
+pub fn raw_db(dir: &Path) -> rocksdb::DB {
+    let opts = rocksdb::Options::default();
+    rocksdb::DB::open_cf(&opts, dir, COLUMN_FAMILIES).expect("open raw db")
+}
+
+/// Reads one value without writing anything to the directory.
+pub fn raw_get(dir: &Path, cf: &str, key: &[u8]) -> Option<Vec<u8>> {
+    let opts = rocksdb::Options::default();
+    let db = rocksdb::DB::open_cf_for_read_only(&opts, dir, COLUMN_FAMILIES, false)
+        .expect("open raw db read-only");
+    let handle = db.cf_handle(cf).expect("cf");
+    db.get_cf(handle, key).expect("get")
+}
+
+pub fn raw_put(dir: &Path, cf: &str, key: &[u8], value: &[u8]) {
+    let db = raw_db(dir);
+    let handle = db.cf_handle(cf).expect("cf");
+    db.put_cf(handle, key, value).expect("put");
+    db.flush_cf(handle).expect("flush");
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// 16-byte windows of `needle` (RocksDB splits WAL records at 32 KiB block
+/// boundaries, so a long needle may not appear whole). Short needles are kept whole.
+pub fn windows(needle: &[u8]) -> Vec<Vec<u8>> {
+    if needle.len() <= 16 {
+        return vec![needle.to_vec()];
+    }
+    let mut out: Vec<Vec<u8>> = needle.chunks_exact(16).map(<[u8]>::to_vec).collect();
+    out.push(needle[needle.len() - 16..].to_vec());
+    out
+}
+
+/// The files under `dir` that contain any 16-byte window of `needle`.
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let pieces = windows(needle);
+    all_files(dir)
+        .into_iter()
+        .filter(|path| {
+            let bytes = std::fs::read(path).unwrap_or_default();
+            pieces
+                .iter()
+                .any(|p| bytes.windows(p.len()).any(|w| w == p.as_slice()))
+        })
+        .collect()
+}
+
+/// (name, full content) of every file, to prove an operation changed nothing.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    all_files(dir)
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).expect("read");
+            (p, bytes)
+        })
+        .collect()
+}

@@ -1,0 +1,173 @@
+//! Concurrency: erase racing tokenize on one subject never leaves an undecryptable
+//! token of a live subject; many threads tokenizing and detokenizing get correct
+//! results; rotation runs while traffic does.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::*;
+use vault_core::{Error, Vault};
+
+#[test]
+fn tokenize_racing_erase_on_one_subject() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = Arc::new(Vault::open(dir.path(), &root(), relaxed())?);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let vault = vault.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || -> Result<Vec<(String, String)>, Error> {
+                let mut issued = Vec::new();
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let value = format!("v-{w}-{i}");
+                    let token = vault.tokenize("contested", "email", &value)?.to_string();
+                    // Right after it was issued, the token reads back or its subject
+                    // has been erased meanwhile: never anything else.
+                    match vault.detokenize(&token) {
+                        Ok(d) => assert_eq!(d.value.as_str(), Some(value.as_str())),
+                        Err(Error::Erased) => {}
+                        Err(e) => panic!("token of a live subject unreadable: {e:?}"),
+                    }
+                    issued.push((token, value));
+                    i += 1;
+                }
+                Ok(issued)
+            })
+        })
+        .collect();
+    let eraser = {
+        let vault = vault.clone();
+        std::thread::spawn(move || -> Result<u32, Error> {
+            let mut erased = 0;
+            for _ in 0..200 {
+                if vault.erase("contested")?.subject_ref.is_some() {
+                    erased += 1;
+                }
+                std::thread::yield_now();
+            }
+            Ok(erased)
+        })
+    };
+    let erased = eraser.join().expect("eraser")?;
+    stop.store(true, Ordering::Relaxed);
+    let mut issued = Vec::new();
+    for w in writers {
+        issued.extend(w.join().expect("writer")?);
+    }
+    assert!(erased > 10, "the race happened ({erased} erasures)");
+    assert!(issued.len() > 100);
+
+    // Every token is either readable with its own value, or erased; the tokens
+    // exported for the live subject are exactly the readable ones.
+    let live = vault.export("contested")?;
+    let mut readable = 0;
+    for (token, value) in &issued {
+        match vault.detokenize(token) {
+            Ok(d) => {
+                assert_eq!(d.value.as_str(), Some(value.as_str()));
+                assert!(live.records.iter().any(|r| &r.token.to_string() == token));
+                readable += 1;
+            }
+            Err(Error::Erased) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(readable, live.records.len());
+    vault.purge_now()?;
+    for (token, _) in &issued {
+        assert!(matches!(vault.detokenize(token), Ok(_) | Err(Error::Erased)));
+    }
+    Ok(())
+}
+
+#[test]
+fn many_threads_tokenize_and_detokenize() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = Arc::new(Vault::open(dir.path(), &root(), relaxed().dek_cache_capacity(64))?);
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let vault = vault.clone();
+            std::thread::spawn(move || -> Result<Vec<(String, String)>, Error> {
+                let mut mine = Vec::new();
+                for i in 0..500 {
+                    let value = format!("{t}:{i}");
+                    let subject = format!("s{}", (t * 7 + i) % 300);
+                    let token = if i % 5 == 0 {
+                        vault.tokenize_deterministic(&subject, "det", &value)?
+                    } else {
+                        vault.tokenize(&subject, "email", &value)?
+                    }
+                    .to_string();
+                    mine.push((token, value));
+                    // Read back a random earlier one of ours.
+                    let (tok, val) = &mine[(i * 31) % mine.len()];
+                    assert_eq!(vault.detokenize(tok)?.value.as_str(), Some(val.as_str()));
+                }
+                Ok(mine)
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in threads {
+        all.extend(t.join().expect("thread")?);
+    }
+    let tokens: Vec<&str> = all.iter().map(|(t, _)| t.as_str()).collect();
+    for (chunk, expected) in tokens.chunks(1000).zip(all.chunks(1000)) {
+        for (result, (_, value)) in vault.detokenize_batch(chunk)?.iter().zip(expected) {
+            assert_eq!(result.as_ref().map_err(|e| e.to_string())?.value.as_str(), Some(value.as_str()));
+        }
+    }
+    assert!(vault.cached_keys() <= 64 + 16, "cache bound: {}", vault.cached_keys());
+    Ok(())
+}
+
+#[test]
+fn rotation_under_traffic_keeps_every_value_readable() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = Arc::new(Vault::open(dir.path(), &root(), relaxed().rotation_batch(100))?);
+    let mut seed = Vec::new();
+    for i in 0..2000 {
+        seed.push((vault.tokenize(&format!("s{i}"), "email", format!("v{i}"))?.to_string(), format!("v{i}")));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (vault, stop) = (vault.clone(), stop.clone());
+        let seed = seed.clone();
+        std::thread::spawn(move || -> Result<usize, Error> {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let t = vault.tokenize(&format!("new{n}"), "email", format!("n{n}"))?;
+                assert_eq!(vault.detokenize(&t.to_string())?.value.as_str(), Some(format!("n{n}").as_str()));
+                let (tok, val) = &seed[n % seed.len()];
+                match vault.detokenize(tok) {
+                    Ok(d) => assert_eq!(d.value.as_str(), Some(val.as_str())),
+                    Err(Error::Erased) => {}
+                    Err(e) => return Err(e),
+                }
+                if n % 10 == 0 {
+                    vault.erase(&format!("s{}", n % 2000))?;
+                }
+                n += 1;
+            }
+            Ok(n)
+        })
+    };
+    let status = vault.rotate_kek()?;
+    stop.store(true, Ordering::Relaxed);
+    let n = traffic.join().expect("traffic")?;
+    assert!(n > 0);
+    assert_eq!(status.versions.len(), 1, "{status:?}");
+    assert_eq!(vault.key_status()?.versions.len(), 1);
+    for (tok, val) in &seed {
+        match vault.detokenize(tok) {
+            Ok(d) => assert_eq!(d.value.as_str(), Some(val.as_str())),
+            Err(Error::Erased) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! Erasure is physical, O(1) to take effect, and export reads only its subject.
+//!
+//! The physical test follows ERASURE.md: the subject is created through the vault's
+//! API; a positive control shows the scanner finds the wrapped DEK, the record
+//! ciphertexts and a clear-text canary in the files before the erasure (compression
+//! off); after erase + purge no file under the directory holds any of them, also
+//! after reopening, while a subject that was not erased is still found.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use vault_core::{PurgePolicy, PurgeState, TokenizeRequest, Vault};
+
+/// What an attacker with the disk could look for: the subject's stored key entry
+/// (wrapped DEK) and each record's stored value (ciphertext), read raw from RocksDB.
+struct Traces {
+    wrapped_dek: Vec<u8>,
+    ciphertexts: Vec<Vec<u8>>,
+}
+
+fn traces(dir: &Path, subject_ref: &str, tokens: &[String]) -> Traces {
+    let sid = hex_decode(subject_ref);
+    let key_entry = raw_get(dir, "keys", &sid).expect("the key entry exists before erasure");
+    // The entry ends with nonce (24) || wrapped key (32) || tag (16).
+    let wrapped_dek = key_entry[key_entry.len() - 72..].to_vec();
+    let ciphertexts = tokens
+        .iter()
+        .map(|t| {
+            let record = raw_get(dir, "records", &token_id(t)).expect("record exists");
+            record[record.len() - 40..].to_vec()
+        })
+        .collect();
+    Traces {
+        wrapped_dek,
+        ciphertexts,
+    }
+}
+
+fn found(dir: &Path, needle: &[u8]) -> bool {
+    !files_containing(dir, needle).is_empty()
+}
+
+#[test]
+fn erasure_removes_key_and_ciphertexts_from_every_file() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let canary_field = "canary_field_q7x9z";
+    let value = "erasure-canary-3f1d9a@example.com";
+    let (victim, bystander) = {
+        let vault = open(dir.path());
+        let mut victim_tokens = Vec::new();
+        for i in 0..50 {
+            let field = if i == 0 { canary_field.to_string() } else { format!("f{i}") };
+            victim_tokens.push(vault.tokenize("victim@example.com", &field, value)?.to_string());
+        }
+        let bystander_tokens = vec![vault.tokenize("bystander", "email", "b@x.io")?.to_string()];
+        let victim_ref = vault.export("victim@example.com")?.subject_ref.expect("exists").to_string();
+        let bystander_ref = vault.export("bystander")?.subject_ref.expect("exists").to_string();
+        vault.close()?;
+        ((victim_ref, victim_tokens), (bystander_ref, bystander_tokens))
+    };
+    let victim_traces = traces(dir.path(), &victim.0, &victim.1);
+    let bystander_traces = traces(dir.path(), &bystander.0, &bystander.1);
+
+    // Positive control: the scanner does see these bytes while they exist.
+    assert!(found(dir.path(), &victim_traces.wrapped_dek), "control: wrapped DEK on disk");
+    for ct in &victim_traces.ciphertexts {
+        assert!(found(dir.path(), ct), "control: ciphertext on disk");
+    }
+    assert!(found(dir.path(), canary_field.as_bytes()), "control: clear-text canary found");
+    // The values and the subject id are never on disk in clear.
+    assert!(!found(dir.path(), value.as_bytes()));
+    assert!(!found(dir.path(), b"victim@example.com"));
+
+    {
+        let vault = Vault::open(dir.path(), &root(), options().purge_policy(PurgePolicy::Immediate))?;
+        let receipt = vault.erase("victim@example.com")?;
+        assert_eq!(receipt.records, 50);
+        assert!(matches!(receipt.purge, PurgeState::Done { .. }), "{receipt:?}");
+        assert!(vault.pending_purges()?.is_empty());
+        for t in &victim.1 {
+            assert!(matches!(vault.detokenize(t), Err(vault_core::Error::Erased)));
+        }
+        // Scan while the vault is still open, then again after closing and reopening.
+        assert_gone(dir.path(), &victim_traces, canary_field, value);
+        vault.close()?;
+    }
+    assert_gone(dir.path(), &victim_traces, canary_field, value);
+    {
+        let vault = open(dir.path());
+        for t in &victim.1 {
+            assert!(matches!(vault.detokenize(t), Err(vault_core::Error::Erased)));
+        }
+        assert_eq!(vault.detokenize(&bystander.1[0])?.value.as_bytes(), b"b@x.io");
+        vault.close()?;
+    }
+    assert_gone(dir.path(), &victim_traces, canary_field, value);
+    // The bystander was not erased: its key is still found by the same scanner.
+    assert!(found(dir.path(), &bystander_traces.wrapped_dek));
+    Ok(())
+}
+
+fn assert_gone(dir: &Path, traces: &Traces, canary: &str, value: &str) {
+    let holders = files_containing(dir, &traces.wrapped_dek);
+    assert!(holders.is_empty(), "wrapped DEK still in {holders:?}");
+    for ct in &traces.ciphertexts {
+        let holders = files_containing(dir, ct);
+        assert!(holders.is_empty(), "ciphertext still in {holders:?}");
+    }
+    let holders = files_containing(dir, canary.as_bytes());
+    assert!(holders.is_empty(), "canary still in {holders:?}");
+    assert!(!found(dir, value.as_bytes()));
+}
+
+#[test]
+fn batched_purge_runs_when_due_and_covers_every_pending_erasure() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = Vault::open(
+        dir.path(),
+        &root(),
+        options().purge_policy(PurgePolicy::Within(std::time::Duration::ZERO)),
+    )?;
+    for s in ["a", "b", "c"] {
+        vault.tokenize(s, "email", "v")?;
+    }
+    let ra = vault.erase("a")?;
+    let rb = vault.erase("b")?;
+    assert!(matches!(ra.purge, PurgeState::Pending { .. }));
+    assert_eq!(vault.pending_purges()?.len(), 2);
+    let report = vault.purge_due()?;
+    assert_eq!(report.subjects, 2);
+    assert!(report.verified);
+    assert!(vault.pending_purges()?.is_empty());
+    for r in [ra, rb] {
+        let receipt = vault.erasure_receipt(&r.subject_ref.expect("erased"))?.expect("kept");
+        assert!(matches!(receipt.purge, PurgeState::Done { .. }));
+    }
+    Ok(())
+}
+
+#[test]
+fn background_worker_purges_within_the_delay() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = Vault::open(
+        dir.path(),
+        &root(),
+        options()
+            .background_worker(true)
+            .purge_policy(PurgePolicy::Within(std::time::Duration::from_millis(100))),
+    )?;
+    vault.tokenize("a", "email", "v")?;
+    vault.erase("a")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !vault.pending_purges()?.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the worker never purged");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Erasure does the same storage work whatever the subject's record count: the
+/// records are the purge's business.
+#[test]
+fn erase_cost_does_not_grow_with_record_count() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = open(dir.path());
+    vault.tokenize("small", "email", "v")?;
+    let values: Vec<String> = (0..10_000).map(|i| format!("value-{i}")).collect();
+    for chunk in values.chunks(1000) {
+        let items: Vec<TokenizeRequest> = chunk
+            .iter()
+            .map(|v| TokenizeRequest::new("large", "email", v.as_bytes()))
+            .collect();
+        vault.tokenize_batch(&items)?;
+    }
+    let cost = |subject: &str| -> Result<[u64; 4], vault_core::Error> {
+        let before = vault.storage_counters();
+        let receipt = vault.erase(subject)?;
+        let after = vault.storage_counters();
+        assert!(receipt.subject_ref.is_some());
+        Ok([
+            after.keys_read - before.keys_read,
+            after.keys_written - before.keys_written,
+            after.seeks - before.seeks,
+            after.iterator_steps - before.iterator_steps,
+        ])
+    };
+    let small = cost("small")?;
+    let large = cost("large")?;
+    assert_eq!(small, large, "reads, writes, seeks, steps: small {small:?} vs large {large:?}");
+    assert!(small[1] <= 6, "{small:?}");
+    assert_eq!(small[3], 0, "erase iterates nothing");
+    Ok(())
+}
+
+/// Export reads the subject's own index prefix and records, not other subjects'.
+#[test]
+fn export_touches_only_the_subjects_keys() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = Vault::open(dir.path(), &root(), relaxed())?;
+    let others: Vec<String> = (0..100_000).map(|i| format!("subject-{i:06}")).collect();
+    for chunk in others.chunks(5_000) {
+        let items: Vec<TokenizeRequest> = chunk
+            .iter()
+            .map(|s| TokenizeRequest::new(s, "email", b"someone@example.com"))
+            .collect();
+        vault.tokenize_batch(&items)?;
+    }
+    let mine: Vec<String> = (0..40).map(|i| format!("mine-{i}")).collect();
+    let items: Vec<TokenizeRequest> = mine
+        .iter()
+        .map(|v| TokenizeRequest::new("subject-050000x", "note", v.as_bytes()))
+        .collect();
+    vault.tokenize_batch(&items)?;
+
+    let before = vault.storage_counters();
+    let export = vault.export("subject-050000x")?;
+    let after = vault.storage_counters();
+    assert_eq!(export.records.len(), 40);
+    let reads = after.keys_read - before.keys_read;
+    let steps = after.iterator_steps - before.iterator_steps;
+    let seeks = after.seeks - before.seeks;
+    // subjects entry + (on a cache miss) the key entry + 40 records.
+    assert!(reads <= 42, "point reads: {reads}");
+    assert!(steps <= 41, "iterator steps: {steps}");
+    assert_eq!(seeks, 1);
+    Ok(())
+}

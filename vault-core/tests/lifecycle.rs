@@ -1,0 +1,400 @@
+//! The vault used the way an embedding service uses it: tokenize, detokenize,
+//! deterministic tokens, rectify, delete, export, erase, reuse of a subject id,
+//! root-key changes, and refusals of bad input and foreign directories.
+
+mod common;
+
+use common::*;
+use vault_core::{
+    Argument, Error, KdfParams, Problem, RootKey, TokenizeRequest, Vault, VaultOptions,
+};
+
+#[test]
+fn tokenize_detokenize_round_trip_survives_reopen() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let token = {
+        let vault = open(dir.path());
+        let token = vault.tokenize("customer-1", "email", "alice@example.com")?;
+        let got = vault.detokenize(&token.to_string())?;
+        assert_eq!(got.field, "email");
+        assert_eq!(got.value.as_str(), Some("alice@example.com"));
+        vault.close()?;
+        token
+    };
+    let vault = open(dir.path());
+    let got = vault.detokenize(&token.to_string())?;
+    assert_eq!(got.value.as_bytes(), b"alice@example.com");
+    Ok(())
+}
+
+#[test]
+fn tokens_are_opaque_and_unlinkable() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = open(dir.path());
+    let a = vault.tokenize("customer-1", "email", "same")?.to_string();
+    let b = vault.tokenize("customer-1", "email", "same")?.to_string();
+    assert_ne!(a, b, "random tokens differ even for the same value");
+    assert_eq!(a.len(), vault_core::TOKEN_TEXT_LEN);
+    assert!(!a.contains("customer") && !a.contains("same"));
+    // No common prefix beyond the fixed "tok_" that would tie two tokens to a subject.
+    assert_ne!(a[4..8], b[4..8]);
+    Ok(())
+}
+
+#[test]
+fn batch_tokenize_is_ordered_and_atomic() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = open(dir.path());
+    let items = [
+        TokenizeRequest::new("s1", "email", b"a@x.io"),
+        TokenizeRequest::new("s2", "phone", b"+33 1 23 45 67 89"),
+        TokenizeRequest::new("s1", "name", b"Alice"),
+    ];
+    let tokens = vault.tokenize_batch(&items)?;
+    assert_eq!(tokens.len(), 3);
+    for (t, item) in tokens.iter().zip(&items) {
+        let got = vault.detokenize(&t.to_string())?;
+        assert_eq!(got.value.as_bytes(), item.value);
+        assert_eq!(got.field, item.field);
+    }
+
+    // One invalid item: an error naming it, and nothing of the batch stored.
+    let before = vault.storage_counters().keys_written;
+    let bad = [
+        TokenizeRequest::new("s3", "email", b"ok@x.io"),
+        TokenizeRequest::new("s3", "email", b""),
+    ];
+    match vault.tokenize_batch(&bad) {
+        Err(Error::InvalidInput(e)) => {
+            assert_eq!(e.item, Some(1));
+            assert_eq!(e.argument, Argument::Value);
+            assert_eq!(e.problem, Problem::Empty);
+        }
+        other => panic!("expected an input error, got {other:?}"),
+    }
+    assert_eq!(vault.storage_counters().keys_written, before);
+    assert!(vault.export("s3")?.records.is_empty());
+    Ok(())
+}
+
+#[test]
+fn detokenize_batch_gives_one_result_per_token() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = open(dir.path());
+    let good = vault.tokenize("s1", "email", "a@x.io")?.to_string();
+    let erased = vault.tokenize("s2", "email", "b@x.io")?.to_string();
+    vault.erase("s2")?;
+    let deleted = vault.tokenize("s1", "phone", "123")?.to_string();
+    vault.delete(&deleted)?;
+    let other_dir = tempfile::tempdir()?;
+    let foreign = open(other_dir.path()).tokenize("s1", "email", "x")?.to_string();
+    let results = vault.detokenize_batch(&[
+        good.as_str(),
+        "not a token",
+        erased.as_str(),
+        deleted.as_str(),
+        foreign.as_str(),
+        good.as_str(),
+    ])?;
+    assert_eq!(results.len(), 6);
+    assert_eq!(results[0].as_ref().map(|d| d.value.as_bytes().to_vec()).ok(), Some(b"a@x.io".to_vec()));
+    assert!(matches!(results[1], Err(Error::InvalidToken)));
+    assert!(matches!(results[2], Err(Error::Erased)));
+    assert!(matches!(results[3], Err(Error::NotFound)));
+    assert!(matches!(results[4], Err(Error::InvalidToken)));
+    assert!(results[5].is_ok());
+    Ok(())
+}
+
+#[test]
+fn deterministic_tokens_repeat_per_subject_and_die_with_it() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = open(dir.path());
+    let a = vault.tokenize_deterministic("s1", "email", "a@x.io")?;
+    let b = vault.tokenize_deterministic("s1", "email", "a@x.io")?;
+    assert_eq!(a, b);
+    assert_ne!(a, vault.tokenize_deterministic("s2", "email", "a@x.io")?);
+    assert_ne!(a, vault.tokenize_deterministic("s1", "backup_email", "a@x.io")?);
+    // Repeating it stores nothing new.
+    assert_eq!(vault.export("s1")?.records.len(), 2);
+    // In one batch, duplicates collapse to one record too.
+    let req = TokenizeRequest::new("s3", "email", b"c@x.io").deterministic();
+    let tokens = vault.tokenize_batch(&[req, req])?;
+    assert_eq!(tokens[0], tokens[1]);
+    assert_eq!(vault.export("s3")?.records.len(), 1);
+
+    vault.erase("s1")?;
+    assert!(matches!(vault.detokenize(&a.to_string()), Err(Error::Erased)));
+    // The same id is a new subject with a new key: a different deterministic token.
+    let again = vault.tokenize_deterministic("s1", "email", "a@x.io")?;
+    assert_ne!(again, a);
+    assert_eq!(vault.detokenize(&again.to_string())?.value.as_bytes(), b"a@x.io");
+    Ok(())
+}
+
+#[test]
+fn rectify_and_delete() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = open(dir.path());
+    let t = vault.tokenize("s1", "email", "old@x.io")?.to_string();
+    let created = vault.detokenize(&t)?.created_at;
+    vault.rectify(&t, "new@x.io")?;
+    let got = vault.detokenize(&t)?;
+    assert_eq!(got.value.as_bytes(), b"new@x.io");
+    assert_eq!(got.field, "email");
+    assert_eq!(got.created_at, created);
+    assert!(matches!(vault.rectify(&t, ""), Err(Error::InvalidInput(_))));
+    assert_eq!(vault.detokenize(&t)?.value.as_bytes(), b"new@x.io");
+
+    vault.delete(&t)?;
+    assert!(matches!(vault.detokenize(&t), Err(Error::NotFound)));
+    assert!(matches!(vault.delete(&t), Err(Error::NotFound)));
+    assert!(matches!(vault.rectify(&t, "x"), Err(Error::NotFound)));
+    assert!(vault.export("s1")?.records.is_empty());
+
+    let t2 = vault.tokenize("s1", "email", "x@x.io")?.to_string();
+    vault.erase("s1")?;
+    assert!(matches!(vault.rectify(&t2, "y"), Err(Error::Erased)));
+    assert!(matches!(vault.delete(&t2), Err(Error::Erased)));
+    Ok(())
+}
+
+#[test]
+fn export_returns_exactly_the_subjects_records() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = open(dir.path());
+    let mut mine = Vec::new();
+    for i in 0..20 {
+        let value = format!("value-{i}");
+        mine.push((vault.tokenize("me", &format!("f{i}"), &value)?, value));
+        vault.tokenize("someone-else", "email", format!("other-{i}"))?;
+    }
+    let export = vault.export("me")?;
+    assert!(export.subject_ref.is_some());
+    assert_eq!(export.records.len(), 20);
+    for (token, value) in &mine {
+        let rec = export
+            .records
+            .iter()
+            .find(|r| &r.token == token)
+            .expect("every token exported");
+        assert_eq!(rec.value.as_str(), Some(value.as_str()));
+    }
+    assert!(vault.export("nobody")?.records.is_empty());
+    assert!(vault.export("nobody")?.subject_ref.is_none());
+    Ok(())
+}
+
+#[test]
+fn erase_receipt_and_reuse_of_subject_id() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = open(dir.path());
+    let tokens: Vec<String> = (0..5)
+        .map(|i| vault.tokenize("s1", "email", format!("v{i}")).map(|t| t.to_string()))
+        .collect::<Result<_, _>>()?;
+    let receipt = vault.erase("s1")?;
+    assert_eq!(receipt.records, 5);
+    let sref = receipt.subject_ref.clone().expect("a subject was erased");
+    assert!(matches!(receipt.purge, vault_core::PurgeState::Pending { .. }));
+    for t in &tokens {
+        assert!(matches!(vault.detokenize(t), Err(Error::Erased)));
+    }
+    assert_eq!(vault.pending_purges()?.len(), 1);
+    assert!(vault.export("s1")?.records.is_empty());
+
+    // Idempotent: erasing again finds nothing.
+    let again = vault.erase("s1")?;
+    assert_eq!(again.purge, vault_core::PurgeState::NotNeeded);
+    assert_eq!(again.records, 0);
+
+    // Reuse: a new subject, new key, and the old tokens stay erased.
+    let fresh = vault.tokenize("s1", "email", "new")?.to_string();
+    assert_eq!(vault.detokenize(&fresh)?.value.as_bytes(), b"new");
+    assert_eq!(vault.export("s1")?.records.len(), 1);
+    assert_ne!(vault.export("s1")?.subject_ref, Some(sref.clone()));
+
+    let report = vault.purge_now()?;
+    assert!(report.verified);
+    assert_eq!(report.records, 5);
+    assert!(vault.pending_purges()?.is_empty());
+    for t in &tokens {
+        assert!(matches!(vault.detokenize(t), Err(Error::Erased)));
+    }
+    let later = vault.erasure_receipt(&sref)?.expect("receipt kept");
+    assert!(matches!(later.purge, vault_core::PurgeState::Done { .. }));
+    assert_eq!(later.records, 5);
+    assert_eq!(vault.detokenize(&fresh)?.value.as_bytes(), b"new");
+    Ok(())
+}
+
+#[test]
+fn passphrase_vault_wrong_key_and_root_change() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let opts = || options().kdf_params(KdfParams::MINIMUM);
+    let token = {
+        let vault = Vault::open(dir.path(), &RootKey::passphrase("first passphrase"), opts())?;
+        vault.tokenize("s1", "email", "a@x.io")?.to_string()
+    };
+
+    let before = snapshot(dir.path());
+    for wrong in [RootKey::passphrase("wrong passphrase"), RootKey::from_bytes(&[1; 32])?] {
+        match Vault::open(dir.path(), &wrong, opts()) {
+            Err(Error::WrongRootKey) => {}
+            other => panic!("expected WrongRootKey, got {other:?}"),
+        }
+    }
+    assert_eq!(snapshot(dir.path()), before, "a refused open changes nothing on disk");
+
+    {
+        let vault = Vault::open(dir.path(), &RootKey::passphrase("first passphrase"), opts())?;
+        vault.change_root_key(&RootKey::passphrase("second passphrase"))?;
+        assert_eq!(vault.detokenize(&token)?.value.as_bytes(), b"a@x.io");
+    }
+    assert!(matches!(
+        Vault::open(dir.path(), &RootKey::passphrase("first passphrase"), opts()),
+        Err(Error::WrongRootKey)
+    ));
+    {
+        let vault = Vault::open(dir.path(), &RootKey::passphrase("second passphrase"), opts())?;
+        assert_eq!(vault.detokenize(&token)?.value.as_bytes(), b"a@x.io");
+        vault.change_root_key(&root())?;
+    }
+    let vault = Vault::open(dir.path(), &root(), opts())?;
+    assert_eq!(vault.detokenize(&token)?.value.as_bytes(), b"a@x.io");
+    Ok(())
+}
+
+#[test]
+fn weak_kdf_parameters_are_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let weak = KdfParams {
+        memory_kib: 1024,
+        iterations: 1,
+        parallelism: 1,
+    };
+    let result = Vault::open(dir.path(), &RootKey::passphrase("p"), options().kdf_params(weak));
+    assert!(matches!(result, Err(Error::InvalidOption(_))));
+    assert!(all_files(dir.path()).is_empty(), "nothing created");
+    Ok(())
+}
+
+#[test]
+fn foreign_directories_and_newer_formats_are_refused_untouched() -> TestResult {
+    // A directory with other things in it.
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("notes.txt"), b"hello")?;
+    let before = snapshot(dir.path());
+    assert!(matches!(open_result(dir.path()), Err(Error::NotAVault { .. })));
+    assert_eq!(snapshot(dir.path()), before);
+
+    // A vault from a newer format version.
+    let dir = tempfile::tempdir()?;
+    open(dir.path()).close()?;
+    let header = dir.path().join("VAULT");
+    let mut bytes = std::fs::read(&header)?;
+    bytes[8] = 0xff;
+    std::fs::write(&header, &bytes)?;
+    let before = snapshot(dir.path());
+    assert!(matches!(
+        open_result(dir.path()),
+        Err(Error::UnsupportedFormat { found: 0xff, supported: 1 })
+    ));
+    assert_eq!(snapshot(dir.path()), before);
+
+    // A missing directory with creation off.
+    let missing = tempfile::tempdir()?.path().join("nope");
+    let result = Vault::open(&missing, &root(), options().create_if_missing(false));
+    assert!(matches!(result, Err(Error::NoVault { .. })));
+    assert!(!missing.exists());
+    Ok(())
+}
+
+fn open_result(dir: &std::path::Path) -> Result<Vault, Error> {
+    Vault::open(dir, &root(), options())
+}
+
+#[test]
+fn bad_input_is_refused_without_content_and_changes_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = open(dir.path());
+    let t = vault.tokenize("s1", "email", "a@x.io")?.to_string();
+    let secret = "very-secret-subject-0xdeadbeef";
+    let long_subject = format!("{secret}{}", "x".repeat(300));
+    let long_value = format!("{secret}{}", "v".repeat(70_000));
+    let before = vault.storage_counters().keys_written;
+    let cases: Vec<Result<(), Error>> = vec![
+        vault.tokenize("", "email", "v").map(drop),
+        vault.tokenize(&long_subject, "email", "v").map(drop),
+        vault.tokenize("s1\u{7}", "email", "v").map(drop),
+        vault.tokenize("s1", "", "v").map(drop),
+        vault.tokenize("s1", "e mail", "v").map(drop),
+        vault.tokenize("s1", &"f".repeat(65), "v").map(drop),
+        vault.tokenize("s1", "email", "").map(drop),
+        vault.tokenize("s1", "email", &long_value).map(drop),
+        vault.tokenize_batch(&[]).map(drop),
+        vault.rectify(&t, &long_value),
+        vault.rectify("tok_garbage", "v"),
+        vault.erase("").map(drop),
+        vault.erase(&long_subject).map(drop),
+        vault.export(&long_subject).map(drop),
+        vault.detokenize(&format!("{secret}")).map(drop),
+        vault.delete("").map(drop),
+    ];
+    for (i, case) in cases.into_iter().enumerate() {
+        let err = case.expect_err("bad input must be refused");
+        assert!(
+            matches!(err, Error::InvalidInput(_) | Error::InvalidToken),
+            "case {i}: {err:?}"
+        );
+        let shown = format!("{err} {err:?}");
+        assert!(!shown.contains("secret"), "case {i} leaks input: {shown}");
+    }
+    let many: Vec<TokenizeRequest> = (0..10_001).map(|_| TokenizeRequest::new("s", "f", b"v")).collect();
+    assert!(matches!(vault.tokenize_batch(&many), Err(Error::InvalidInput(_))));
+    assert_eq!(vault.storage_counters().keys_written, before, "nothing written");
+    assert_eq!(vault.detokenize(&t)?.value.as_bytes(), b"a@x.io");
+    assert_eq!(vault.export("s1")?.records.len(), 1);
+    Ok(())
+}
+
+#[test]
+fn limits_are_configurable() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let limits = vault_core::Limits {
+        max_value_len: 8,
+        ..vault_core::Limits::default()
+    };
+    let vault = Vault::open(dir.path(), &root(), options().limits(limits))?;
+    vault.tokenize("s", "f", "12345678")?;
+    assert!(matches!(
+        vault.tokenize("s", "f", "123456789"),
+        Err(Error::InvalidInput(e)) if e.problem == Problem::TooLong { limit: 8 }
+    ));
+    assert!(matches!(
+        Vault::open(tempfile::tempdir()?.path(), &root(), VaultOptions::default().dek_cache_capacity(0)),
+        Err(Error::InvalidOption(_))
+    ));
+    Ok(())
+}
+
+#[test]
+fn secrets_stay_out_of_debug_output() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = open(dir.path());
+    let t = vault.tokenize("alice@example.com", "email", "alice@example.com")?;
+    let got = vault.detokenize(&t.to_string())?;
+    let export = vault.export("alice@example.com")?;
+    for shown in [
+        format!("{vault:?}"),
+        format!("{got:?}"),
+        format!("{export:?}"),
+        format!("{:?}", root()),
+        format!("{:?}", RootKey::passphrase("hunter2 hunter2")),
+        format!("{:?}", TokenizeRequest::new("alice@example.com", "email", b"alice@example.com")),
+    ] {
+        assert!(!shown.contains("alice"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!shown.contains("7, 7, 7"), "{shown}");
+    }
+    Ok(())
+}
