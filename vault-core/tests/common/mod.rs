@@ -75,17 +75,38 @@ pub const COLUMN_FAMILIES: [&str; 8] = [
     "counters",
 ];
 
+/// The column families as the vault declares them: `counters` needs its merge
+/// operator, or replaying a WAL that holds merges stops short.
+fn descriptors() -> Vec<rocksdb::ColumnFamilyDescriptor> {
+    COLUMN_FAMILIES
+        .iter()
+        .map(|name| {
+            let mut o = rocksdb::Options::default();
+            if *name == "counters" {
+                o.set_merge_operator_associative("add_i64", |_, existing, ops| {
+                    let mut total = existing.map_or(0, |b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
+                    for op in ops {
+                        total += i64::from_le_bytes(op.try_into().expect("8 bytes"));
+                    }
+                    Some(total.to_le_bytes().to_vec())
+                });
+            }
+            rocksdb::ColumnFamilyDescriptor::new(*name, o)
+        })
+        .collect()
+}
+
 /// Opens the vault's RocksDB directly (the vault must be closed), as someone holding
 /// the disk would.
 pub fn raw_db(dir: &Path) -> rocksdb::DB {
     let opts = rocksdb::Options::default();
-    rocksdb::DB::open_cf(&opts, dir, COLUMN_FAMILIES).expect("open raw db")
+    rocksdb::DB::open_cf_descriptors(&opts, dir, descriptors()).expect("open raw db")
 }
 
 /// Reads one value without writing anything to the directory.
 pub fn raw_get(dir: &Path, cf: &str, key: &[u8]) -> Option<Vec<u8>> {
     let opts = rocksdb::Options::default();
-    let db = rocksdb::DB::open_cf_for_read_only(&opts, dir, COLUMN_FAMILIES, false)
+    let db = rocksdb::DB::open_cf_descriptors_read_only(&opts, dir, descriptors(), false)
         .expect("open raw db read-only");
     let handle = db.cf_handle(cf).expect("cf");
     db.get_cf(handle, key).expect("get")
