@@ -35,7 +35,10 @@ fn tokenize(c: &mut Criterion) {
     group.bench_function("vault", |b| {
         b.iter(|| {
             i += 1;
-            black_box(v.tokenize(&format!("subject-{}", i % 10_000), "email", VALUE).expect("tokenize"))
+            black_box(
+                v.tokenize(&format!("subject-{}", i % 10_000), "email", VALUE)
+                    .expect("tokenize"),
+            )
         })
     });
     let rdir = tempfile::tempdir().expect("tempdir");
@@ -60,11 +63,21 @@ fn detokenize(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     let vdir = tempfile::tempdir().expect("tempdir");
     let v = vault(vdir.path());
-    let names: Vec<String> = (0..PRELOAD).map(|i| format!("subject-{}", i % 10_000)).collect();
+    let names: Vec<String> = (0..PRELOAD)
+        .map(|i| format!("subject-{}", i % 10_000))
+        .collect();
     let mut tokens = Vec::with_capacity(PRELOAD);
     for chunk in names.chunks(1000) {
-        let items: Vec<TokenizeRequest> = chunk.iter().map(|s| TokenizeRequest::new(s, "email", VALUE)).collect();
-        tokens.extend(v.tokenize_batch(&items).expect("batch").into_iter().map(|t| t.to_string()));
+        let items: Vec<TokenizeRequest> = chunk
+            .iter()
+            .map(|s| TokenizeRequest::new(s, "email", VALUE))
+            .collect();
+        tokens.extend(
+            v.tokenize_batch(&items)
+                .expect("batch")
+                .into_iter()
+                .map(|t| t.to_string()),
+        );
     }
     let mut k = 0usize;
     group.bench_function("vault", |b| {

@@ -10,12 +10,28 @@ use vault_core::{Durability, Error, PurgePolicy, RootKey, Vault, VaultOptions};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Tokenize { subject: u8, field: u8, value: u8, deterministic: bool },
-    Detokenize { pick: usize },
-    Rectify { pick: usize, value: u8 },
-    Delete { pick: usize },
-    Erase { subject: u8 },
-    Export { subject: u8 },
+    Tokenize {
+        subject: u8,
+        field: u8,
+        value: u8,
+        deterministic: bool,
+    },
+    Detokenize {
+        pick: usize,
+    },
+    Rectify {
+        pick: usize,
+        value: u8,
+    },
+    Delete {
+        pick: usize,
+    },
+    Erase {
+        subject: u8,
+    },
+    Export {
+        subject: u8,
+    },
     Purge,
     Reopen,
 }
@@ -35,7 +51,11 @@ fn op() -> impl Strategy<Value = Op> {
 
 #[derive(Debug, Clone, PartialEq)]
 enum State {
-    Live { subject: u8, field: String, value: String },
+    Live {
+        subject: u8,
+        field: String,
+        value: String,
+    },
     Deleted,
     Erased,
 }
@@ -63,7 +83,11 @@ fn check(vault: &Vault, model: &BTreeMap<String, State>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 24,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn vault_agrees_with_model(ops in proptest::collection::vec(op(), 1..60)) {

@@ -27,7 +27,9 @@ fn main() {
 }
 
 fn run() -> Result<(), Error> {
-    let dir = std::env::args().nth(1).unwrap_or_else(|| "vault-data".into());
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "vault-data".into());
     let root = match std::env::var("VAULT_PASSPHRASE") {
         Ok(p) if !p.is_empty() => RootKey::passphrase(p),
         _ => {
@@ -39,7 +41,10 @@ fn run() -> Result<(), Error> {
     let opts = VaultOptions::default().purge_policy(PurgePolicy::Immediate);
     let started = Instant::now();
     let vault = Vault::open(&dir, &root, opts)?;
-    println!("opened vault in {dir} ({} ms, Argon2id included)", started.elapsed().as_millis());
+    println!(
+        "opened vault in {dir} ({} ms, Argon2id included)",
+        started.elapsed().as_millis()
+    );
 
     let ada = "customer-ada";
     let alan = "customer-alan";
@@ -59,23 +64,38 @@ fn run() -> Result<(), Error> {
     println!("\ndetokenize:");
     for t in &tokens {
         let d = vault.detokenize(&t.to_string())?;
-        println!("  {t} -> {} = {}", d.field, d.value.as_str().unwrap_or("<binary>"));
+        println!(
+            "  {t} -> {} = {}",
+            d.field,
+            d.value.as_str().unwrap_or("<binary>")
+        );
     }
 
     let rectified = tokens[1].to_string();
     vault.rectify(&rectified, "+44 20 7946 0999")?;
-    println!("\nrectified ada's phone; same token now reads {}", shown(&vault, &rectified));
+    println!(
+        "\nrectified ada's phone; same token now reads {}",
+        shown(&vault, &rectified)
+    );
 
     let export = vault.export(ada)?;
     println!("\nexport of {ada} ({} records):", export.records.len());
     for r in &export.records {
-        println!("  {} {} = {}", r.token, r.field, r.value.as_str().unwrap_or("<binary>"));
+        println!(
+            "  {} {} = {}",
+            r.token,
+            r.field,
+            r.value.as_str().unwrap_or("<binary>")
+        );
     }
 
     let receipt = vault.erase(ada)?;
     println!(
         "\nerased {ada}: subject ref {}, {} records shredded, purge {:?}",
-        receipt.subject_ref.map(|r| r.to_string()).unwrap_or_default(),
+        receipt
+            .subject_ref
+            .map(|r| r.to_string())
+            .unwrap_or_default(),
         receipt.records,
         receipt.purge
     );
@@ -83,7 +103,10 @@ fn run() -> Result<(), Error> {
     for t in &tokens {
         println!("  {t} -> {}", shown(&vault, &t.to_string()));
     }
-    println!("  export of {ada}: {} records", vault.export(ada)?.records.len());
+    println!(
+        "  export of {ada}: {} records",
+        vault.export(ada)?.records.len()
+    );
 
     let status = vault.key_status()?;
     println!(

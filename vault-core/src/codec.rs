@@ -39,7 +39,10 @@ mod tests {
 
     #[test]
     fn versioned_round_trip() -> Result<(), Error> {
-        let s = S { a: 5, b: vec![1, 2] };
+        let s = S {
+            a: 5,
+            b: vec![1, 2],
+        };
         let bytes = encode(1, &s);
         assert_eq!(bytes[0], 1);
         assert_eq!(decode::<S>(1, &bytes)?, s);

@@ -182,13 +182,22 @@ mod tests {
 
         let other = aad(domain::RECORD, &[b"subject", b"other"]);
         assert!(matches!(aead.open(&other, &sealed), Err(Error::Integrity)));
-        assert!(matches!(key(8).aead().open(&a, &sealed), Err(Error::Integrity)));
+        assert!(matches!(
+            key(8).aead().open(&a, &sealed),
+            Err(Error::Integrity)
+        ));
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x01;
-            assert!(matches!(aead.open(&a, &bad), Err(Error::Integrity)), "byte {i}");
+            assert!(
+                matches!(aead.open(&a, &bad), Err(Error::Integrity)),
+                "byte {i}"
+            );
         }
-        assert!(matches!(aead.open(&a, &sealed[..30]), Err(Error::Integrity)));
+        assert!(matches!(
+            aead.open(&a, &sealed[..30]),
+            Err(Error::Integrity)
+        ));
         Ok(())
     }
 
@@ -230,7 +239,13 @@ mod tests {
             .try_into()
             .expect("24 bytes");
         let ct = XChaCha20Poly1305::new(key.expose().into())
-            .encrypt(&XNonce::from(nonce), Payload { msg: plaintext, aad: &aad })
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
             .expect("encrypt");
         let tag = &ct[ct.len() - TAG_LEN..];
         assert_eq!(tag, &hex("c0875924c1c7987947deafd8780acf49")[..]);

@@ -136,7 +136,10 @@ impl Vault {
         let now = inner.now();
         let (sid, records, due_by) = {
             let _stripe = inner.stripes.lock(&hash);
-            let _keys = inner.key_writes.read().unwrap_or_else(PoisonError::into_inner);
+            let _keys = inner
+                .key_writes
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
             let Some(bytes) = inner.store.get(Cf::Subjects, &hash)? else {
                 return Ok(ErasureReceipt {
                     subject_ref: None,
@@ -170,7 +173,9 @@ impl Vault {
             (sid, entry.records, due_by)
         };
         let purge = match inner.opts.purge {
-            PurgePolicy::Immediate if inner.purge_pending()?.verified => PurgeState::Done { at: inner.now() },
+            PurgePolicy::Immediate if inner.purge_pending()?.verified => {
+                PurgeState::Done { at: inner.now() }
+            }
             _ => PurgeState::Pending { due_by },
         };
         Ok(ErasureReceipt {
@@ -198,7 +203,10 @@ impl Vault {
     }
 
     /// The receipt of an earlier erasure, by its subject reference.
-    pub fn erasure_receipt(&self, subject_ref: &SubjectRef) -> Result<Option<ErasureReceipt>, Error> {
+    pub fn erasure_receipt(
+        &self,
+        subject_ref: &SubjectRef,
+    ) -> Result<Option<ErasureReceipt>, Error> {
         let inner = &*self.inner;
         let Some(bytes) = inner.store.get(Cf::Erasures, &subject_ref.0)? else {
             return Ok(None);
@@ -210,7 +218,9 @@ impl Vault {
                 Some(due) => PurgeState::Pending {
                     due_by: decode(QUEUE_FORMAT, &due)?,
                 },
-                None => PurgeState::Pending { due_by: entry.erased_at },
+                None => PurgeState::Pending {
+                    due_by: entry.erased_at,
+                },
             },
         };
         Ok(Some(ErasureReceipt {
@@ -250,7 +260,10 @@ impl Inner {
 
     /// Purges every queued erasure in one run (one flush and compaction for all).
     pub(crate) fn purge_pending(&self) -> Result<PurgeReport, Error> {
-        let _purge = self.purge_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _purge = self
+            .purge_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let pending = self.pending()?;
         if pending.is_empty() {
             return Ok(PurgeReport {

@@ -2,8 +2,8 @@
 //! subject's index prefix and a multi-get of its records, never a scan of others.
 
 use crate::codec::decode;
-use crate::error::Error;
 use crate::erase::SubjectRef;
+use crate::error::Error;
 use crate::records::{ExportedRecord, Plaintext, RECORD_FORMAT, StoredRecord, record_aad};
 use crate::store::Cf;
 use crate::subjects::{SUBJECT_FORMAT, SubjectEntry};
@@ -60,9 +60,10 @@ impl Vault {
                     if record_sid != sid {
                         return Err(Error::Integrity);
                     }
-                    let plain = dek
-                        .aead
-                        .open(&record_aad(&inner.vault_id, &sid, id, &field, created_at), &sealed)?;
+                    let plain = dek.aead.open(
+                        &record_aad(&inner.vault_id, &sid, id, &field, created_at),
+                        &sealed,
+                    )?;
                     records.push(ExportedRecord {
                         token: Token::new(*id, &inner.index.token_tag_key),
                         field,

@@ -106,7 +106,10 @@ mod tests {
     #[test]
     fn round_trip_and_refusals() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        assert!(matches!(Header::read(dir.path()), Err(Error::NotAVault { .. })));
+        assert!(matches!(
+            Header::read(dir.path()),
+            Err(Error::NotAVault { .. })
+        ));
         header().write(dir.path())?;
         assert_eq!(Header::read(dir.path())?.keyring, vec![3; 40]);
 
@@ -115,10 +118,16 @@ mod tests {
         fs::write(Header::path(dir.path()), &bytes)?;
         assert!(matches!(
             Header::read(dir.path()),
-            Err(Error::UnsupportedFormat { found: 2, supported: 1 })
+            Err(Error::UnsupportedFormat {
+                found: 2,
+                supported: 1
+            })
         ));
         fs::write(Header::path(dir.path()), b"something else entirely")?;
-        assert!(matches!(Header::read(dir.path()), Err(Error::NotAVault { .. })));
+        assert!(matches!(
+            Header::read(dir.path()),
+            Err(Error::NotAVault { .. })
+        ));
         Ok(())
     }
 }

@@ -34,7 +34,9 @@ enum RootKeyInner {
 impl RootKey {
     /// A passphrase, stretched with Argon2id. The string is wiped on drop.
     pub fn passphrase(passphrase: impl Into<String>) -> RootKey {
-        RootKey(RootKeyInner::Passphrase(SecretString::from(passphrase.into())))
+        RootKey(RootKeyInner::Passphrase(SecretString::from(
+            passphrase.into(),
+        )))
     }
 
     /// A 32-byte key supplied by ops (from a file or the environment). The bytes are
@@ -160,12 +162,20 @@ impl RootSecret {
         }
     }
 
-    pub(crate) fn seal_keyring(&self, vault_id: &[u8; 16], ring: &Keyring) -> Result<Vec<u8>, Error> {
+    pub(crate) fn seal_keyring(
+        &self,
+        vault_id: &[u8; 16],
+        ring: &Keyring,
+    ) -> Result<Vec<u8>, Error> {
         self.wrap
             .seal(&aad(domain::KEYRING, &[vault_id]), &ring.to_bytes())
     }
 
-    pub(crate) fn open_keyring(&self, vault_id: &[u8; 16], sealed: &[u8]) -> Result<Keyring, Error> {
+    pub(crate) fn open_keyring(
+        &self,
+        vault_id: &[u8; 16],
+        sealed: &[u8],
+    ) -> Result<Keyring, Error> {
         let bytes = self.wrap.open(&aad(domain::KEYRING, &[vault_id]), sealed)?;
         Keyring::from_bytes(&bytes)
     }
@@ -281,11 +291,22 @@ impl Keyring {
     }
 
     /// Seals `dek` under the active KEK for the subject with storage id `sid`.
-    pub(crate) fn wrap_dek(&self, vault_id: &[u8; 16], sid: &[u8; 16], dek: &Key) -> Result<(u32, Vec<u8>), Error> {
+    pub(crate) fn wrap_dek(
+        &self,
+        vault_id: &[u8; 16],
+        sid: &[u8; 16],
+        dek: &Key,
+    ) -> Result<(u32, Vec<u8>), Error> {
         self.wrap_dek_with(self.active, vault_id, sid, dek)
     }
 
-    pub(crate) fn wrap_dek_with(&self, version: u32, vault_id: &[u8; 16], sid: &[u8; 16], dek: &Key) -> Result<(u32, Vec<u8>), Error> {
+    pub(crate) fn wrap_dek_with(
+        &self,
+        version: u32,
+        vault_id: &[u8; 16],
+        sid: &[u8; 16],
+        dek: &Key,
+    ) -> Result<(u32, Vec<u8>), Error> {
         let kek = self.keks.get(&version).ok_or(Error::Integrity)?;
         let sealed = kek
             .aead
@@ -293,7 +314,13 @@ impl Keyring {
         Ok((version, sealed))
     }
 
-    pub(crate) fn unwrap_dek(&self, version: u32, vault_id: &[u8; 16], sid: &[u8; 16], sealed: &[u8]) -> Result<Key, Error> {
+    pub(crate) fn unwrap_dek(
+        &self,
+        version: u32,
+        vault_id: &[u8; 16],
+        sid: &[u8; 16],
+        sealed: &[u8],
+    ) -> Result<Key, Error> {
         let kek = self.keks.get(&version).ok_or(Error::Integrity)?;
         let bytes = kek.aead.open(&dek_aad(vault_id, sid, version), sealed)?;
         Key::from_slice(&bytes).ok_or(Error::Integrity)
@@ -385,13 +412,19 @@ mod tests {
             back.index_keys().subject_hash("a"),
             ring.index_keys().subject_hash("a")
         );
-        assert_ne!(ring.index_keys().subject_hash("a"), ring.index_keys().subject_hash("b"));
+        assert_ne!(
+            ring.index_keys().subject_hash("a"),
+            ring.index_keys().subject_hash("b")
+        );
         assert!(secret.open_keyring(&[2u8; 16], &sealed).is_err());
 
         let commitment = secret.commitment(&id);
         secret.check(&id, &commitment)?;
         let wrong = RootSecret::derive(&RootKey::from_bytes(&[8; 32])?, &KdfRecord::Raw)?;
-        assert!(matches!(wrong.check(&id, &commitment), Err(Error::WrongRootKey)));
+        assert!(matches!(
+            wrong.check(&id, &commitment),
+            Err(Error::WrongRootKey)
+        ));
         // A passphrase does not open a raw-key vault.
         assert!(matches!(
             RootSecret::derive(&RootKey::passphrase("x"), &KdfRecord::Raw),
@@ -406,7 +439,10 @@ mod tests {
         let vid = [0u8; 16];
         let dek = Key::random()?;
         let (v, sealed) = ring.wrap_dek(&vid, &[1; 16], &dek)?;
-        assert_eq!(ring.unwrap_dek(v, &vid, &[1; 16], &sealed)?.expose(), dek.expose());
+        assert_eq!(
+            ring.unwrap_dek(v, &vid, &[1; 16], &sealed)?.expose(),
+            dek.expose()
+        );
         assert!(ring.unwrap_dek(v, &vid, &[2; 16], &sealed).is_err());
         ring.add_active()?;
         assert!(ring.unwrap_dek(2, &vid, &[1; 16], &sealed).is_err());

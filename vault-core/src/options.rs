@@ -276,13 +276,20 @@ impl VaultOptions {
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
         if self.dek_cache_capacity == 0 {
-            return Err(Error::InvalidOption("the DEK cache capacity must be at least 1"));
+            return Err(Error::InvalidOption(
+                "the DEK cache capacity must be at least 1",
+            ));
         }
         if self.rotation_batch == 0 {
-            return Err(Error::InvalidOption("the rotation batch must be at least 1"));
+            return Err(Error::InvalidOption(
+                "the rotation batch must be at least 1",
+            ));
         }
         let l = &self.limits;
-        if l.max_subject_len == 0 || l.max_field_len == 0 || l.max_value_len == 0 || l.max_batch == 0
+        if l.max_subject_len == 0
+            || l.max_field_len == 0
+            || l.max_value_len == 0
+            || l.max_batch == 0
         {
             return Err(Error::InvalidOption("limits must be at least 1"));
         }
@@ -302,12 +309,18 @@ mod tests {
     #[test]
     fn limits_reject_without_content() {
         let l = Limits::default();
-        assert_eq!(l.check_subject("").unwrap_err().problem, Problem::Empty);
+        assert_eq!(
+            l.check_subject("").expect_err("refused").problem,
+            Problem::Empty
+        );
         let long = "x".repeat(257);
-        let err = l.check_subject(&long).unwrap_err();
+        let err = l.check_subject(&long).expect_err("refused");
         assert_eq!(err.problem, Problem::TooLong { limit: 256 });
         assert!(!err.to_string().contains("xxx"));
-        assert_eq!(l.check_subject("a\u{0}b").unwrap_err().problem, Problem::BadCharacter);
+        assert_eq!(
+            l.check_subject("a\u{0}b").expect_err("refused").problem,
+            Problem::BadCharacter
+        );
         assert!(l.check_subject("alice@example.com").is_ok());
         assert!(l.check_field("email").is_ok());
         assert!(l.check_field("e mail").is_err());

@@ -30,10 +30,22 @@ pub(crate) enum StoredRecord {
     Shredded,
 }
 
-pub(crate) fn record_aad(vault_id: &[u8; 16], sid: &Sid, id: &TokenId, field: &str, created_at: u64) -> Vec<u8> {
+pub(crate) fn record_aad(
+    vault_id: &[u8; 16],
+    sid: &Sid,
+    id: &TokenId,
+    field: &str,
+    created_at: u64,
+) -> Vec<u8> {
     aad(
         domain::RECORD,
-        &[vault_id, sid, id, field.as_bytes(), &created_at.to_le_bytes()],
+        &[
+            vault_id,
+            sid,
+            id,
+            field.as_bytes(),
+            &created_at.to_le_bytes(),
+        ],
     )
 }
 

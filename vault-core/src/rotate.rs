@@ -50,7 +50,10 @@ impl Vault {
     pub fn start_kek_rotation(&self) -> Result<KeyStatus, Error> {
         let inner = &*self.inner;
         {
-            let _keys = inner.key_writes.write().unwrap_or_else(PoisonError::into_inner);
+            let _keys = inner
+                .key_writes
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
             let ring = inner.ring();
             if ring.versions().count() == 1 {
                 // A cursor left by a rotation that finished just before a crash.
@@ -113,7 +116,10 @@ impl Vault {
     /// the header rewritten atomically. O(1): no subject key is touched.
     pub fn change_root_key(&self, new_root: &RootKey) -> Result<(), Error> {
         let inner = &*self.inner;
-        let _keys = inner.key_writes.write().unwrap_or_else(PoisonError::into_inner);
+        let _keys = inner
+            .key_writes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let kdf = KdfRecord::for_key(new_root, &inner.opts.kdf)?;
         let secret = RootSecret::derive(new_root, &kdf)?;
         let ring = inner.ring();
@@ -135,7 +141,10 @@ impl Inner {
     }
 
     pub(crate) fn rotation_step(&self) -> Result<bool, Error> {
-        let _keys = self.key_writes.write().unwrap_or_else(PoisonError::into_inner);
+        let _keys = self
+            .key_writes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let ring = self.ring();
         if ring.versions().count() <= 1 {
             return Ok(false);

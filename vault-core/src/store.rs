@@ -69,6 +69,11 @@ impl Cf {
     }
 }
 
+const PURGE_MARKER: &[u8] = b"purge/marker";
+
+/// A stored key and its value.
+pub(crate) type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// Storage-engine counters, for tests and monitoring: how much work an operation did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StorageCounters {
@@ -99,7 +104,9 @@ pub(crate) struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -112,10 +119,7 @@ fn add_i64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Op
 }
 
 pub(crate) fn decode_i64(bytes: &[u8]) -> i64 {
-    bytes
-        .try_into()
-        .map(i64::from_le_bytes)
-        .unwrap_or(0)
+    bytes.try_into().map(i64::from_le_bytes).unwrap_or(0)
 }
 
 impl Store {
@@ -179,7 +183,11 @@ impl Store {
         Ok(self.db.get_pinned_cf(self.cf(cf), key)?.map(|v| v.to_vec()))
     }
 
-    pub(crate) fn multi_get<K: AsRef<[u8]>>(&self, cf: Cf, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+    pub(crate) fn multi_get<K: AsRef<[u8]>>(
+        &self,
+        cf: Cf,
+        keys: &[K],
+    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
         let handle = self.cf(cf);
         self.db
             .batched_multi_get_cf(handle, keys.iter().map(AsRef::as_ref), false)
@@ -201,7 +209,12 @@ impl Store {
 
     /// Calls `f` on every key/value whose key starts with `prefix`, in key order,
     /// stopping when `f` returns `false`. Reads only that prefix's keys.
-    pub(crate) fn scan_prefix(&self, cf: Cf, prefix: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, Error>) -> Result<(), Error> {
+    pub(crate) fn scan_prefix(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
         let mut ro = ReadOptions::default();
         if let Some(upper) = prefix_upper_bound(prefix) {
             ro.set_iterate_upper_bound(upper);
@@ -209,7 +222,9 @@ impl Store {
         let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
         it.seek(prefix);
         while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else { break };
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
             if !k.starts_with(prefix) || !f(k, v)? {
                 break;
             }
@@ -219,7 +234,12 @@ impl Store {
     }
 
     /// Up to `limit` key/values with keys strictly after `after` (from the start if `None`).
-    pub(crate) fn scan_after(&self, cf: Cf, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, Error> {
+    pub(crate) fn scan_after(
+        &self,
+        cf: Cf,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, Error> {
         let mode = match after {
             Some(k) => IteratorMode::From(k, Direction::Forward),
             None => IteratorMode::Start,
@@ -265,6 +285,12 @@ impl Store {
     /// verification passed within `timeout` (an open iterator elsewhere can pin an
     /// old file for a while; the caller retries later).
     pub(crate) fn purge_files(&self, timeout: Duration) -> Result<bool, Error> {
+        // A write, so that the flush below always switches to a new WAL: with every
+        // memtable empty there would be no switch, and the current WAL (numbered
+        // `before` or lower) would stay live and fail the check forever.
+        let mut marker = self.batch();
+        marker.put(Cf::Meta, PURGE_MARKER, &[]);
+        self.write(marker)?;
         let before = self.max_file_number()?;
         let handles: Vec<&ColumnFamily> = Cf::ALL.iter().map(|&cf| self.cf(cf)).collect();
         let mut fo = FlushOptions::default();
@@ -337,7 +363,9 @@ impl Store {
 /// The number in a RocksDB table or WAL file name (`/000123.sst`, `000124.log`).
 fn file_number(name: &str) -> Option<u64> {
     let name = name.rsplit('/').next()?;
-    let stem = name.strip_suffix(".sst").or_else(|| name.strip_suffix(".log"))?;
+    let stem = name
+        .strip_suffix(".sst")
+        .or_else(|| name.strip_suffix(".log"))?;
     stem.parse().ok()
 }
 
@@ -437,7 +465,10 @@ mod tests {
         let mut b = store.batch();
         b.add(b"c", 10);
         store.write(b)?;
-        assert_eq!(store.get(Cf::Counters, b"c")?.map(|v| decode_i64(&v)), Some(13));
+        assert_eq!(
+            store.get(Cf::Counters, b"c")?.map(|v| decode_i64(&v)),
+            Some(13)
+        );
         Ok(())
     }
 
@@ -451,9 +482,15 @@ mod tests {
         }
         store.write(b)?;
         let page = store.scan_after(Cf::Keys, None, 2)?;
-        assert_eq!(page.iter().map(|(k, _)| k[0]).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(
+            page.iter().map(|(k, _)| k[0]).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
         let page = store.scan_after(Cf::Keys, Some(&[1]), 10)?;
-        assert_eq!(page.iter().map(|(k, _)| k[0]).collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(
+            page.iter().map(|(k, _)| k[0]).collect::<Vec<_>>(),
+            vec![2, 3, 4]
+        );
         Ok(())
     }
 

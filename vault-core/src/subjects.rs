@@ -97,9 +97,12 @@ impl std::fmt::Debug for DekCache {
 
 impl DekCache {
     pub(crate) fn new(capacity: usize) -> DekCache {
-        let per_shard = NonZeroUsize::new(capacity.div_ceil(SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
+        let per_shard =
+            NonZeroUsize::new(capacity.div_ceil(SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
         DekCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(LruCache::new(per_shard))).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(LruCache::new(per_shard)))
+                .collect(),
         }
     }
 
@@ -110,7 +113,11 @@ impl DekCache {
     }
 
     /// The cached DEK, or the result of `load` (cached when `Some`).
-    pub(crate) fn get_or_load(&self, sid: &Sid, load: impl FnOnce() -> Result<Option<Dek>, Error>) -> Result<Option<Arc<Dek>>, Error> {
+    pub(crate) fn get_or_load(
+        &self,
+        sid: &Sid,
+        load: impl FnOnce() -> Result<Option<Dek>, Error>,
+    ) -> Result<Option<Arc<Dek>>, Error> {
         let mut shard = self.shard(sid);
         if let Some(dek) = shard.get(sid) {
             return Ok(Some(dek.clone()));
@@ -170,7 +177,10 @@ impl Stripes {
     }
 
     /// Locks the stripes of all `hashes`, in stripe order so that batches cannot deadlock.
-    pub(crate) fn lock_all<'a>(&'a self, hashes: impl Iterator<Item = &'a SubjectHash>) -> Vec<MutexGuard<'a, ()>> {
+    pub(crate) fn lock_all<'a>(
+        &'a self,
+        hashes: impl Iterator<Item = &'a SubjectHash>,
+    ) -> Vec<MutexGuard<'a, ()>> {
         let mut indices: Vec<usize> = hashes.map(Self::index).collect();
         indices.sort_unstable();
         indices.dedup();
@@ -206,10 +216,22 @@ mod tests {
     fn deterministic_ids_depend_on_key_field_and_value() -> Result<(), Error> {
         let a = Dek::new(&Key::random()?, [0; 32]);
         let b = Dek::new(&Key::random()?, [0; 32]);
-        assert_eq!(a.deterministic_id("email", b"x"), a.deterministic_id("email", b"x"));
-        assert_ne!(a.deterministic_id("email", b"x"), b.deterministic_id("email", b"x"));
-        assert_ne!(a.deterministic_id("email", b"x"), a.deterministic_id("phone", b"x"));
-        assert_ne!(a.deterministic_id("emai", b"lx"), a.deterministic_id("email", b"x"));
+        assert_eq!(
+            a.deterministic_id("email", b"x"),
+            a.deterministic_id("email", b"x")
+        );
+        assert_ne!(
+            a.deterministic_id("email", b"x"),
+            b.deterministic_id("email", b"x")
+        );
+        assert_ne!(
+            a.deterministic_id("email", b"x"),
+            a.deterministic_id("phone", b"x")
+        );
+        assert_ne!(
+            a.deterministic_id("emai", b"lx"),
+            a.deterministic_id("email", b"x")
+        );
         Ok(())
     }
 }

@@ -14,7 +14,7 @@ use crate::header::{Header, sync_dir};
 use crate::keys::{IndexKeys, KdfRecord, Keyring, RootKey, RootSecret};
 use crate::options::VaultOptions;
 use crate::records::{Detokenized, Plaintext, RECORD_FORMAT, StoredRecord, index_key, record_aad};
-use crate::store::{Cf, Store, StorageCounters, StoreOptions};
+use crate::store::{Cf, StorageCounters, Store, StoreOptions};
 use crate::subjects::{
     Dek, DekCache, KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, Stripes, SubjectEntry, SubjectHash,
     dek_counter,
@@ -88,7 +88,9 @@ pub(crate) struct Inner {
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vault").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Vault")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -166,7 +168,12 @@ impl Vault {
     }
 
     /// Tokenizes one value with a random token.
-    pub fn tokenize(&self, subject: &str, field: &str, value: impl AsRef<[u8]>) -> Result<Token, Error> {
+    pub fn tokenize(
+        &self,
+        subject: &str,
+        field: &str,
+        value: impl AsRef<[u8]>,
+    ) -> Result<Token, Error> {
         let request = TokenizeRequest::new(subject, field, value.as_ref());
         Ok(self.single(self.tokenize_batch(&[request])?))
     }
@@ -174,7 +181,12 @@ impl Vault {
     /// Tokenizes one value with its deterministic token: the same (subject, field,
     /// value) always gives the same token, derived from the subject's key, so it
     /// cannot be recomputed once the subject is erased.
-    pub fn tokenize_deterministic(&self, subject: &str, field: &str, value: impl AsRef<[u8]>) -> Result<Token, Error> {
+    pub fn tokenize_deterministic(
+        &self,
+        subject: &str,
+        field: &str,
+        value: impl AsRef<[u8]>,
+    ) -> Result<Token, Error> {
         let request = TokenizeRequest::new(subject, field, value.as_ref()).deterministic();
         Ok(self.single(self.tokenize_batch(&[request])?))
     }
@@ -196,9 +208,15 @@ impl Vault {
             limits.check_field(item.field).map_err(|e| e.at(i))?;
             limits.check_value(item.value).map_err(|e| e.at(i))?;
         }
-        let hashes: Vec<SubjectHash> = items.iter().map(|it| inner.index.subject_hash(it.subject)).collect();
+        let hashes: Vec<SubjectHash> = items
+            .iter()
+            .map(|it| inner.index.subject_hash(it.subject))
+            .collect();
         let _stripes = inner.stripes.lock_all(hashes.iter());
-        let _keys = inner.key_writes.read().unwrap_or_else(PoisonError::into_inner);
+        let _keys = inner
+            .key_writes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         let ring = inner.ring();
         let now = inner.now();
 
@@ -264,9 +282,10 @@ impl Vault {
                 random_bytes()?
             };
             issued.insert(id);
-            let sealed = dek
-                .aead
-                .seal(&record_aad(&inner.vault_id, &entry.sid, &id, item.field, now), item.value)?;
+            let sealed = dek.aead.seal(
+                &record_aad(&inner.vault_id, &entry.sid, &id, item.field, now),
+                item.value,
+            )?;
             let record = StoredRecord::Live {
                 sid: entry.sid,
                 field: item.field.to_owned(),
@@ -306,11 +325,18 @@ impl Vault {
 
     /// Detokenizes many tokens, with one result per token, in order: one bad token
     /// does not fail the others.
-    pub fn detokenize_batch<S: AsRef<str>>(&self, tokens: &[S]) -> Result<Vec<Result<Detokenized, Error>>, Error> {
+    pub fn detokenize_batch<S: AsRef<str>>(
+        &self,
+        tokens: &[S],
+    ) -> Result<Vec<Result<Detokenized, Error>>, Error> {
         let inner = &*self.inner;
         inner.opts.limits.check_batch(tokens.len())?;
-        let ids: Vec<Result<TokenId, Error>> = tokens.iter().map(|t| inner.token_id(t.as_ref())).collect();
-        let valid: Vec<TokenId> = ids.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
+        let ids: Vec<Result<TokenId, Error>> =
+            tokens.iter().map(|t| inner.token_id(t.as_ref())).collect();
+        let valid: Vec<TokenId> = ids
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
         let mut found = inner.store.multi_get(Cf::Records, &valid)?.into_iter();
         Ok(ids
             .into_iter()
@@ -337,9 +363,10 @@ impl Vault {
             else {
                 return Err(Error::Erased);
             };
-            let sealed = dek
-                .aead
-                .seal(&record_aad(&inner.vault_id, sid, &id, &field, created_at), value)?;
+            let sealed = dek.aead.seal(
+                &record_aad(&inner.vault_id, sid, &id, &field, created_at),
+                value,
+            )?;
             let updated = StoredRecord::Live {
                 sid: *sid,
                 field,
@@ -366,7 +393,11 @@ impl Vault {
             if let Some(bytes) = inner.store.get(Cf::Subjects, &dek.subject_hash)? {
                 let mut entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
                 entry.records = entry.records.saturating_sub(1);
-                batch.put(Cf::Subjects, &dek.subject_hash, &encode(SUBJECT_FORMAT, &entry));
+                batch.put(
+                    Cf::Subjects,
+                    &dek.subject_hash,
+                    &encode(SUBJECT_FORMAT, &entry),
+                );
             }
             inner.store.write(batch)
         })
@@ -402,7 +433,10 @@ impl Inner {
     }
 
     pub(crate) fn ring(&self) -> Arc<Keyring> {
-        self.ring.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.ring
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Seals `ring` into the header, writes it durably, then makes it current.
@@ -424,7 +458,8 @@ impl Inner {
     /// The subject's DEK: from the cache, else unwrapped from the `keys` family.
     /// `None` when the key does not exist (erased, or never existed).
     pub(crate) fn dek(&self, sid: &Sid) -> Result<Option<Arc<Dek>>, Error> {
-        self.cache.get_or_load(sid, || self.load_dek(&self.ring(), sid))
+        self.cache
+            .get_or_load(sid, || self.load_dek(&self.ring(), sid))
     }
 
     /// Like [`dek`](Self::dek), with a keyring the caller already holds.
@@ -460,9 +495,10 @@ impl Inner {
                 sealed,
             } => {
                 let dek = self.dek(&sid)?.ok_or_else(|| self.missing_key(&sid))?;
-                let value = dek
-                    .aead
-                    .open(&record_aad(&self.vault_id, &sid, id, &field, created_at), &sealed)?;
+                let value = dek.aead.open(
+                    &record_aad(&self.vault_id, &sid, id, &field, created_at),
+                    &sealed,
+                )?;
                 Ok(Detokenized {
                     field,
                     value: Plaintext::new(value),
@@ -474,7 +510,11 @@ impl Inner {
 
     /// Runs `f` on a live record under its subject's stripe lock, after checking again
     /// under the lock that the record is live and its subject not erased.
-    fn with_live_record<T>(&self, id: &TokenId, f: impl FnOnce(&Sid, &Dek, StoredRecord) -> Result<T, Error>) -> Result<T, Error> {
+    fn with_live_record<T>(
+        &self,
+        id: &TokenId,
+        f: impl FnOnce(&Sid, &Dek, StoredRecord) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let read = |id: &TokenId| -> Result<(Sid, StoredRecord), Error> {
             let bytes = self.store.get(Cf::Records, id)?.ok_or(Error::NotFound)?;
             let record: StoredRecord = decode(RECORD_FORMAT, &bytes)?;
@@ -506,7 +546,11 @@ fn is_missing_or_empty(dir: &Path) -> Result<bool, Error> {
 }
 
 /// Writes the header of a new vault; the database is created after it.
-fn create_header(dir: &Path, root: &RootKey, opts: &VaultOptions) -> Result<(Header, RootSecret, Keyring), Error> {
+fn create_header(
+    dir: &Path,
+    root: &RootKey,
+    opts: &VaultOptions,
+) -> Result<(Header, RootSecret, Keyring), Error> {
     let kdf = KdfRecord::for_key(root, &opts.kdf)?;
     let secret = RootSecret::derive(root, &kdf)?;
     let ring = Keyring::generate()?;

@@ -39,7 +39,11 @@ impl Worker {
 
     /// Asks the worker to stop after its current step and waits for it.
     pub(crate) fn stop(mut self) {
-        *self.signal.stop.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        *self
+            .signal
+            .stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
         self.signal.cv.notify_all();
         if let Some(handle) = self.handle.take() {
             // A panic in the worker has already been reported by the panic hook.

@@ -79,7 +79,10 @@ fn tokenize_racing_erase_on_one_subject() -> TestResult {
     assert_eq!(readable, live.records.len());
     vault.purge_now()?;
     for (token, _) in &issued {
-        assert!(matches!(vault.detokenize(token), Ok(_) | Err(Error::Erased)));
+        assert!(matches!(
+            vault.detokenize(token),
+            Ok(_) | Err(Error::Erased)
+        ));
     }
     Ok(())
 }
@@ -87,7 +90,11 @@ fn tokenize_racing_erase_on_one_subject() -> TestResult {
 #[test]
 fn many_threads_tokenize_and_detokenize() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let vault = Arc::new(Vault::open(dir.path(), &root(), relaxed().dek_cache_capacity(64))?);
+    let vault = Arc::new(Vault::open(
+        dir.path(),
+        &root(),
+        relaxed().dek_cache_capacity(64),
+    )?);
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let vault = vault.clone();
@@ -118,20 +125,36 @@ fn many_threads_tokenize_and_detokenize() -> TestResult {
     let tokens: Vec<&str> = all.iter().map(|(t, _)| t.as_str()).collect();
     for (chunk, expected) in tokens.chunks(1000).zip(all.chunks(1000)) {
         for (result, (_, value)) in vault.detokenize_batch(chunk)?.iter().zip(expected) {
-            assert_eq!(result.as_ref().map_err(|e| e.to_string())?.value.as_str(), Some(value.as_str()));
+            assert_eq!(
+                result.as_ref().map_err(|e| e.to_string())?.value.as_str(),
+                Some(value.as_str())
+            );
         }
     }
-    assert!(vault.cached_keys() <= 64 + 16, "cache bound: {}", vault.cached_keys());
+    assert!(
+        vault.cached_keys() <= 64 + 16,
+        "cache bound: {}",
+        vault.cached_keys()
+    );
     Ok(())
 }
 
 #[test]
 fn rotation_under_traffic_keeps_every_value_readable() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let vault = Arc::new(Vault::open(dir.path(), &root(), relaxed().rotation_batch(100))?);
+    let vault = Arc::new(Vault::open(
+        dir.path(),
+        &root(),
+        relaxed().rotation_batch(100),
+    )?);
     let mut seed = Vec::new();
     for i in 0..2000 {
-        seed.push((vault.tokenize(&format!("s{i}"), "email", format!("v{i}"))?.to_string(), format!("v{i}")));
+        seed.push((
+            vault
+                .tokenize(&format!("s{i}"), "email", format!("v{i}"))?
+                .to_string(),
+            format!("v{i}"),
+        ));
     }
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = {
@@ -141,7 +164,10 @@ fn rotation_under_traffic_keeps_every_value_readable() -> TestResult {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 let t = vault.tokenize(&format!("new{n}"), "email", format!("n{n}"))?;
-                assert_eq!(vault.detokenize(&t.to_string())?.value.as_str(), Some(format!("n{n}").as_str()));
+                assert_eq!(
+                    vault.detokenize(&t.to_string())?.value.as_str(),
+                    Some(format!("n{n}").as_str())
+                );
                 let (tok, val) = &seed[n % seed.len()];
                 match vault.detokenize(tok) {
                     Ok(d) => assert_eq!(d.value.as_str(), Some(val.as_str())),

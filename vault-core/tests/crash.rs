@@ -16,7 +16,13 @@ const DIR_VAR: &str = "VAULT_CRASH_TEST_DIR";
 
 fn spawn_child(test: &str, dir: &Path) -> std::io::Result<Child> {
     Command::new(std::env::current_exe()?)
-        .args(["--ignored", "--exact", test, "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            test,
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(DIR_VAR, dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -135,7 +141,10 @@ fn a_rotation_killed_midway_resumes() -> TestResult {
                 break;
             }
         }
-        assert_ne!(line, "DONE", "the rotation finished before it could be killed");
+        assert_ne!(
+            line, "DONE",
+            "the rotation finished before it could be killed"
+        );
     }
     child.kill()?;
     child.wait()?;
@@ -146,23 +155,39 @@ fn a_rotation_killed_midway_resumes() -> TestResult {
     assert_eq!(status.active_version, 2);
     let total: u64 = status.versions.iter().map(|v| v.deks).sum();
     assert_eq!(total, SUBJECTS as u64, "{status:?}");
-    assert!(status.versions.iter().any(|v| v.version == 2 && v.deks >= 500), "{status:?}");
+    assert!(
+        status
+            .versions
+            .iter()
+            .any(|v| v.version == 2 && v.deks >= 500),
+        "{status:?}"
+    );
     // Every value readable mid-rotation, under either version.
     for (token, value) in &tokens {
-        assert_eq!(vault.detokenize(token)?.value.as_str(), Some(value.as_str()));
+        assert_eq!(
+            vault.detokenize(token)?.value.as_str(),
+            Some(value.as_str())
+        );
     }
     // New subjects get the new version at once.
     vault.tokenize("newcomer", "email", "n@x.io")?;
     let status = vault.resume_kek_rotation()?;
     assert!(!status.rotation_in_progress);
-    assert_eq!(status.versions.len(), 1, "the old version is destroyed: {status:?}");
+    assert_eq!(
+        status.versions.len(),
+        1,
+        "the old version is destroyed: {status:?}"
+    );
     assert_eq!(status.versions[0].version, 2);
     assert_eq!(status.versions[0].deks, SUBJECTS as u64 + 1);
     vault.close()?;
 
     let vault = open(dir.path());
     for (token, value) in &tokens {
-        assert_eq!(vault.detokenize(token)?.value.as_str(), Some(value.as_str()));
+        assert_eq!(
+            vault.detokenize(token)?.value.as_str(),
+            Some(value.as_str())
+        );
     }
     Ok(())
 }

@@ -51,36 +51,71 @@ fn erasure_removes_key_and_ciphertexts_from_every_file() -> TestResult {
         let vault = open(dir.path());
         let mut victim_tokens = Vec::new();
         for i in 0..50 {
-            let field = if i == 0 { canary_field.to_string() } else { format!("f{i}") };
-            victim_tokens.push(vault.tokenize("victim@example.com", &field, value)?.to_string());
+            let field = if i == 0 {
+                canary_field.to_string()
+            } else {
+                format!("f{i}")
+            };
+            victim_tokens.push(
+                vault
+                    .tokenize("victim@example.com", &field, value)?
+                    .to_string(),
+            );
         }
         let bystander_tokens = vec![vault.tokenize("bystander", "email", "b@x.io")?.to_string()];
-        let victim_ref = vault.export("victim@example.com")?.subject_ref.expect("exists").to_string();
-        let bystander_ref = vault.export("bystander")?.subject_ref.expect("exists").to_string();
+        let victim_ref = vault
+            .export("victim@example.com")?
+            .subject_ref
+            .expect("exists")
+            .to_string();
+        let bystander_ref = vault
+            .export("bystander")?
+            .subject_ref
+            .expect("exists")
+            .to_string();
         vault.close()?;
-        ((victim_ref, victim_tokens), (bystander_ref, bystander_tokens))
+        (
+            (victim_ref, victim_tokens),
+            (bystander_ref, bystander_tokens),
+        )
     };
     let victim_traces = traces(dir.path(), &victim.0, &victim.1);
     let bystander_traces = traces(dir.path(), &bystander.0, &bystander.1);
 
     // Positive control: the scanner does see these bytes while they exist.
-    assert!(found(dir.path(), &victim_traces.wrapped_dek), "control: wrapped DEK on disk");
+    assert!(
+        found(dir.path(), &victim_traces.wrapped_dek),
+        "control: wrapped DEK on disk"
+    );
     for ct in &victim_traces.ciphertexts {
         assert!(found(dir.path(), ct), "control: ciphertext on disk");
     }
-    assert!(found(dir.path(), canary_field.as_bytes()), "control: clear-text canary found");
+    assert!(
+        found(dir.path(), canary_field.as_bytes()),
+        "control: clear-text canary found"
+    );
     // The values and the subject id are never on disk in clear.
     assert!(!found(dir.path(), value.as_bytes()));
     assert!(!found(dir.path(), b"victim@example.com"));
 
     {
-        let vault = Vault::open(dir.path(), &root(), options().purge_policy(PurgePolicy::Immediate))?;
+        let vault = Vault::open(
+            dir.path(),
+            &root(),
+            options().purge_policy(PurgePolicy::Immediate),
+        )?;
         let receipt = vault.erase("victim@example.com")?;
         assert_eq!(receipt.records, 50);
-        assert!(matches!(receipt.purge, PurgeState::Done { .. }), "{receipt:?}");
+        assert!(
+            matches!(receipt.purge, PurgeState::Done { .. }),
+            "{receipt:?}"
+        );
         assert!(vault.pending_purges()?.is_empty());
         for t in &victim.1 {
-            assert!(matches!(vault.detokenize(t), Err(vault_core::Error::Erased)));
+            assert!(matches!(
+                vault.detokenize(t),
+                Err(vault_core::Error::Erased)
+            ));
         }
         // Scan while the vault is still open, then again after closing and reopening.
         assert_gone(dir.path(), &victim_traces, canary_field, value);
@@ -90,9 +125,15 @@ fn erasure_removes_key_and_ciphertexts_from_every_file() -> TestResult {
     {
         let vault = open(dir.path());
         for t in &victim.1 {
-            assert!(matches!(vault.detokenize(t), Err(vault_core::Error::Erased)));
+            assert!(matches!(
+                vault.detokenize(t),
+                Err(vault_core::Error::Erased)
+            ));
         }
-        assert_eq!(vault.detokenize(&bystander.1[0])?.value.as_bytes(), b"b@x.io");
+        assert_eq!(
+            vault.detokenize(&bystander.1[0])?.value.as_bytes(),
+            b"b@x.io"
+        );
         vault.close()?;
     }
     assert_gone(dir.path(), &victim_traces, canary_field, value);
@@ -133,7 +174,9 @@ fn batched_purge_runs_when_due_and_covers_every_pending_erasure() -> TestResult 
     assert!(report.verified);
     assert!(vault.pending_purges()?.is_empty());
     for r in [ra, rb] {
-        let receipt = vault.erasure_receipt(&r.subject_ref.expect("erased"))?.expect("kept");
+        let receipt = vault
+            .erasure_receipt(&r.subject_ref.expect("erased"))?
+            .expect("kept");
         assert!(matches!(receipt.purge, PurgeState::Done { .. }));
     }
     Ok(())
@@ -153,7 +196,10 @@ fn background_worker_purges_within_the_delay() -> TestResult {
     vault.erase("a")?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !vault.pending_purges()?.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the worker never purged");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never purged"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     Ok(())
@@ -188,7 +234,10 @@ fn erase_cost_does_not_grow_with_record_count() -> TestResult {
     };
     let small = cost("small")?;
     let large = cost("large")?;
-    assert_eq!(small, large, "reads, writes, seeks, steps: small {small:?} vs large {large:?}");
+    assert_eq!(
+        small, large,
+        "reads, writes, seeks, steps: small {small:?} vs large {large:?}"
+    );
     assert!(small[1] <= 6, "{small:?}");
     assert_eq!(small[3], 0, "erase iterates nothing");
     Ok(())
@@ -225,5 +274,25 @@ fn export_touches_only_the_subjects_keys() -> TestResult {
     assert!(reads <= 42, "point reads: {reads}");
     assert!(steps <= 41, "iterator steps: {steps}");
     assert_eq!(seeks, 1);
+    Ok(())
+}
+
+/// A purge that has nothing left to write (the erased subject had no records, and the
+/// vault was reopened, so every memtable is empty) must still verify.
+#[test]
+fn purge_verifies_with_nothing_to_write_after_reopen() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    {
+        let vault = open(dir.path());
+        let t = vault.tokenize("a", "email", "v")?.to_string();
+        vault.delete(&t)?;
+        assert_eq!(vault.erase("a")?.records, 0);
+        vault.close()?;
+    }
+    let vault = open(dir.path());
+    let report = vault.purge_now()?;
+    assert!(report.verified, "{report:?}");
+    assert_eq!(report.subjects, 1);
+    assert!(vault.pending_purges()?.is_empty());
     Ok(())
 }

@@ -87,7 +87,9 @@ fn detokenize_batch_gives_one_result_per_token() -> TestResult {
     let deleted = vault.tokenize("s1", "phone", "123")?.to_string();
     vault.delete(&deleted)?;
     let other_dir = tempfile::tempdir()?;
-    let foreign = open(other_dir.path()).tokenize("s1", "email", "x")?.to_string();
+    let foreign = open(other_dir.path())
+        .tokenize("s1", "email", "x")?
+        .to_string();
     let results = vault.detokenize_batch(&[
         good.as_str(),
         "not a token",
@@ -97,7 +99,13 @@ fn detokenize_batch_gives_one_result_per_token() -> TestResult {
         good.as_str(),
     ])?;
     assert_eq!(results.len(), 6);
-    assert_eq!(results[0].as_ref().map(|d| d.value.as_bytes().to_vec()).ok(), Some(b"a@x.io".to_vec()));
+    assert_eq!(
+        results[0]
+            .as_ref()
+            .map(|d| d.value.as_bytes().to_vec())
+            .ok(),
+        Some(b"a@x.io".to_vec())
+    );
     assert!(matches!(results[1], Err(Error::InvalidToken)));
     assert!(matches!(results[2], Err(Error::Erased)));
     assert!(matches!(results[3], Err(Error::NotFound)));
@@ -114,7 +122,10 @@ fn deterministic_tokens_repeat_per_subject_and_die_with_it() -> TestResult {
     let b = vault.tokenize_deterministic("s1", "email", "a@x.io")?;
     assert_eq!(a, b);
     assert_ne!(a, vault.tokenize_deterministic("s2", "email", "a@x.io")?);
-    assert_ne!(a, vault.tokenize_deterministic("s1", "backup_email", "a@x.io")?);
+    assert_ne!(
+        a,
+        vault.tokenize_deterministic("s1", "backup_email", "a@x.io")?
+    );
     // Repeating it stores nothing new.
     assert_eq!(vault.export("s1")?.records.len(), 2);
     // In one batch, duplicates collapse to one record too.
@@ -124,11 +135,17 @@ fn deterministic_tokens_repeat_per_subject_and_die_with_it() -> TestResult {
     assert_eq!(vault.export("s3")?.records.len(), 1);
 
     vault.erase("s1")?;
-    assert!(matches!(vault.detokenize(&a.to_string()), Err(Error::Erased)));
+    assert!(matches!(
+        vault.detokenize(&a.to_string()),
+        Err(Error::Erased)
+    ));
     // The same id is a new subject with a new key: a different deterministic token.
     let again = vault.tokenize_deterministic("s1", "email", "a@x.io")?;
     assert_ne!(again, a);
-    assert_eq!(vault.detokenize(&again.to_string())?.value.as_bytes(), b"a@x.io");
+    assert_eq!(
+        vault.detokenize(&again.to_string())?.value.as_bytes(),
+        b"a@x.io"
+    );
     Ok(())
 }
 
@@ -190,12 +207,19 @@ fn erase_receipt_and_reuse_of_subject_id() -> TestResult {
     let dir = tempfile::tempdir()?;
     let vault = open(dir.path());
     let tokens: Vec<String> = (0..5)
-        .map(|i| vault.tokenize("s1", "email", format!("v{i}")).map(|t| t.to_string()))
+        .map(|i| {
+            vault
+                .tokenize("s1", "email", format!("v{i}"))
+                .map(|t| t.to_string())
+        })
         .collect::<Result<_, _>>()?;
     let receipt = vault.erase("s1")?;
     assert_eq!(receipt.records, 5);
     let sref = receipt.subject_ref.clone().expect("a subject was erased");
-    assert!(matches!(receipt.purge, vault_core::PurgeState::Pending { .. }));
+    assert!(matches!(
+        receipt.purge,
+        vault_core::PurgeState::Pending { .. }
+    ));
     for t in &tokens {
         assert!(matches!(vault.detokenize(t), Err(Error::Erased)));
     }
@@ -237,13 +261,20 @@ fn passphrase_vault_wrong_key_and_root_change() -> TestResult {
     };
 
     let before = snapshot(dir.path());
-    for wrong in [RootKey::passphrase("wrong passphrase"), RootKey::from_bytes(&[1; 32])?] {
+    for wrong in [
+        RootKey::passphrase("wrong passphrase"),
+        RootKey::from_bytes(&[1; 32])?,
+    ] {
         match Vault::open(dir.path(), &wrong, opts()) {
             Err(Error::WrongRootKey) => {}
             other => panic!("expected WrongRootKey, got {other:?}"),
         }
     }
-    assert_eq!(snapshot(dir.path()), before, "a refused open changes nothing on disk");
+    assert_eq!(
+        snapshot(dir.path()),
+        before,
+        "a refused open changes nothing on disk"
+    );
 
     {
         let vault = Vault::open(dir.path(), &RootKey::passphrase("first passphrase"), opts())?;
@@ -255,7 +286,11 @@ fn passphrase_vault_wrong_key_and_root_change() -> TestResult {
         Err(Error::WrongRootKey)
     ));
     {
-        let vault = Vault::open(dir.path(), &RootKey::passphrase("second passphrase"), opts())?;
+        let vault = Vault::open(
+            dir.path(),
+            &RootKey::passphrase("second passphrase"),
+            opts(),
+        )?;
         assert_eq!(vault.detokenize(&token)?.value.as_bytes(), b"a@x.io");
         vault.change_root_key(&root())?;
     }
@@ -272,7 +307,11 @@ fn weak_kdf_parameters_are_refused() -> TestResult {
         iterations: 1,
         parallelism: 1,
     };
-    let result = Vault::open(dir.path(), &RootKey::passphrase("p"), options().kdf_params(weak));
+    let result = Vault::open(
+        dir.path(),
+        &RootKey::passphrase("p"),
+        options().kdf_params(weak),
+    );
     assert!(matches!(result, Err(Error::InvalidOption(_))));
     assert!(all_files(dir.path()).is_empty(), "nothing created");
     Ok(())
@@ -284,7 +323,10 @@ fn foreign_directories_and_newer_formats_are_refused_untouched() -> TestResult {
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("notes.txt"), b"hello")?;
     let before = snapshot(dir.path());
-    assert!(matches!(open_result(dir.path()), Err(Error::NotAVault { .. })));
+    assert!(matches!(
+        open_result(dir.path()),
+        Err(Error::NotAVault { .. })
+    ));
     assert_eq!(snapshot(dir.path()), before);
 
     // A vault from a newer format version.
@@ -297,7 +339,10 @@ fn foreign_directories_and_newer_formats_are_refused_untouched() -> TestResult {
     let before = snapshot(dir.path());
     assert!(matches!(
         open_result(dir.path()),
-        Err(Error::UnsupportedFormat { found: 0xff, supported: 1 })
+        Err(Error::UnsupportedFormat {
+            found: 0xff,
+            supported: 1
+        })
     ));
     assert_eq!(snapshot(dir.path()), before);
 
@@ -337,7 +382,7 @@ fn bad_input_is_refused_without_content_and_changes_nothing() -> TestResult {
         vault.erase("").map(drop),
         vault.erase(&long_subject).map(drop),
         vault.export(&long_subject).map(drop),
-        vault.detokenize(&format!("{secret}")).map(drop),
+        vault.detokenize(secret).map(drop),
         vault.delete("").map(drop),
     ];
     for (i, case) in cases.into_iter().enumerate() {
@@ -349,9 +394,18 @@ fn bad_input_is_refused_without_content_and_changes_nothing() -> TestResult {
         let shown = format!("{err} {err:?}");
         assert!(!shown.contains("secret"), "case {i} leaks input: {shown}");
     }
-    let many: Vec<TokenizeRequest> = (0..10_001).map(|_| TokenizeRequest::new("s", "f", b"v")).collect();
-    assert!(matches!(vault.tokenize_batch(&many), Err(Error::InvalidInput(_))));
-    assert_eq!(vault.storage_counters().keys_written, before, "nothing written");
+    let many: Vec<TokenizeRequest> = (0..10_001)
+        .map(|_| TokenizeRequest::new("s", "f", b"v"))
+        .collect();
+    assert!(matches!(
+        vault.tokenize_batch(&many),
+        Err(Error::InvalidInput(_))
+    ));
+    assert_eq!(
+        vault.storage_counters().keys_written,
+        before,
+        "nothing written"
+    );
     assert_eq!(vault.detokenize(&t)?.value.as_bytes(), b"a@x.io");
     assert_eq!(vault.export("s1")?.records.len(), 1);
     Ok(())
@@ -371,7 +425,11 @@ fn limits_are_configurable() -> TestResult {
         Err(Error::InvalidInput(e)) if e.problem == Problem::TooLong { limit: 8 }
     ));
     assert!(matches!(
-        Vault::open(tempfile::tempdir()?.path(), &root(), VaultOptions::default().dek_cache_capacity(0)),
+        Vault::open(
+            tempfile::tempdir()?.path(),
+            &root(),
+            VaultOptions::default().dek_cache_capacity(0)
+        ),
         Err(Error::InvalidOption(_))
     ));
     Ok(())
@@ -390,7 +448,10 @@ fn secrets_stay_out_of_debug_output() -> TestResult {
         format!("{export:?}"),
         format!("{:?}", root()),
         format!("{:?}", RootKey::passphrase("hunter2 hunter2")),
-        format!("{:?}", TokenizeRequest::new("alice@example.com", "email", b"alice@example.com")),
+        format!(
+            "{:?}",
+            TokenizeRequest::new("alice@example.com", "email", b"alice@example.com")
+        ),
     ] {
         assert!(!shown.contains("alice"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");

@@ -30,10 +30,16 @@ fn flipped_bytes_in_a_record_are_detected() -> TestResult {
             other => panic!("byte {i}: expected Integrity, got {other:?}"),
         }
         let export = vault.export("s1");
-        assert!(matches!(export, Err(Error::Integrity)), "byte {i}: {export:?}");
+        assert!(
+            matches!(export, Err(Error::Integrity)),
+            "byte {i}: {export:?}"
+        );
     }
     raw_put(dir.path(), "records", &id, &original);
-    assert_eq!(open(dir.path()).detokenize(&token)?.value.as_bytes(), b"a@x.io");
+    assert_eq!(
+        open(dir.path()).detokenize(&token)?.value.as_bytes(),
+        b"a@x.io"
+    );
     Ok(())
 }
 
@@ -82,7 +88,10 @@ fn a_tampered_or_swapped_subject_key_is_refused() -> TestResult {
     let key_b = raw_get(dir.path(), "keys", &sid_b).expect("key b");
     // s2's wrapped key under s1's storage id.
     raw_put(dir.path(), "keys", &sid_a, &key_b);
-    assert!(matches!(open(dir.path()).detokenize(&a), Err(Error::Integrity)));
+    assert!(matches!(
+        open(dir.path()).detokenize(&a),
+        Err(Error::Integrity)
+    ));
     let mut flipped = key_a.clone();
     let last = flipped.len() - 1;
     flipped[last] ^= 0x80;
@@ -107,7 +116,10 @@ fn a_tampered_header_does_not_open() -> TestResult {
         std::fs::write(&path, &bad)?;
         let result = Vault::open(dir.path(), &root(), options());
         assert!(
-            matches!(result, Err(Error::Integrity | Error::WrongRootKey | Error::NotAVault { .. })),
+            matches!(
+                result,
+                Err(Error::Integrity | Error::WrongRootKey | Error::NotAVault { .. })
+            ),
             "byte {i}: {result:?}"
         );
     }

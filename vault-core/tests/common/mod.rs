@@ -84,7 +84,8 @@ fn descriptors() -> Vec<rocksdb::ColumnFamilyDescriptor> {
             let mut o = rocksdb::Options::default();
             if *name == "counters" {
                 o.set_merge_operator_associative("add_i64", |_, existing, ops| {
-                    let mut total = existing.map_or(0, |b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
+                    let mut total =
+                        existing.map_or(0, |b| i64::from_le_bytes(b.try_into().expect("8 bytes")));
                     for op in ops {
                         total += i64::from_le_bytes(op.try_into().expect("8 bytes"));
                     }
