@@ -55,6 +55,7 @@ enum State {
         subject: u8,
         field: String,
         value: String,
+        deterministic: bool,
     },
     Deleted,
     Erased,
@@ -105,9 +106,9 @@ proptest! {
                     } else {
                         vault.tokenize(&s, &f, &v)
                     }.expect("tokenize").to_string();
-                    let live = State::Live { subject, field: f.clone(), value: v.clone() };
+                    let live = State::Live { subject, field: f.clone(), value: v.clone(), deterministic };
                     match model.get(&token) {
-                        // A deterministic token repeats; it keeps its (possibly rectified) value.
+                        // A deterministic token repeats (and is never rectified).
                         Some(State::Live { .. }) => prop_assert!(deterministic),
                         _ => {
                             model.insert(token.clone(), live);
@@ -126,6 +127,7 @@ proptest! {
                         let v = format!("rectified-{value}");
                         let result = vault.rectify(&t, &v);
                         match model.get_mut(&t) {
+                            Some(State::Live { deterministic: true, .. }) => prop_assert!(matches!(result, Err(Error::DeterministicToken))),
                             Some(State::Live { value: mv, .. }) => { result.expect("rectify live"); *mv = v; }
                             Some(State::Deleted) => prop_assert!(matches!(result, Err(Error::NotFound))),
                             Some(State::Erased) => prop_assert!(matches!(result, Err(Error::Erased))),
@@ -159,7 +161,7 @@ proptest! {
                 Op::Export { subject } => {
                     let export = vault.export(&format!("subject-{subject}")).expect("export");
                     let mut expected: Vec<(String, String, String)> = model.iter().filter_map(|(t, s)| match s {
-                        State::Live { subject: ms, field, value } if *ms == subject => Some((t.clone(), field.clone(), value.clone())),
+                        State::Live { subject: ms, field, value, .. } if *ms == subject => Some((t.clone(), field.clone(), value.clone())),
                         _ => None,
                     }).collect();
                     expected.sort();

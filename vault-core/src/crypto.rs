@@ -9,7 +9,7 @@
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use secrecy::{ExposeSecret, SecretBox};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::Error;
 
@@ -27,6 +27,8 @@ pub(crate) mod label {
     pub const SUBJECT_HASH: &str = "pii-vault 2026-11 index key -> subject id hash";
     pub const TOKEN_TAG: &str = "pii-vault 2026-11 index key -> token tag";
     pub const DETERMINISTIC_TOKEN: &str = "pii-vault 2026-11 DEK -> deterministic token";
+    pub const TOMBSTONE_MAC: &str =
+        "pii-vault 2026-11 index key -> shredded records and erasure entries";
 }
 
 /// AAD domain tags: one per kind of ciphertext.
@@ -34,6 +36,8 @@ pub(crate) mod domain {
     pub const KEYRING: &[u8] = b"pii-vault/keyring/v1";
     pub const DEK: &[u8] = b"pii-vault/dek/v1";
     pub const RECORD: &[u8] = b"pii-vault/record/v1";
+    pub const SHREDDED: &[u8] = b"pii-vault/shredded/v1";
+    pub const ERASURE: &[u8] = b"pii-vault/erasure/v1";
 }
 
 /// A 256-bit secret key on the heap, wiped on drop, never `Clone`, `Copy` or `Debug`-printed.
@@ -72,7 +76,11 @@ impl Key {
         Key::fill_with(|out| {
             let mut hasher = blake3::Hasher::new_derive_key(context);
             hasher.update(self.expose());
-            hasher.finalize_xof().fill(out);
+            let mut reader = hasher.finalize_xof();
+            reader.fill(out);
+            // blake3's state holds key material and has no Drop: wipe it.
+            reader.zeroize();
+            hasher.zeroize();
         })
     }
 
@@ -87,17 +95,28 @@ impl Key {
 
     /// Keyed BLAKE3 of `data` under this key.
     pub(crate) fn mac(&self, data: &[u8]) -> [u8; 32] {
-        *blake3::keyed_hash(self.expose(), data).as_bytes()
+        self.mac_parts_raw(|h| {
+            h.update(data);
+        })
     }
 
     /// Keyed BLAKE3 of several length-prefixed parts, so that part boundaries count.
     pub(crate) fn mac_parts(&self, parts: &[&[u8]]) -> [u8; 32] {
+        self.mac_parts_raw(|h| {
+            for part in parts {
+                h.update(&(part.len() as u64).to_le_bytes());
+                h.update(part);
+            }
+        })
+    }
+
+    fn mac_parts_raw(&self, feed: impl FnOnce(&mut blake3::Hasher)) -> [u8; 32] {
         let mut hasher = blake3::Hasher::new_keyed(self.expose());
-        for part in parts {
-            hasher.update(&(part.len() as u64).to_le_bytes());
-            hasher.update(part);
-        }
-        *hasher.finalize().as_bytes()
+        feed(&mut hasher);
+        let out = *hasher.finalize().as_bytes();
+        // The keyed state is key material; blake3's Hasher has no Drop.
+        hasher.zeroize();
+        out
     }
 }
 
@@ -250,6 +269,14 @@ mod tests {
         let tag = &ct[ct.len() - TAG_LEN..];
         assert_eq!(tag, &hex("c0875924c1c7987947deafd8780acf49")[..]);
         assert_eq!(&ct[..8], &hex("bd6d179d3e83d43b")[..]);
+
+        // The vault's own stored layout, nonce || ciphertext || tag, opens to it.
+        let mut stored = nonce.to_vec();
+        stored.extend_from_slice(&ct);
+        assert_eq!(
+            &key.aead().open(&aad, &stored).expect("open")[..],
+            plaintext
+        );
     }
 
     fn hex(s: &str) -> Vec<u8> {

@@ -14,12 +14,17 @@ use std::fmt;
 use std::sync::PoisonError;
 use std::time::Duration;
 
+use subtle::ConstantTimeEq;
+
 use crate::codec::{decode, encode};
+use crate::crypto::domain;
 use crate::error::Error;
+use crate::keys::IndexKeys;
 use crate::options::PurgePolicy;
-use crate::records::{RECORD_FORMAT, StoredRecord};
+use crate::records::{RECORD_FORMAT, StoredRecord, shredded_tag};
 use crate::store::Cf;
 use crate::subjects::{KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, SubjectEntry, dek_counter};
+use crate::token::TokenId;
 use crate::vault::{Inner, Vault};
 
 const ERASURE_FORMAT: u8 = 1;
@@ -29,12 +34,47 @@ const PURGE_CHUNK: usize = 10_000;
 /// How long a purge waits for pinned files (an export's iterator) to be released.
 const PURGE_VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// `erasures` column family: sid → this. No personal data.
+/// `erasures` column family: sid → this. No personal data. The tag (keyed by the
+/// vault, over the sid and the immutable fields) stops an erasure being forged to
+/// make a live subject's records look erased.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct ErasureEntry {
     erased_at: u64,
     records: u64,
     purged_at: Option<u64>,
+    tag: [u8; 16],
+}
+
+impl ErasureEntry {
+    fn new(index: &IndexKeys, sid: &Sid, erased_at: u64, records: u64) -> ErasureEntry {
+        ErasureEntry {
+            erased_at,
+            records,
+            purged_at: None,
+            tag: Self::expected_tag(index, sid, erased_at, records),
+        }
+    }
+
+    fn expected_tag(index: &IndexKeys, sid: &Sid, erased_at: u64, records: u64) -> [u8; 16] {
+        index.tombstone_tag(
+            domain::ERASURE,
+            &[sid, &erased_at.to_le_bytes(), &records.to_le_bytes()],
+        )
+    }
+
+    /// Reads and authenticates the erasure entry of `sid`, if there is one.
+    fn load(inner: &Inner, sid: &Sid) -> Result<Option<ErasureEntry>, Error> {
+        let Some(bytes) = inner.store.get(Cf::Erasures, sid)? else {
+            return Ok(None);
+        };
+        let entry: ErasureEntry = decode(ERASURE_FORMAT, &bytes)?;
+        let expected = Self::expected_tag(&inner.index, sid, entry.erased_at, entry.records);
+        if bool::from(expected.ct_eq(&entry.tag)) {
+            Ok(Some(entry))
+        } else {
+            Err(Error::Integrity)
+        }
+    }
 }
 
 /// A reference to one subject instance that says nothing about who it is: the hex
@@ -89,6 +129,7 @@ pub enum PurgeState {
 
 /// What [`Vault::erase`] did. Carries no personal data.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ErasureReceipt {
     /// The erased subject instance, or `None` when no subject had this id.
     pub subject_ref: Option<SubjectRef>,
@@ -102,6 +143,7 @@ pub struct ErasureReceipt {
 
 /// An erasure whose purge has not completed.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PendingPurge {
     /// The erased subject instance.
     pub subject_ref: SubjectRef,
@@ -111,6 +153,7 @@ pub struct PendingPurge {
 
 /// What a purge run did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct PurgeReport {
     /// Erased subjects whose bytes this run removed.
     pub subjects: usize,
@@ -151,32 +194,43 @@ impl Vault {
             let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
             let sid = entry.sid;
             let mut batch = inner.store.batch();
+            // The key must authenticate as this subject's: an entry pointed at another
+            // subject's key must not destroy that key. (A missing key is cleaned up.)
             if let Some(key) = inner.store.get(Cf::Keys, &sid)? {
                 let key: KeyEntry = decode(KEY_FORMAT, &key)?;
+                let dek = inner.dek_with(&inner.ring(), &sid)?;
+                if dek.is_none_or(|d| d.subject_hash != hash) || key.subject_hash != hash {
+                    return Err(Error::Integrity);
+                }
                 batch.add(&dek_counter(key.kek_version), -1);
             }
             batch.delete(Cf::Subjects, &hash);
             batch.delete(Cf::Keys, &sid);
-            let erasure = ErasureEntry {
-                erased_at: now,
-                records: entry.records,
-                purged_at: None,
-            };
+            let erasure = ErasureEntry::new(&inner.index, &sid, now, entry.records);
             batch.put(Cf::Erasures, &sid, &encode(ERASURE_FORMAT, &erasure));
             let due_by = match inner.opts.purge {
                 PurgePolicy::Immediate => now,
                 PurgePolicy::Within(delay) => now.saturating_add(delay.as_millis() as u64),
             };
             batch.put(Cf::PurgeQueue, &sid, &encode(QUEUE_FORMAT, &due_by));
-            inner.store.write(batch)?;
+            // Synced whatever the vault's durability: an acknowledged erasure must not
+            // come undone after a machine crash.
+            inner.store.write_synced(batch)?;
             inner.cache.remove(&sid);
             (sid, entry.records, due_by)
         };
+        // The key is gone: from here on the caller gets a receipt, never an error. A
+        // purge that fails leaves the erasure pending, for the worker or `purge_now`.
         let purge = match inner.opts.purge {
-            PurgePolicy::Immediate if inner.purge_pending()?.verified => {
-                PurgeState::Done { at: inner.now() }
-            }
-            _ => PurgeState::Pending { due_by },
+            PurgePolicy::Immediate => match inner.purge_pending() {
+                Ok(report) if report.verified => PurgeState::Done { at: inner.now() },
+                Ok(_) => PurgeState::Pending { due_by },
+                Err(e) => {
+                    inner.set_background_error(Some(e));
+                    PurgeState::Pending { due_by }
+                }
+            },
+            PurgePolicy::Within(_) => PurgeState::Pending { due_by },
         };
         Ok(ErasureReceipt {
             subject_ref: Some(SubjectRef(sid)),
@@ -208,10 +262,9 @@ impl Vault {
         subject_ref: &SubjectRef,
     ) -> Result<Option<ErasureReceipt>, Error> {
         let inner = &*self.inner;
-        let Some(bytes) = inner.store.get(Cf::Erasures, &subject_ref.0)? else {
+        let Some(entry) = ErasureEntry::load(inner, &subject_ref.0)? else {
             return Ok(None);
         };
-        let entry: ErasureEntry = decode(ERASURE_FORMAT, &bytes)?;
         let purge = match entry.purged_at {
             Some(at) => PurgeState::Done { at },
             None => match inner.store.get(Cf::PurgeQueue, &subject_ref.0)? {
@@ -233,6 +286,16 @@ impl Vault {
 }
 
 impl Inner {
+    /// Why a live record's key is missing: its subject was erased (an authentic
+    /// erasure entry exists), or the data is damaged.
+    pub(crate) fn missing_key(&self, sid: &Sid) -> Error {
+        match ErasureEntry::load(self, sid) {
+            Ok(Some(_)) => Error::Erased,
+            Ok(None) => Error::Integrity,
+            Err(e) => e,
+        }
+    }
+
     pub(crate) fn pending(&self) -> Result<Vec<PendingPurge>, Error> {
         let mut out = Vec::new();
         self.store.scan_prefix(Cf::PurgeQueue, &[], |k, v| {
@@ -279,11 +342,14 @@ impl Inner {
                 ids.push(k.to_vec());
                 Ok(true)
             })?;
-            let stub = encode(RECORD_FORMAT, &StoredRecord::Shredded);
             for chunk in ids.chunks(PURGE_CHUNK) {
                 let mut batch = self.store.batch();
                 for key in chunk {
-                    batch.put(Cf::Records, &key[16..], &stub);
+                    let id: TokenId = key[16..].try_into().map_err(|_| Error::Integrity)?;
+                    let stub = StoredRecord::Shredded {
+                        tag: shredded_tag(&self.index, &id),
+                    };
+                    batch.put(Cf::Records, &id, &encode(RECORD_FORMAT, &stub));
                     batch.delete(Cf::Index, key);
                 }
                 self.store.write(batch)?;
@@ -297,13 +363,12 @@ impl Inner {
             for p in &pending {
                 let sid = p.subject_ref.0;
                 batch.delete(Cf::PurgeQueue, &sid);
-                if let Some(bytes) = self.store.get(Cf::Erasures, &sid)? {
-                    let mut entry: ErasureEntry = decode(ERASURE_FORMAT, &bytes)?;
+                if let Some(mut entry) = ErasureEntry::load(self, &sid)? {
                     entry.purged_at = Some(now);
                     batch.put(Cf::Erasures, &sid, &encode(ERASURE_FORMAT, &entry));
                 }
             }
-            self.store.write(batch)?;
+            self.store.write_synced(batch)?;
         }
         Ok(PurgeReport {
             subjects: pending.len(),

@@ -23,6 +23,10 @@ pub enum Error {
     /// The record's subject has been erased; its key no longer exists.
     #[error("erased")]
     Erased,
+    /// A deterministic token's value cannot be rectified (the token is derived from
+    /// it): tokenize the new value and delete the old token instead.
+    #[error("a deterministic token cannot be rectified")]
+    DeterministicToken,
     /// Stored data failed authentication: it was altered, moved, or cannot be read
     /// with this vault's keys. Nothing was returned from it.
     #[error("integrity check failed")]
@@ -69,6 +73,10 @@ pub enum Error {
     /// The operating system's random generator failed.
     #[error("the operating system's random generator failed")]
     Random,
+    /// A purge ran but could not verify that the erased bytes left every file (an
+    /// open iterator can pin an old file); the erasures stay pending and are retried.
+    #[error("the purge could not be verified yet; it will be retried")]
+    PurgeUnverified,
     /// Deriving the root key from the passphrase failed.
     #[error("key derivation failed")]
     Kdf,

@@ -4,7 +4,9 @@
 use crate::codec::decode;
 use crate::erase::SubjectRef;
 use crate::error::Error;
-use crate::records::{ExportedRecord, Plaintext, RECORD_FORMAT, StoredRecord, record_aad};
+use crate::records::{
+    ExportedRecord, Plaintext, RECORD_FORMAT, StoredRecord, record_aad, stub_outcome,
+};
 use crate::store::Cf;
 use crate::subjects::{SUBJECT_FORMAT, SubjectEntry};
 use crate::token::{Token, TokenId};
@@ -12,6 +14,7 @@ use crate::vault::Vault;
 
 /// Everything the vault holds about one subject.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SubjectExport {
     /// The subject instance, or `None` when the vault holds nothing under this id.
     pub subject_ref: Option<SubjectRef>,
@@ -38,13 +41,16 @@ impl Vault {
         };
         let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
         let sid = entry.sid;
-        let mut ids: Vec<TokenId> = Vec::with_capacity(entry.records as usize);
+        let mut ids: Vec<TokenId> = Vec::new();
         inner.store.scan_prefix(Cf::Index, &sid, |key, _| {
             ids.push(key[16..].try_into().map_err(|_| Error::Integrity)?);
             Ok(true)
         })?;
         // Erased between the two reads: the subject is gone.
         let dek = inner.dek(&sid)?.ok_or(Error::Erased)?;
+        if dek.subject_hash != hash {
+            return Err(Error::Integrity);
+        }
         let stored = inner.store.multi_get(Cf::Records, &ids)?;
         let mut records = Vec::with_capacity(ids.len());
         for (id, value) in ids.iter().zip(stored) {
@@ -55,13 +61,14 @@ impl Vault {
                     sid: record_sid,
                     field,
                     created_at,
+                    deterministic,
                     sealed,
                 } => {
                     if record_sid != sid {
                         return Err(Error::Integrity);
                     }
                     let plain = dek.aead.open(
-                        &record_aad(&inner.vault_id, &sid, id, &field, created_at),
+                        &record_aad(&inner.vault_id, &sid, id, &field, created_at, deterministic),
                         &sealed,
                     )?;
                     records.push(ExportedRecord {
@@ -71,7 +78,9 @@ impl Vault {
                         created_at,
                     });
                 }
-                StoredRecord::Shredded => return Err(Error::Erased),
+                StoredRecord::Shredded { tag } => {
+                    return Err(stub_outcome(&inner.index, id, &tag));
+                }
             }
         }
         Ok(SubjectExport {

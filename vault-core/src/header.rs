@@ -74,7 +74,14 @@ impl Header {
             .map_err(|_| Error::InvalidOption("header does not serialise"))?;
         let tmp = dir.join(format!("{HEADER_FILE}.tmp"));
         let path = Header::path(dir);
-        let mut file = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&tmp).map_err(|e| Error::io(&tmp, e))?;
         file.write_all(&bytes).map_err(|e| Error::io(&tmp, e))?;
         file.sync_all().map_err(|e| Error::io(&tmp, e))?;
         drop(file);

@@ -81,6 +81,14 @@ impl RootKey {
                     salt,
                 },
             ) => {
+                // The header is not authenticated before this runs: refuse parameters
+                // no honest vault has, rather than allocate or loop without bound.
+                let stored = KdfParams {
+                    memory_kib: *memory_kib,
+                    iterations: *iterations,
+                    parallelism: *parallelism,
+                };
+                stored.validate().map_err(|_| Error::Integrity)?;
                 let params = Params::new(*memory_kib, *iterations, *parallelism, Some(KEY_LEN))
                     .map_err(|_| Error::Kdf)?;
                 let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
@@ -266,6 +274,7 @@ impl Keyring {
         IndexKeys {
             subject_hash_key: self.index_key.derive(label::SUBJECT_HASH),
             token_tag_key: self.index_key.derive(label::TOKEN_TAG),
+            tombstone_key: self.index_key.derive(label::TOMBSTONE_MAC),
         }
     }
 
@@ -290,40 +299,54 @@ impl Keyring {
         retired
     }
 
-    /// Seals `dek` under the active KEK for the subject with storage id `sid`.
-    pub(crate) fn wrap_dek(
-        &self,
-        vault_id: &[u8; 16],
-        sid: &[u8; 16],
-        dek: &Key,
-    ) -> Result<(u32, Vec<u8>), Error> {
-        self.wrap_dek_with(self.active, vault_id, sid, dek)
+    /// Seals `dek` under the active KEK for the subject instance `slot`.
+    pub(crate) fn wrap_dek(&self, slot: &DekSlot<'_>, dek: &Key) -> Result<(u32, Vec<u8>), Error> {
+        self.wrap_dek_with(self.active, slot, dek)
     }
 
     pub(crate) fn wrap_dek_with(
         &self,
         version: u32,
-        vault_id: &[u8; 16],
-        sid: &[u8; 16],
+        slot: &DekSlot<'_>,
         dek: &Key,
     ) -> Result<(u32, Vec<u8>), Error> {
         let kek = self.keks.get(&version).ok_or(Error::Integrity)?;
-        let sealed = kek
-            .aead
-            .seal(&dek_aad(vault_id, sid, version), dek.expose())?;
+        let sealed = kek.aead.seal(&slot.aad(version), dek.expose())?;
         Ok((version, sealed))
     }
 
     pub(crate) fn unwrap_dek(
         &self,
         version: u32,
-        vault_id: &[u8; 16],
-        sid: &[u8; 16],
+        slot: &DekSlot<'_>,
         sealed: &[u8],
     ) -> Result<Key, Error> {
         let kek = self.keks.get(&version).ok_or(Error::Integrity)?;
-        let bytes = kek.aead.open(&dek_aad(vault_id, sid, version), sealed)?;
+        let bytes = kek.aead.open(&slot.aad(version), sealed)?;
         Key::from_slice(&bytes).ok_or(Error::Integrity)
+    }
+}
+
+/// Where a wrapped DEK belongs: the vault, the subject instance's storage id and the
+/// subject-id hash. All three are bound into the AAD, so a wrapped key moved to
+/// another subject, or a subject entry pointed at another subject's key, fails.
+pub(crate) struct DekSlot<'a> {
+    pub vault_id: &'a [u8; 16],
+    pub sid: &'a [u8; 16],
+    pub subject_hash: &'a [u8; 32],
+}
+
+impl DekSlot<'_> {
+    fn aad(&self, version: u32) -> Vec<u8> {
+        aad(
+            domain::DEK,
+            &[
+                self.vault_id,
+                self.sid,
+                self.subject_hash,
+                &version.to_le_bytes(),
+            ],
+        )
     }
 }
 
@@ -342,6 +365,9 @@ pub(crate) struct IndexKeys {
     subject_hash_key: Key,
     /// Tags tokens as this vault's.
     pub(crate) token_tag_key: Key,
+    /// Authenticates what an erasure leaves behind (record stubs, erasure entries),
+    /// so that tampering cannot make live data look erased.
+    pub(crate) tombstone_key: Key,
 }
 
 impl IndexKeys {
@@ -349,16 +375,23 @@ impl IndexKeys {
     pub(crate) fn subject_hash(&self, subject: &str) -> [u8; 32] {
         self.subject_hash_key.mac(subject.as_bytes())
     }
+
+    /// A 128-bit tag over `parts` under the tombstone key, for `domain`.
+    pub(crate) fn tombstone_tag(&self, domain: &[u8], parts: &[&[u8]]) -> [u8; 16] {
+        let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        all.push(domain);
+        all.extend_from_slice(parts);
+        let mac = self.tombstone_key.mac_parts(&all);
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&mac[..16]);
+        tag
+    }
 }
 
 impl fmt::Debug for IndexKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("IndexKeys([REDACTED])")
     }
-}
-
-fn dek_aad(vault_id: &[u8; 16], sid: &[u8; 16], version: u32) -> Vec<u8> {
-    aad(domain::DEK, &[vault_id, sid, &version.to_le_bytes()])
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -436,18 +469,36 @@ mod tests {
     #[test]
     fn dek_wrapping_is_bound_to_subject_and_version() -> Result<(), Error> {
         let mut ring = Keyring::generate()?;
-        let vid = [0u8; 16];
+        let slot = |sid: &'static [u8; 16], hash: &'static [u8; 32]| DekSlot {
+            vault_id: &[0u8; 16],
+            sid,
+            subject_hash: hash,
+        };
         let dek = Key::random()?;
-        let (v, sealed) = ring.wrap_dek(&vid, &[1; 16], &dek)?;
+        let (v, sealed) = ring.wrap_dek(&slot(&[1; 16], &[5; 32]), &dek)?;
         assert_eq!(
-            ring.unwrap_dek(v, &vid, &[1; 16], &sealed)?.expose(),
+            ring.unwrap_dek(v, &slot(&[1; 16], &[5; 32]), &sealed)?
+                .expose(),
             dek.expose()
         );
-        assert!(ring.unwrap_dek(v, &vid, &[2; 16], &sealed).is_err());
+        assert!(
+            ring.unwrap_dek(v, &slot(&[2; 16], &[5; 32]), &sealed)
+                .is_err()
+        );
+        assert!(
+            ring.unwrap_dek(v, &slot(&[1; 16], &[6; 32]), &sealed)
+                .is_err()
+        );
         ring.add_active()?;
-        assert!(ring.unwrap_dek(2, &vid, &[1; 16], &sealed).is_err());
+        assert!(
+            ring.unwrap_dek(2, &slot(&[1; 16], &[5; 32]), &sealed)
+                .is_err()
+        );
         assert_eq!(ring.retain_active_only(), vec![1]);
-        assert!(ring.unwrap_dek(1, &vid, &[1; 16], &sealed).is_err());
+        assert!(
+            ring.unwrap_dek(1, &slot(&[1; 16], &[5; 32]), &sealed)
+                .is_err()
+        );
         Ok(())
     }
 

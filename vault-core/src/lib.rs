@@ -45,7 +45,9 @@ pub use erase::{ErasureReceipt, PendingPurge, PurgeReport, PurgeState, SubjectRe
 pub use error::{Argument, Error, InputError, Problem, StorageError};
 pub use export::SubjectExport;
 pub use keys::RootKey;
-pub use options::{Clock, Durability, KdfParams, Limits, PurgePolicy, SystemClock, VaultOptions};
+pub use options::{
+    Clock, Durability, KdfParams, Limits, MAX_PURGE_DELAY, PurgePolicy, SystemClock, VaultOptions,
+};
 pub use records::{Detokenized, ExportedRecord, Plaintext};
 pub use rotate::{KekVersionStatus, KeyStatus};
 pub use store::StorageCounters;

@@ -20,6 +20,9 @@ pub enum Durability {
     Relaxed,
 }
 
+/// The longest purge delay accepted.
+pub const MAX_PURGE_DELAY: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// When the bytes of an erased subject are purged from the vault's files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -28,7 +31,8 @@ pub enum PurgePolicy {
     /// erasure then pays a flush and a full compaction of the subject data.
     Immediate,
     /// Batch erasures: a background worker purges every pending erasure no later than
-    /// this delay after the oldest one. Many erasures share one compaction.
+    /// this delay after the oldest one. Many erasures share one compaction. At most
+    /// [`MAX_PURGE_DELAY`].
     Within(Duration),
 }
 
@@ -132,6 +136,11 @@ impl KdfParams {
         parallelism: 1,
     };
 
+    /// The most memory accepted: 1 GiB.
+    pub const MAXIMUM_MEMORY_KIB: u32 = 1024 * 1024;
+    /// The most passes accepted.
+    pub const MAXIMUM_ITERATIONS: u32 = 64;
+
     pub(crate) fn validate(&self) -> Result<(), Error> {
         if self.memory_kib < Self::MINIMUM.memory_kib || self.iterations < Self::MINIMUM.iterations
         {
@@ -139,7 +148,11 @@ impl KdfParams {
                 "Argon2id parameters below the OWASP minimum (19 MiB, 2 passes)",
             ));
         }
-        if self.parallelism == 0 || self.parallelism > 16 || self.memory_kib > 4 * 1024 * 1024 {
+        if self.parallelism == 0
+            || self.parallelism > 16
+            || self.memory_kib > Self::MAXIMUM_MEMORY_KIB
+            || self.iterations > Self::MAXIMUM_ITERATIONS
+        {
             return Err(Error::InvalidOption("Argon2id parameters out of range"));
         }
         Ok(())
@@ -283,6 +296,13 @@ impl VaultOptions {
         if self.rotation_batch == 0 {
             return Err(Error::InvalidOption(
                 "the rotation batch must be at least 1",
+            ));
+        }
+        if let PurgePolicy::Within(delay) = self.purge
+            && delay > MAX_PURGE_DELAY
+        {
+            return Err(Error::InvalidOption(
+                "the purge delay must be at most 30 days (GDPR: without undue delay)",
             ));
         }
         let l = &self.limits;

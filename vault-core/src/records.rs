@@ -1,6 +1,6 @@
 //! Records: one value of one subject, stored under its token id and sealed with the
 //! subject's DEK. The AAD binds the ciphertext to the vault, the subject's storage id,
-//! the token id, the field name and the creation time, so a ciphertext copied onto another record does
+//! the token id, the field name, the creation time and the token kind, so a ciphertext copied onto another record does
 //! not decrypt.
 
 use std::fmt;
@@ -9,8 +9,11 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::crypto::{aad, domain};
+use crate::error::Error;
+use crate::keys::IndexKeys;
 use crate::subjects::Sid;
 use crate::token::{Token, TokenId};
+use subtle::ConstantTimeEq;
 
 pub(crate) const RECORD_FORMAT: u8 = 1;
 
@@ -22,20 +25,26 @@ pub(crate) enum StoredRecord {
         sid: Sid,
         field: String,
         created_at: u64,
+        /// Issued as a deterministic token: its value cannot be rectified, since the
+        /// token is a function of it.
+        deterministic: bool,
         /// `nonce || ciphertext || tag` under the subject's DEK.
         sealed: Vec<u8>,
     },
     /// What a purge leaves of an erased subject's record: nothing but the fact that
-    /// the token once existed, so that it keeps answering *erased*.
-    Shredded,
+    /// the token once existed, so that it keeps answering *erased*. The tag (keyed by
+    /// the vault, over the token id) stops a stub being forged over a live record.
+    Shredded { tag: [u8; 16] },
 }
 
+/// The AAD of a record: everything stored beside the ciphertext is bound to it.
 pub(crate) fn record_aad(
     vault_id: &[u8; 16],
     sid: &Sid,
     id: &TokenId,
     field: &str,
     created_at: u64,
+    deterministic: bool,
 ) -> Vec<u8> {
     aad(
         domain::RECORD,
@@ -45,8 +54,22 @@ pub(crate) fn record_aad(
             id,
             field.as_bytes(),
             &created_at.to_le_bytes(),
+            &[u8::from(deterministic)],
         ],
     )
+}
+
+pub(crate) fn shredded_tag(index: &IndexKeys, id: &TokenId) -> [u8; 16] {
+    index.tombstone_tag(domain::SHREDDED, &[id])
+}
+
+/// What a stub means: the subject was erased, if the stub is genuine.
+pub(crate) fn stub_outcome(index: &IndexKeys, id: &TokenId, tag: &[u8; 16]) -> Error {
+    if bool::from(shredded_tag(index, id).ct_eq(tag)) {
+        Error::Erased
+    } else {
+        Error::Integrity
+    }
 }
 
 /// The `index` key of a record: sid || token id.
@@ -90,6 +113,7 @@ impl fmt::Debug for Plaintext {
 
 /// A record turned back into its value by [`Vault::detokenize`](crate::Vault::detokenize).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Detokenized {
     /// The field name given at tokenization.
     pub field: String,
@@ -101,6 +125,7 @@ pub struct Detokenized {
 
 /// One record of a [`SubjectExport`](crate::SubjectExport).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ExportedRecord {
     /// The record's token.
     pub token: Token,

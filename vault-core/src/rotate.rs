@@ -12,7 +12,7 @@ use std::sync::PoisonError;
 
 use crate::codec::{decode, encode};
 use crate::error::Error;
-use crate::keys::{KdfRecord, RootKey, RootSecret};
+use crate::keys::{DekSlot, KdfRecord, RootKey, RootSecret};
 use crate::store::{Cf, decode_i64};
 use crate::subjects::{KEY_FORMAT, KeyEntry, Sid, dek_counter};
 use crate::vault::{Inner, Vault};
@@ -21,6 +21,7 @@ const ROTATION_CURSOR: &[u8] = b"rotation/cursor";
 
 /// One KEK version and the DEKs it wraps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KekVersionStatus {
     /// The version number.
     pub version: u32,
@@ -32,6 +33,7 @@ pub struct KekVersionStatus {
 
 /// The state of the vault's keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KeyStatus {
     /// The version new subject keys are wrapped with.
     pub active_version: u32,
@@ -41,6 +43,9 @@ pub struct KeyStatus {
     pub rotation_in_progress: bool,
     /// Erasures whose bytes are not purged yet.
     pub pending_purges: usize,
+    /// The error the background worker's last run ended with (purge or rotation),
+    /// if it failed; `None` when it succeeded or there is no worker.
+    pub background_error: Option<String>,
 }
 
 impl Vault {
@@ -109,6 +114,7 @@ impl Vault {
             rotation_in_progress: versions.len() > 1,
             versions,
             pending_purges: inner.pending()?.len(),
+            background_error: inner.background_error(),
         })
     }
 
@@ -116,12 +122,13 @@ impl Vault {
     /// the header rewritten atomically. O(1): no subject key is touched.
     pub fn change_root_key(&self, new_root: &RootKey) -> Result<(), Error> {
         let inner = &*self.inner;
+        // Argon2id runs before the lock, so writers are not held up by it.
+        let kdf = KdfRecord::for_key(new_root, &inner.opts.kdf)?;
+        let secret = RootSecret::derive(new_root, &kdf)?;
         let _keys = inner
             .key_writes
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let kdf = KdfRecord::for_key(new_root, &inner.opts.kdf)?;
-        let secret = RootSecret::derive(new_root, &kdf)?;
         let ring = inner.ring();
         let mut state = inner.header.lock().unwrap_or_else(PoisonError::into_inner);
         let mut header = state.header.clone();
@@ -136,11 +143,11 @@ impl Vault {
 }
 
 impl Inner {
-    pub(crate) fn rotation_in_progress(&self) -> bool {
-        self.ring().versions().count() > 1
-    }
-
     pub(crate) fn rotation_step(&self) -> Result<bool, Error> {
+        // The common case, no rotation, without taking the writers' lock.
+        if self.ring().versions().count() <= 1 {
+            return Ok(false);
+        }
         let _keys = self
             .key_writes
             .write()
@@ -161,8 +168,13 @@ impl Inner {
             if entry.kek_version == target {
                 continue;
             }
-            let dek = ring.unwrap_dek(entry.kek_version, &self.vault_id, &sid, &entry.wrapped)?;
-            let (version, wrapped) = ring.wrap_dek_with(target, &self.vault_id, &sid, &dek)?;
+            let slot = DekSlot {
+                vault_id: &self.vault_id,
+                sid: &sid,
+                subject_hash: &entry.subject_hash,
+            };
+            let dek = ring.unwrap_dek(entry.kek_version, &slot, &entry.wrapped)?;
+            let (version, wrapped) = ring.wrap_dek_with(target, &slot, &dek)?;
             batch.add(&dek_counter(entry.kek_version), -1);
             batch.add(&dek_counter(version), 1);
             entry.kek_version = version;
@@ -172,7 +184,9 @@ impl Inner {
         if let Some((last, _)) = page.last() {
             batch.put(Cf::Meta, ROTATION_CURSOR, last);
         }
-        self.store.write(batch)?;
+        // Synced whatever the durability: the old KEK is destroyed (in the header,
+        // fsynced) only after every rewrap is on disk.
+        self.store.write_synced(batch)?;
         if page.len() == self.opts.rotation_batch {
             return Ok(true);
         }

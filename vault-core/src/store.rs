@@ -70,6 +70,11 @@ impl Cf {
 }
 
 const PURGE_MARKER: &[u8] = b"purge/marker";
+/// A new MANIFEST at every version edit (flush, compaction): an older MANIFEST keeps
+/// the smallest and largest key of each table file it lists, which can be subject
+/// hashes. Rewriting it costs a few KiB per edit at the vault's file counts.
+/// (`max_manifest_space_amp_pct` is not reachable through a typed setter.)
+const MANIFEST_OPTIONS: &str = "max_manifest_file_size=0;max_manifest_space_amp_pct=0";
 
 /// A stored key and its value.
 pub(crate) type KeyValue = (Vec<u8>, Vec<u8>);
@@ -125,15 +130,13 @@ pub(crate) fn decode_i64(bytes: &[u8]) -> i64 {
 impl Store {
     /// Opens the database in `dir`; creates it (and its column families) if `create`.
     pub(crate) fn open(dir: &Path, create: bool, so: StoreOptions) -> Result<Store, Error> {
-        let mut opts = Options::default();
+        let mut opts = Options::default().get_options_from_string(MANIFEST_OPTIONS)?;
         opts.create_if_missing(create);
         opts.create_missing_column_families(create);
         // Erasure depends on these: no recycled or archived WALs (ERASURE.md).
         opts.set_recycle_log_file_num(0);
         opts.set_wal_ttl_seconds(0);
         opts.set_wal_size_limit_mb(0);
-        // Start a new MANIFEST often, so old file boundaries (subject hashes) do not linger.
-        opts.set_max_manifest_file_size(1 << 20);
         opts.set_keep_log_file_num(4);
         opts.set_max_background_jobs(2);
         opts.set_bytes_per_sync(1 << 20);
@@ -205,6 +208,13 @@ impl Store {
 
     pub(crate) fn write(&self, batch: Batch<'_>) -> Result<(), Error> {
         Ok(self.db.write_opt(batch.inner, &self.write)?)
+    }
+
+    /// Writes with a synced WAL whatever the configured durability.
+    pub(crate) fn write_synced(&self, batch: Batch<'_>) -> Result<(), Error> {
+        let mut synced = WriteOptions::default();
+        synced.set_sync(true);
+        Ok(self.db.write_opt(batch.inner, &synced)?)
     }
 
     /// Calls `f` on every key/value whose key starts with `prefix`, in key order,
@@ -307,7 +317,10 @@ impl Store {
         }
         let mut wo = WaitForCompactOptions::default();
         wo.set_flush(true);
-        self.db.wait_for_compact(&wo)?;
+        wo.set_timeout(timeout.as_micros() as u64);
+        // A timeout here is not fatal: the check below then fails, and the purge is
+        // retried later.
+        let _ = self.db.wait_for_compact(&wo);
 
         let deadline = Instant::now() + timeout;
         loop {
@@ -321,8 +334,8 @@ impl Store {
         }
     }
 
-    /// True when no live file of a subject-data family, no table file on disk at all,
-    /// and no WAL is numbered `before` or lower.
+    /// True when no live file of a subject-data family, no WAL and no MANIFEST is
+    /// numbered `before` or lower, and no obsolete table file is left on disk.
     fn old_files_gone(&self, before: u64) -> Result<bool, Error> {
         let subject_cfs: HashSet<&str> = Cf::SUBJECT_DATA.iter().map(|c| c.name()).collect();
         let mut live = HashSet::new();
@@ -343,6 +356,10 @@ impl Store {
                 if obsolete_table || old_wal {
                     return Ok(false);
                 }
+            } else if let Some(number) = name.strip_prefix("MANIFEST-")
+                && number.parse::<u64>().is_ok_and(|n| n <= before)
+            {
+                return Ok(false);
             }
         }
         Ok(true)
@@ -352,7 +369,10 @@ impl Store {
         let mut max = 0;
         for entry in std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
             let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
-            if let Some(n) = file_number(&entry.file_name().to_string_lossy()) {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let manifest = name.strip_prefix("MANIFEST-").and_then(|n| n.parse().ok());
+            if let Some(n) = file_number(&name).or(manifest) {
                 max = max.max(n);
             }
         }

@@ -11,9 +11,11 @@ use crate::codec::{decode, encode};
 use crate::crypto::{Key, random_bytes};
 use crate::error::Error;
 use crate::header::{Header, sync_dir};
-use crate::keys::{IndexKeys, KdfRecord, Keyring, RootKey, RootSecret};
+use crate::keys::{DekSlot, IndexKeys, KdfRecord, Keyring, RootKey, RootSecret};
 use crate::options::VaultOptions;
-use crate::records::{Detokenized, Plaintext, RECORD_FORMAT, StoredRecord, index_key, record_aad};
+use crate::records::{
+    Detokenized, Plaintext, RECORD_FORMAT, StoredRecord, index_key, record_aad, stub_outcome,
+};
 use crate::store::{Cf, StorageCounters, Store, StoreOptions};
 use crate::subjects::{
     Dek, DekCache, KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, Stripes, SubjectEntry, SubjectHash,
@@ -84,6 +86,8 @@ pub(crate) struct Inner {
     pub cache: DekCache,
     pub stripes: Stripes,
     pub purge_lock: Mutex<()>,
+    /// What the background worker's last run failed with, if it did.
+    background_error: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -149,6 +153,7 @@ impl Vault {
             cache: DekCache::new(opts.dek_cache_capacity),
             stripes: Stripes::new(),
             purge_lock: Mutex::new(()),
+            background_error: Mutex::new(None),
             opts,
         });
         let worker = inner
@@ -198,7 +203,7 @@ impl Vault {
 
     /// Tokenizes many values in one atomic write: either every value is stored and a
     /// token returned for each (in order), or nothing is stored. An invalid item fails
-    /// the whole call with an [`InputError`] naming its index.
+    /// the whole call with an [`InputError`](crate::InputError) naming its index.
     pub fn tokenize_batch(&self, items: &[TokenizeRequest<'_>]) -> Result<Vec<Token>, Error> {
         let inner = &*self.inner;
         let limits = &inner.opts.limits;
@@ -238,12 +243,22 @@ impl Vault {
                     // A subject entry without its key is damage, not an erasure
                     // (erasure removes both in one batch).
                     let dek = inner.dek_with(&ring, &entry.sid)?.ok_or(Error::Integrity)?;
+                    // The key is bound to its subject hash: a subject entry pointed at
+                    // another subject's key is refused, not written under that key.
+                    if dek.subject_hash != *h {
+                        return Err(Error::Integrity);
+                    }
                     (entry, dek)
                 }
                 None => {
                     let sid: Sid = random_bytes()?;
                     let key = Key::random()?;
-                    let (version, wrapped) = ring.wrap_dek(&inner.vault_id, &sid, &key)?;
+                    let slot = DekSlot {
+                        vault_id: &inner.vault_id,
+                        sid: &sid,
+                        subject_hash: h,
+                    };
+                    let (version, wrapped) = ring.wrap_dek(&slot, &key)?;
                     let entry = KeyEntry {
                         subject_hash: *h,
                         kek_version: version,
@@ -283,13 +298,21 @@ impl Vault {
             };
             issued.insert(id);
             let sealed = dek.aead.seal(
-                &record_aad(&inner.vault_id, &entry.sid, &id, item.field, now),
+                &record_aad(
+                    &inner.vault_id,
+                    &entry.sid,
+                    &id,
+                    item.field,
+                    now,
+                    item.deterministic,
+                ),
                 item.value,
             )?;
             let record = StoredRecord::Live {
                 sid: entry.sid,
                 field: item.field.to_owned(),
                 created_at: now,
+                deterministic: item.deterministic,
                 sealed,
             };
             batch.put(Cf::Records, &id, &encode(RECORD_FORMAT, &record));
@@ -358,19 +381,26 @@ impl Vault {
         let id = inner.token_id(token)?;
         inner.with_live_record(&id, |sid, dek, record| {
             let StoredRecord::Live {
-                field, created_at, ..
+                field,
+                created_at,
+                deterministic,
+                ..
             } = record
             else {
                 return Err(Error::Erased);
             };
+            if deterministic {
+                return Err(Error::DeterministicToken);
+            }
             let sealed = dek.aead.seal(
-                &record_aad(&inner.vault_id, sid, &id, &field, created_at),
+                &record_aad(&inner.vault_id, sid, &id, &field, created_at, false),
                 value,
             )?;
             let updated = StoredRecord::Live {
                 sid: *sid,
                 field,
                 created_at,
+                deterministic: false,
                 sealed,
             };
             let mut batch = inner.store.batch();
@@ -432,6 +462,20 @@ impl Inner {
         self.opts.clock.now_millis()
     }
 
+    pub(crate) fn set_background_error(&self, error: Option<Error>) {
+        *self
+            .background_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = error.map(|e| e.to_string());
+    }
+
+    pub(crate) fn background_error(&self) -> Option<String> {
+        self.background_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     pub(crate) fn ring(&self) -> Arc<Keyring> {
         self.ring
             .read()
@@ -472,31 +516,28 @@ impl Inner {
             return Ok(None);
         };
         let entry: KeyEntry = decode(KEY_FORMAT, &bytes)?;
-        let key = ring.unwrap_dek(entry.kek_version, &self.vault_id, sid, &entry.wrapped)?;
+        let slot = DekSlot {
+            vault_id: &self.vault_id,
+            sid,
+            subject_hash: &entry.subject_hash,
+        };
+        let key = ring.unwrap_dek(entry.kek_version, &slot, &entry.wrapped)?;
         Ok(Some(Dek::new(&key, entry.subject_hash)))
-    }
-
-    /// Why a live record's key is missing: the subject was erased, or the data is damaged.
-    fn missing_key(&self, sid: &Sid) -> Error {
-        match self.store.get(Cf::Erasures, sid) {
-            Ok(Some(_)) => Error::Erased,
-            Ok(None) => Error::Integrity,
-            Err(e) => e,
-        }
     }
 
     pub(crate) fn open_record(&self, id: &TokenId, bytes: &[u8]) -> Result<Detokenized, Error> {
         match decode(RECORD_FORMAT, bytes)? {
-            StoredRecord::Shredded => Err(Error::Erased),
+            StoredRecord::Shredded { tag } => Err(stub_outcome(&self.index, id, &tag)),
             StoredRecord::Live {
                 sid,
                 field,
                 created_at,
+                deterministic,
                 sealed,
             } => {
                 let dek = self.dek(&sid)?.ok_or_else(|| self.missing_key(&sid))?;
                 let value = dek.aead.open(
-                    &record_aad(&self.vault_id, &sid, id, &field, created_at),
+                    &record_aad(&self.vault_id, &sid, id, &field, created_at, deterministic),
                     &sealed,
                 )?;
                 Ok(Detokenized {
@@ -519,7 +560,7 @@ impl Inner {
             let bytes = self.store.get(Cf::Records, id)?.ok_or(Error::NotFound)?;
             let record: StoredRecord = decode(RECORD_FORMAT, &bytes)?;
             match &record {
-                StoredRecord::Shredded => Err(Error::Erased),
+                StoredRecord::Shredded { tag } => Err(stub_outcome(&self.index, id, tag)),
                 StoredRecord::Live { sid, .. } => Ok((*sid, record)),
             }
         };

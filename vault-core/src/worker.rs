@@ -3,13 +3,15 @@
 
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 use crate::vault::Inner;
 
 /// How often the worker looks for due purges when nothing wakes it.
 const TICK: Duration = Duration::from_millis(500);
+/// The longest wait between two attempts of a failing purge.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 struct Signal {
@@ -57,6 +59,10 @@ fn stopped(signal: &Signal) -> bool {
 }
 
 fn run(inner: &Inner, signal: &Signal) {
+    // After a failed or unverified purge, wait longer before the next attempt
+    // (each attempt flushes and compacts), up to a minute.
+    let mut purge_backoff = Duration::ZERO;
+    let mut next_purge = Instant::now();
     loop {
         {
             let guard = signal.stop.lock().unwrap_or_else(PoisonError::into_inner);
@@ -68,11 +74,36 @@ fn run(inner: &Inner, signal: &Signal) {
                 return;
             }
         }
-        // Failures are retried on the next tick; callers see purge and rotation
-        // state through `pending_purges` and `key_status`.
-        let _ = inner.purge_due();
-        while inner.rotation_in_progress() && !stopped(signal) {
-            if !matches!(inner.rotation_step(), Ok(true)) {
+        // One rotation batch per pass at most, so due purges are never starved by a
+        // long rotation, and a failing purge never stops the rotation.
+        loop {
+            let mut errors = Vec::new();
+            if Instant::now() >= next_purge {
+                let purge = inner.purge_due().and_then(|report| {
+                    if report.verified {
+                        Ok(())
+                    } else {
+                        Err(Error::PurgeUnverified)
+                    }
+                });
+                if let Err(e) = purge {
+                    purge_backoff = (purge_backoff * 2).clamp(TICK, MAX_BACKOFF);
+                    next_purge = Instant::now() + purge_backoff;
+                    errors.push(e);
+                } else {
+                    purge_backoff = Duration::ZERO;
+                }
+            }
+            let more = match inner.rotation_step() {
+                Ok(more) => more,
+                Err(e) => {
+                    errors.push(e);
+                    false
+                }
+            };
+            // Failures are retried; the last one is shown by `key_status`.
+            inner.set_background_error(errors.pop());
+            if !more || stopped(signal) {
                 break;
             }
         }

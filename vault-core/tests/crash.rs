@@ -106,6 +106,8 @@ fn crash_child_rotate() {
             break;
         }
         println!("STEP {step}");
+        // Leave the parent time to kill us before the rotation can finish.
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
     println!("DONE");
 }
@@ -189,5 +191,73 @@ fn a_rotation_killed_midway_resumes() -> TestResult {
             Some(value.as_str())
         );
     }
+    Ok(())
+}
+
+/// Child: erases subjects one by one (immediate purge), printing `ERASED <subject>`
+/// after each erase returns.
+#[test]
+#[ignore = "child process of acknowledged_erasures_survive_sigkill"]
+fn crash_child_erase() {
+    let opts = options().purge_policy(vault_core::PurgePolicy::Immediate);
+    let vault = Vault::open(child_dir(), &root(), opts).expect("open");
+    for i in 0..200 {
+        let subject = format!("subject-{i}");
+        vault.erase(&subject).expect("erase");
+        println!("ERASED {subject}");
+    }
+}
+
+#[test]
+fn acknowledged_erasures_survive_sigkill() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut tokens = Vec::new();
+    {
+        let vault = Vault::open(dir.path(), &root(), relaxed())?;
+        for i in 0..200 {
+            let subject = format!("subject-{i}");
+            let items: Vec<String> = (0..20).map(|j| format!("{subject}-value-{j}")).collect();
+            let requests: Vec<TokenizeRequest> = items
+                .iter()
+                .map(|v| TokenizeRequest::new(&subject, "email", v.as_bytes()))
+                .collect();
+            for (t, v) in vault.tokenize_batch(&requests)?.into_iter().zip(items) {
+                tokens.push((subject.clone(), t.to_string(), v));
+            }
+        }
+        vault.close()?;
+    }
+    let mut child = spawn_child("crash_child_erase", dir.path())?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut erased = std::collections::HashSet::new();
+    for line in BufReader::new(stdout).lines() {
+        if let Some(subject) = line?.strip_prefix("ERASED ") {
+            erased.insert(subject.to_string());
+            if erased.len() == 15 {
+                break;
+            }
+        }
+    }
+    child.kill()?;
+    child.wait()?;
+    assert_eq!(erased.len(), 15);
+
+    let vault = open(dir.path());
+    for (subject, token, value) in &tokens {
+        match vault.detokenize(token) {
+            Err(vault_core::Error::Erased) => {}
+            Ok(d) => {
+                assert!(
+                    !erased.contains(subject),
+                    "an acknowledged erasure came undone"
+                );
+                assert_eq!(d.value.as_str(), Some(value.as_str()));
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    // Whatever the kill interrupted, the purge completes and verifies on reopen.
+    assert!(vault.purge_now()?.verified);
+    assert!(vault.pending_purges()?.is_empty());
     Ok(())
 }

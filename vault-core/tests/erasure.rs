@@ -16,6 +16,8 @@ use vault_core::{PurgePolicy, PurgeState, TokenizeRequest, Vault};
 /// What an attacker with the disk could look for: the subject's stored key entry
 /// (wrapped DEK) and each record's stored value (ciphertext), read raw from RocksDB.
 struct Traces {
+    /// The keyed hash of the subject id: the subject's storage key.
+    subject_hash: Vec<u8>,
     wrapped_dek: Vec<u8>,
     ciphertexts: Vec<Vec<u8>>,
 }
@@ -23,7 +25,9 @@ struct Traces {
 fn traces(dir: &Path, subject_ref: &str, tokens: &[String]) -> Traces {
     let sid = hex_decode(subject_ref);
     let key_entry = raw_get(dir, "keys", &sid).expect("the key entry exists before erasure");
-    // The entry ends with nonce (24) || wrapped key (32) || tag (16).
+    // The entry is: format (1) || subject hash (32) || KEK version || length ||
+    // nonce (24) || wrapped key (32) || tag (16).
+    let subject_hash = key_entry[1..33].to_vec();
     let wrapped_dek = key_entry[key_entry.len() - 72..].to_vec();
     let ciphertexts = tokens
         .iter()
@@ -33,6 +37,7 @@ fn traces(dir: &Path, subject_ref: &str, tokens: &[String]) -> Traces {
         })
         .collect();
     Traces {
+        subject_hash,
         wrapped_dek,
         ciphertexts,
     }
@@ -139,10 +144,13 @@ fn erasure_removes_key_and_ciphertexts_from_every_file() -> TestResult {
     assert_gone(dir.path(), &victim_traces, canary_field, value);
     // The bystander was not erased: its key is still found by the same scanner.
     assert!(found(dir.path(), &bystander_traces.wrapped_dek));
+    assert!(found(dir.path(), &bystander_traces.subject_hash));
     Ok(())
 }
 
 fn assert_gone(dir: &Path, traces: &Traces, canary: &str, value: &str) {
+    let holders = files_containing(dir, &traces.subject_hash);
+    assert!(holders.is_empty(), "subject hash still in {holders:?}");
     let holders = files_containing(dir, &traces.wrapped_dek);
     assert!(holders.is_empty(), "wrapped DEK still in {holders:?}");
     for ct in &traces.ciphertexts {

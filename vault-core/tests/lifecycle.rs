@@ -121,6 +121,15 @@ fn deterministic_tokens_repeat_per_subject_and_die_with_it() -> TestResult {
     let a = vault.tokenize_deterministic("s1", "email", "a@x.io")?;
     let b = vault.tokenize_deterministic("s1", "email", "a@x.io")?;
     assert_eq!(a, b);
+    // Its value is what the token is derived from: it cannot be rectified.
+    assert!(matches!(
+        vault.rectify(&a.to_string(), "other@x.io"),
+        Err(Error::DeterministicToken)
+    ));
+    assert_eq!(
+        vault.detokenize(&a.to_string())?.value.as_bytes(),
+        b"a@x.io"
+    );
     assert_ne!(a, vault.tokenize_deterministic("s2", "email", "a@x.io")?);
     assert_ne!(
         a,

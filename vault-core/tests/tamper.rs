@@ -127,3 +127,95 @@ fn a_tampered_header_does_not_open() -> TestResult {
     open(dir.path()).close()?;
     Ok(())
 }
+
+/// Pointing one subject's entry at another subject's storage id must not let an
+/// operation on the first act on the second.
+#[test]
+fn a_subject_entry_pointed_at_another_subject_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let b_token = {
+        let vault = open(dir.path());
+        vault.tokenize("alice", "email", "a@x.io")?;
+        let b = vault.tokenize("bob", "email", "b@x.io")?.to_string();
+        vault.close()?;
+        b
+    };
+    // Find both subject entries (keyed by subject hash) and give alice bob's.
+    let db = raw_db(dir.path());
+    let cf = db.cf_handle("subjects").expect("cf");
+    type Entry = (Box<[u8]>, Box<[u8]>);
+    let entries: Vec<Entry> = db
+        .iterator_cf(cf, rocksdb::IteratorMode::Start)
+        .collect::<Result<_, _>>()?;
+    drop(db);
+    assert_eq!(entries.len(), 2);
+    let vault = open(dir.path());
+    let bob_ref = vault.export("bob")?.subject_ref.expect("bob").to_string();
+    vault.close()?;
+    let (bob_entry, alice_key) = if entries[0].1.windows(16).any(|w| w == hex_decode(&bob_ref)) {
+        (&entries[0].1, &entries[1].0)
+    } else {
+        (&entries[1].1, &entries[0].0)
+    };
+    raw_put(dir.path(), "subjects", alice_key, bob_entry);
+
+    let vault = open(dir.path());
+    assert!(matches!(vault.export("alice"), Err(Error::Integrity)));
+    assert!(matches!(
+        vault.tokenize("alice", "email", "x"),
+        Err(Error::Integrity)
+    ));
+    assert!(matches!(vault.erase("alice"), Err(Error::Integrity)));
+    // Bob is untouched by all of that.
+    assert_eq!(vault.detokenize(&b_token)?.value.as_bytes(), b"b@x.io");
+    assert_eq!(vault.export("bob")?.records.len(), 1);
+    Ok(())
+}
+
+/// What an erasure leaves behind is authenticated: it cannot be forged to make live
+/// data read as erased.
+#[test]
+fn forged_erasure_traces_are_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (live, erased, live_ref, erased_ref) = {
+        let vault = open(dir.path());
+        let live = vault.tokenize("alice", "email", "a@x.io")?.to_string();
+        let erased = vault.tokenize("carol", "email", "c@x.io")?.to_string();
+        let live_ref = vault
+            .export("alice")?
+            .subject_ref
+            .expect("alice")
+            .to_string();
+        let erased_ref = vault
+            .erase("carol")?
+            .subject_ref
+            .expect("carol")
+            .to_string();
+        vault.purge_now()?;
+        vault.close()?;
+        (live, erased, live_ref, erased_ref)
+    };
+    // carol's token is a stub now; copy it over alice's live record.
+    let stub = raw_get(dir.path(), "records", &token_id(&erased)).expect("stub");
+    let original = raw_get(dir.path(), "records", &token_id(&live)).expect("live");
+    raw_put(dir.path(), "records", &token_id(&live), &stub);
+    {
+        let vault = open(dir.path());
+        assert!(matches!(vault.detokenize(&erased), Err(Error::Erased)));
+        assert!(matches!(vault.detokenize(&live), Err(Error::Integrity)));
+    }
+    raw_put(dir.path(), "records", &token_id(&live), &original);
+
+    // Delete alice's key and copy carol's erasure entry onto alice's storage id.
+    let erasure = raw_get(dir.path(), "erasures", &hex_decode(&erased_ref)).expect("erasure");
+    {
+        let db = raw_db(dir.path());
+        let keys = db.cf_handle("keys").expect("cf");
+        db.delete_cf(keys, hex_decode(&live_ref))?;
+        db.flush_cf(keys)?;
+    }
+    raw_put(dir.path(), "erasures", &hex_decode(&live_ref), &erasure);
+    let vault = open(dir.path());
+    assert!(matches!(vault.detokenize(&live), Err(Error::Integrity)));
+    Ok(())
+}
