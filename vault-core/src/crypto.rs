@@ -38,6 +38,7 @@ pub(crate) mod domain {
     pub const RECORD: &[u8] = b"pii-vault/record/v1";
     pub const SHREDDED: &[u8] = b"pii-vault/shredded/v1";
     pub const ERASURE: &[u8] = b"pii-vault/erasure/v1";
+    pub const LINK: &[u8] = b"pii-vault/record-link/v1";
 }
 
 /// A 256-bit secret key on the heap, wiped on drop, never `Clone`, `Copy` or `Debug`-printed.

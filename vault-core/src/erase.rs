@@ -21,7 +21,7 @@ use crate::crypto::domain;
 use crate::error::Error;
 use crate::keys::IndexKeys;
 use crate::options::PurgePolicy;
-use crate::records::{RECORD_FORMAT, StoredRecord, shredded_tag};
+use crate::records::{RECORD_FORMAT, StoredRecord, link_ok, shredded_tag};
 use crate::store::Cf;
 use crate::subjects::{KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, SubjectEntry, dek_counter};
 use crate::token::TokenId;
@@ -196,14 +196,17 @@ impl Vault {
             let mut batch = inner.store.batch();
             // The key must authenticate as this subject's: an entry pointed at another
             // subject's key must not destroy that key. (A missing key is cleaned up.)
-            if let Some(key) = inner.store.get(Cf::Keys, &sid)? {
-                let key: KeyEntry = decode(KEY_FORMAT, &key)?;
-                let dek = inner.dek_with(&inner.ring(), &sid)?;
-                if dek.is_none_or(|d| d.subject_hash != hash) || key.subject_hash != hash {
-                    return Err(Error::Integrity);
-                }
-                batch.add(&dek_counter(key.kek_version), -1);
+            // The key must be this subject's: a subject entry pointed at another
+            // subject's key must not destroy it. The stored subject hash is what the
+            // key's AAD binds, so a key whose hash was rewritten to match is already
+            // unusable, and destroying it costs nothing. A subject entry without a
+            // key is damage: nothing is erased or recorded for an unproven id.
+            let key = inner.store.get(Cf::Keys, &sid)?.ok_or(Error::Integrity)?;
+            let key: KeyEntry = decode(KEY_FORMAT, &key)?;
+            if key.subject_hash != hash {
+                return Err(Error::Integrity);
             }
+            batch.add(&dek_counter(key.kek_version), -1);
             batch.delete(Cf::Subjects, &hash);
             batch.delete(Cf::Keys, &sid);
             let erasure = ErasureEntry::new(&inner.index, &sid, now, entry.records);
@@ -286,9 +289,12 @@ impl Vault {
 }
 
 impl Inner {
-    /// Why a live record's key is missing: its subject was erased (an authentic
-    /// erasure entry exists), or the data is damaged.
-    pub(crate) fn missing_key(&self, sid: &Sid) -> Error {
+    /// Why a live record's key is missing: its subject was erased (the record's link
+    /// and an erasure entry are authentic), or the data is damaged.
+    pub(crate) fn missing_key(&self, sid: &Sid, id: &TokenId, link: &[u8; 16]) -> Error {
+        if !link_ok(&self.index, id, sid, link) {
+            return Error::Integrity;
+        }
         match ErasureEntry::load(self, sid) {
             Ok(Some(_)) => Error::Erased,
             Ok(None) => Error::Integrity,
@@ -335,7 +341,34 @@ impl Inner {
             });
         }
         let mut records = 0u64;
+        // Only genuine erasures are purged: the key is gone and an authentic erasure
+        // entry exists. A forged queue entry must not shred a live subject.
+        let mut genuine = Vec::with_capacity(pending.len());
+        let mut forged = Vec::new();
         for p in &pending {
+            let sid = p.subject_ref.0;
+            let erased = self.store.get(Cf::Keys, &sid)?.is_none()
+                && matches!(ErasureEntry::load(self, &sid), Ok(Some(_)));
+            if erased {
+                genuine.push(p);
+            } else {
+                forged.push(sid);
+            }
+        }
+        if !forged.is_empty() {
+            let mut batch = self.store.batch();
+            for sid in &forged {
+                batch.delete(Cf::PurgeQueue, sid);
+            }
+            self.store.write_synced(batch)?;
+        }
+        if genuine.is_empty() {
+            return Ok(PurgeReport {
+                verified: true,
+                ..PurgeReport::default()
+            });
+        }
+        for p in &genuine {
             let sid = p.subject_ref.0;
             let mut ids = Vec::new();
             self.store.scan_prefix(Cf::Index, &sid, |k, _| {
@@ -360,10 +393,11 @@ impl Inner {
         if verified {
             let now = self.now();
             let mut batch = self.store.batch();
-            for p in &pending {
+            for p in &genuine {
                 let sid = p.subject_ref.0;
                 batch.delete(Cf::PurgeQueue, &sid);
-                if let Some(mut entry) = ErasureEntry::load(self, &sid)? {
+                // Checked just above; a failure here only skips the purge time.
+                if let Ok(Some(mut entry)) = ErasureEntry::load(self, &sid) {
                     entry.purged_at = Some(now);
                     batch.put(Cf::Erasures, &sid, &encode(ERASURE_FORMAT, &entry));
                 }
@@ -371,7 +405,7 @@ impl Inner {
             self.store.write_synced(batch)?;
         }
         Ok(PurgeReport {
-            subjects: pending.len(),
+            subjects: genuine.len(),
             records,
             verified,
         })

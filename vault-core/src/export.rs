@@ -63,12 +63,21 @@ impl Vault {
                     created_at,
                     deterministic,
                     sealed,
+                    link,
                 } => {
                     if record_sid != sid {
                         return Err(Error::Integrity);
                     }
                     let plain = dek.aead.open(
-                        &record_aad(&inner.vault_id, &sid, id, &field, created_at, deterministic),
+                        &record_aad(
+                            &inner.vault_id,
+                            &sid,
+                            id,
+                            &field,
+                            created_at,
+                            deterministic,
+                            &link,
+                        ),
                         &sealed,
                     )?;
                     records.push(ExportedRecord {

@@ -74,6 +74,11 @@ impl Header {
             .map_err(|_| Error::InvalidOption("header does not serialise"))?;
         let tmp = dir.join(format!("{HEADER_FILE}.tmp"));
         let path = Header::path(dir);
+        // A leftover temporary file would keep its mode; start from none.
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&tmp, e)),
+            _ => {}
+        }
         let mut options = fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
         #[cfg(unix)]
@@ -119,6 +124,12 @@ mod tests {
         ));
         header().write(dir.path())?;
         assert_eq!(Header::read(dir.path())?.keyring, vec![3; 40]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(Header::path(dir.path()))?.permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
 
         let mut bytes = fs::read(Header::path(dir.path()))?;
         bytes[8] = 2; // a newer format version

@@ -30,6 +30,10 @@ pub(crate) enum StoredRecord {
         deterministic: bool,
         /// `nonce || ciphertext || tag` under the subject's DEK.
         sealed: Vec<u8>,
+        /// A vault-keyed tag over (token id, sid): when the subject's key is gone the
+        /// ciphertext cannot be checked, and this stops a record being re-pointed at
+        /// an erased subject to make it read as *erased*.
+        link: [u8; 16],
     },
     /// What a purge leaves of an erased subject's record: nothing but the fact that
     /// the token once existed, so that it keeps answering *erased*. The tag (keyed by
@@ -45,6 +49,7 @@ pub(crate) fn record_aad(
     field: &str,
     created_at: u64,
     deterministic: bool,
+    link: &[u8; 16],
 ) -> Vec<u8> {
     aad(
         domain::RECORD,
@@ -55,12 +60,22 @@ pub(crate) fn record_aad(
             field.as_bytes(),
             &created_at.to_le_bytes(),
             &[u8::from(deterministic)],
+            link,
         ],
     )
 }
 
 pub(crate) fn shredded_tag(index: &IndexKeys, id: &TokenId) -> [u8; 16] {
     index.tombstone_tag(domain::SHREDDED, &[id])
+}
+
+pub(crate) fn link_tag(index: &IndexKeys, id: &TokenId, sid: &Sid) -> [u8; 16] {
+    index.tombstone_tag(domain::LINK, &[id, sid])
+}
+
+/// Whether a record's link tag is genuine.
+pub(crate) fn link_ok(index: &IndexKeys, id: &TokenId, sid: &Sid, link: &[u8; 16]) -> bool {
+    bool::from(link_tag(index, id, sid).ct_eq(link))
 }
 
 /// What a stub means: the subject was erased, if the stub is genuine.

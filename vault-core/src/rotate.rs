@@ -64,7 +64,9 @@ impl Vault {
                 // A cursor left by a rotation that finished just before a crash.
                 let mut batch = inner.store.batch();
                 batch.delete(Cf::Meta, ROTATION_CURSOR);
-                inner.store.write(batch)?;
+                // Synced before the new keyring is: a stale cursor surviving a
+                // machine crash would skip DEKs in the next rotation.
+                inner.store.write_synced(batch)?;
                 let mut next = ring.duplicate()?;
                 next.add_active()?;
                 inner.persist_ring(next)?;
@@ -192,6 +194,20 @@ impl Inner {
         }
         // A full pass is done, and no DEK under an old version can have been written
         // meanwhile (new subjects use the active version; writers hold `key_writes`).
+        // Before destroying anything, check the whole keys family once more: a DEK
+        // left under an old version (a lost cursor reset, say) restarts the pass.
+        let mut leftover = false;
+        self.store.scan_prefix(Cf::Keys, &[], |_, value| {
+            let entry: KeyEntry = decode(KEY_FORMAT, value)?;
+            leftover = entry.kek_version != target;
+            Ok(!leftover)
+        })?;
+        if leftover {
+            let mut batch = self.store.batch();
+            batch.delete(Cf::Meta, ROTATION_CURSOR);
+            self.store.write_synced(batch)?;
+            return Ok(true);
+        }
         let mut next = ring.duplicate()?;
         let retired = next.retain_active_only();
         self.persist_ring(next)?;
@@ -200,7 +216,7 @@ impl Inner {
         for version in retired {
             batch.delete(Cf::Counters, &dek_counter(version));
         }
-        self.store.write(batch)?;
+        self.store.write_synced(batch)?;
         Ok(false)
     }
 }

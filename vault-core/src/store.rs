@@ -90,6 +90,8 @@ pub struct StorageCounters {
     pub seeks: u64,
     /// Iterator steps.
     pub iterator_steps: u64,
+    /// Write-ahead-log syncs (fsync or fdatasync).
+    pub wal_syncs: u64,
 }
 
 /// Storage options taken from the vault's options.
@@ -276,6 +278,7 @@ impl Store {
             keys_written: t(Ticker::NumberKeysWritten),
             seeks: t(Ticker::NumberDbSeek),
             iterator_steps: t(Ticker::NumberDbNext) + t(Ticker::NumberDbPrev),
+            wal_syncs: t(Ticker::WalFileSynced),
         }
     }
 

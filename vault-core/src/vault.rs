@@ -14,7 +14,8 @@ use crate::header::{Header, sync_dir};
 use crate::keys::{DekSlot, IndexKeys, KdfRecord, Keyring, RootKey, RootSecret};
 use crate::options::VaultOptions;
 use crate::records::{
-    Detokenized, Plaintext, RECORD_FORMAT, StoredRecord, index_key, record_aad, stub_outcome,
+    Detokenized, Plaintext, RECORD_FORMAT, StoredRecord, index_key, link_tag, record_aad,
+    stub_outcome,
 };
 use crate::store::{Cf, StorageCounters, Store, StoreOptions};
 use crate::subjects::{
@@ -297,23 +298,24 @@ impl Vault {
                 random_bytes()?
             };
             issued.insert(id);
-            let sealed = dek.aead.seal(
-                &record_aad(
-                    &inner.vault_id,
-                    &entry.sid,
-                    &id,
-                    item.field,
-                    now,
-                    item.deterministic,
-                ),
-                item.value,
-            )?;
+            let link = link_tag(&inner.index, &id, &entry.sid);
+            let aad = record_aad(
+                &inner.vault_id,
+                &entry.sid,
+                &id,
+                item.field,
+                now,
+                item.deterministic,
+                &link,
+            );
+            let sealed = dek.aead.seal(&aad, item.value)?;
             let record = StoredRecord::Live {
                 sid: entry.sid,
                 field: item.field.to_owned(),
                 created_at: now,
                 deterministic: item.deterministic,
                 sealed,
+                link,
             };
             batch.put(Cf::Records, &id, &encode(RECORD_FORMAT, &record));
             batch.put(Cf::Index, &index_key(&entry.sid, &id), b"");
@@ -384,16 +386,31 @@ impl Vault {
                 field,
                 created_at,
                 deterministic,
+                sealed,
+                link,
                 ..
             } = record
             else {
                 return Err(Error::Erased);
             };
+            // Authenticate what is kept (field, time, kind) before sealing it anew.
+            dek.aead.open(
+                &record_aad(
+                    &inner.vault_id,
+                    sid,
+                    &id,
+                    &field,
+                    created_at,
+                    deterministic,
+                    &link,
+                ),
+                &sealed,
+            )?;
             if deterministic {
                 return Err(Error::DeterministicToken);
             }
             let sealed = dek.aead.seal(
-                &record_aad(&inner.vault_id, sid, &id, &field, created_at, false),
+                &record_aad(&inner.vault_id, sid, &id, &field, created_at, false, &link),
                 value,
             )?;
             let updated = StoredRecord::Live {
@@ -402,6 +419,7 @@ impl Vault {
                 created_at,
                 deterministic: false,
                 sealed,
+                link,
             };
             let mut batch = inner.store.batch();
             batch.put(Cf::Records, &id, &encode(RECORD_FORMAT, &updated));
@@ -534,10 +552,21 @@ impl Inner {
                 created_at,
                 deterministic,
                 sealed,
+                link,
             } => {
-                let dek = self.dek(&sid)?.ok_or_else(|| self.missing_key(&sid))?;
+                let dek = self
+                    .dek(&sid)?
+                    .ok_or_else(|| self.missing_key(&sid, id, &link))?;
                 let value = dek.aead.open(
-                    &record_aad(&self.vault_id, &sid, id, &field, created_at, deterministic),
+                    &record_aad(
+                        &self.vault_id,
+                        &sid,
+                        id,
+                        &field,
+                        created_at,
+                        deterministic,
+                        &link,
+                    ),
                     &sealed,
                 )?;
                 Ok(Detokenized {
@@ -556,24 +585,28 @@ impl Inner {
         id: &TokenId,
         f: impl FnOnce(&Sid, &Dek, StoredRecord) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let read = |id: &TokenId| -> Result<(Sid, StoredRecord), Error> {
+        let read = |id: &TokenId| -> Result<(Sid, [u8; 16], StoredRecord), Error> {
             let bytes = self.store.get(Cf::Records, id)?.ok_or(Error::NotFound)?;
             let record: StoredRecord = decode(RECORD_FORMAT, &bytes)?;
             match &record {
                 StoredRecord::Shredded { tag } => Err(stub_outcome(&self.index, id, tag)),
-                StoredRecord::Live { sid, .. } => Ok((*sid, record)),
+                StoredRecord::Live { sid, link, .. } => Ok((*sid, *link, record)),
             }
         };
-        let (sid, _) = read(id)?;
-        let dek = self.dek(&sid)?.ok_or_else(|| self.missing_key(&sid))?;
+        let (sid, link, _) = read(id)?;
+        let dek = self
+            .dek(&sid)?
+            .ok_or_else(|| self.missing_key(&sid, id, &link))?;
         let _stripe = self.stripes.lock(&dek.subject_hash);
         // Under the lock: an erasure has either finished (key gone, cache entry
         // dropped) or not begun.
-        let (sid_now, record) = read(id)?;
+        let (sid_now, link, record) = read(id)?;
         if sid_now != sid {
             return Err(Error::Integrity);
         }
-        let dek = self.dek(&sid)?.ok_or_else(|| self.missing_key(&sid))?;
+        let dek = self
+            .dek(&sid)?
+            .ok_or_else(|| self.missing_key(&sid, id, &link))?;
         f(&sid, &dek, record)
     }
 }

@@ -78,7 +78,9 @@ fn run(inner: &Inner, signal: &Signal) {
         // long rotation, and a failing purge never stops the rotation.
         loop {
             let mut errors = Vec::new();
+            let mut attempted = false;
             if Instant::now() >= next_purge {
+                attempted = true;
                 let purge = inner.purge_due().and_then(|report| {
                     if report.verified {
                         Ok(())
@@ -95,14 +97,20 @@ fn run(inner: &Inner, signal: &Signal) {
                 }
             }
             let more = match inner.rotation_step() {
-                Ok(more) => more,
+                Ok(more) => {
+                    attempted |= more;
+                    more
+                }
                 Err(e) => {
                     errors.push(e);
                     false
                 }
             };
-            // Failures are retried; the last one is shown by `key_status`.
-            inner.set_background_error(errors.pop());
+            // Failures are retried; the last one is shown by `key_status`. A pass
+            // that tried nothing (backing off) leaves the last error in place.
+            if attempted || !errors.is_empty() {
+                inner.set_background_error(errors.pop());
+            }
             if !more || stopped(signal) {
                 break;
             }

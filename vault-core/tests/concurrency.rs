@@ -50,7 +50,9 @@ fn tokenize_racing_erase_on_one_subject() -> TestResult {
         let (started, finished) = (started.clone(), finished.clone());
         std::thread::spawn(move || -> Result<u32, Error> {
             let mut erased = 0;
-            for _ in 0..200 {
+            let mut attempts = 0;
+            while erased < 50 && attempts < 1_000_000 {
+                attempts += 1;
                 started.fetch_add(1, Ordering::SeqCst);
                 let receipt = vault.erase("contested")?;
                 finished.fetch_add(1, Ordering::SeqCst);
@@ -68,7 +70,7 @@ fn tokenize_racing_erase_on_one_subject() -> TestResult {
     for w in writers {
         issued.extend(w.join().expect("writer")?);
     }
-    assert!(erased > 10, "the race happened ({erased} erasures)");
+    assert!(erased >= 50, "the race happened ({erased} erasures)");
     assert!(issued.len() > 100);
 
     // Every token is either readable with its own value, or erased; the tokens

@@ -304,3 +304,30 @@ fn purge_verifies_with_nothing_to_write_after_reopen() -> TestResult {
     assert!(vault.pending_purges()?.is_empty());
     Ok(())
 }
+
+/// An erasure and a rotation batch sync the WAL even in a vault whose ordinary
+/// writes do not: an acknowledged erasure, or a KEK about to be destroyed, must not
+/// depend on the OS flushing its buffers.
+#[test]
+fn erasure_and_rotation_sync_the_wal_under_relaxed_durability() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = Vault::open(dir.path(), &root(), relaxed())?;
+    vault.tokenize("a", "email", "v")?;
+    let before = vault.storage_counters().wal_syncs;
+    vault.tokenize("b", "email", "v")?;
+    assert_eq!(
+        vault.storage_counters().wal_syncs,
+        before,
+        "relaxed writes do not sync"
+    );
+    vault.erase("a")?;
+    let after_erase = vault.storage_counters().wal_syncs;
+    assert!(after_erase > before, "the erasure synced the WAL");
+    vault.start_kek_rotation()?;
+    vault.kek_rotation_step()?;
+    assert!(
+        vault.storage_counters().wal_syncs > after_erase,
+        "the rotation batch synced"
+    );
+    Ok(())
+}

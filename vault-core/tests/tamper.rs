@@ -219,3 +219,97 @@ fn forged_erasure_traces_are_refused() -> TestResult {
     assert!(matches!(vault.detokenize(&live), Err(Error::Integrity)));
     Ok(())
 }
+
+/// A forged purge-queue entry must not shred a live subject.
+#[test]
+fn a_forged_purge_queue_entry_shreds_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (token, sref) = {
+        let vault = open(dir.path());
+        let t = vault.tokenize("alice", "email", "a@x.io")?.to_string();
+        let r = vault
+            .export("alice")?
+            .subject_ref
+            .expect("alice")
+            .to_string();
+        vault.close()?;
+        (t, r)
+    };
+    // A queue entry for alice's live storage id (value: format byte + due time 0).
+    raw_put(dir.path(), "purge_queue", &hex_decode(&sref), &[1, 0]);
+    let vault = open(dir.path());
+    assert_eq!(vault.pending_purges()?.len(), 1);
+    let report = vault.purge_now()?;
+    assert_eq!(report.subjects, 0);
+    assert!(
+        vault.pending_purges()?.is_empty(),
+        "the forged entry is dropped"
+    );
+    assert_eq!(vault.detokenize(&token)?.value.as_bytes(), b"a@x.io");
+    assert_eq!(vault.export("alice")?.records.len(), 1);
+    Ok(())
+}
+
+/// A live record re-pointed at an erased subject's storage id is damage, not an
+/// erasure.
+#[test]
+fn a_record_repointed_at_an_erased_subject_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (token, live_ref, erased_ref) = {
+        let vault = open(dir.path());
+        let t = vault.tokenize("alice", "email", "a@x.io")?.to_string();
+        vault.tokenize("carol", "email", "c@x.io")?;
+        let live = vault
+            .export("alice")?
+            .subject_ref
+            .expect("alice")
+            .to_string();
+        let erased = vault
+            .erase("carol")?
+            .subject_ref
+            .expect("carol")
+            .to_string();
+        vault.close()?;
+        (t, live, erased)
+    };
+    let mut record = raw_get(dir.path(), "records", &token_id(&token)).expect("record");
+    let (from, to) = (hex_decode(&live_ref), hex_decode(&erased_ref));
+    let at = record
+        .windows(16)
+        .position(|w| w == from.as_slice())
+        .expect("sid in record");
+    record[at..at + 16].copy_from_slice(&to);
+    raw_put(dir.path(), "records", &token_id(&token), &record);
+    let vault = open(dir.path());
+    assert!(matches!(vault.detokenize(&token), Err(Error::Integrity)));
+    assert!(matches!(vault.rectify(&token, "x"), Err(Error::Integrity)));
+    assert!(matches!(vault.delete(&token), Err(Error::Integrity)));
+    Ok(())
+}
+
+/// The wrapped key's AAD binds the subject hash: rewriting the stored hash too (so
+/// the plain comparison passes) leaves a key that does not open.
+#[test]
+fn a_key_entry_relabelled_to_another_subject_does_not_open() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (a, b, ref_a, ref_b) = {
+        let vault = open(dir.path());
+        let a = vault.tokenize("s1", "email", "a@x.io")?.to_string();
+        let b = vault.tokenize("s2", "email", "b@x.io")?.to_string();
+        let ra = vault.export("s1")?.subject_ref.expect("s1").to_string();
+        let rb = vault.export("s2")?.subject_ref.expect("s2").to_string();
+        vault.close()?;
+        (a, b, ra, rb)
+    };
+    let key_a = raw_get(dir.path(), "keys", &hex_decode(&ref_a)).expect("key a");
+    let key_b = raw_get(dir.path(), "keys", &hex_decode(&ref_b)).expect("key b");
+    // s1's wrapped key, labelled with s2's subject hash.
+    let mut relabelled = key_a.clone();
+    relabelled[1..33].copy_from_slice(&key_b[1..33]);
+    raw_put(dir.path(), "keys", &hex_decode(&ref_a), &relabelled);
+    let vault = open(dir.path());
+    assert!(matches!(vault.detokenize(&a), Err(Error::Integrity)));
+    assert!(matches!(vault.export("s1"), Err(Error::Integrity)));
+    assert_eq!(vault.detokenize(&b)?.value.as_bytes(), b"b@x.io");
+    Ok(())
+}
