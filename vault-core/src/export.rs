@@ -4,9 +4,7 @@
 use crate::codec::decode;
 use crate::erase::SubjectRef;
 use crate::error::Error;
-use crate::records::{
-    ExportedRecord, Plaintext, RECORD_FORMAT, StoredRecord, record_aad, stub_outcome,
-};
+use crate::records::{ExportedRecord, Plaintext, RECORD_FORMAT, StoredRecord, stub_outcome};
 use crate::store::Cf;
 use crate::subjects::{SUBJECT_FORMAT, SubjectEntry};
 use crate::token::{Token, TokenId};
@@ -57,34 +55,16 @@ impl Vault {
             // Deleted between the index scan and the read: not part of the export.
             let Some(value) = value else { continue };
             match decode(RECORD_FORMAT, &value)? {
-                StoredRecord::Live {
-                    sid: record_sid,
-                    field,
-                    created_at,
-                    deterministic,
-                    sealed,
-                    link,
-                } => {
-                    if record_sid != sid {
+                StoredRecord::Live(record) => {
+                    if record.sid != sid {
                         return Err(Error::Integrity);
                     }
-                    let plain = dek.aead.open(
-                        &record_aad(
-                            &inner.vault_id,
-                            &sid,
-                            id,
-                            &field,
-                            created_at,
-                            deterministic,
-                            &link,
-                        ),
-                        &sealed,
-                    )?;
+                    let plain = record.open(&inner.vault_id, id, &dek.aead)?;
                     records.push(ExportedRecord {
                         token: Token::new(*id, &inner.index.token_tag_key),
-                        field,
+                        field: record.field,
                         value: Plaintext::new(plain),
-                        created_at,
+                        created_at: record.created_at,
                     });
                 }
                 StoredRecord::Shredded { tag } => {

@@ -1,14 +1,14 @@
 //! Records: one value of one subject, stored under its token id and sealed with the
 //! subject's DEK. The AAD binds the ciphertext to the vault, the subject's storage id,
-//! the token id, the field name, the creation time and the token kind, so a ciphertext copied onto another record does
-//! not decrypt.
+//! the token id, the field name, the creation time, the token kind and the record's
+//! link tag, so a ciphertext copied onto another record does not decrypt.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::crypto::{aad, domain};
+use crate::crypto::{Aead256, aad, domain};
 use crate::error::Error;
 use crate::keys::IndexKeys;
 use crate::subjects::Sid;
@@ -21,55 +21,104 @@ pub(crate) const RECORD_FORMAT: u8 = 1;
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum StoredRecord {
     /// A record whose subject still exists (or is erased but not yet purged).
-    Live {
-        sid: Sid,
-        field: String,
-        created_at: u64,
-        /// Issued as a deterministic token: its value cannot be rectified, since the
-        /// token is a function of it.
-        deterministic: bool,
-        /// `nonce || ciphertext || tag` under the subject's DEK.
-        sealed: Vec<u8>,
-        /// A vault-keyed tag over (token id, sid): when the subject's key is gone the
-        /// ciphertext cannot be checked, and this stops a record being re-pointed at
-        /// an erased subject to make it read as *erased*.
-        link: [u8; 16],
-    },
+    Live(LiveRecord),
     /// What a purge leaves of an erased subject's record: nothing but the fact that
     /// the token once existed, so that it keeps answering *erased*. The tag (keyed by
     /// the vault, over the token id) stops a stub being forged over a live record.
     Shredded { tag: [u8; 16] },
 }
 
-/// The AAD of a record: everything stored beside the ciphertext is bound to it.
-pub(crate) fn record_aad(
-    vault_id: &[u8; 16],
-    sid: &Sid,
-    id: &TokenId,
-    field: &str,
-    created_at: u64,
-    deterministic: bool,
-    link: &[u8; 16],
-) -> Vec<u8> {
-    aad(
-        domain::RECORD,
-        &[
-            vault_id,
-            sid,
-            id,
-            field.as_bytes(),
-            &created_at.to_le_bytes(),
-            &[u8::from(deterministic)],
-            link,
-        ],
-    )
+/// A live record. Everything stored beside the ciphertext is bound into its AAD.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct LiveRecord {
+    pub sid: Sid,
+    pub field: String,
+    pub created_at: u64,
+    /// Issued as a deterministic token: its value cannot be rectified, since the
+    /// token is a function of it.
+    pub deterministic: bool,
+    /// `nonce || ciphertext || tag` under the subject's DEK.
+    sealed: Vec<u8>,
+    /// A vault-keyed tag over (token id, sid): when the subject's key is gone the
+    /// ciphertext cannot be checked, and this stops a record being re-pointed at
+    /// an erased subject to make it read as *erased*.
+    pub link: [u8; 16],
+}
+
+/// Where a record lives and what it is: the fields fixed when it is created.
+pub(crate) struct RecordPlace<'a> {
+    pub vault_id: &'a [u8; 16],
+    pub sid: &'a Sid,
+    pub id: &'a TokenId,
+}
+
+impl LiveRecord {
+    /// Seals `value` as a new record at `place`.
+    pub(crate) fn seal(
+        index: &IndexKeys,
+        place: &RecordPlace<'_>,
+        field: &str,
+        created_at: u64,
+        deterministic: bool,
+        aead: &Aead256,
+        value: &[u8],
+    ) -> Result<LiveRecord, Error> {
+        let mut record = LiveRecord {
+            sid: *place.sid,
+            field: field.to_owned(),
+            created_at,
+            deterministic,
+            sealed: Vec::new(),
+            link: link_tag(index, place.id, place.sid),
+        };
+        record.sealed = aead.seal(&record.aad(place.vault_id, place.id), value)?;
+        Ok(record)
+    }
+
+    /// Decrypts the value; any mismatch of key, place or metadata is `Integrity`.
+    pub(crate) fn open(
+        &self,
+        vault_id: &[u8; 16],
+        id: &TokenId,
+        aead: &Aead256,
+    ) -> Result<Zeroizing<Vec<u8>>, Error> {
+        aead.open(&self.aad(vault_id, id), &self.sealed)
+    }
+
+    /// Replaces the value, keeping field, time and kind, after authenticating them.
+    pub(crate) fn reseal(
+        mut self,
+        vault_id: &[u8; 16],
+        id: &TokenId,
+        aead: &Aead256,
+        value: &[u8],
+    ) -> Result<LiveRecord, Error> {
+        self.open(vault_id, id, aead)?;
+        self.sealed = aead.seal(&self.aad(vault_id, id), value)?;
+        Ok(self)
+    }
+
+    fn aad(&self, vault_id: &[u8; 16], id: &TokenId) -> Vec<u8> {
+        aad(
+            domain::RECORD,
+            &[
+                vault_id,
+                &self.sid,
+                id,
+                self.field.as_bytes(),
+                &self.created_at.to_le_bytes(),
+                &[u8::from(self.deterministic)],
+                &self.link,
+            ],
+        )
+    }
 }
 
 pub(crate) fn shredded_tag(index: &IndexKeys, id: &TokenId) -> [u8; 16] {
     index.tombstone_tag(domain::SHREDDED, &[id])
 }
 
-pub(crate) fn link_tag(index: &IndexKeys, id: &TokenId, sid: &Sid) -> [u8; 16] {
+fn link_tag(index: &IndexKeys, id: &TokenId, sid: &Sid) -> [u8; 16] {
     index.tombstone_tag(domain::LINK, &[id, sid])
 }
 

@@ -56,11 +56,6 @@ impl Token {
         id.copy_from_slice(&self.raw[..ID_LEN]);
         id
     }
-
-    /// The text form.
-    pub fn as_string(&self) -> String {
-        self.to_string()
-    }
 }
 
 fn tag(id: &TokenId, tag_key: &Key) -> [u8; TAG_LEN] {

@@ -14,7 +14,7 @@ use crate::header::{Header, sync_dir};
 use crate::keys::{DekSlot, IndexKeys, KdfRecord, Keyring, RootKey, RootSecret};
 use crate::options::VaultOptions;
 use crate::records::{
-    Detokenized, Plaintext, RECORD_FORMAT, StoredRecord, index_key, link_tag, record_aad,
+    Detokenized, LiveRecord, Plaintext, RECORD_FORMAT, RecordPlace, StoredRecord, index_key,
     stub_outcome,
 };
 use crate::store::{Cf, StorageCounters, Store, StoreOptions};
@@ -298,25 +298,20 @@ impl Vault {
                 random_bytes()?
             };
             issued.insert(id);
-            let link = link_tag(&inner.index, &id, &entry.sid);
-            let aad = record_aad(
-                &inner.vault_id,
-                &entry.sid,
-                &id,
+            let place = RecordPlace {
+                vault_id: &inner.vault_id,
+                sid: &entry.sid,
+                id: &id,
+            };
+            let record = StoredRecord::Live(LiveRecord::seal(
+                &inner.index,
+                &place,
                 item.field,
                 now,
                 item.deterministic,
-                &link,
-            );
-            let sealed = dek.aead.seal(&aad, item.value)?;
-            let record = StoredRecord::Live {
-                sid: entry.sid,
-                field: item.field.to_owned(),
-                created_at: now,
-                deterministic: item.deterministic,
-                sealed,
-                link,
-            };
+                &dek.aead,
+                item.value,
+            )?);
             batch.put(Cf::Records, &id, &encode(RECORD_FORMAT, &record));
             batch.put(Cf::Index, &index_key(&entry.sid, &id), b"");
             entry.records += 1;
@@ -381,46 +376,14 @@ impl Vault {
         let value = value.as_ref();
         inner.opts.limits.check_value(value)?;
         let id = inner.token_id(token)?;
-        inner.with_live_record(&id, |sid, dek, record| {
-            let StoredRecord::Live {
-                field,
-                created_at,
-                deterministic,
-                sealed,
-                link,
-                ..
-            } = record
-            else {
-                return Err(Error::Erased);
-            };
-            // Authenticate what is kept (field, time, kind) before sealing it anew.
-            dek.aead.open(
-                &record_aad(
-                    &inner.vault_id,
-                    sid,
-                    &id,
-                    &field,
-                    created_at,
-                    deterministic,
-                    &link,
-                ),
-                &sealed,
-            )?;
-            if deterministic {
+        inner.with_live_record(&id, |_, dek, record| {
+            if record.deterministic {
+                // Checked on authenticated data: open before trusting the flag.
+                record.open(&inner.vault_id, &id, &dek.aead)?;
                 return Err(Error::DeterministicToken);
             }
-            let sealed = dek.aead.seal(
-                &record_aad(&inner.vault_id, sid, &id, &field, created_at, false, &link),
-                value,
-            )?;
-            let updated = StoredRecord::Live {
-                sid: *sid,
-                field,
-                created_at,
-                deterministic: false,
-                sealed,
-                link,
-            };
+            let updated =
+                StoredRecord::Live(record.reseal(&inner.vault_id, &id, &dek.aead, value)?);
             let mut batch = inner.store.batch();
             batch.put(Cf::Records, &id, &encode(RECORD_FORMAT, &updated));
             inner.store.write(batch)
@@ -546,29 +509,14 @@ impl Inner {
     pub(crate) fn open_record(&self, id: &TokenId, bytes: &[u8]) -> Result<Detokenized, Error> {
         match decode(RECORD_FORMAT, bytes)? {
             StoredRecord::Shredded { tag } => Err(stub_outcome(&self.index, id, &tag)),
-            StoredRecord::Live {
-                sid,
-                field,
-                created_at,
-                deterministic,
-                sealed,
-                link,
-            } => {
+            StoredRecord::Live(record) => {
                 let dek = self
-                    .dek(&sid)?
-                    .ok_or_else(|| self.missing_key(&sid, id, &link))?;
-                let value = dek.aead.open(
-                    &record_aad(
-                        &self.vault_id,
-                        &sid,
-                        id,
-                        &field,
-                        created_at,
-                        deterministic,
-                        &link,
-                    ),
-                    &sealed,
-                )?;
+                    .dek(&record.sid)?
+                    .ok_or_else(|| self.missing_key(&record.sid, id, &record.link))?;
+                let value = record.open(&self.vault_id, id, &dek.aead)?;
+                let LiveRecord {
+                    field, created_at, ..
+                } = record;
                 Ok(Detokenized {
                     field,
                     value: Plaintext::new(value),
@@ -583,30 +531,30 @@ impl Inner {
     fn with_live_record<T>(
         &self,
         id: &TokenId,
-        f: impl FnOnce(&Sid, &Dek, StoredRecord) -> Result<T, Error>,
+        f: impl FnOnce(&Sid, &Dek, LiveRecord) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let read = |id: &TokenId| -> Result<(Sid, [u8; 16], StoredRecord), Error> {
+        let read = |id: &TokenId| -> Result<LiveRecord, Error> {
             let bytes = self.store.get(Cf::Records, id)?.ok_or(Error::NotFound)?;
-            let record: StoredRecord = decode(RECORD_FORMAT, &bytes)?;
-            match &record {
-                StoredRecord::Shredded { tag } => Err(stub_outcome(&self.index, id, tag)),
-                StoredRecord::Live { sid, link, .. } => Ok((*sid, *link, record)),
+            match decode(RECORD_FORMAT, &bytes)? {
+                StoredRecord::Shredded { tag } => Err(stub_outcome(&self.index, id, &tag)),
+                StoredRecord::Live(record) => Ok(record),
             }
         };
-        let (sid, link, _) = read(id)?;
+        let first = read(id)?;
+        let sid = first.sid;
         let dek = self
             .dek(&sid)?
-            .ok_or_else(|| self.missing_key(&sid, id, &link))?;
+            .ok_or_else(|| self.missing_key(&sid, id, &first.link))?;
         let _stripe = self.stripes.lock(&dek.subject_hash);
         // Under the lock: an erasure has either finished (key gone, cache entry
         // dropped) or not begun.
-        let (sid_now, link, record) = read(id)?;
-        if sid_now != sid {
+        let record = read(id)?;
+        if record.sid != sid {
             return Err(Error::Integrity);
         }
         let dek = self
             .dek(&sid)?
-            .ok_or_else(|| self.missing_key(&sid, id, &link))?;
+            .ok_or_else(|| self.missing_key(&sid, id, &record.link))?;
         f(&sid, &dek, record)
     }
 }

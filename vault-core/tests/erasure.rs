@@ -68,16 +68,8 @@ fn erasure_removes_key_and_ciphertexts_from_every_file() -> TestResult {
             );
         }
         let bystander_tokens = vec![vault.tokenize("bystander", "email", "b@x.io")?.to_string()];
-        let victim_ref = vault
-            .export("victim@example.com")?
-            .subject_ref
-            .expect("exists")
-            .to_string();
-        let bystander_ref = vault
-            .export("bystander")?
-            .subject_ref
-            .expect("exists")
-            .to_string();
+        let victim_ref = subject_ref(&vault, "victim@example.com");
+        let bystander_ref = subject_ref(&vault, "bystander");
         vault.close()?;
         (
             (victim_ref, victim_tokens),

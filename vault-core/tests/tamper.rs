@@ -78,8 +78,8 @@ fn a_tampered_or_swapped_subject_key_is_refused() -> TestResult {
         let vault = open(dir.path());
         let a = vault.tokenize("s1", "email", "a@x.io")?.to_string();
         let b = vault.tokenize("s2", "email", "b@x.io")?.to_string();
-        let ra = vault.export("s1")?.subject_ref.expect("s1").to_string();
-        let rb = vault.export("s2")?.subject_ref.expect("s2").to_string();
+        let ra = subject_ref(&vault, "s1");
+        let rb = subject_ref(&vault, "s2");
         vault.close()?;
         (a, b, ra, rb)
     };
@@ -150,7 +150,7 @@ fn a_subject_entry_pointed_at_another_subject_is_refused() -> TestResult {
     drop(db);
     assert_eq!(entries.len(), 2);
     let vault = open(dir.path());
-    let bob_ref = vault.export("bob")?.subject_ref.expect("bob").to_string();
+    let bob_ref = subject_ref(&vault, "bob");
     vault.close()?;
     let (bob_entry, alice_key) = if entries[0].1.windows(16).any(|w| w == hex_decode(&bob_ref)) {
         (&entries[0].1, &entries[1].0)
@@ -181,11 +181,7 @@ fn forged_erasure_traces_are_refused() -> TestResult {
         let vault = open(dir.path());
         let live = vault.tokenize("alice", "email", "a@x.io")?.to_string();
         let erased = vault.tokenize("carol", "email", "c@x.io")?.to_string();
-        let live_ref = vault
-            .export("alice")?
-            .subject_ref
-            .expect("alice")
-            .to_string();
+        let live_ref = subject_ref(&vault, "alice");
         let erased_ref = vault
             .erase("carol")?
             .subject_ref
@@ -227,11 +223,7 @@ fn a_forged_purge_queue_entry_shreds_nothing() -> TestResult {
     let (token, sref) = {
         let vault = open(dir.path());
         let t = vault.tokenize("alice", "email", "a@x.io")?.to_string();
-        let r = vault
-            .export("alice")?
-            .subject_ref
-            .expect("alice")
-            .to_string();
+        let r = subject_ref(&vault, "alice");
         vault.close()?;
         (t, r)
     };
@@ -259,11 +251,7 @@ fn a_record_repointed_at_an_erased_subject_is_refused() -> TestResult {
         let vault = open(dir.path());
         let t = vault.tokenize("alice", "email", "a@x.io")?.to_string();
         vault.tokenize("carol", "email", "c@x.io")?;
-        let live = vault
-            .export("alice")?
-            .subject_ref
-            .expect("alice")
-            .to_string();
+        let live = subject_ref(&vault, "alice");
         let erased = vault
             .erase("carol")?
             .subject_ref
@@ -296,8 +284,8 @@ fn a_key_entry_relabelled_to_another_subject_does_not_open() -> TestResult {
         let vault = open(dir.path());
         let a = vault.tokenize("s1", "email", "a@x.io")?.to_string();
         let b = vault.tokenize("s2", "email", "b@x.io")?.to_string();
-        let ra = vault.export("s1")?.subject_ref.expect("s1").to_string();
-        let rb = vault.export("s2")?.subject_ref.expect("s2").to_string();
+        let ra = subject_ref(&vault, "s1");
+        let rb = subject_ref(&vault, "s2");
         vault.close()?;
         (a, b, ra, rb)
     };

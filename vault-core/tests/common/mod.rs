@@ -35,6 +35,16 @@ pub fn open(dir: &Path) -> Vault {
     Vault::open(dir, &root(), options()).expect("open vault")
 }
 
+/// The subject reference (hex storage id) of an existing subject.
+pub fn subject_ref(vault: &Vault, subject: &str) -> String {
+    vault
+        .export(subject)
+        .expect("export")
+        .subject_ref
+        .expect("the subject exists")
+        .to_string()
+}
+
 /// The 16-byte record id inside a token's text form (`tok_` + base32 of id || tag).
 pub fn token_id(token: &str) -> Vec<u8> {
     let body = token.strip_prefix("tok_").expect("token prefix");
