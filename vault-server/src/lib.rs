@@ -1,4 +1,24 @@
 //! `vault-server`: the vault over HTTPS (axum + tokio), with API keys and scopes.
 //!
-//! This crate is empty until the server is built (issue 3); it is a workspace member
-//! so that the layout of the repository matches the design from the start.
+//! The server adds no storage logic of its own: every route is one `vault-core` call,
+//! run on the blocking pool. What it adds is the boundary: TLS, API keys with scopes
+//! and purposes, request limits, load shedding, a request timeout, metrics, logs
+//! without personal data, and a graceful shutdown that closes the vault.
+//!
+//! The binary is a thin wrapper around [`cli::main`]; the router ([`api::router`])
+//! is public so that it can be tested without a socket.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod dev;
+mod error;
+mod metrics;
+mod openapi;
+mod serve;
+
+pub use error::ApiError;
+pub use serve::serve;

@@ -1,0 +1,345 @@
+//! The wire format of the vault's HTTP API (v1): every request and response body.
+//!
+//! The server serves these very types, so the client cannot drift from it. Request
+//! bodies refuse unknown fields; response bodies ignore them, so that a newer server
+//! can add fields without breaking older clients.
+//!
+//! Subject ids and values are [`Sensitive`]: their `Debug` is redacted and they are
+//! wiped on drop, so that a stray `{:?}` or a panic message cannot leak them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Personal data in transit (a subject id or a value): redacted in `Debug`, wiped when
+/// dropped. Serialises as a plain JSON string.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Sensitive(String);
+
+impl Sensitive {
+    /// Wraps a string.
+    pub fn new(text: impl Into<String>) -> Sensitive {
+        Sensitive(text.into())
+    }
+
+    /// The text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Sensitive {
+    fn from(text: &str) -> Sensitive {
+        Sensitive(text.to_owned())
+    }
+}
+
+impl From<String> for Sensitive {
+    fn from(text: String) -> Sensitive {
+        Sensitive(text)
+    }
+}
+
+impl fmt::Debug for Sensitive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[REDACTED; {} bytes]", self.0.len())
+    }
+}
+
+impl Drop for Sensitive {
+    fn drop(&mut self) {
+        zeroize_string(&mut self.0);
+    }
+}
+
+/// Overwrites a string's bytes before its buffer is freed.
+fn zeroize_string(text: &mut String) {
+    let mut bytes = std::mem::take(text).into_bytes();
+    bytes.iter_mut().for_each(|b| *b = 0);
+    // Keep the writes from being optimised away.
+    std::hint::black_box(&bytes);
+}
+
+/// `POST /v1/tokenize`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeRequest {
+    /// The values to tokenize, stored all-or-nothing.
+    pub items: Vec<TokenizeItem>,
+}
+
+/// One value to tokenize.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeItem {
+    /// The data subject the value belongs to (e.g. a customer id).
+    pub subject: Sensitive,
+    /// The field name (ASCII letters, digits, `_`, `-`, `.`).
+    pub field: String,
+    /// The value.
+    pub value: Sensitive,
+    /// Issue the deterministic token of (subject, field, value) instead of a random one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deterministic: bool,
+}
+
+impl TokenizeItem {
+    /// A value for a random token.
+    pub fn new(
+        subject: impl Into<Sensitive>,
+        field: impl Into<String>,
+        value: impl Into<Sensitive>,
+    ) -> TokenizeItem {
+        TokenizeItem {
+            subject: subject.into(),
+            field: field.into(),
+            value: value.into(),
+            deterministic: false,
+        }
+    }
+
+    /// Asks for the deterministic token instead.
+    pub fn deterministic(mut self) -> TokenizeItem {
+        self.deterministic = true;
+        self
+    }
+}
+
+/// Answer to `POST /v1/tokenize`: one token per item, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenizeResponse {
+    /// The tokens.
+    pub tokens: Vec<String>,
+}
+
+/// `POST /v1/detokenize`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetokenizeRequest {
+    /// The tokens to turn back into values.
+    pub tokens: Vec<String>,
+    /// Why the values are needed; the API key must be allowed this purpose.
+    pub purpose: String,
+}
+
+/// Answer to `POST /v1/detokenize`: one result per token, in order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DetokenizeResponse {
+    /// The results.
+    pub results: Vec<DetokenizeResult>,
+}
+
+/// The outcome for one token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum DetokenizeResult {
+    /// The token's field and value.
+    Value {
+        /// The token.
+        token: String,
+        /// The field name given at tokenization.
+        field: String,
+        /// The value.
+        value: Sensitive,
+    },
+    /// Why there is no value.
+    Error {
+        /// The token.
+        token: String,
+        /// What happened.
+        error: ItemError,
+    },
+}
+
+/// Why a token has no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemError {
+    /// No record exists for the token (never issued, or deleted).
+    NotFound,
+    /// The token's subject was erased.
+    Erased,
+    /// The stored record failed authentication (altered or misplaced).
+    Integrity,
+    /// The value is binary (stored through the embedded crate) and has no JSON string
+    /// form.
+    NotText,
+    /// An outcome this client does not know (sent by a newer server).
+    #[serde(other)]
+    Unknown,
+}
+
+/// `PUT /v1/tokens/{token}` (rectification).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RectifyRequest {
+    /// The new value.
+    pub value: Sensitive,
+}
+
+/// `POST /v1/subjects/erase` and `POST /v1/subjects/export`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectRequest {
+    /// The data subject.
+    pub subject: Sensitive,
+}
+
+/// Answer to `POST /v1/subjects/erase`. Carries no personal data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErasureReceipt {
+    /// A reference to the erased subject instance that says nothing about who it was,
+    /// or `None` when the vault held no subject with this id.
+    pub subject_ref: Option<String>,
+    /// When the key was destroyed, in milliseconds since the Unix epoch.
+    pub erased_at: u64,
+    /// How many records were shredded.
+    pub records: u64,
+    /// Whether the bytes have left the disk yet.
+    pub purge: Purge,
+}
+
+/// Where the physical removal of an erased subject's bytes stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Purge {
+    /// Gone from every live file of the vault (verified).
+    Done {
+        /// When, in milliseconds since the Unix epoch.
+        at: u64,
+    },
+    /// The key is destroyed; the bytes will be removed by this deadline.
+    Pending {
+        /// The deadline, in milliseconds since the Unix epoch.
+        due_by: u64,
+    },
+    /// Nothing to erase: no subject had this id.
+    NotNeeded,
+    /// A state this client does not know (sent by a newer server).
+    #[serde(other)]
+    Unknown,
+}
+
+/// Answer to `POST /v1/subjects/export`: everything the vault holds about a subject.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubjectExport {
+    /// The subject, as asked.
+    pub subject: Sensitive,
+    /// When the export was made, in milliseconds since the Unix epoch.
+    pub exported_at: u64,
+    /// The subject's records.
+    pub records: Vec<ExportedRecord>,
+}
+
+/// One record of a [`SubjectExport`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportedRecord {
+    /// The record's token.
+    pub token: String,
+    /// The field name.
+    pub field: String,
+    /// The value (`None` for a binary value stored through the embedded crate).
+    pub value: Option<Sensitive>,
+    /// When the record was created, in milliseconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+/// Answer to `POST /v1/admin/rotate` and `GET /v1/admin/keys`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyStatus {
+    /// The key-encryption-key version new subject keys are wrapped with.
+    pub active_version: u32,
+    /// Every KEK version that still exists, with the subject keys it wraps.
+    pub versions: Vec<KekVersion>,
+    /// Whether a rotation is under way (old versions still wrap subject keys).
+    pub rotation_in_progress: bool,
+    /// Erasures whose bytes are not purged yet.
+    pub pending_purges: usize,
+    /// The last error of the background purge/rotation worker, if its last run failed.
+    pub background_error: Option<String>,
+}
+
+/// One KEK version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KekVersion {
+    /// The version number.
+    pub version: u32,
+    /// Whether new subject keys are wrapped with it.
+    pub active: bool,
+    /// How many subject keys it wraps.
+    pub deks: u64,
+}
+
+/// Every error response: `{"error": {...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// An error: a stable code to branch on and a message for people. Never personal data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: see the README's API section.
+    pub code: String,
+    /// What went wrong, for people.
+    pub message: String,
+    /// The index of the offending item in a batch, when one item was at fault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sensitive_debug_is_redacted() {
+        let item = TokenizeItem::new("customer-42", "email", "alice@example.com");
+        let debug = format!("{item:?}");
+        assert!(!debug.contains("alice"), "{debug}");
+        assert!(!debug.contains("customer-42"), "{debug}");
+    }
+
+    #[test]
+    fn request_bodies_refuse_unknown_fields() {
+        let body = r#"{"items":[{"subject":"s","field":"f","value":"v","extra":1}]}"#;
+        assert!(serde_json::from_str::<TokenizeRequest>(body).is_err());
+        let body = r#"{"tokens":[],"purpose":"p","more":true}"#;
+        assert!(serde_json::from_str::<DetokenizeRequest>(body).is_err());
+    }
+
+    #[test]
+    fn detokenize_results_round_trip() -> Result<(), serde_json::Error> {
+        let body = r#"{"results":[{"token":"t1","field":"email","value":"a@b"},{"token":"t2","error":"erased"},{"token":"t3","error":"from_the_future"}]}"#;
+        let parsed: DetokenizeResponse = serde_json::from_str(body)?;
+        assert!(
+            matches!(&parsed.results[0], DetokenizeResult::Value { value, .. } if value.expose() == "a@b")
+        );
+        assert!(matches!(
+            parsed.results[1],
+            DetokenizeResult::Error {
+                error: ItemError::Erased,
+                ..
+            }
+        ));
+        assert!(matches!(
+            parsed.results[2],
+            DetokenizeResult::Error {
+                error: ItemError::Unknown,
+                ..
+            }
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn purge_states_are_tagged() -> Result<(), serde_json::Error> {
+        let text = serde_json::to_string(&Purge::Pending { due_by: 7 })?;
+        assert_eq!(text, r#"{"state":"pending","due_by":7}"#);
+        let text = serde_json::to_string(&Purge::NotNeeded)?;
+        assert_eq!(text, r#"{"state":"not_needed"}"#);
+        Ok(())
+    }
+}

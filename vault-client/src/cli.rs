@@ -1,0 +1,261 @@
+//! `vaultctl`: the vault's API from a shell, for people and ops.
+//!
+//! Reads `VAULT_ADDR`, `VAULT_API_KEY` and `VAULT_CACERT`. Prints JSON on stdout.
+//! Exit codes: 0 done, 1 the server refused (its error code on stderr), 2 usage or
+//! client configuration, 3 the server could not be reached or answered nonsense.
+//!
+//! Values can come from stdin (`--value-stdin`), which keeps them out of the shell
+//! history and the process list.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::api::{Sensitive, TokenizeItem, TokenizeRequest};
+use crate::client::{Client, Error};
+
+/// `vaultctl` arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vaultctl",
+    version,
+    about = "Command-line client of the personal-data vault",
+    after_help = "Environment: VAULT_ADDR (e.g. https://127.0.0.1:8200), VAULT_API_KEY, VAULT_CACERT (PEM file of the CA to trust).\nExit codes: 0 done, 1 refused by the server, 2 usage or configuration, 3 server unreachable."
+)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Tokenize one value (or a batch with --batch).
+    Tokenize(TokenizeArgs),
+    /// Turn tokens back into values.
+    Detokenize {
+        /// Why the values are needed (the API key must be allowed it).
+        #[arg(long)]
+        purpose: String,
+        /// Tokens.
+        #[arg(required = true)]
+        tokens: Vec<String>,
+    },
+    /// Replace the value behind a token (rectification).
+    Rectify {
+        /// The token.
+        token: String,
+        #[command(flatten)]
+        value: ValueArgs,
+    },
+    /// Delete the record behind a token.
+    Delete {
+        /// The token.
+        token: String,
+    },
+    /// Erase a subject (right to be forgotten): prints the erasure receipt.
+    Erase {
+        /// The subject id.
+        #[arg(long)]
+        subject: String,
+    },
+    /// Export everything the vault holds about a subject.
+    Export {
+        /// The subject id.
+        #[arg(long)]
+        subject: String,
+    },
+    /// Start a key-encryption-key rotation.
+    Rotate,
+    /// Show key versions, rotation and purge progress.
+    Keys,
+    /// Check that the server is live and ready.
+    Health,
+}
+
+#[derive(Debug, ClapArgs)]
+struct TokenizeArgs {
+    /// The subject id.
+    #[arg(long, required_unless_present = "batch", conflicts_with = "batch")]
+    subject: Option<String>,
+    /// The field name (e.g. email).
+    #[arg(long, required_unless_present = "batch", conflicts_with = "batch")]
+    field: Option<String>,
+    #[command(flatten)]
+    value: ValueArgs,
+    /// Ask for the deterministic token.
+    #[arg(long, conflicts_with = "batch")]
+    deterministic: bool,
+    /// A JSON file of `{"items": [...]}` as the API takes it; `-` reads stdin.
+    #[arg(long, value_name = "FILE")]
+    batch: Option<String>,
+}
+
+#[derive(Debug, ClapArgs)]
+#[group(multiple = false)]
+struct ValueArgs {
+    /// The value (visible in the process list: prefer --value-stdin).
+    #[arg(long)]
+    value: Option<String>,
+    /// Read the value from stdin (one trailing newline is dropped).
+    #[arg(long)]
+    value_stdin: bool,
+}
+
+impl ValueArgs {
+    fn read(self) -> Result<Option<Sensitive>, Failure> {
+        if let Some(value) = self.value {
+            return Ok(Some(Sensitive::new(value)));
+        }
+        if self.value_stdin {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| Failure::Usage(format!("cannot read stdin: {e}")))?;
+            if text.ends_with('\n') {
+                text.pop();
+                if text.ends_with('\r') {
+                    text.pop();
+                }
+            }
+            return Ok(Some(Sensitive::new(text)));
+        }
+        Ok(None)
+    }
+}
+
+enum Failure {
+    Usage(String),
+    Client(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Client(e)
+    }
+}
+
+/// Runs `vaultctl`; the return value is the exit code.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("vaultctl: cannot start: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(run(args.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("vaultctl: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Client(e)) => {
+            eprintln!("vaultctl: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::from(match e {
+                Error::Api { .. } => 1,
+                Error::Config(_) => 2,
+                _ => 3,
+            })
+        }
+    }
+}
+
+fn print(value: &impl Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Failure::Usage(format!("cannot print the answer: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+async fn run(command: Command) -> Result<(), Failure> {
+    let client = Client::builder_from_env()?.build()?;
+    match command {
+        Command::Tokenize(args) => {
+            let items = match args.batch {
+                Some(file) => read_batch(&file)?,
+                None => {
+                    let (Some(subject), Some(field)) = (args.subject, args.field) else {
+                        return Err(Failure::Usage("--subject and --field are required".into()));
+                    };
+                    let value = args.value.read()?.ok_or_else(|| {
+                        Failure::Usage("--value or --value-stdin is required".into())
+                    })?;
+                    let item = TokenizeItem::new(subject, field, value);
+                    vec![if args.deterministic {
+                        item.deterministic()
+                    } else {
+                        item
+                    }]
+                }
+            };
+            let tokens = client.tokenize(items).await?;
+            print(&serde_json::json!({ "tokens": tokens }))
+        }
+        Command::Detokenize { purpose, tokens } => {
+            let results = client.detokenize(&tokens, &purpose).await?;
+            print(&serde_json::json!({ "results": results }))
+        }
+        Command::Rectify { token, value } => {
+            let value = value
+                .read()?
+                .ok_or_else(|| Failure::Usage("--value or --value-stdin is required".into()))?;
+            client.rectify(&token, value).await?;
+            print(&serde_json::json!({ "rectified": token }))
+        }
+        Command::Delete { token } => {
+            client.delete(&token).await?;
+            print(&serde_json::json!({ "deleted": token }))
+        }
+        Command::Erase { subject } => print(&client.erase(subject).await?),
+        Command::Export { subject } => print(&client.export(subject).await?),
+        Command::Rotate => print(&client.rotate().await?),
+        Command::Keys => print(&client.keys().await?),
+        Command::Health => {
+            let (live, ready) = client.health().await?;
+            print(&serde_json::json!({ "live": live, "ready": ready }))?;
+            if live && ready {
+                Ok(())
+            } else {
+                Err(Failure::Client(Error::Api {
+                    status: 503,
+                    code: "not_ready".into(),
+                    message: "the server is not ready".into(),
+                    item: None,
+                }))
+            }
+        }
+    }
+}
+
+fn read_batch(file: &str) -> Result<Vec<TokenizeItem>, Failure> {
+    let text = if file == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Failure::Usage(format!("cannot read stdin: {e}")))?;
+        text
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|e| Failure::Usage(format!("cannot read {file}: {e}")))?
+    };
+    let batch: TokenizeRequest = serde_json::from_str(&text).map_err(|e| {
+        // serde quotes the input; say only where it went wrong.
+        Failure::Usage(format!(
+            "{file}: not a tokenize batch ({{\"items\": [{{\"subject\",\"field\",\"value\"}}]}}) at line {}, column {}",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    Ok(batch.items)
+}

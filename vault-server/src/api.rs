@@ -1,0 +1,557 @@
+//! The HTTP API (v1): routes, the middleware around them, and the handlers.
+//!
+//! Every request passes, outermost first:
+//! 1. `observe`: request id, access log line, metrics. It sees only the route
+//!    template, method, status, key name and error code, never a body or a path
+//!    parameter.
+//! 2. `guard`: API key and scope (401/403), the concurrency limit (429) and the
+//!    request timeout (503).
+//! 3. the handler: parses the body (413 over the body limit, 400 when malformed),
+//!    runs the vault call on the blocking pool and maps the outcome.
+//!
+//! Subject ids and values travel only in bodies; tokens (opaque) may be in paths.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+use vault_client::api::{
+    DetokenizeRequest, DetokenizeResponse, DetokenizeResult, ErasureReceipt, ExportedRecord,
+    ItemError, KekVersion, KeyStatus, Purge, RectifyRequest, Sensitive, SubjectExport,
+    SubjectRequest, TokenizeRequest, TokenizeResponse,
+};
+use vault_core::Vault;
+
+use crate::auth::{self, ApiKey, ApiKeys, Scope};
+use crate::config::LimitsConfig;
+use crate::error::{ApiError, ErrorCode};
+use crate::metrics::{self, Metrics};
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    vault: Arc<Vault>,
+    keys: ApiKeys,
+    limits: LimitsConfig,
+    permits: Arc<Semaphore>,
+    metrics: Metrics,
+    ready: AtomicBool,
+}
+
+impl AppState {
+    /// State over an open vault.
+    pub fn new(vault: Arc<Vault>, keys: ApiKeys, limits: LimitsConfig) -> Arc<AppState> {
+        Arc::new(AppState {
+            vault,
+            keys,
+            limits,
+            permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
+            metrics: Metrics::default(),
+            ready: AtomicBool::new(true),
+        })
+    }
+
+    /// Marks the server as shutting down: `/readyz` answers 503 from now on.
+    pub fn stop_accepting(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Every route, as its template: the only route names that reach logs and metrics.
+pub const ROUTES: [&str; 10] = [
+    "/v1/tokenize",
+    "/v1/detokenize",
+    "/v1/tokens/{token}",
+    "/v1/subjects/erase",
+    "/v1/subjects/export",
+    "/v1/admin/rotate",
+    "/v1/admin/keys",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
+const OPENAPI_ROUTE: &str = "/openapi.json";
+
+/// The application: routes, middleware and state.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/tokenize", post(tokenize))
+        .route("/v1/detokenize", post(detokenize))
+        .route("/v1/tokens/{token}", put(rectify).delete(delete_token))
+        .route("/v1/subjects/erase", post(erase))
+        .route("/v1/subjects/export", post(export))
+        .route("/v1/admin/rotate", post(rotate))
+        .route("/v1/admin/keys", get(keys))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route(OPENAPI_ROUTE, get(openapi))
+        .fallback(|| async { ApiError::not_found_route() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
+        .with_state(state)
+}
+
+// ---------------------------------------------------------------------------------
+// Middleware
+
+/// The route template of a request, from the fixed list, or `unmatched`.
+fn route_of(req: &Request) -> &'static str {
+    let Some(path) = req.extensions().get::<MatchedPath>() else {
+        return "unmatched";
+    };
+    ROUTES
+        .into_iter()
+        .chain([OPENAPI_ROUTE])
+        .find(|r| *r == path.as_str())
+        .unwrap_or("unmatched")
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        _ => "OTHER",
+    }
+}
+
+/// The name of the API key that made the request, for the access log.
+#[derive(Debug, Clone)]
+struct CallerName(String);
+
+/// The purpose of a detokenize call, for the access log.
+#[derive(Debug, Clone)]
+struct PurposeNote(String);
+
+async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = route_of(&req);
+    let method = method_label(req.method());
+    let request_id = new_request_id();
+    let _in_flight = state.metrics.in_flight();
+    let mut response = next.run(req).await;
+    let took = started.elapsed();
+    let status = response.status().as_u16();
+    state.metrics.record(route, method, status, took);
+
+    let key = response
+        .extensions()
+        .get::<CallerName>()
+        .map(|c| c.0.clone());
+    let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
+    let purpose = response
+        .extensions()
+        .get::<PurposeNote>()
+        .map(|p| p.0.clone());
+    tracing::info!(
+        request_id = %request_id,
+        method,
+        route,
+        status,
+        key = key.as_deref().unwrap_or("-"),
+        purpose = purpose.as_deref().unwrap_or("-"),
+        error = code.unwrap_or("-"),
+        latency_us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        "request"
+    );
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        headers.insert("x-request-id", value);
+    }
+    // Answers carry personal data: no cache may keep them.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn new_request_id() -> String {
+    let mut raw = [0u8; 8];
+    if getrandom::fill(&mut raw).is_err() {
+        return "-".to_owned();
+    }
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a route needs from its caller.
+enum Access {
+    /// Health, readiness, metrics, API description: no key, no concurrency permit.
+    Public,
+    /// A valid key, with this scope when the method is one the route serves.
+    Key(Option<Scope>),
+}
+
+fn access(route: &str, method: &Method) -> Access {
+    let scope = match (route, method) {
+        ("/v1/tokenize", &Method::POST) => Scope::Tokenize,
+        ("/v1/detokenize", &Method::POST) => Scope::Detokenize,
+        ("/v1/tokens/{token}", &Method::PUT) => Scope::Rectify,
+        ("/v1/tokens/{token}", &Method::DELETE) => Scope::Delete,
+        ("/v1/subjects/erase", &Method::POST) => Scope::Erase,
+        ("/v1/subjects/export", &Method::POST) => Scope::Export,
+        ("/v1/admin/rotate" | "/v1/admin/keys", _) => Scope::Admin,
+        ("/healthz" | "/readyz" | "/metrics" | OPENAPI_ROUTE, _) => return Access::Public,
+        _ => return Access::Key(None),
+    };
+    Access::Key(Some(scope))
+}
+
+fn bearer(req: &Request) -> Option<&str> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+}
+
+async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
+    let route = route_of(&req);
+    let scope = match access(route, req.method()) {
+        Access::Public => return next.run(req).await,
+        Access::Key(scope) => scope,
+    };
+    let Some(key) = bearer(&req).and_then(|presented| state.keys.find(presented)) else {
+        return ApiError::unauthenticated().into_response();
+    };
+    let key = Arc::new(key.clone());
+    let caller = CallerName(key.name.clone());
+    let mut response = match scope {
+        Some(scope) if !key.allows(scope) => ApiError::forbidden(scope.name()).into_response(),
+        _ => match state.permits.clone().try_acquire_owned() {
+            Err(_) => ApiError::overloaded().into_response(),
+            Ok(_permit) => {
+                req.extensions_mut().insert(key);
+                let timeout = Duration::from_millis(state.limits.request_timeout_ms);
+                match tokio::time::timeout(timeout, next.run(req)).await {
+                    Ok(response) => response,
+                    Err(_) => ApiError::timeout().into_response(),
+                }
+            }
+        },
+    };
+    response.extensions_mut().insert(caller);
+    response
+}
+
+// ---------------------------------------------------------------------------------
+// Body parsing
+
+/// A JSON request body, with errors in the API's format and no input quoted back.
+struct JsonBody<T>(T);
+
+impl<T: DeserializeOwned + ItemsProbe> FromRequest<Arc<AppState>> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::body_too_large(state.limits.max_body_bytes)
+            } else {
+                ApiError::malformed("the request body could not be read")
+            }
+        })?;
+        match serde_json::from_slice::<T>(&bytes) {
+            Ok(value) => Ok(JsonBody(value)),
+            Err(e) => Err(describe_json_error(&e, T::failing_item(&bytes))),
+        }
+    }
+}
+
+/// serde's messages quote the input ("invalid type: string \"alice@…\""): only the
+/// error's category and position go back to the client.
+fn describe_json_error(e: &serde_json::Error, item: Option<usize>) -> ApiError {
+    let at = format!("line {}, column {}", e.line(), e.column());
+    match e.classify() {
+        serde_json::error::Category::Data => match item {
+            Some(i) => ApiError::malformed(format!(
+                "item {i}: does not match the expected shape (unknown or missing fields, or wrong types) at {at}"
+            ))
+            .at(Some(i)),
+            None => ApiError::malformed(format!(
+                "the body does not match the expected shape for this route (unknown or missing fields, or wrong types) at {at}"
+            )),
+        },
+        _ => ApiError::malformed(format!("the body is not valid JSON ({at})")),
+    }
+}
+
+/// For batch bodies: which item of a body that failed to parse is at fault.
+trait ItemsProbe {
+    fn failing_item(_body: &[u8]) -> Option<usize> {
+        None
+    }
+}
+
+/// The index of the first element of the array under `key` that does not parse as `I`.
+fn first_bad_item<I: DeserializeOwned>(body: &[u8], key: &str) -> Option<usize> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let items = value.get(key)?.as_array()?;
+    items
+        .iter()
+        .position(|item| serde_json::from_value::<I>(item.clone()).is_err())
+}
+
+impl ItemsProbe for TokenizeRequest {
+    fn failing_item(body: &[u8]) -> Option<usize> {
+        first_bad_item::<vault_client::api::TokenizeItem>(body, "items")
+    }
+}
+
+impl ItemsProbe for DetokenizeRequest {
+    fn failing_item(body: &[u8]) -> Option<usize> {
+        first_bad_item::<String>(body, "tokens")
+    }
+}
+
+impl ItemsProbe for RectifyRequest {}
+impl ItemsProbe for SubjectRequest {}
+
+/// Runs a vault call on the blocking pool: RocksDB and the crypto never block the
+/// async runtime.
+async fn blocking<T, F>(state: &AppState, call: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Vault) -> Result<T, vault_core::Error> + Send + 'static,
+{
+    let vault = state.vault.clone();
+    match tokio::task::spawn_blocking(move || call(&vault)).await {
+        Ok(result) => result.map_err(ApiError::from_vault),
+        Err(join) => {
+            // A panic in vault code: its message may not be shown to anyone.
+            tracing::error!(panicked = join.is_panic(), "a vault call did not complete");
+            Err(ApiError::internal())
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Handlers
+
+async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody<TokenizeRequest>,
+) -> Result<Json<TokenizeResponse>, ApiError> {
+    let tokens = blocking(&state, move |vault| {
+        let requests: Vec<vault_core::TokenizeRequest<'_>> = body
+            .items
+            .iter()
+            .map(|item| {
+                let request = vault_core::TokenizeRequest::new(
+                    item.subject.expose(),
+                    &item.field,
+                    item.value.expose().as_bytes(),
+                );
+                if item.deterministic {
+                    request.deterministic()
+                } else {
+                    request
+                }
+            })
+            .collect();
+        vault.tokenize_batch(&requests)
+    })
+    .await?;
+    Ok(Json(TokenizeResponse {
+        tokens: tokens.iter().map(ToString::to_string).collect(),
+    }))
+}
+
+async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(key): axum::Extension<Arc<ApiKey>>,
+    JsonBody(body): JsonBody<DetokenizeRequest>,
+) -> Result<Response, ApiError> {
+    if !auth::valid_purpose(&body.purpose) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_purpose",
+            "purpose must be 1-64 of a-z, 0-9, '_', '-', '.'",
+        ));
+    }
+    if !key.purposes.allows(&body.purpose) {
+        return Err(ApiError::purpose_not_allowed());
+    }
+    let purpose = PurposeNote(body.purpose.clone());
+    let tokens = body.tokens;
+    let (tokens, outcomes) = blocking(&state, move |vault| {
+        let outcomes = vault.detokenize_batch(&tokens)?;
+        Ok((tokens, outcomes))
+    })
+    .await?;
+    let mut results = Vec::with_capacity(tokens.len());
+    for (i, (token, outcome)) in tokens.into_iter().zip(outcomes).enumerate() {
+        let result = match outcome {
+            Ok(record) => {
+                match String::from_utf8(std::mem::take(&mut *record.value.into_bytes())) {
+                    Ok(value) => DetokenizeResult::Value {
+                        token,
+                        field: record.field,
+                        value: Sensitive::new(value),
+                    },
+                    Err(_) => item_error(token, ItemError::NotText),
+                }
+            }
+            Err(vault_core::Error::NotFound) => item_error(token, ItemError::NotFound),
+            Err(vault_core::Error::Erased) => item_error(token, ItemError::Erased),
+            Err(vault_core::Error::Integrity) => {
+                tracing::error!(item = i, "a detokenized record failed authentication");
+                item_error(token, ItemError::Integrity)
+            }
+            Err(vault_core::Error::InvalidToken) => return Err(ApiError::invalid_token(Some(i))),
+            Err(other) => return Err(ApiError::from_vault(other)),
+        };
+        results.push(result);
+    }
+    let mut response = Json(DetokenizeResponse { results }).into_response();
+    response.extensions_mut().insert(purpose);
+    Ok(response)
+}
+
+fn item_error(token: String, error: ItemError) -> DetokenizeResult {
+    DetokenizeResult::Error { token, error }
+}
+
+async fn rectify(
+    State(state): State<Arc<AppState>>,
+    Path(token): Path<String>,
+    JsonBody(body): JsonBody<RectifyRequest>,
+) -> Result<StatusCode, ApiError> {
+    blocking(&state, move |vault| {
+        vault.rectify(&token, body.value.expose().as_bytes())
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_token(
+    State(state): State<Arc<AppState>>,
+    Path(token): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    blocking(&state, move |vault| vault.delete(&token)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn erase(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody<SubjectRequest>,
+) -> Result<Json<ErasureReceipt>, ApiError> {
+    let receipt = blocking(&state, move |vault| vault.erase(body.subject.expose())).await?;
+    let purge = match receipt.purge {
+        vault_core::PurgeState::Done { at } => Purge::Done { at },
+        vault_core::PurgeState::Pending { due_by } => Purge::Pending { due_by },
+        _ => Purge::NotNeeded,
+    };
+    Ok(Json(ErasureReceipt {
+        subject_ref: receipt.subject_ref.map(|r| r.to_string()),
+        erased_at: receipt.erased_at,
+        records: receipt.records,
+        purge,
+    }))
+}
+
+async fn export(
+    State(state): State<Arc<AppState>>,
+    JsonBody(body): JsonBody<SubjectRequest>,
+) -> Result<Json<SubjectExport>, ApiError> {
+    let subject = body.subject;
+    let (subject, export) = blocking(&state, move |vault| {
+        let export = vault.export(subject.expose())?;
+        Ok((subject, export))
+    })
+    .await?;
+    let records = export
+        .records
+        .into_iter()
+        .map(|r| ExportedRecord {
+            token: r.token.to_string(),
+            field: r.field,
+            value: r.value.as_str().map(Sensitive::from),
+            created_at: r.created_at,
+        })
+        .collect();
+    Ok(Json(SubjectExport {
+        subject,
+        exported_at: export.exported_at,
+        records,
+    }))
+}
+
+fn key_status(status: vault_core::KeyStatus) -> KeyStatus {
+    KeyStatus {
+        active_version: status.active_version,
+        versions: status
+            .versions
+            .iter()
+            .map(|v| KekVersion {
+                version: v.version,
+                active: v.active,
+                deks: v.deks,
+            })
+            .collect(),
+        rotation_in_progress: status.rotation_in_progress,
+        pending_purges: status.pending_purges,
+        background_error: status.background_error,
+    }
+}
+
+async fn rotate(State(state): State<Arc<AppState>>) -> Result<Json<KeyStatus>, ApiError> {
+    let status = blocking(&state, |vault| vault.start_kek_rotation()).await?;
+    tracing::info!(
+        active_version = status.active_version,
+        "KEK rotation started"
+    );
+    Ok(Json(key_status(status)))
+}
+
+async fn keys(State(state): State<Arc<AppState>>) -> Result<Json<KeyStatus>, ApiError> {
+    let status = blocking(&state, |vault| vault.key_status()).await?;
+    Ok(Json(key_status(status)))
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.ready.load(Ordering::SeqCst) {
+        Json(serde_json::json!({ "status": "ready" })).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "shutting_down" })),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let mut out = String::new();
+    state.metrics.render(&mut out);
+    let out = blocking(&state, move |vault| {
+        metrics::render_vault(vault, &mut out);
+        Ok(out)
+    })
+    .await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        out,
+    )
+        .into_response())
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(crate::openapi::document())
+}

@@ -1,0 +1,224 @@
+//! The `vault-server` command line.
+//!
+//! ```text
+//! vault-server --data-dir DIR [--listen ADDR] (--config FILE | --dev)
+//! vault-server new-api-key
+//! ```
+//!
+//! Everything is checked (configuration, TLS files, root key, the vault itself)
+//! before the listener is bound; a problem ends with one clear line on stderr and
+//! exit code 2.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vault_core::{Vault, VaultOptions};
+
+use crate::auth;
+use crate::config::{self, ConfigError, ServerConfig};
+use crate::dev::{self, DevInfo};
+
+/// Command-line arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vault-server",
+    version,
+    about = "Personal-data vault over HTTPS",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Args {
+    /// Directory for the vault's data (created if missing).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8200")]
+    listen: SocketAddr,
+    /// Configuration file (TOML): TLS, root key source, API keys, limits.
+    #[arg(long, value_name = "FILE", conflicts_with = "dev")]
+    config: Option<PathBuf>,
+    /// Development mode: creates a root key file, a self-signed certificate and an
+    /// admin API key under DATA_DIR/dev. Not for production.
+    #[arg(long)]
+    dev: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prints a new random API key and the hash to put in the configuration.
+    NewApiKey,
+}
+
+/// Runs the command line; the return value is the process's exit code.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(Command::NewApiKey) = args.command {
+        return new_api_key();
+    }
+    init_logging();
+    match prepare(&args) {
+        Ok((config, dev_info, vault, listener)) => run(config, dev_info, vault, listener),
+        Err(e) => {
+            eprintln!("vault-server: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn new_api_key() -> ExitCode {
+    match auth::generate_key() {
+        Ok((key, hash)) => {
+            let line = serde_json::json!({ "api_key": key.as_str(), "hash": hash.to_string() });
+            println!("{line}");
+            eprintln!(
+                "Give api_key to the service (it is shown only now); put hash in the \
+                 server's [[api_keys]] entry."
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vault-server: cannot generate a key: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Structured JSON logs on stderr; the level from `RUST_LOG` (default `info`).
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+type Prepared = (ServerConfig, Option<DevInfo>, Vault, TcpListener);
+
+/// Configuration, vault, listener: everything that can fail on a misconfiguration.
+fn prepare(args: &Args) -> Result<Prepared, ConfigError> {
+    let data_dir = args
+        .data_dir
+        .as_ref()
+        .ok_or_else(|| ConfigError::new("--data-dir is required (see vault-server --help)"))?;
+    let (config, dev_info) = match (&args.config, args.dev) {
+        (Some(path), false) => (config::load(path, data_dir)?, None),
+        (None, true) => {
+            let (config, info) = dev::prepare(data_dir)?;
+            (config, Some(info))
+        }
+        _ => {
+            return Err(ConfigError::new(
+                "either --config FILE or --dev is required (see vault-server --help)",
+            ));
+        }
+    };
+    if dev_info.is_some() {
+        warn_dev_mode(data_dir);
+    }
+    if matches!(config.transport, config::Transport::InsecurePlainHttp) {
+        tracing::warn!(
+            "INSECURE: serving plain HTTP (insecure_plain_http = true); values and API keys cross the network in the clear"
+        );
+    }
+    let options = VaultOptions::default()
+        .limits(config.vault_limits())
+        .purge_policy(config.purge)
+        .statistics(true);
+    let vault = Vault::open(&config.vault_dir, &config.root_key, options).map_err(|e| {
+        ConfigError::new(format!(
+            "cannot open the vault in {}: {e}",
+            config.vault_dir.display()
+        ))
+    })?;
+    let listener = TcpListener::bind(args.listen)
+        .map_err(|e| ConfigError::new(format!("cannot listen on {}: {e}", args.listen)))?;
+    Ok((config, dev_info, vault, listener))
+}
+
+fn warn_dev_mode(data_dir: &std::path::Path) {
+    let dev = data_dir.join("dev");
+    eprintln!(
+        "\n\
+         ************************************************************************\n\
+         *  DEVELOPMENT MODE — NOT FOR PRODUCTION                               *\n\
+         *  The root key sits in a file next to the data ({}),\n\
+         *  the TLS certificate is self-signed, and the admin API key is kept\n\
+         *  in clear. Anyone who can read the data directory can read the vault.\n\
+         ************************************************************************\n",
+        dev.join("root.key").display()
+    );
+}
+
+fn run(
+    config: ServerConfig,
+    dev_info: Option<DevInfo>,
+    vault: Vault,
+    listener: TcpListener,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vault-server")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("vault-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("vault-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let scheme = match config.transport {
+        config::Transport::Tls { .. } => "https",
+        config::Transport::InsecurePlainHttp => "http",
+    };
+    let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() {
+        "127.0.0.1".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    let url = format!("{scheme}://{host}:{}", addr.port());
+    tracing::info!(url = %url, api_keys = config.api_keys.len(), "vault-server listening");
+    // One JSON line on stdout for scripts: where to connect, and in dev mode what
+    // to trust and which key to use.
+    let line = match &dev_info {
+        Some(info) => serde_json::json!({
+            "url": url,
+            "ca_cert": info.ca_cert,
+            "api_key": info.api_key.as_str(),
+            "data_dir": config.vault_dir.parent(),
+        }),
+        None => serde_json::json!({ "url": url }),
+    };
+    println!("{line}");
+    let ServerConfig {
+        api_keys,
+        limits,
+        transport,
+        ..
+    } = config;
+    let served = runtime.block_on(crate::serve::serve(
+        vault, api_keys, limits, transport, listener,
+    ));
+    match served {
+        Ok(()) => {
+            tracing::info!("vault-server stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "vault-server failed");
+            eprintln!("vault-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

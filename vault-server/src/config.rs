@@ -1,0 +1,600 @@
+//! The server's configuration: a TOML file (or `--dev`), checked completely before
+//! anything opens or listens.
+//!
+//! ```toml
+//! [tls]
+//! cert = "/etc/pii-vault/tls/cert.pem"
+//! key = "/etc/pii-vault/tls/key.pem"
+//!
+//! [root_key]
+//! file = "/etc/pii-vault/root.key"          # or: env = "VAULT_ROOT_KEY"
+//!                                           # or: passphrase_env = "VAULT_PASSPHRASE"
+//! [limits]                                  # all optional; defaults shown
+//! max_body_bytes = 8388608
+//! max_value_bytes = 65536
+//! max_batch = 1000
+//! request_timeout_ms = 30000
+//! max_concurrent_requests = 512
+//!
+//! [vault]                                   # optional
+//! purge_delay_secs = 900                    # 0 purges at once on erase
+//!
+//! [[api_keys]]
+//! name = "billing"
+//! hash = "blake3:…"                         # from `vault-server new-api-key`
+//! scopes = ["tokenize", "detokenize"]
+//! purposes = ["invoicing"]
+//! ```
+//!
+//! The root key is never a command-line argument: a file (32 raw bytes, or 64 hex
+//! digits), an environment variable holding 64 hex digits, or an environment variable
+//! holding a passphrase (Argon2id).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use vault_core::{Limits, PurgePolicy, RootKey};
+use zeroize::Zeroizing;
+
+use crate::auth::{self, ApiKey, ApiKeys, KeyHash, Purposes, Scope};
+
+/// A configuration problem, reported before the server starts.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    pub(crate) fn new(message: impl Into<String>) -> ConfigError {
+        ConfigError(message.into())
+    }
+}
+
+/// The configuration file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// TLS certificate and key. Required unless plain HTTP is explicitly chosen.
+    pub tls: Option<TlsFiles>,
+    /// Serve plain HTTP instead of HTTPS. Only behind a TLS-terminating proxy on the
+    /// same host: anything else sends personal data and API keys in the clear.
+    #[serde(default)]
+    pub insecure_plain_http: bool,
+    /// Where the root key comes from.
+    pub root_key: Option<RootKeySource>,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Vault options.
+    #[serde(default)]
+    pub vault: VaultConfig,
+    /// The API keys.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+/// PEM files of the server's certificate chain and private key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// Exactly one of the three.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootKeySource {
+    /// A file holding 32 raw bytes or 64 hex digits.
+    pub file: Option<PathBuf>,
+    /// The name of an environment variable holding 64 hex digits.
+    pub env: Option<String>,
+    /// The name of an environment variable holding a passphrase.
+    pub passphrase_env: Option<String>,
+}
+
+/// Request limits (see [`Limits`](vault_core::Limits) for the vault's own).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+    /// Most items (values or tokens) in one request.
+    pub max_batch: usize,
+    /// How long a request may take, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Requests served at once; beyond, requests are refused with 429.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 8 * 1024 * 1024,
+            max_value_bytes: 64 * 1024,
+            max_batch: 1000,
+            request_timeout_ms: 30_000,
+            max_concurrent_requests: 512,
+        }
+    }
+}
+
+/// Vault options.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// Longest delay between an erasure and the purge of its bytes, in seconds; 0
+    /// purges before the erase call returns.
+    pub purge_delay_secs: u64,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig {
+            purge_delay_secs: 15 * 60,
+        }
+    }
+}
+
+/// One API key, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// A name for logs (e.g. the service holding the key).
+    pub name: String,
+    /// `blake3:` + 64 hex digits, from `vault-server new-api-key`.
+    pub hash: String,
+    /// Scope names.
+    pub scopes: Vec<String>,
+    /// Purposes it may detokenize for; `["*"]` for any.
+    #[serde(default)]
+    pub purposes: Vec<String>,
+}
+
+/// How the server listens.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// HTTPS with this certificate chain and key (PEM bytes).
+    Tls {
+        /// Certificate chain, PEM.
+        cert_pem: Vec<u8>,
+        /// Private key, PEM.
+        key_pem: Zeroizing<Vec<u8>>,
+    },
+    /// Plain HTTP (chosen explicitly, insecure).
+    InsecurePlainHttp,
+}
+
+/// Everything the server needs, checked.
+#[derive(Debug)]
+pub struct ServerConfig {
+    /// The vault's directory.
+    pub vault_dir: PathBuf,
+    /// The root key.
+    pub root_key: RootKey,
+    /// HTTPS or (explicitly) plain HTTP.
+    pub transport: Transport,
+    /// API keys.
+    pub api_keys: ApiKeys,
+    /// Request limits.
+    pub limits: LimitsConfig,
+    /// Erasure purge policy.
+    pub purge: PurgePolicy,
+}
+
+impl ServerConfig {
+    /// The vault's own limits, from the request limits.
+    pub fn vault_limits(&self) -> Limits {
+        Limits {
+            max_value_len: self.limits.max_value_bytes,
+            max_batch: self.limits.max_batch,
+            ..Limits::default()
+        }
+    }
+
+    /// The request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.limits.request_timeout_ms)
+    }
+}
+
+/// Reads and checks a configuration file.
+pub fn load(path: &Path, data_dir: &Path) -> Result<ServerConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(format!("cannot read {}: {e}", path.display())))?;
+    let file: FileConfig = toml::from_str(&text)
+        .map_err(|e| ConfigError::new(format!("{}: {}", path.display(), e.message())))?;
+    resolve(file, data_dir, path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Checks a parsed configuration; relative paths are relative to `base`.
+pub fn resolve(
+    file: FileConfig,
+    data_dir: &Path,
+    base: &Path,
+) -> Result<ServerConfig, ConfigError> {
+    let limits = check_limits(file.limits)?;
+    let transport = match (file.tls, file.insecure_plain_http) {
+        (Some(_), true) => {
+            return Err(ConfigError::new(
+                "[tls] and insecure_plain_http = true are both set; choose one",
+            ));
+        }
+        (Some(tls), false) => read_tls(&base.join(&tls.cert), &base.join(&tls.key))?,
+        (None, true) => Transport::InsecurePlainHttp,
+        (None, false) => {
+            return Err(ConfigError::new(
+                "no [tls] section: the server serves HTTPS only (set cert and key), \
+                 unless insecure_plain_http = true is set explicitly",
+            ));
+        }
+    };
+    let root_key = match file.root_key {
+        Some(source) => read_root_key(&source, base)?,
+        None => return Err(ConfigError::new("no [root_key] section")),
+    };
+    let api_keys = check_api_keys(&file.api_keys)?;
+    Ok(ServerConfig {
+        vault_dir: vault_dir(data_dir),
+        root_key,
+        transport,
+        api_keys,
+        limits,
+        purge: purge_policy(file.vault.purge_delay_secs)?,
+    })
+}
+
+/// Where the vault lives under the data directory.
+pub fn vault_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("vault")
+}
+
+pub(crate) fn purge_policy(delay_secs: u64) -> Result<PurgePolicy, ConfigError> {
+    if delay_secs == 0 {
+        return Ok(PurgePolicy::Immediate);
+    }
+    let delay = Duration::from_secs(delay_secs);
+    if delay > vault_core::MAX_PURGE_DELAY {
+        return Err(ConfigError::new(format!(
+            "vault.purge_delay_secs exceeds the maximum of {} seconds",
+            vault_core::MAX_PURGE_DELAY.as_secs()
+        )));
+    }
+    Ok(PurgePolicy::Within(delay))
+}
+
+fn check_limits(limits: LimitsConfig) -> Result<LimitsConfig, ConfigError> {
+    let checks = [
+        (
+            limits.max_body_bytes,
+            1024,
+            1 << 30,
+            "limits.max_body_bytes",
+        ),
+        (
+            limits.max_value_bytes,
+            1,
+            16 << 20,
+            "limits.max_value_bytes",
+        ),
+        (limits.max_batch, 1, 100_000, "limits.max_batch"),
+        (
+            limits.max_concurrent_requests,
+            1,
+            100_000,
+            "limits.max_concurrent_requests",
+        ),
+    ];
+    for (value, min, max, name) in checks {
+        if !(min..=max).contains(&value) {
+            return Err(ConfigError::new(format!(
+                "{name} must be between {min} and {max}"
+            )));
+        }
+    }
+    if !(100..=3_600_000).contains(&limits.request_timeout_ms) {
+        return Err(ConfigError::new(
+            "limits.request_timeout_ms must be between 100 and 3600000",
+        ));
+    }
+    if limits.max_value_bytes > limits.max_body_bytes {
+        return Err(ConfigError::new(
+            "limits.max_value_bytes cannot exceed limits.max_body_bytes",
+        ));
+    }
+    Ok(limits)
+}
+
+pub(crate) fn read_tls(cert: &Path, key: &Path) -> Result<Transport, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_pem = std::fs::read(cert).map_err(|e| {
+        ConfigError::new(format!(
+            "cannot read TLS certificate {}: {e}",
+            cert.display()
+        ))
+    })?;
+    let key_pem =
+        Zeroizing::new(std::fs::read(key).map_err(|e| {
+            ConfigError::new(format!("cannot read TLS key {}: {e}", key.display()))
+        })?);
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            ConfigError::new(format!("{} is not a PEM certificate chain", cert.display()))
+        })?;
+    if certs.is_empty() {
+        return Err(ConfigError::new(format!(
+            "{} holds no PEM certificate",
+            cert.display()
+        )));
+    }
+    PrivateKeyDer::from_pem_slice(&key_pem)
+        .map_err(|_| ConfigError::new(format!("{} holds no PEM private key", key.display())))?;
+    Ok(Transport::Tls { cert_pem, key_pem })
+}
+
+fn read_root_key(source: &RootKeySource, base: &Path) -> Result<RootKey, ConfigError> {
+    let given = [
+        source.file.is_some(),
+        source.env.is_some(),
+        source.passphrase_env.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() != 1 {
+        return Err(ConfigError::new(
+            "[root_key] needs exactly one of file, env, passphrase_env",
+        ));
+    }
+    if let Some(file) = &source.file {
+        return read_root_key_file(&base.join(file));
+    }
+    if let Some(var) = &source.env {
+        let text = Zeroizing::new(env_var(var)?);
+        let bytes = auth::decode_hex32(text.trim()).ok_or_else(|| {
+            ConfigError::new(format!(
+                "environment variable {var} must hold a root key of 64 hex digits"
+            ))
+        })?;
+        let bytes = Zeroizing::new(bytes);
+        return RootKey::from_bytes(bytes.as_slice()).map_err(|e| ConfigError::new(e.to_string()));
+    }
+    if let Some(var) = &source.passphrase_env {
+        let passphrase = env_var(var)?;
+        if passphrase.chars().count() < 12 {
+            return Err(ConfigError::new(format!(
+                "the passphrase in {var} is shorter than 12 characters"
+            )));
+        }
+        return Ok(RootKey::passphrase(passphrase));
+    }
+    Err(ConfigError::new(
+        "[root_key] needs one of file, env, passphrase_env",
+    ))
+}
+
+fn env_var(var: &str) -> Result<String, ConfigError> {
+    std::env::var(var).map_err(|_| {
+        ConfigError::new(format!(
+            "environment variable {var} (the root key source) is not set or not UTF-8"
+        ))
+    })
+}
+
+/// Reads a root key file: 32 raw bytes, or 64 hex digits (whitespace around allowed).
+pub fn read_root_key_file(path: &Path) -> Result<RootKey, ConfigError> {
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| {
+        ConfigError::new(format!("cannot read root key file {}: {e}", path.display()))
+    })?);
+    if bytes.len() == 32 {
+        return RootKey::from_bytes(&bytes).map_err(|e| ConfigError::new(e.to_string()));
+    }
+    let decoded = std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|text| auth::decode_hex32(text.trim()))
+        .map(Zeroizing::new)
+        .ok_or_else(|| {
+            ConfigError::new(format!(
+                "root key file {} must hold 32 bytes or 64 hex digits",
+                path.display()
+            ))
+        })?;
+    RootKey::from_bytes(decoded.as_slice()).map_err(|e| ConfigError::new(e.to_string()))
+}
+
+fn check_api_keys(configs: &[ApiKeyConfig]) -> Result<ApiKeys, ConfigError> {
+    if configs.is_empty() {
+        return Err(ConfigError::new(
+            "no [[api_keys]]: nothing could call the vault (create one with `vault-server new-api-key`)",
+        ));
+    }
+    let mut names = BTreeSet::new();
+    let mut hashes = BTreeMap::new();
+    let mut keys = Vec::new();
+    for config in configs {
+        let name = &config.name;
+        let name_ok = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !name_ok {
+            return Err(ConfigError::new(
+                "an API key name must be 1-64 of ASCII letters, digits, '_', '-', '.'",
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(ConfigError::new(format!(
+                "API key name {name} is used twice"
+            )));
+        }
+        let hash = KeyHash::parse(&config.hash).ok_or_else(|| {
+            ConfigError::new(format!(
+                "API key {name}: hash must be blake3: + 64 hex digits (from `vault-server new-api-key`)"
+            ))
+        })?;
+        if let Some(other) = hashes.insert(hash.to_string(), name.clone()) {
+            return Err(ConfigError::new(format!(
+                "API keys {other} and {name} have the same hash"
+            )));
+        }
+        let mut scopes = BTreeSet::new();
+        for scope in &config.scopes {
+            let parsed = Scope::parse(scope).ok_or_else(|| {
+                ConfigError::new(format!(
+                    "API key {name}: unknown scope {scope:?} (known: {})",
+                    Scope::ALL.map(Scope::name).join(", ")
+                ))
+            })?;
+            scopes.insert(parsed);
+        }
+        if scopes.is_empty() {
+            return Err(ConfigError::new(format!("API key {name} has no scopes")));
+        }
+        let purposes = if config.purposes.iter().any(|p| p == "*") {
+            if config.purposes.len() != 1 {
+                return Err(ConfigError::new(format!(
+                    "API key {name}: \"*\" (any purpose) cannot be combined with others"
+                )));
+            }
+            Purposes::Any
+        } else {
+            for purpose in &config.purposes {
+                if !auth::valid_purpose(purpose) {
+                    return Err(ConfigError::new(format!(
+                        "API key {name}: purpose {purpose:?} must be 1-64 of a-z, 0-9, '_', '-', '.'"
+                    )));
+                }
+            }
+            Purposes::Only(config.purposes.iter().cloned().collect())
+        };
+        if scopes.contains(&Scope::Detokenize) && purposes == Purposes::Only(BTreeSet::new()) {
+            return Err(ConfigError::new(format!(
+                "API key {name} has the detokenize scope but no purposes"
+            )));
+        }
+        keys.push(ApiKey {
+            name: name.clone(),
+            hash,
+            scopes,
+            purposes,
+        });
+    }
+    Ok(ApiKeys::new(keys))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
+        let dir = tempfile::tempdir().map_err(|e| ConfigError::new(e.to_string()))?;
+        std::fs::write(dir.path().join("root.key"), "ab".repeat(32))
+            .map_err(|e| ConfigError::new(e.to_string()))?;
+        let file: FileConfig =
+            toml::from_str(text).map_err(|e| ConfigError::new(e.message().to_owned()))?;
+        resolve(file, dir.path(), dir.path())
+    }
+
+    fn hash() -> String {
+        KeyHash::of("pvk_test").to_string()
+    }
+
+    #[test]
+    fn a_minimal_plain_config_resolves() -> Result<(), ConfigError> {
+        let config = parse(&format!(
+            "insecure_plain_http = true\n[root_key]\nfile = \"root.key\"\n\
+             [[api_keys]]\nname = \"svc\"\nhash = \"{}\"\nscopes = [\"tokenize\"]\n",
+            hash()
+        ))?;
+        assert!(matches!(config.transport, Transport::InsecurePlainHttp));
+        assert_eq!(config.api_keys.len(), 1);
+        assert_eq!(config.limits.max_batch, 1000);
+        Ok(())
+    }
+
+    #[test]
+    fn misconfigurations_are_refused_with_a_reason() {
+        let h = hash();
+        let key =
+            format!("[[api_keys]]\nname = \"svc\"\nhash = \"{h}\"\nscopes = [\"tokenize\"]\n");
+        let root = "[root_key]\nfile = \"root.key\"\n";
+        let cases = [
+            (format!("{root}{key}"), "no [tls]"),
+            (
+                format!("insecure_plain_http = true\n{key}"),
+                "no [root_key]",
+            ),
+            (
+                format!("insecure_plain_http = true\n{root}"),
+                "no [[api_keys]]",
+            ),
+            (
+                format!(
+                    "insecure_plain_http = true\n[root_key]\nfile = \"root.key\"\nenv = \"X\"\n{key}"
+                ),
+                "exactly one",
+            ),
+            (
+                format!(
+                    "insecure_plain_http = true\n{root}{}",
+                    key.replace("tokenize", "tokenise")
+                ),
+                "unknown scope",
+            ),
+            (
+                format!(
+                    "insecure_plain_http = true\n{root}{}",
+                    key.replace("tokenize", "detokenize")
+                ),
+                "no purposes",
+            ),
+            (
+                format!("insecure_plain_http = true\n{root}{key}{key}"),
+                "used twice",
+            ),
+            (
+                format!(
+                    "insecure_plain_http = true\n{root}{}",
+                    key.replace(&h, "blake3:00")
+                ),
+                "hash must be",
+            ),
+            (
+                format!("insecure_plain_http = true\n{root}{key}[limits]\nmax_batch = 0\n"),
+                "max_batch",
+            ),
+            (
+                format!(
+                    "insecure_plain_http = true\n{root}{key}[vault]\npurge_delay_secs = 99999999\n"
+                ),
+                "purge_delay_secs",
+            ),
+            (
+                format!(
+                    "insecure_plain_http = true\n[tls]\ncert = \"missing.pem\"\nkey = \"missing.pem\"\n{root}{key}"
+                ),
+                "both set",
+            ),
+            (
+                format!("[tls]\ncert = \"missing.pem\"\nkey = \"missing.pem\"\n{root}{key}"),
+                "cannot read TLS certificate",
+            ),
+            (
+                format!("insecure_plain_http = true\n[root_key]\nfile = \"nope.key\"\n{key}"),
+                "cannot read root key file",
+            ),
+        ];
+        for (text, expected) in cases {
+            match parse(&text) {
+                Ok(_) => panic!("accepted:\n{text}"),
+                Err(e) => assert!(e.to_string().contains(expected), "{e} (wanted {expected})"),
+            }
+        }
+        let typo = format!("insecure_plain_http = true\n{root}{key}[limits]\nmax_batchh = 5\n");
+        assert!(parse(&typo).is_err(), "unknown keys are refused");
+    }
+}

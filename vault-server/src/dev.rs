@@ -1,0 +1,110 @@
+//! `--dev`: a vault that starts with nothing set up, for trying it out.
+//!
+//! Creates what is missing under `DATA_DIR/dev/`: a root key file, a self-signed TLS
+//! certificate for `localhost` and `127.0.0.1`, and one API key with every scope and
+//! any purpose (kept in clear, so that restarts print the same key). The root key in a
+//! file next to the data is exactly what production must never do; the server says so.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use vault_core::RootKey;
+use zeroize::Zeroizing;
+
+use crate::auth::{self, ApiKey, ApiKeys, KeyHash, Purposes, Scope};
+use crate::config::{self, ConfigError, LimitsConfig, ServerConfig};
+
+/// What `--dev` prints for scripts (one JSON line on stdout).
+#[derive(Debug)]
+pub struct DevInfo {
+    /// The certificate a client must trust.
+    pub ca_cert: PathBuf,
+    /// The admin API key.
+    pub api_key: Zeroizing<String>,
+}
+
+/// Sets up (or reuses) the development files and returns the configuration.
+pub fn prepare(data_dir: &Path) -> Result<(ServerConfig, DevInfo), ConfigError> {
+    let dir = data_dir.join("dev");
+    fs::create_dir_all(&dir)
+        .map_err(|e| ConfigError::new(format!("cannot create {}: {e}", dir.display())))?;
+    let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
+
+    let root_path = dir.join("root.key");
+    if !root_path.exists() {
+        let root = RootKey::generate().map_err(|e| ConfigError::new(e.to_string()))?;
+        let bytes = root
+            .expose_bytes()
+            .ok_or_else(|| ConfigError::new("a generated root key has bytes"))?;
+        let hex = Zeroizing::new(hex(bytes));
+        write_private(&root_path, hex.as_bytes())?;
+    }
+    let root_key = config::read_root_key_file(&root_path)?;
+
+    let cert_path = dir.join("tls-cert.pem");
+    let key_path = dir.join("tls-key.pem");
+    if !cert_path.exists() || !key_path.exists() {
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+                .map_err(|e| ConfigError::new(format!("cannot make a TLS certificate: {e}")))?;
+        let key_pem = Zeroizing::new(certified.signing_key.serialize_pem());
+        write_private(&key_path, key_pem.as_bytes())?;
+        write_file(&cert_path, certified.cert.pem().as_bytes(), 0o644)?;
+    }
+    let transport = config::read_tls(&cert_path, &key_path)?;
+
+    let key_file = dir.join("admin-api-key");
+    let api_key = if key_file.exists() {
+        let text =
+            Zeroizing::new(fs::read_to_string(&key_file).map_err(|e| {
+                ConfigError::new(format!("cannot read {}: {e}", key_file.display()))
+            })?);
+        Zeroizing::new(text.trim().to_owned())
+    } else {
+        let (key, _) =
+            auth::generate_key().map_err(|e| ConfigError::new(format!("random: {e}")))?;
+        write_private(&key_file, key.as_bytes())?;
+        key
+    };
+    let admin = ApiKey {
+        name: "dev-admin".into(),
+        hash: KeyHash::of(&api_key),
+        scopes: Scope::ALL.into_iter().collect(),
+        purposes: Purposes::Any,
+    };
+    let config = ServerConfig {
+        vault_dir: config::vault_dir(data_dir),
+        root_key,
+        transport,
+        api_keys: ApiKeys::new(vec![admin]),
+        limits: LimitsConfig::default(),
+        // Erasures purge before the call returns: what a first try expects to see.
+        purge: vault_core::PurgePolicy::Immediate,
+    };
+    let ca_cert = fs::canonicalize(&cert_path).unwrap_or(cert_path);
+    Ok((config, DevInfo { ca_cert, api_key }))
+}
+
+/// Writes a new file readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
+    write_file(path, bytes, 0o600)
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ConfigError> {
+    let fail =
+        |e: std::io::Error| ConfigError::new(format!("cannot write {}: {e}", path.display()));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(fail)?;
+    file.write_all(bytes).map_err(fail)?;
+    file.sync_all().map_err(fail)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,225 @@
+//! How failures become HTTP responses: a stable JSON code and a generic message.
+//!
+//! Messages are written here, from the kind of failure, never copied from a parser
+//! or the storage engine: those can quote the input (a serde error quotes the value
+//! it did not expect). Details of a server-side failure go to the log, as the error's
+//! kind, never to the client.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use vault_client::api::{ErrorBody, ErrorDetail};
+use vault_core::{Argument, InputError, Problem};
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    item: Option<usize>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            item: None,
+        }
+    }
+
+    pub(crate) fn at(mut self, item: Option<usize>) -> Self {
+        self.item = item;
+        self
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    pub(crate) fn malformed(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_request", message)
+    }
+
+    pub(crate) fn unauthenticated() -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "a valid API key is required (Authorization: Bearer <key>)",
+        )
+    }
+
+    pub(crate) fn forbidden(scope: &str) -> Self {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this API key does not have the {scope} scope"),
+        )
+    }
+
+    pub(crate) fn purpose_not_allowed() -> Self {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "purpose_not_allowed",
+            "this API key may not detokenize for this purpose",
+        )
+    }
+
+    pub(crate) fn body_too_large(limit: usize) -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body exceeds the limit of {limit} bytes"),
+        )
+    }
+
+    pub(crate) fn overloaded() -> Self {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "overloaded",
+            "the server is at its concurrency limit; retry later",
+        )
+    }
+
+    pub(crate) fn timeout() -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request did not complete in time; a write may or may not have taken effect",
+        )
+    }
+
+    pub(crate) fn not_found_route() -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such route")
+    }
+
+    pub(crate) fn method_not_allowed() -> Self {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take this method",
+        )
+    }
+
+    pub(crate) fn internal() -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the server log has the details under this request's id",
+        )
+    }
+
+    pub(crate) fn invalid_token(item: Option<usize>) -> Self {
+        let message = match item {
+            Some(i) => format!("item {i}: not a token of this vault"),
+            None => "not a token of this vault".to_owned(),
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_token", message).at(item)
+    }
+
+    /// A vault error, for the call that produced it.
+    pub(crate) fn from_vault(err: vault_core::Error) -> Self {
+        use vault_core::Error as E;
+        match err {
+            E::InvalidInput(input) => ApiError::from_input(&input),
+            E::InvalidToken => ApiError::invalid_token(None),
+            E::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such token"),
+            E::Erased => ApiError::new(
+                StatusCode::GONE,
+                "erased",
+                "the token's subject has been erased",
+            ),
+            E::DeterministicToken => ApiError::new(
+                StatusCode::CONFLICT,
+                "deterministic_token",
+                "a deterministic token cannot be rectified: tokenize the new value and delete this token",
+            ),
+            E::Integrity => {
+                tracing::error!(error = "integrity", "stored data failed authentication");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "integrity",
+                    "stored data failed an integrity check",
+                )
+            }
+            other => {
+                // Vault errors name files and kinds, never stored values (vault-core's
+                // contract), so they may be logged.
+                tracing::error!(error = %other, "vault error");
+                ApiError::internal()
+            }
+        }
+    }
+
+    fn from_input(input: &InputError) -> Self {
+        let (status, code) = match (input.argument, input.problem) {
+            (Argument::Batch, Problem::TooLong { .. }) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large")
+            }
+            (Argument::Value, Problem::TooLong { .. }) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "value_too_large")
+            }
+            _ => (StatusCode::BAD_REQUEST, "invalid_item"),
+        };
+        // InputError's Display names the item, argument and problem, never content.
+        ApiError::new(status, code, input.to_string()).at(input.item)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+                item: self.item,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code));
+        response
+    }
+}
+
+/// The error code of a response, for the access log.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ErrorCode(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_errors_map_to_documented_statuses() {
+        let e = ApiError::from_vault(vault_core::Error::InvalidInput(InputError {
+            item: Some(3),
+            argument: Argument::Value,
+            problem: Problem::TooLong { limit: 10 },
+        }));
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.code(), "value_too_large");
+        assert_eq!(e.item, Some(3));
+        assert!(e.message.contains("item 3"), "{}", e.message);
+
+        let e = ApiError::from_vault(vault_core::Error::InvalidInput(InputError {
+            item: Some(0),
+            argument: Argument::Field,
+            problem: Problem::BadCharacter,
+        }));
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::BAD_REQUEST, "invalid_item")
+        );
+
+        let e = ApiError::from_vault(vault_core::Error::Erased);
+        assert_eq!(e.status(), StatusCode::GONE);
+    }
+}

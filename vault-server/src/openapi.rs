@@ -1,0 +1,227 @@
+//! `/openapi.json`: an OpenAPI 3.1 description of every route.
+//!
+//! Written by hand next to the wire types (`vault_client::api`); a test checks that
+//! every route the router serves is described.
+
+use serde_json::{Value, json};
+
+fn error_responses(codes: &[u16]) -> Value {
+    let mut map = serde_json::Map::new();
+    for code in codes {
+        map.insert(
+            code.to_string(),
+            json!({ "$ref": format!("#/components/responses/E{code}") }),
+        );
+    }
+    Value::Object(map)
+}
+
+fn with_errors(mut ok: Value, codes: &[u16]) -> Value {
+    if let (Some(ok), Value::Object(errors)) = (ok.as_object_mut(), error_responses(codes)) {
+        ok.extend(errors);
+    }
+    ok
+}
+
+fn body(schema: &str) -> Value {
+    json!({
+        "required": true,
+        "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } }
+    })
+}
+
+fn answer(description: &str, schema: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } }
+    })
+}
+
+const KEYED: [u16; 6] = [400, 401, 403, 413, 429, 500];
+
+/// The document.
+pub fn document() -> Value {
+    let token_param = json!([{
+        "name": "token", "in": "path", "required": true,
+        "schema": { "type": "string", "pattern": "^tok_[a-z2-7]{32}$" }
+    }]);
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "pii-vault",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Personal-data vault: values encrypted under a key per data subject, opaque tokens for everyone else. Subject ids and values travel only in request bodies."
+        },
+        "security": [{ "apiKey": [] }],
+        "paths": {
+            "/v1/tokenize": { "post": {
+                "summary": "Tokenize values (all-or-nothing). Scope: tokenize.",
+                "requestBody": body("TokenizeRequest"),
+                "responses": with_errors(json!({ "200": answer("One token per item, in order.", "TokenizeResponse") }), &KEYED)
+            }},
+            "/v1/detokenize": { "post": {
+                "summary": "Turn tokens back into values, for a purpose the key is allowed. Scope: detokenize.",
+                "requestBody": body("DetokenizeRequest"),
+                "responses": with_errors(json!({ "200": answer("One result per token, in order.", "DetokenizeResponse") }), &KEYED)
+            }},
+            "/v1/tokens/{token}": {
+                "parameters": token_param,
+                "put": {
+                    "summary": "Rectify: replace the value behind a token; the token stays. Scope: rectify.",
+                    "requestBody": body("RectifyRequest"),
+                    "responses": with_errors(json!({ "204": { "description": "Rectified." } }), &[400, 401, 403, 404, 409, 410, 413, 429, 500])
+                },
+                "delete": {
+                    "summary": "Delete one record. Scope: delete.",
+                    "responses": with_errors(json!({ "204": { "description": "Deleted." } }), &[400, 401, 403, 404, 410, 429, 500])
+                }
+            },
+            "/v1/subjects/erase": { "post": {
+                "summary": "Erase a subject (right to be forgotten): destroys its key; idempotent. Scope: erase.",
+                "requestBody": body("SubjectRequest"),
+                "responses": with_errors(json!({ "200": answer("Erasure receipt; no personal data.", "ErasureReceipt") }), &KEYED)
+            }},
+            "/v1/subjects/export": { "post": {
+                "summary": "Export every record of a subject (access and portability). Scope: export.",
+                "requestBody": body("SubjectRequest"),
+                "responses": with_errors(json!({ "200": answer("The subject's records.", "SubjectExport") }), &KEYED)
+            }},
+            "/v1/admin/rotate": { "post": {
+                "summary": "Start a key-encryption-key rotation; rewrapping runs in the background. Scope: admin.",
+                "responses": with_errors(json!({ "200": answer("Key status.", "KeyStatus") }), &[401, 403, 429, 500])
+            }},
+            "/v1/admin/keys": { "get": {
+                "summary": "Key versions, subject keys per version, rotation and purge progress. Scope: admin.",
+                "responses": with_errors(json!({ "200": answer("Key status.", "KeyStatus") }), &[401, 403, 429, 500])
+            }},
+            "/healthz": { "get": {
+                "summary": "Liveness.", "security": [],
+                "responses": { "200": { "description": "The process serves requests." } }
+            }},
+            "/readyz": { "get": {
+                "summary": "Readiness: 503 once shutdown has begun.", "security": [],
+                "responses": { "200": { "description": "Ready." }, "503": { "description": "Shutting down." } }
+            }},
+            "/metrics": { "get": {
+                "summary": "Prometheus metrics; no personal data.", "security": [],
+                "responses": { "200": { "description": "Prometheus text format.", "content": { "text/plain": {} } } }
+            }},
+            "/openapi.json": { "get": {
+                "summary": "This document.", "security": [],
+                "responses": { "200": { "description": "OpenAPI 3.1." } }
+            }}
+        },
+        "components": {
+            "securitySchemes": { "apiKey": { "type": "http", "scheme": "bearer" } },
+            "responses": {
+                "E400": error_answer("Malformed body, unknown field, invalid item (named by index), invalid token or purpose."),
+                "E401": error_answer("No API key, or not a known one."),
+                "E403": error_answer("The key lacks the route's scope, or the purpose."),
+                "E404": error_answer("No record for this token."),
+                "E409": error_answer("A deterministic token cannot be rectified."),
+                "E410": error_answer("The token's subject was erased."),
+                "E413": error_answer("Body, value or batch over its limit."),
+                "E429": error_answer("Concurrency limit reached; retry later."),
+                "E500": error_answer("Internal error; the log has details under the x-request-id.")
+            },
+            "schemas": {
+                "TokenizeRequest": object(&["items"], json!({
+                    "items": { "type": "array", "items": { "$ref": "#/components/schemas/TokenizeItem" } }
+                })),
+                "TokenizeItem": object(&["subject", "field", "value"], json!({
+                    "subject": { "type": "string", "description": "Data subject id (personal data)." },
+                    "field": { "type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$" },
+                    "value": { "type": "string" },
+                    "deterministic": { "type": "boolean", "default": false }
+                })),
+                "TokenizeResponse": object(&["tokens"], json!({
+                    "tokens": { "type": "array", "items": { "type": "string" } }
+                })),
+                "DetokenizeRequest": object(&["tokens", "purpose"], json!({
+                    "tokens": { "type": "array", "items": { "type": "string" } },
+                    "purpose": { "type": "string", "pattern": "^[a-z0-9_.-]{1,64}$" }
+                })),
+                "DetokenizeResponse": object(&["results"], json!({
+                    "results": { "type": "array", "items": { "oneOf": [
+                        object(&["token", "field", "value"], json!({
+                            "token": { "type": "string" }, "field": { "type": "string" }, "value": { "type": "string" }
+                        })),
+                        object(&["token", "error"], json!({
+                            "token": { "type": "string" },
+                            "error": { "enum": ["not_found", "erased", "integrity", "not_text"] }
+                        }))
+                    ]}}
+                })),
+                "RectifyRequest": object(&["value"], json!({ "value": { "type": "string" } })),
+                "SubjectRequest": object(&["subject"], json!({ "subject": { "type": "string" } })),
+                "ErasureReceipt": object(&["subject_ref", "erased_at", "records", "purge"], json!({
+                    "subject_ref": { "type": ["string", "null"], "description": "Says nothing about who the subject was." },
+                    "erased_at": { "type": "integer", "description": "Milliseconds since the Unix epoch." },
+                    "records": { "type": "integer" },
+                    "purge": { "type": "object", "properties": {
+                        "state": { "enum": ["done", "pending", "not_needed"] },
+                        "at": { "type": "integer" }, "due_by": { "type": "integer" }
+                    }, "required": ["state"] }
+                })),
+                "SubjectExport": object(&["subject", "exported_at", "records"], json!({
+                    "subject": { "type": "string" },
+                    "exported_at": { "type": "integer" },
+                    "records": { "type": "array", "items": object(&["token", "field", "value", "created_at"], json!({
+                        "token": { "type": "string" }, "field": { "type": "string" },
+                        "value": { "type": ["string", "null"] }, "created_at": { "type": "integer" }
+                    }))}
+                })),
+                "KeyStatus": object(&["active_version", "versions", "rotation_in_progress", "pending_purges"], json!({
+                    "active_version": { "type": "integer" },
+                    "versions": { "type": "array", "items": object(&["version", "active", "deks"], json!({
+                        "version": { "type": "integer" }, "active": { "type": "boolean" }, "deks": { "type": "integer" }
+                    }))},
+                    "rotation_in_progress": { "type": "boolean" },
+                    "pending_purges": { "type": "integer" },
+                    "background_error": { "type": ["string", "null"] }
+                })),
+                "Error": object(&["error"], json!({
+                    "error": object(&["code", "message"], json!({
+                        "code": { "type": "string" },
+                        "message": { "type": "string" },
+                        "item": { "type": "integer", "description": "Index of the offending batch item." }
+                    }))
+                }))
+            }
+        }
+    })
+}
+
+fn object(required: &[&str], properties: Value) -> Value {
+    json!({ "type": "object", "required": required, "properties": properties })
+}
+
+fn error_answer(description: &str) -> Value {
+    answer(description, "Error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_described() {
+        let doc = document();
+        for route in crate::api::ROUTES.into_iter().chain(["/openapi.json"]) {
+            assert!(
+                doc["paths"].get(route).is_some(),
+                "{route} is not in the OpenAPI document"
+            );
+        }
+        let text = doc.to_string();
+        // Every reference points at something defined.
+        for part in text.split("\"$ref\":\"#/components/").skip(1) {
+            let target = part.split('"').next().unwrap_or_default();
+            let (kind, name) = target.split_once('/').unwrap_or_default();
+            assert!(
+                doc["components"][kind].get(name).is_some(),
+                "dangling $ref {target}"
+            );
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Serving: TLS (or explicitly insecure plain HTTP) on a bound listener, graceful
+//! shutdown on SIGTERM/SIGINT, and closing the vault once in-flight work is done.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+use vault_core::Vault;
+
+use crate::api::{self, AppState};
+use crate::auth::ApiKeys;
+use crate::config::{ConfigError, LimitsConfig, Transport};
+
+/// Builds the rustls server configuration (ring provider, TLS 1.2 and 1.3, h2 and
+/// HTTP/1.1 by ALPN).
+pub(crate) fn tls_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<rustls::ServerConfig, ConfigError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| ConfigError::new("the TLS certificate is not PEM"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|_| ConfigError::new("the TLS key is not a PEM private key"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::new(format!("TLS: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ConfigError::new(format!("the TLS certificate and key do not fit: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Serves until SIGTERM or SIGINT, then drains in-flight requests, and closes the
+/// vault. `listener` is already bound (so the caller could report the address).
+pub async fn serve(
+    vault: Vault,
+    keys: ApiKeys,
+    limits: LimitsConfig,
+    transport: Transport,
+    listener: TcpListener,
+) -> std::io::Result<()> {
+    let vault = Arc::new(vault);
+    let state = AppState::new(vault.clone(), keys, limits);
+    let app = api::router(state.clone());
+    let handle: Handle<SocketAddr> = Handle::new();
+    // In-flight requests get their whole timeout to finish, and a little more.
+    let grace = Duration::from_millis(limits.request_timeout_ms) + Duration::from_secs(5);
+    tokio::spawn(shutdown_on_signal(state.clone(), handle.clone(), grace));
+
+    let served = match transport {
+        Transport::Tls { cert_pem, key_pem } => {
+            let config = tls_config(&cert_pem, &key_pem)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            axum_server::from_tcp(listener)?
+                .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(
+                    RustlsConfig::from_config(Arc::new(config)),
+                ))
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+        }
+        Transport::InsecurePlainHttp => {
+            axum_server::from_tcp(listener)?
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+        }
+    };
+    drop(state);
+    close_vault(vault, grace).await;
+    served
+}
+
+async fn shutdown_on_signal(state: Arc<AppState>, handle: Handle<SocketAddr>, grace: Duration) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(
+        signal = name,
+        grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+        "shutting down: finishing in-flight requests"
+    );
+    state.stop_accepting();
+    handle.graceful_shutdown(Some(grace));
+}
+
+/// Waits for calls still running on the blocking pool (a timed-out request's call
+/// keeps running) to release the vault, then closes it: worker stopped, WAL synced.
+async fn close_vault(vault: Arc<Vault>, grace: Duration) {
+    let deadline = Instant::now() + grace;
+    let mut vault = vault;
+    loop {
+        match Arc::try_unwrap(vault) {
+            Ok(owned) => {
+                match tokio::task::spawn_blocking(move || owned.close()).await {
+                    Ok(Ok(())) => tracing::info!("vault closed"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "closing the vault failed"),
+                    Err(_) => tracing::error!("closing the vault did not complete"),
+                }
+                return;
+            }
+            Err(shared) if Instant::now() < deadline => {
+                vault = shared;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => {
+                // Every acknowledged write is already synced; dropping is safe.
+                tracing::warn!(
+                    "vault calls still running at exit; the vault is dropped without close"
+                );
+                return;
+            }
+        }
+    }
+}
