@@ -207,8 +207,8 @@ impl ServerConfig {
 pub fn load(path: &Path, data_dir: &Path) -> Result<ServerConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new(format!("cannot read {}: {e}", path.display())))?;
-    let file: FileConfig = toml::from_str(&text)
-        .map_err(|e| ConfigError::new(format!("{}: {}", path.display(), e.message())))?;
+    let file: FileConfig =
+        toml::from_str(&text).map_err(|e| ConfigError::new(format!("{}: {e}", path.display())))?;
     resolve(file, data_dir, path.parent().unwrap_or(Path::new(".")))
 }
 

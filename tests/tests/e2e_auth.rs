@@ -1,0 +1,386 @@
+//! API keys and scopes over TLS: every route × a key without its scope → 403, no key
+//! or a wrong key → 401; purposes; root-key sources; misconfiguration refused before
+//! anything listens; plain HTTP only when asked for by its insecure name.
+
+mod common;
+
+use std::net::TcpStream;
+use std::process::Command;
+
+use common::{KeySpec, Launch, SERVER, Server, TestResult, metric, write_config};
+use reqwest::Method;
+
+const SCOPES: [&str; 7] = [
+    "tokenize",
+    "detokenize",
+    "rectify",
+    "delete",
+    "erase",
+    "export",
+    "admin",
+];
+
+/// One request per (route, method), and the scope it needs.
+fn routes(token: &str) -> Vec<(&'static str, Method, String, Option<serde_json::Value>)> {
+    use serde_json::json;
+    vec![
+        (
+            "tokenize",
+            Method::POST,
+            "/v1/tokenize".into(),
+            Some(json!({"items":[{"subject":"s-1","field":"email","value":"v"}]})),
+        ),
+        (
+            "detokenize",
+            Method::POST,
+            "/v1/detokenize".into(),
+            Some(json!({"tokens":[token],"purpose":"support"})),
+        ),
+        (
+            "rectify",
+            Method::PUT,
+            format!("/v1/tokens/{token}"),
+            Some(json!({"value":"new"})),
+        ),
+        (
+            "delete",
+            Method::DELETE,
+            format!("/v1/tokens/{token}"),
+            None,
+        ),
+        (
+            "erase",
+            Method::POST,
+            "/v1/subjects/erase".into(),
+            Some(json!({"subject":"s-1"})),
+        ),
+        (
+            "export",
+            Method::POST,
+            "/v1/subjects/export".into(),
+            Some(json!({"subject":"s-1"})),
+        ),
+        ("admin", Method::POST, "/v1/admin/rotate".into(), None),
+        ("admin", Method::GET, "/v1/admin/keys".into(), None),
+    ]
+}
+
+async fn send(
+    http: &reqwest::Client,
+    server: &Server,
+    key: Option<&str>,
+    method: &Method,
+    path: &str,
+    body: &Option<serde_json::Value>,
+) -> TestResult<(u16, serde_json::Value)> {
+    let mut request = http.request(method.clone(), format!("{}{path}", server.url));
+    if let Some(key) = key {
+        request = request.header("authorization", key);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let text = response.text().await?;
+    let json = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text)?
+    };
+    Ok((status, json))
+}
+
+async fn keys_written(http: &reqwest::Client, server: &Server) -> TestResult<f64> {
+    let page = http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await?
+        .text()
+        .await?;
+    metric(&page, "vault_storage_keys_written_total").ok_or_else(|| "no metric".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_needs_its_scope_and_a_valid_key() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let all_but: Vec<(String, Vec<&str>)> = SCOPES
+        .iter()
+        .map(|missing| {
+            (
+                format!("all-but-{missing}"),
+                SCOPES.iter().copied().filter(|s| s != missing).collect(),
+            )
+        })
+        .collect();
+    let mut specs: Vec<KeySpec<'_>> = all_but
+        .iter()
+        .map(|(name, scopes)| KeySpec {
+            name,
+            scopes,
+            purposes: &["support"],
+        })
+        .collect();
+    specs.push(KeySpec {
+        name: "full",
+        scopes: &SCOPES,
+        purposes: &["support"],
+    });
+    let (config, ca, secrets) = write_config(dir.path(), &specs, "")?;
+    let data = dir.path().join("data");
+    let server = Server::start(Launch::config(&data, &config, &ca))?;
+    let http = server.raw()?;
+    let full = format!("Bearer {}", secrets["full"]);
+
+    let (status, body) = send(
+        &http,
+        &server,
+        Some(&full),
+        &Method::POST,
+        "/v1/tokenize",
+        &Some(serde_json::json!({"items":[{"subject":"s-1","field":"email","value":"v"}]})),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    let token = body["tokens"][0].as_str().ok_or("no token")?.to_owned();
+    let written = keys_written(&http, &server).await?;
+
+    let wrong_keys = [
+        None,
+        Some(
+            "Bearer pvk_0000000000000000000000000000000000000000000000000000000000000000"
+                .to_owned(),
+        ),
+        Some(format!("Basic {}", secrets["full"])),
+        Some(format!(
+            "Bearer {}",
+            vault_server::auth::KeyHash::of(&secrets["full"])
+        )),
+        Some("Bearer".to_owned()),
+    ];
+    for (scope, method, path, body) in routes(&token) {
+        let missing = format!("Bearer {}", secrets[&format!("all-but-{scope}")]);
+        let (status, answer) = send(&http, &server, Some(&missing), &method, &path, &body).await?;
+        assert_eq!(status, 403, "{method} {path} without {scope}: {answer}");
+        assert_eq!(answer["error"]["code"], "forbidden");
+        for wrong in &wrong_keys {
+            let (status, answer) =
+                send(&http, &server, wrong.as_deref(), &method, &path, &body).await?;
+            assert_eq!(status, 401, "{method} {path} with {wrong:?}: {answer}");
+            assert_eq!(answer["error"]["code"], "unauthenticated");
+        }
+    }
+    assert_eq!(
+        keys_written(&http, &server).await?,
+        written,
+        "refused requests wrote nothing"
+    );
+
+    // A purpose the key is not given.
+    let (status, answer) = send(
+        &http,
+        &server,
+        Some(&full),
+        &Method::POST,
+        "/v1/detokenize",
+        &Some(serde_json::json!({"tokens":[token],"purpose":"marketing"})),
+    )
+    .await?;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (403, &"purpose_not_allowed".into())
+    );
+
+    // The same routes with the right scope pass (in an order where each succeeds).
+    for (_, method, path, body) in routes(&token) {
+        let (status, answer) = send(&http, &server, Some(&full), &method, &path, &body).await?;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {answer}"
+        );
+    }
+
+    // Public routes need no key.
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let response = http.get(format!("{}{path}", server.url)).send().await?;
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+    }
+    Ok(())
+}
+
+fn free_port() -> TestResult<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Runs the server expecting it to refuse to start: (exit code, stderr), and checks
+/// that nothing listened on the port.
+fn refused(
+    data: &std::path::Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> TestResult<(i32, String)> {
+    let port = free_port()?;
+    let output = Command::new(SERVER)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()?;
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "something listens after a refused start"
+    );
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8(output.stderr)?,
+    ))
+}
+
+#[test]
+fn misconfiguration_ends_before_anything_listens() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let spec = [KeySpec {
+        name: "svc",
+        scopes: &["tokenize"],
+        purposes: &[],
+    }];
+    let (config, _, _) = write_config(dir.path(), &spec, "")?;
+    let good = std::fs::read_to_string(&config)?;
+
+    let (code, err) = refused(&data, &[], &[])?;
+    assert_eq!(code, 2);
+    assert!(err.contains("--config FILE or --dev"), "{err}");
+
+    let cases: [(&str, String, &str); 5] = [
+        (
+            "no tls",
+            good[good.find("[root_key]").unwrap_or(0)..].to_owned(),
+            "no [tls]",
+        ),
+        (
+            "unknown scope",
+            good.replace("\"tokenize\"", "\"tokenise\""),
+            "unknown scope",
+        ),
+        (
+            "typo",
+            format!("{good}[limits]\nmax_batchh = 3\n"),
+            "unknown field",
+        ),
+        (
+            "missing env root key",
+            good.replace("file = \"root.key\"", "env = \"VAULT_TEST_NO_SUCH_VAR\""),
+            "VAULT_TEST_NO_SUCH_VAR",
+        ),
+        ("not toml", "this is = = not toml".to_owned(), "bad.toml"),
+    ];
+    for (name, text, expected) in cases {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, &text)?;
+        let path = path.display().to_string();
+        let (code, err) = refused(&data, &["--config", &path], &[])?;
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(err.contains(expected), "{name}: {err}");
+        assert!(
+            err.starts_with("vault-server: "),
+            "{name}: one clear line: {err}"
+        );
+    }
+
+    // A vault made with one root key refuses another, before listening.
+    let other = good.replace("file = \"root.key\"", "file = \"other.key\"");
+    std::fs::write(dir.path().join("other.key"), "77".repeat(32))?;
+    let first = Server::start(Launch::config(&data, &config, dir.path()))?;
+    drop(first);
+    let path = dir.path().join("other.toml");
+    std::fs::write(&path, other)?;
+    let (code, err) = refused(&data, &["--config", &path.display().to_string()], &[])?;
+    assert_eq!(code, 2);
+    assert!(err.contains("root key does not open"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_key_from_env_or_passphrase_and_plain_http_only_when_named_insecure() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let spec = [KeySpec {
+        name: "svc",
+        scopes: &["tokenize", "detokenize"],
+        purposes: &["support"],
+    }];
+    let (config, ca, secrets) = write_config(dir.path(), &spec, "")?;
+    let good = std::fs::read_to_string(&config)?;
+
+    // Root key in an environment variable (hex).
+    let env_config = dir.path().join("env.toml");
+    std::fs::write(
+        &env_config,
+        good.replace("file = \"root.key\"", "env = \"VAULT_ROOT_KEY\""),
+    )?;
+    let data = dir.path().join("env-data");
+    let server = Server::start(
+        Launch::config(&data, &env_config, &ca).env("VAULT_ROOT_KEY", &"3c".repeat(32)),
+    )?;
+    let client = server.client(&secrets["svc"])?;
+    let token = client.tokenize_one("s", "email", "e@example.com").await?;
+    drop(server);
+    // The same vault refuses a different key from the same variable.
+    let (code, err) = refused(
+        &data,
+        &["--config", &env_config.display().to_string()],
+        &[("VAULT_ROOT_KEY", &"3d".repeat(32))],
+    )?;
+    assert_eq!(code, 2, "{err}");
+    let server = Server::start(
+        Launch::config(&data, &env_config, &ca).env("VAULT_ROOT_KEY", &"3c".repeat(32)),
+    )?;
+    let back = server
+        .client(&secrets["svc"])?
+        .detokenize(&[token], "support")
+        .await?;
+    assert!(matches!(
+        &back[0],
+        vault_client::api::DetokenizeResult::Value { .. }
+    ));
+    drop(server);
+
+    // A passphrase in an environment variable (Argon2id).
+    let pass_config = dir.path().join("pass.toml");
+    std::fs::write(
+        &pass_config,
+        good.replace(
+            "file = \"root.key\"",
+            "passphrase_env = \"VAULT_PASSPHRASE\"",
+        ),
+    )?;
+    let server = Server::start(
+        Launch::config(&dir.path().join("pass-data"), &pass_config, &ca)
+            .env("VAULT_PASSPHRASE", "correct horse battery staple"),
+    )?;
+    server
+        .client(&secrets["svc"])?
+        .tokenize_one("s", "email", "x")
+        .await?;
+    drop(server);
+
+    // Plain HTTP: only with insecure_plain_http = true, and it says so.
+    let start = good.find("[root_key]").ok_or("no root_key")?;
+    let plain = format!("insecure_plain_http = true\n{}", &good[start..]);
+    let plain_config = dir.path().join("plain.toml");
+    std::fs::write(&plain_config, plain)?;
+    let data = dir.path().join("plain-data");
+    let mut launch = Launch::config(&data, &plain_config, &ca);
+    launch.ca_cert = None;
+    let server = Server::start(launch)?;
+    assert!(server.url.starts_with("http://"), "{}", server.url);
+    server
+        .client(&secrets["svc"])?
+        .tokenize_one("s", "email", "x")
+        .await?;
+    assert!(server.log_text().contains("INSECURE"));
+    Ok(())
+}
