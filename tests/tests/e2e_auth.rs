@@ -229,6 +229,13 @@ fn refused(
         .args(args)
         .envs(envs.iter().copied())
         .output()?;
+    // The server prints its address only once it listens: a refused start prints
+    // nothing on stdout.
+    assert!(
+        output.stdout.is_empty(),
+        "it got as far as listening: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
     assert!(
         TcpStream::connect(("127.0.0.1", port)).is_err(),
         "something listens after a refused start"
@@ -290,6 +297,21 @@ fn misconfiguration_ends_before_anything_listens() -> TestResult {
             "{name}: one clear line: {err}"
         );
     }
+
+    // A certificate and a key that do not belong together.
+    let other_dir = dir.path().join("other-tls");
+    std::fs::create_dir_all(&other_dir)?;
+    let (_, other_key) = common::write_tls(&other_dir)?;
+    let mismatched = good.replace(
+        &format!("{}", dir.path().join("key.pem").display()),
+        &format!("{}", other_key.display()),
+    );
+    assert_ne!(mismatched, good);
+    let path = dir.path().join("mismatched.toml");
+    std::fs::write(&path, mismatched)?;
+    let (code, err) = refused(&data, &["--config", &path.display().to_string()], &[])?;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("do not fit"), "{err}");
 
     // A vault made with one root key refuses another, before listening.
     let other = good.replace("file = \"root.key\"", "file = \"other.key\"");

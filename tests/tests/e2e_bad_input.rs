@@ -563,6 +563,61 @@ async fn over_the_concurrency_limit_requests_are_shed_with_429() -> TestResult {
         }
     }
     assert!(ok >= 1 && shed >= 1, "ok {ok}, shed {shed}");
+
+    // The client retries idempotent calls (detokenize) through the 429s: every call
+    // succeeds, and the server's metrics show that some were shed first.
+    let tokens = client
+        .tokenize(vec![TokenizeItem::new("r", "email", "r@example.com")])
+        .await;
+    let tokens = match tokens {
+        Ok(tokens) => tokens,
+        Err(_) => {
+            client
+                .tokenize(vec![TokenizeItem::new("r", "email", "r@example.com")])
+                .await?
+        }
+    };
+    let retrying = Arc::new(
+        vault_client::Client::builder(&server.url)
+            .api_key(&secrets["full"])
+            .ca_cert_file(&server.ca_cert)?
+            .retry(vault_client::RetryPolicy {
+                max_retries: 30,
+                initial_backoff: std::time::Duration::from_millis(5),
+                max_backoff: std::time::Duration::from_millis(100),
+            })
+            .build()?,
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..24 {
+        let client = retrying.clone();
+        let tokens = vec![tokens[0].clone(); 500];
+        tasks.push(tokio::spawn(async move {
+            client.detokenize(&tokens, "support").await
+        }));
+    }
+    for task in tasks {
+        let results = task.await??;
+        assert!(
+            matches!(&results[0], DetokenizeResult::Value { value, .. } if value.expose() == "r@example.com")
+        );
+    }
+    let page = server
+        .raw()?
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let shed_detokenize = metric(
+        &page,
+        "vault_http_requests_total{route=\"/v1/detokenize\",method=\"POST\",status=\"429\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(
+        shed_detokenize >= 1.0,
+        "no detokenize was shed, so no retry was tested: {page}"
+    );
     // Health probes are never shed, and the server recovers.
     let (live, ready) = client.health().await?;
     assert!(live && ready);

@@ -6,7 +6,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Server, TestResult, VAULTCTL};
@@ -189,8 +189,8 @@ async fn rotation_while_traffic_runs() -> TestResult {
     let dir = tempfile::tempdir()?;
     let server = Server::start_dev(&dir.path().join("data"))?;
     let client = server.admin()?;
-    // Enough subjects that the rewrap takes several batches.
-    for chunk in 0..6 {
+    // Enough subjects that the rewrap takes many batches.
+    for chunk in 0..40 {
         let items = (0..500)
             .map(|i| TokenizeItem::new(format!("s-{chunk}-{i}"), "email", format!("v-{chunk}-{i}")))
             .collect();
@@ -200,10 +200,12 @@ async fn rotation_while_traffic_runs() -> TestResult {
     assert_eq!(before.versions.len(), 1);
 
     let stop = Arc::new(AtomicBool::new(false));
+    let completed = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for w in 0..4 {
         let client = client.clone();
         let stop = stop.clone();
+        let completed = completed.clone();
         workers.push(tokio::spawn(async move {
             let mut issued = Vec::new();
             let mut n = 0;
@@ -221,6 +223,7 @@ async fn rotation_while_traffic_runs() -> TestResult {
                     return Err(format!("{token} read back wrong during rotation"));
                 }
                 issued.push((token, value));
+                completed.fetch_add(1, Ordering::SeqCst);
                 n += 1;
             }
             Ok::<_, String>(issued)
@@ -228,6 +231,7 @@ async fn rotation_while_traffic_runs() -> TestResult {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = client.rotate().await?;
+    let during_start = completed.load(Ordering::SeqCst);
     assert_eq!(started.active_version, before.active_version + 1);
     let deadline = Instant::now() + Duration::from_secs(120);
     let done = loop {
@@ -240,7 +244,12 @@ async fn rotation_while_traffic_runs() -> TestResult {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let during_end = completed.load(Ordering::SeqCst);
     stop.store(true, Ordering::Relaxed);
+    assert!(
+        during_end > during_start,
+        "no request completed while the rotation ran"
+    );
     let mut issued = Vec::new();
     for worker in workers {
         issued.extend(worker.await??);

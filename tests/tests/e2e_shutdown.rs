@@ -3,18 +3,27 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{Server, TestResult};
+use common::{KeySpec, Launch, Server, TestResult, write_config};
 use vault_client::api::{DetokenizeResult, TokenizeItem};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_under_load_loses_no_acknowledged_write() -> TestResult {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
-    let mut server = Server::start_dev(&data)?;
+    let spec = [KeySpec {
+        name: "svc",
+        scopes: &["tokenize", "detokenize"],
+        purposes: &["check"],
+    }];
+    // Limits that let one request carry 128 MiB: it is still being served when the
+    // signal comes.
+    let limits = "[limits]\nmax_body_bytes = 268435456\nmax_value_bytes = 1048576\n";
+    let (config, ca, secrets) = write_config(dir.path(), &spec, limits)?;
+    let mut server = Server::start(Launch::config(&data, &config, &ca))?;
     let client = vault_client::Client::builder(&server.url)
-        .api_key(&server.api_key)
+        .api_key(&secrets["svc"])
         .ca_cert_file(&server.ca_cert)?
         .retry(vault_client::RetryPolicy {
             max_retries: 0,
@@ -46,14 +55,46 @@ async fn sigterm_under_load_loses_no_acknowledged_write() -> TestResult {
                     // The server answered with an error: during a graceful shutdown
                     // that must not happen to a request it accepted.
                     Err(e) if e.status().is_some() => return Err(format!("answered {e}")),
-                    // Refused or cut connection: the write was not acknowledged.
+                    // Refused connection, or one closed after its last answer: the
+                    // write was not acknowledged. (The large request below checks
+                    // that an accepted request is not cut.)
                     Err(_) => break,
                 }
             }
             Ok(acknowledged)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The body is serialised before the clock starts, so that the request is on
+    // the wire well before the signal; encrypting and syncing 128 MiB then keeps it
+    // in flight across the signal.
+    let big = "l".repeat(1 << 20);
+    let items: Vec<_> = (0..128)
+        .map(|i| TokenizeItem::new(format!("long-{i}"), "blob", big.as_str()))
+        .collect();
+    let body = serde_json::to_vec(&vault_client::api::TokenizeRequest { items })?;
+    let raw = server.raw()?;
+    let request = raw
+        .post(format!("{}/v1/tokenize", server.url))
+        .bearer_auth(&secrets["svc"])
+        .header("content-type", "application/json")
+        .body(body);
+    let long = tokio::spawn(async move {
+        let started = Instant::now();
+        let answer = match request.send().await {
+            Ok(response) if response.status().is_success() => response
+                .json::<vault_client::api::TokenizeResponse>()
+                .await
+                .map(|r| r.tokens)
+                .map_err(|e| e.to_string()),
+            Ok(response) => Err(format!("answered {}", response.status())),
+            Err(e) => Err(format!("{e:?}")),
+        };
+        (answer, started, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let signalled = Instant::now();
     let status = tokio::task::block_in_place(|| server.terminate())?;
     assert!(status.success(), "exit status {status:?}");
     let log = server.log_text();
@@ -63,6 +104,18 @@ async fn sigterm_under_load_loses_no_acknowledged_write() -> TestResult {
         "the vault was closed cleanly: {log}"
     );
 
+    let (long_tokens, started, answered) = long.await?;
+    let long_tokens = long_tokens.map_err(|e| {
+        format!(
+            "the in-flight request was cut: {e:?} after {:?}; log: {log}",
+            signalled.elapsed()
+        )
+    })?;
+    assert!(
+        started < signalled && answered > signalled,
+        "the large request was in flight when SIGTERM came (answered {:?} after it)",
+        answered.checked_duration_since(signalled)
+    );
     let mut acknowledged = Vec::new();
     for worker in workers {
         acknowledged.extend(worker.await??);
@@ -73,8 +126,9 @@ async fn sigterm_under_load_loses_no_acknowledged_write() -> TestResult {
         acknowledged.len()
     );
 
-    let server = Server::start_dev(&data)?;
-    let client = server.admin()?;
+    let server =
+        Server::start(Launch::config(&data, &config, &ca).log_to(dir.path().join("2.log")))?;
+    let client = server.client(&secrets["svc"])?;
     for chunk in acknowledged.chunks(500) {
         let tokens: Vec<String> = chunk.iter().map(|(t, _)| t.clone()).collect();
         let back = client.detokenize(&tokens, "check").await?;
@@ -87,6 +141,15 @@ async fn sigterm_under_load_loses_no_acknowledged_write() -> TestResult {
                     return Err(format!("acknowledged {token} lost: {error:?}").into());
                 }
             }
+        }
+    }
+    for chunk in long_tokens.chunks(8) {
+        let back = client.detokenize(chunk, "check").await?;
+        for result in &back {
+            assert!(
+                matches!(result, DetokenizeResult::Value { value, .. } if value.expose() == big),
+                "a value of the large request was lost"
+            );
         }
     }
     Ok(())

@@ -25,8 +25,48 @@ use crate::client::{Client, Error};
     after_help = "Environment: VAULT_ADDR (e.g. https://127.0.0.1:8200), VAULT_API_KEY, VAULT_CACERT (PEM file of the CA to trust).\nExit codes: 0 done, 1 refused by the server, 2 usage or configuration, 3 server unreachable."
 )]
 pub struct Args {
+    /// Accept an http:// VAULT_ADDR: the API key, subject ids and values then cross
+    /// the network in the clear.
+    #[arg(long, global = true)]
+    danger_allow_plain_http: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// A subject id: on the command line (visible in the process list and shell
+/// history) or, better, from stdin.
+#[derive(Debug, ClapArgs)]
+#[group(required = true, multiple = false)]
+struct SubjectArgs {
+    /// The subject id.
+    #[arg(long)]
+    subject: Option<String>,
+    /// Read the subject id from stdin (one trailing newline is dropped).
+    #[arg(long)]
+    subject_stdin: bool,
+}
+
+impl SubjectArgs {
+    fn read(self) -> Result<Sensitive, Failure> {
+        match self.subject {
+            Some(subject) => Ok(Sensitive::new(subject)),
+            None => read_stdin_line().map(Sensitive::new),
+        }
+    }
+}
+
+fn read_stdin_line() -> Result<String, Failure> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|e| Failure::Usage(format!("cannot read stdin: {e}")))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,15 +96,13 @@ enum Command {
     },
     /// Erase a subject (right to be forgotten): prints the erasure receipt.
     Erase {
-        /// The subject id.
-        #[arg(long)]
-        subject: String,
+        #[command(flatten)]
+        subject: SubjectArgs,
     },
     /// Export everything the vault holds about a subject.
     Export {
-        /// The subject id.
-        #[arg(long)]
-        subject: String,
+        #[command(flatten)]
+        subject: SubjectArgs,
     },
     /// Start a key-encryption-key rotation.
     Rotate,
@@ -72,6 +110,10 @@ enum Command {
     Keys,
     /// Check that the server is live and ready.
     Health,
+    /// Print the server's Prometheus metrics.
+    Metrics,
+    /// Print the server's OpenAPI document.
+    Openapi,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -109,17 +151,7 @@ impl ValueArgs {
             return Ok(Some(Sensitive::new(value)));
         }
         if self.value_stdin {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .map_err(|e| Failure::Usage(format!("cannot read stdin: {e}")))?;
-            if text.ends_with('\n') {
-                text.pop();
-                if text.ends_with('\r') {
-                    text.pop();
-                }
-            }
-            return Ok(Some(Sensitive::new(text)));
+            return read_stdin_line().map(|text| Some(Sensitive::new(text)));
         }
         Ok(None)
     }
@@ -149,7 +181,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    match runtime.block_on(run(args.command)) {
+    match runtime.block_on(run(args.command, args.danger_allow_plain_http)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {
             eprintln!("vaultctl: {message}");
@@ -164,7 +196,7 @@ pub fn main() -> ExitCode {
             }
             ExitCode::from(match e {
                 Error::Api { .. } => 1,
-                Error::Config(_) => 2,
+                Error::Config(_) | Error::InvalidArgument(_) => 2,
                 _ => 3,
             })
         }
@@ -178,8 +210,12 @@ fn print(value: &impl Serialize) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn run(command: Command) -> Result<(), Failure> {
-    let client = Client::builder_from_env()?.build()?;
+async fn run(command: Command, allow_plain_http: bool) -> Result<(), Failure> {
+    let mut builder = Client::builder_from_env()?;
+    if allow_plain_http {
+        builder = builder.danger_allow_plain_http();
+    }
+    let client = builder.build()?;
     match command {
         Command::Tokenize(args) => {
             let items = match args.batch {
@@ -217,10 +253,15 @@ async fn run(command: Command) -> Result<(), Failure> {
             client.delete(&token).await?;
             print(&serde_json::json!({ "deleted": token }))
         }
-        Command::Erase { subject } => print(&client.erase(subject).await?),
-        Command::Export { subject } => print(&client.export(subject).await?),
+        Command::Erase { subject } => print(&client.erase(subject.read()?).await?),
+        Command::Export { subject } => print(&client.export(subject.read()?).await?),
         Command::Rotate => print(&client.rotate().await?),
         Command::Keys => print(&client.keys().await?),
+        Command::Metrics => {
+            print!("{}", client.metrics().await?);
+            Ok(())
+        }
+        Command::Openapi => print(&client.openapi().await?),
         Command::Health => {
             let (live, ready) = client.health().await?;
             print(&serde_json::json!({ "live": live, "ready": ready }))?;

@@ -42,6 +42,10 @@ pub enum Error {
     /// The client was misconfigured (bad URL, unreadable CA certificate).
     #[error("client configuration: {0}")]
     Config(String),
+    /// The client refused an argument before sending anything (e.g. text that is
+    /// not a token where a token goes into a URL path).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
 }
 
 impl Error {
@@ -107,9 +111,18 @@ pub struct ClientBuilder {
     timeout: Duration,
     connect_timeout: Duration,
     retry: RetryPolicy,
+    allow_plain_http: bool,
 }
 
 impl ClientBuilder {
+    /// Allows an `http://` address: API keys, subject ids and values then cross the
+    /// network in the clear. Only for a server behind a TLS-terminating proxy on the
+    /// same host.
+    pub fn danger_allow_plain_http(mut self) -> Self {
+        self.allow_plain_http = true;
+        self
+    }
+
     /// The API key sent as `Authorization: Bearer`.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = Some(Sensitive::new(key.into()));
@@ -158,13 +171,20 @@ impl ClientBuilder {
         let base = self.base.trim_end_matches('/').to_owned();
         let url = reqwest::Url::parse(&base)
             .map_err(|_| Error::Config("the vault address is not a URL".into()))?;
-        if !matches!(url.scheme(), "https" | "http") {
-            return Err(Error::Config(
-                "the vault address must start with https://".into(),
-            ));
+        match url.scheme() {
+            "https" => {}
+            "http" if self.allow_plain_http => {}
+            _ => {
+                return Err(Error::Config(
+                    "the vault address must start with https:// (plain http only with danger_allow_plain_http)".into(),
+                ));
+            }
         }
         let mut http = reqwest::Client::builder()
             .use_rustls_tls()
+            // A redirect would re-send bodies (subject ids, values) somewhere else.
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(!self.allow_plain_http)
             .timeout(self.timeout)
             .connect_timeout(self.connect_timeout)
             .user_agent(concat!("vault-client/", env!("CARGO_PKG_VERSION")));
@@ -209,6 +229,7 @@ impl Client {
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             retry: RetryPolicy::default(),
+            allow_plain_http: false,
         }
     }
 
@@ -293,7 +314,9 @@ impl Client {
         Ok(())
     }
 
-    /// Erases a subject (right to be forgotten). Idempotent.
+    /// Erases a subject (right to be forgotten). Idempotent, and retried: if an
+    /// earlier attempt's answer was lost, the subject is already gone and this
+    /// receipt says `not_needed` (nothing links the id to the erased subject any more).
     pub async fn erase(&self, subject: impl Into<Sensitive>) -> Result<ErasureReceipt, Error> {
         let body = SubjectRequest {
             subject: subject.into(),
@@ -323,9 +346,10 @@ impl Client {
         .ok_or(Error::Decode { status: 204 })
     }
 
-    /// Starts a KEK rotation (or reports the one under way).
+    /// Starts a KEK rotation (or reports the one under way). Not retried: after a
+    /// lost answer, a second attempt could start a second rotation.
     pub async fn rotate(&self) -> Result<KeyStatus, Error> {
-        self.call::<(), _>(Method::POST, "/v1/admin/rotate", None, Idempotent::Yes)
+        self.call::<(), _>(Method::POST, "/v1/admin/rotate", None, Idempotent::No)
             .await?
             .ok_or(Error::Decode { status: 204 })
     }
@@ -342,6 +366,13 @@ impl Client {
         let live = self.get_status("/healthz").await?;
         let ready = self.get_status("/readyz").await?;
         Ok((live.is_success(), ready.is_success()))
+    }
+
+    /// The OpenAPI document of the server's API.
+    pub async fn openapi(&self) -> Result<serde_json::Value, Error> {
+        self.call::<(), _>(Method::GET, "/openapi.json", None, Idempotent::Yes)
+            .await?
+            .ok_or(Error::Decode { status: 204 })
     }
 
     /// The Prometheus metrics text.
@@ -400,7 +431,14 @@ impl Client {
                 }
                 Ok(response) => {
                     let status = response.status();
-                    let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504);
+                    // A 503 that is the server's request timeout would only time out
+                    // again, with the first attempt's work still running.
+                    let timed_out = status == StatusCode::SERVICE_UNAVAILABLE
+                        && response
+                            .headers()
+                            .get("x-vault-error")
+                            .is_some_and(|v| v == "timeout");
+                    let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504) && !timed_out;
                     if retryable && retries_left {
                         Retry::After
                     } else if status == StatusCode::NO_CONTENT {
@@ -452,12 +490,7 @@ fn token_path(token: &str) -> Result<String, Error> {
     if ok {
         Ok(format!("/v1/tokens/{token}"))
     } else {
-        Err(Error::Api {
-            status: 400,
-            code: "invalid_token".into(),
-            message: "not a token (refused by the client)".into(),
-            item: None,
-        })
+        Err(Error::InvalidArgument("not a token"))
     }
 }
 

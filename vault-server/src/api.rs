@@ -16,14 +16,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Path, Request, State};
+use axum::extract::{
+    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
+};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 use vault_client::api::{
     DetokenizeRequest, DetokenizeResponse, DetokenizeResult, ErasureReceipt, ExportedRecord,
     ItemError, KekVersion, KeyStatus, Purge, RectifyRequest, Sensitive, SubjectExport,
@@ -143,7 +147,9 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     let method = method_label(req.method());
     let request_id = new_request_id();
     let _in_flight = state.metrics.in_flight();
-    let mut response = next.run(req).await;
+    // Every event of the request, also on the blocking pool, carries its id.
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let mut response = next.run(req).instrument(span).await;
     let took = started.elapsed();
     let status = response.status().as_u16();
     state.metrics.record(route, method, status, took);
@@ -211,7 +217,8 @@ fn access(route: &str, method: &Method) -> Access {
 fn bearer(req: &Request) -> Option<&str> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, key) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+    let key = key.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
 }
 
 async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
@@ -229,7 +236,11 @@ async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: Next)
         Some(scope) if !key.allows(scope) => ApiError::forbidden(scope.name()).into_response(),
         _ => match state.permits.clone().try_acquire_owned() {
             Err(_) => ApiError::overloaded().into_response(),
-            Ok(_permit) => {
+            Ok(permit) => {
+                // The vault call holds a clone: a request that times out keeps its
+                // slot until its call on the blocking pool has really ended.
+                let permit = Permit(Arc::new(permit));
+                req.extensions_mut().insert(permit.clone());
                 req.extensions_mut().insert(key);
                 let timeout = Duration::from_millis(state.limits.request_timeout_ms);
                 match tokio::time::timeout(timeout, next.run(req)).await {
@@ -249,7 +260,10 @@ async fn guard(State(state): State<Arc<AppState>>, mut req: Request, next: Next)
 /// A JSON request body, with errors in the API's format and no input quoted back.
 struct JsonBody<T>(T);
 
-impl<T: DeserializeOwned + ItemsProbe> FromRequest<Arc<AppState>> for JsonBody<T> {
+/// Bodies above this many bytes are parsed on the blocking pool.
+const LARGE_BODY: usize = 64 * 1024;
+
+impl<T: DeserializeOwned + ItemsProbe + Send + 'static> FromRequest<Arc<AppState>> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
@@ -260,9 +274,18 @@ impl<T: DeserializeOwned + ItemsProbe> FromRequest<Arc<AppState>> for JsonBody<T
                 ApiError::malformed("the request body could not be read")
             }
         })?;
-        match serde_json::from_slice::<T>(&bytes) {
+        let bytes_len = bytes.len();
+        let parse = move || match serde_json::from_slice::<T>(&bytes) {
             Ok(value) => Ok(JsonBody(value)),
             Err(e) => Err(describe_json_error(&e, T::failing_item(&bytes))),
+        };
+        // Parsing megabytes takes milliseconds: not on an async worker.
+        if bytes_len > LARGE_BODY {
+            tokio::task::spawn_blocking(parse)
+                .await
+                .unwrap_or_else(|_| Err(ApiError::internal()))
+        } else {
+            parse()
         }
     }
 }
@@ -316,20 +339,69 @@ impl ItemsProbe for DetokenizeRequest {
 impl ItemsProbe for RectifyRequest {}
 impl ItemsProbe for SubjectRequest {}
 
-/// Runs a vault call on the blocking pool: RocksDB and the crypto never block the
-/// async runtime.
-async fn blocking<T, F>(state: &AppState, call: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(&Vault) -> Result<T, vault_core::Error> + Send + 'static,
-{
-    let vault = state.vault.clone();
-    match tokio::task::spawn_blocking(move || call(&vault)).await {
-        Ok(result) => result.map_err(ApiError::from_vault),
-        Err(join) => {
-            // A panic in vault code: its message may not be shown to anyone.
-            tracing::error!(panicked = join.is_panic(), "a vault call did not complete");
-            Err(ApiError::internal())
+/// A request's concurrency slot.
+#[derive(Debug, Clone)]
+struct Permit(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+
+/// The vault, for a request's call on the blocking pool: RocksDB and the crypto never
+/// block the async runtime. The call holds the request's concurrency slot and runs in
+/// the request's tracing span.
+struct Work {
+    vault: Arc<Vault>,
+    permit: Option<Permit>,
+}
+
+impl FromRequestParts<Arc<AppState>> for Work {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Work {
+            vault: state.vault.clone(),
+            permit: parts.extensions.get::<Permit>().cloned(),
+        })
+    }
+}
+
+impl Work {
+    async fn run<T, F>(self, call: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Vault) -> Result<T, vault_core::Error> + Send + 'static,
+    {
+        let Work { vault, permit } = self;
+        let span = tracing::Span::current();
+        let joined = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            span.in_scope(|| call(&vault))
+        })
+        .await;
+        match joined {
+            Ok(result) => result.map_err(ApiError::from_vault),
+            Err(join) => {
+                // A panic in vault code: its message may not be shown to anyone.
+                tracing::error!(panicked = join.is_panic(), "a vault call did not complete");
+                Err(ApiError::internal())
+            }
+        }
+    }
+}
+
+/// The `{token}` of a path; a path that does not decode is an invalid token.
+struct TokenPath(String);
+
+impl FromRequestParts<Arc<AppState>> for TokenPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(token)) => Ok(TokenPath(token)),
+            Err(_) => Err(ApiError::invalid_token(None)),
         }
     }
 }
@@ -338,36 +410,37 @@ where
 // Handlers
 
 async fn tokenize(
-    State(state): State<Arc<AppState>>,
+    work: Work,
     JsonBody(body): JsonBody<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
-    let tokens = blocking(&state, move |vault| {
-        let requests: Vec<vault_core::TokenizeRequest<'_>> = body
-            .items
-            .iter()
-            .map(|item| {
-                let request = vault_core::TokenizeRequest::new(
-                    item.subject.expose(),
-                    &item.field,
-                    item.value.expose().as_bytes(),
-                );
-                if item.deterministic {
-                    request.deterministic()
-                } else {
-                    request
-                }
-            })
-            .collect();
-        vault.tokenize_batch(&requests)
-    })
-    .await?;
+    let tokens = work
+        .run(move |vault| {
+            let requests: Vec<vault_core::TokenizeRequest<'_>> = body
+                .items
+                .iter()
+                .map(|item| {
+                    let request = vault_core::TokenizeRequest::new(
+                        item.subject.expose(),
+                        &item.field,
+                        item.value.expose().as_bytes(),
+                    );
+                    if item.deterministic {
+                        request.deterministic()
+                    } else {
+                        request
+                    }
+                })
+                .collect();
+            vault.tokenize_batch(&requests)
+        })
+        .await?;
     Ok(Json(TokenizeResponse {
         tokens: tokens.iter().map(ToString::to_string).collect(),
     }))
 }
 
 async fn detokenize(
-    State(state): State<Arc<AppState>>,
+    work: Work,
     axum::Extension(key): axum::Extension<Arc<ApiKey>>,
     JsonBody(body): JsonBody<DetokenizeRequest>,
 ) -> Result<Response, ApiError> {
@@ -388,11 +461,12 @@ async fn detokenize(
         auth::Purposes::Any => "*".to_owned(),
     });
     let tokens = body.tokens;
-    let (tokens, outcomes) = blocking(&state, move |vault| {
-        let outcomes = vault.detokenize_batch(&tokens)?;
-        Ok((tokens, outcomes))
-    })
-    .await?;
+    let (tokens, outcomes) = work
+        .run(move |vault| {
+            let outcomes = vault.detokenize_batch(&tokens)?;
+            Ok((tokens, outcomes))
+        })
+        .await?;
     let mut results = Vec::with_capacity(tokens.len());
     for (i, (token, outcome)) in tokens.into_iter().zip(outcomes).enumerate() {
         let result = match outcome {
@@ -427,34 +501,36 @@ fn item_error(token: String, error: ItemError) -> DetokenizeResult {
 }
 
 async fn rectify(
-    State(state): State<Arc<AppState>>,
-    Path(token): Path<String>,
+    work: Work,
+    TokenPath(token): TokenPath,
     JsonBody(body): JsonBody<RectifyRequest>,
 ) -> Result<StatusCode, ApiError> {
-    blocking(&state, move |vault| {
-        vault.rectify(&token, body.value.expose().as_bytes())
-    })
-    .await?;
+    work.run(move |vault| vault.rectify(&token, body.value.expose().as_bytes()))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn delete_token(
-    State(state): State<Arc<AppState>>,
-    Path(token): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    blocking(&state, move |vault| vault.delete(&token)).await?;
+async fn delete_token(work: Work, TokenPath(token): TokenPath) -> Result<StatusCode, ApiError> {
+    work.run(move |vault| vault.delete(&token)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn erase(
-    State(state): State<Arc<AppState>>,
+    work: Work,
     JsonBody(body): JsonBody<SubjectRequest>,
 ) -> Result<Json<ErasureReceipt>, ApiError> {
-    let receipt = blocking(&state, move |vault| vault.erase(body.subject.expose())).await?;
+    let receipt = work
+        .run(move |vault| vault.erase(body.subject.expose()))
+        .await?;
     let purge = match receipt.purge {
         vault_core::PurgeState::Done { at } => Purge::Done { at },
         vault_core::PurgeState::Pending { due_by } => Purge::Pending { due_by },
-        _ => Purge::NotNeeded,
+        vault_core::PurgeState::NotNeeded => Purge::NotNeeded,
+        other => {
+            // The key is destroyed either way; only the receipt cannot say how.
+            tracing::error!(state = ?other, "an erasure's purge state has no API form");
+            return Err(ApiError::internal());
+        }
     };
     Ok(Json(ErasureReceipt {
         subject_ref: receipt.subject_ref.map(|r| r.to_string()),
@@ -465,15 +541,16 @@ async fn erase(
 }
 
 async fn export(
-    State(state): State<Arc<AppState>>,
+    work: Work,
     JsonBody(body): JsonBody<SubjectRequest>,
 ) -> Result<Json<SubjectExport>, ApiError> {
     let subject = body.subject;
-    let (subject, export) = blocking(&state, move |vault| {
-        let export = vault.export(subject.expose())?;
-        Ok((subject, export))
-    })
-    .await?;
+    let (subject, export) = work
+        .run(move |vault| {
+            let export = vault.export(subject.expose())?;
+            Ok((subject, export))
+        })
+        .await?;
     let records = export
         .records
         .into_iter()
@@ -509,8 +586,8 @@ fn key_status(status: vault_core::KeyStatus) -> KeyStatus {
     }
 }
 
-async fn rotate(State(state): State<Arc<AppState>>) -> Result<Json<KeyStatus>, ApiError> {
-    let status = blocking(&state, |vault| vault.start_kek_rotation()).await?;
+async fn rotate(work: Work) -> Result<Json<KeyStatus>, ApiError> {
+    let status = work.run(|vault| vault.start_kek_rotation()).await?;
     tracing::info!(
         active_version = status.active_version,
         "KEK rotation started"
@@ -518,8 +595,8 @@ async fn rotate(State(state): State<Arc<AppState>>) -> Result<Json<KeyStatus>, A
     Ok(Json(key_status(status)))
 }
 
-async fn keys(State(state): State<Arc<AppState>>) -> Result<Json<KeyStatus>, ApiError> {
-    let status = blocking(&state, |vault| vault.key_status()).await?;
+async fn keys(work: Work) -> Result<Json<KeyStatus>, ApiError> {
+    let status = work.run(|vault| vault.key_status()).await?;
     Ok(Json(key_status(status)))
 }
 
@@ -539,14 +616,18 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn metrics_text(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+async fn metrics_text(
+    State(state): State<Arc<AppState>>,
+    work: Work,
+) -> Result<Response, ApiError> {
     let mut out = String::new();
     state.metrics.render(&mut out);
-    let out = blocking(&state, move |vault| {
-        metrics::render_vault(vault, &mut out);
-        Ok(out)
-    })
-    .await?;
+    let out = work
+        .run(move |vault| {
+            metrics::render_vault(vault, &mut out);
+            Ok(out)
+        })
+        .await?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -559,4 +640,158 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Result<Response, Ap
 
 async fn openapi() -> Json<serde_json::Value> {
     Json(crate::openapi::document())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use axum::body::Body;
+    use axum::http::Request as HttpRequest;
+    use tower::ServiceExt;
+    use vault_core::{RootKey, VaultOptions};
+
+    use super::*;
+    use crate::auth::{KeyHash, Purposes};
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    const KEY: &str = "pvk_router-test-key";
+
+    fn app(dir: &std::path::Path, scopes: &[Scope]) -> Result<Router, vault_core::Error> {
+        let vault = Vault::open(
+            dir,
+            &RootKey::from_bytes(&[7; 32])?,
+            VaultOptions::default().statistics(true),
+        )?;
+        let key = ApiKey {
+            name: "test".into(),
+            hash: KeyHash::of(KEY),
+            scopes: scopes.iter().copied().collect(),
+            purposes: Purposes::Only(BTreeSet::from(["support".to_owned()])),
+        };
+        let state = AppState::new(
+            Arc::new(vault),
+            ApiKeys::new(vec![key]),
+            LimitsConfig::default(),
+        );
+        Ok(router(state))
+    }
+
+    async fn call(
+        app: &Router,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: &str,
+    ) -> Result<(StatusCode, axum::http::HeaderMap, serde_json::Value), Box<dyn std::error::Error>>
+    {
+        let mut request = HttpRequest::builder().method(method).uri(path);
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let response = app
+            .clone()
+            .oneshot(request.body(Body::from(body.to_owned()))?)
+            .await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
+        let json = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            // Metrics are text.
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
+        };
+        Ok((status, headers, json))
+    }
+
+    #[tokio::test]
+    async fn tokenize_then_detokenize_through_the_router() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let app = app(dir.path(), &[Scope::Tokenize, Scope::Detokenize])?;
+        let body = r#"{"items":[{"subject":"c-1","field":"email","value":"a@example.com"}]}"#;
+        let (status, headers, answer) = call(&app, "POST", "/v1/tokenize", Some(KEY), body).await?;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert_eq!(headers["cache-control"], "no-store");
+        assert_eq!(headers["x-request-id"].len(), 16);
+        let token = answer["tokens"][0].as_str().ok_or("no token")?;
+        let body = format!(r#"{{"tokens":["{token}"],"purpose":"support"}}"#);
+        let (status, _, answer) = call(&app, "POST", "/v1/detokenize", Some(KEY), &body).await?;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(answer["results"][0]["value"], "a@example.com");
+        assert_eq!(answer["results"][0]["field"], "email");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn authentication_comes_before_the_body_and_scope_before_work() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let app = app(dir.path(), &[Scope::Tokenize])?;
+        // A malformed body from someone without a key is a 401, not a 400.
+        let (status, _, answer) = call(&app, "POST", "/v1/tokenize", None, "{").await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(answer["error"]["code"], "unauthenticated");
+        // And from a key without the scope, a 403.
+        let (status, _, _) = call(&app, "POST", "/v1/detokenize", Some(KEY), "{").await?;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        // Unknown routes answer in the API's error format, to callers with a key
+        // (without one, a 401 says nothing about which routes exist).
+        let (status, _, _) = call(&app, "GET", "/nope", None, "").await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _, answer) = call(&app, "GET", "/nope", Some(KEY), "").await?;
+        assert_eq!(
+            (status, &answer["error"]["code"]),
+            (StatusCode::NOT_FOUND, &"no_route".into())
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn every_described_route_and_method_is_served() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let app = app(dir.path(), &Scope::ALL)?;
+        let doc = crate::openapi::document();
+        let paths = doc["paths"].as_object().ok_or("no paths")?;
+        let mut described = 0;
+        for (path, item) in paths {
+            let path = path.replace("{token}", "tok_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+            for method in ["get", "put", "post", "delete"] {
+                if item.get(method).is_none() {
+                    continue;
+                }
+                described += 1;
+                let (status, _, answer) =
+                    call(&app, &method.to_uppercase(), &path, Some(KEY), "{}").await?;
+                assert!(
+                    status != StatusCode::NOT_FOUND || answer["error"]["code"] != "no_route",
+                    "{method} {path} is described but not served"
+                );
+                assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            }
+        }
+        assert_eq!(described, 12, "every route and method");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn metrics_count_requests_by_route_template() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let app = app(dir.path(), &Scope::ALL)?;
+        let path = "/v1/tokens/tok_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let (status, _, _) = call(&app, "DELETE", path, Some(KEY), "").await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let response = app
+            .clone()
+            .oneshot(HttpRequest::builder().uri("/metrics").body(Body::empty())?)
+            .await?;
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
+        let page = String::from_utf8(bytes.to_vec())?;
+        assert!(page.contains(
+            "vault_http_requests_total{route=\"/v1/tokens/{token}\",method=\"DELETE\",status=\"400\"} 1"
+        ), "{page}");
+        assert!(!page.contains("tok_"), "no token in the metrics");
+        assert!(page.contains("vault_up 1"));
+        Ok(())
+    }
 }

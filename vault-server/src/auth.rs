@@ -140,6 +140,12 @@ pub fn generate_key() -> std::io::Result<(Zeroizing<String>, KeyHash)> {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// Whether `key` has the form of a generated key (`pvk_` + 64 hex digits).
+pub fn is_well_formed_key(key: &str) -> bool {
+    key.strip_prefix(KEY_PREFIX)
+        .is_some_and(|hex| decode_hex32(hex).is_some())
+}
+
 /// Decodes exactly 64 hex digits.
 pub(crate) fn decode_hex32(hex: &str) -> Option<[u8; 32]> {
     let hex = hex.as_bytes();

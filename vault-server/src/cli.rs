@@ -9,9 +9,10 @@
 //! before the listener is bound; a problem ends with one clear line on stderr and
 //! exit code 2.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use vault_core::{Vault, VaultOptions};
@@ -60,7 +61,7 @@ pub fn main() -> ExitCode {
     }
     init_logging();
     match prepare(&args) {
-        Ok((config, dev_info, vault, listener)) => run(config, dev_info, vault, listener),
+        Ok(prepared) => run(prepared),
         Err(e) => {
             eprintln!("vault-server: {e}");
             ExitCode::from(2)
@@ -97,7 +98,14 @@ fn init_logging() {
         .try_init();
 }
 
-type Prepared = (ServerConfig, Option<DevInfo>, Vault, TcpListener);
+/// Everything checked and opened, ready to serve.
+struct Prepared {
+    config: ServerConfig,
+    dev_info: Option<DevInfo>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    vault: Vault,
+    listener: TcpListener,
+}
 
 /// Configuration, vault, listener: everything that can fail on a misconfiguration.
 fn prepare(args: &Args) -> Result<Prepared, ConfigError> {
@@ -120,11 +128,17 @@ fn prepare(args: &Args) -> Result<Prepared, ConfigError> {
     if dev_info.is_some() {
         warn_dev_mode(data_dir);
     }
-    if matches!(config.transport, config::Transport::InsecurePlainHttp) {
-        tracing::warn!(
-            "INSECURE: serving plain HTTP (insecure_plain_http = true); values and API keys cross the network in the clear"
-        );
-    }
+    let tls = match &config.transport {
+        config::Transport::Tls { cert_pem, key_pem } => {
+            Some(Arc::new(crate::serve::tls_config(cert_pem, key_pem)?))
+        }
+        config::Transport::InsecurePlainHttp => {
+            tracing::warn!(
+                "INSECURE: serving plain HTTP (insecure_plain_http = true); values and API keys cross the network in the clear"
+            );
+            None
+        }
+    };
     let options = VaultOptions::default()
         .limits(config.vault_limits())
         .purge_policy(config.purge)
@@ -137,7 +151,13 @@ fn prepare(args: &Args) -> Result<Prepared, ConfigError> {
     })?;
     let listener = TcpListener::bind(args.listen)
         .map_err(|e| ConfigError::new(format!("cannot listen on {}: {e}", args.listen)))?;
-    Ok((config, dev_info, vault, listener))
+    Ok(Prepared {
+        config,
+        dev_info,
+        tls,
+        vault,
+        listener,
+    })
 }
 
 fn warn_dev_mode(data_dir: &std::path::Path) {
@@ -154,12 +174,14 @@ fn warn_dev_mode(data_dir: &std::path::Path) {
     );
 }
 
-fn run(
-    config: ServerConfig,
-    dev_info: Option<DevInfo>,
-    vault: Vault,
-    listener: TcpListener,
-) -> ExitCode {
+fn run(prepared: Prepared) -> ExitCode {
+    let Prepared {
+        config,
+        dev_info,
+        tls,
+        vault,
+        listener,
+    } = prepared;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("vault-server")
@@ -178,14 +200,12 @@ fn run(
             return ExitCode::FAILURE;
         }
     };
-    let scheme = match config.transport {
-        config::Transport::Tls { .. } => "https",
-        config::Transport::InsecurePlainHttp => "http",
-    };
-    let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() {
-        "127.0.0.1".to_owned()
-    } else {
-        addr.ip().to_string()
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let host = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() || ip.is_loopback() => "127.0.0.1".to_owned(),
+        IpAddr::V6(ip) if ip.is_unspecified() || ip.is_loopback() => "[::1]".to_owned(),
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) => format!("[{ip}]"),
     };
     let url = format!("{scheme}://{host}:{}", addr.port());
     tracing::info!(url = %url, api_keys = config.api_keys.len(), "vault-server listening");
@@ -202,14 +222,9 @@ fn run(
     };
     println!("{line}");
     let ServerConfig {
-        api_keys,
-        limits,
-        transport,
-        ..
+        api_keys, limits, ..
     } = config;
-    let served = runtime.block_on(crate::serve::serve(
-        vault, api_keys, limits, transport, listener,
-    ));
+    let served = runtime.block_on(crate::serve::serve(vault, api_keys, limits, tls, listener));
     match served {
         Ok(()) => {
             tracing::info!("vault-server stopped");

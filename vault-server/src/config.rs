@@ -13,7 +13,7 @@
 //! max_body_bytes = 8388608
 //! max_value_bytes = 65536
 //! max_batch = 1000
-//! request_timeout_ms = 30000
+//! request_timeout_ms = 10000
 //! max_concurrent_requests = 512
 //!
 //! [vault]                                   # optional
@@ -118,7 +118,7 @@ impl Default for LimitsConfig {
             max_body_bytes: 8 * 1024 * 1024,
             max_value_bytes: 64 * 1024,
             max_batch: 1000,
-            request_timeout_ms: 30_000,
+            request_timeout_ms: 10_000,
             max_concurrent_requests: 512,
         }
     }

@@ -61,7 +61,14 @@ pub fn prepare(data_dir: &Path) -> Result<(ServerConfig, DevInfo), ConfigError> 
             Zeroizing::new(fs::read_to_string(&key_file).map_err(|e| {
                 ConfigError::new(format!("cannot read {}: {e}", key_file.display()))
             })?);
-        Zeroizing::new(text.trim().to_owned())
+        let key = Zeroizing::new(text.trim().to_owned());
+        if !auth::is_well_formed_key(&key) {
+            return Err(ConfigError::new(format!(
+                "{} does not hold an API key (pvk_ + 64 hex digits); delete it to get a new one",
+                key_file.display()
+            )));
+        }
+        key
     } else {
         let (key, _) =
             auth::generate_key().map_err(|e| ConfigError::new(format!("random: {e}")))?;

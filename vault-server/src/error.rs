@@ -6,7 +6,7 @@
 //! kind, never to the client.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use vault_client::api::{ErrorBody, ErrorDetail};
 use vault_core::{Argument, InputError, Problem};
@@ -184,6 +184,10 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
+        // The code also as a header, for clients deciding on a retry before the body.
+        response
+            .headers_mut()
+            .insert("x-vault-error", HeaderValue::from_static(self.code));
         response.extensions_mut().insert(ErrorCode(self.code));
         response
     }

@@ -37,7 +37,7 @@ fn answer(description: &str, schema: &str) -> Value {
     })
 }
 
-const KEYED: [u16; 6] = [400, 401, 403, 413, 429, 500];
+const KEYED: [u16; 8] = [400, 401, 403, 405, 413, 429, 500, 503];
 
 /// The document.
 pub fn document() -> Value {
@@ -69,11 +69,11 @@ pub fn document() -> Value {
                 "put": {
                     "summary": "Rectify: replace the value behind a token; the token stays. Scope: rectify.",
                     "requestBody": body("RectifyRequest"),
-                    "responses": with_errors(json!({ "204": { "description": "Rectified." } }), &[400, 401, 403, 404, 409, 410, 413, 429, 500])
+                    "responses": with_errors(json!({ "204": { "description": "Rectified." } }), &[400, 401, 403, 404, 405, 409, 410, 413, 429, 500, 503])
                 },
                 "delete": {
                     "summary": "Delete one record. Scope: delete.",
-                    "responses": with_errors(json!({ "204": { "description": "Deleted." } }), &[400, 401, 403, 404, 410, 429, 500])
+                    "responses": with_errors(json!({ "204": { "description": "Deleted." } }), &[400, 401, 403, 404, 405, 410, 429, 500, 503])
                 }
             },
             "/v1/subjects/erase": { "post": {
@@ -88,11 +88,11 @@ pub fn document() -> Value {
             }},
             "/v1/admin/rotate": { "post": {
                 "summary": "Start a key-encryption-key rotation; rewrapping runs in the background. Scope: admin.",
-                "responses": with_errors(json!({ "200": answer("Key status.", "KeyStatus") }), &[401, 403, 429, 500])
+                "responses": with_errors(json!({ "200": answer("Key status.", "KeyStatus") }), &[401, 403, 405, 429, 500, 503])
             }},
             "/v1/admin/keys": { "get": {
                 "summary": "Key versions, subject keys per version, rotation and purge progress. Scope: admin.",
-                "responses": with_errors(json!({ "200": answer("Key status.", "KeyStatus") }), &[401, 403, 429, 500])
+                "responses": with_errors(json!({ "200": answer("Key status.", "KeyStatus") }), &[401, 403, 405, 429, 500, 503])
             }},
             "/healthz": { "get": {
                 "summary": "Liveness.", "security": [],
@@ -118,11 +118,13 @@ pub fn document() -> Value {
                 "E401": error_answer("No API key, or not a known one."),
                 "E403": error_answer("The key lacks the route's scope, or the purpose."),
                 "E404": error_answer("No record for this token."),
+                "E405": error_answer("The route does not take this method."),
                 "E409": error_answer("A deterministic token cannot be rectified."),
                 "E410": error_answer("The token's subject was erased."),
                 "E413": error_answer("Body, value or batch over its limit."),
                 "E429": error_answer("Concurrency limit reached; retry later."),
-                "E500": error_answer("Internal error; the log has details under the x-request-id.")
+                "E500": error_answer("Internal error; the log has details under the x-request-id."),
+                "E503": error_answer("The request did not complete within the server's timeout; a write may or may not have taken effect.")
             },
             "schemas": {
                 "TokenizeRequest": object(&["items"], json!({

@@ -11,7 +11,7 @@ use vault_core::Vault;
 
 use crate::api::{self, AppState};
 use crate::auth::ApiKeys;
-use crate::config::{ConfigError, LimitsConfig, Transport};
+use crate::config::{ConfigError, LimitsConfig};
 
 /// Builds the rustls server configuration (ring provider, TLS 1.2 and 1.3, h2 and
 /// HTTP/1.1 by ALPN).
@@ -37,13 +37,20 @@ pub(crate) fn tls_config(
     Ok(config)
 }
 
+/// How long a client may take to send a request's headers (slow-header clients
+/// would otherwise hold connections forever: the request timeout starts after them).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long closing waits for vault calls still running after the drain.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
 /// Serves until SIGTERM or SIGINT, then drains in-flight requests, and closes the
-/// vault. `listener` is already bound (so the caller could report the address).
+/// vault. `listener` is already bound (so the caller could report the address);
+/// `tls` is `None` only for the explicitly insecure plain-HTTP mode.
 pub async fn serve(
     vault: Vault,
     keys: ApiKeys,
     limits: LimitsConfig,
-    transport: Transport,
+    tls: Option<Arc<rustls::ServerConfig>>,
     listener: TcpListener,
 ) -> std::io::Result<()> {
     let vault = Arc::new(vault);
@@ -54,27 +61,29 @@ pub async fn serve(
     let grace = Duration::from_millis(limits.request_timeout_ms) + Duration::from_secs(5);
     tokio::spawn(shutdown_on_signal(state.clone(), handle.clone(), grace));
 
-    let served = match transport {
-        Transport::Tls { cert_pem, key_pem } => {
-            let config = tls_config(&cert_pem, &key_pem)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            axum_server::from_tcp(listener)?
+    let mut server = axum_server::from_tcp(listener)?.handle(handle);
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(Some(HEADER_READ_TIMEOUT));
+    server
+        .http_builder()
+        .http2()
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let served = match tls {
+        Some(config) => {
+            server
                 .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(
-                    RustlsConfig::from_config(Arc::new(config)),
+                    RustlsConfig::from_config(config),
                 ))
-                .handle(handle)
                 .serve(app.into_make_service())
                 .await
         }
-        Transport::InsecurePlainHttp => {
-            axum_server::from_tcp(listener)?
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await
-        }
+        None => server.serve(app.into_make_service()).await,
     };
     drop(state);
-    close_vault(vault, grace).await;
+    close_vault(vault, CLOSE_WAIT).await;
     served
 }
 
@@ -102,8 +111,8 @@ async fn shutdown_on_signal(state: Arc<AppState>, handle: Handle<SocketAddr>, gr
 
 /// Waits for calls still running on the blocking pool (a timed-out request's call
 /// keeps running) to release the vault, then closes it: worker stopped, WAL synced.
-async fn close_vault(vault: Arc<Vault>, grace: Duration) {
-    let deadline = Instant::now() + grace;
+async fn close_vault(vault: Arc<Vault>, wait: Duration) {
+    let deadline = Instant::now() + wait;
     let mut vault = vault;
     loop {
         match Arc::try_unwrap(vault) {

@@ -137,6 +137,9 @@ impl Server {
     /// A typed client with this API key.
     pub fn client(&self, api_key: &str) -> TestResult<vault_client::Client> {
         let mut builder = vault_client::Client::builder(&self.url).api_key(api_key);
+        if self.url.starts_with("http://") {
+            builder = builder.danger_allow_plain_http();
+        }
         if !self.ca_cert.as_os_str().is_empty() {
             builder = builder.ca_cert_file(&self.ca_cert)?;
         }
