@@ -236,11 +236,11 @@ async fn run(command: Command, allow_plain_http: bool) -> Result<(), Failure> {
                 }
             };
             let tokens = client.tokenize(items).await?;
-            print(&serde_json::json!({ "tokens": tokens }))
+            print(&crate::api::TokenizeResponse { tokens })
         }
         Command::Detokenize { purpose, tokens } => {
             let results = client.detokenize(&tokens, &purpose).await?;
-            print(&serde_json::json!({ "results": results }))
+            print(&crate::api::DetokenizeResponse { results })
         }
         Command::Rectify { token, value } => {
             let value = value

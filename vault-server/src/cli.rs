@@ -113,6 +113,11 @@ fn prepare(args: &Args) -> Result<Prepared, ConfigError> {
         .data_dir
         .as_ref()
         .ok_or_else(|| ConfigError::new("--data-dir is required (see vault-server --help)"))?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| ConfigError::new(format!("cannot create {}: {e}", data_dir.display())))?;
+    // Absolute, so that what is printed (certificate path, data dir) works anywhere.
+    let data_dir = &std::fs::canonicalize(data_dir)
+        .map_err(|e| ConfigError::new(format!("cannot resolve {}: {e}", data_dir.display())))?;
     let (config, dev_info) = match (&args.config, args.dev) {
         (Some(path), false) => (config::load(path, data_dir)?, None),
         (None, true) => {
