@@ -388,6 +388,19 @@ impl Inner {
                 self.store.write(batch)?;
             }
             records += ids.len() as u64;
+            // The consent ledger: sealed under the destroyed key, now deleted too.
+            let mut consents = Vec::new();
+            self.store.scan_prefix(Cf::Consents, &sid, |k, _| {
+                consents.push(k.to_vec());
+                Ok(true)
+            })?;
+            for chunk in consents.chunks(PURGE_CHUNK) {
+                let mut batch = self.store.batch();
+                for key in chunk {
+                    batch.delete(Cf::Consents, key);
+                }
+                self.store.write(batch)?;
+            }
         }
         let verified = self.store.purge_files(PURGE_VERIFY_TIMEOUT)?;
         if verified {

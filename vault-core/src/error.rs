@@ -23,6 +23,16 @@ pub enum Error {
     /// The record's subject has been erased; its key no longer exists.
     #[error("erased")]
     Erased,
+    /// The purpose was not declared in the vault's options.
+    #[error("unknown purpose")]
+    UnknownPurpose,
+    /// The purpose does not cover the record's field. Nothing was decrypted.
+    #[error("the purpose does not cover this field")]
+    Forbidden,
+    /// The purpose's lawful basis is consent, and the subject's consent to it is not
+    /// currently granted (never given, or withdrawn). Nothing was decrypted.
+    #[error("no consent for this purpose")]
+    NoConsent,
     /// A deterministic token's value cannot be rectified (the token is derived from
     /// it): tokenize the new value and delete the old token instead.
     #[error("a deterministic token cannot be rectified")]
@@ -160,6 +170,10 @@ pub enum Argument {
     Value,
     /// The batch as a whole.
     Batch,
+    /// A purpose name.
+    Purpose,
+    /// The source of a consent (e.g. which form).
+    Source,
 }
 
 impl fmt::Display for Argument {
@@ -169,6 +183,8 @@ impl fmt::Display for Argument {
             Argument::Field => "field name",
             Argument::Value => "value",
             Argument::Batch => "batch",
+            Argument::Purpose => "purpose",
+            Argument::Source => "consent source",
         })
     }
 }

@@ -2,6 +2,7 @@
 //! subject's index prefix and a multi-get of its records, never a scan of others.
 
 use crate::codec::decode;
+use crate::consent::ConsentStatus;
 use crate::erase::SubjectRef;
 use crate::error::Error;
 use crate::records::{ExportedRecord, Plaintext, RECORD_FORMAT, StoredRecord, stub_outcome};
@@ -20,6 +21,8 @@ pub struct SubjectExport {
     pub exported_at: u64,
     /// The subject's records, in token order.
     pub records: Vec<ExportedRecord>,
+    /// The subject's consents: current state and history per purpose.
+    pub consents: Vec<ConsentStatus>,
 }
 
 impl Vault {
@@ -35,6 +38,7 @@ impl Vault {
                 subject_ref: None,
                 exported_at,
                 records: Vec::new(),
+                consents: Vec::new(),
             });
         };
         let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
@@ -72,10 +76,12 @@ impl Vault {
                 }
             }
         }
+        let consents = inner.consents_of(&sid, &dek)?;
         Ok(SubjectExport {
             subject_ref: Some(SubjectRef(sid)),
             exported_at,
             records,
+            consents,
         })
     }
 }

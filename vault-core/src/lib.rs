@@ -25,7 +25,9 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod access;
 mod codec;
+mod consent;
 mod crypto;
 mod erase;
 mod error;
@@ -33,6 +35,7 @@ mod export;
 mod header;
 mod keys;
 mod options;
+mod purposes;
 mod records;
 mod rotate;
 mod store;
@@ -41,6 +44,7 @@ mod token;
 mod vault;
 mod worker;
 
+pub use consent::{ConsentEvent, ConsentStatus, MAX_SOURCE_LEN};
 pub use erase::{ErasureReceipt, PendingPurge, PurgeReport, PurgeState, SubjectRef};
 pub use error::{Argument, Error, InputError, Problem, StorageError};
 pub use export::SubjectExport;
@@ -48,6 +52,7 @@ pub use keys::RootKey;
 pub use options::{
     Clock, Durability, KdfParams, Limits, MAX_PURGE_DELAY, PurgePolicy, SystemClock, VaultOptions,
 };
+pub use purposes::{Access, LawfulBasis, Mask, Purpose, valid_purpose_name};
 pub use records::{Detokenized, ExportedRecord, Plaintext};
 pub use rotate::{KekVersionStatus, KeyStatus};
 pub use store::StorageCounters;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Argument, Error, InputError, Problem};
+use crate::purposes::{Mask, Policy, Purpose};
 
 /// How an acknowledged write is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -194,6 +195,7 @@ pub struct VaultOptions {
     pub(crate) rotation_batch: usize,
     pub(crate) statistics: bool,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) policy: Policy,
 }
 
 impl Default for VaultOptions {
@@ -210,6 +212,7 @@ impl Default for VaultOptions {
             rotation_batch: 1_000,
             statistics: false,
             clock: Arc::new(SystemClock),
+            policy: Policy::default(),
         }
     }
 }
@@ -287,7 +290,29 @@ impl VaultOptions {
         self
     }
 
+    /// Declares a purpose of processing (a later one with the same name replaces it).
+    /// Purpose-bound detokenization names one; undeclared purposes are refused.
+    pub fn purpose(mut self, purpose: Purpose) -> Self {
+        self.policy.add_purpose(purpose);
+        self
+    }
+
+    /// How masked views show `field`. Fields without a mask show `***` (see
+    /// [`default_mask`](Self::default_mask)).
+    pub fn field_mask(mut self, field: impl Into<String>, mask: Mask) -> Self {
+        self.policy.set_mask(field.into(), mask);
+        self
+    }
+
+    /// How masked views show fields that have no mask of their own. Default
+    /// [`Mask::Hidden`].
+    pub fn default_mask(mut self, mask: Mask) -> Self {
+        self.policy.set_default_mask(mask);
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), Error> {
+        self.policy.validate()?;
         if self.dek_cache_capacity == 0 {
             return Err(Error::InvalidOption(
                 "the DEK cache capacity must be at least 1",

@@ -185,6 +185,8 @@ pub struct Detokenized {
     pub value: Plaintext,
     /// When the record was created, in milliseconds since the Unix epoch.
     pub created_at: u64,
+    /// Whether `value` is a masked view rather than the value itself.
+    pub masked: bool,
 }
 
 /// One record of a [`SubjectExport`](crate::SubjectExport).

@@ -38,10 +38,13 @@ pub(crate) enum Cf {
     PurgeQueue,
     /// counter name → i64, merged by addition (DEKs per KEK version).
     Counters,
+    /// storage id (16) || purpose id (16) → current consent; with || sequence (8) →
+    /// one event of the history. Sealed under the subject's key.
+    Consents,
 }
 
 impl Cf {
-    pub(crate) const ALL: [Cf; 8] = [
+    pub(crate) const ALL: [Cf; 9] = [
         Cf::Meta,
         Cf::Subjects,
         Cf::Keys,
@@ -50,10 +53,12 @@ impl Cf {
         Cf::Erasures,
         Cf::PurgeQueue,
         Cf::Counters,
+        Cf::Consents,
     ];
 
     /// The column families that hold a subject's key or data, and so are compacted by a purge.
-    pub(crate) const SUBJECT_DATA: [Cf; 4] = [Cf::Subjects, Cf::Keys, Cf::Records, Cf::Index];
+    pub(crate) const SUBJECT_DATA: [Cf; 5] =
+        [Cf::Subjects, Cf::Keys, Cf::Records, Cf::Index, Cf::Consents];
 
     fn name(self) -> &'static str {
         match self {
@@ -65,6 +70,7 @@ impl Cf {
             Cf::Erasures => "erasures",
             Cf::PurgeQueue => "purge_queue",
             Cf::Counters => "counters",
+            Cf::Consents => "consents",
         }
     }
 }
@@ -134,7 +140,8 @@ impl Store {
     pub(crate) fn open(dir: &Path, create: bool, so: StoreOptions) -> Result<Store, Error> {
         let mut opts = Options::default().get_options_from_string(MANIFEST_OPTIONS)?;
         opts.create_if_missing(create);
-        opts.create_missing_column_families(create);
+        // Families added by newer versions are created in existing vaults too.
+        opts.create_missing_column_families(true);
         // Erasure depends on these: no recycled or archived WALs (ERASURE.md).
         opts.set_recycle_log_file_num(0);
         opts.set_wal_ttl_seconds(0);

@@ -13,11 +13,12 @@ use crate::error::Error;
 use crate::header::{Header, sync_dir};
 use crate::keys::{DekSlot, IndexKeys, KdfRecord, Keyring, RootKey, RootSecret};
 use crate::options::VaultOptions;
+use crate::purposes::Purpose;
 use crate::records::{
     Detokenized, LiveRecord, Plaintext, RECORD_FORMAT, RecordPlace, StoredRecord, index_key,
     stub_outcome,
 };
-use crate::store::{Cf, StorageCounters, Store, StoreOptions};
+use crate::store::{Batch, Cf, StorageCounters, Store, StoreOptions};
 use crate::subjects::{
     Dek, DekCache, KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, Stripes, SubjectEntry, SubjectHash,
     dek_counter,
@@ -238,45 +239,11 @@ impl Vault {
         let mut subjects: HashMap<SubjectHash, (SubjectEntry, Arc<Dek>)> = HashMap::new();
         let mut new_deks = Vec::new();
         for (h, found) in distinct.iter().zip(found) {
-            let (entry, dek) = match found {
-                Some(bytes) => {
-                    let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
-                    // A subject entry without its key is damage, not an erasure
-                    // (erasure removes both in one batch).
-                    let dek = inner.dek_with(&ring, &entry.sid)?.ok_or(Error::Integrity)?;
-                    // The key is bound to its subject hash: a subject entry pointed at
-                    // another subject's key is refused, not written under that key.
-                    if dek.subject_hash != *h {
-                        return Err(Error::Integrity);
-                    }
-                    (entry, dek)
-                }
-                None => {
-                    let sid: Sid = random_bytes()?;
-                    let key = Key::random()?;
-                    let slot = DekSlot {
-                        vault_id: &inner.vault_id,
-                        sid: &sid,
-                        subject_hash: h,
-                    };
-                    let (version, wrapped) = ring.wrap_dek(&slot, &key)?;
-                    let entry = KeyEntry {
-                        subject_hash: *h,
-                        kek_version: version,
-                        wrapped,
-                    };
-                    batch.put(Cf::Keys, &sid, &encode(KEY_FORMAT, &entry));
-                    batch.add(&dek_counter(version), 1);
-                    let dek = Arc::new(Dek::new(&key, *h));
-                    new_deks.push((sid, dek.clone()));
-                    let entry = SubjectEntry {
-                        sid,
-                        created_at: now,
-                        records: 0,
-                    };
-                    (entry, dek)
-                }
-            };
+            let (entry, dek, created) =
+                inner.subject_for_write(h, found.as_deref(), &ring, &mut batch, now)?;
+            if created {
+                new_deks.push((entry.sid, dek.clone()));
+            }
             subjects.insert(*h, (entry, dek));
         }
 
@@ -329,6 +296,11 @@ impl Vault {
             inner.cache.insert(sid, dek);
         }
         Ok(tokens)
+    }
+
+    /// The declared purposes, by name.
+    pub fn purposes(&self) -> Vec<Purpose> {
+        self.inner.opts.policy.purposes().cloned().collect()
     }
 
     /// Turns a token back into its field and value.
@@ -476,6 +448,53 @@ impl Inner {
         Ok(())
     }
 
+    /// The subject entry and key of `h` for a write, from its stored entry (`found`),
+    /// or a new subject (storage id, key wrapped under the active KEK) whose key and
+    /// counter are added to `batch`; `true` when new. The caller holds the subject's
+    /// stripe lock and `key_writes` for reading, and writes the subject entry itself.
+    pub(crate) fn subject_for_write(
+        &self,
+        h: &SubjectHash,
+        found: Option<&[u8]>,
+        ring: &Keyring,
+        batch: &mut Batch<'_>,
+        now: u64,
+    ) -> Result<(SubjectEntry, Arc<Dek>, bool), Error> {
+        if let Some(bytes) = found {
+            let entry: SubjectEntry = decode(SUBJECT_FORMAT, bytes)?;
+            // A subject entry without its key is damage, not an erasure (erasure
+            // removes both in one batch).
+            let dek = self.dek_with(ring, &entry.sid)?.ok_or(Error::Integrity)?;
+            // The key is bound to its subject hash: a subject entry pointed at another
+            // subject's key is refused, not written under that key.
+            if dek.subject_hash != *h {
+                return Err(Error::Integrity);
+            }
+            return Ok((entry, dek, false));
+        }
+        let sid: Sid = random_bytes()?;
+        let key = Key::random()?;
+        let slot = DekSlot {
+            vault_id: &self.vault_id,
+            sid: &sid,
+            subject_hash: h,
+        };
+        let (version, wrapped) = ring.wrap_dek(&slot, &key)?;
+        let key_entry = KeyEntry {
+            subject_hash: *h,
+            kek_version: version,
+            wrapped,
+        };
+        batch.put(Cf::Keys, &sid, &encode(KEY_FORMAT, &key_entry));
+        batch.add(&dek_counter(version), 1);
+        let entry = SubjectEntry {
+            sid,
+            created_at: now,
+            records: 0,
+        };
+        Ok((entry, Arc::new(Dek::new(&key, *h)), true))
+    }
+
     pub(crate) fn token_id(&self, token: &str) -> Result<TokenId, Error> {
         token.parse::<Token>()?.verify(&self.index.token_tag_key)
     }
@@ -521,6 +540,7 @@ impl Inner {
                     field,
                     value: Plaintext::new(value),
                     created_at,
+                    masked: false,
                 })
             }
         }

@@ -74,7 +74,7 @@ pub fn hex_decode(s: &str) -> Vec<u8> {
         .collect()
 }
 
-pub const COLUMN_FAMILIES: [&str; 8] = [
+pub const COLUMN_FAMILIES: [&str; 9] = [
     "meta",
     "subjects",
     "keys",
@@ -83,6 +83,7 @@ pub const COLUMN_FAMILIES: [&str; 8] = [
     "erasures",
     "purge_queue",
     "counters",
+    "consents",
 ];
 
 /// The column families as the vault declares them: `counters` needs its merge

@@ -1,0 +1,285 @@
+//! The consent ledger (GDPR Art. 7): per subject and purpose, every grant and
+//! withdrawal with its time and source, and the current state.
+//!
+//! Entries live in the `consents` family under the subject's storage id and are
+//! sealed with the subject's key, so they disappear with the subject: erasure
+//! destroys the key, and the purge deletes them and compacts them off the disk. The
+//! current state is its own entry, so the check on each detokenization is one read.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode};
+use crate::crypto::{aad, domain};
+use crate::error::{Argument, Error, InputError, Problem};
+use crate::store::Cf;
+use crate::subjects::{Dek, SUBJECT_FORMAT, Sid, SubjectEntry};
+use crate::vault::{Inner, Vault};
+
+const CONSENT_FORMAT: u8 = 1;
+/// Longest consent source, in bytes.
+pub const MAX_SOURCE_LEN: usize = 256;
+
+/// One grant or withdrawal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ConsentEvent {
+    /// The purpose.
+    pub purpose: String,
+    /// Granted (`true`) or withdrawn.
+    pub granted: bool,
+    /// When, in milliseconds since the Unix epoch.
+    pub at: u64,
+    /// Where it was given or withdrawn (e.g. which form), as the caller said.
+    pub source: Option<String>,
+}
+
+/// The consent of one subject to one purpose: its current state and its history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsentStatus {
+    /// The purpose.
+    pub purpose: String,
+    /// Whether consent is currently granted.
+    pub granted: bool,
+    /// When the current state began, in milliseconds since the Unix epoch.
+    pub since: u64,
+    /// Every grant and withdrawal, oldest first.
+    pub history: Vec<ConsentEvent>,
+}
+
+/// The current state of one (subject, purpose).
+#[derive(Debug, Serialize, Deserialize)]
+struct Current {
+    purpose: String,
+    granted: bool,
+    at: u64,
+    /// Sequence number of the last event.
+    seq: u64,
+}
+
+fn current_key(sid: &Sid, pid: &[u8; 16]) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(sid);
+    key[16..].copy_from_slice(pid);
+    key
+}
+
+fn event_key(sid: &Sid, pid: &[u8; 16], seq: u64) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..32].copy_from_slice(&current_key(sid, pid));
+    key[32..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+impl Inner {
+    /// A purpose's fixed-length id in storage keys.
+    fn purpose_id(&self, purpose: &str) -> [u8; 16] {
+        self.index
+            .tombstone_tag(domain::PURPOSE_ID, &[purpose.as_bytes()])
+    }
+
+    /// Seals `value` under the subject's key, bound to the vault and its storage key.
+    fn seal_consent<T: Serialize>(
+        &self,
+        dek: &Dek,
+        key: &[u8],
+        value: &T,
+    ) -> Result<Vec<u8>, Error> {
+        let plain =
+            zeroize::Zeroizing::new(postcard::to_allocvec(value).map_err(|_| Error::Integrity)?);
+        let sealed = dek
+            .aead
+            .seal(&aad(domain::CONSENT, &[&self.vault_id, key]), &plain)?;
+        Ok(encode(CONSENT_FORMAT, &sealed))
+    }
+
+    fn open_consent<T: for<'de> Deserialize<'de>>(
+        &self,
+        dek: &Dek,
+        key: &[u8],
+        stored: &[u8],
+    ) -> Result<T, Error> {
+        let sealed: Vec<u8> = decode(CONSENT_FORMAT, stored)?;
+        let plain = dek
+            .aead
+            .open(&aad(domain::CONSENT, &[&self.vault_id, key]), &sealed)?;
+        postcard::from_bytes(&plain).map_err(|_| Error::Integrity)
+    }
+
+    /// Whether the subject currently consents to `purpose`.
+    pub(crate) fn consent_granted(
+        &self,
+        sid: &Sid,
+        dek: &Dek,
+        purpose: &str,
+    ) -> Result<bool, Error> {
+        let key = current_key(sid, &self.purpose_id(purpose));
+        match self.store.get(Cf::Consents, &key)? {
+            None => Ok(false),
+            Some(stored) => {
+                let current: Current = self.open_consent(dek, &key, &stored)?;
+                if current.purpose != purpose {
+                    return Err(Error::Integrity);
+                }
+                Ok(current.granted)
+            }
+        }
+    }
+}
+
+impl Vault {
+    /// Records a grant (`granted = true`) or withdrawal of the subject's consent to a
+    /// declared purpose, with an optional source (e.g. `signup-form-v3`; at most
+    /// 256 bytes, no control characters). The change applies to the very next
+    /// detokenization. A subject the vault does not know yet is created (consent is
+    /// often given before any data is stored).
+    pub fn record_consent(
+        &self,
+        subject: &str,
+        purpose: &str,
+        granted: bool,
+        source: Option<&str>,
+    ) -> Result<ConsentEvent, Error> {
+        let inner = &*self.inner;
+        inner.opts.limits.check_subject(subject)?;
+        if inner.opts.policy.purpose(purpose).is_none() {
+            return Err(Error::UnknownPurpose);
+        }
+        if let Some(source) = source {
+            if source.is_empty() {
+                return Err(InputError::new(Argument::Source, Problem::Empty).into());
+            }
+            if source.len() > MAX_SOURCE_LEN {
+                let problem = Problem::TooLong {
+                    limit: MAX_SOURCE_LEN,
+                };
+                return Err(InputError::new(Argument::Source, problem).into());
+            }
+            if source.chars().any(char::is_control) {
+                return Err(InputError::new(Argument::Source, Problem::BadCharacter).into());
+            }
+        }
+        let h = inner.index.subject_hash(subject);
+        let _stripe = inner.stripes.lock(&h);
+        let _keys = inner
+            .key_writes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ring = inner.ring();
+        let now = inner.now();
+        let found = inner.store.get(Cf::Subjects, &h)?;
+        let mut batch = inner.store.batch();
+        let (entry, dek, created) =
+            inner.subject_for_write(&h, found.as_deref(), &ring, &mut batch, now)?;
+        if created {
+            batch.put(Cf::Subjects, &h, &encode(SUBJECT_FORMAT, &entry));
+        }
+        let pid = inner.purpose_id(purpose);
+        let ckey = current_key(&entry.sid, &pid);
+        let seq = match inner.store.get(Cf::Consents, &ckey)? {
+            Some(stored) => {
+                let current: Current = inner.open_consent(&dek, &ckey, &stored)?;
+                current.seq + 1
+            }
+            None => 0,
+        };
+        let event = ConsentEvent {
+            purpose: purpose.to_owned(),
+            granted,
+            at: now,
+            source: source.map(str::to_owned),
+        };
+        let current = Current {
+            purpose: purpose.to_owned(),
+            granted,
+            at: now,
+            seq,
+        };
+        let ekey = event_key(&entry.sid, &pid, seq);
+        batch.put(
+            Cf::Consents,
+            &ekey,
+            &inner.seal_consent(&dek, &ekey, &event)?,
+        );
+        batch.put(
+            Cf::Consents,
+            &ckey,
+            &inner.seal_consent(&dek, &ckey, &current)?,
+        );
+        inner.store.write(batch)?;
+        if created {
+            inner.cache.insert(entry.sid, dek);
+        }
+        Ok(event)
+    }
+
+    /// The subject's consents: per purpose, the current state and every change,
+    /// read by the subject's prefix. Empty for a subject the vault does not know.
+    pub fn consents(&self, subject: &str) -> Result<Vec<ConsentStatus>, Error> {
+        let inner = &*self.inner;
+        inner.opts.limits.check_subject(subject)?;
+        let h = inner.index.subject_hash(subject);
+        let Some(bytes) = inner.store.get(Cf::Subjects, &h)? else {
+            return Ok(Vec::new());
+        };
+        let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
+        let dek = inner.dek(&entry.sid)?.ok_or(Error::Integrity)?;
+        if dek.subject_hash != h {
+            return Err(Error::Integrity);
+        }
+        inner.consents_of(&entry.sid, &dek)
+    }
+}
+
+impl Inner {
+    pub(crate) fn consents_of(&self, sid: &Sid, dek: &Dek) -> Result<Vec<ConsentStatus>, Error> {
+        let mut by_purpose: BTreeMap<[u8; 16], ConsentStatus> = BTreeMap::new();
+        let mut events: BTreeMap<[u8; 16], Vec<ConsentEvent>> = BTreeMap::new();
+        self.store.scan_prefix(Cf::Consents, sid, |key, stored| {
+            let pid: [u8; 16] = key
+                .get(16..32)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(Error::Integrity)?;
+            match key.len() {
+                32 => {
+                    let current: Current = self.open_consent(dek, key, stored)?;
+                    if self.purpose_id(&current.purpose) != pid {
+                        return Err(Error::Integrity);
+                    }
+                    by_purpose.insert(
+                        pid,
+                        ConsentStatus {
+                            purpose: current.purpose,
+                            granted: current.granted,
+                            since: current.at,
+                            history: Vec::new(),
+                        },
+                    );
+                }
+                40 => {
+                    let event: ConsentEvent = self.open_consent(dek, key, stored)?;
+                    if self.purpose_id(&event.purpose) != pid {
+                        return Err(Error::Integrity);
+                    }
+                    events.entry(pid).or_default().push(event);
+                }
+                _ => return Err(Error::Integrity),
+            }
+            Ok(true)
+        })?;
+        let mut out = Vec::with_capacity(by_purpose.len());
+        for (pid, mut status) in by_purpose {
+            // Keys sort by sequence number: the history is in order.
+            status.history = events.remove(&pid).unwrap_or_default();
+            out.push(status);
+        }
+        if !events.is_empty() {
+            // History without a current state: an entry was removed.
+            return Err(Error::Integrity);
+        }
+        out.sort_by(|a, b| a.purpose.cmp(&b.purpose));
+        Ok(out)
+    }
+}
