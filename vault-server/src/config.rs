@@ -96,7 +96,7 @@ pub struct RootKeySource {
     pub passphrase_env: Option<String>,
 }
 
-/// Request limits (see [`Limits`](vault_core::Limits) for the vault's own).
+/// Request limits (see [`Limits`] for the vault's own).
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
