@@ -10,13 +10,14 @@ use std::process::Command;
 use common::{KeySpec, Launch, SERVER, Server, TestResult, metric, write_config};
 use reqwest::Method;
 
-const SCOPES: [&str; 7] = [
+const SCOPES: [&str; 8] = [
     "tokenize",
     "detokenize",
     "rectify",
     "delete",
     "erase",
     "export",
+    "consent",
     "admin",
 ];
 
@@ -58,6 +59,18 @@ fn routes(token: &str) -> Vec<(&'static str, Method, String, Option<serde_json::
             "export",
             Method::POST,
             "/v1/subjects/export".into(),
+            Some(json!({"subject":"s-1"})),
+        ),
+        (
+            "consent",
+            Method::POST,
+            "/v1/subjects/consent".into(),
+            Some(json!({"subject":"s-1","purpose":"support","granted":true})),
+        ),
+        (
+            "consent",
+            Method::POST,
+            "/v1/subjects/consents".into(),
             Some(json!({"subject":"s-1"})),
         ),
         ("admin", Method::POST, "/v1/admin/rotate".into(), None),
@@ -199,6 +212,32 @@ async fn every_route_needs_its_scope_and_a_valid_key() -> TestResult {
             "{method} {path}: {status} {answer}"
         );
     }
+
+    // The purpose list needs a valid key, and no particular scope.
+    for wrong in &wrong_keys {
+        let (status, _) = send(
+            &http,
+            &server,
+            wrong.as_deref(),
+            &Method::GET,
+            "/v1/purposes",
+            &None,
+        )
+        .await?;
+        assert_eq!(status, 401, "/v1/purposes with {wrong:?}");
+    }
+    let only_admin = format!("Bearer {}", secrets["all-but-tokenize"]);
+    let (status, answer) = send(
+        &http,
+        &server,
+        Some(&only_admin),
+        &Method::GET,
+        "/v1/purposes",
+        &None,
+    )
+    .await?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["purposes"][0]["name"], "support");
 
     // Public routes need no key.
     for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {

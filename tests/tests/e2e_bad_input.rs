@@ -11,13 +11,14 @@ use reqwest::Method;
 use serde_json::json;
 use vault_client::api::{DetokenizeResult, TokenizeItem};
 
-const ALL: [&str; 7] = [
+const ALL: [&str; 8] = [
     "tokenize",
     "detokenize",
     "rectify",
     "delete",
     "erase",
     "export",
+    "consent",
     "admin",
 ];
 

@@ -63,7 +63,7 @@ async fn dev_mode_sets_itself_up_and_keeps_its_files_private() -> TestResult {
     let server = Server::start_dev(&data)?;
     assert_eq!((server.api_key.clone(), server.ca_cert.clone()), (key, ca));
     assert_ne!(server.url, url, "a new port each time (listen :0)");
-    let back = server.admin()?.detokenize(&[token], "test").await?;
+    let back = server.admin()?.detokenize(&[token], "support").await?;
     assert_eq!(value_of(&back[0]), Some("one@example.com"));
     Ok(())
 }
@@ -216,7 +216,7 @@ async fn rotation_while_traffic_runs() -> TestResult {
                     .await
                     .map_err(|e| e.to_string())?;
                 let back = client
-                    .detokenize(std::slice::from_ref(&token), "test")
+                    .detokenize(std::slice::from_ref(&token), "support")
                     .await
                     .map_err(|e| e.to_string())?;
                 if value_of(&back[0]) != Some(value.as_str()) {
@@ -265,7 +265,7 @@ async fn rotation_while_traffic_runs() -> TestResult {
     // Everything issued before and during the rotation still reads back.
     let tokens: Vec<String> = issued.iter().map(|(t, _)| t.clone()).collect();
     for (chunk, expected) in tokens.chunks(500).zip(issued.chunks(500)) {
-        let back = client.detokenize(chunk, "test").await?;
+        let back = client.detokenize(chunk, "support").await?;
         for (result, (_, value)) in back.iter().zip(expected) {
             assert_eq!(value_of(result), Some(value.as_str()));
         }

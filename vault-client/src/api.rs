@@ -140,8 +140,12 @@ pub enum DetokenizeResult {
         token: String,
         /// The field name given at tokenization.
         field: String,
-        /// The value.
+        /// The value, or its masked view when `masked`.
         value: Sensitive,
+        /// Whether `value` is a masked view (the purpose or the API key is limited to
+        /// masked values).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        masked: bool,
     },
     /// Why there is no value.
     Error {
@@ -165,6 +169,10 @@ pub enum ItemError {
     /// The value is binary (stored through the embedded crate) and has no JSON string
     /// form.
     NotText,
+    /// The purpose does not cover the record's field.
+    Forbidden,
+    /// The purpose's basis is consent, and the subject's consent is not granted.
+    NoConsent,
     /// An outcome this client does not know (sent by a newer server).
     #[serde(other)]
     Unknown,
@@ -230,6 +238,79 @@ pub struct SubjectExport {
     pub exported_at: u64,
     /// The subject's records.
     pub records: Vec<ExportedRecord>,
+    /// The subject's consents, per purpose.
+    #[serde(default)]
+    pub consents: Vec<Consent>,
+}
+
+/// `POST /v1/subjects/consent`: a grant or withdrawal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentRequest {
+    /// The data subject.
+    pub subject: Sensitive,
+    /// A declared purpose.
+    pub purpose: String,
+    /// Granted (`true`) or withdrawn (`false`).
+    pub granted: bool,
+    /// Where it was given or withdrawn (e.g. which form); at most 256 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Sensitive>,
+}
+
+/// The consent of a subject to one purpose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    /// The purpose.
+    pub purpose: String,
+    /// Whether consent is currently granted.
+    pub granted: bool,
+    /// When the current state began, in milliseconds since the Unix epoch.
+    pub since: u64,
+    /// Every grant and withdrawal, oldest first.
+    pub history: Vec<ConsentChange>,
+}
+
+/// One grant or withdrawal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsentChange {
+    /// Granted or withdrawn.
+    pub granted: bool,
+    /// When, in milliseconds since the Unix epoch.
+    pub at: u64,
+    /// Where, as the caller said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Sensitive>,
+}
+
+/// Answer to `POST /v1/subjects/consents`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubjectConsents {
+    /// The subject, as asked.
+    pub subject: Sensitive,
+    /// Per purpose.
+    pub consents: Vec<Consent>,
+}
+
+/// Answer to `GET /v1/purposes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purposes {
+    /// The declared purposes.
+    pub purposes: Vec<PurposeInfo>,
+}
+
+/// A declared purpose.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurposeInfo {
+    /// Its name.
+    pub name: String,
+    /// Its lawful basis (GDPR Art. 6(1)): `consent`, `contract`, `legal_obligation`,
+    /// `vital_interests`, `public_task` or `legitimate_interests`.
+    pub basis: String,
+    /// The fields it may reveal; `None` for all.
+    pub fields: Option<Vec<String>>,
+    /// Whether it sees masked values only.
+    pub masked: bool,
 }
 
 /// One record of a [`SubjectExport`].

@@ -104,6 +104,34 @@ enum Command {
         #[command(flatten)]
         subject: SubjectArgs,
     },
+    /// Record a subject's consent to a purpose (--grant) or its withdrawal (--withdraw).
+    Consent {
+        #[command(flatten)]
+        subject: SubjectArgs,
+        /// A declared purpose.
+        #[arg(long)]
+        purpose: String,
+        /// Grant consent.
+        #[arg(
+            long,
+            conflicts_with = "withdraw",
+            required_unless_present = "withdraw"
+        )]
+        grant: bool,
+        /// Withdraw consent.
+        #[arg(long)]
+        withdraw: bool,
+        /// Where it was given or withdrawn (e.g. which form).
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// Show a subject's consents: current state and history per purpose.
+    Consents {
+        #[command(flatten)]
+        subject: SubjectArgs,
+    },
+    /// List the declared purposes and their lawful bases.
+    Purposes,
     /// Start a key-encryption-key rotation.
     Rotate,
     /// Show key versions, rotation and purge progress.
@@ -255,6 +283,20 @@ async fn run(command: Command, allow_plain_http: bool) -> Result<(), Failure> {
         }
         Command::Erase { subject } => print(&client.erase(subject.read()?).await?),
         Command::Export { subject } => print(&client.export(subject.read()?).await?),
+        Command::Consent {
+            subject,
+            purpose,
+            grant,
+            withdraw: _,
+            source,
+        } => {
+            client
+                .record_consent(subject.read()?, &purpose, grant, source.as_deref())
+                .await?;
+            print(&serde_json::json!({ "purpose": purpose, "granted": grant }))
+        }
+        Command::Consents { subject } => print(&client.consents(subject.read()?).await?),
+        Command::Purposes => print(&client.purposes().await?),
         Command::Rotate => print(&client.rotate().await?),
         Command::Keys => print(&client.keys().await?),
         Command::Metrics => {

@@ -8,9 +8,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    DetokenizeRequest, DetokenizeResponse, DetokenizeResult, ErasureReceipt, ErrorBody, KeyStatus,
-    RectifyRequest, Sensitive, SubjectExport, SubjectRequest, TokenizeItem, TokenizeRequest,
-    TokenizeResponse,
+    ConsentRequest, DetokenizeRequest, DetokenizeResponse, DetokenizeResult, ErasureReceipt,
+    ErrorBody, KeyStatus, Purposes, RectifyRequest, Sensitive, SubjectConsents, SubjectExport,
+    SubjectRequest, TokenizeItem, TokenizeRequest, TokenizeResponse,
 };
 
 /// What can go wrong with a call. Carries no personal data: the server's messages
@@ -344,6 +344,54 @@ impl Client {
         )
         .await?
         .ok_or(Error::Decode { status: 204 })
+    }
+
+    /// Records a grant (`granted = true`) or withdrawal of a subject's consent to a
+    /// declared purpose; it applies to the very next detokenization.
+    pub async fn record_consent(
+        &self,
+        subject: impl Into<Sensitive>,
+        purpose: &str,
+        granted: bool,
+        source: Option<&str>,
+    ) -> Result<(), Error> {
+        let body = ConsentRequest {
+            subject: subject.into(),
+            purpose: purpose.to_owned(),
+            granted,
+            source: source.map(Sensitive::from),
+        };
+        // Not retried: a repeated grant would add a second event to the history.
+        self.call::<_, serde_json::Value>(
+            Method::POST,
+            "/v1/subjects/consent",
+            Some(&body),
+            Idempotent::No,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A subject's consents: current state and history per purpose.
+    pub async fn consents(&self, subject: impl Into<Sensitive>) -> Result<SubjectConsents, Error> {
+        let body = SubjectRequest {
+            subject: subject.into(),
+        };
+        self.call(
+            Method::POST,
+            "/v1/subjects/consents",
+            Some(&body),
+            Idempotent::Yes,
+        )
+        .await?
+        .ok_or(Error::Decode { status: 204 })
+    }
+
+    /// The declared purposes, their lawful bases and fields.
+    pub async fn purposes(&self) -> Result<Purposes, Error> {
+        self.call::<(), _>(Method::GET, "/v1/purposes", None, Idempotent::Yes)
+            .await?
+            .ok_or(Error::Decode { status: 204 })
     }
 
     /// Starts a KEK rotation (or reports the one under way). Not retried: after a

@@ -29,8 +29,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 use vault_client::api::{
-    DetokenizeRequest, DetokenizeResponse, DetokenizeResult, ErasureReceipt, ExportedRecord,
-    ItemError, KekVersion, KeyStatus, Purge, RectifyRequest, Sensitive, SubjectExport,
+    Consent, ConsentChange, ConsentRequest, DetokenizeRequest, DetokenizeResponse,
+    DetokenizeResult, ErasureReceipt, ExportedRecord, ItemError, KekVersion, KeyStatus, Purge,
+    PurposeInfo, Purposes, RectifyRequest, Sensitive, SubjectConsents, SubjectExport,
     SubjectRequest, TokenizeRequest, TokenizeResponse,
 };
 use vault_core::Vault;
@@ -71,12 +72,15 @@ impl AppState {
 }
 
 /// Every route, as its template: the only route names that reach logs and metrics.
-pub const ROUTES: [&str; 10] = [
+pub const ROUTES: [&str; 13] = [
     "/v1/tokenize",
     "/v1/detokenize",
     "/v1/tokens/{token}",
     "/v1/subjects/erase",
     "/v1/subjects/export",
+    "/v1/subjects/consent",
+    "/v1/subjects/consents",
+    "/v1/purposes",
     "/v1/admin/rotate",
     "/v1/admin/keys",
     "/healthz",
@@ -93,6 +97,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tokens/{token}", put(rectify).delete(delete_token))
         .route("/v1/subjects/erase", post(erase))
         .route("/v1/subjects/export", post(export))
+        .route("/v1/subjects/consent", post(record_consent))
+        .route("/v1/subjects/consents", post(consents))
+        .route("/v1/purposes", get(purposes))
         .route("/v1/admin/rotate", post(rotate))
         .route("/v1/admin/keys", get(keys))
         .route("/healthz", get(healthz))
@@ -207,6 +214,7 @@ fn access(route: &str, method: &Method) -> Access {
         ("/v1/tokens/{token}", &Method::DELETE) => Scope::Delete,
         ("/v1/subjects/erase", &Method::POST) => Scope::Erase,
         ("/v1/subjects/export", &Method::POST) => Scope::Export,
+        ("/v1/subjects/consent" | "/v1/subjects/consents", &Method::POST) => Scope::Consent,
         ("/v1/admin/rotate" | "/v1/admin/keys", _) => Scope::Admin,
         ("/healthz" | "/readyz" | "/metrics" | OPENAPI_ROUTE, _) => return Access::Public,
         _ => return Access::Key(None),
@@ -337,6 +345,7 @@ impl ItemsProbe for DetokenizeRequest {
 }
 
 impl ItemsProbe for RectifyRequest {}
+impl ItemsProbe for ConsentRequest {}
 impl ItemsProbe for SubjectRequest {}
 
 /// A request's concurrency slot.
@@ -454,17 +463,16 @@ async fn detokenize(
     if !key.purposes.allows(&body.purpose) {
         return Err(ApiError::purpose_not_allowed());
     }
-    // A purpose named in the key's configuration is vocabulary and may be logged; a
-    // wildcard key's purpose is free text from the caller and may not.
-    let purpose = PurposeNote(match &key.purposes {
-        auth::Purposes::Only(_) => body.purpose.clone(),
-        auth::Purposes::Any => "*".to_owned(),
-    });
-    let tokens = body.tokens;
-    let (tokens, outcomes) = work
+    let DetokenizeRequest { tokens, purpose } = body;
+    let actor = key.clone();
+    let (tokens, purpose, outcomes) = work
         .run(move |vault| {
-            let outcomes = vault.detokenize_batch(&tokens)?;
-            Ok((tokens, outcomes))
+            let mut access = vault_core::Access::new(&purpose, &actor.name);
+            if actor.masked {
+                access = access.masked();
+            }
+            let outcomes = vault.detokenize_for(&tokens, &access)?;
+            Ok((tokens, purpose, outcomes))
         })
         .await?;
     let mut results = Vec::with_capacity(tokens.len());
@@ -476,12 +484,15 @@ async fn detokenize(
                         token,
                         field: record.field,
                         value: Sensitive::new(value),
+                        masked: record.masked,
                     },
                     Err(_) => item_error(token, ItemError::NotText),
                 }
             }
             Err(vault_core::Error::NotFound) => item_error(token, ItemError::NotFound),
             Err(vault_core::Error::Erased) => item_error(token, ItemError::Erased),
+            Err(vault_core::Error::Forbidden) => item_error(token, ItemError::Forbidden),
+            Err(vault_core::Error::NoConsent) => item_error(token, ItemError::NoConsent),
             Err(vault_core::Error::Integrity) => {
                 tracing::error!(item = i, "a detokenized record failed authentication");
                 item_error(token, ItemError::Integrity)
@@ -492,8 +503,81 @@ async fn detokenize(
         results.push(result);
     }
     let mut response = Json(DetokenizeResponse { results }).into_response();
-    response.extensions_mut().insert(purpose);
+    // The vault accepted it, so it is a declared purpose: vocabulary, not caller text.
+    response.extensions_mut().insert(PurposeNote(purpose));
     Ok(response)
+}
+
+async fn record_consent(
+    work: Work,
+    JsonBody(body): JsonBody<ConsentRequest>,
+) -> Result<StatusCode, ApiError> {
+    if !auth::valid_purpose(&body.purpose) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_purpose",
+            "purpose must be 1-64 of a-z, 0-9, '_', '-', '.'",
+        ));
+    }
+    work.run(move |vault| {
+        vault.record_consent(
+            body.subject.expose(),
+            &body.purpose,
+            body.granted,
+            body.source.as_ref().map(Sensitive::expose),
+        )
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn consent_answer(status: vault_core::ConsentStatus) -> Consent {
+    Consent {
+        purpose: status.purpose,
+        granted: status.granted,
+        since: status.since,
+        history: status
+            .history
+            .into_iter()
+            .map(|e| ConsentChange {
+                granted: e.granted,
+                at: e.at,
+                source: e.source.map(Sensitive::new),
+            })
+            .collect(),
+    }
+}
+
+async fn consents(
+    work: Work,
+    JsonBody(body): JsonBody<SubjectRequest>,
+) -> Result<Json<SubjectConsents>, ApiError> {
+    let subject = body.subject;
+    let (subject, consents) = work
+        .run(move |vault| {
+            let consents = vault.consents(subject.expose())?;
+            Ok((subject, consents))
+        })
+        .await?;
+    Ok(Json(SubjectConsents {
+        subject,
+        consents: consents.into_iter().map(consent_answer).collect(),
+    }))
+}
+
+async fn purposes(work: Work) -> Result<Json<Purposes>, ApiError> {
+    let purposes = work.run(|vault| Ok(vault.purposes())).await?;
+    Ok(Json(Purposes {
+        purposes: purposes
+            .iter()
+            .map(|p| PurposeInfo {
+                name: p.name().to_owned(),
+                basis: p.basis().name().to_owned(),
+                fields: p.field_names().map(|f| f.iter().cloned().collect()),
+                masked: p.is_masked(),
+            })
+            .collect(),
+    }))
 }
 
 fn item_error(token: String, error: ItemError) -> DetokenizeResult {
@@ -565,6 +649,7 @@ async fn export(
         subject,
         exported_at: export.exported_at,
         records,
+        consents: export.consents.into_iter().map(consent_answer).collect(),
     }))
 }
 
@@ -662,13 +747,19 @@ mod tests {
         let vault = Vault::open(
             dir,
             &RootKey::from_bytes(&[7; 32])?,
-            VaultOptions::default().statistics(true),
+            VaultOptions::default()
+                .statistics(true)
+                .purpose(vault_core::Purpose::new(
+                    "support",
+                    vault_core::LawfulBasis::Contract,
+                )),
         )?;
         let key = ApiKey {
             name: "test".into(),
             hash: KeyHash::of(KEY),
             scopes: scopes.iter().copied().collect(),
             purposes: Purposes::Only(BTreeSet::from(["support".to_owned()])),
+            masked: false,
         };
         let state = AppState::new(
             Arc::new(vault),
@@ -770,7 +861,7 @@ mod tests {
                 assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
             }
         }
-        assert_eq!(described, 12, "every route and method");
+        assert_eq!(described, 15, "every route and method");
         Ok(())
     }
 

@@ -30,19 +30,22 @@ pub enum Scope {
     Erase,
     /// `POST /v1/subjects/export`.
     Export,
+    /// `POST /v1/subjects/consent` and `/v1/subjects/consents`: record and read consent.
+    Consent,
     /// `/v1/admin/*`: key rotation and key status.
     Admin,
 }
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 7] = [
+    pub const ALL: [Scope; 8] = [
         Scope::Tokenize,
         Scope::Detokenize,
         Scope::Rectify,
         Scope::Delete,
         Scope::Erase,
         Scope::Export,
+        Scope::Consent,
         Scope::Admin,
     ];
 
@@ -55,6 +58,7 @@ impl Scope {
             Scope::Delete => "delete",
             Scope::Erase => "erase",
             Scope::Export => "export",
+            Scope::Consent => "consent",
             Scope::Admin => "admin",
         }
     }
@@ -172,6 +176,8 @@ pub struct ApiKey {
     pub scopes: BTreeSet<Scope>,
     /// For detokenize: which purposes.
     pub purposes: Purposes,
+    /// Masked values only, whatever the purpose allows.
+    pub masked: bool,
 }
 
 impl ApiKey {
@@ -232,6 +238,7 @@ mod tests {
             hash,
             scopes: BTreeSet::from([Scope::Tokenize]),
             purposes: Purposes::Only(BTreeSet::new()),
+            masked: false,
         }
     }
 

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use vault_core::{Vault, VaultOptions};
+use vault_core::Vault;
 
 use crate::auth;
 use crate::config::{self, ConfigError, ServerConfig};
@@ -144,16 +144,13 @@ fn prepare(args: &Args) -> Result<Prepared, ConfigError> {
             None
         }
     };
-    let options = VaultOptions::default()
-        .limits(config.vault_limits())
-        .purge_policy(config.purge)
-        .statistics(true);
-    let vault = Vault::open(&config.vault_dir, &config.root_key, options).map_err(|e| {
-        ConfigError::new(format!(
-            "cannot open the vault in {}: {e}",
-            config.vault_dir.display()
-        ))
-    })?;
+    let vault =
+        Vault::open(&config.vault_dir, &config.root_key, config.vault_options()).map_err(|e| {
+            ConfigError::new(format!(
+                "cannot open the vault in {}: {e}",
+                config.vault_dir.display()
+            ))
+        })?;
     let listener = TcpListener::bind(args.listen)
         .map_err(|e| ConfigError::new(format!("cannot listen on {}: {e}", args.listen)))?;
     Ok(Prepared {

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use vault_core::{Limits, PurgePolicy, RootKey};
+use vault_core::{LawfulBasis, Limits, Mask, PurgePolicy, Purpose, RootKey, VaultOptions};
 use zeroize::Zeroizing;
 
 use crate::auth::{self, ApiKey, ApiKeys, KeyHash, Purposes, Scope};
@@ -72,6 +72,28 @@ pub struct FileConfig {
     /// The API keys.
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
+    /// The purposes of processing.
+    #[serde(default)]
+    pub purposes: Vec<PurposeConfig>,
+    /// How masked views show each field (`"*"`: fields without their own).
+    #[serde(default)]
+    pub masks: BTreeMap<String, String>,
+}
+
+/// A purpose of processing, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurposeConfig {
+    /// Its name (1-64 of a-z, 0-9, '_', '-', '.').
+    pub name: String,
+    /// Its lawful basis: consent, contract, legal_obligation, vital_interests,
+    /// public_task, legitimate_interests.
+    pub basis: String,
+    /// The fields it may reveal; all when absent.
+    pub fields: Option<Vec<String>>,
+    /// Masked values only.
+    #[serde(default)]
+    pub masked: bool,
 }
 
 /// PEM files of the server's certificate chain and private key.
@@ -151,9 +173,12 @@ pub struct ApiKeyConfig {
     pub hash: String,
     /// Scope names.
     pub scopes: Vec<String>,
-    /// Purposes it may detokenize for; `["*"]` for any.
+    /// Purposes it may detokenize for; `["*"]` for any declared one.
     #[serde(default)]
     pub purposes: Vec<String>,
+    /// Masked values only, whatever the purpose allows.
+    #[serde(default)]
+    pub masked: bool,
 }
 
 /// How the server listens.
@@ -185,6 +210,12 @@ pub struct ServerConfig {
     pub limits: LimitsConfig,
     /// Erasure purge policy.
     pub purge: PurgePolicy,
+    /// The declared purposes.
+    pub purposes: Vec<Purpose>,
+    /// Masks per field, and the default (`"*"`).
+    pub masks: Vec<(String, Mask)>,
+    /// The mask of fields without their own.
+    pub default_mask: Option<Mask>,
 }
 
 impl ServerConfig {
@@ -200,6 +231,24 @@ impl ServerConfig {
     /// The request timeout.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.limits.request_timeout_ms)
+    }
+
+    /// The vault's options: limits, purge policy, purposes and masks.
+    pub fn vault_options(&self) -> VaultOptions {
+        let mut options = VaultOptions::default()
+            .limits(self.vault_limits())
+            .purge_policy(self.purge)
+            .statistics(true);
+        for purpose in &self.purposes {
+            options = options.purpose(purpose.clone());
+        }
+        for (field, mask) in &self.masks {
+            options = options.field_mask(field.clone(), *mask);
+        }
+        if let Some(mask) = self.default_mask {
+            options = options.default_mask(mask);
+        }
+        options
     }
 }
 
@@ -238,7 +287,9 @@ pub fn resolve(
         Some(source) => read_root_key(&source, base)?,
         None => return Err(ConfigError::new("no [root_key] section")),
     };
-    let api_keys = check_api_keys(&file.api_keys)?;
+    let purposes = check_purposes(&file.purposes)?;
+    let (masks, default_mask) = check_masks(&file.masks)?;
+    let api_keys = check_api_keys(&file.api_keys, &purposes)?;
     Ok(ServerConfig {
         vault_dir: vault_dir(data_dir),
         root_key,
@@ -246,7 +297,67 @@ pub fn resolve(
         api_keys,
         limits,
         purge: purge_policy(file.vault.purge_delay_secs)?,
+        purposes,
+        masks,
+        default_mask,
     })
+}
+
+pub(crate) fn check_purposes(configs: &[PurposeConfig]) -> Result<Vec<Purpose>, ConfigError> {
+    let mut names = BTreeSet::new();
+    let mut purposes = Vec::new();
+    for config in configs {
+        let name = &config.name;
+        if !vault_core::valid_purpose_name(name) {
+            return Err(ConfigError::new(format!(
+                "purpose {name:?}: a name is 1-64 of a-z, 0-9, '_', '-', '.'"
+            )));
+        }
+        if !names.insert(name.clone()) {
+            return Err(ConfigError::new(format!(
+                "purpose {name} is declared twice"
+            )));
+        }
+        let basis = LawfulBasis::parse(&config.basis).ok_or_else(|| {
+            ConfigError::new(format!(
+                "purpose {name}: unknown basis {:?} (known: {})",
+                config.basis,
+                LawfulBasis::ALL.map(LawfulBasis::name).join(", ")
+            ))
+        })?;
+        let mut purpose = Purpose::new(name.clone(), basis).masked(config.masked);
+        if let Some(fields) = &config.fields {
+            if fields.is_empty() {
+                return Err(ConfigError::new(format!(
+                    "purpose {name}: fields is empty (leave it out for all fields)"
+                )));
+            }
+            purpose = purpose.fields(fields.iter().cloned());
+        }
+        purposes.push(purpose);
+    }
+    Ok(purposes)
+}
+
+/// Masks per field, and the default mask (from the `"*"` entry).
+type Masks = (Vec<(String, Mask)>, Option<Mask>);
+
+fn check_masks(configs: &BTreeMap<String, String>) -> Result<Masks, ConfigError> {
+    let mut masks = Vec::new();
+    let mut default = None;
+    for (field, text) in configs {
+        let mask = Mask::parse(text).ok_or_else(|| {
+            ConfigError::new(format!(
+                "masks.{field}: {text:?} is not a mask (email, phone:N, last:N, hidden)"
+            ))
+        })?;
+        if field == "*" {
+            default = Some(mask);
+        } else {
+            masks.push((field.clone(), mask));
+        }
+    }
+    Ok((masks, default))
 }
 
 /// Where the vault lives under the data directory.
@@ -406,7 +517,7 @@ pub fn read_root_key_file(path: &Path) -> Result<RootKey, ConfigError> {
     RootKey::from_bytes(decoded.as_slice()).map_err(|e| ConfigError::new(e.to_string()))
 }
 
-fn check_api_keys(configs: &[ApiKeyConfig]) -> Result<ApiKeys, ConfigError> {
+fn check_api_keys(configs: &[ApiKeyConfig], declared: &[Purpose]) -> Result<ApiKeys, ConfigError> {
     if configs.is_empty() {
         return Err(ConfigError::new(
             "no [[api_keys]]: nothing could call the vault (create one with `vault-server new-api-key`)",
@@ -463,9 +574,9 @@ fn check_api_keys(configs: &[ApiKeyConfig]) -> Result<ApiKeys, ConfigError> {
             Purposes::Any
         } else {
             for purpose in &config.purposes {
-                if !auth::valid_purpose(purpose) {
+                if !declared.iter().any(|p| p.name() == purpose) {
                     return Err(ConfigError::new(format!(
-                        "API key {name}: purpose {purpose:?} must be 1-64 of a-z, 0-9, '_', '-', '.'"
+                        "API key {name}: purpose {purpose:?} is not declared in [[purposes]]"
                     )));
                 }
             }
@@ -481,6 +592,7 @@ fn check_api_keys(configs: &[ApiKeyConfig]) -> Result<ApiKeys, ConfigError> {
             hash,
             scopes,
             purposes,
+            masked: config.masked,
         });
     }
     Ok(ApiKeys::new(keys))
@@ -589,6 +701,21 @@ mod tests {
             ),
         ];
         for (text, expected) in cases {
+            match parse(&text) {
+                Ok(_) => panic!("accepted:\n{text}"),
+                Err(e) => assert!(e.to_string().contains(expected), "{e} (wanted {expected})"),
+            }
+        }
+        let purpose = "[[purposes]]\nname = \"billing\"\nbasis = \"contract\"\n";
+        let more = [
+            (purpose.replace("contract", "whim"), "unknown basis"),
+            (format!("{purpose}{purpose}"), "declared twice"),
+            (purpose.replace("billing", "Billing Team"), "a name is"),
+            (format!("{purpose}fields = []\n"), "fields is empty"),
+            (format!("{purpose}[masks]\nemail = \"rot13\"\n"), "not a mask"),
+        ];
+        for (extra, expected) in more {
+            let text = format!("insecure_plain_http = true\n{root}{key}{extra}");
             match parse(&text) {
                 Ok(_) => panic!("accepted:\n{text}"),
                 Err(e) => assert!(e.to_string().contains(expected), "{e} (wanted {expected})"),

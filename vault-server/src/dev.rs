@@ -10,7 +10,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use vault_core::RootKey;
+use vault_core::{LawfulBasis, Mask, Purpose, RootKey};
 use zeroize::Zeroizing;
 
 use crate::auth::{self, ApiKey, ApiKeys, KeyHash, Purposes, Scope};
@@ -80,6 +80,7 @@ pub fn prepare(data_dir: &Path) -> Result<(ServerConfig, DevInfo), ConfigError> 
         hash: KeyHash::of(&api_key),
         scopes: Scope::ALL.into_iter().collect(),
         purposes: Purposes::Any,
+        masked: false,
     };
     let config = ServerConfig {
         vault_dir: config::vault_dir(data_dir),
@@ -89,9 +90,27 @@ pub fn prepare(data_dir: &Path) -> Result<(ServerConfig, DevInfo), ConfigError> 
         limits: LimitsConfig::default(),
         // Erasures purge before the call returns: what a first try expects to see.
         purge: vault_core::PurgePolicy::Immediate,
+        purposes: dev_purposes(),
+        masks: vec![
+            ("email".to_owned(), Mask::Email),
+            ("phone".to_owned(), Mask::Phone { keep_last: 2 }),
+        ],
+        default_mask: Some(Mask::KeepLast(2)),
     };
     let ca_cert = fs::canonicalize(&cert_path).unwrap_or(cert_path);
     Ok((config, DevInfo { ca_cert, api_key }))
+}
+
+/// Example purposes, one per common case, so that a first try can detokenize:
+/// `support` (legitimate interests), `billing` (contract), `marketing` (consent:
+/// record a grant first), `analytics` (masked values only).
+fn dev_purposes() -> Vec<Purpose> {
+    vec![
+        Purpose::new("support", LawfulBasis::LegitimateInterests),
+        Purpose::new("billing", LawfulBasis::Contract),
+        Purpose::new("marketing", LawfulBasis::Consent),
+        Purpose::new("analytics", LawfulBasis::LegitimateInterests).masked(true),
+    ]
 }
 
 /// Writes a new file readable by its owner only.

@@ -137,6 +137,21 @@ impl ApiError {
                 "erased",
                 "the token's subject has been erased",
             ),
+            E::UnknownPurpose => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_purpose",
+                "the purpose is not declared (GET /v1/purposes lists them)",
+            ),
+            E::Forbidden => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the purpose does not cover this field",
+            ),
+            E::NoConsent => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "no_consent",
+                "the subject has not consented to this purpose",
+            ),
             E::DeterministicToken => ApiError::new(
                 StatusCode::CONFLICT,
                 "deterministic_token",

@@ -86,6 +86,20 @@ pub fn document() -> Value {
                 "requestBody": body("SubjectRequest"),
                 "responses": with_errors(json!({ "200": answer("The subject's records.", "SubjectExport") }), &KEYED)
             }},
+            "/v1/subjects/consent": { "post": {
+                "summary": "Record a grant or withdrawal of a subject's consent to a declared purpose; it applies to the next request. Scope: consent.",
+                "requestBody": body("ConsentRequest"),
+                "responses": with_errors(json!({ "204": { "description": "Recorded." } }), &KEYED)
+            }},
+            "/v1/subjects/consents": { "post": {
+                "summary": "A subject's consents: current state and history per purpose. Scope: consent.",
+                "requestBody": body("SubjectRequest"),
+                "responses": with_errors(json!({ "200": answer("Consents.", "SubjectConsents") }), &KEYED)
+            }},
+            "/v1/purposes": { "get": {
+                "summary": "The declared purposes, their lawful bases and fields. Any valid key.",
+                "responses": with_errors(json!({ "200": answer("Purposes.", "Purposes") }), &[401, 405, 429, 500, 503])
+            }},
             "/v1/admin/rotate": { "post": {
                 "summary": "Start a key-encryption-key rotation; rewrapping runs in the background. Scope: admin.",
                 "responses": with_errors(json!({ "200": answer("Key status.", "KeyStatus") }), &[401, 403, 405, 429, 500, 503])
@@ -146,15 +160,42 @@ pub fn document() -> Value {
                 "DetokenizeResponse": object(&["results"], json!({
                     "results": { "type": "array", "items": { "oneOf": [
                         object(&["token", "field", "value"], json!({
-                            "token": { "type": "string" }, "field": { "type": "string" }, "value": { "type": "string" }
+                            "token": { "type": "string" }, "field": { "type": "string" }, "value": { "type": "string" },
+                            "masked": { "type": "boolean", "default": false }
                         })),
                         object(&["token", "error"], json!({
                             "token": { "type": "string" },
-                            "error": { "enum": ["not_found", "erased", "integrity", "not_text"] }
+                            "error": { "enum": ["not_found", "erased", "integrity", "not_text", "forbidden", "no_consent"] }
                         }))
                     ]}}
                 })),
                 "RectifyRequest": object(&["value"], json!({ "value": { "type": "string" } })),
+                "ConsentRequest": object(&["subject", "purpose", "granted"], json!({
+                    "subject": { "type": "string" },
+                    "purpose": { "type": "string", "pattern": "^[a-z0-9_.-]{1,64}$" },
+                    "granted": { "type": "boolean" },
+                    "source": { "type": "string", "maxLength": 256 }
+                })),
+                "Consent": object(&["purpose", "granted", "since", "history"], json!({
+                    "purpose": { "type": "string" },
+                    "granted": { "type": "boolean" },
+                    "since": { "type": "integer" },
+                    "history": { "type": "array", "items": object(&["granted", "at"], json!({
+                        "granted": { "type": "boolean" }, "at": { "type": "integer" }, "source": { "type": "string" }
+                    }))}
+                })),
+                "SubjectConsents": object(&["subject", "consents"], json!({
+                    "subject": { "type": "string" },
+                    "consents": { "type": "array", "items": { "$ref": "#/components/schemas/Consent" } }
+                })),
+                "Purposes": object(&["purposes"], json!({
+                    "purposes": { "type": "array", "items": object(&["name", "basis", "fields", "masked"], json!({
+                        "name": { "type": "string" },
+                        "basis": { "enum": ["consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interests"] },
+                        "fields": { "type": ["array", "null"], "items": { "type": "string" } },
+                        "masked": { "type": "boolean" }
+                    }))}
+                })),
                 "SubjectRequest": object(&["subject"], json!({ "subject": { "type": "string" } })),
                 "ErasureReceipt": object(&["subject_ref", "erased_at", "records", "purge"], json!({
                     "subject_ref": { "type": ["string", "null"], "description": "Says nothing about who the subject was." },
@@ -165,9 +206,10 @@ pub fn document() -> Value {
                         "at": { "type": "integer" }, "due_by": { "type": "integer" }
                     }, "required": ["state"] }
                 })),
-                "SubjectExport": object(&["subject", "exported_at", "records"], json!({
+                "SubjectExport": object(&["subject", "exported_at", "records", "consents"], json!({
                     "subject": { "type": "string" },
                     "exported_at": { "type": "integer" },
+                    "consents": { "type": "array", "items": { "$ref": "#/components/schemas/Consent" } },
                     "records": { "type": "array", "items": object(&["token", "field", "value", "created_at"], json!({
                         "token": { "type": "string" }, "field": { "type": "string" },
                         "value": { "type": ["string", "null"] }, "created_at": { "type": "integer" }

@@ -246,6 +246,21 @@ pub fn write_config(
         cert.display(),
         key.display()
     );
+    // Every purpose a key names is declared (as a contract purpose) unless `extra`
+    // declares it itself.
+    let mut declared = std::collections::BTreeSet::new();
+    for spec in keys {
+        for purpose in spec.purposes {
+            if *purpose != "*"
+                && !extra.contains(&format!("name = \"{purpose}\""))
+                && declared.insert(*purpose)
+            {
+                text.push_str(&format!(
+                    "[[purposes]]\nname = \"{purpose}\"\nbasis = \"contract\"\n"
+                ));
+            }
+        }
+    }
     let mut secrets = BTreeMap::new();
     for spec in keys {
         let (secret, hash) = vault_server::auth::generate_key()?;
