@@ -139,7 +139,9 @@ async fn every_route_needs_its_scope_and_a_valid_key() -> TestResult {
         scopes: &SCOPES,
         purposes: &["support"],
     });
-    let (config, ca, secrets) = write_config(dir.path(), &specs, "")?;
+    // A consent-based purpose, so that the consent route has something to record.
+    let purposes = "[[purposes]]\nname = \"support\"\nbasis = \"consent\"\n";
+    let (config, ca, secrets) = write_config(dir.path(), &specs, purposes)?;
     let data = dir.path().join("data");
     let server = Server::start(Launch::config(&data, &config, &ca))?;
     let http = server.raw()?;

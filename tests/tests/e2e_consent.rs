@@ -164,7 +164,7 @@ async fn purposes_consent_and_masks_over_https() -> TestResult {
     let export = app.export("cust-1").await?;
     assert_eq!(export.consents, consents.consents);
 
-    // Unknown purposes are refused as such.
+    // Consent only for the key's own purposes, and only where the basis is consent.
     let err = app
         .record_consent("cust-1", "lottery", true, None)
         .await
@@ -172,7 +172,16 @@ async fn purposes_consent_and_masks_over_https() -> TestResult {
         .ok_or("accepted")?;
     assert_eq!(
         (err.status(), err.code()),
-        (Some(400), Some("unknown_purpose"))
+        (Some(403), Some("purpose_not_allowed"))
+    );
+    let err = app
+        .record_consent("cust-1", "billing", true, None)
+        .await
+        .err()
+        .ok_or("accepted")?;
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(409), Some("not_consent_based"))
     );
     Ok(())
 }

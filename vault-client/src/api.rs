@@ -173,6 +173,8 @@ pub enum ItemError {
     Forbidden,
     /// The purpose's basis is consent, and the subject's consent is not granted.
     NoConsent,
+    /// The record is past its field's retention period.
+    Expired,
     /// An outcome this client does not know (sent by a newer server).
     #[serde(other)]
     Unknown,

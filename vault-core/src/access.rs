@@ -14,7 +14,7 @@ use crate::codec::decode;
 use crate::error::Error;
 use crate::purposes::{Access, LawfulBasis};
 use crate::records::{
-    Detokenized, LiveRecord, Plaintext, RECORD_FORMAT, StoredRecord, stub_outcome,
+    Detokenized, LiveRecord, Plaintext, RECORD_FORMAT, StoredRecord, expired_outcome, stub_outcome,
 };
 use crate::store::Cf;
 use crate::subjects::Sid;
@@ -49,17 +49,28 @@ impl Vault {
             .collect();
         let mut found = inner.store.multi_get(Cf::Records, &valid)?.into_iter();
         let masked = access.masked || purpose.is_masked();
+        let now = inner.now();
         // Consent is read once per subject per call.
         let mut consent: HashMap<Sid, bool> = HashMap::new();
 
         let mut open = |id: &TokenId, bytes: &[u8]| -> Result<Detokenized, Error> {
             let record: LiveRecord = match decode(RECORD_FORMAT, bytes)? {
                 StoredRecord::Shredded { tag } => return Err(stub_outcome(&inner.index, id, &tag)),
+                StoredRecord::Expired { tag } => {
+                    return Err(expired_outcome(&inner.index, id, &tag));
+                }
                 StoredRecord::Live(record) => record,
             };
             let dek = inner
                 .dek(&record.sid)?
                 .ok_or_else(|| inner.missing_key(&record.sid, id, &record.link))?;
+            if inner
+                .opts
+                .policy
+                .expired(&record.field, record.created_at, now)
+            {
+                return Err(Error::Expired);
+            }
             if !purpose.covers(&record.field) {
                 return Err(Error::Forbidden);
             }

@@ -21,8 +21,8 @@ const CONSENT_FORMAT: u8 = 1;
 /// Longest consent source, in bytes.
 pub const MAX_SOURCE_LEN: usize = 256;
 
-/// One grant or withdrawal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One grant or withdrawal. Its `Debug` leaves out the source (caller text).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ConsentEvent {
     /// The purpose.
@@ -33,6 +33,17 @@ pub struct ConsentEvent {
     pub at: u64,
     /// Where it was given or withdrawn (e.g. which form), as the caller said.
     pub source: Option<String>,
+}
+
+impl std::fmt::Debug for ConsentEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsentEvent")
+            .field("purpose", &self.purpose)
+            .field("granted", &self.granted)
+            .field("at", &self.at)
+            .field("source", &self.source.as_ref().map(|_| "[REDACTED]"))
+            .finish()
+    }
 }
 
 /// The consent of one subject to one purpose: its current state and its history.
@@ -123,6 +134,13 @@ impl Inner {
                 if current.purpose != purpose {
                     return Err(Error::Integrity);
                 }
+                // A current state rolled back to an older sealed copy is followed by
+                // a later event in the history.
+                let pid = self.purpose_id(purpose);
+                let next = event_key(sid, &pid, current.seq.saturating_add(1));
+                if self.store.get(Cf::Consents, &next)?.is_some() {
+                    return Err(Error::Integrity);
+                }
                 Ok(current.granted)
             }
         }
@@ -131,7 +149,7 @@ impl Inner {
 
 impl Vault {
     /// Records a grant (`granted = true`) or withdrawal of the subject's consent to a
-    /// declared purpose, with an optional source (e.g. `signup-form-v3`; at most
+    /// declared purpose whose basis is consent ([`Error::NotConsentBased`] otherwise), with an optional source (e.g. `signup-form-v3`; at most
     /// 256 bytes, no control characters). The change applies to the very next
     /// detokenization. A subject the vault does not know yet is created (consent is
     /// often given before any data is stored).
@@ -144,8 +162,12 @@ impl Vault {
     ) -> Result<ConsentEvent, Error> {
         let inner = &*self.inner;
         inner.opts.limits.check_subject(subject)?;
-        if inner.opts.policy.purpose(purpose).is_none() {
-            return Err(Error::UnknownPurpose);
+        match inner.opts.policy.purpose(purpose) {
+            None => return Err(Error::UnknownPurpose),
+            Some(p) if p.basis() != crate::purposes::LawfulBasis::Consent => {
+                return Err(Error::NotConsentBased);
+            }
+            Some(_) => {}
         }
         if let Some(source) = source {
             if source.is_empty() {
@@ -185,6 +207,14 @@ impl Vault {
             }
             None => 0,
         };
+        // Never overwrite history (a rolled-back current state would make us).
+        if inner
+            .store
+            .get(Cf::Consents, &event_key(&entry.sid, &pid, seq))?
+            .is_some()
+        {
+            return Err(Error::Integrity);
+        }
         let event = ConsentEvent {
             purpose: purpose.to_owned(),
             granted,
@@ -208,7 +238,8 @@ impl Vault {
             &ckey,
             &inner.seal_consent(&dek, &ckey, &current)?,
         );
-        inner.store.write(batch)?;
+        // Synced whatever the durability: a withdrawal must not come undone.
+        inner.store.write_synced(batch)?;
         if created {
             inner.cache.insert(entry.sid, dek);
         }
@@ -235,7 +266,7 @@ impl Vault {
 
 impl Inner {
     pub(crate) fn consents_of(&self, sid: &Sid, dek: &Dek) -> Result<Vec<ConsentStatus>, Error> {
-        let mut by_purpose: BTreeMap<[u8; 16], ConsentStatus> = BTreeMap::new();
+        let mut by_purpose: BTreeMap<[u8; 16], (ConsentStatus, u64)> = BTreeMap::new();
         let mut events: BTreeMap<[u8; 16], Vec<ConsentEvent>> = BTreeMap::new();
         self.store.scan_prefix(Cf::Consents, sid, |key, stored| {
             let pid: [u8; 16] = key
@@ -248,15 +279,13 @@ impl Inner {
                     if self.purpose_id(&current.purpose) != pid {
                         return Err(Error::Integrity);
                     }
-                    by_purpose.insert(
-                        pid,
-                        ConsentStatus {
-                            purpose: current.purpose,
-                            granted: current.granted,
-                            since: current.at,
-                            history: Vec::new(),
-                        },
-                    );
+                    let status = ConsentStatus {
+                        purpose: current.purpose,
+                        granted: current.granted,
+                        since: current.at,
+                        history: Vec::new(),
+                    };
+                    by_purpose.insert(pid, (status, current.seq));
                 }
                 40 => {
                     let event: ConsentEvent = self.open_consent(dek, key, stored)?;
@@ -270,9 +299,16 @@ impl Inner {
             Ok(true)
         })?;
         let mut out = Vec::with_capacity(by_purpose.len());
-        for (pid, mut status) in by_purpose {
-            // Keys sort by sequence number: the history is in order.
+        for (pid, (mut status, seq)) in by_purpose {
+            // Keys sort by sequence number: the history is in order, and must be
+            // complete (0..=seq) and end in the current state.
             status.history = events.remove(&pid).unwrap_or_default();
+            let last = status.history.last();
+            let complete = status.history.len() as u64 == seq.saturating_add(1)
+                && last.is_some_and(|e| e.granted == status.granted && e.at == status.since);
+            if !complete {
+                return Err(Error::Integrity);
+            }
             out.push(status);
         }
         if !events.is_empty() {

@@ -41,6 +41,7 @@ pub(crate) mod domain {
     pub const LINK: &[u8] = b"pii-vault/record-link/v1";
     pub const PURPOSE_ID: &[u8] = b"pii-vault/purpose-id/v1";
     pub const CONSENT: &[u8] = b"pii-vault/consent/v1";
+    pub const EXPIRED: &[u8] = b"pii-vault/expired/v1";
 }
 
 /// A 256-bit secret key on the heap, wiped on drop, never `Clone`, `Copy` or `Debug`-printed.

@@ -32,7 +32,7 @@ const QUEUE_FORMAT: u8 = 1;
 /// Records stubbed per write batch during a purge.
 const PURGE_CHUNK: usize = 10_000;
 /// How long a purge waits for pinned files (an export's iterator) to be released.
-const PURGE_VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const PURGE_VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `erasures` column family: sid → this. No personal data. The tag (keyed by the
 /// vault, over the sid and the immutable fields) stops an erasure being forged to

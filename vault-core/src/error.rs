@@ -23,9 +23,16 @@ pub enum Error {
     /// The record's subject has been erased; its key no longer exists.
     #[error("erased")]
     Erased,
+    /// The record is past its field's retention period; its value is (or is being)
+    /// purged.
+    #[error("expired")]
+    Expired,
     /// The purpose was not declared in the vault's options.
     #[error("unknown purpose")]
     UnknownPurpose,
+    /// Consent was recorded for a purpose whose lawful basis is not consent.
+    #[error("the purpose's lawful basis is not consent")]
+    NotConsentBased,
     /// The purpose does not cover the record's field. Nothing was decrypted.
     #[error("the purpose does not cover this field")]
     Forbidden,

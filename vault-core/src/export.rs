@@ -59,9 +59,18 @@ impl Vault {
             // Deleted between the index scan and the read: not part of the export.
             let Some(value) = value else { continue };
             match decode(RECORD_FORMAT, &value)? {
+                // Past its retention period: no longer held for anyone.
+                StoredRecord::Expired { .. } => continue,
                 StoredRecord::Live(record) => {
                     if record.sid != sid {
                         return Err(Error::Integrity);
+                    }
+                    if inner
+                        .opts
+                        .policy
+                        .expired(&record.field, record.created_at, exported_at)
+                    {
+                        continue;
                     }
                     let plain = record.open(&inner.vault_id, id, &dek.aead)?;
                     records.push(ExportedRecord {

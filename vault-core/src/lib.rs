@@ -37,6 +37,7 @@ mod keys;
 mod options;
 mod purposes;
 mod records;
+mod retention;
 mod rotate;
 mod store;
 mod subjects;

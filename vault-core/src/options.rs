@@ -304,6 +304,18 @@ impl VaultOptions {
         self
     }
 
+    /// Keeps values of `field` for `period` after they are stored: after it, their
+    /// tokens answer [`Error::Expired`](crate::Error::Expired) and the values are purged
+    /// from disk like erased ones (by the background worker, or
+    /// [`Vault::purge_expired`](crate::Vault::purge_expired)). Applies to records
+    /// stored while the period is configured; a shortened period is also enforced at
+    /// read time for older records.
+    pub fn retention(mut self, field: impl Into<String>, period: Duration) -> Self {
+        let millis = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+        self.policy.set_retention(field.into(), millis);
+        self
+    }
+
     /// How masked views show fields that have no mask of their own. Default
     /// [`Mask::Hidden`].
     pub fn default_mask(mut self, mask: Mask) -> Self {

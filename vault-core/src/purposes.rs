@@ -164,20 +164,28 @@ impl Mask {
     pub fn apply(self, value: &str) -> String {
         match self {
             Mask::Email => match value.rsplit_once('@') {
-                Some((local, domain)) if !local.is_empty() && !domain.is_empty() => {
+                // The first character of the local part, only when there is more.
+                Some((local, domain)) if local.chars().count() >= 2 && !domain.is_empty() => {
                     let first = local.chars().next().map(String::from).unwrap_or_default();
                     format!("{first}***@{domain}")
                 }
+                Some((_, domain)) if !domain.is_empty() => format!("***@{domain}"),
                 _ => "***".to_owned(),
             },
             Mask::Phone { keep_last } => {
-                let digits = value.chars().filter(char::is_ascii_digit).count();
-                let hide = digits.saturating_sub(usize::from(keep_last));
+                // Every letter or digit (any script) but the last `keep_last` is
+                // hidden; a value with too few of them is hidden whole.
+                let keep = usize::from(keep_last);
+                let total = value.chars().filter(|c| c.is_alphanumeric()).count();
+                if total <= 2 * keep {
+                    return "***".to_owned();
+                }
+                let hide = total - keep;
                 let mut seen = 0;
                 value
                     .chars()
                     .map(|c| {
-                        if c.is_ascii_digit() {
+                        if c.is_alphanumeric() {
                             seen += 1;
                             if seen <= hide { '*' } else { c }
                         } else {
@@ -207,6 +215,8 @@ pub(crate) struct Policy {
     purposes: BTreeMap<String, Purpose>,
     masks: BTreeMap<String, Mask>,
     default_mask: Mask,
+    /// Retention period per field, in milliseconds.
+    retention: BTreeMap<String, u64>,
 }
 
 impl Default for Policy {
@@ -215,6 +225,7 @@ impl Default for Policy {
             purposes: BTreeMap::new(),
             masks: BTreeMap::new(),
             default_mask: Mask::Hidden,
+            retention: BTreeMap::new(),
         }
     }
 }
@@ -230,6 +241,24 @@ impl Policy {
 
     pub(crate) fn set_default_mask(&mut self, mask: Mask) {
         self.default_mask = mask;
+    }
+
+    pub(crate) fn set_retention(&mut self, field: String, millis: u64) {
+        self.retention.insert(field, millis);
+    }
+
+    /// When a record of `field` created at `created_at` expires, if the field has a
+    /// retention period.
+    pub(crate) fn expires_at(&self, field: &str, created_at: u64) -> Option<u64> {
+        self.retention
+            .get(field)
+            .map(|period| created_at.saturating_add(*period))
+    }
+
+    /// Whether a record of `field` created at `created_at` is past its period at `now`.
+    pub(crate) fn expired(&self, field: &str, created_at: u64, now: u64) -> bool {
+        self.expires_at(field, created_at)
+            .is_some_and(|at| at <= now)
     }
 
     pub(crate) fn purpose(&self, name: &str) -> Option<&Purpose> {
@@ -317,12 +346,21 @@ mod tests {
             "j***@example.com"
         );
         assert_eq!(Mask::Email.apply("not-an-email"), "***");
-        assert_eq!(Mask::Email.apply("@example.com"), "***");
+        assert_eq!(Mask::Email.apply("@example.com"), "***@example.com");
         assert_eq!(
             Mask::Phone { keep_last: 2 }.apply("+33 1 23 45 67 89"),
             "+** * ** ** ** 89"
         );
-        assert_eq!(Mask::Phone { keep_last: 4 }.apply("12"), "12");
+        assert_eq!(Mask::Phone { keep_last: 4 }.apply("12"), "***");
+        assert_eq!(
+            Mask::Phone { keep_last: 2 }.apply("０１２３４５６７"),
+            "******６７"
+        );
+        assert_eq!(
+            Mask::Phone { keep_last: 2 }.apply("call me at home"),
+            "**** ** ** **me"
+        );
+        assert_eq!(Mask::Email.apply("j@example.com"), "***@example.com");
         assert_eq!(
             Mask::KeepLast(4).apply("FR7630006000011234567890189"),
             "***0189"

@@ -26,6 +26,9 @@ pub(crate) enum StoredRecord {
     /// the token once existed, so that it keeps answering *erased*. The tag (keyed by
     /// the vault, over the token id) stops a stub being forged over a live record.
     Shredded { tag: [u8; 16] },
+    /// What the retention purge leaves of a record past its period: it keeps
+    /// answering *expired*. Tagged like a shredded stub, under its own domain.
+    Expired { tag: [u8; 16] },
 }
 
 /// A live record. Everything stored beside the ciphertext is bound into its AAD.
@@ -131,6 +134,19 @@ pub(crate) fn link_ok(index: &IndexKeys, id: &TokenId, sid: &Sid, link: &[u8; 16
 pub(crate) fn stub_outcome(index: &IndexKeys, id: &TokenId, tag: &[u8; 16]) -> Error {
     if bool::from(shredded_tag(index, id).ct_eq(tag)) {
         Error::Erased
+    } else {
+        Error::Integrity
+    }
+}
+
+pub(crate) fn expired_tag(index: &IndexKeys, id: &TokenId) -> [u8; 16] {
+    index.tombstone_tag(domain::EXPIRED, &[id])
+}
+
+/// What an expired stub answers: [`Error::Expired`], if its tag is genuine.
+pub(crate) fn expired_outcome(index: &IndexKeys, id: &TokenId, tag: &[u8; 16]) -> Error {
+    if bool::from(expired_tag(index, id).ct_eq(tag)) {
+        Error::Expired
     } else {
         Error::Integrity
     }

@@ -41,10 +41,13 @@ pub(crate) enum Cf {
     /// storage id (16) || purpose id (16) → current consent; with || sequence (8) →
     /// one event of the history. Sealed under the subject's key.
     Consents,
+    /// expiry time (8, big-endian) || token id (16) → storage id: records with a
+    /// retention period, in the order they expire.
+    Expiry,
 }
 
 impl Cf {
-    pub(crate) const ALL: [Cf; 9] = [
+    pub(crate) const ALL: [Cf; 10] = [
         Cf::Meta,
         Cf::Subjects,
         Cf::Keys,
@@ -54,6 +57,7 @@ impl Cf {
         Cf::PurgeQueue,
         Cf::Counters,
         Cf::Consents,
+        Cf::Expiry,
     ];
 
     /// The column families that hold a subject's key or data, and so are compacted by a purge.
@@ -71,6 +75,7 @@ impl Cf {
             Cf::PurgeQueue => "purge_queue",
             Cf::Counters => "counters",
             Cf::Consents => "consents",
+            Cf::Expiry => "expiry",
         }
     }
 }

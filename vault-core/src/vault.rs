@@ -15,9 +15,10 @@ use crate::keys::{DekSlot, IndexKeys, KdfRecord, Keyring, RootKey, RootSecret};
 use crate::options::VaultOptions;
 use crate::purposes::Purpose;
 use crate::records::{
-    Detokenized, LiveRecord, Plaintext, RECORD_FORMAT, RecordPlace, StoredRecord, index_key,
-    stub_outcome,
+    Detokenized, LiveRecord, Plaintext, RECORD_FORMAT, RecordPlace, StoredRecord, expired_outcome,
+    index_key, stub_outcome,
 };
+use crate::retention::expiry_key;
 use crate::store::{Batch, Cf, StorageCounters, Store, StoreOptions};
 use crate::subjects::{
     Dek, DekCache, KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, Stripes, SubjectEntry, SubjectHash,
@@ -281,6 +282,9 @@ impl Vault {
             )?);
             batch.put(Cf::Records, &id, &encode(RECORD_FORMAT, &record));
             batch.put(Cf::Index, &index_key(&entry.sid, &id), b"");
+            if let Some(at) = inner.opts.policy.expires_at(item.field, now) {
+                batch.put(Cf::Expiry, &expiry_key(at, &id), &entry.sid);
+            }
             entry.records += 1;
             changed.insert(*h);
             tokens.push(Token::new(id, &inner.index.token_tag_key));
@@ -349,6 +353,13 @@ impl Vault {
         inner.opts.limits.check_value(value)?;
         let id = inner.token_id(token)?;
         inner.with_live_record(&id, |_, dek, record| {
+            if inner
+                .opts
+                .policy
+                .expired(&record.field, record.created_at, inner.now())
+            {
+                return Err(Error::Expired);
+            }
             if record.deterministic {
                 // Checked on authenticated data: open before trusting the flag.
                 record.open(&inner.vault_id, &id, &dek.aead)?;
@@ -528,10 +539,18 @@ impl Inner {
     pub(crate) fn open_record(&self, id: &TokenId, bytes: &[u8]) -> Result<Detokenized, Error> {
         match decode(RECORD_FORMAT, bytes)? {
             StoredRecord::Shredded { tag } => Err(stub_outcome(&self.index, id, &tag)),
+            StoredRecord::Expired { tag } => Err(expired_outcome(&self.index, id, &tag)),
             StoredRecord::Live(record) => {
                 let dek = self
                     .dek(&record.sid)?
                     .ok_or_else(|| self.missing_key(&record.sid, id, &record.link))?;
+                if self
+                    .opts
+                    .policy
+                    .expired(&record.field, record.created_at, self.now())
+                {
+                    return Err(Error::Expired);
+                }
                 let value = record.open(&self.vault_id, id, &dek.aead)?;
                 let LiveRecord {
                     field, created_at, ..
@@ -557,6 +576,7 @@ impl Inner {
             let bytes = self.store.get(Cf::Records, id)?.ok_or(Error::NotFound)?;
             match decode(RECORD_FORMAT, &bytes)? {
                 StoredRecord::Shredded { tag } => Err(stub_outcome(&self.index, id, &tag)),
+                StoredRecord::Expired { tag } => Err(expired_outcome(&self.index, id, &tag)),
                 StoredRecord::Live(record) => Ok(record),
             }
         };

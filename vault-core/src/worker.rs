@@ -81,11 +81,19 @@ fn run(inner: &Inner, signal: &Signal) {
             let mut attempted = false;
             if Instant::now() >= next_purge {
                 attempted = true;
-                let purge = inner.purge_due().and_then(|report| {
+                let verified = |report: crate::erase::PurgeReport| {
                     if report.verified {
                         Ok(())
                     } else {
                         Err(Error::PurgeUnverified)
+                    }
+                };
+                // Erasures first, then records past their retention period.
+                let purge = inner.purge_due().and_then(verified).and_then(|()| {
+                    if inner.expiry_due()? {
+                        inner.purge_expired().and_then(verified)
+                    } else {
+                        Ok(())
                     }
                 });
                 if let Err(e) = purge {

@@ -208,8 +208,9 @@ fn bad_consent_input_is_refused_and_writes_nothing() -> TestResult {
     vault.tokenize("carol", "email", "carol@example.com")?;
     let before = vault.storage_counters().keys_written;
     let long = "s".repeat(257);
-    let cases: [(&str, &str, Option<&str>); 5] = [
+    let cases: [(&str, &str, Option<&str>); 6] = [
         ("carol", "unknown-purpose", None),
+        ("carol", "billing", None),
         ("carol", "marketing", Some("")),
         ("carol", "marketing", Some(long.as_str())),
         ("carol", "marketing", Some("line\nbreak")),
@@ -221,7 +222,10 @@ fn bad_consent_input_is_refused_and_writes_nothing() -> TestResult {
             .err()
             .ok_or("accepted")?;
         assert!(
-            matches!(err, Error::InvalidInput(_) | Error::UnknownPurpose),
+            matches!(
+                err,
+                Error::InvalidInput(_) | Error::UnknownPurpose | Error::NotConsentBased
+            ),
             "{subject:?} {purpose:?} {source:?}: {err}"
         );
     }
@@ -233,6 +237,48 @@ fn bad_consent_input_is_refused_and_writes_nothing() -> TestResult {
     assert!(matches!(err, Error::UnknownPurpose));
     // Only the one tokenize above wrote (its record, index entry and subject entry).
     assert_eq!(vault.storage_counters().keys_written - before, 3);
+    Ok(())
+}
+
+#[test]
+fn a_rolled_back_consent_state_is_detected() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (token, old_current, current_key) = {
+        let vault = open(dir.path())?;
+        let token = vault
+            .tokenize("fay", "email", "fay@example.com")?
+            .to_string();
+        vault.record_consent("fay", "newsletter", true, None)?;
+        vault.close()?;
+        let sid = hex_decode(&subject_ref(&open(dir.path())?, "fay"));
+        let db = raw_db(dir.path());
+        let cf = db.cf_handle("consents").ok_or("no consents family")?;
+        let (key, value) = db
+            .prefix_iterator_cf(cf, &sid)
+            .filter_map(Result::ok)
+            .find(|(k, _)| k.len() == 32)
+            .ok_or("no current entry")?;
+        (token, value.to_vec(), key.to_vec())
+    };
+    {
+        let vault = open(dir.path())?;
+        vault.record_consent("fay", "newsletter", false, Some("unsubscribe"))?;
+        vault.close()?;
+    }
+    // Put back the sealed "granted" state over the withdrawal.
+    common::raw_put(dir.path(), "consents", &current_key, &old_current);
+    let vault = open(dir.path())?;
+    let results = vault.detokenize_for(&[&token], &Access::new("newsletter", "mailer"))?;
+    assert!(
+        matches!(results[0], Err(Error::Integrity)),
+        "{:?}",
+        results[0]
+    );
+    assert!(matches!(vault.consents("fay"), Err(Error::Integrity)));
+    assert!(matches!(
+        vault.record_consent("fay", "newsletter", true, None),
+        Err(Error::Integrity)
+    ));
     Ok(())
 }
 
@@ -264,6 +310,32 @@ fn the_consent_ledger_goes_with_the_subject() -> TestResult {
         vault.tokenize("erin", "email", "erin@example.com")?;
         vault.record_consent("erin", "marketing", true, Some("form"))?;
         subject_ref_hex = subject_ref(&vault, "dave");
+        vault.close()?;
+    }
+    // The sealed consent entries of dave, as stored, to look for in every file.
+    let sid = hex_decode(&subject_ref_hex);
+    let sealed: Vec<Vec<u8>> = {
+        let db = raw_db(dir.path());
+        let cf = db.cf_handle("consents").ok_or("no consents family")?;
+        db.prefix_iterator_cf(cf, &sid)
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k.starts_with(&sid))
+            .map(|(_, v)| v[v.len() - 32..].to_vec())
+            .collect()
+    };
+    assert_eq!(
+        sealed.len(),
+        4,
+        "two purposes: current state and one event each"
+    );
+    assert!(
+        sealed
+            .iter()
+            .all(|s| !common::files_containing(dir.path(), s).is_empty()),
+        "positive control"
+    );
+    {
+        let vault = open(dir.path())?;
         vault.erase("dave")?;
         let report = vault.purge_now()?;
         assert!(report.verified);
@@ -271,7 +343,12 @@ fn the_consent_ledger_goes_with_the_subject() -> TestResult {
         assert_eq!(vault.consents("erin")?.len(), 1, "bystander kept");
         vault.close()?;
     }
-    let sid = hex_decode(&subject_ref_hex);
+    for s in &sealed {
+        assert!(
+            common::files_containing(dir.path(), s).is_empty(),
+            "a sealed consent entry is still on disk"
+        );
+    }
     let db = raw_db(dir.path());
     let cf = db.cf_handle("consents").ok_or("no consents family")?;
     let left = db

@@ -493,6 +493,7 @@ async fn detokenize(
             Err(vault_core::Error::Erased) => item_error(token, ItemError::Erased),
             Err(vault_core::Error::Forbidden) => item_error(token, ItemError::Forbidden),
             Err(vault_core::Error::NoConsent) => item_error(token, ItemError::NoConsent),
+            Err(vault_core::Error::Expired) => item_error(token, ItemError::Expired),
             Err(vault_core::Error::Integrity) => {
                 tracing::error!(item = i, "a detokenized record failed authentication");
                 item_error(token, ItemError::Integrity)
@@ -510,6 +511,7 @@ async fn detokenize(
 
 async fn record_consent(
     work: Work,
+    axum::Extension(key): axum::Extension<Arc<ApiKey>>,
     JsonBody(body): JsonBody<ConsentRequest>,
 ) -> Result<StatusCode, ApiError> {
     if !auth::valid_purpose(&body.purpose) {
@@ -518,6 +520,10 @@ async fn record_consent(
             "invalid_purpose",
             "purpose must be 1-64 of a-z, 0-9, '_', '-', '.'",
         ));
+    }
+    // A key records consent only for its own purposes.
+    if !key.purposes.allows(&body.purpose) {
+        return Err(ApiError::purpose_not_allowed());
     }
     work.run(move |vault| {
         vault.record_consent(

@@ -78,6 +78,9 @@ pub struct FileConfig {
     /// How masked views show each field (`"*"`: fields without their own).
     #[serde(default)]
     pub masks: BTreeMap<String, String>,
+    /// Retention period per field, in days.
+    #[serde(default)]
+    pub retention_days: BTreeMap<String, u64>,
 }
 
 /// A purpose of processing, as written.
@@ -216,6 +219,8 @@ pub struct ServerConfig {
     pub masks: Vec<(String, Mask)>,
     /// The mask of fields without their own.
     pub default_mask: Option<Mask>,
+    /// Retention period per field.
+    pub retention: Vec<(String, Duration)>,
 }
 
 impl ServerConfig {
@@ -247,6 +252,9 @@ impl ServerConfig {
         }
         if let Some(mask) = self.default_mask {
             options = options.default_mask(mask);
+        }
+        for (field, period) in &self.retention {
+            options = options.retention(field.clone(), *period);
         }
         options
     }
@@ -300,7 +308,21 @@ pub fn resolve(
         purposes,
         masks,
         default_mask,
+        retention: check_retention(&file.retention_days)?,
     })
+}
+
+fn check_retention(days: &BTreeMap<String, u64>) -> Result<Vec<(String, Duration)>, ConfigError> {
+    days.iter()
+        .map(|(field, days)| {
+            if !(1..=36_500).contains(days) {
+                return Err(ConfigError::new(format!(
+                    "retention_days.{field} must be between 1 and 36500"
+                )));
+            }
+            Ok((field.clone(), Duration::from_secs(days * 86_400)))
+        })
+        .collect()
 }
 
 pub(crate) fn check_purposes(configs: &[PurposeConfig]) -> Result<Vec<Purpose>, ConfigError> {
@@ -587,6 +609,11 @@ fn check_api_keys(configs: &[ApiKeyConfig], declared: &[Purpose]) -> Result<ApiK
                 "API key {name} has the detokenize scope but no purposes"
             )));
         }
+        if config.masked && scopes.contains(&Scope::Export) {
+            return Err(ConfigError::new(format!(
+                "API key {name} is masked but has the export scope, which shows full values"
+            )));
+        }
         keys.push(ApiKey {
             name: name.clone(),
             hash,
@@ -712,7 +739,10 @@ mod tests {
             (format!("{purpose}{purpose}"), "declared twice"),
             (purpose.replace("billing", "Billing Team"), "a name is"),
             (format!("{purpose}fields = []\n"), "fields is empty"),
-            (format!("{purpose}[masks]\nemail = \"rot13\"\n"), "not a mask"),
+            (
+                format!("{purpose}[masks]\nemail = \"rot13\"\n"),
+                "not a mask",
+            ),
         ];
         for (extra, expected) in more {
             let text = format!("insecure_plain_http = true\n{root}{key}{extra}");
@@ -721,6 +751,18 @@ mod tests {
                 Err(e) => assert!(e.to_string().contains(expected), "{e} (wanted {expected})"),
             }
         }
+        let retention =
+            format!("insecure_plain_http = true\n{root}{key}[retention_days]\nip = 0\n");
+        assert!(parse(&retention).is_err_and(|e| e.to_string().contains("retention_days.ip")));
+        let masked_export = format!(
+            "insecure_plain_http = true\n{root}{}",
+            key.replace("[\"tokenize\"]", "[\"export\"]\nmasked = true")
+        );
+        assert!(
+            parse(&masked_export)
+                .is_err_and(|e| e.to_string().contains("masked but has the export scope")),
+            "a masked key could read full values through export"
+        );
         let typo = format!("insecure_plain_http = true\n{root}{key}[limits]\nmax_batchh = 5\n");
         assert!(parse(&typo).is_err(), "unknown keys are refused");
     }

@@ -96,6 +96,7 @@ pub fn prepare(data_dir: &Path) -> Result<(ServerConfig, DevInfo), ConfigError> 
             ("phone".to_owned(), Mask::Phone { keep_last: 2 }),
         ],
         default_mask: Some(Mask::KeepLast(2)),
+        retention: Vec::new(),
     };
     let ca_cert = fs::canonicalize(&cert_path).unwrap_or(cert_path);
     Ok((config, DevInfo { ca_cert, api_key }))

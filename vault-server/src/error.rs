@@ -142,6 +142,16 @@ impl ApiError {
                 "unknown_purpose",
                 "the purpose is not declared (GET /v1/purposes lists them)",
             ),
+            E::NotConsentBased => ApiError::new(
+                StatusCode::CONFLICT,
+                "not_consent_based",
+                "the purpose's lawful basis is not consent: there is no consent to record",
+            ),
+            E::Expired => ApiError::new(
+                StatusCode::GONE,
+                "expired",
+                "the record is past its retention period",
+            ),
             E::Forbidden => ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",

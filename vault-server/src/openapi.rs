@@ -87,9 +87,9 @@ pub fn document() -> Value {
                 "responses": with_errors(json!({ "200": answer("The subject's records.", "SubjectExport") }), &KEYED)
             }},
             "/v1/subjects/consent": { "post": {
-                "summary": "Record a grant or withdrawal of a subject's consent to a declared purpose; it applies to the next request. Scope: consent.",
+                "summary": "Record a grant or withdrawal of a subject's consent to a declared, consent-based purpose of the key; it applies to the next request. Scope: consent.",
                 "requestBody": body("ConsentRequest"),
-                "responses": with_errors(json!({ "204": { "description": "Recorded." } }), &KEYED)
+                "responses": with_errors(json!({ "204": { "description": "Recorded." } }), &[400, 401, 403, 405, 409, 413, 429, 500, 503])
             }},
             "/v1/subjects/consents": { "post": {
                 "summary": "A subject's consents: current state and history per purpose. Scope: consent.",
@@ -133,8 +133,8 @@ pub fn document() -> Value {
                 "E403": error_answer("The key lacks the route's scope, or the purpose."),
                 "E404": error_answer("No record for this token."),
                 "E405": error_answer("The route does not take this method."),
-                "E409": error_answer("A deterministic token cannot be rectified."),
-                "E410": error_answer("The token's subject was erased."),
+                "E409": error_answer("A deterministic token cannot be rectified; consent recorded for a purpose whose basis is not consent."),
+                "E410": error_answer("The token's subject was erased, or the record is past its retention period."),
                 "E413": error_answer("Body, value or batch over its limit."),
                 "E429": error_answer("Concurrency limit reached; retry later."),
                 "E500": error_answer("Internal error; the log has details under the x-request-id."),
@@ -165,7 +165,7 @@ pub fn document() -> Value {
                         })),
                         object(&["token", "error"], json!({
                             "token": { "type": "string" },
-                            "error": { "enum": ["not_found", "erased", "integrity", "not_text", "forbidden", "no_consent"] }
+                            "error": { "enum": ["not_found", "erased", "integrity", "not_text", "forbidden", "no_consent", "expired"] }
                         }))
                     ]}}
                 })),
@@ -174,7 +174,7 @@ pub fn document() -> Value {
                     "subject": { "type": "string" },
                     "purpose": { "type": "string", "pattern": "^[a-z0-9_.-]{1,64}$" },
                     "granted": { "type": "boolean" },
-                    "source": { "type": "string", "maxLength": 256 }
+                    "source": { "type": "string", "description": "At most 256 bytes (UTF-8), no control characters." }
                 })),
                 "Consent": object(&["purpose", "granted", "since", "history"], json!({
                     "purpose": { "type": "string" },

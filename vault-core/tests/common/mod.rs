@@ -74,7 +74,7 @@ pub fn hex_decode(s: &str) -> Vec<u8> {
         .collect()
 }
 
-pub const COLUMN_FAMILIES: [&str; 9] = [
+pub const COLUMN_FAMILIES: [&str; 10] = [
     "meta",
     "subjects",
     "keys",
@@ -84,6 +84,7 @@ pub const COLUMN_FAMILIES: [&str; 9] = [
     "purge_queue",
     "counters",
     "consents",
+    "expiry",
 ];
 
 /// The column families as the vault declares them: `counters` needs its merge

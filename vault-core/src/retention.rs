@@ -1,0 +1,171 @@
+//! Retention (GDPR Art. 5(1)(e)): values kept no longer than their field's period.
+//!
+//! A record of a field with a retention period gets an entry in the `expiry` family,
+//! keyed by its expiry time, when it is stored. From that time its token answers
+//! [`Error::Expired`] (checked at read time against the current period), and the
+//! retention purge, run by the background worker or [`Vault::purge_expired`], replaces
+//! the record with an *expired* stub, deletes its index and expiry entries, then has
+//! the storage layer flush, compact and verify the directory exactly as the erasure
+//! purge does, so the value's ciphertext leaves every file.
+
+use crate::codec::{decode, encode};
+use crate::erase::PurgeReport;
+use crate::error::Error;
+use crate::records::{RECORD_FORMAT, StoredRecord, expired_tag, index_key};
+use crate::store::Cf;
+use crate::subjects::{SUBJECT_FORMAT, Sid, SubjectEntry};
+use crate::token::TokenId;
+use crate::vault::{Inner, Vault};
+
+/// Set while expired records have been stubbed but the file check has not yet passed.
+const UNVERIFIED: &[u8] = b"retention/unverified";
+/// Expired records handled per run.
+const RUN_LIMIT: usize = 10_000;
+
+/// The `expiry` key of a record: expiry time (big-endian, so keys sort by time) ‖ id.
+pub(crate) fn expiry_key(at: u64, id: &TokenId) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..8].copy_from_slice(&at.to_be_bytes());
+    key[8..].copy_from_slice(id);
+    key
+}
+
+impl Vault {
+    /// Purges every record past its retention period now: stubs them (their tokens
+    /// keep answering *expired*), then flushes, compacts and verifies the directory.
+    /// The background worker does this by itself; call it when the worker is off.
+    pub fn purge_expired(&self) -> Result<PurgeReport, Error> {
+        self.inner.purge_expired()
+    }
+}
+
+impl Inner {
+    /// Whether the retention purge has work: an entry due now, or a file check owed.
+    pub(crate) fn expiry_due(&self) -> Result<bool, Error> {
+        if self.store.get(Cf::Meta, UNVERIFIED)?.is_some() {
+            return Ok(true);
+        }
+        let now = self.now();
+        let mut due = false;
+        self.store.scan_prefix(Cf::Expiry, &[], |key, _| {
+            due = key
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .is_some_and(|b| u64::from_be_bytes(b) <= now);
+            Ok(false)
+        })?;
+        Ok(due)
+    }
+
+    pub(crate) fn purge_expired(&self) -> Result<PurgeReport, Error> {
+        let _purge = self
+            .purge_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = self.now();
+        let mut due: Vec<(Vec<u8>, TokenId, Sid)> = Vec::new();
+        self.store.scan_prefix(Cf::Expiry, &[], |key, value| {
+            let at = key
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or(Error::Integrity)?;
+            if at > now || due.len() >= RUN_LIMIT {
+                return Ok(false);
+            }
+            let id: TokenId = key
+                .get(8..)
+                .and_then(|b| b.try_into().ok())
+                .ok_or(Error::Integrity)?;
+            let sid: Sid = value.try_into().map_err(|_| Error::Integrity)?;
+            due.push((key.to_vec(), id, sid));
+            Ok(true)
+        })?;
+        let mut records = 0u64;
+        for (key, id, sid) in &due {
+            if self.expire_record(key, id, sid, now)? {
+                records += 1;
+            }
+        }
+        let owed = self.store.get(Cf::Meta, UNVERIFIED)?.is_some();
+        if records == 0 && !owed {
+            return Ok(PurgeReport {
+                verified: true,
+                ..PurgeReport::default()
+            });
+        }
+        let verified = self.store.purge_files(crate::erase::PURGE_VERIFY_TIMEOUT)?;
+        if verified {
+            let mut batch = self.store.batch();
+            batch.delete(Cf::Meta, UNVERIFIED);
+            self.store.write_synced(batch)?;
+        }
+        Ok(PurgeReport {
+            subjects: 0,
+            records,
+            verified,
+        })
+    }
+
+    /// Stubs one record if it is live and past its period now; removes its expiry
+    /// entry in any case (or moves it, if the period was lengthened). Returns whether
+    /// a record was stubbed.
+    fn expire_record(&self, key: &[u8], id: &TokenId, sid: &Sid, now: u64) -> Result<bool, Error> {
+        // The subject's key gives its hash, for the subject's stripe lock. No key: the
+        // subject is erased, and its own purge shreds the record.
+        let Some(dek) = self.dek(sid)? else {
+            let mut batch = self.store.batch();
+            batch.delete(Cf::Expiry, key);
+            self.store.write(batch)?;
+            return Ok(false);
+        };
+        let _stripe = self.stripes.lock(&dek.subject_hash);
+        let mut batch = self.store.batch();
+        batch.delete(Cf::Expiry, key);
+        let live = match self.store.get(Cf::Records, id)? {
+            Some(bytes) => match decode(RECORD_FORMAT, &bytes)? {
+                StoredRecord::Live(record) if record.sid == *sid => Some(record),
+                _ => None,
+            },
+            None => None,
+        };
+        let Some(record) = live else {
+            // Deleted, already stubbed, or moved: nothing left to expire.
+            self.store.write(batch)?;
+            return Ok(false);
+        };
+        if !self
+            .opts
+            .policy
+            .expired(&record.field, record.created_at, now)
+        {
+            // The period was lengthened (or removed) since the record was stored.
+            if let Some(at) = self
+                .opts
+                .policy
+                .expires_at(&record.field, record.created_at)
+            {
+                batch.put(Cf::Expiry, &expiry_key(at, id), sid);
+            }
+            self.store.write(batch)?;
+            return Ok(false);
+        }
+        let stub = StoredRecord::Expired {
+            tag: expired_tag(&self.index, id),
+        };
+        batch.put(Cf::Records, id, &encode(RECORD_FORMAT, &stub));
+        batch.delete(Cf::Index, &index_key(sid, id));
+        if let Some(bytes) = self.store.get(Cf::Subjects, &dek.subject_hash)? {
+            let mut entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
+            entry.records = entry.records.saturating_sub(1);
+            batch.put(
+                Cf::Subjects,
+                &dek.subject_hash,
+                &encode(SUBJECT_FORMAT, &entry),
+            );
+        }
+        batch.put(Cf::Meta, UNVERIFIED, b"");
+        self.store.write_synced(batch)?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,166 @@
+//! Retention: records past their field's period answer *expired* and are purged from
+//! every file like erased ones. Time is injected; nothing sleeps for days.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{TestResult, files_containing, options, raw_get, root, token_id};
+use vault_core::{Access, Clock, Error, LawfulBasis, Purpose, Vault, VaultOptions};
+
+const DAY: u64 = 86_400_000;
+const START: u64 = 1_800_000_000_000;
+
+#[derive(Debug)]
+struct ManualClock(AtomicU64);
+
+impl Clock for ManualClock {
+    fn now_millis(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl ManualClock {
+    fn advance_days(&self, days: u64) {
+        self.0.fetch_add(days * DAY, Ordering::SeqCst);
+    }
+}
+
+fn retention_options(clock: &Arc<ManualClock>) -> VaultOptions {
+    options()
+        .clock(clock.clone())
+        .retention("ip_address", Duration::from_secs(30 * 86_400))
+        .purpose(Purpose::new("security", LawfulBasis::LegitimateInterests))
+}
+
+/// The stored ciphertext of a record (the tail of its stored value).
+fn stored_ciphertext(
+    dir: &std::path::Path,
+    token: &str,
+) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
+    let stored = raw_get(dir, "records", &token_id(token)).ok_or("no record")?;
+    // The sealed value is `nonce || ciphertext || tag` near the end of the record,
+    // followed by the 16-byte link tag; 32 bytes before the link are ciphertext/tag.
+    let end = stored.len() - 16;
+    Ok(stored[end - 32..end].to_vec())
+}
+
+#[test]
+fn expired_values_answer_expired_and_leave_the_disk() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let clock = Arc::new(ManualClock(AtomicU64::new(START)));
+    let vault = Vault::open(dir.path(), &root(), retention_options(&clock))?;
+    let ip = vault
+        .tokenize("s1", "ip_address", "203.0.113.77")?
+        .to_string();
+    let email = vault
+        .tokenize("s1", "email", "kept@example.com")?
+        .to_string();
+    let ip_cipher = stored_ciphertext(dir.path(), &ip)?;
+    let email_cipher = stored_ciphertext(dir.path(), &email)?;
+    assert!(
+        !files_containing(dir.path(), &ip_cipher).is_empty(),
+        "positive control"
+    );
+
+    clock.advance_days(29);
+    assert_eq!(vault.detokenize(&ip)?.value.as_str(), Some("203.0.113.77"));
+    assert!(vault.purge_expired()?.records == 0, "nothing due yet");
+
+    clock.advance_days(2);
+    assert!(matches!(vault.detokenize(&ip), Err(Error::Expired)));
+    let access = Access::new("security", "siem");
+    let results = vault.detokenize_for(&[&ip, &email], &access)?;
+    assert!(matches!(results[0], Err(Error::Expired)));
+    assert!(results[1].is_ok(), "a field without retention is kept");
+    assert!(matches!(
+        vault.rectify(&ip, "198.51.100.1"),
+        Err(Error::Expired)
+    ));
+    let export = vault.export("s1")?;
+    let fields: Vec<_> = export.records.iter().map(|r| r.field.as_str()).collect();
+    assert_eq!(fields, ["email"], "expired records are not exported");
+
+    let report = vault.purge_expired()?;
+    assert_eq!((report.records, report.verified), (1, true));
+    assert!(
+        files_containing(dir.path(), &ip_cipher).is_empty(),
+        "the expired ciphertext is still on disk"
+    );
+    assert!(
+        !files_containing(dir.path(), &email_cipher).is_empty(),
+        "bystander kept"
+    );
+    assert!(
+        matches!(vault.detokenize(&ip), Err(Error::Expired)),
+        "the stub answers expired"
+    );
+    assert_eq!(
+        vault.erase("s1")?.records,
+        1,
+        "the subject's record count went down"
+    );
+    vault.close()?;
+
+    let vault = Vault::open(dir.path(), &root(), retention_options(&clock))?;
+    assert!(matches!(vault.detokenize(&ip), Err(Error::Expired)));
+    Ok(())
+}
+
+#[test]
+fn the_background_worker_purges_expired_records() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let clock = Arc::new(ManualClock(AtomicU64::new(START)));
+    let vault = Vault::open(
+        dir.path(),
+        &root(),
+        retention_options(&clock).background_worker(true),
+    )?;
+    let ip = vault
+        .tokenize("s2", "ip_address", "192.0.2.10")?
+        .to_string();
+    let cipher = stored_ciphertext(dir.path(), &ip)?;
+    clock.advance_days(31);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !files_containing(dir.path(), &cipher).is_empty() {
+        if Instant::now() > deadline {
+            return Err("the worker did not purge the expired record".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(matches!(vault.detokenize(&ip), Err(Error::Expired)));
+    assert!(vault.key_status()?.background_error.is_none());
+    Ok(())
+}
+
+#[test]
+fn a_forged_expired_stub_is_an_integrity_error() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let clock = Arc::new(ManualClock(AtomicU64::new(START)));
+    let token = {
+        let vault = Vault::open(dir.path(), &root(), retention_options(&clock))?;
+        let t = vault
+            .tokenize("s3", "email", "live@example.com")?
+            .to_string();
+        vault.close()?;
+        t
+    };
+    // An expired stub of another token, copied over a live record: its tag is bound
+    // to the other token's id.
+    let other = {
+        let vault = Vault::open(dir.path(), &root(), retention_options(&clock))?;
+        let t = vault.tokenize("s3", "ip_address", "10.0.0.1")?.to_string();
+        clock.advance_days(31);
+        vault.purge_expired()?;
+        vault.close()?;
+        t
+    };
+    let stub = raw_get(dir.path(), "records", &token_id(&other)).ok_or("no stub")?;
+    common::raw_put(dir.path(), "records", &token_id(&token), &stub);
+    let vault = Vault::open(dir.path(), &root(), retention_options(&clock))?;
+    assert!(matches!(vault.detokenize(&token), Err(Error::Integrity)));
+    assert!(matches!(vault.detokenize(&other), Err(Error::Expired)));
+    Ok(())
+}
