@@ -327,9 +327,73 @@ async fn vaultctl_runs_the_lifecycle_with_exit_codes() -> TestResult {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out["results"][0]["value"], "carol@example.com");
 
+    let (code, out, _) = vaultctl(&server, &key, &["purposes"])?;
+    assert_eq!(code, 0);
+    assert!(
+        out["purposes"].as_array().is_some_and(|p| p.len() == 4),
+        "{out}"
+    );
+    let (code, _, err) = vaultctl(
+        &server,
+        &key,
+        &[
+            "consent",
+            "--subject",
+            "customer-9",
+            "--purpose",
+            "marketing",
+            "--grant",
+            "--source",
+            "cli",
+        ],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = vaultctl(
+        &server,
+        &key,
+        &["detokenize", "--purpose", "marketing", &token],
+    )?;
+    assert_eq!(code, 0);
+    assert_eq!(out["results"][0]["value"], "carol@example.com");
+    let (code, _, _) = vaultctl(
+        &server,
+        &key,
+        &[
+            "consent",
+            "--subject",
+            "customer-9",
+            "--purpose",
+            "marketing",
+            "--withdraw",
+        ],
+    )?;
+    assert_eq!(code, 0);
+    let (code, out, _) = vaultctl(
+        &server,
+        &key,
+        &["detokenize", "--purpose", "marketing", &token],
+    )?;
+    assert_eq!(code, 0);
+    assert_eq!(out["results"][0]["error"], "no_consent");
+    let (code, out, _) = vaultctl(&server, &key, &["consents", "--subject", "customer-9"])?;
+    assert_eq!(code, 0);
+    assert_eq!(
+        out["consents"][0]["history"].as_array().map(Vec::len),
+        Some(2)
+    );
+    let (code, out, _) = vaultctl(
+        &server,
+        &key,
+        &["detokenize", "--purpose", "analytics", &token],
+    )?;
+    assert_eq!(code, 0);
+    assert_eq!(out["results"][0]["value"], "c***@example.com");
+    assert_eq!(out["results"][0]["masked"], true);
+
     let (code, out, _) = vaultctl(&server, &key, &["export", "--subject", "customer-9"])?;
     assert_eq!(code, 0);
     assert_eq!(out["records"][0]["token"], token.as_str());
+    assert_eq!(out["consents"][0]["purpose"], "marketing");
 
     let (code, out, _) = vaultctl(&server, &key, &["erase", "--subject", "customer-9"])?;
     assert_eq!(code, 0);
