@@ -208,6 +208,9 @@ pub struct ErasureReceipt {
     pub records: u64,
     /// Whether the bytes have left the disk yet.
     pub purge: Purge,
+    /// The audit event that records the erasure (proof of it that names nobody).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_event: Option<u64>,
 }
 
 /// Where the physical removal of an erased subject's bytes stands.

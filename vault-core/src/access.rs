@@ -10,8 +10,9 @@ use std::collections::HashMap;
 
 use zeroize::Zeroizing;
 
+use crate::audit::{AuditAction, AuditEvent, AuditOutcome};
 use crate::codec::decode;
-use crate::error::Error;
+use crate::error::{Argument, Error, InputError, Problem};
 use crate::purposes::{Access, LawfulBasis};
 use crate::records::{
     Detokenized, LiveRecord, Plaintext, RECORD_FORMAT, StoredRecord, expired_outcome, stub_outcome,
@@ -25,9 +26,12 @@ impl Vault {
     /// Detokenizes for a declared purpose, with one result per token, in order.
     ///
     /// The whole call fails only when the purpose is not declared
-    /// ([`Error::UnknownPurpose`]) or the batch is invalid; each token's own outcome is
-    /// its value, or [`Error::Forbidden`], [`Error::NoConsent`], [`Error::NotFound`],
-    /// [`Error::Erased`], [`Error::InvalidToken`] or [`Error::Integrity`]. A consent
+    /// ([`Error::UnknownPurpose`]), the batch is invalid, or an item is not a token of
+    /// this vault (an [`InputError`](crate::InputError) naming it); each token's own
+    /// outcome is its value, or [`Error::Forbidden`], [`Error::NoConsent`],
+    /// [`Error::Expired`], [`Error::NotFound`], [`Error::Erased`] or
+    /// [`Error::Integrity`]. Every token's outcome is recorded in the audit trail
+    /// before the values are returned. A consent
     /// withdrawal is seen by the next call: consent is read from storage, not cached.
     pub fn detokenize_for<S: AsRef<str>>(
         &self,
@@ -41,8 +45,20 @@ impl Vault {
             .purpose(access.purpose)
             .ok_or(Error::UnknownPurpose)?;
         inner.opts.limits.check_batch(tokens.len())?;
-        let ids: Vec<Result<TokenId, Error>> =
-            tokens.iter().map(|t| inner.token_id(t.as_ref())).collect();
+        // Text that is not a token of this vault fails the whole call, before anything
+        // is read or audited: it is a caller's mistake, not an access.
+        let mut ids: Vec<Result<TokenId, Error>> = Vec::with_capacity(tokens.len());
+        for (i, token) in tokens.iter().enumerate() {
+            match inner.token_id(token.as_ref()) {
+                Ok(id) => ids.push(Ok(id)),
+                Err(Error::InvalidToken) => {
+                    return Err(InputError::new(Argument::Token, Problem::NotAToken)
+                        .at(i)
+                        .into());
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let valid: Vec<TokenId> = ids
             .iter()
             .filter_map(|r| r.as_ref().ok().copied())
@@ -53,7 +69,12 @@ impl Vault {
         // Consent is read once per subject per call.
         let mut consent: HashMap<Sid, bool> = HashMap::new();
 
-        let mut open = |id: &TokenId, bytes: &[u8]| -> Result<Detokenized, Error> {
+        // The subject reference of each token's record, for its audit event.
+        let mut refs: Vec<Option<[u8; 16]>> = Vec::with_capacity(tokens.len());
+        let mut open = |id: &TokenId,
+                        bytes: &[u8],
+                        subject: &mut Option<[u8; 16]>|
+         -> Result<Detokenized, Error> {
             let record: LiveRecord = match decode(RECORD_FORMAT, bytes)? {
                 StoredRecord::Shredded { tag } => return Err(stub_outcome(&inner.index, id, &tag)),
                 StoredRecord::Expired { tag } => {
@@ -64,6 +85,7 @@ impl Vault {
             let dek = inner
                 .dek(&record.sid)?
                 .ok_or_else(|| inner.missing_key(&record.sid, id, &record.link))?;
+            *subject = Some(dek.audit_ref);
             if inner
                 .opts
                 .policy
@@ -105,15 +127,42 @@ impl Vault {
                 masked,
             })
         };
-        Ok(ids
+        let results: Vec<Result<Detokenized, Error>> = ids
             .into_iter()
             .map(|id| {
-                let id = id?;
-                match found.next().flatten() {
-                    Some(bytes) => open(&id, &bytes),
+                let mut subject = None;
+                let result = id.and_then(|id| match found.next().flatten() {
+                    Some(bytes) => open(&id, &bytes, &mut subject),
                     None => Err(Error::NotFound),
-                }
+                });
+                refs.push(subject);
+                result
             })
-            .collect())
+            .collect();
+        // One event per token, committed before any value is handed out: no access
+        // without its record.
+        let events = results
+            .iter()
+            .zip(refs)
+            .map(|(result, subject)| {
+                let outcome = match result {
+                    Ok(_) => AuditOutcome::Ok,
+                    Err(Error::Forbidden) => AuditOutcome::Forbidden,
+                    Err(Error::NoConsent) => AuditOutcome::NoConsent,
+                    Err(Error::Erased) => AuditOutcome::Erased,
+                    Err(Error::Expired) => AuditOutcome::Expired,
+                    Err(Error::Integrity) => AuditOutcome::Integrity,
+                    Err(_) => AuditOutcome::NotFound,
+                };
+                let mut event = AuditEvent::new(access.actor, AuditAction::Detokenize, outcome);
+                event.purpose = Some(purpose.name().to_owned());
+                event.records = u64::from(result.is_ok());
+                event.subject = subject;
+                event
+            })
+            .collect();
+        let sync = inner.opts.durability == crate::options::Durability::Synced;
+        inner.commit_audited(inner.store.batch(), events, sync)?;
+        Ok(results)
     }
 }

@@ -29,6 +29,8 @@ pub(crate) mod label {
     pub const DETERMINISTIC_TOKEN: &str = "pii-vault 2026-11 DEK -> deterministic token";
     pub const TOMBSTONE_MAC: &str =
         "pii-vault 2026-11 index key -> shredded records and erasure entries";
+    pub const AUDIT_MAC: &str = "pii-vault 2026-11 index key -> audit trail chain";
+    pub const AUDIT_SUBJECT: &str = "pii-vault 2026-11 DEK -> audit subject reference";
 }
 
 /// AAD domain tags: one per kind of ciphertext.
@@ -42,6 +44,8 @@ pub(crate) mod domain {
     pub const PURPOSE_ID: &[u8] = b"pii-vault/purpose-id/v1";
     pub const CONSENT: &[u8] = b"pii-vault/consent/v1";
     pub const EXPIRED: &[u8] = b"pii-vault/expired/v1";
+    pub const AUDIT_EVENT: &[u8] = b"pii-vault/audit-event/v1";
+    pub const AUDIT_HEAD: &[u8] = b"pii-vault/audit-head/v1";
 }
 
 /// A 256-bit secret key on the heap, wiped on drop, never `Clone`, `Copy` or `Debug`-printed.

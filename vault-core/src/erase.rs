@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use subtle::ConstantTimeEq;
 
+use crate::audit::{AuditAction, AuditEvent, AuditOutcome};
 use crate::codec::{decode, encode};
 use crate::crypto::domain;
 use crate::error::Error;
@@ -139,6 +140,8 @@ pub struct ErasureReceipt {
     pub records: u64,
     /// Whether the bytes have been purged from disk yet.
     pub purge: PurgeState,
+    /// The audit event that records the erasure: proof of it that names nobody.
+    pub audit_event: Option<u64>,
 }
 
 /// An erasure whose purge has not completed.
@@ -173,11 +176,17 @@ impl Vault {
     /// says [`PurgeState::NotNeeded`]. The id can be used again afterwards; it then
     /// names a new subject with a new key.
     pub fn erase(&self, subject: &str) -> Result<ErasureReceipt, Error> {
+        self.erase_as(subject, "-")
+    }
+
+    /// [`erase`](Self::erase), recording `actor` (not personal data: a service or API
+    /// key name) in the audit trail.
+    pub fn erase_as(&self, subject: &str, actor: &str) -> Result<ErasureReceipt, Error> {
         let inner = &*self.inner;
         inner.opts.limits.check_subject(subject)?;
         let hash = inner.index.subject_hash(subject);
         let now = inner.now();
-        let (sid, records, due_by) = {
+        let (sid, records, due_by, audit_event) = {
             let _stripe = inner.stripes.lock(&hash);
             let _keys = inner
                 .key_writes
@@ -189,6 +198,7 @@ impl Vault {
                     erased_at: now,
                     records: 0,
                     purge: PurgeState::NotNeeded,
+                    audit_event: None,
                 });
             };
             let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
@@ -206,6 +216,9 @@ impl Vault {
             if key.subject_hash != hash {
                 return Err(Error::Integrity);
             }
+            // The audit reference comes from the key, so it must be read before the
+            // key is destroyed; after, nothing can recompute it.
+            let audit_ref = inner.dek(&sid)?.map(|dek| dek.audit_ref);
             batch.add(&dek_counter(key.kek_version), -1);
             batch.delete(Cf::Subjects, &hash);
             batch.delete(Cf::Keys, &sid);
@@ -216,11 +229,14 @@ impl Vault {
                 PurgePolicy::Within(delay) => now.saturating_add(delay.as_millis() as u64),
             };
             batch.put(Cf::PurgeQueue, &sid, &encode(QUEUE_FORMAT, &due_by));
+            let mut event = AuditEvent::new(actor, AuditAction::Erase, AuditOutcome::Ok);
+            event.records = entry.records;
+            event.subject = audit_ref;
             // Synced whatever the vault's durability: an acknowledged erasure must not
             // come undone after a machine crash.
-            inner.store.write_synced(batch)?;
+            let seqs = inner.commit_audited(batch, vec![event], true)?;
             inner.cache.remove(&sid);
-            (sid, entry.records, due_by)
+            (sid, entry.records, due_by, seqs.first().copied())
         };
         // The key is gone: from here on the caller gets a receipt, never an error. A
         // purge that fails leaves the erasure pending, for the worker or `purge_now`.
@@ -240,6 +256,7 @@ impl Vault {
             erased_at: now,
             records,
             purge,
+            audit_event,
         })
     }
 
@@ -284,6 +301,7 @@ impl Vault {
             erased_at: entry.erased_at,
             records: entry.records,
             purge,
+            audit_event: None,
         }))
     }
 }

@@ -181,6 +181,8 @@ pub enum Argument {
     Purpose,
     /// The source of a consent (e.g. which form).
     Source,
+    /// A token.
+    Token,
 }
 
 impl fmt::Display for Argument {
@@ -192,6 +194,7 @@ impl fmt::Display for Argument {
             Argument::Batch => "batch",
             Argument::Purpose => "purpose",
             Argument::Source => "consent source",
+            Argument::Token => "token",
         })
     }
 }
@@ -207,6 +210,8 @@ pub enum Problem {
         /// The configured limit.
         limit: usize,
     },
+    /// It is not a token of this vault (malformed, or another vault's).
+    NotAToken,
     /// It contains a character that is not allowed (control characters; for field
     /// names anything but ASCII letters, digits, `_`, `-` and `.`).
     BadCharacter,
@@ -218,6 +223,7 @@ impl fmt::Display for Problem {
             Problem::Empty => f.write_str("is empty"),
             Problem::TooLong { limit } => write!(f, "exceeds the limit of {limit}"),
             Problem::BadCharacter => f.write_str("contains a character that is not allowed"),
+            Problem::NotAToken => f.write_str("is not a token of this vault"),
         }
     }
 }

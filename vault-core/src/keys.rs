@@ -275,6 +275,7 @@ impl Keyring {
             subject_hash_key: self.index_key.derive(label::SUBJECT_HASH),
             token_tag_key: self.index_key.derive(label::TOKEN_TAG),
             tombstone_key: self.index_key.derive(label::TOMBSTONE_MAC),
+            audit_key: self.index_key.derive(label::AUDIT_MAC),
         }
     }
 
@@ -368,6 +369,8 @@ pub(crate) struct IndexKeys {
     /// Authenticates what an erasure leaves behind (record stubs, erasure entries),
     /// so that tampering cannot make live data look erased.
     pub(crate) tombstone_key: Key,
+    /// Chains and authenticates the audit trail.
+    pub(crate) audit_key: Key,
 }
 
 impl IndexKeys {

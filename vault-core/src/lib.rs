@@ -26,6 +26,7 @@
 #![deny(missing_docs)]
 
 mod access;
+mod audit;
 mod codec;
 mod consent;
 mod crypto;
@@ -45,6 +46,7 @@ mod token;
 mod vault;
 mod worker;
 
+pub use audit::{AuditAction, AuditEvent, AuditOutcome, AuditVerification};
 pub use consent::{ConsentEvent, ConsentStatus, MAX_SOURCE_LEN};
 pub use erase::{ErasureReceipt, PendingPurge, PurgeReport, PurgeState, SubjectRef};
 pub use error::{Argument, Error, InputError, Problem, StorageError};

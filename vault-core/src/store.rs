@@ -44,10 +44,12 @@ pub(crate) enum Cf {
     /// expiry time (8, big-endian) || token id (16) → storage id: records with a
     /// retention period, in the order they expire.
     Expiry,
+    /// sequence number (8, big-endian) → audit event and its chained MAC.
+    Audit,
 }
 
 impl Cf {
-    pub(crate) const ALL: [Cf; 10] = [
+    pub(crate) const ALL: [Cf; 11] = [
         Cf::Meta,
         Cf::Subjects,
         Cf::Keys,
@@ -58,6 +60,7 @@ impl Cf {
         Cf::Counters,
         Cf::Consents,
         Cf::Expiry,
+        Cf::Audit,
     ];
 
     /// The column families that hold a subject's key or data, and so are compacted by a purge.
@@ -76,6 +79,7 @@ impl Cf {
             Cf::Counters => "counters",
             Cf::Consents => "consents",
             Cf::Expiry => "expiry",
+            Cf::Audit => "audit",
         }
     }
 }
@@ -222,6 +226,17 @@ impl Store {
 
     pub(crate) fn write(&self, batch: Batch<'_>) -> Result<(), Error> {
         Ok(self.db.write_opt(batch.inner, &self.write)?)
+    }
+
+    pub(crate) fn put_raw(&self, batch: &mut WriteBatch, cf: Cf, key: &[u8], value: &[u8]) {
+        batch.put_cf(self.cf(cf), key, value);
+    }
+
+    /// Writes an engine batch with a synced WAL or not, as `sync` says.
+    pub(crate) fn write_raw(&self, batch: WriteBatch, sync: bool) -> Result<(), Error> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        Ok(self.db.write_opt(batch, &opts)?)
     }
 
     /// Writes with a synced WAL whatever the configured durability.
@@ -439,6 +454,12 @@ impl Batch<'_> {
 
     pub(crate) fn len(&self) -> usize {
         self.inner.len()
+    }
+
+    /// The engine's batch, to be finished and written by [`Store::put_raw`] and
+    /// [`Store::write_raw`] (the audit journal writes batches it did not build).
+    pub(crate) fn into_raw(self) -> WriteBatch {
+        self.inner
     }
 }
 

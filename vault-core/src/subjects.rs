@@ -53,14 +53,21 @@ pub(crate) struct Dek {
     pub aead: Aead256,
     deterministic: Key,
     pub subject_hash: SubjectHash,
+    /// The subject's reference in audit events: derived from the key, so nothing
+    /// links events to the subject once the key is destroyed.
+    pub audit_ref: [u8; 16],
 }
 
 impl Dek {
     pub(crate) fn new(key: &Key, subject_hash: SubjectHash) -> Dek {
+        let mac = key.derive(label::AUDIT_SUBJECT).mac(b"subject reference");
+        let mut audit_ref = [0u8; 16];
+        audit_ref.copy_from_slice(&mac[..16]);
         Dek {
             aead: key.aead(),
             deterministic: key.derive(label::DETERMINISTIC_TOKEN),
             subject_hash,
+            audit_ref,
         }
     }
 

@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use crate::audit::Journal;
 use crate::codec::{decode, encode};
 use crate::crypto::{Key, random_bytes};
 use crate::error::Error;
@@ -75,6 +76,7 @@ pub(crate) struct HeaderState {
 
 /// Shared state of an open vault; the background worker holds it too.
 pub(crate) struct Inner {
+    pub journal: Journal,
     pub dir: PathBuf,
     pub vault_id: [u8; 16],
     pub store: Store,
@@ -142,17 +144,20 @@ impl Vault {
                 statistics: opts.statistics,
             },
         )?;
+        let index = ring.index_keys();
+        let journal = Journal::open(&store, &index.audit_key)?;
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             vault_id: header.vault_id,
             store,
-            index: ring.index_keys(),
+            index,
             ring: RwLock::new(Arc::new(ring)),
             key_writes: RwLock::new(()),
             header: Mutex::new(HeaderState {
                 header,
                 root: secret,
             }),
+            journal,
             cache: DekCache::new(opts.dek_cache_capacity),
             stripes: Stripes::new(),
             purge_lock: Mutex::new(()),

@@ -607,10 +607,12 @@ async fn delete_token(work: Work, TokenPath(token): TokenPath) -> Result<StatusC
 
 async fn erase(
     work: Work,
+    axum::Extension(key): axum::Extension<Arc<ApiKey>>,
     JsonBody(body): JsonBody<SubjectRequest>,
 ) -> Result<Json<ErasureReceipt>, ApiError> {
+    let actor = key.name.clone();
     let receipt = work
-        .run(move |vault| vault.erase(body.subject.expose()))
+        .run(move |vault| vault.erase_as(body.subject.expose(), &actor))
         .await?;
     let purge = match receipt.purge {
         vault_core::PurgeState::Done { at } => Purge::Done { at },
@@ -627,6 +629,7 @@ async fn erase(
         erased_at: receipt.erased_at,
         records: receipt.records,
         purge,
+        audit_event: receipt.audit_event,
     }))
 }
 

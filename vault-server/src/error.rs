@@ -192,6 +192,7 @@ impl ApiError {
             (Argument::Value, Problem::TooLong { .. }) => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "value_too_large")
             }
+            (Argument::Token, _) => (StatusCode::BAD_REQUEST, "invalid_token"),
             _ => (StatusCode::BAD_REQUEST, "invalid_item"),
         };
         // InputError's Display names the item, argument and problem, never content.

@@ -74,7 +74,7 @@ pub fn hex_decode(s: &str) -> Vec<u8> {
         .collect()
 }
 
-pub const COLUMN_FAMILIES: [&str; 10] = [
+pub const COLUMN_FAMILIES: [&str; 11] = [
     "meta",
     "subjects",
     "keys",
@@ -85,6 +85,7 @@ pub const COLUMN_FAMILIES: [&str; 10] = [
     "counters",
     "consents",
     "expiry",
+    "audit",
 ];
 
 /// The column families as the vault declares them: `counters` needs its merge
