@@ -13,7 +13,7 @@ use crate::erase::PurgeReport;
 use crate::error::Error;
 use crate::records::{RECORD_FORMAT, StoredRecord, expired_tag, index_key};
 use crate::store::Cf;
-use crate::subjects::{SUBJECT_FORMAT, Sid, SubjectEntry};
+use crate::subjects::Sid;
 use crate::token::TokenId;
 use crate::vault::{Inner, Vault};
 
@@ -155,15 +155,7 @@ impl Inner {
         };
         batch.put(Cf::Records, id, &encode(RECORD_FORMAT, &stub));
         batch.delete(Cf::Index, &index_key(sid, id));
-        if let Some(bytes) = self.store.get(Cf::Subjects, &dek.subject_hash)? {
-            let mut entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
-            entry.records = entry.records.saturating_sub(1);
-            batch.put(
-                Cf::Subjects,
-                &dek.subject_hash,
-                &encode(SUBJECT_FORMAT, &entry),
-            );
-        }
+        self.count_removed_record(&dek.subject_hash, &mut batch)?;
         batch.put(Cf::Meta, UNVERIFIED, b"");
         self.store.write_synced(batch)?;
         Ok(true)

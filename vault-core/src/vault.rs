@@ -389,15 +389,7 @@ impl Vault {
             let mut batch = inner.store.batch();
             batch.delete(Cf::Records, &id);
             batch.delete(Cf::Index, &index_key(sid, &id));
-            if let Some(bytes) = inner.store.get(Cf::Subjects, &dek.subject_hash)? {
-                let mut entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
-                entry.records = entry.records.saturating_sub(1);
-                batch.put(
-                    Cf::Subjects,
-                    &dek.subject_hash,
-                    &encode(SUBJECT_FORMAT, &entry),
-                );
-            }
+            inner.count_removed_record(&dek.subject_hash, &mut batch)?;
             inner.store.write(batch)
         })
     }
@@ -509,6 +501,21 @@ impl Inner {
             records: 0,
         };
         Ok((entry, Arc::new(Dek::new(&key, *h)), true))
+    }
+
+    /// Adds to `batch` the subject entry with one live record fewer. The caller holds
+    /// the subject's stripe lock.
+    pub(crate) fn count_removed_record(
+        &self,
+        subject_hash: &SubjectHash,
+        batch: &mut Batch<'_>,
+    ) -> Result<(), Error> {
+        if let Some(bytes) = self.store.get(Cf::Subjects, subject_hash)? {
+            let mut entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
+            entry.records = entry.records.saturating_sub(1);
+            batch.put(Cf::Subjects, subject_hash, &encode(SUBJECT_FORMAT, &entry));
+        }
+        Ok(())
     }
 
     pub(crate) fn token_id(&self, token: &str) -> Result<TokenId, Error> {

@@ -448,21 +448,28 @@ async fn tokenize(
     }))
 }
 
-async fn detokenize(
-    work: Work,
-    axum::Extension(key): axum::Extension<Arc<ApiKey>>,
-    JsonBody(body): JsonBody<DetokenizeRequest>,
-) -> Result<Response, ApiError> {
-    if !auth::valid_purpose(&body.purpose) {
+/// A well-formed purpose the key may use (400 `invalid_purpose`, 403
+/// `purpose_not_allowed`); whether it is declared is the vault's to say.
+fn check_purpose(key: &ApiKey, purpose: &str) -> Result<(), ApiError> {
+    if !auth::valid_purpose(purpose) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_purpose",
             "purpose must be 1-64 of a-z, 0-9, '_', '-', '.'",
         ));
     }
-    if !key.purposes.allows(&body.purpose) {
+    if !key.purposes.allows(purpose) {
         return Err(ApiError::purpose_not_allowed());
     }
+    Ok(())
+}
+
+async fn detokenize(
+    work: Work,
+    axum::Extension(key): axum::Extension<Arc<ApiKey>>,
+    JsonBody(body): JsonBody<DetokenizeRequest>,
+) -> Result<Response, ApiError> {
+    check_purpose(&key, &body.purpose)?;
     let DetokenizeRequest { tokens, purpose } = body;
     let actor = key.clone();
     let (tokens, purpose, outcomes) = work
@@ -514,17 +521,8 @@ async fn record_consent(
     axum::Extension(key): axum::Extension<Arc<ApiKey>>,
     JsonBody(body): JsonBody<ConsentRequest>,
 ) -> Result<StatusCode, ApiError> {
-    if !auth::valid_purpose(&body.purpose) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_purpose",
-            "purpose must be 1-64 of a-z, 0-9, '_', '-', '.'",
-        ));
-    }
     // A key records consent only for its own purposes.
-    if !key.purposes.allows(&body.purpose) {
-        return Err(ApiError::purpose_not_allowed());
-    }
+    check_purpose(&key, &body.purpose)?;
     work.run(move |vault| {
         vault.record_consent(
             body.subject.expose(),
