@@ -37,12 +37,14 @@ async fn no_personal_data_in_logs_errors_or_metrics() -> TestResult {
     let other_subject = canary("subj")?;
     let new_value = canary("newv")?;
     let in_path = canary("path")?;
+    let source = canary("srce")?;
     let mut canaries = vec![
         subject.clone(),
         value.clone(),
         other_subject.clone(),
         new_value.clone(),
         in_path.clone(),
+        source.clone(),
     ];
 
     let mut error_bodies = Vec::new();
@@ -114,6 +116,32 @@ async fn no_personal_data_in_logs_errors_or_metrics() -> TestResult {
     )
     .await?;
 
+    // Consent, with a source (caller text) and the subject.
+    send(
+        Method::POST,
+        "/v1/subjects/consent".into(),
+        Some(
+            json!({"subject": subject, "purpose": "marketing", "granted": true, "source": source})
+                .to_string(),
+        ),
+        key,
+    )
+    .await?;
+    send(
+        Method::POST,
+        "/v1/subjects/consents".into(),
+        Some(json!({"subject": subject}).to_string()),
+        key,
+    )
+    .await?;
+    send(
+        Method::POST,
+        "/v1/detokenize".into(),
+        Some(json!({"tokens": tokens, "purpose": "marketing"}).to_string()),
+        key,
+    )
+    .await?;
+
     // Failing calls, each carrying personal data somewhere.
     let big = format!("{value}{}", "x".repeat(70 * 1024));
     let failing: Vec<(Method, String, String)> = vec![
@@ -136,6 +164,9 @@ async fn no_personal_data_in_logs_errors_or_metrics() -> TestResult {
         (Method::POST, "/v1/subjects/erase".into(), json!({"subject": subject, "why": value}).to_string()),
         (Method::POST, format!("/v1/{in_path}"), json!({"subject": subject}).to_string()),
         (Method::GET, "/v1/tokenize".into(), String::new()),
+        (Method::POST, "/v1/subjects/consent".into(), json!({"subject": subject, "purpose": "billing", "granted": true, "source": source}).to_string()),
+        (Method::POST, "/v1/subjects/consent".into(), json!({"subject": subject, "purpose": value, "granted": true}).to_string()),
+        (Method::POST, "/v1/subjects/consent".into(), json!({"subject": subject, "purpose": "marketing", "granted": "yes", "source": source}).to_string()),
     ];
     for (method, path, body) in failing {
         let body = (!body.is_empty()).then_some(body);
@@ -194,7 +225,7 @@ async fn no_personal_data_in_logs_errors_or_metrics() -> TestResult {
         );
     }
     for body in &error_bodies {
-        for canary in &canaries[..5] {
+        for canary in &canaries[..6] {
             assert!(
                 !body.contains(canary.as_str()),
                 "an error body holds {canary}: {body}"
