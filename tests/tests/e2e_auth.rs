@@ -10,7 +10,7 @@ use std::process::Command;
 use common::{KeySpec, Launch, SERVER, Server, TestResult, metric, write_config};
 use reqwest::Method;
 
-const SCOPES: [&str; 8] = [
+const SCOPES: [&str; 9] = [
     "tokenize",
     "detokenize",
     "rectify",
@@ -18,6 +18,7 @@ const SCOPES: [&str; 8] = [
     "erase",
     "export",
     "consent",
+    "audit",
     "admin",
 ];
 
@@ -73,6 +74,8 @@ fn routes(token: &str) -> Vec<(&'static str, Method, String, Option<serde_json::
             "/v1/subjects/consents".into(),
             Some(json!({"subject":"s-1"})),
         ),
+        ("audit", Method::GET, "/v1/audit?limit=10".into(), None),
+        ("audit", Method::POST, "/v1/audit/verify".into(), None),
         ("admin", Method::POST, "/v1/admin/rotate".into(), None),
         ("admin", Method::GET, "/v1/admin/keys".into(), None),
     ]

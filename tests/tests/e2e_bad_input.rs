@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::json;
 use vault_client::api::{DetokenizeResult, TokenizeItem};
 
-const ALL: [&str; 8] = [
+const ALL: [&str; 9] = [
     "tokenize",
     "detokenize",
     "rectify",
@@ -19,6 +19,7 @@ const ALL: [&str; 8] = [
     "erase",
     "export",
     "consent",
+    "audit",
     "admin",
 ];
 
@@ -444,6 +445,21 @@ async fn bad_input_on_every_route_changes_nothing() -> TestResult {
             "/v1/tokenise",
             body(json!({})),
             (404, "no_route"),
+        ),
+        case("bad audit query", Method::GET, "/v1/audit?after=x", "", bad),
+        case(
+            "audit limit over 1000",
+            Method::GET,
+            "/v1/audit?limit=5000",
+            "",
+            bad,
+        ),
+        case(
+            "unknown audit parameter",
+            Method::GET,
+            "/v1/audit?subject=x",
+            "",
+            bad,
         ),
         case(
             "wrong method",

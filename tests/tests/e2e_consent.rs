@@ -41,7 +41,14 @@ async fn purposes_consent_and_masks_over_https() -> TestResult {
     let specs = [
         KeySpec {
             name: "app",
-            scopes: &["tokenize", "detokenize", "consent", "export"],
+            scopes: &[
+                "tokenize",
+                "detokenize",
+                "consent",
+                "export",
+                "audit",
+                "erase",
+            ],
             purposes: &["billing", "newsletter", "analytics"],
         },
         KeySpec {
@@ -163,6 +170,44 @@ async fn purposes_consent_and_masks_over_https() -> TestResult {
     );
     let export = app.export("cust-1").await?;
     assert_eq!(export.consents, consents.consents);
+
+    // The audit trail: every token of every detokenization, by key name, no data.
+    let trail = app.audit_events(None, 1000).await?;
+    let mailer_events: Vec<_> = trail
+        .events
+        .iter()
+        .filter(|e| e.actor == "mailer")
+        .map(|e| (e.outcome.as_str(), e.purpose.as_deref()))
+        .collect();
+    assert_eq!(
+        mailer_events,
+        [
+            ("no_consent", Some("newsletter")),
+            ("ok", Some("newsletter")),
+            ("no_consent", Some("newsletter"))
+        ]
+    );
+    let desk: Vec<_> = trail
+        .events
+        .iter()
+        .filter(|e| e.actor == "support-desk")
+        .map(|e| e.outcome.as_str())
+        .collect();
+    assert_eq!(desk, ["ok", "ok", "forbidden"]);
+    let text = serde_json::to_string(&trail)?;
+    for secret in ["jane.doe", "FR76", "cust-1", "+33"] {
+        assert!(!text.contains(secret), "the audit trail holds {secret}");
+    }
+    let receipt = app.erase("cust-1").await?;
+    let erased_at = receipt.audit_event.ok_or("no audit event in the receipt")?;
+    let page = app.audit_events(Some(erased_at - 1), 1).await?;
+    assert_eq!(page.events[0].action, "erase");
+    assert_eq!(page.events[0].actor, "app");
+    let check = app.verify_audit().await?;
+    assert!(check.ok && check.events == erased_at + 1, "{check:?}");
+    // Reading the trail needs the audit scope.
+    let err = mailer.verify_audit().await.err().ok_or("allowed")?;
+    assert_eq!(err.status(), Some(403));
 
     // Consent only for the key's own purposes, and only where the basis is consent.
     let err = app

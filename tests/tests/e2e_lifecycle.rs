@@ -408,6 +408,18 @@ async fn vaultctl_runs_the_lifecycle_with_exit_codes() -> TestResult {
     assert_eq!(code, 0);
     assert_eq!(out["results"][0]["error"], "erased");
 
+    let (code, out, err) = vaultctl(&server, &key, &["audit-verify"])?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out["ok"], true);
+    let (code, out, _) = vaultctl(&server, &key, &["audit", "--limit", "1000"])?;
+    assert_eq!(code, 0);
+    let events = out["events"].as_array().ok_or("no events")?;
+    assert!(events.iter().any(|e| e["action"] == "erase"), "{out}");
+    assert!(
+        !out.to_string().contains("carol"),
+        "no personal data in the trail"
+    );
+
     let (code, out, _) = vaultctl(&server, &key, &["keys"])?;
     assert_eq!(code, 0);
     assert_eq!(out["active_version"], 1);

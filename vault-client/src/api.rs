@@ -357,6 +357,50 @@ pub struct KekVersion {
     pub deks: u64,
 }
 
+/// Answer to `GET /v1/audit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvents {
+    /// Events in sequence order.
+    pub events: Vec<AuditEventInfo>,
+}
+
+/// One audit event. No personal data: the subject is a reference derived from its
+/// key, which nothing can link to the subject once it is erased.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEventInfo {
+    /// Position in the trail.
+    pub seq: u64,
+    /// When, in milliseconds since the Unix epoch.
+    pub at: u64,
+    /// The API key's name (or the embedding service's caller id).
+    pub actor: String,
+    /// `detokenize`, `erase`, …
+    pub action: String,
+    /// The purpose, if any.
+    pub purpose: Option<String>,
+    /// `ok`, `forbidden`, `no_consent`, `not_found`, `erased`, `expired`, `integrity`.
+    pub outcome: String,
+    /// How many records it concerned.
+    pub records: u64,
+    /// The subject's reference (hex), if it concerned one.
+    pub subject: Option<String>,
+}
+
+/// Answer to `POST /v1/audit/verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheck {
+    /// Whether the whole trail is intact.
+    pub ok: bool,
+    /// Events checked.
+    pub events: u64,
+    /// The first event found altered, removed, inserted or out of order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_bad: Option<u64>,
+    /// What is wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
 /// Every error response: `{"error": {...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -132,6 +132,17 @@ enum Command {
     },
     /// List the declared purposes and their lawful bases.
     Purposes,
+    /// Print audit events (no personal data in them).
+    Audit {
+        /// Events after this sequence number.
+        #[arg(long)]
+        after: Option<u64>,
+        /// How many (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Check the whole audit trail; exits 1 if it was tampered with.
+    AuditVerify,
     /// Start a key-encryption-key rotation.
     Rotate,
     /// Show key versions, rotation and purge progress.
@@ -297,6 +308,21 @@ async fn run(command: Command, allow_plain_http: bool) -> Result<(), Failure> {
         }
         Command::Consents { subject } => print(&client.consents(subject.read()?).await?),
         Command::Purposes => print(&client.purposes().await?),
+        Command::Audit { after, limit } => print(&client.audit_events(after, limit).await?),
+        Command::AuditVerify => {
+            let check = client.verify_audit().await?;
+            print(&check)?;
+            if check.ok {
+                Ok(())
+            } else {
+                Err(Failure::Client(Error::Api {
+                    status: 200,
+                    code: "audit_tampered".into(),
+                    message: check.problem.unwrap_or_default(),
+                    item: None,
+                }))
+            }
+        }
         Command::Rotate => print(&client.rotate().await?),
         Command::Keys => print(&client.keys().await?),
         Command::Metrics => {

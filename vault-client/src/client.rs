@@ -8,9 +8,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    ConsentRequest, DetokenizeRequest, DetokenizeResponse, DetokenizeResult, ErasureReceipt,
-    ErrorBody, KeyStatus, Purposes, RectifyRequest, Sensitive, SubjectConsents, SubjectExport,
-    SubjectRequest, TokenizeItem, TokenizeRequest, TokenizeResponse,
+    AuditCheck, AuditEvents, ConsentRequest, DetokenizeRequest, DetokenizeResponse,
+    DetokenizeResult, ErasureReceipt, ErrorBody, KeyStatus, Purposes, RectifyRequest, Sensitive,
+    SubjectConsents, SubjectExport, SubjectRequest, TokenizeItem, TokenizeRequest,
+    TokenizeResponse,
 };
 
 /// What can go wrong with a call. Carries no personal data: the server's messages
@@ -390,6 +391,28 @@ impl Client {
     /// The declared purposes, their lawful bases and fields.
     pub async fn purposes(&self) -> Result<Purposes, Error> {
         self.call::<(), _>(Method::GET, "/v1/purposes", None, Idempotent::Yes)
+            .await?
+            .ok_or(Error::Decode { status: 204 })
+    }
+
+    /// Up to `limit` (1–1000) audit events after sequence number `after`.
+    pub async fn audit_events(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<AuditEvents, Error> {
+        let path = match after {
+            Some(after) => format!("/v1/audit?after={after}&limit={limit}"),
+            None => format!("/v1/audit?limit={limit}"),
+        };
+        self.call::<(), _>(Method::GET, &path, None, Idempotent::Yes)
+            .await?
+            .ok_or(Error::Decode { status: 204 })
+    }
+
+    /// Checks the whole audit trail; the answer names the first bad event.
+    pub async fn verify_audit(&self) -> Result<AuditCheck, Error> {
+        self.call::<(), _>(Method::POST, "/v1/audit/verify", None, Idempotent::Yes)
             .await?
             .ok_or(Error::Decode { status: 204 })
     }

@@ -45,6 +45,21 @@ pub enum AuditAction {
     Erase,
 }
 
+impl AuditOutcome {
+    /// The outcome's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuditOutcome::Ok => "ok",
+            AuditOutcome::Forbidden => "forbidden",
+            AuditOutcome::NoConsent => "no_consent",
+            AuditOutcome::NotFound => "not_found",
+            AuditOutcome::Erased => "erased",
+            AuditOutcome::Expired => "expired",
+            AuditOutcome::Integrity => "integrity",
+        }
+    }
+}
+
 impl AuditAction {
     /// The action's name.
     pub fn name(self) -> &'static str {

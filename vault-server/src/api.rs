@@ -29,10 +29,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 use vault_client::api::{
-    Consent, ConsentChange, ConsentRequest, DetokenizeRequest, DetokenizeResponse,
-    DetokenizeResult, ErasureReceipt, ExportedRecord, ItemError, KekVersion, KeyStatus, Purge,
-    PurposeInfo, Purposes, RectifyRequest, Sensitive, SubjectConsents, SubjectExport,
-    SubjectRequest, TokenizeRequest, TokenizeResponse,
+    AuditCheck, AuditEventInfo, AuditEvents, Consent, ConsentChange, ConsentRequest,
+    DetokenizeRequest, DetokenizeResponse, DetokenizeResult, ErasureReceipt, ExportedRecord,
+    ItemError, KekVersion, KeyStatus, Purge, PurposeInfo, Purposes, RectifyRequest, Sensitive,
+    SubjectConsents, SubjectExport, SubjectRequest, TokenizeRequest, TokenizeResponse,
 };
 use vault_core::Vault;
 
@@ -72,7 +72,7 @@ impl AppState {
 }
 
 /// Every route, as its template: the only route names that reach logs and metrics.
-pub const ROUTES: [&str; 13] = [
+pub const ROUTES: [&str; 15] = [
     "/v1/tokenize",
     "/v1/detokenize",
     "/v1/tokens/{token}",
@@ -81,6 +81,8 @@ pub const ROUTES: [&str; 13] = [
     "/v1/subjects/consent",
     "/v1/subjects/consents",
     "/v1/purposes",
+    "/v1/audit",
+    "/v1/audit/verify",
     "/v1/admin/rotate",
     "/v1/admin/keys",
     "/healthz",
@@ -100,6 +102,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/subjects/consent", post(record_consent))
         .route("/v1/subjects/consents", post(consents))
         .route("/v1/purposes", get(purposes))
+        .route("/v1/audit", get(audit_events))
+        .route("/v1/audit/verify", post(verify_audit))
         .route("/v1/admin/rotate", post(rotate))
         .route("/v1/admin/keys", get(keys))
         .route("/healthz", get(healthz))
@@ -215,6 +219,7 @@ fn access(route: &str, method: &Method) -> Access {
         ("/v1/subjects/erase", &Method::POST) => Scope::Erase,
         ("/v1/subjects/export", &Method::POST) => Scope::Export,
         ("/v1/subjects/consent" | "/v1/subjects/consents", &Method::POST) => Scope::Consent,
+        ("/v1/audit", &Method::GET) | ("/v1/audit/verify", &Method::POST) => Scope::Audit,
         ("/v1/admin/rotate" | "/v1/admin/keys", _) => Scope::Admin,
         ("/healthz" | "/readyz" | "/metrics" | OPENAPI_ROUTE, _) => return Access::Public,
         _ => return Access::Key(None),
@@ -569,6 +574,62 @@ async fn consents(
     }))
 }
 
+/// `after` and `limit` from the query string (`/v1/audit?after=SEQ&limit=N`).
+fn audit_query(query: Option<&str>) -> Result<(Option<u64>, usize), ApiError> {
+    let bad = || ApiError::malformed("the query takes after=SEQ and limit=1..1000");
+    let (mut after, mut limit) = (None, 100);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("after", v)) => after = Some(v.parse::<u64>().map_err(|_| bad())?),
+            Some(("limit", v)) => {
+                limit = v.parse::<usize>().map_err(|_| bad())?;
+                if !(1..=1000).contains(&limit) {
+                    return Err(bad());
+                }
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok((after, limit))
+}
+
+async fn audit_events(work: Work, uri: axum::http::Uri) -> Result<Json<AuditEvents>, ApiError> {
+    let (after, limit) = audit_query(uri.query())?;
+    let events = work
+        .run(move |vault| vault.audit_events(after, limit))
+        .await?;
+    Ok(Json(AuditEvents {
+        events: events
+            .into_iter()
+            .map(|e| AuditEventInfo {
+                seq: e.seq,
+                at: e.at,
+                actor: e.actor,
+                action: e.action.name().to_owned(),
+                purpose: e.purpose,
+                outcome: e.outcome.name().to_owned(),
+                records: e.records,
+                subject: e
+                    .subject
+                    .map(|r| r.iter().map(|b| format!("{b:02x}")).collect()),
+            })
+            .collect(),
+    }))
+}
+
+async fn verify_audit(work: Work) -> Result<Json<AuditCheck>, ApiError> {
+    let check = work.run(|vault| vault.verify_audit()).await?;
+    if !check.ok {
+        tracing::error!(first_bad = ?check.first_bad, "the audit trail failed verification");
+    }
+    Ok(Json(AuditCheck {
+        ok: check.ok,
+        events: check.events,
+        first_bad: check.first_bad,
+        problem: check.problem,
+    }))
+}
+
 async fn purposes(work: Work) -> Result<Json<Purposes>, ApiError> {
     let purposes = work.run(|vault| Ok(vault.purposes())).await?;
     Ok(Json(Purposes {
@@ -868,7 +929,7 @@ mod tests {
                 assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
             }
         }
-        assert_eq!(described, 15, "every route and method");
+        assert_eq!(described, 17, "every route and method");
         Ok(())
     }
 

@@ -32,13 +32,15 @@ pub enum Scope {
     Export,
     /// `POST /v1/subjects/consent` and `/v1/subjects/consents`: record and read consent.
     Consent,
+    /// `/v1/audit` and `/v1/audit/verify`: read and check the audit trail.
+    Audit,
     /// `/v1/admin/*`: key rotation and key status.
     Admin,
 }
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 8] = [
+    pub const ALL: [Scope; 9] = [
         Scope::Tokenize,
         Scope::Detokenize,
         Scope::Rectify,
@@ -46,6 +48,7 @@ impl Scope {
         Scope::Erase,
         Scope::Export,
         Scope::Consent,
+        Scope::Audit,
         Scope::Admin,
     ];
 
@@ -59,6 +62,7 @@ impl Scope {
             Scope::Erase => "erase",
             Scope::Export => "export",
             Scope::Consent => "consent",
+            Scope::Audit => "audit",
             Scope::Admin => "admin",
         }
     }

@@ -100,6 +100,18 @@ pub fn document() -> Value {
                 "summary": "The declared purposes, their lawful bases and fields. Any valid key.",
                 "responses": with_errors(json!({ "200": answer("Purposes.", "Purposes") }), &[401, 405, 429, 500, 503])
             }},
+            "/v1/audit": { "get": {
+                "summary": "Audit events in sequence order (no personal data). Scope: audit.",
+                "parameters": [
+                    { "name": "after", "in": "query", "schema": { "type": "integer" }, "description": "Events after this sequence number." },
+                    { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } }
+                ],
+                "responses": with_errors(json!({ "200": answer("Events.", "AuditEvents") }), &[400, 401, 403, 405, 429, 500, 503])
+            }},
+            "/v1/audit/verify": { "post": {
+                "summary": "Check the whole audit trail: chain, order and checkpoint. Scope: audit.",
+                "responses": with_errors(json!({ "200": answer("The result, with the first bad event.", "AuditCheck") }), &[401, 403, 405, 429, 500, 503])
+            }},
             "/v1/admin/rotate": { "post": {
                 "summary": "Start a key-encryption-key rotation; rewrapping runs in the background. Scope: admin.",
                 "responses": with_errors(json!({ "200": answer("Key status.", "KeyStatus") }), &[401, 403, 405, 429, 500, 503])
@@ -169,6 +181,18 @@ pub fn document() -> Value {
                         }))
                     ]}}
                 })),
+                "AuditEvents": object(&["events"], json!({
+                    "events": { "type": "array", "items": object(&["seq", "at", "actor", "action", "outcome", "records"], json!({
+                        "seq": { "type": "integer" }, "at": { "type": "integer" }, "actor": { "type": "string" },
+                        "action": { "type": "string" }, "purpose": { "type": ["string", "null"] },
+                        "outcome": { "type": "string" }, "records": { "type": "integer" },
+                        "subject": { "type": ["string", "null"], "description": "A reference derived from the subject's key; unlinkable once it is erased." }
+                    }))}
+                })),
+                "AuditCheck": object(&["ok", "events"], json!({
+                    "ok": { "type": "boolean" }, "events": { "type": "integer" },
+                    "first_bad": { "type": "integer" }, "problem": { "type": "string" }
+                })),
                 "RectifyRequest": object(&["value"], json!({ "value": { "type": "string" } })),
                 "ConsentRequest": object(&["subject", "purpose", "granted"], json!({
                     "subject": { "type": "string" },
@@ -201,6 +225,7 @@ pub fn document() -> Value {
                     "subject_ref": { "type": ["string", "null"], "description": "Says nothing about who the subject was." },
                     "erased_at": { "type": "integer", "description": "Milliseconds since the Unix epoch." },
                     "records": { "type": "integer" },
+                    "audit_event": { "type": "integer", "description": "The audit event recording the erasure." },
                     "purge": { "type": "object", "properties": {
                         "state": { "enum": ["done", "pending", "not_needed"] },
                         "at": { "type": "integer" }, "due_by": { "type": "integer" }
