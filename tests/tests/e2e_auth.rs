@@ -7,20 +7,8 @@ mod common;
 use std::net::TcpStream;
 use std::process::Command;
 
-use common::{KeySpec, Launch, SERVER, Server, TestResult, metric, write_config};
+use common::{KeySpec, Launch, SCOPES, SERVER, Server, TestResult, metric, write_config};
 use reqwest::Method;
-
-const SCOPES: [&str; 9] = [
-    "tokenize",
-    "detokenize",
-    "rectify",
-    "delete",
-    "erase",
-    "export",
-    "consent",
-    "audit",
-    "admin",
-];
 
 /// One request per (route, method), and the scope it needs.
 fn routes(token: &str) -> Vec<(&'static str, Method, String, Option<serde_json::Value>)> {

@@ -6,22 +6,10 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{KeySpec, Launch, Server, TestResult, metric, write_config};
+use common::{KeySpec, Launch, SCOPES as ALL, Server, TestResult, metric, write_config};
 use reqwest::Method;
 use serde_json::json;
 use vault_client::api::{DetokenizeResult, TokenizeItem};
-
-const ALL: [&str; 9] = [
-    "tokenize",
-    "detokenize",
-    "rectify",
-    "delete",
-    "erase",
-    "export",
-    "consent",
-    "audit",
-    "admin",
-];
 
 struct Case {
     name: &'static str,

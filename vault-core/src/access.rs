@@ -11,12 +11,9 @@ use std::collections::HashMap;
 use zeroize::Zeroizing;
 
 use crate::audit::{AuditAction, AuditEvent, AuditOutcome};
-use crate::codec::decode;
 use crate::error::{Argument, Error, InputError, Problem};
 use crate::purposes::{Access, LawfulBasis};
-use crate::records::{
-    Detokenized, LiveRecord, Plaintext, RECORD_FORMAT, StoredRecord, expired_outcome, stub_outcome,
-};
+use crate::records::{Detokenized, LiveRecord, Plaintext};
 use crate::store::Cf;
 use crate::subjects::Sid;
 use crate::token::TokenId;
@@ -75,24 +72,9 @@ impl Vault {
                         bytes: &[u8],
                         subject: &mut Option<[u8; 16]>|
          -> Result<Detokenized, Error> {
-            let record: LiveRecord = match decode(RECORD_FORMAT, bytes)? {
-                StoredRecord::Shredded { tag } => return Err(stub_outcome(&inner.index, id, &tag)),
-                StoredRecord::Expired { tag } => {
-                    return Err(expired_outcome(&inner.index, id, &tag));
-                }
-                StoredRecord::Live(record) => record,
-            };
-            let dek = inner
-                .dek(&record.sid)?
-                .ok_or_else(|| inner.missing_key(&record.sid, id, &record.link))?;
+            let (record, dek) = inner.live_record(id, bytes)?;
             *subject = Some(dek.audit_ref);
-            if inner
-                .opts
-                .policy
-                .expired(&record.field, record.created_at, now)
-            {
-                return Err(Error::Expired);
-            }
+            inner.check_retention(&record, now)?;
             if !purpose.covers(&record.field) {
                 return Err(Error::Forbidden);
             }

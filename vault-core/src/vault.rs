@@ -548,33 +548,49 @@ impl Inner {
         Ok(Some(Dek::new(&key, entry.subject_hash)))
     }
 
-    pub(crate) fn open_record(&self, id: &TokenId, bytes: &[u8]) -> Result<Detokenized, Error> {
-        match decode(RECORD_FORMAT, bytes)? {
-            StoredRecord::Shredded { tag } => Err(stub_outcome(&self.index, id, &tag)),
-            StoredRecord::Expired { tag } => Err(expired_outcome(&self.index, id, &tag)),
-            StoredRecord::Live(record) => {
-                let dek = self
-                    .dek(&record.sid)?
-                    .ok_or_else(|| self.missing_key(&record.sid, id, &record.link))?;
-                if self
-                    .opts
-                    .policy
-                    .expired(&record.field, record.created_at, self.now())
-                {
-                    return Err(Error::Expired);
-                }
-                let value = record.open(&self.vault_id, id, &dek.aead)?;
-                let LiveRecord {
-                    field, created_at, ..
-                } = record;
-                Ok(Detokenized {
-                    field,
-                    value: Plaintext::new(value),
-                    created_at,
-                    masked: false,
-                })
-            }
+    /// A stored record as a live record and its subject's key: stubs answer
+    /// *erased* or *expired* (if genuine), a missing key *erased* or `Integrity`.
+    pub(crate) fn live_record(
+        &self,
+        id: &TokenId,
+        bytes: &[u8],
+    ) -> Result<(LiveRecord, Arc<Dek>), Error> {
+        let record = match decode(RECORD_FORMAT, bytes)? {
+            StoredRecord::Shredded { tag } => return Err(stub_outcome(&self.index, id, &tag)),
+            StoredRecord::Expired { tag } => return Err(expired_outcome(&self.index, id, &tag)),
+            StoredRecord::Live(record) => record,
+        };
+        let dek = self
+            .dek(&record.sid)?
+            .ok_or_else(|| self.missing_key(&record.sid, id, &record.link))?;
+        Ok((record, dek))
+    }
+
+    /// [`Error::Expired`] when the record is past its field's retention period at `now`.
+    pub(crate) fn check_retention(&self, record: &LiveRecord, now: u64) -> Result<(), Error> {
+        if self
+            .opts
+            .policy
+            .expired(&record.field, record.created_at, now)
+        {
+            return Err(Error::Expired);
         }
+        Ok(())
+    }
+
+    pub(crate) fn open_record(&self, id: &TokenId, bytes: &[u8]) -> Result<Detokenized, Error> {
+        let (record, dek) = self.live_record(id, bytes)?;
+        self.check_retention(&record, self.now())?;
+        let value = record.open(&self.vault_id, id, &dek.aead)?;
+        let LiveRecord {
+            field, created_at, ..
+        } = record;
+        Ok(Detokenized {
+            field,
+            value: Plaintext::new(value),
+            created_at,
+            masked: false,
+        })
     }
 
     /// Runs `f` on a live record under its subject's stripe lock, after checking again

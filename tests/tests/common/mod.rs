@@ -16,6 +16,19 @@ pub type TestResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>
 pub const SERVER: &str = env!("CARGO_BIN_EXE_e2e-vault-server");
 pub const VAULTCTL: &str = env!("CARGO_BIN_EXE_e2e-vaultctl");
 
+/// Every API key scope.
+pub const SCOPES: [&str; 9] = [
+    "tokenize",
+    "detokenize",
+    "rectify",
+    "delete",
+    "erase",
+    "export",
+    "consent",
+    "audit",
+    "admin",
+];
+
 /// A running server process.
 pub struct Server {
     child: Option<Child>,
