@@ -127,24 +127,16 @@ impl Vault {
             .iter()
             .zip(refs)
             .map(|(result, subject)| {
-                let outcome = match result {
-                    Ok(_) => AuditOutcome::Ok,
-                    Err(Error::Forbidden) => AuditOutcome::Forbidden,
-                    Err(Error::NoConsent) => AuditOutcome::NoConsent,
-                    Err(Error::Erased) => AuditOutcome::Erased,
-                    Err(Error::Expired) => AuditOutcome::Expired,
-                    Err(Error::Integrity) => AuditOutcome::Integrity,
-                    Err(_) => AuditOutcome::NotFound,
-                };
-                let mut event = AuditEvent::new(access.actor, AuditAction::Detokenize, outcome);
-                event.purpose = Some(purpose.name().to_owned());
-                event.records = u64::from(result.is_ok());
-                event.subject = subject;
-                event
+                AuditEvent::new(
+                    access.actor,
+                    AuditAction::Detokenize,
+                    AuditOutcome::of(result),
+                )
+                .purpose(purpose.name())
+                .about(subject, u64::from(result.is_ok()))
             })
             .collect();
-        let sync = inner.opts.durability == crate::options::Durability::Synced;
-        inner.commit_audited(inner.store.batch(), events, sync)?;
+        inner.commit_audited(inner.store.batch(), events, inner.synced())?;
         Ok(results)
     }
 }

@@ -15,9 +15,13 @@
 //! [`Journal`], which assigns sequence numbers and MACs and writes the callers'
 //! batches in that order, syncing once per group of concurrent callers (its own group
 //! commit). The chain order is therefore the commit order, and a crash leaves a prefix.
+//!
+//! Retention: events older than the configured period are pruned from the start of
+//! the trail; a base checkpoint (the first kept sequence number and the MAC before
+//! it, authenticated) lets the rest verify, and the pruning is itself an event.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Condvar, Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -27,22 +31,40 @@ use crate::crypto::{Key, domain};
 use crate::error::{Error, StorageError};
 use rocksdb::WriteBatch;
 
+use crate::retention::RETENTION_ACTOR;
 use crate::store::{Batch, Cf, Store};
 use crate::vault::{Inner, Vault};
 
 const AUDIT_FORMAT: u8 = 1;
 const HEAD: &[u8] = b"audit/head";
+const BASE: &[u8] = b"audit/base";
+/// Events pruned per batch (and per `AuditPruned` event).
+const PRUNE_CHUNK: usize = 10_000;
 
 /// What was done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum AuditAction {
-    /// Values stored.
+    /// Values stored (one event per subject of a call).
     Tokenize,
-    /// Values read for a purpose.
+    /// A value read (one event per token).
     Detokenize,
+    /// A value replaced.
+    Rectify,
+    /// A record deleted.
+    Delete,
     /// A subject erased.
     Erase,
+    /// A subject's data exported.
+    Export,
+    /// Consent granted for the event's purpose.
+    ConsentGranted,
+    /// Consent withdrawn for the event's purpose.
+    ConsentWithdrawn,
+    /// Records purged at the end of their retention period.
+    Expire,
+    /// Audit events past their retention pruned (`records` of them).
+    AuditPruned,
 }
 
 impl AuditOutcome {
@@ -66,7 +88,14 @@ impl AuditAction {
         match self {
             AuditAction::Tokenize => "tokenize",
             AuditAction::Detokenize => "detokenize",
+            AuditAction::Rectify => "rectify",
+            AuditAction::Delete => "delete",
             AuditAction::Erase => "erase",
+            AuditAction::Export => "export",
+            AuditAction::ConsentGranted => "consent_granted",
+            AuditAction::ConsentWithdrawn => "consent_withdrawn",
+            AuditAction::Expire => "expire",
+            AuditAction::AuditPruned => "audit_pruned",
         }
     }
 }
@@ -127,6 +156,33 @@ impl AuditEvent {
             subject: None,
         }
     }
+
+    pub(crate) fn purpose(mut self, purpose: &str) -> AuditEvent {
+        self.purpose = Some(purpose.to_owned());
+        self
+    }
+
+    /// About `records` records of the subject with reference `subject`.
+    pub(crate) fn about(mut self, subject: Option<[u8; 16]>, records: u64) -> AuditEvent {
+        self.subject = subject;
+        self.records = records;
+        self
+    }
+}
+
+impl AuditOutcome {
+    /// The outcome a per-item result is recorded with.
+    pub(crate) fn of<T>(result: &Result<T, Error>) -> AuditOutcome {
+        match result {
+            Ok(_) => AuditOutcome::Ok,
+            Err(Error::Forbidden) => AuditOutcome::Forbidden,
+            Err(Error::NoConsent) => AuditOutcome::NoConsent,
+            Err(Error::Erased) => AuditOutcome::Erased,
+            Err(Error::Expired) => AuditOutcome::Expired,
+            Err(Error::Integrity) => AuditOutcome::Integrity,
+            Err(_) => AuditOutcome::NotFound,
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -143,6 +199,15 @@ struct Head {
     tag: [u8; 32],
 }
 
+/// Where the trail starts once events were pruned: the first kept sequence number
+/// and the MAC of the event before it.
+#[derive(Serialize, Deserialize)]
+struct Base {
+    first: u64,
+    mac: [u8; 32],
+    tag: [u8; 32],
+}
+
 fn chain_mac(key: &Key, prev: &[u8; 32], event: &AuditEvent) -> Result<[u8; 32], Error> {
     let body = postcard::to_allocvec(event).map_err(|_| Error::Integrity)?;
     Ok(key.mac_parts(&[domain::AUDIT_EVENT, prev, &body]))
@@ -150,6 +215,44 @@ fn chain_mac(key: &Key, prev: &[u8; 32], event: &AuditEvent) -> Result<[u8; 32],
 
 fn head_tag(key: &Key, seq: u64, mac: &[u8; 32]) -> [u8; 32] {
     key.mac_parts(&[domain::AUDIT_HEAD, &seq.to_be_bytes(), mac])
+}
+
+fn base_tag(key: &Key, first: u64, mac: &[u8; 32]) -> [u8; 32] {
+    key.mac_parts(&[domain::AUDIT_BASE, &first.to_be_bytes(), mac])
+}
+
+fn index_key(subject: &[u8; 16], seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(subject);
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The stored checkpoint, if any; `Err` with what is wrong when it does not
+/// authenticate.
+fn read_head(store: &Store, key: &Key) -> Result<Result<Option<Head>, &'static str>, Error> {
+    let Some(bytes) = store.get(Cf::Meta, HEAD)? else {
+        return Ok(Ok(None));
+    };
+    Ok(match decode::<Head>(AUDIT_FORMAT, &bytes) {
+        Ok(head) if bool::from(head_tag(key, head.seq, &head.mac).ct_eq(&head.tag)) => {
+            Ok(Some(head))
+        }
+        _ => Err("the checkpoint was altered"),
+    })
+}
+
+/// The stored base (sequence 0 after an all-zero MAC when nothing was pruned).
+fn read_base(store: &Store, key: &Key) -> Result<Result<(u64, [u8; 32]), &'static str>, Error> {
+    let Some(bytes) = store.get(Cf::Meta, BASE)? else {
+        return Ok(Ok((0, [0u8; 32])));
+    };
+    Ok(match decode::<Base>(AUDIT_FORMAT, &bytes) {
+        Ok(base) if bool::from(base_tag(key, base.first, &base.mac).ct_eq(&base.tag)) => {
+            Ok((base.first, base.mac))
+        }
+        _ => Err("the retention base was altered"),
+    })
 }
 
 /// The result of [`Vault::verify_audit`].
@@ -164,6 +267,17 @@ pub struct AuditVerification {
     pub first_bad: Option<u64>,
     /// What is wrong, if anything.
     pub problem: Option<String>,
+}
+
+impl AuditVerification {
+    fn bad(events: u64, first_bad: Option<u64>, problem: String) -> AuditVerification {
+        AuditVerification {
+            ok: false,
+            events,
+            first_bad,
+            problem: Some(problem),
+        }
+    }
 }
 
 /// Per ticket, the sequence numbers or the error; then the next sequence number and
@@ -192,6 +306,11 @@ struct State {
 pub(crate) struct Journal {
     state: Mutex<State>,
     cv: Condvar,
+    /// Set when the checkpoint did not authenticate at open: nothing is appended to a
+    /// trail whose end is unknown (verification reports it).
+    damaged: Option<&'static str>,
+    /// Held by pruning and verification, so a verification sees no half-pruned trail.
+    prune: Mutex<()>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -201,25 +320,40 @@ impl std::fmt::Debug for Journal {
 }
 
 impl Journal {
-    /// Reads the checkpoint.
+    /// Reads the checkpoint. One that does not authenticate leaves the journal
+    /// refusing writes, so the damage is reported (by verification) and not
+    /// overwritten by the next event's checkpoint.
     pub(crate) fn open(store: &Store, key: &Key) -> Result<Journal, Error> {
         let mut state = State::default();
-        if let Some(bytes) = store.get(Cf::Meta, HEAD)? {
-            let head: Head = decode(AUDIT_FORMAT, &bytes)?;
-            if !bool::from(head_tag(key, head.seq, &head.mac).ct_eq(&head.tag)) {
-                return Err(Error::Integrity);
+        let damaged = match read_head(store, key)? {
+            Ok(Some(head)) => {
+                state.next_seq = head.seq + 1;
+                state.last_mac = head.mac;
+                None
             }
-            state.next_seq = head.seq + 1;
-            state.last_mac = head.mac;
-        }
+            Ok(None) => None,
+            Err(problem) => Some(problem),
+        };
         Ok(Journal {
             state: Mutex::new(state),
             cv: Condvar::new(),
+            damaged,
+            prune: Mutex::new(()),
         })
+    }
+
+    fn prune_lock(&self) -> MutexGuard<'_, ()> {
+        self.prune.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl Inner {
+    /// Whether writes, and the audit events of reads, are synced: as the vault's
+    /// durability says. (Erasures and consent changes are synced whatever it says.)
+    pub(crate) fn synced(&self) -> bool {
+        self.opts.durability == crate::options::Durability::Synced
+    }
+
     /// Commits `batch` together with `events` (sequence numbers and times filled in
     /// here), after every earlier audited write; returns the events' sequence numbers.
     pub(crate) fn commit_audited(
@@ -228,6 +362,9 @@ impl Inner {
         mut events: Vec<AuditEvent>,
         sync: bool,
     ) -> Result<Vec<u64>, Error> {
+        if self.journal.damaged.is_some() {
+            return Err(Error::AuditDamaged);
+        }
         let now = self.now();
         for e in &mut events {
             e.at = now;
@@ -297,6 +434,11 @@ impl Inner {
                         break;
                     }
                 }
+                if let Some(subject) = &event.subject {
+                    let at = index_key(subject, seq);
+                    self.store
+                        .put_raw(&mut request.batch, Cf::AuditIndex, &at, b"");
+                }
                 let stored = StoredEvent { event, mac };
                 self.store.put_raw(
                     &mut request.batch,
@@ -341,8 +483,24 @@ impl Inner {
 
     pub(crate) fn verify_audit(&self) -> Result<AuditVerification, Error> {
         let key = &self.index.audit_key;
-        let mut expected = 0u64;
-        let mut prev = [0u8; 32];
+        let _prune = self.journal.prune_lock();
+        // The checkpoint first: events appended while we scan come after it, and
+        // are checked by the chain like the rest.
+        let head = match read_head(&self.store, key)? {
+            Ok(head) => head,
+            Err(problem) => return Ok(AuditVerification::bad(0, None, problem.to_owned())),
+        };
+        let (first, base_mac) = match read_base(&self.store, key)? {
+            Ok(base) => base,
+            Err(problem) => return Ok(AuditVerification::bad(0, None, problem.to_owned())),
+        };
+        let mut expected = first;
+        let mut prev = base_mac;
+        // The MAC of the event the checkpoint names, once reached.
+        let mut at_head = head
+            .as_ref()
+            .filter(|h| h.seq.checked_add(1) == Some(first))
+            .map(|_| base_mac);
         let mut bad: Option<(u64, String)> = None;
         self.store.scan_prefix(Cf::Audit, &[], |k, v| {
             let at: [u8; 8] = k.try_into().map_err(|_| Error::Integrity)?;
@@ -353,12 +511,23 @@ impl Inner {
                 Ok(_) if seq != expected => Some(if seq > expected {
                     "missing (removed)"
                 } else {
-                    "out of order"
+                    "out of order, or before the first kept event"
                 }),
                 Ok(stored) => match chain_mac(key, &prev, &stored.event) {
                     Ok(mac) if bool::from(mac.ct_eq(&stored.mac)) => {
                         prev = mac;
-                        None
+                        // Hidden from its subject's access history?
+                        match &stored.event.subject {
+                            Some(subject)
+                                if self
+                                    .store
+                                    .get(Cf::AuditIndex, &index_key(subject, seq))?
+                                    .is_none() =>
+                            {
+                                Some("missing from its subject's index")
+                            }
+                            _ => None,
+                        }
                     }
                     _ => Some("altered, inserted or reordered"),
                 },
@@ -367,48 +536,48 @@ impl Inner {
                 bad = Some((expected.min(seq), problem.to_owned()));
                 return Ok(false);
             }
+            if head.as_ref().is_some_and(|h| h.seq == seq) {
+                at_head = Some(prev);
+            }
             expected += 1;
             Ok(true)
         })?;
+        let checked = expected - first;
         if let Some((seq, problem)) = bad {
-            return Ok(AuditVerification {
-                ok: false,
-                events: seq,
-                first_bad: Some(seq),
-                problem: Some(format!("event {seq}: {problem}")),
-            });
+            return Ok(AuditVerification::bad(
+                checked,
+                Some(seq),
+                format!("event {seq}: {problem}"),
+            ));
         }
-        // The checkpoint must name the last event: otherwise the tail was cut off.
-        let head = match self.store.get(Cf::Meta, HEAD)? {
-            None if expected == 0 => None,
+        // The events up to the checkpoint must all be there, ending in its MAC:
+        // otherwise the tail was cut off.
+        match head {
+            None if expected == first => {}
             None => {
-                return Ok(AuditVerification {
-                    ok: false,
-                    events: expected,
-                    first_bad: Some(0),
-                    problem: Some("the checkpoint is missing".into()),
-                });
+                return Ok(AuditVerification::bad(
+                    checked,
+                    Some(first),
+                    "the checkpoint is missing".into(),
+                ));
             }
-            Some(bytes) => Some(decode::<Head>(AUDIT_FORMAT, &bytes)?),
-        };
-        if let Some(head) = head {
-            let genuine = bool::from(head_tag(key, head.seq, &head.mac).ct_eq(&head.tag));
-            if !genuine || head.seq + 1 != expected || !bool::from(head.mac.ct_eq(&prev)) {
-                let first = expected.min(head.seq + 1);
-                return Ok(AuditVerification {
-                    ok: false,
-                    events: expected,
-                    first_bad: Some(first),
-                    problem: Some(format!(
-                        "the trail ends at {expected} events but the checkpoint names event {} (truncated or altered)",
-                        head.seq
-                    )),
-                });
+            Some(head) => {
+                let reached = at_head.is_some_and(|mac| bool::from(mac.ct_eq(&head.mac)));
+                if !reached {
+                    return Ok(AuditVerification::bad(
+                        checked,
+                        Some(expected.min(head.seq.saturating_add(1))),
+                        format!(
+                            "the trail ends before event {} that the checkpoint names (truncated or altered)",
+                            head.seq
+                        ),
+                    ));
+                }
             }
         }
         Ok(AuditVerification {
             ok: true,
-            events: expected,
+            events: checked,
             first_bad: None,
             problem: None,
         })
@@ -430,6 +599,93 @@ impl Inner {
             out.push(stored.event);
         }
         Ok(out)
+    }
+
+    /// The events about the subject with reference `subject`, through the index.
+    pub(crate) fn events_about(&self, subject: &[u8; 16]) -> Result<Vec<AuditEvent>, Error> {
+        let mut keys = Vec::new();
+        self.store.scan_prefix(Cf::AuditIndex, subject, |k, _| {
+            keys.push(k[16..].to_vec());
+            Ok(true)
+        })?;
+        let mut out = Vec::with_capacity(keys.len());
+        // An event pruned between the two reads is simply no longer there.
+        for bytes in self
+            .store
+            .multi_get(Cf::Audit, &keys)?
+            .into_iter()
+            .flatten()
+        {
+            let stored: StoredEvent = decode(AUDIT_FORMAT, &bytes)?;
+            if stored.event.subject.as_ref() != Some(subject) {
+                return Err(Error::Integrity);
+            }
+            out.push(stored.event);
+        }
+        Ok(out)
+    }
+
+    /// Prunes events older than the audit retention period at `now`, checking their
+    /// chain first (damage is never pruned away); returns how many were pruned.
+    pub(crate) fn prune_audit(&self) -> Result<u64, Error> {
+        let Some(period) = self.opts.audit_retention else {
+            return Ok(0);
+        };
+        let key = &self.index.audit_key;
+        let cutoff = self
+            .now()
+            .saturating_sub(u64::try_from(period.as_millis()).unwrap_or(u64::MAX));
+        let _prune = self.journal.prune_lock();
+        let mut pruned = 0;
+        loop {
+            let (first, mut mac) = read_base(&self.store, key)?.map_err(|_| Error::Integrity)?;
+            let from = first.checked_sub(1).map(u64::to_be_bytes);
+            let from = from.as_ref().map(|k| &k[..]);
+            // Most runs find nothing due: look at the oldest event before reading more.
+            let Some((_, oldest)) = self.store.scan_after(Cf::Audit, from, 1)?.pop() else {
+                return Ok(pruned);
+            };
+            if decode::<StoredEvent>(AUDIT_FORMAT, &oldest)?.event.at >= cutoff {
+                return Ok(pruned);
+            }
+            let page = self.store.scan_after(Cf::Audit, from, PRUNE_CHUNK)?;
+            let mut batch = self.store.batch();
+            let mut next = first;
+            for (k, v) in &page {
+                let stored: StoredEvent = decode(AUDIT_FORMAT, v)?;
+                if stored.event.at >= cutoff {
+                    break;
+                }
+                let expected = chain_mac(key, &mac, &stored.event)?;
+                if stored.event.seq != next
+                    || k[..] != next.to_be_bytes()
+                    || !bool::from(expected.ct_eq(&stored.mac))
+                {
+                    return Err(Error::Integrity);
+                }
+                batch.delete(Cf::Audit, k);
+                if let Some(subject) = &stored.event.subject {
+                    batch.delete(Cf::AuditIndex, &index_key(subject, next));
+                }
+                mac = stored.mac;
+                next += 1;
+            }
+            let count = next - first;
+            if count == 0 {
+                return Ok(pruned);
+            }
+            let base = Base {
+                first: next,
+                mac,
+                tag: base_tag(key, next, &mac),
+            };
+            batch.put(Cf::Meta, BASE, &encode(AUDIT_FORMAT, &base));
+            let event =
+                AuditEvent::new(RETENTION_ACTOR, AuditAction::AuditPruned, AuditOutcome::Ok)
+                    .about(None, count);
+            self.commit_audited(batch, vec![event], true)?;
+            pruned += count;
+        }
     }
 }
 
@@ -458,14 +714,16 @@ impl Vault {
         let Some(dek) = inner.dek(&entry.sid)? else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
-        inner.store.scan_prefix(Cf::Audit, &[], |_, v| {
-            let stored: StoredEvent = decode(AUDIT_FORMAT, v)?;
-            if stored.event.subject == Some(dek.audit_ref) {
-                out.push(stored.event);
-            }
-            Ok(true)
-        })?;
-        Ok(out)
+        inner.events_about(&dek.audit_ref)
+    }
+
+    /// Prunes the audit events older than [`VaultOptions::audit_retention`]
+    /// (the background worker does this too); returns how many. Nothing without a
+    /// retention period. The pruning is recorded as an event (actor `retention`), and the trail keeps
+    /// verifying from the first kept event.
+    ///
+    /// [`VaultOptions::audit_retention`]: crate::VaultOptions::audit_retention
+    pub fn prune_audit(&self) -> Result<u64, Error> {
+        self.inner.prune_audit()
     }
 }

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{AuditAction, AuditEvent, AuditOutcome};
 use crate::codec::{decode, encode};
 use crate::crypto::{aad, domain};
 use crate::error::{Argument, Error, InputError, Problem};
@@ -160,6 +161,17 @@ impl Vault {
         granted: bool,
         source: Option<&str>,
     ) -> Result<ConsentEvent, Error> {
+        self.record_consent_by(&self.inner.opts.actor, subject, purpose, granted, source)
+    }
+
+    pub(crate) fn record_consent_by(
+        &self,
+        actor: &str,
+        subject: &str,
+        purpose: &str,
+        granted: bool,
+        source: Option<&str>,
+    ) -> Result<ConsentEvent, Error> {
         let inner = &*self.inner;
         inner.opts.limits.check_subject(subject)?;
         match inner.opts.policy.purpose(purpose) {
@@ -238,8 +250,16 @@ impl Vault {
             &ckey,
             &inner.seal_consent(&dek, &ckey, &current)?,
         );
+        let action = if granted {
+            AuditAction::ConsentGranted
+        } else {
+            AuditAction::ConsentWithdrawn
+        };
+        let audit = AuditEvent::new(actor, action, AuditOutcome::Ok)
+            .purpose(purpose)
+            .about(Some(dek.audit_ref), 0);
         // Synced whatever the durability: a withdrawal must not come undone.
-        inner.store.write_synced(batch)?;
+        inner.commit_audited(batch, vec![audit], true)?;
         if created {
             inner.cache.insert(entry.sid, dek);
         }

@@ -46,6 +46,7 @@ pub(crate) mod domain {
     pub const EXPIRED: &[u8] = b"pii-vault/expired/v1";
     pub const AUDIT_EVENT: &[u8] = b"pii-vault/audit-event/v1";
     pub const AUDIT_HEAD: &[u8] = b"pii-vault/audit-head/v1";
+    pub const AUDIT_BASE: &[u8] = b"pii-vault/audit-base/v1";
 }
 
 /// A 256-bit secret key on the heap, wiped on drop, never `Clone`, `Copy` or `Debug`-printed.

@@ -176,12 +176,10 @@ impl Vault {
     /// says [`PurgeState::NotNeeded`]. The id can be used again afterwards; it then
     /// names a new subject with a new key.
     pub fn erase(&self, subject: &str) -> Result<ErasureReceipt, Error> {
-        self.erase_as(subject, "-")
+        self.erase_by(&self.inner.opts.actor, subject)
     }
 
-    /// [`erase`](Self::erase), recording `actor` (not personal data: a service or API
-    /// key name) in the audit trail.
-    pub fn erase_as(&self, subject: &str, actor: &str) -> Result<ErasureReceipt, Error> {
+    pub(crate) fn erase_by(&self, actor: &str, subject: &str) -> Result<ErasureReceipt, Error> {
         let inner = &*self.inner;
         inner.opts.limits.check_subject(subject)?;
         let hash = inner.index.subject_hash(subject);
@@ -229,9 +227,8 @@ impl Vault {
                 PurgePolicy::Within(delay) => now.saturating_add(delay.as_millis() as u64),
             };
             batch.put(Cf::PurgeQueue, &sid, &encode(QUEUE_FORMAT, &due_by));
-            let mut event = AuditEvent::new(actor, AuditAction::Erase, AuditOutcome::Ok);
-            event.records = entry.records;
-            event.subject = audit_ref;
+            let event = AuditEvent::new(actor, AuditAction::Erase, AuditOutcome::Ok)
+                .about(audit_ref, entry.records);
             // Synced whatever the vault's durability: an acknowledged erasure must not
             // come undone after a machine crash.
             let seqs = inner.commit_audited(batch, vec![event], true)?;

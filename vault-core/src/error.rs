@@ -48,6 +48,12 @@ pub enum Error {
     /// with this vault's keys. Nothing was returned from it.
     #[error("integrity check failed")]
     Integrity,
+    /// The audit trail's checkpoint did not authenticate when the vault opened: its
+    /// end is unknown, so nothing that must be audited is done (and the damage is not
+    /// overwritten). [`Vault::verify_audit`](crate::Vault::verify_audit) reports it;
+    /// restore the vault from a backup.
+    #[error("the audit trail is damaged; audited operations are refused")]
+    AuditDamaged,
     /// The root key (passphrase or key) does not open this vault. Nothing was
     /// decrypted and nothing on disk changed.
     #[error("the root key does not open this vault")]
@@ -183,6 +189,8 @@ pub enum Argument {
     Source,
     /// A token.
     Token,
+    /// The actor named for the audit trail.
+    Actor,
 }
 
 impl fmt::Display for Argument {
@@ -195,6 +203,7 @@ impl fmt::Display for Argument {
             Argument::Purpose => "purpose",
             Argument::Source => "consent source",
             Argument::Token => "token",
+            Argument::Actor => "actor",
         })
     }
 }

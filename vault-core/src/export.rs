@@ -1,6 +1,7 @@
 //! Export (GDPR Art. 15 and 20): every record of one subject, read through the
 //! subject's index prefix and a multi-get of its records, never a scan of others.
 
+use crate::audit::{AuditAction, AuditEvent, AuditOutcome};
 use crate::codec::decode;
 use crate::consent::ConsentStatus;
 use crate::erase::SubjectRef;
@@ -23,23 +24,44 @@ pub struct SubjectExport {
     pub records: Vec<ExportedRecord>,
     /// The subject's consents: current state and history per purpose.
     pub consents: Vec<ConsentStatus>,
+    /// Who did what with the subject's data, when, and for which purpose (GDPR
+    /// Art. 15(1)(c)): the audit events about the subject still kept, oldest first.
+    /// This export is recorded too, after it was made.
+    pub access_log: Vec<AuditEvent>,
 }
 
 impl Vault {
     /// Exports every record of `subject`. A subject the vault does not know (never
     /// stored, or erased) exports as empty.
+    /// The export is recorded in the audit trail before it is returned.
     pub fn export(&self, subject: &str) -> Result<SubjectExport, Error> {
+        self.export_by(&self.inner.opts.actor, subject)
+    }
+
+    pub(crate) fn export_by(&self, actor: &str, subject: &str) -> Result<SubjectExport, Error> {
+        let export = self.export_unaudited(subject)?;
+        let inner = &*self.inner;
+        let event = AuditEvent::new(actor, AuditAction::Export, AuditOutcome::Ok)
+            .about(export.1, export.0.records.len() as u64);
+        inner.commit_audited(inner.store.batch(), vec![event], inner.synced())?;
+        Ok(export.0)
+    }
+
+    /// The export and the subject's audit reference.
+    fn export_unaudited(&self, subject: &str) -> Result<(SubjectExport, Option<[u8; 16]>), Error> {
         let inner = &*self.inner;
         inner.opts.limits.check_subject(subject)?;
         let hash = inner.index.subject_hash(subject);
         let exported_at = inner.now();
         let Some(bytes) = inner.store.get(Cf::Subjects, &hash)? else {
-            return Ok(SubjectExport {
+            let empty = SubjectExport {
                 subject_ref: None,
                 exported_at,
                 records: Vec::new(),
                 consents: Vec::new(),
-            });
+                access_log: Vec::new(),
+            };
+            return Ok((empty, None));
         };
         let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
         let sid = entry.sid;
@@ -86,11 +108,14 @@ impl Vault {
             }
         }
         let consents = inner.consents_of(&sid, &dek)?;
-        Ok(SubjectExport {
+        let access_log = inner.events_about(&dek.audit_ref)?;
+        let export = SubjectExport {
             subject_ref: Some(SubjectRef(sid)),
             exported_at,
             records,
             consents,
-        })
+            access_log,
+        };
+        Ok((export, Some(dek.audit_ref)))
     }
 }

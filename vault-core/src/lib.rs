@@ -26,6 +26,7 @@
 #![deny(missing_docs)]
 
 mod access;
+mod actor;
 mod audit;
 mod codec;
 mod consent;
@@ -46,6 +47,7 @@ mod token;
 mod vault;
 mod worker;
 
+pub use actor::Actor;
 pub use audit::{AuditAction, AuditEvent, AuditOutcome, AuditVerification};
 pub use consent::{ConsentEvent, ConsentStatus, MAX_SOURCE_LEN};
 pub use erase::{ErasureReceipt, PendingPurge, PurgeReport, PurgeState, SubjectRef};
@@ -53,10 +55,12 @@ pub use error::{Argument, Error, InputError, Problem, StorageError};
 pub use export::SubjectExport;
 pub use keys::RootKey;
 pub use options::{
-    Clock, Durability, KdfParams, Limits, MAX_PURGE_DELAY, PurgePolicy, SystemClock, VaultOptions,
+    Clock, DEFAULT_ACTOR, Durability, KdfParams, Limits, MAX_PURGE_DELAY, PurgePolicy, SystemClock,
+    VaultOptions, valid_actor,
 };
 pub use purposes::{Access, LawfulBasis, Mask, Purpose, valid_purpose_name};
 pub use records::{Detokenized, ExportedRecord, Plaintext};
+pub use retention::RETENTION_ACTOR;
 pub use rotate::{KekVersionStatus, KeyStatus};
 pub use store::StorageCounters;
 pub use token::{TOKEN_TEXT_LEN, Token};

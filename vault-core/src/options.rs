@@ -196,6 +196,8 @@ pub struct VaultOptions {
     pub(crate) statistics: bool,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) policy: Policy,
+    pub(crate) actor: String,
+    pub(crate) audit_retention: Option<Duration>,
 }
 
 impl Default for VaultOptions {
@@ -213,6 +215,8 @@ impl Default for VaultOptions {
             statistics: false,
             clock: Arc::new(SystemClock),
             policy: Policy::default(),
+            actor: DEFAULT_ACTOR.to_owned(),
+            audit_retention: None,
         }
     }
 }
@@ -323,8 +327,39 @@ impl VaultOptions {
         self
     }
 
+    /// The actor the audit trail names for calls made directly on the
+    /// [`Vault`](crate::Vault) (default `embedded`); [`Vault::as_actor`](crate::Vault::as_actor)
+    /// names another per call. 1-64 of ASCII letters, digits, `_`, `-`, `.`, `:`:
+    /// a service or key name, never personal data.
+    pub fn actor(mut self, name: impl Into<String>) -> Self {
+        self.actor = name.into();
+        self
+    }
+
+    /// Keeps audit events for `period`, then prunes them (background worker, or
+    /// [`Vault::prune_audit`](crate::Vault::prune_audit)); the trail still verifies
+    /// from the first kept event, and the pruning is itself an event. Default: kept
+    /// forever. At least one day.
+    pub fn audit_retention(mut self, period: Duration) -> Self {
+        self.audit_retention = Some(period);
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), Error> {
         self.policy.validate()?;
+        if !valid_actor(&self.actor) {
+            return Err(Error::InvalidOption(
+                "the actor must be 1-64 of ASCII letters, digits, '_', '-', '.', ':'",
+            ));
+        }
+        if self
+            .audit_retention
+            .is_some_and(|p| p < Duration::from_secs(86_400))
+        {
+            return Err(Error::InvalidOption(
+                "audit events must be kept at least one day",
+            ));
+        }
         if self.dek_cache_capacity == 0 {
             return Err(Error::InvalidOption(
                 "the DEK cache capacity must be at least 1",
@@ -357,6 +392,19 @@ impl VaultOptions {
         }
         Ok(())
     }
+}
+
+/// The actor named for calls made directly on a [`Vault`](crate::Vault), unless
+/// [`VaultOptions::actor`] names another.
+pub const DEFAULT_ACTOR: &str = "embedded";
+
+/// Whether `name` can name an actor in the audit trail: 1-64 of ASCII letters,
+/// digits, `_`, `-`, `.`, `:`.
+pub fn valid_actor(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! the storage layer flush, compact and verify the directory exactly as the erasure
 //! purge does, so the value's ciphertext leaves every file.
 
+use crate::audit::{AuditAction, AuditEvent, AuditOutcome};
 use crate::codec::{decode, encode};
 use crate::erase::PurgeReport;
 use crate::error::Error;
@@ -19,6 +20,8 @@ use crate::vault::{Inner, Vault};
 
 /// Set while expired records have been stubbed but the file check has not yet passed.
 const UNVERIFIED: &[u8] = b"retention/unverified";
+/// The actor the audit trail names for records expired by the retention purge.
+pub const RETENTION_ACTOR: &str = "retention";
 /// Expired records handled per run.
 const RUN_LIMIT: usize = 10_000;
 
@@ -157,7 +160,9 @@ impl Inner {
         batch.delete(Cf::Index, &index_key(sid, id));
         self.count_removed_record(&dek.subject_hash, &mut batch)?;
         batch.put(Cf::Meta, UNVERIFIED, b"");
-        self.store.write_synced(batch)?;
+        let event = AuditEvent::new(RETENTION_ACTOR, AuditAction::Expire, AuditOutcome::Ok)
+            .about(Some(dek.audit_ref), 1);
+        self.commit_audited(batch, vec![event], true)?;
         Ok(true)
     }
 }

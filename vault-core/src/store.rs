@@ -46,10 +46,14 @@ pub(crate) enum Cf {
     Expiry,
     /// sequence number (8, big-endian) → audit event and its chained MAC.
     Audit,
+    /// subject reference (16) || sequence number (8) → empty: a subject's audit
+    /// events, by prefix. The reference is in the events too; it says nothing once
+    /// the subject's key is gone.
+    AuditIndex,
 }
 
 impl Cf {
-    pub(crate) const ALL: [Cf; 11] = [
+    pub(crate) const ALL: [Cf; 12] = [
         Cf::Meta,
         Cf::Subjects,
         Cf::Keys,
@@ -61,6 +65,7 @@ impl Cf {
         Cf::Consents,
         Cf::Expiry,
         Cf::Audit,
+        Cf::AuditIndex,
     ];
 
     /// The column families that hold a subject's key or data, and so are compacted by a purge.
@@ -80,6 +85,7 @@ impl Cf {
             Cf::Consents => "consents",
             Cf::Expiry => "expiry",
             Cf::Audit => "audit",
+            Cf::AuditIndex => "audit_index",
         }
     }
 }
@@ -450,10 +456,6 @@ impl Batch<'_> {
     pub(crate) fn add(&mut self, key: &[u8], delta: i64) {
         self.inner
             .merge_cf(self.store.cf(Cf::Counters), key, delta.to_le_bytes());
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.inner.len()
     }
 
     /// The engine's batch, to be finished and written by [`Store::put_raw`] and

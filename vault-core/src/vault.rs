@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use crate::audit::Journal;
+use crate::audit::{AuditAction, AuditEvent, AuditOutcome, Journal};
 use crate::codec::{decode, encode};
 use crate::crypto::{Key, random_bytes};
 use crate::error::Error;
@@ -187,8 +187,7 @@ impl Vault {
         field: &str,
         value: impl AsRef<[u8]>,
     ) -> Result<Token, Error> {
-        let request = TokenizeRequest::new(subject, field, value.as_ref());
-        Ok(self.single(self.tokenize_batch(&[request])?))
+        self.default_actor().tokenize(subject, field, value)
     }
 
     /// Tokenizes one value with its deterministic token: the same (subject, field,
@@ -200,19 +199,24 @@ impl Vault {
         field: &str,
         value: impl AsRef<[u8]>,
     ) -> Result<Token, Error> {
-        let request = TokenizeRequest::new(subject, field, value.as_ref()).deterministic();
-        Ok(self.single(self.tokenize_batch(&[request])?))
-    }
-
-    fn single(&self, mut tokens: Vec<Token>) -> Token {
-        // tokenize_batch returns exactly one token per request, and we sent one.
-        tokens.pop().expect("one token per request")
+        self.default_actor()
+            .tokenize_deterministic(subject, field, value)
     }
 
     /// Tokenizes many values in one atomic write: either every value is stored and a
     /// token returned for each (in order), or nothing is stored. An invalid item fails
     /// the whole call with an [`InputError`](crate::InputError) naming its index.
     pub fn tokenize_batch(&self, items: &[TokenizeRequest<'_>]) -> Result<Vec<Token>, Error> {
+        self.tokenize_by(&self.inner.opts.actor, items)
+    }
+
+    /// [`tokenize_batch`](Self::tokenize_batch), recorded under `actor`: one audit
+    /// event per subject, committed with the records.
+    pub(crate) fn tokenize_by(
+        &self,
+        actor: &str,
+        items: &[TokenizeRequest<'_>],
+    ) -> Result<Vec<Token>, Error> {
         let inner = &*self.inner;
         let limits = &inner.opts.limits;
         limits.check_batch(items.len())?;
@@ -256,6 +260,8 @@ impl Vault {
         let mut tokens = Vec::with_capacity(items.len());
         let mut issued: HashSet<TokenId> = HashSet::new();
         let mut changed: HashSet<SubjectHash> = HashSet::new();
+        // Records newly stored per subject, for the audit events.
+        let mut stored: HashMap<SubjectHash, u64> = HashMap::new();
         for (item, h) in items.iter().zip(&hashes) {
             let Some((entry, dek)) = subjects.get_mut(h) else {
                 return Err(Error::Integrity);
@@ -263,6 +269,7 @@ impl Vault {
             let id: TokenId = if item.deterministic {
                 let id = dek.deterministic_id(item.field, item.value);
                 if issued.contains(&id) || inner.store.get(Cf::Records, &id)?.is_some() {
+                    stored.entry(*h).or_default();
                     tokens.push(Token::new(id, &inner.index.token_tag_key));
                     continue;
                 }
@@ -292,15 +299,23 @@ impl Vault {
             }
             entry.records += 1;
             changed.insert(*h);
+            *stored.entry(*h).or_default() += 1;
             tokens.push(Token::new(id, &inner.index.token_tag_key));
         }
         for h in &changed {
             let (entry, _) = &subjects[h];
             batch.put(Cf::Subjects, h, &encode(SUBJECT_FORMAT, entry));
         }
-        if batch.len() > 0 {
-            inner.store.write(batch)?;
-        }
+        let events = distinct
+            .iter()
+            .map(|h| {
+                let (_, dek) = &subjects[h];
+                let records = stored.get(h).copied().unwrap_or(0);
+                AuditEvent::new(actor, AuditAction::Tokenize, AuditOutcome::Ok)
+                    .about(Some(dek.audit_ref), records)
+            })
+            .collect();
+        inner.commit_audited(batch, events, inner.synced())?;
         for (sid, dek) in new_deks {
             inner.cache.insert(sid, dek);
         }
@@ -316,18 +331,31 @@ impl Vault {
     ///
     /// Errors: [`Error::InvalidToken`] (malformed or another vault's),
     /// [`Error::NotFound`], [`Error::Erased`], [`Error::Integrity`].
+    /// The read is recorded in the audit trail (no purpose) before it returns.
     pub fn detokenize(&self, token: &str) -> Result<Detokenized, Error> {
-        let id = self.inner.token_id(token)?;
-        match self.inner.store.get(Cf::Records, &id)? {
-            Some(bytes) => self.inner.open_record(&id, &bytes),
-            None => Err(Error::NotFound),
-        }
+        self.detokenize_one_by(&self.inner.opts.actor, token)
+    }
+
+    pub(crate) fn detokenize_one_by(&self, actor: &str, token: &str) -> Result<Detokenized, Error> {
+        self.inner.token_id(token)?;
+        let mut results = self.detokenize_by(actor, &[token])?;
+        // One result per token, and we sent one.
+        results.pop().expect("one result per token")
     }
 
     /// Detokenizes many tokens, with one result per token, in order: one bad token
-    /// does not fail the others.
+    /// does not fail the others. Each token's outcome is recorded in the audit trail
+    /// (no purpose; text that is not a token is not) before the values are returned.
     pub fn detokenize_batch<S: AsRef<str>>(
         &self,
+        tokens: &[S],
+    ) -> Result<Vec<Result<Detokenized, Error>>, Error> {
+        self.detokenize_by(&self.inner.opts.actor, tokens)
+    }
+
+    pub(crate) fn detokenize_by<S: AsRef<str>>(
+        &self,
+        actor: &str,
         tokens: &[S],
     ) -> Result<Vec<Result<Detokenized, Error>>, Error> {
         let inner = &*self.inner;
@@ -339,22 +367,36 @@ impl Vault {
             .filter_map(|r| r.as_ref().ok().copied())
             .collect();
         let mut found = inner.store.multi_get(Cf::Records, &valid)?.into_iter();
-        Ok(ids
+        let mut events = Vec::with_capacity(valid.len());
+        let results = ids
             .into_iter()
             .map(|id| {
                 let id = id?;
-                match found.next().flatten() {
-                    Some(bytes) => inner.open_record(&id, &bytes),
+                let mut subject = None;
+                let result = match found.next().flatten() {
+                    Some(bytes) => inner.open_record(&id, &bytes, &mut subject),
                     None => Err(Error::NotFound),
-                }
+                };
+                events.push(
+                    AuditEvent::new(actor, AuditAction::Detokenize, AuditOutcome::of(&result))
+                        .about(subject, u64::from(result.is_ok())),
+                );
+                result
             })
-            .collect())
+            .collect();
+        if !events.is_empty() {
+            inner.commit_audited(inner.store.batch(), events, inner.synced())?;
+        }
+        Ok(results)
     }
 
     /// Replaces the value behind `token`; the token stays valid and keeps its field.
     pub fn rectify(&self, token: &str, value: impl AsRef<[u8]>) -> Result<(), Error> {
+        self.rectify_by(&self.inner.opts.actor, token, value.as_ref())
+    }
+
+    pub(crate) fn rectify_by(&self, actor: &str, token: &str, value: &[u8]) -> Result<(), Error> {
         let inner = &*self.inner;
-        let value = value.as_ref();
         inner.opts.limits.check_value(value)?;
         let id = inner.token_id(token)?;
         inner.with_live_record(&id, |_, dek, record| {
@@ -374,7 +416,10 @@ impl Vault {
                 StoredRecord::Live(record.reseal(&inner.vault_id, &id, &dek.aead, value)?);
             let mut batch = inner.store.batch();
             batch.put(Cf::Records, &id, &encode(RECORD_FORMAT, &updated));
-            inner.store.write(batch)
+            let event = AuditEvent::new(actor, AuditAction::Rectify, AuditOutcome::Ok)
+                .about(Some(dek.audit_ref), 1);
+            inner.commit_audited(batch, vec![event], inner.synced())?;
+            Ok(())
         })
     }
 
@@ -383,6 +428,10 @@ impl Vault {
     /// The ciphertext stays in older storage files until compaction reaches them; it is
     /// still under the subject's key. Erasure is what removes bytes provably.
     pub fn delete(&self, token: &str) -> Result<(), Error> {
+        self.delete_by(&self.inner.opts.actor, token)
+    }
+
+    pub(crate) fn delete_by(&self, actor: &str, token: &str) -> Result<(), Error> {
         let inner = &*self.inner;
         let id = inner.token_id(token)?;
         inner.with_live_record(&id, |sid, dek, _| {
@@ -390,7 +439,10 @@ impl Vault {
             batch.delete(Cf::Records, &id);
             batch.delete(Cf::Index, &index_key(sid, &id));
             inner.count_removed_record(&dek.subject_hash, &mut batch)?;
-            inner.store.write(batch)
+            let event = AuditEvent::new(actor, AuditAction::Delete, AuditOutcome::Ok)
+                .about(Some(dek.audit_ref), 1);
+            inner.commit_audited(batch, vec![event], inner.synced())?;
+            Ok(())
         })
     }
 
@@ -578,8 +630,16 @@ impl Inner {
         Ok(())
     }
 
-    pub(crate) fn open_record(&self, id: &TokenId, bytes: &[u8]) -> Result<Detokenized, Error> {
+    /// A stored record's field and value, checked for retention; `subject` is set to
+    /// its subject's audit reference when the key is found.
+    pub(crate) fn open_record(
+        &self,
+        id: &TokenId,
+        bytes: &[u8],
+        subject: &mut Option<[u8; 16]>,
+    ) -> Result<Detokenized, Error> {
         let (record, dek) = self.live_record(id, bytes)?;
+        *subject = Some(dek.audit_ref);
         self.check_retention(&record, self.now())?;
         let value = record.open(&self.vault_id, id, &dek.aead)?;
         let LiveRecord {

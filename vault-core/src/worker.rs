@@ -12,6 +12,8 @@ use crate::vault::Inner;
 const TICK: Duration = Duration::from_millis(500);
 /// The longest wait between two attempts of a failing purge.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How often audit events past their retention are looked for.
+const AUDIT_PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 struct Signal {
@@ -63,6 +65,7 @@ fn run(inner: &Inner, signal: &Signal) {
     // (each attempt flushes and compacts), up to a minute.
     let mut purge_backoff = Duration::ZERO;
     let mut next_purge = Instant::now();
+    let mut next_audit_prune = Instant::now();
     loop {
         {
             let guard = signal.stop.lock().unwrap_or_else(PoisonError::into_inner);
@@ -102,6 +105,12 @@ fn run(inner: &Inner, signal: &Signal) {
                     errors.push(e);
                 } else {
                     purge_backoff = Duration::ZERO;
+                }
+            }
+            if Instant::now() >= next_audit_prune {
+                next_audit_prune = Instant::now() + AUDIT_PRUNE_EVERY;
+                if let Err(e) = inner.prune_audit() {
+                    errors.push(e);
                 }
             }
             let more = match inner.rotation_step() {

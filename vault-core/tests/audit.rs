@@ -3,8 +3,14 @@
 
 mod common;
 
-use common::{TestResult, hex_decode, options, raw_db, root, subject_ref};
-use vault_core::{Access, AuditAction, AuditOutcome, LawfulBasis, Purpose, Vault, VaultOptions};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{ManualClock, TestResult, hex_decode, options, raw_db, root, subject_ref};
+use vault_core::{
+    Access, Argument, AuditAction, Error, LawfulBasis, Purpose, TokenizeRequest, Vault,
+    VaultOptions,
+};
 
 fn audit_options() -> VaultOptions {
     options()
@@ -12,22 +18,22 @@ fn audit_options() -> VaultOptions {
         .purpose(Purpose::new("newsletter", LawfulBasis::Consent))
 }
 
-/// A vault with a few audited operations: 6 events.
+/// A vault with a few audited operations: 8 events.
 fn populated(dir: &std::path::Path) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let vault = Vault::open(dir, &root(), audit_options())?;
-    let a = vault
-        .tokenize("alice", "email", "alice@example.com")?
-        .to_string();
-    let p = vault.tokenize("alice", "phone", "+1 555 0100")?.to_string();
-    let b = vault
-        .tokenize("bob", "email", "bob@example.com")?
-        .to_string();
+    // 2 events: one per subject of the batch.
+    let tokens = vault.as_actor("crm")?.tokenize_batch(&[
+        TokenizeRequest::new("alice", "email", b"alice@example.com"),
+        TokenizeRequest::new("alice", "phone", b"+1 555 0100"),
+        TokenizeRequest::new("bob", "email", b"bob@example.com"),
+    ])?;
+    let [a, p, b] = [0, 1, 2].map(|i| tokens[i].to_string());
     // 3 events: ok, forbidden (phone not covered), ok.
     vault.detokenize_for(&[&a, &p, &b], &Access::new("support", "helpdesk"))?;
     // 1 event: no consent.
     vault.detokenize_for(&[&b], &Access::new("newsletter", "mailer"))?;
-    // 1 event: the erasure; 1 more: bob's token read after.
-    vault.erase_as("alice", "privacy-team")?;
+    // 1 event: the erasure; 1 more: alice's token read after.
+    vault.as_actor("privacy-team")?.erase("alice")?;
     vault.detokenize_for(&[&a], &Access::new("support", "helpdesk"))?;
     vault.close()?;
     Ok(vec![a, p, b])
@@ -40,81 +46,140 @@ fn an_untouched_trail_verifies_and_says_who_did_what() -> TestResult {
     let vault = Vault::open(dir.path(), &root(), audit_options())?;
     let check = vault.verify_audit()?;
     assert!(check.ok, "{check:?}");
-    assert_eq!(check.events, 6);
+    assert_eq!(check.events, 8);
     let events = vault.audit_events(None, 100)?;
     let summary: Vec<_> = events
         .iter()
         .map(|e| {
+            let purpose = e.purpose.as_deref().unwrap_or("-");
             (
                 e.seq,
                 e.actor.as_str(),
-                e.action,
-                e.outcome,
-                e.purpose.as_deref(),
+                e.action.name(),
+                e.outcome.name(),
+                purpose,
+                e.records,
             )
         })
         .collect();
     assert_eq!(
         summary,
         [
-            (
-                0,
-                "helpdesk",
-                AuditAction::Detokenize,
-                AuditOutcome::Ok,
-                Some("support")
-            ),
-            (
-                1,
-                "helpdesk",
-                AuditAction::Detokenize,
-                AuditOutcome::Forbidden,
-                Some("support")
-            ),
-            (
-                2,
-                "helpdesk",
-                AuditAction::Detokenize,
-                AuditOutcome::Ok,
-                Some("support")
-            ),
-            (
-                3,
-                "mailer",
-                AuditAction::Detokenize,
-                AuditOutcome::NoConsent,
-                Some("newsletter")
-            ),
-            (
-                4,
-                "privacy-team",
-                AuditAction::Erase,
-                AuditOutcome::Ok,
-                None
-            ),
-            (
-                5,
-                "helpdesk",
-                AuditAction::Detokenize,
-                AuditOutcome::Erased,
-                Some("support")
-            ),
+            (0, "crm", "tokenize", "ok", "-", 2),
+            (1, "crm", "tokenize", "ok", "-", 1),
+            (2, "helpdesk", "detokenize", "ok", "support", 1),
+            (3, "helpdesk", "detokenize", "forbidden", "support", 0),
+            (4, "helpdesk", "detokenize", "ok", "support", 1),
+            (5, "mailer", "detokenize", "no_consent", "newsletter", 0),
+            (6, "privacy-team", "erase", "ok", "-", 2),
+            (7, "helpdesk", "detokenize", "erased", "support", 0),
         ]
     );
     // Alice's events share a reference; bob's differ.
-    assert_eq!(events[0].subject, events[1].subject);
-    assert_ne!(events[0].subject, events[2].subject);
+    let alice = events[0].subject;
+    assert!(alice.is_some());
+    for i in [2, 3, 6] {
+        assert_eq!(events[i].subject, alice, "event {i} is about alice");
+    }
+    for i in [1, 4, 5] {
+        assert_ne!(events[i].subject, alice, "event {i} is about bob");
+        assert_eq!(events[i].subject, events[1].subject);
+    }
     assert_eq!(
-        events[0].subject, events[4].subject,
-        "the erasure names the same reference"
-    );
-    assert_eq!(
-        events[5].subject, None,
+        events[7].subject, None,
         "after erasure, nothing can name the subject"
     );
     // Paging.
-    let page = vault.audit_events(Some(3), 10)?;
-    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 5]);
+    let page = vault.audit_events(Some(5), 10)?;
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [6, 7]);
+    Ok(())
+}
+
+#[test]
+fn every_operation_on_personal_data_is_recorded_and_listed_for_its_subject() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = Vault::open(dir.path(), &root(), audit_options().actor("billing-svc"))?;
+    let crm = vault.as_actor("crm")?;
+    let t = crm
+        .tokenize("erin", "email", "erin@example.com")?
+        .to_string();
+    let d = crm
+        .tokenize_deterministic("erin", "email", "erin@work.example")?
+        .to_string();
+    crm.rectify(&t, "erin@new.example")?;
+    assert_eq!(crm.detokenize(&t)?.value.as_str(), Some("erin@new.example"));
+    crm.detokenize_batch(&[&t, &d])?;
+    crm.record_consent("erin", "newsletter", true, Some("signup-form"))?;
+    vault.detokenize_for(&[&t], &Access::new("newsletter", "mailer"))?;
+    crm.record_consent("erin", "newsletter", false, None)?;
+    crm.delete(&d)?;
+    // The vault's own actor, from its options.
+    vault.detokenize(&t)?;
+    // Someone else's data is not in erin's history.
+    vault.tokenize("frank", "email", "frank@example.com")?;
+
+    let history = vault.subject_audit("erin")?;
+    let summary: Vec<_> = history
+        .iter()
+        .map(|e| {
+            let purpose = e.purpose.as_deref().unwrap_or("-");
+            (e.actor.as_str(), e.action.name(), purpose, e.records)
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("crm", "tokenize", "-", 1),
+            ("crm", "tokenize", "-", 1),
+            ("crm", "rectify", "-", 1),
+            ("crm", "detokenize", "-", 1),
+            ("crm", "detokenize", "-", 1),
+            ("crm", "detokenize", "-", 1),
+            ("crm", "consent_granted", "newsletter", 0),
+            ("mailer", "detokenize", "newsletter", 1),
+            ("crm", "consent_withdrawn", "newsletter", 0),
+            ("crm", "delete", "-", 1),
+            ("billing-svc", "detokenize", "-", 1),
+        ]
+    );
+    // The export carries that history (Art. 15(1)(c)), and is itself recorded.
+    let export = vault.as_actor("dpo")?.export("erin")?;
+    assert_eq!(export.access_log, history);
+    let last = vault.subject_audit("erin")?.pop().ok_or("no event")?;
+    assert_eq!(
+        (last.actor.as_str(), last.action, last.records),
+        ("dpo", AuditAction::Export, 1)
+    );
+    // A retention expiry, an erasure and a prune are recorded elsewhere; here: the
+    // trail as a whole verifies and carries no personal data.
+    assert!(vault.verify_audit()?.ok);
+    vault.close()?;
+    let db = raw_db(dir.path());
+    for family in ["audit", "audit_index"] {
+        let cf = db.cf_handle(family).ok_or("family")?;
+        for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (k, v) = item?;
+            for needle in [&b"erin"[..], b"example", b"signup-form", b"frank"] {
+                assert!(
+                    !k.windows(needle.len()).any(|w| w == needle)
+                        && !v.windows(needle.len()).any(|w| w == needle),
+                    "personal data in {family}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn actor_names_are_checked() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    for bad in ["", "has space", "émile", &"x".repeat(65), "a@b.example"] {
+        let err = vault.as_actor(bad).expect_err("refused");
+        assert!(matches!(err, Error::InvalidInput(ref e) if e.argument == Argument::Actor));
+    }
+    assert!(Vault::open(dir.path(), &root(), audit_options().actor("two words")).is_err());
     Ok(())
 }
 
@@ -123,7 +188,7 @@ fn the_erasure_receipt_names_its_event() -> TestResult {
     let dir = tempfile::tempdir()?;
     let vault = Vault::open(dir.path(), &root(), audit_options())?;
     vault.tokenize("carol", "email", "carol@example.com")?;
-    let receipt = vault.erase_as("carol", "dpo")?;
+    let receipt = vault.as_actor("dpo")?.erase("carol")?;
     let seq = receipt.audit_event.ok_or("no audit event")?;
     let event = vault
         .audit_events(seq.checked_sub(1), 1)?
@@ -206,19 +271,34 @@ fn edits_removals_insertions_reorders_and_truncation_are_detected() -> TestResul
 
     // Insertion: a copy of an event appended after the last one.
     let check = tampered(|db| {
-        let v = get(db, 5);
-        put(db, 6, &v);
+        let v = get(db, 7);
+        put(db, 8, &v);
     })?;
     assert!(!check.ok, "insertion: {check:?}");
-    assert_eq!(check.first_bad, Some(6));
+    assert_eq!(check.first_bad, Some(8));
 
     // Truncation: the last two events cut off.
     let check = tampered(|db| {
-        delete(db, 5);
-        delete(db, 4);
+        delete(db, 7);
+        delete(db, 6);
     })?;
     assert!(!check.ok, "truncation: {check:?}");
-    assert_eq!(check.first_bad, Some(4));
+    assert_eq!(check.first_bad, Some(6));
+
+    // Hiding an event from its subject's access history: its index entry removed.
+    let check = tampered(|db| {
+        let cf = db.cf_handle("audit_index").expect("audit index");
+        let (k, _) = db
+            .iterator_cf(cf, rocksdb::IteratorMode::Start)
+            .find_map(|item| item.ok().filter(|(k, _)| k[16..] == key(3)))
+            .expect("event 3 is indexed");
+        db.delete_cf(cf, k).expect("delete");
+    })?;
+    assert_eq!(
+        (check.ok, check.first_bad),
+        (false, Some(3)),
+        "index: {check:?}"
+    );
 
     // And the untouched control.
     let check = tampered(|_| {})?;
@@ -238,8 +318,8 @@ fn after_erasure_nothing_in_the_trail_links_to_the_subject() -> TestResult {
         vault.detokenize_for(&[&t], &Access::new("support", "helpdesk"))?;
         assert_eq!(
             vault.subject_audit("dave")?.len(),
-            1,
-            "found while dave exists"
+            2,
+            "found while dave exists: tokenize, detokenize"
         );
         sid = hex_decode(&subject_ref(&vault, "dave"));
         vault.erase("dave")?;
@@ -256,7 +336,7 @@ fn after_erasure_nothing_in_the_trail_links_to_the_subject() -> TestResult {
             .to_string();
         vault.detokenize_for(&[&t2], &Access::new("support", "helpdesk"))?;
         let found = vault.subject_audit("dave")?;
-        assert_eq!(found.len(), 1, "only the new subject's event");
+        assert_eq!(found.len(), 2, "only the new subject's events");
         vault.close()?;
     }
     // Holding the root key and the id: the subject's storage id and the keyed hash of
@@ -274,5 +354,121 @@ fn after_erasure_nothing_in_the_trail_links_to_the_subject() -> TestResult {
             "a subject id in an event"
         );
     }
+    Ok(())
+}
+
+fn pruning_options(clock: &Arc<ManualClock>) -> VaultOptions {
+    audit_options()
+        .clock(clock.clone())
+        .audit_retention(Duration::from_secs(30 * 86_400))
+}
+
+#[test]
+fn events_past_their_retention_are_pruned_and_the_rest_still_verifies() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let clock = Arc::new(ManualClock::starting());
+    let vault = Vault::open(dir.path(), &root(), pruning_options(&clock))?;
+    let old = vault
+        .tokenize("gina", "email", "gina@example.com")?
+        .to_string();
+    vault.detokenize_for(&[&old], &Access::new("support", "helpdesk"))?;
+    clock.advance_days(20);
+    vault.detokenize_for(&[&old], &Access::new("support", "helpdesk"))?;
+    assert_eq!(vault.prune_audit()?, 0, "nothing is 30 days old yet");
+    clock.advance_days(15);
+    // Events 0 and 1 are 35 days old, event 2 is 15.
+    assert_eq!(vault.prune_audit()?, 2);
+    let events = vault.audit_events(None, 10)?;
+    let kept: Vec<_> = events.iter().map(|e| (e.seq, e.action.name())).collect();
+    assert_eq!(kept, [(2, "detokenize"), (3, "audit_pruned")]);
+    assert_eq!(
+        (events[1].actor.as_str(), events[1].records),
+        ("retention", 2)
+    );
+    let check = vault.verify_audit()?;
+    assert!(check.ok, "{check:?}");
+    assert_eq!(check.events, 2);
+    // The subject's history lists what is kept.
+    assert_eq!(vault.subject_audit("gina")?.len(), 1);
+    assert_eq!(vault.prune_audit()?, 0, "a second run finds nothing");
+    vault.close()?;
+
+    // The background worker prunes too, and the trail survives reopening.
+    clock.advance_days(31);
+    let vault = Vault::open(
+        dir.path(),
+        &root(),
+        pruning_options(&clock).background_worker(true),
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while vault.audit_events(None, 10)?.first().map(|e| e.seq) == Some(2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker did not prune"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(vault.verify_audit()?.ok);
+    vault.close()?;
+
+    // Removing the oldest kept event, or the base that says where the trail starts,
+    // is detected.
+    let first = {
+        let vault = Vault::open(dir.path(), &root(), pruning_options(&clock))?;
+        vault.audit_events(None, 1)?.pop().ok_or("an event")?.seq
+    };
+    let base = {
+        let db = raw_db(dir.path());
+        let meta = db.cf_handle("meta").ok_or("meta")?;
+        let base = db.get_cf(meta, b"audit/base")?.ok_or("a base")?;
+        db.delete_cf(meta, b"audit/base")?;
+        db.flush_wal(true)?;
+        base
+    };
+    let vault = Vault::open(dir.path(), &root(), pruning_options(&clock))?;
+    let check = vault.verify_audit()?;
+    assert!(!check.ok, "base removed: {check:?}");
+    vault.close()?;
+    {
+        let db = raw_db(dir.path());
+        db.put_cf(db.cf_handle("meta").ok_or("meta")?, b"audit/base", &base)?;
+        db.delete_cf(db.cf_handle("audit").ok_or("audit")?, first.to_be_bytes())?;
+        db.flush_wal(true)?;
+    }
+    let vault = Vault::open(dir.path(), &root(), pruning_options(&clock))?;
+    let check = vault.verify_audit()?;
+    assert_eq!(
+        (check.ok, check.first_bad),
+        (false, Some(first)),
+        "oldest removed: {check:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_damaged_checkpoint_is_reported_and_nothing_is_appended_after_it() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    populated(dir.path())?;
+    {
+        let db = raw_db(dir.path());
+        let meta = db.cf_handle("meta").ok_or("meta")?;
+        let mut head = db.get_cf(meta, b"audit/head")?.ok_or("a checkpoint")?;
+        let last = head.len() - 1;
+        head[last] ^= 1;
+        db.put_cf(meta, b"audit/head", &head)?;
+        db.flush_wal(true)?;
+    }
+    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let check = vault.verify_audit()?;
+    assert!(!check.ok);
+    assert!(check.problem.unwrap_or_default().contains("checkpoint"));
+    let before = vault.audit_events(None, 100)?;
+    assert!(matches!(
+        vault.tokenize("hana", "email", "hana@example.com"),
+        Err(Error::AuditDamaged)
+    ));
+    assert!(matches!(vault.export("bob"), Err(Error::AuditDamaged)));
+    assert_eq!(vault.audit_events(None, 100)?, before, "nothing appended");
+    assert!(vault.subject_audit("hana")?.is_empty(), "nothing stored");
     Ok(())
 }

@@ -235,8 +235,9 @@ fn bad_consent_input_is_refused_and_writes_nothing() -> TestResult {
         .err()
         .ok_or("accepted")?;
     assert!(matches!(err, Error::UnknownPurpose));
-    // Only the one tokenize above wrote (its record, index entry and subject entry).
-    assert_eq!(vault.storage_counters().keys_written - before, 3);
+    // Only the one tokenize above wrote: its record, index entry and subject entry,
+    // and its audit event, the event's index entry and the checkpoint.
+    assert_eq!(vault.storage_counters().keys_written - before, 6);
     Ok(())
 }
 

@@ -4,29 +4,10 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TestResult, files_containing, options, raw_get, root, token_id};
-use vault_core::{Access, Clock, Error, LawfulBasis, Purpose, Vault, VaultOptions};
-
-const DAY: u64 = 86_400_000;
-const START: u64 = 1_800_000_000_000;
-
-#[derive(Debug)]
-struct ManualClock(AtomicU64);
-
-impl Clock for ManualClock {
-    fn now_millis(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl ManualClock {
-    fn advance_days(&self, days: u64) {
-        self.0.fetch_add(days * DAY, Ordering::SeqCst);
-    }
-}
+use common::{ManualClock, TestResult, files_containing, options, raw_get, root, token_id};
+use vault_core::{Access, Error, LawfulBasis, Purpose, Vault, VaultOptions};
 
 fn retention_options(clock: &Arc<ManualClock>) -> VaultOptions {
     options()
@@ -50,7 +31,7 @@ fn stored_ciphertext(
 #[test]
 fn expired_values_answer_expired_and_leave_the_disk() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let clock = Arc::new(ManualClock(AtomicU64::new(START)));
+    let clock = Arc::new(ManualClock::starting());
     let vault = Vault::open(dir.path(), &root(), retention_options(&clock))?;
     let ip = vault
         .tokenize("s1", "ip_address", "203.0.113.77")?
@@ -85,6 +66,12 @@ fn expired_values_answer_expired_and_leave_the_disk() -> TestResult {
 
     let report = vault.purge_expired()?;
     assert_eq!((report.records, report.verified), (1, true));
+    let last = vault.subject_audit("s1")?.pop().ok_or("an event")?;
+    assert_eq!(
+        (last.actor.as_str(), last.action.name(), last.records),
+        ("retention", "expire", 1),
+        "the expiry is in the subject's history"
+    );
     assert!(
         files_containing(dir.path(), &ip_cipher).is_empty(),
         "the expired ciphertext is still on disk"
@@ -112,7 +99,7 @@ fn expired_values_answer_expired_and_leave_the_disk() -> TestResult {
 #[test]
 fn the_background_worker_purges_expired_records() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let clock = Arc::new(ManualClock(AtomicU64::new(START)));
+    let clock = Arc::new(ManualClock::starting());
     let vault = Vault::open(
         dir.path(),
         &root(),
@@ -138,7 +125,7 @@ fn the_background_worker_purges_expired_records() -> TestResult {
 #[test]
 fn a_forged_expired_stub_is_an_integrity_error() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let clock = Arc::new(ManualClock(AtomicU64::new(START)));
+    let clock = Arc::new(ManualClock::starting());
     let token = {
         let vault = Vault::open(dir.path(), &root(), retention_options(&clock))?;
         let t = vault

@@ -4,9 +4,10 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use vault_core::{Durability, KdfParams, PurgePolicy, RootKey, Vault, VaultOptions};
+use vault_core::{Clock, Durability, KdfParams, PurgePolicy, RootKey, Vault, VaultOptions};
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -25,6 +26,29 @@ pub fn options() -> VaultOptions {
         .statistics(true)
         .kdf_params(KdfParams::MINIMUM)
         .purge_policy(PurgePolicy::Within(Duration::from_secs(3600)))
+}
+
+pub const DAY: u64 = 86_400_000;
+pub const START: u64 = 1_800_000_000_000;
+
+/// A clock tests move by hand.
+#[derive(Debug)]
+pub struct ManualClock(pub AtomicU64);
+
+impl Clock for ManualClock {
+    fn now_millis(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl ManualClock {
+    pub fn starting() -> ManualClock {
+        ManualClock(AtomicU64::new(START))
+    }
+
+    pub fn advance_days(&self, days: u64) {
+        self.0.fetch_add(days * DAY, Ordering::SeqCst);
+    }
 }
 
 pub fn relaxed() -> VaultOptions {
@@ -74,7 +98,7 @@ pub fn hex_decode(s: &str) -> Vec<u8> {
         .collect()
 }
 
-pub const COLUMN_FAMILIES: [&str; 11] = [
+pub const COLUMN_FAMILIES: [&str; 12] = [
     "meta",
     "subjects",
     "keys",
@@ -86,6 +110,7 @@ pub const COLUMN_FAMILIES: [&str; 11] = [
     "consents",
     "expiry",
     "audit",
+    "audit_index",
 ];
 
 /// The column families as the vault declares them: `counters` needs its merge
