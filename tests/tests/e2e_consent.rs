@@ -170,6 +170,51 @@ async fn purposes_consent_and_masks_over_https() -> TestResult {
     );
     let export = app.export("cust-1").await?;
     assert_eq!(export.consents, consents.consents);
+    // The access report (Art. 15(1)(c)): who did what, for which purpose, when.
+    let log: Vec<_> = export
+        .access_log
+        .iter()
+        .map(|e| {
+            let purpose = e.purpose.as_deref().unwrap_or("-");
+            (
+                e.actor.as_str(),
+                e.action.as_str(),
+                purpose,
+                e.outcome.as_str(),
+            )
+        })
+        .collect();
+    let billing = ("app", "detokenize", "billing", "ok");
+    let analytics = ("app", "detokenize", "analytics", "ok");
+    let desk = ("support-desk", "detokenize", "billing", "ok");
+    let newsletter = ("mailer", "detokenize", "newsletter", "ok");
+    let refused = ("mailer", "detokenize", "newsletter", "no_consent");
+    assert_eq!(
+        log,
+        [
+            ("app", "tokenize", "-", "ok"),
+            billing,
+            billing,
+            ("app", "detokenize", "billing", "forbidden"),
+            refused,
+            ("app", "consent_granted", "newsletter", "ok"),
+            newsletter,
+            ("app", "consent_withdrawn", "newsletter", "ok"),
+            refused,
+            analytics,
+            analytics,
+            analytics,
+            desk,
+            desk,
+            ("support-desk", "detokenize", "billing", "forbidden"),
+        ]
+    );
+    assert!(
+        export
+            .access_log
+            .windows(2)
+            .all(|w| w[0].seq < w[1].seq && w[0].at <= w[1].at)
+    );
 
     // The audit trail: every token of every detokenization, by key name, no data.
     let trail = app.audit_events(None, 1000).await?;

@@ -394,6 +394,23 @@ async fn vaultctl_runs_the_lifecycle_with_exit_codes() -> TestResult {
     assert_eq!(code, 0);
     assert_eq!(out["records"][0]["token"], token.as_str());
     assert_eq!(out["consents"][0]["purpose"], "marketing");
+    let actions: Vec<_> = out["access_log"]
+        .as_array()
+        .ok_or("no access log")?
+        .iter()
+        .map(|e| e["action"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    for action in [
+        "tokenize",
+        "consent_granted",
+        "detokenize",
+        "consent_withdrawn",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == action),
+            "{action} in {actions:?}"
+        );
+    }
 
     let (code, out, _) = vaultctl(&server, &key, &["erase", "--subject", "customer-9"])?;
     assert_eq!(code, 0);

@@ -246,6 +246,10 @@ pub struct SubjectExport {
     /// The subject's consents, per purpose.
     #[serde(default)]
     pub consents: Vec<Consent>,
+    /// Who did what with the subject's data, when, for which purpose (GDPR Art.
+    /// 15(1)(c)): the audit events about the subject still kept, oldest first.
+    #[serde(default)]
+    pub access_log: Vec<AuditEventInfo>,
 }
 
 /// `POST /v1/subjects/consent`: a grant or withdrawal.

@@ -34,7 +34,7 @@ use vault_client::api::{
     ItemError, KekVersion, KeyStatus, Purge, PurposeInfo, Purposes, RectifyRequest, Sensitive,
     SubjectConsents, SubjectExport, SubjectRequest, TokenizeRequest, TokenizeResponse,
 };
-use vault_core::Vault;
+use vault_core::{Actor, Vault};
 
 use crate::auth::{self, ApiKey, ApiKeys, Scope};
 use crate::config::LimitsConfig;
@@ -363,6 +363,8 @@ struct Permit(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 struct Work {
     vault: Arc<Vault>,
     permit: Option<Permit>,
+    /// The API key that authenticated the request (none on public routes).
+    key: Option<Arc<ApiKey>>,
 }
 
 impl FromRequestParts<Arc<AppState>> for Work {
@@ -375,6 +377,7 @@ impl FromRequestParts<Arc<AppState>> for Work {
         Ok(Work {
             vault: state.vault.clone(),
             permit: parts.extensions.get::<Permit>().cloned(),
+            key: parts.extensions.get::<Arc<ApiKey>>().cloned(),
         })
     }
 }
@@ -385,7 +388,7 @@ impl Work {
         T: Send + 'static,
         F: FnOnce(&Vault) -> Result<T, vault_core::Error> + Send + 'static,
     {
-        let Work { vault, permit } = self;
+        let Work { vault, permit, .. } = self;
         let span = tracing::Span::current();
         let joined = tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -400,6 +403,23 @@ impl Work {
                 Err(ApiError::internal())
             }
         }
+    }
+}
+
+impl Work {
+    /// Like [`run`](Self::run), acting as the request's API key: the audit trail
+    /// names the key.
+    async fn run_as<T, F>(self, call: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Actor<'_>) -> Result<T, vault_core::Error> + Send + 'static,
+    {
+        let Some(key) = self.key.clone() else {
+            tracing::error!("an audited route ran without an API key");
+            return Err(ApiError::internal());
+        };
+        self.run(move |vault| call(vault.as_actor(&key.name)?))
+            .await
     }
 }
 
@@ -428,7 +448,7 @@ async fn tokenize(
     JsonBody(body): JsonBody<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
     let tokens = work
-        .run(move |vault| {
+        .run_as(move |actor| {
             let requests: Vec<vault_core::TokenizeRequest<'_>> = body
                 .items
                 .iter()
@@ -445,7 +465,7 @@ async fn tokenize(
                     }
                 })
                 .collect();
-            vault.tokenize_batch(&requests)
+            actor.tokenize_batch(&requests)
         })
         .await?;
     Ok(Json(TokenizeResponse {
@@ -528,8 +548,8 @@ async fn record_consent(
 ) -> Result<StatusCode, ApiError> {
     // A key records consent only for its own purposes.
     check_purpose(&key, &body.purpose)?;
-    work.run(move |vault| {
-        vault.record_consent(
+    work.run_as(move |actor| {
+        actor.record_consent(
             body.subject.expose(),
             &body.purpose,
             body.granted,
@@ -599,22 +619,23 @@ async fn audit_events(work: Work, uri: axum::http::Uri) -> Result<Json<AuditEven
         .run(move |vault| vault.audit_events(after, limit))
         .await?;
     Ok(Json(AuditEvents {
-        events: events
-            .into_iter()
-            .map(|e| AuditEventInfo {
-                seq: e.seq,
-                at: e.at,
-                actor: e.actor,
-                action: e.action.name().to_owned(),
-                purpose: e.purpose,
-                outcome: e.outcome.name().to_owned(),
-                records: e.records,
-                subject: e
-                    .subject
-                    .map(|r| r.iter().map(|b| format!("{b:02x}")).collect()),
-            })
-            .collect(),
+        events: events.into_iter().map(audit_event_info).collect(),
     }))
+}
+
+fn audit_event_info(e: vault_core::AuditEvent) -> AuditEventInfo {
+    AuditEventInfo {
+        seq: e.seq,
+        at: e.at,
+        actor: e.actor,
+        action: e.action.name().to_owned(),
+        purpose: e.purpose,
+        outcome: e.outcome.name().to_owned(),
+        records: e.records,
+        subject: e
+            .subject
+            .map(|r| r.iter().map(|b| format!("{b:02x}")).collect()),
+    }
 }
 
 async fn verify_audit(work: Work) -> Result<Json<AuditCheck>, ApiError> {
@@ -654,24 +675,22 @@ async fn rectify(
     TokenPath(token): TokenPath,
     JsonBody(body): JsonBody<RectifyRequest>,
 ) -> Result<StatusCode, ApiError> {
-    work.run(move |vault| vault.rectify(&token, body.value.expose().as_bytes()))
+    work.run_as(move |actor| actor.rectify(&token, body.value.expose().as_bytes()))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn delete_token(work: Work, TokenPath(token): TokenPath) -> Result<StatusCode, ApiError> {
-    work.run(move |vault| vault.delete(&token)).await?;
+    work.run_as(move |actor| actor.delete(&token)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn erase(
     work: Work,
-    axum::Extension(key): axum::Extension<Arc<ApiKey>>,
     JsonBody(body): JsonBody<SubjectRequest>,
 ) -> Result<Json<ErasureReceipt>, ApiError> {
-    let actor = key.name.clone();
     let receipt = work
-        .run(move |vault| vault.erase_as(body.subject.expose(), &actor))
+        .run_as(move |actor| actor.erase(body.subject.expose()))
         .await?;
     let purge = match receipt.purge {
         vault_core::PurgeState::Done { at } => Purge::Done { at },
@@ -698,8 +717,8 @@ async fn export(
 ) -> Result<Json<SubjectExport>, ApiError> {
     let subject = body.subject;
     let (subject, export) = work
-        .run(move |vault| {
-            let export = vault.export(subject.expose())?;
+        .run_as(move |actor| {
+            let export = actor.export(subject.expose())?;
             Ok((subject, export))
         })
         .await?;
@@ -718,6 +737,11 @@ async fn export(
         exported_at: export.exported_at,
         records,
         consents: export.consents.into_iter().map(consent_answer).collect(),
+        access_log: export
+            .access_log
+            .into_iter()
+            .map(audit_event_info)
+            .collect(),
     }))
 }
 

@@ -18,6 +18,7 @@
 //!
 //! [vault]                                   # optional
 //! purge_delay_secs = 900                    # 0 purges at once on erase
+//! audit_retention_days = 730                # audit events kept (default: forever)
 //!
 //! [[api_keys]]
 //! name = "billing"
@@ -156,12 +157,15 @@ pub struct VaultConfig {
     /// Longest delay between an erasure and the purge of its bytes, in seconds; 0
     /// purges before the erase call returns.
     pub purge_delay_secs: u64,
+    /// How long audit events are kept, in days (1-36500); kept forever if unset.
+    pub audit_retention_days: Option<u64>,
 }
 
 impl Default for VaultConfig {
     fn default() -> Self {
         VaultConfig {
             purge_delay_secs: 15 * 60,
+            audit_retention_days: None,
         }
     }
 }
@@ -221,6 +225,8 @@ pub struct ServerConfig {
     pub default_mask: Option<Mask>,
     /// Retention period per field.
     pub retention: Vec<(String, Duration)>,
+    /// How long audit events are kept (forever if `None`).
+    pub audit_retention: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -255,6 +261,9 @@ impl ServerConfig {
         }
         for (field, period) in &self.retention {
             options = options.retention(field.clone(), *period);
+        }
+        if let Some(period) = self.audit_retention {
+            options = options.audit_retention(period);
         }
         options
     }
@@ -309,20 +318,31 @@ pub fn resolve(
         masks,
         default_mask,
         retention: check_retention(&file.retention_days)?,
+        audit_retention: file
+            .vault
+            .audit_retention_days
+            .map(|days| days_between("vault.audit_retention_days", days))
+            .transpose()?,
     })
 }
 
 fn check_retention(days: &BTreeMap<String, u64>) -> Result<Vec<(String, Duration)>, ConfigError> {
     days.iter()
         .map(|(field, days)| {
-            if !(1..=36_500).contains(days) {
-                return Err(ConfigError::new(format!(
-                    "retention_days.{field} must be between 1 and 36500"
-                )));
-            }
-            Ok((field.clone(), Duration::from_secs(days * 86_400)))
+            let period = days_between(&format!("retention_days.{field}"), *days)?;
+            Ok((field.clone(), period))
         })
         .collect()
+}
+
+/// A period of 1 to 36500 days.
+fn days_between(name: &str, days: u64) -> Result<Duration, ConfigError> {
+    if !(1..=36_500).contains(&days) {
+        return Err(ConfigError::new(format!(
+            "{name} must be between 1 and 36500"
+        )));
+    }
+    Ok(Duration::from_secs(days * 86_400))
 }
 
 pub(crate) fn check_purposes(configs: &[PurposeConfig]) -> Result<Vec<Purpose>, ConfigError> {
@@ -754,6 +774,16 @@ mod tests {
         let retention =
             format!("insecure_plain_http = true\n{root}{key}[retention_days]\nip = 0\n");
         assert!(parse(&retention).is_err_and(|e| e.to_string().contains("retention_days.ip")));
+        let audit =
+            format!("insecure_plain_http = true\n{root}{key}[vault]\naudit_retention_days = 0\n");
+        assert!(parse(&audit).is_err_and(|e| e.to_string().contains("audit_retention_days")));
+        let audit =
+            format!("insecure_plain_http = true\n{root}{key}[vault]\naudit_retention_days = 400\n");
+        let config = parse(&audit).expect("a valid period is accepted");
+        assert_eq!(
+            config.audit_retention,
+            Some(Duration::from_secs(400 * 86_400))
+        );
         let masked_export = format!(
             "insecure_plain_http = true\n{root}{}",
             key.replace("[\"tokenize\"]", "[\"export\"]\nmasked = true")

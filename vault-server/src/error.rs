@@ -175,6 +175,17 @@ impl ApiError {
                     "stored data failed an integrity check",
                 )
             }
+            E::AuditDamaged => {
+                tracing::error!(
+                    error = "audit_damaged",
+                    "the audit trail's checkpoint did not authenticate at start-up: audited operations are refused (POST /v1/audit/verify)"
+                );
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "audit_damaged",
+                    "the audit trail is damaged: operations on personal data are refused until it is restored",
+                )
+            }
             other => {
                 // Vault errors name files and kinds, never stored values (vault-core's
                 // contract), so they may be logged.

@@ -182,12 +182,15 @@ pub fn document() -> Value {
                     ]}}
                 })),
                 "AuditEvents": object(&["events"], json!({
-                    "events": { "type": "array", "items": object(&["seq", "at", "actor", "action", "outcome", "records"], json!({
-                        "seq": { "type": "integer" }, "at": { "type": "integer" }, "actor": { "type": "string" },
-                        "action": { "type": "string" }, "purpose": { "type": ["string", "null"] },
-                        "outcome": { "type": "string" }, "records": { "type": "integer" },
-                        "subject": { "type": ["string", "null"], "description": "A reference derived from the subject's key; unlinkable once it is erased." }
-                    }))}
+                    "events": { "type": "array", "items": { "$ref": "#/components/schemas/AuditEvent" } }
+                })),
+                "AuditEvent": object(&["seq", "at", "actor", "action", "outcome", "records"], json!({
+                    "seq": { "type": "integer" }, "at": { "type": "integer" }, "actor": { "type": "string" },
+                    "action": { "enum": ["tokenize", "detokenize", "rectify", "delete", "erase", "export", "consent_granted", "consent_withdrawn", "expire", "audit_pruned"] },
+                    "purpose": { "type": ["string", "null"] },
+                    "outcome": { "enum": ["ok", "forbidden", "no_consent", "not_found", "erased", "expired", "integrity"] },
+                    "records": { "type": "integer" },
+                    "subject": { "type": ["string", "null"], "description": "A reference derived from the subject's key; unlinkable once it is erased." }
                 })),
                 "AuditCheck": object(&["ok", "events"], json!({
                     "ok": { "type": "boolean" }, "events": { "type": "integer" },
@@ -231,10 +234,11 @@ pub fn document() -> Value {
                         "at": { "type": "integer" }, "due_by": { "type": "integer" }
                     }, "required": ["state"] }
                 })),
-                "SubjectExport": object(&["subject", "exported_at", "records", "consents"], json!({
+                "SubjectExport": object(&["subject", "exported_at", "records", "consents", "access_log"], json!({
                     "subject": { "type": "string" },
                     "exported_at": { "type": "integer" },
                     "consents": { "type": "array", "items": { "$ref": "#/components/schemas/Consent" } },
+                    "access_log": { "type": "array", "description": "The audit events about the subject still kept (GDPR Art. 15(1)(c)).", "items": { "$ref": "#/components/schemas/AuditEvent" } },
                     "records": { "type": "array", "items": object(&["token", "field", "value", "created_at"], json!({
                         "token": { "type": "string" }, "field": { "type": "string" },
                         "value": { "type": ["string", "null"] }, "created_at": { "type": "integer" }
