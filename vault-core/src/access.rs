@@ -42,6 +42,8 @@ impl Vault {
             .purpose(access.purpose)
             .ok_or(Error::UnknownPurpose)?;
         inner.opts.limits.check_batch(tokens.len())?;
+        // The actor goes into the audit trail: a name, never an address or free text.
+        self.as_actor(access.actor)?;
         // Text that is not a token of this vault fails the whole call, before anything
         // is read or audited: it is a caller's mistake, not an access.
         let mut ids: Vec<Result<TokenId, Error>> = Vec::with_capacity(tokens.len());
@@ -136,7 +138,7 @@ impl Vault {
                 .about(subject, u64::from(result.is_ok()))
             })
             .collect();
-        inner.commit_audited(inner.store.batch(), events, inner.synced())?;
+        inner.commit_read_events(events)?;
         Ok(results)
     }
 }

@@ -5,7 +5,6 @@
 //! that acts for several callers (the HTTP server, per API key) names each through
 //! [`Vault::as_actor`]. Purpose-bound reads name theirs in [`Access`](crate::Access).
 
-use crate::ConsentEvent;
 use crate::erase::ErasureReceipt;
 use crate::error::{Argument, Error, InputError, Problem};
 use crate::export::SubjectExport;
@@ -13,6 +12,7 @@ use crate::options::valid_actor;
 use crate::records::Detokenized;
 use crate::token::Token;
 use crate::vault::{TokenizeRequest, Vault};
+use crate::{ConsentEvent, ConsentStatus};
 
 /// The vault, acting for a named caller: the same operations as on [`Vault`], each
 /// recorded in the audit trail under that name.
@@ -115,6 +115,11 @@ impl Actor<'_> {
     /// [`Vault::export`].
     pub fn export(&self, subject: &str) -> Result<SubjectExport, Error> {
         self.vault.export_by(self.name, subject)
+    }
+
+    /// [`Vault::consents`].
+    pub fn consents(&self, subject: &str) -> Result<Vec<ConsentStatus>, Error> {
+        self.vault.consents_by(self.name, subject)
     }
 
     /// [`Vault::record_consent`].

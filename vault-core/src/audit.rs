@@ -21,6 +21,7 @@
 //! it, authenticated) lets the rest verify, and the pruning is itself an event.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,8 @@ pub enum AuditAction {
     ConsentGranted,
     /// Consent withdrawn for the event's purpose.
     ConsentWithdrawn,
+    /// A subject's consent ledger read.
+    ConsentsRead,
     /// Records purged at the end of their retention period.
     Expire,
     /// Audit events past their retention pruned (`records` of them).
@@ -94,6 +97,7 @@ impl AuditAction {
             AuditAction::Export => "export",
             AuditAction::ConsentGranted => "consent_granted",
             AuditAction::ConsentWithdrawn => "consent_withdrawn",
+            AuditAction::ConsentsRead => "consents_read",
             AuditAction::Expire => "expire",
             AuditAction::AuditPruned => "audit_pruned",
         }
@@ -325,14 +329,27 @@ impl Journal {
     /// overwritten by the next event's checkpoint.
     pub(crate) fn open(store: &Store, key: &Key) -> Result<Journal, Error> {
         let mut state = State::default();
-        let damaged = match read_head(store, key)? {
-            Ok(Some(head)) => {
-                state.next_seq = head.seq + 1;
-                state.last_mac = head.mac;
-                None
+        // The checkpoint must name the last stored event: a missing or older one
+        // would have the next event overwrite the trail.
+        let last = match store.last_key(Cf::Audit)? {
+            Some(k) => Some(u64::from_be_bytes(
+                k.as_slice().try_into().map_err(|_| Error::Integrity)?,
+            )),
+            None => None,
+        };
+        let damaged = match (read_head(store, key)?, last) {
+            (Err(problem), _) => Some(problem),
+            (Ok(None), None) => None,
+            (Ok(None), Some(_)) => Some("the checkpoint is missing"),
+            (Ok(Some(head)), last) => {
+                if last.is_some_and(|l| l != head.seq) {
+                    Some("the checkpoint does not name the last event")
+                } else {
+                    state.next_seq = head.seq + 1;
+                    state.last_mac = head.mac;
+                    None
+                }
             }
-            Ok(None) => None,
-            Err(problem) => Some(problem),
         };
         Ok(Journal {
             state: Mutex::new(state),
@@ -348,10 +365,33 @@ impl Journal {
 }
 
 impl Inner {
-    /// Whether writes, and the audit events of reads, are synced: as the vault's
-    /// durability says. (Erasures and consent changes are synced whatever it says.)
+    /// Whether writes are synced: as the vault's durability says. (Erasures and
+    /// consent changes are synced whatever it says.)
     pub(crate) fn synced(&self) -> bool {
         self.opts.durability == crate::options::Durability::Synced
+    }
+
+    /// Commits the audit events of a read: synced if the options say so, else
+    /// written to the WAL now and synced by the worker soon
+    /// ([`VaultOptions::sync_read_events`](crate::VaultOptions::sync_read_events)).
+    pub(crate) fn commit_read_events(&self, events: Vec<AuditEvent>) -> Result<(), Error> {
+        let sync = self.synced() && self.opts.sync_read_events;
+        self.commit_audited(self.store.batch(), events, sync)?;
+        if !sync {
+            self.unsynced_events.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Syncs the WAL if read events were written without a sync since the last call.
+    pub(crate) fn sync_read_events(&self) -> Result<(), Error> {
+        if self.unsynced_events.swap(false, Ordering::AcqRel)
+            && let Err(e) = self.store.sync_wal()
+        {
+            self.unsynced_events.store(true, Ordering::Release);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Commits `batch` together with `events` (sequence numbers and times filled in
@@ -413,6 +453,7 @@ impl Inner {
         mut last_mac: [u8; 32],
     ) -> GroupOutcome {
         let sync = group.iter().any(|r| r.sync);
+        let wanted_sync: Vec<u64> = group.iter().filter(|r| r.sync).map(|r| r.ticket).collect();
         let count = group.len();
         let key = &self.index.audit_key;
         let mut outcomes = Vec::with_capacity(count);
@@ -478,6 +519,15 @@ impl Inner {
                 }
             }
         }
+        // A caller that asked for a sync and was written before a failure got no
+        // synced write after its own: sync now, or it is not acknowledged.
+        if failed.is_some() && sync && self.store.sync_wal().is_err() {
+            for (ticket, outcome) in &mut outcomes {
+                if outcome.is_ok() && wanted_sync.contains(ticket) {
+                    *outcome = Err("the write-ahead log could not be synced".to_owned());
+                }
+            }
+        }
         (outcomes, next_seq, last_mac)
     }
 
@@ -503,7 +553,10 @@ impl Inner {
             .map(|_| base_mac);
         let mut bad: Option<(u64, String)> = None;
         self.store.scan_prefix(Cf::Audit, &[], |k, v| {
-            let at: [u8; 8] = k.try_into().map_err(|_| Error::Integrity)?;
+            let Ok(at) = <[u8; 8]>::try_from(k) else {
+                bad = Some((expected, "a key that is not a sequence number".to_owned()));
+                return Ok(false);
+            };
             let seq = u64::from_be_bytes(at);
             let problem = match decode::<StoredEvent>(AUDIT_FORMAT, v) {
                 Err(_) => Some("undecodable"),
@@ -543,6 +596,18 @@ impl Inner {
             Ok(true)
         })?;
         let checked = expected - first;
+        // Events past the checkpoint are appends made while we scanned, unless the
+        // checkpoint now still names an earlier one (it was rolled back).
+        let now_head = read_head(&self.store, key)?.ok().flatten();
+        if bad.is_none()
+            && expected > first
+            && now_head
+                .as_ref()
+                .is_none_or(|h| h.seq.saturating_add(1) < expected)
+        {
+            let named = now_head.as_ref().map_or(0, |h| h.seq.saturating_add(1));
+            bad = Some((named, "after the checkpoint (rolled back?)".to_owned()));
+        }
         if let Some((seq, problem)) = bad {
             return Ok(AuditVerification::bad(
                 checked,

@@ -268,11 +268,25 @@ impl Vault {
 
     /// The subject's consents: per purpose, the current state and every change,
     /// read by the subject's prefix. Empty for a subject the vault does not know.
+    /// The read is recorded in the audit trail.
     pub fn consents(&self, subject: &str) -> Result<Vec<ConsentStatus>, Error> {
+        self.consents_by(&self.inner.opts.actor, subject)
+    }
+
+    pub(crate) fn consents_by(
+        &self,
+        actor: &str,
+        subject: &str,
+    ) -> Result<Vec<ConsentStatus>, Error> {
         let inner = &*self.inner;
         inner.opts.limits.check_subject(subject)?;
         let h = inner.index.subject_hash(subject);
+        let read = |subject_ref, purposes| {
+            AuditEvent::new(actor, AuditAction::ConsentsRead, AuditOutcome::Ok)
+                .about(subject_ref, purposes)
+        };
         let Some(bytes) = inner.store.get(Cf::Subjects, &h)? else {
+            inner.commit_read_events(vec![read(None, 0)])?;
             return Ok(Vec::new());
         };
         let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
@@ -280,7 +294,9 @@ impl Vault {
         if dek.subject_hash != h {
             return Err(Error::Integrity);
         }
-        inner.consents_of(&entry.sid, &dek)
+        let consents = inner.consents_of(&entry.sid, &dek)?;
+        inner.commit_read_events(vec![read(Some(dek.audit_ref), consents.len() as u64)])?;
+        Ok(consents)
     }
 }
 

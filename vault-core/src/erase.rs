@@ -214,9 +214,6 @@ impl Vault {
             if key.subject_hash != hash {
                 return Err(Error::Integrity);
             }
-            // The audit reference comes from the key, so it must be read before the
-            // key is destroyed; after, nothing can recompute it.
-            let audit_ref = inner.dek(&sid)?.map(|dek| dek.audit_ref);
             batch.add(&dek_counter(key.kek_version), -1);
             batch.delete(Cf::Subjects, &hash);
             batch.delete(Cf::Keys, &sid);
@@ -227,8 +224,11 @@ impl Vault {
                 PurgePolicy::Within(delay) => now.saturating_add(delay.as_millis() as u64),
             };
             batch.put(Cf::PurgeQueue, &sid, &encode(QUEUE_FORMAT, &due_by));
+            // No subject reference: the receipt names this event, and a reference
+            // here would let whoever keeps the receipt with the subject id find the
+            // subject's earlier events again.
             let event = AuditEvent::new(actor, AuditAction::Erase, AuditOutcome::Ok)
-                .about(audit_ref, entry.records);
+                .about(None, entry.records);
             // Synced whatever the vault's durability: an acknowledged erasure must not
             // come undone after a machine crash.
             let seqs = inner.commit_audited(batch, vec![event], true)?;

@@ -43,7 +43,7 @@ impl Vault {
         let inner = &*self.inner;
         let event = AuditEvent::new(actor, AuditAction::Export, AuditOutcome::Ok)
             .about(export.1, export.0.records.len() as u64);
-        inner.commit_audited(inner.store.batch(), vec![event], inner.synced())?;
+        inner.commit_read_events(vec![event])?;
         Ok(export.0)
     }
 

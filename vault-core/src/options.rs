@@ -198,6 +198,7 @@ pub struct VaultOptions {
     pub(crate) policy: Policy,
     pub(crate) actor: String,
     pub(crate) audit_retention: Option<Duration>,
+    pub(crate) sync_read_events: bool,
 }
 
 impl Default for VaultOptions {
@@ -217,6 +218,7 @@ impl Default for VaultOptions {
             policy: Policy::default(),
             actor: DEFAULT_ACTOR.to_owned(),
             audit_retention: None,
+            sync_read_events: false,
         }
     }
 }
@@ -342,6 +344,19 @@ impl VaultOptions {
     /// forever. At least one day.
     pub fn audit_retention(mut self, period: Duration) -> Self {
         self.audit_retention = Some(period);
+        self
+    }
+
+    /// Sync the WAL for every read's audit event (detokenize, export) before the
+    /// value is returned. Default `false`: a read's event is written to the WAL
+    /// before the value is returned, so it survives a crash of the process, and is
+    /// synced by the next synced write or by the background worker within 100 ms, so
+    /// a power loss can lose the events of at most the last 100 ms of reads. Writes,
+    /// erasures and consent changes are synced with their events as
+    /// [`durability`](Self::durability) says. Syncing every read costs an fsync per
+    /// read call (shared by concurrent callers).
+    pub fn sync_read_events(mut self, yes: bool) -> Self {
+        self.sync_read_events = yes;
         self
     }
 

@@ -278,6 +278,15 @@ impl Store {
         Ok(it.status()?)
     }
 
+    /// The last key of a column family, if it has any.
+    pub(crate) fn last_key(&self, cf: Cf) -> Result<Option<Vec<u8>>, Error> {
+        let mut it = self.db.raw_iterator_cf(self.cf(cf));
+        it.seek_to_last();
+        let key = it.key().map(<[u8]>::to_vec);
+        it.status()?;
+        Ok(key)
+    }
+
     /// Up to `limit` key/values with keys strictly after `after` (from the start if `None`).
     pub(crate) fn scan_after(
         &self,

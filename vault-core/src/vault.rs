@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::audit::{AuditAction, AuditEvent, AuditOutcome, Journal};
@@ -93,6 +94,8 @@ pub(crate) struct Inner {
     pub purge_lock: Mutex<()>,
     /// What the background worker's last run failed with, if it did.
     background_error: Mutex<Option<String>>,
+    /// Set when read audit events were written without syncing the WAL.
+    pub unsynced_events: AtomicBool,
 }
 
 impl std::fmt::Debug for Inner {
@@ -162,6 +165,7 @@ impl Vault {
             stripes: Stripes::new(),
             purge_lock: Mutex::new(()),
             background_error: Mutex::new(None),
+            unsynced_events: AtomicBool::new(false),
             opts,
         });
         let worker = inner
@@ -385,7 +389,7 @@ impl Vault {
             })
             .collect();
         if !events.is_empty() {
-            inner.commit_audited(inner.store.batch(), events, inner.synced())?;
+            inner.commit_read_events(events)?;
         }
         Ok(results)
     }

@@ -10,6 +10,8 @@ use crate::vault::Inner;
 
 /// How often the worker looks for due purges when nothing wakes it.
 const TICK: Duration = Duration::from_millis(500);
+/// How often read audit events written without a sync are synced.
+const SYNC_EVERY: Duration = Duration::from_millis(100);
 /// The longest wait between two attempts of a failing purge.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How often audit events past their retention are looked for.
@@ -66,17 +68,25 @@ fn run(inner: &Inner, signal: &Signal) {
     let mut purge_backoff = Duration::ZERO;
     let mut next_purge = Instant::now();
     let mut next_audit_prune = Instant::now();
+    let mut next_work = Instant::now();
     loop {
         {
             let guard = signal.stop.lock().unwrap_or_else(PoisonError::into_inner);
             let (guard, _) = signal
                 .cv
-                .wait_timeout_while(guard, TICK, |stop| !*stop)
+                .wait_timeout_while(guard, SYNC_EVERY, |stop| !*stop)
                 .unwrap_or_else(PoisonError::into_inner);
             if *guard {
                 return;
             }
         }
+        if let Err(e) = inner.sync_read_events() {
+            inner.set_background_error(Some(e));
+        }
+        if Instant::now() < next_work {
+            continue;
+        }
+        next_work = Instant::now() + TICK;
         // One rotation batch per pass at most, so due purges are never starved by a
         // long rotation, and a failing purge never stops the rotation.
         loop {

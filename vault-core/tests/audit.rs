@@ -78,9 +78,10 @@ fn an_untouched_trail_verifies_and_says_who_did_what() -> TestResult {
     // Alice's events share a reference; bob's differ.
     let alice = events[0].subject;
     assert!(alice.is_some());
-    for i in [2, 3, 6] {
+    for i in [2, 3] {
         assert_eq!(events[i].subject, alice, "event {i} is about alice");
     }
+    assert_eq!(events[6].subject, None, "the erasure names no one");
     for i in [1, 4, 5] {
         assert_ne!(events[i].subject, alice, "event {i} is about bob");
         assert_eq!(events[i].subject, events[1].subject);
@@ -112,6 +113,7 @@ fn every_operation_on_personal_data_is_recorded_and_listed_for_its_subject() -> 
     crm.record_consent("erin", "newsletter", true, Some("signup-form"))?;
     vault.detokenize_for(&[&t], &Access::new("newsletter", "mailer"))?;
     crm.record_consent("erin", "newsletter", false, None)?;
+    assert_eq!(crm.consents("erin")?.len(), 1);
     crm.delete(&d)?;
     // The vault's own actor, from its options.
     vault.detokenize(&t)?;
@@ -138,6 +140,7 @@ fn every_operation_on_personal_data_is_recorded_and_listed_for_its_subject() -> 
             ("crm", "consent_granted", "newsletter", 0),
             ("mailer", "detokenize", "newsletter", 1),
             ("crm", "consent_withdrawn", "newsletter", 0),
+            ("crm", "consents_read", "-", 1),
             ("crm", "delete", "-", 1),
             ("billing-svc", "detokenize", "-", 1),
         ]
@@ -322,37 +325,64 @@ fn after_erasure_nothing_in_the_trail_links_to_the_subject() -> TestResult {
             "found while dave exists: tokenize, detokenize"
         );
         sid = hex_decode(&subject_ref(&vault, "dave"));
-        vault.erase("dave")?;
+        vault.close()?;
+    }
+    // The keyed hash of the id, which the vault finds the subject by, read while the
+    // subject's key entry exists.
+    let hash = common::raw_get(dir.path(), "keys", &sid).ok_or("a key entry")?[1..33].to_vec();
+    {
+        let vault = Vault::open(dir.path(), &root(), audit_options())?;
+        let refs: Vec<_> = vault
+            .audit_events(None, 100)?
+            .iter()
+            .filter_map(|e| e.subject)
+            .collect();
+        assert_eq!(refs.len(), 3, "tokenize, detokenize, export name dave");
+        let receipt = vault.erase("dave")?;
         vault.purge_now()?;
+        // The receipt's event proves the erasure and names nobody: with the receipt
+        // and the id in hand, it does not lead back to dave's earlier events.
+        let seq = receipt.audit_event.ok_or("an event")?;
+        let event = vault
+            .audit_events(seq.checked_sub(1), 1)?
+            .pop()
+            .ok_or("event")?;
+        assert_eq!((event.action, event.subject), (AuditAction::Erase, None));
         assert!(
             vault.verify_audit()?.ok,
             "the trail still verifies after erasure"
         );
         assert!(vault.subject_audit("dave")?.is_empty());
         // The same id, stored again, is a new subject with a new key: its reference
-        // does not find the old events.
+        // is not the old one.
         let t2 = vault
             .tokenize("dave", "email", "dave@example.com")?
             .to_string();
         vault.detokenize_for(&[&t2], &Access::new("support", "helpdesk"))?;
         let found = vault.subject_audit("dave")?;
         assert_eq!(found.len(), 2, "only the new subject's events");
+        assert!(
+            found
+                .iter()
+                .all(|e| !refs.contains(&e.subject.expect("a reference")))
+        );
         vault.close()?;
     }
-    // Holding the root key and the id: the subject's storage id and the keyed hash of
-    // its id (what the vault uses to find it) appear in no event.
+    // Holding the root key and the id: the subject's storage id, the keyed hash of
+    // its id and the id itself appear in no event and no index entry.
     let db = raw_db(dir.path());
-    let cf = db.cf_handle("audit").ok_or("audit family")?;
-    for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
-        let (_, value) = item?;
-        assert!(
-            !value.windows(sid.len()).any(|w| w == sid.as_slice()),
-            "a storage id in an event"
-        );
-        assert!(
-            !value.windows(4).any(|w| w == b"dave"),
-            "a subject id in an event"
-        );
+    for family in ["audit", "audit_index"] {
+        let cf = db.cf_handle(family).ok_or("family")?;
+        for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let (key, value) = item?;
+            for needle in [&sid[..], &hash[..], b"dave"] {
+                let within = |b: &[u8]| b.windows(needle.len()).any(|w| w == needle);
+                assert!(
+                    !within(&key) && !within(&value),
+                    "a trace of dave in {family}"
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -470,5 +500,55 @@ fn a_damaged_checkpoint_is_reported_and_nothing_is_appended_after_it() -> TestRe
     assert!(matches!(vault.export("bob"), Err(Error::AuditDamaged)));
     assert_eq!(vault.audit_events(None, 100)?, before, "nothing appended");
     assert!(vault.subject_audit("hana")?.is_empty(), "nothing stored");
+    Ok(())
+}
+
+#[test]
+fn a_missing_or_older_checkpoint_stops_appends_instead_of_overwriting() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // An older, genuine checkpoint: saved after a first operation.
+    let older = {
+        let vault = Vault::open(dir.path(), &root(), audit_options())?;
+        vault.tokenize("ivan", "email", "ivan@example.com")?;
+        vault.close()?;
+        common::raw_get(dir.path(), "meta", b"audit/head").ok_or("a checkpoint")?
+    };
+    populated(dir.path())?;
+    let events = Vault::open(dir.path(), &root(), audit_options())?.audit_events(None, 100)?;
+    for (name, head) in [("missing", None), ("older", Some(older))] {
+        {
+            let db = raw_db(dir.path());
+            let meta = db.cf_handle("meta").ok_or("meta")?;
+            let current = db.get_cf(meta, b"audit/head")?.ok_or("a checkpoint")?;
+            match &head {
+                None => db.delete_cf(meta, b"audit/head")?,
+                Some(bytes) => db.put_cf(meta, b"audit/head", bytes)?,
+            }
+            db.flush_wal(true)?;
+            drop(db);
+            let vault = Vault::open(dir.path(), &root(), audit_options())?;
+            let check = vault.verify_audit()?;
+            assert!(!check.ok, "{name}: {check:?}");
+            assert!(
+                matches!(
+                    vault.tokenize("judy", "email", "j@example.com"),
+                    Err(Error::AuditDamaged)
+                ),
+                "{name}: appended after a damaged checkpoint"
+            );
+            assert_eq!(
+                vault.audit_events(None, 100)?,
+                events,
+                "{name}: the trail changed"
+            );
+            vault.close()?;
+            let db = raw_db(dir.path());
+            db.put_cf(db.cf_handle("meta").ok_or("meta")?, b"audit/head", &current)?;
+            db.flush_wal(true)?;
+        }
+        let vault = Vault::open(dir.path(), &root(), audit_options())?;
+        assert!(vault.verify_audit()?.ok, "{name}: restored");
+        vault.close()?;
+    }
     Ok(())
 }

@@ -312,3 +312,49 @@ fn a_batch_is_all_or_nothing_under_sigkill() -> TestResult {
     }
     Ok(())
 }
+
+/// Child: stores one value, then reads it forever (audit events of reads are not
+/// synced by default) and prints `READ n` after the n-th read returned.
+#[test]
+#[ignore = "child process of read_events_survive_sigkill"]
+fn crash_child_reads() {
+    let vault = Vault::open(child_dir(), &root(), VaultOptions::default()).expect("open");
+    let token = vault
+        .tokenize("reader", "email", "reader@example.com")
+        .expect("tokenize")
+        .to_string();
+    for n in 1.. {
+        vault.detokenize(&token).expect("detokenize");
+        println!("READ {n}");
+    }
+}
+
+#[test]
+fn read_events_survive_sigkill() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut child = spawn_child("crash_child_reads", dir.path())?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut reads = 0u64;
+    for line in BufReader::new(stdout).lines() {
+        if let Some(n) = line?.strip_prefix("READ ") {
+            reads = n.parse()?;
+            if reads >= 500 {
+                break;
+            }
+        }
+    }
+    child.kill()?; // SIGKILL
+    child.wait()?;
+    assert!(reads >= 500, "child stopped early");
+    let vault = open(dir.path());
+    let check = vault.verify_audit()?;
+    assert!(check.ok, "{check:?}");
+    let events = vault.subject_audit("reader")?;
+    let recorded = events
+        .iter()
+        .filter(|e| e.action == vault_core::AuditAction::Detokenize)
+        .count() as u64;
+    // Every read that returned was recorded first.
+    assert!(recorded >= reads, "{recorded} events for {reads} reads");
+    Ok(())
+}

@@ -583,8 +583,8 @@ async fn consents(
 ) -> Result<Json<SubjectConsents>, ApiError> {
     let subject = body.subject;
     let (subject, consents) = work
-        .run(move |vault| {
-            let consents = vault.consents(subject.expose())?;
+        .run_as(move |actor| {
+            let consents = actor.consents(subject.expose())?;
             Ok((subject, consents))
         })
         .await?;

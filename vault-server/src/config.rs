@@ -19,6 +19,7 @@
 //! [vault]                                   # optional
 //! purge_delay_secs = 900                    # 0 purges at once on erase
 //! audit_retention_days = 730                # audit events kept (default: forever)
+//! sync_read_events = false                  # fsync each read's audit event (default: within 100 ms)
 //!
 //! [[api_keys]]
 //! name = "billing"
@@ -159,6 +160,9 @@ pub struct VaultConfig {
     pub purge_delay_secs: u64,
     /// How long audit events are kept, in days (1-36500); kept forever if unset.
     pub audit_retention_days: Option<u64>,
+    /// Sync each read's audit event before answering (default: synced within 100 ms;
+    /// written before answering either way).
+    pub sync_read_events: bool,
 }
 
 impl Default for VaultConfig {
@@ -166,6 +170,7 @@ impl Default for VaultConfig {
         VaultConfig {
             purge_delay_secs: 15 * 60,
             audit_retention_days: None,
+            sync_read_events: false,
         }
     }
 }
@@ -227,6 +232,8 @@ pub struct ServerConfig {
     pub retention: Vec<(String, Duration)>,
     /// How long audit events are kept (forever if `None`).
     pub audit_retention: Option<Duration>,
+    /// Sync each read's audit event before answering.
+    pub sync_read_events: bool,
 }
 
 impl ServerConfig {
@@ -265,7 +272,7 @@ impl ServerConfig {
         if let Some(period) = self.audit_retention {
             options = options.audit_retention(period);
         }
-        options
+        options.sync_read_events(self.sync_read_events)
     }
 }
 
@@ -323,6 +330,7 @@ pub fn resolve(
             .audit_retention_days
             .map(|days| days_between("vault.audit_retention_days", days))
             .transpose()?,
+        sync_read_events: file.vault.sync_read_events,
     })
 }
 

@@ -98,6 +98,7 @@ pub fn prepare(data_dir: &Path) -> Result<(ServerConfig, DevInfo), ConfigError> 
         default_mask: Some(Mask::KeepLast(2)),
         retention: Vec::new(),
         audit_retention: None,
+        sync_read_events: false,
     };
     let ca_cert = fs::canonicalize(&cert_path).unwrap_or(cert_path);
     Ok((config, DevInfo { ca_cert, api_key }))
