@@ -113,6 +113,8 @@ pub struct StorageCounters {
     pub iterator_steps: u64,
     /// Write-ahead-log syncs (fsync or fdatasync).
     pub wal_syncs: u64,
+    /// Bytes written (keys and values, before compression).
+    pub bytes_written: u64,
 }
 
 /// Storage options taken from the vault's options.
@@ -321,6 +323,7 @@ impl Store {
             seeks: t(Ticker::NumberDbSeek),
             iterator_steps: t(Ticker::NumberDbNext) + t(Ticker::NumberDbPrev),
             wal_syncs: t(Ticker::WalFileSynced),
+            bytes_written: t(Ticker::BytesWritten),
         }
     }
 
