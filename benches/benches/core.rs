@@ -1,113 +1,488 @@
-//! In-process vault operations next to raw RocksDB doing the same storage work, in
-//! one criterion group each so that the report shows the ratio.
+//! In-process vault operations next to raw RocksDB doing the same storage work, one
+//! criterion group per comparison so that the report shows the ratio.
 //!
-//! Run with `cargo bench -p vault-benches`.
+//! The vault is loaded first with `VAULT_BENCH_RECORDS` records (default 1 000 000:
+//! 100-byte values, 10 per subject), and a raw RocksDB with the vault's options is
+//! loaded with as many records of the same size. Raw writes put as many keys and
+//! bytes as the vault's write of the same call does (measured from the vault's own
+//! storage counters), so the ratio is the cost of the vault itself: crypto, lookups,
+//! the audit event's MAC, bookkeeping.
+//!
+//! Run with `cargo bench -p vault-benches --bench core`; `./scripts/bench` runs every
+//! benchmark and writes BENCHMARKS.md.
 
 use std::hint::black_box;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use vault_core::{Durability, PurgePolicy, RootKey, TokenizeRequest, Vault, VaultOptions};
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use vault_benches::{Pick, WriteShape, raw_db};
+use vault_core::{
+    Access, Durability, LawfulBasis, PurgePolicy, Purpose, RootKey, TokenizeRequest, Vault,
+    VaultOptions,
+};
 
 const VALUE: &[u8; 100] = &[b'v'; 100];
-const PRELOAD: usize = 100_000;
+const PER_SUBJECT: usize = 10;
+const EXPORTED: usize = 1_000;
+const SETTLE: Duration = Duration::from_millis(300);
 
-fn vault(dir: &std::path::Path) -> Vault {
-    let opts = VaultOptions::default()
-        .durability(Durability::Relaxed)
+fn records() -> usize {
+    std::env::var("VAULT_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+fn root() -> RootKey {
+    RootKey::from_bytes(&[1; 32]).expect("a 32-byte key")
+}
+
+fn options(durability: Durability) -> VaultOptions {
+    VaultOptions::default()
+        .durability(durability)
         .background_worker(false)
-        .purge_policy(PurgePolicy::Within(Duration::from_secs(3600)));
-    Vault::open(dir, &RootKey::from_bytes(&[1; 32]).expect("key"), opts).expect("open")
+        .purge_policy(PurgePolicy::Within(Duration::from_secs(3600)))
+        .purpose(Purpose::new("support", LawfulBasis::LegitimateInterests))
+        .statistics(true)
 }
 
-fn raw(dir: &std::path::Path) -> rocksdb::DB {
-    let mut opts = rocksdb::Options::default();
-    opts.create_if_missing(true);
-    rocksdb::DB::open(&opts, dir).expect("open raw")
+fn open(dir: &Path, opts: VaultOptions) -> Vault {
+    Vault::open(dir, &root(), opts).expect("open the vault")
 }
 
-fn tokenize(c: &mut Criterion) {
-    let mut group = c.benchmark_group("tokenize_relaxed");
-    group.throughput(Throughput::Elements(1));
-    let vdir = tempfile::tempdir().expect("tempdir");
-    let v = vault(vdir.path());
-    let mut i = 0u64;
-    group.bench_function("vault", |b| {
-        b.iter(|| {
-            i += 1;
-            black_box(
-                v.tokenize(&format!("subject-{}", i % 10_000), "email", VALUE)
-                    .expect("tokenize"),
-            )
-        })
-    });
-    let rdir = tempfile::tempdir().expect("tempdir");
-    let db = raw(rdir.path());
-    let mut wo = rocksdb::WriteOptions::default();
-    wo.set_sync(false);
-    let mut j = 0u64;
-    group.bench_function("raw_writebatch", |b| {
-        b.iter(|| {
-            j += 1;
-            let mut batch = rocksdb::WriteBatch::default();
-            batch.put(j.to_be_bytes(), VALUE);
-            batch.put([j.to_le_bytes(), j.to_be_bytes()].concat(), b"");
-            db.write_opt(batch, &wo).expect("write");
-        })
-    });
-    group.finish();
+fn subject(i: usize) -> String {
+    format!("subject-{i:07}")
 }
 
-fn detokenize(c: &mut Criterion) {
-    let mut group = c.benchmark_group("detokenize_warm");
-    group.throughput(Throughput::Elements(1));
-    let vdir = tempfile::tempdir().expect("tempdir");
-    let v = vault(vdir.path());
-    let names: Vec<String> = (0..PRELOAD)
-        .map(|i| format!("subject-{}", i % 10_000))
-        .collect();
-    let mut tokens = Vec::with_capacity(PRELOAD);
-    for chunk in names.chunks(1000) {
-        let items: Vec<TokenizeRequest> = chunk
-            .iter()
-            .map(|s| TokenizeRequest::new(s, "email", VALUE))
+/// The loaded vault and raw database, shared by every group (loading takes a while).
+struct Loaded {
+    vault: PathBuf,
+    raw: PathBuf,
+    tokens: Vec<String>,
+    raw_keys: Vec<[u8; 16]>,
+    subjects: usize,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+fn loaded() -> &'static Loaded {
+    static LOADED: OnceLock<Loaded> = OnceLock::new();
+    LOADED.get_or_init(|| {
+        let n = records();
+        let subjects = n.div_ceil(PER_SUBJECT);
+        let vdir = tempfile::tempdir().expect("tempdir");
+        let rdir = tempfile::tempdir().expect("tempdir");
+        let started = Instant::now();
+        let vault = open(vdir.path(), options(Durability::Relaxed));
+        let mut tokens = Vec::with_capacity(n);
+        let names: Vec<String> = (0..n).map(|i| subject(i / PER_SUBJECT)).collect();
+        for chunk in names.chunks(1000) {
+            let items: Vec<TokenizeRequest> = chunk
+                .iter()
+                .map(|s| TokenizeRequest::new(s, "email", VALUE))
+                .collect();
+            let batch = vault.tokenize_batch(&items).expect("load");
+            tokens.extend(batch.into_iter().map(|t| t.to_string()));
+        }
+        // One subject with many records, for the export group.
+        let many: Vec<TokenizeRequest> = (0..EXPORTED)
+            .map(|_| TokenizeRequest::new("exported-subject", "note", VALUE))
             .collect();
-        tokens.extend(
-            v.tokenize_batch(&items)
-                .expect("batch")
-                .into_iter()
-                .map(|t| t.to_string()),
+        vault
+            .tokenize_batch(&many)
+            .expect("load the exported subject");
+        vault.close().expect("close");
+        eprintln!(
+            "loaded {n} records of {subjects} subjects into the vault in {:.1} s",
+            started.elapsed().as_secs_f64()
         );
+
+        // The raw database: as many records of the vault's stored record size, under
+        // random 16-byte keys, and the exported subject's 1 000 under one prefix.
+        let db = raw_db(rdir.path());
+        let mut pick = Pick::new(7);
+        let record = vec![0x5a_u8; 200];
+        let mut raw_keys = Vec::with_capacity(n);
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(false);
+        for chunk in 0..n.div_ceil(1000) {
+            let mut batch = rocksdb::WriteBatch::default();
+            for _ in 0..1000.min(n - chunk * 1000) {
+                let mut key = [0u8; 16];
+                key[..8].copy_from_slice(&(pick.below(usize::MAX) as u64).to_be_bytes());
+                key[8..].copy_from_slice(&(raw_keys.len() as u64).to_be_bytes());
+                // Below the exported subject's prefix (0xee…).
+                key[0] &= 0x7f;
+                batch.put(key, &record);
+                raw_keys.push(key);
+            }
+            db.write_opt(batch, &wo).expect("raw load");
+        }
+        let mut batch = rocksdb::WriteBatch::default();
+        for i in 0..EXPORTED as u64 {
+            let mut key = [0xee_u8; 24];
+            key[16..].copy_from_slice(&i.to_be_bytes());
+            batch.put(key, &record);
+        }
+        db.write_opt(batch, &wo).expect("raw load");
+        db.flush().expect("flush");
+        drop(db);
+        Loaded {
+            vault: vdir.path().to_path_buf(),
+            raw: rdir.path().to_path_buf(),
+            tokens,
+            raw_keys,
+            subjects,
+            _dirs: (vdir, rdir),
+        }
+    })
+}
+
+/// Keys and bytes the vault writes per call of `f`, averaged over 100 calls.
+fn shape_of(vault: &Vault, mut f: impl FnMut(u64)) -> WriteShape {
+    let before = vault.storage_counters();
+    for i in 0..100 {
+        f(i);
     }
-    let mut k = 0usize;
-    group.bench_function("vault", |b| {
+    let after = vault.storage_counters();
+    WriteShape {
+        keys: (after.keys_written - before.keys_written) / 100,
+        bytes: (after.bytes_written - before.bytes_written) / 100,
+    }
+}
+
+/// Tokenize (single and batch of 100) next to a raw batch of the same keys and
+/// bytes, with the WAL synced or not.
+fn tokenize_groups(c: &mut Criterion, durability: Durability, name: &str) {
+    let data = loaded();
+    let vault = open(&data.vault, options(durability));
+    let db = raw_db(&data.raw);
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(durability == Durability::Synced);
+    let mut pick = Pick::new(11);
+    let mut tokenize_one = |_| {
+        let s = subject(pick.below(data.subjects));
+        black_box(vault.tokenize(&s, "email", VALUE).expect("tokenize"));
+    };
+    let single = shape_of(&vault, &mut tokenize_one);
+    let names: Vec<String> = (0..100).map(|i| subject(i * 997 % data.subjects)).collect();
+    let items: Vec<TokenizeRequest> = names
+        .iter()
+        .map(|s| TokenizeRequest::new(s, "email", VALUE))
+        .collect();
+    let batch = shape_of(&vault, |_| {
+        black_box(vault.tokenize_batch(&items).expect("batch"));
+    });
+    eprintln!("{name}: a tokenize writes {single:?}; a batch of 100 writes {batch:?}");
+
+    let mut group = c.benchmark_group(format!("tokenize_{name}"));
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("vault", |b| b.iter(|| tokenize_one(0)));
+    let mut n = 1u64 << 40;
+    group.bench_function("raw_same_bytes", |b| {
         b.iter(|| {
-            k = (k + 7919) % tokens.len();
-            black_box(v.detokenize(&tokens[k]).expect("detokenize"))
+            n += 1;
+            db.write_opt(single.batch(n), &wo).expect("raw write");
         })
     });
-    let rdir = tempfile::tempdir().expect("tempdir");
-    let db = raw(rdir.path());
-    for n in 0..PRELOAD as u64 {
-        db.put(n.to_be_bytes(), VALUE).expect("put");
-    }
-    let mut n = 0u64;
-    group.bench_function("raw_get", |b| {
-        b.iter_batched(
-            || {
-                n = (n + 7919) % PRELOAD as u64;
-                n
-            },
-            |n| black_box(db.get(n.to_be_bytes()).expect("get")),
-            BatchSize::SmallInput,
-        )
+    group.finish();
+
+    let mut group = c.benchmark_group(format!("tokenize_batch100_{name}"));
+    group.throughput(Throughput::Elements(100));
+    group.bench_function("vault", |b| {
+        b.iter(|| black_box(vault.tokenize_batch(&items).expect("batch")))
+    });
+    group.bench_function("raw_same_bytes", |b| {
+        b.iter(|| {
+            n += 1;
+            db.write_opt(batch.batch(n), &wo).expect("raw write");
+        })
     });
     group.finish();
+    vault.close().expect("close");
+}
+
+fn tokenize_relaxed(c: &mut Criterion) {
+    tokenize_groups(c, Durability::Relaxed, "relaxed");
+}
+
+fn tokenize_durable(c: &mut Criterion) {
+    tokenize_groups(c, Durability::Synced, "durable");
+}
+
+/// Durable tokenize from 1, 2, 8 and 64 threads next to raw synced writes of the
+/// same bytes from as many threads: group commit against group commit.
+fn tokenize_callers(c: &mut Criterion) {
+    let data = loaded();
+    let vault = open(&data.vault, options(Durability::Synced));
+    let db = raw_db(&data.raw);
+    let single = shape_of(&vault, |i| {
+        let s = subject(i as usize % data.subjects);
+        black_box(vault.tokenize(&s, "email", VALUE).expect("tokenize"));
+    });
+    let counter = AtomicU64::new(1 << 48);
+    for threads in [1usize, 2, 8, 64] {
+        let mut group = c.benchmark_group(format!("tokenize_durable_callers_{threads}"));
+        group.throughput(Throughput::Elements(1));
+        group.sample_size(10);
+        group.sampling_mode(SamplingMode::Flat);
+        group.bench_function("vault", |b| {
+            b.iter_custom(|iters| {
+                on_threads(threads, iters, |t, i| {
+                    let s = subject((t * 7919 + i as usize) % data.subjects);
+                    black_box(vault.tokenize(&s, "email", VALUE).expect("tokenize"));
+                })
+            })
+        });
+        group.bench_function("raw_same_bytes", |b| {
+            b.iter_custom(|iters| {
+                on_threads(threads, iters, |_, _| {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let mut wo = rocksdb::WriteOptions::default();
+                    wo.set_sync(true);
+                    db.write_opt(single.batch(n), &wo).expect("raw write");
+                })
+            })
+        });
+        group.finish();
+    }
+    vault.close().expect("close");
+}
+
+/// Runs `iters` calls of `f(thread, i)` spread over `threads` threads; the wall time.
+fn on_threads(threads: usize, iters: u64, f: impl Fn(usize, u64) + Sync) -> Duration {
+    let per = iters.div_ceil(threads as u64);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let f = &f;
+            scope.spawn(move || {
+                for i in 0..per {
+                    f(t, i);
+                }
+            });
+        }
+    });
+    // Per call, as criterion expects for `iters` calls.
+    started
+        .elapsed()
+        .mul_f64(iters as f64 / (per * threads as u64) as f64)
+}
+
+/// Detokenize of random tokens, with every subject key cached (warm) or almost none
+/// (cold: a 1 000-key cache over all subjects), next to a raw point get; and the
+/// floor an audited read cannot go below: a point get plus an unsynced write of the
+/// audit event's keys and bytes.
+fn detokenize(c: &mut Criterion) {
+    let data = loaded();
+    let db = raw_db(&data.raw);
+    for (name, capacity) in [("warm", data.subjects.max(1)), ("cold", 1_000)] {
+        let vault = open(
+            &data.vault,
+            options(Durability::Synced).dek_cache_capacity(capacity),
+        );
+        let mut pick = Pick::new(13);
+        if name == "warm" {
+            for t in data.tokens.iter().step_by(PER_SUBJECT) {
+                vault.detokenize(t).expect("warm up");
+            }
+        }
+        let event = shape_of(&vault, |_| {
+            let t = &data.tokens[pick.below(data.tokens.len())];
+            black_box(vault.detokenize(t).expect("detokenize"));
+        });
+        let mut group = c.benchmark_group(format!("detokenize_{name}"));
+        group.throughput(Throughput::Elements(1));
+        group.bench_function("vault", |b| {
+            b.iter(|| {
+                let t = &data.tokens[pick.below(data.tokens.len())];
+                black_box(vault.detokenize(t).expect("detokenize"))
+            })
+        });
+        let access = Access::new("support", "bench");
+        group.bench_function("vault_for_purpose", |b| {
+            b.iter(|| {
+                let t = &data.tokens[pick.below(data.tokens.len())];
+                black_box(vault.detokenize_for(&[t], &access).expect("detokenize"))
+            })
+        });
+        group.bench_function("raw_get", |b| {
+            b.iter(|| {
+                let k = &data.raw_keys[pick.below(data.raw_keys.len())];
+                black_box(db.get(k).expect("get"))
+            })
+        });
+        if name == "warm" {
+            let mut wo = rocksdb::WriteOptions::default();
+            wo.set_sync(false);
+            let mut n = 1u64 << 52;
+            group.bench_function("raw_get_and_event_write", |b| {
+                b.iter(|| {
+                    let k = &data.raw_keys[pick.below(data.raw_keys.len())];
+                    black_box(db.get(k).expect("get"));
+                    n += 1;
+                    db.write_opt(event.batch(n), &wo).expect("raw write");
+                })
+            });
+        }
+        group.finish();
+        vault.close().expect("close");
+    }
+}
+
+/// Export of one subject's 1 000 records among all the loaded subjects, next to a
+/// raw prefix scan over 1 000 records of the same size.
+fn export(c: &mut Criterion) {
+    let data = loaded();
+    let vault = open(&data.vault, options(Durability::Synced));
+    let db = raw_db(&data.raw);
+    let mut group = c.benchmark_group("export_1000");
+    group.throughput(Throughput::Elements(EXPORTED as u64));
+    group.bench_function("vault", |b| {
+        b.iter(|| {
+            let export = vault.export("exported-subject").expect("export");
+            assert_eq!(export.records.len(), EXPORTED);
+            black_box(export)
+        })
+    });
+    group.bench_function("raw_prefix_scan", |b| {
+        b.iter(|| {
+            let mut ro = rocksdb::ReadOptions::default();
+            ro.set_iterate_upper_bound([0xef_u8; 16].to_vec());
+            let mut it = db.raw_iterator_opt(ro);
+            it.seek([0xee_u8; 16]);
+            let mut count = 0;
+            while let Some(v) = it.value() {
+                black_box(v);
+                count += 1;
+                it.next();
+            }
+            assert_eq!(count, EXPORTED);
+        })
+    });
+    group.finish();
+    vault.close().expect("close");
+}
+
+/// Erasure of a subject with 1, 1 000 and 10 000 records (the latency must not
+/// depend on it), then purge throughput.
+fn erase(c: &mut Criterion) {
+    let data = loaded();
+    let vault = open(&data.vault, options(Durability::Synced));
+    let fresh = AtomicU64::new(0);
+    let mut group = c.benchmark_group("erase");
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group.warm_up_time(Duration::from_millis(1));
+    group.measurement_time(Duration::from_millis(1));
+    for records in [1usize, 1_000, 10_000] {
+        group.bench_function(format!("records_{records}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let s = format!("erased-{}", fresh.fetch_add(1, Ordering::Relaxed));
+                    store_records(&vault, &s, records);
+                    // Let the flush the set-up may have started finish: the erase's
+                    // fsync should not queue behind it.
+                    std::thread::sleep(SETTLE);
+                    let started = Instant::now();
+                    black_box(vault.erase(&s).expect("erase"));
+                    total += started.elapsed();
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+
+    // Purge: 10 erased subjects of 100 records each, removed from every file.
+    let mut group = c.benchmark_group("purge");
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group.warm_up_time(Duration::from_millis(1));
+    group.measurement_time(Duration::from_millis(1));
+    group.throughput(Throughput::Elements(1_000));
+    group.bench_function("vault_1000_records", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                for _ in 0..10 {
+                    let s = format!("purged-{}", fresh.fetch_add(1, Ordering::Relaxed));
+                    store_records(&vault, &s, 100);
+                    vault.erase(&s).expect("erase");
+                }
+                let started = Instant::now();
+                let report = vault.purge_now().expect("purge");
+                total += started.elapsed();
+                assert!(report.verified, "the purge verified");
+            }
+            total
+        })
+    });
+    group.finish();
+    vault.close().expect("close");
+}
+
+fn store_records(vault: &Vault, subject: &str, records: usize) {
+    let items: Vec<TokenizeRequest> = (0..records)
+        .map(|_| TokenizeRequest::new(subject, "email", VALUE))
+        .collect();
+    for chunk in items.chunks(1000) {
+        vault.tokenize_batch(chunk).expect("store");
+    }
+}
+
+/// KEK rotation over every subject key while another thread tokenizes: DEKs
+/// rewrapped per second.
+fn rotation(c: &mut Criterion) {
+    let data = loaded();
+    let vault = open(&data.vault, options(Durability::Synced));
+    let deks: u64 = vault
+        .key_status()
+        .expect("status")
+        .versions
+        .iter()
+        .map(|v| v.deks)
+        .sum();
+    let mut group = c.benchmark_group("kek_rotation");
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group.warm_up_time(Duration::from_millis(1));
+    group.measurement_time(Duration::from_millis(1));
+    group.throughput(Throughput::Elements(deks));
+    group.bench_function("vault_with_tokenize_traffic", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let stop = AtomicBool::new(false);
+                std::thread::scope(|scope| {
+                    scope.spawn(|| {
+                        let mut pick = Pick::new(17);
+                        while !stop.load(Ordering::Relaxed) {
+                            let s = subject(pick.below(data.subjects));
+                            vault.tokenize(&s, "email", VALUE).expect("traffic");
+                        }
+                    });
+                    let started = Instant::now();
+                    vault.rotate_kek().expect("rotate");
+                    total += started.elapsed();
+                    stop.store(true, Ordering::Relaxed);
+                });
+            }
+            total
+        })
+    });
+    group.finish();
+    vault.close().expect("close");
 }
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = tokenize, detokenize
+    config = Criterion::default()
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    targets = tokenize_relaxed, tokenize_durable, tokenize_callers, detokenize, export, erase, rotation
 }
 criterion_main!(benches);

@@ -97,6 +97,30 @@ const PURGE_MARKER: &[u8] = b"purge/marker";
 /// (`max_manifest_space_amp_pct` is not reachable through a typed setter.)
 const MANIFEST_OPTIONS: &str = "max_manifest_file_size=0;max_manifest_space_amp_pct=0";
 
+/// Size of a write batch's header in its representation (RocksDB's WAL record
+/// format): an 8-byte sequence number and a 4-byte little-endian record count.
+const BATCH_HEADER: usize = 12;
+
+/// Joins engine batches into one, in order, as RocksDB's own `WriteBatch` append
+/// does: one header whose count is the sum, then every batch's records.
+pub(crate) fn concat_batches(mut batches: Vec<WriteBatch>) -> WriteBatch {
+    if batches.len() == 1 {
+        return batches.pop().unwrap_or_default();
+    }
+    let records: usize = batches
+        .iter()
+        .map(|b| b.data().len().saturating_sub(BATCH_HEADER))
+        .sum();
+    let count: usize = batches.iter().map(WriteBatch::len).sum();
+    let mut rep = Vec::with_capacity(BATCH_HEADER + records);
+    rep.extend_from_slice(&[0u8; 8]);
+    rep.extend_from_slice(&(count as u32).to_le_bytes());
+    for b in &batches {
+        rep.extend_from_slice(b.data().get(BATCH_HEADER..).unwrap_or_default());
+    }
+    WriteBatch::from_data(&rep)
+}
+
 /// A stored key and its value.
 pub(crate) type KeyValue = (Vec<u8>, Vec<u8>);
 
@@ -521,6 +545,26 @@ mod tests {
             Ok(true)
         })?;
         assert_eq!(top, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn concatenated_batches_apply_every_write_in_order() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = open(dir.path())?;
+        let mut first = WriteBatch::default();
+        store.put_raw(&mut first, Cf::Records, b"a", b"1");
+        store.put_raw(&mut first, Cf::Index, b"b", b"2");
+        let mut second = WriteBatch::default();
+        store.put_raw(&mut second, Cf::Records, b"a", b"3");
+        second.delete_cf(store.cf(Cf::Index), b"b");
+        store.put_raw(&mut second, Cf::Meta, b"c", b"4");
+        let joined = concat_batches(vec![first, WriteBatch::default(), second]);
+        assert_eq!(joined.len(), 5);
+        store.write_raw(joined, false)?;
+        assert_eq!(store.get(Cf::Records, b"a")?.as_deref(), Some(&b"3"[..]));
+        assert_eq!(store.get(Cf::Index, b"b")?, None);
+        assert_eq!(store.get(Cf::Meta, b"c")?.as_deref(), Some(&b"4"[..]));
         Ok(())
     }
 

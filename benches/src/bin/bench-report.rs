@@ -1,0 +1,390 @@
+//! Writes BENCHMARKS.md from the results of the last run: criterion's estimates
+//! (`target/criterion/<group>/<function>/new/`) and the HTTP/PostgreSQL results
+//! (`target/bench-results/http.json`). Each table row is the vault, its baseline
+//! from the same run, the ratio and the target it is judged by.
+//!
+//! `bench-report [TARGET_DIR] [OUT]` (defaults `target`, `BENCHMARKS.md`).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// A criterion measurement: median time per iteration and elements per iteration.
+#[derive(Clone, Copy)]
+struct Measured {
+    median_ns: f64,
+    elements: f64,
+}
+
+impl Measured {
+    fn per_second(&self) -> f64 {
+        self.elements / (self.median_ns / 1e9)
+    }
+
+    /// Time per element.
+    fn per_element_ns(&self) -> f64 {
+        self.median_ns / self.elements
+    }
+}
+
+fn criterion(target: &Path, group: &str, function: &str) -> Option<Measured> {
+    let dir = target
+        .join("criterion")
+        .join(group)
+        .join(function)
+        .join("new");
+    let estimates: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("estimates.json")).ok()?).ok()?;
+    let median_ns = estimates["median"]["point_estimate"].as_f64()?;
+    let bench: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("benchmark.json")).ok()?).ok()?;
+    let elements = bench["throughput"]["Elements"].as_f64().unwrap_or(1.0);
+    Some(Measured {
+        median_ns,
+        elements,
+    })
+}
+
+fn time(ns: f64) -> String {
+    match ns {
+        n if n >= 1e9 => format!("{:.2} s", n / 1e9),
+        n if n >= 1e6 => format!("{:.2} ms", n / 1e6),
+        n if n >= 1e3 => format!("{:.1} µs", n / 1e3),
+        n => format!("{n:.0} ns"),
+    }
+}
+
+fn rate(per_second: f64) -> String {
+    match per_second {
+        r if r >= 1e6 => format!("{:.2} M/s", r / 1e6),
+        r if r >= 1e3 => format!("{:.1} k/s", r / 1e3),
+        r => format!("{r:.0}/s"),
+    }
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "—",
+    }
+}
+
+/// One row: vault and baseline per element, ratio = baseline time / vault time.
+fn row(
+    out: &mut String,
+    target: &Path,
+    group: &str,
+    vault_fn: &str,
+    baseline_fn: &str,
+    what: &str,
+    goal: Option<f64>,
+) {
+    let (Some(v), Some(b)) = (
+        criterion(target, group, vault_fn),
+        criterion(target, group, baseline_fn),
+    ) else {
+        let _ = writeln!(out, "| `{group}` | not run | | | | |");
+        return;
+    };
+    let ratio = b.per_element_ns() / v.per_element_ns();
+    let goal_text = goal.map_or("—".to_owned(), |g| format!("≥ {g}"));
+    let _ = writeln!(
+        out,
+        "| `{group}/{vault_fn}` | {} ({}) | {} ({}) {what} | {ratio:.2} | {goal_text} | {} |",
+        time(v.per_element_ns()),
+        rate(v.per_second()),
+        time(b.per_element_ns()),
+        rate(b.per_second()),
+        verdict(goal.map(|g| ratio >= g)),
+    );
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|l| l.trim().trim_end_matches(" kB").parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / (1024.0 * 1024.0));
+    let run = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    format!(
+        "{cores} cores, {model}, {mem_gib:.0} GiB; Linux {}; {}; commit {}",
+        run("uname", &["-r"]),
+        run("rustc", &["-V"]),
+        run("git", &["rev-parse", "--short", "HEAD"]),
+    )
+}
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let target = PathBuf::from(args.next().unwrap_or_else(|| "target".into()));
+    let out_path = PathBuf::from(args.next().unwrap_or_else(|| "BENCHMARKS.md".into()));
+    let t = target.as_path();
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Benchmarks\n\nWritten by `./scripts/bench` on {date}. Machine: {}.\n\n\
+         Every ratio compares the vault with its baseline measured in the same run, one \
+         after the other (these machines are shared and noisy: 5–25 % run to run, so \
+         compare ratios, not absolute numbers). Ratio = baseline time / vault time (higher \
+         is better for the vault), except where a row says otherwise. In-process figures are \
+         criterion medians per element; 100-byte values; the vault holds \
+         `VAULT_BENCH_RECORDS` records (default 1 000 000, 10 per subject) and the raw \
+         database as many of the same size, with the vault's RocksDB options.\n",
+        machine()
+    );
+
+    let header = "| benchmark | vault | baseline | ratio | target | |\n|---|---|---|---|---|---|";
+    let _ = writeln!(
+        out,
+        "## In process: tokenize\n\nThe baseline is one raw `WriteBatch` with as many keys and bytes as the vault's write for the same call (record, index entry, subject entry, audit event, its index entry, checkpoint), WAL synced or not as the group says.\n\n{header}"
+    );
+    for (group, goal) in [
+        ("tokenize_relaxed", Some(0.6)),
+        ("tokenize_batch100_relaxed", Some(0.6)),
+        ("tokenize_durable", None),
+        ("tokenize_batch100_durable", None),
+        ("tokenize_durable_callers_1", None),
+        ("tokenize_durable_callers_2", None),
+        ("tokenize_durable_callers_8", Some(0.9)),
+        ("tokenize_durable_callers_64", None),
+    ] {
+        row(
+            &mut out,
+            t,
+            group,
+            "vault",
+            "raw_same_bytes",
+            "raw batch, same bytes",
+            goal,
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "\n## In process: detokenize and export\n\nDetokenize reads random tokens; *warm*: every subject key cached, *cold*: a 1 000-key cache over all subjects. Every read is audited (its event written to the WAL before the value is returned, synced within 100 ms), so `raw_get_and_event_write` (a point get plus an unsynced write of the event's keys and bytes) is the floor an audited read cannot go below.\n\n{header}"
+    );
+    row(
+        &mut out,
+        t,
+        "detokenize_warm",
+        "vault",
+        "raw_get",
+        "raw point get",
+        Some(0.5),
+    );
+    row(
+        &mut out,
+        t,
+        "detokenize_warm",
+        "vault_for_purpose",
+        "raw_get",
+        "raw point get",
+        None,
+    );
+    row(
+        &mut out,
+        t,
+        "detokenize_warm",
+        "vault",
+        "raw_get_and_event_write",
+        "get + event write",
+        None,
+    );
+    row(
+        &mut out,
+        t,
+        "detokenize_cold",
+        "vault",
+        "raw_get",
+        "raw point get",
+        None,
+    );
+    row(
+        &mut out,
+        t,
+        "export_1000",
+        "vault",
+        "raw_prefix_scan",
+        "raw prefix scan of 1 000 records",
+        None,
+    );
+
+    let _ = writeln!(
+        out,
+        "\n## In process: erasure, purge, KEK rotation\n\n| benchmark | vault | | target | |\n|---|---|---|---|---|"
+    );
+    let erase: Vec<Option<Measured>> = ["records_1", "records_1000", "records_10000"]
+        .iter()
+        .map(|f| criterion(t, "erase", f))
+        .collect();
+    for (name, m) in ["1 record", "1 000 records", "10 000 records"]
+        .iter()
+        .zip(&erase)
+    {
+        if let Some(m) = m {
+            let _ = writeln!(
+                out,
+                "| erase a subject of {name} | {} | | | |",
+                time(m.median_ns)
+            );
+        }
+    }
+    if let (Some(one), Some(many)) = (erase[0], erase[2]) {
+        let r = many.median_ns / one.median_ns;
+        let _ = writeln!(
+            out,
+            "| erase 10 000 / erase 1 (time ratio) | {r:.2} | | ≤ 2 | {} |",
+            verdict(Some(r <= 2.0))
+        );
+    }
+    if let Some(p) = criterion(t, "purge", "vault_1000_records") {
+        let _ = writeln!(
+            out,
+            "| purge of 10 erased subjects × 100 records (flush, compaction, file check) | {} per purge, {} records | | | |",
+            time(p.median_ns),
+            rate(p.per_second())
+        );
+    }
+    if let Some(k) = criterion(t, "kek_rotation", "vault_with_tokenize_traffic") {
+        let r = k.per_second();
+        let _ = writeln!(
+            out,
+            "| KEK rotation with tokenize traffic | {} DEKs rewrapped in {} = {} | | ≥ 50 k/s | {} |",
+            k.elements,
+            time(k.median_ns),
+            rate(r),
+            verdict(Some(r >= 50_000.0))
+        );
+    }
+
+    http_section(&mut out, &target.join("bench-results").join("http.json"))?;
+
+    if let Ok(notes) = std::fs::read_to_string("benches/NOTES.md") {
+        let _ = writeln!(out, "\n{notes}");
+    }
+    std::fs::write(&out_path, out)?;
+    eprintln!("wrote {}", out_path.display());
+    Ok(())
+}
+
+fn http_section(out: &mut String, path: &Path) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        let _ = writeln!(
+            out,
+            "\n## Over HTTPS and against PostgreSQL\n\nNot run (no {}).",
+            path.display()
+        );
+        return Ok(());
+    };
+    let r: Value = serde_json::from_str(&text)?;
+    let _ = writeln!(
+        out,
+        "\n## Over HTTPS, and against PostgreSQL + pgcrypto\n\n{} concurrent connections for {} s per measurement, on loopback, client and server on the same {} cores; {} records loaded. Ratio = vault requests/s ÷ baseline requests/s.\n\n| benchmark | vault req/s (p50 / p99) | baseline | baseline req/s (p50 / p99) | ratio | target | |\n|---|---|---|---|---|---|---|",
+        r["connections"],
+        r["seconds"],
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        r["records"],
+    );
+    let side = |v: &Value| {
+        format!(
+            "{:.0} ({:.2} / {:.2} ms){}",
+            v["rps"].as_f64().unwrap_or(0.0),
+            v["p50_ms"].as_f64().unwrap_or(0.0),
+            v["p99_ms"].as_f64().unwrap_or(0.0),
+            match v["errors"].as_u64() {
+                Some(0) | None => String::new(),
+                Some(e) => format!(", {e} errors"),
+            }
+        )
+    };
+    for g in r["groups"].as_array().into_iter().flatten() {
+        let name = g["name"].as_str().unwrap_or("?");
+        let goal = match name {
+            "https_tokenize" | "https_detokenize" => Some(0.5),
+            n if n.starts_with("postgres_") => Some(10.0),
+            _ => None,
+        };
+        let baseline = &g["baseline"];
+        if baseline.is_null() {
+            let _ = writeln!(
+                out,
+                "| `{name}` | {} | not run | | | | |",
+                side(&g["vault"])
+            );
+            continue;
+        }
+        let ratio = g["vault"]["rps"].as_f64().unwrap_or(0.0)
+            / baseline["rps"].as_f64().unwrap_or(f64::NAN);
+        let goal_text = goal.map_or("—".to_owned(), |g| format!("≥ {g}"));
+        let _ = writeln!(
+            out,
+            "| `{name}` | {} | {} | {} | {ratio:.2} | {goal_text} | {} |",
+            side(&g["vault"]),
+            baseline["name"].as_str().unwrap_or("?"),
+            side(baseline),
+            verdict(goal.map(|g| ratio >= g)),
+        );
+    }
+    if let Some(erase) = r["postgres_erase_ms"].as_array() {
+        let ms: Vec<String> = erase
+            .iter()
+            .filter_map(Value::as_f64)
+            .map(|m| format!("{m:.1}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\nPostgreSQL erasure (DELETE + VACUUM), ms per subject: {}.",
+            ms.join(", ")
+        );
+    }
+    let m = &r["memory"];
+    let _ = writeln!(
+        out,
+        "\nLoading: vault {:.1} s over HTTPS; PostgreSQL {}. Memory of the vault server: {:.0} MiB resident after loading, {:.0} MiB peak during the run.",
+        r["vault_load_secs"].as_f64().unwrap_or(0.0),
+        r["postgres_load_secs"]
+            .as_f64()
+            .map_or("not run".to_owned(), |s| format!("{s:.1} s")),
+        m["rss_after_load_mib"].as_f64().unwrap_or(0.0),
+        m["rss_peak_mib"].as_f64().unwrap_or(0.0),
+    );
+    if let Some(lines) = m["metrics"].as_array().filter(|l| !l.is_empty()) {
+        let _ = writeln!(
+            out,
+            "\n```\n{}\n```",
+            lines
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    Ok(())
+}
