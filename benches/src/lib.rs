@@ -19,10 +19,34 @@ pub fn raw_db(dir: &Path) -> rocksdb::DB {
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_block_cache(&cache);
     table.set_bloom_filter(10.0, false);
-    table.set_cache_index_and_filter_blocks(true);
-    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table.set_cache_index_and_filter_blocks(false);
     opts.set_block_based_table_factory(&table);
     rocksdb::DB::open(&opts, dir).expect("open the raw baseline database")
+}
+
+/// Flushes and compactions running or pending in a raw database.
+pub fn raw_background_work(db: &rocksdb::DB) -> u64 {
+    [
+        "rocksdb.num-running-compactions",
+        "rocksdb.num-running-flushes",
+        "rocksdb.compaction-pending",
+        "rocksdb.mem-table-flush-pending",
+    ]
+    .iter()
+    .map(|p| db.property_int_value(*p).ok().flatten().unwrap_or(0))
+    .sum()
+}
+
+/// Waits (up to two minutes) until neither the vault nor the raw database has
+/// flushes or compactions running or pending, so a measurement does not share the
+/// two cores with the previous group's compaction debt.
+pub fn settle(vault: &vault_core::Vault, db: &rocksdb::DB) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while (vault.storage_counters().background_work > 0 || raw_background_work(db) > 0)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// The shape of a vault write: how many keys and bytes it puts, measured from the
@@ -36,17 +60,21 @@ pub struct WriteShape {
 }
 
 impl WriteShape {
-    /// A raw batch of `self.keys` entries and `self.bytes` bytes, its keys made
-    /// unique by `n` (16-byte keys, like token ids).
+    /// A raw batch of `self.keys` entries and `self.bytes` bytes under keys derived
+    /// from `n`: 16 bytes, scattered over the key space like token ids (where a key
+    /// lands in the memtable's skip list is most of a write's cost).
     pub fn batch(&self, n: u64) -> rocksdb::WriteBatch {
         let mut batch = rocksdb::WriteBatch::default();
         let keys = self.keys.max(1);
         let value_len = (self.bytes / keys).saturating_sub(16) as usize;
         let value = vec![0x5a_u8; value_len];
+        let mut pick = Pick::new(n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         for k in 0..keys {
             let mut key = [0u8; 16];
-            key[..8].copy_from_slice(&n.to_be_bytes());
+            key[..8].copy_from_slice(&(pick.below(usize::MAX) as u64).to_be_bytes());
             key[8..].copy_from_slice(&k.to_be_bytes());
+            // Below the exported subject's prefix (0xee…) of the raw database.
+            key[0] &= 0x7f;
             batch.put(key, &value);
         }
         batch

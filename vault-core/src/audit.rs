@@ -504,14 +504,11 @@ impl Inner {
                 mac,
                 tag: head_tag(key, last, &mac),
             };
-            let mut checkpoint = WriteBatch::default();
-            self.store.put_raw(
-                &mut checkpoint,
-                Cf::Meta,
-                HEAD,
-                &encode(AUDIT_FORMAT, &head),
-            );
-            batches.push(checkpoint);
+            // Events were staged, so there is a batch to carry the checkpoint.
+            if let Some(last_batch) = batches.last_mut() {
+                self.store
+                    .put_raw(last_batch, Cf::Meta, HEAD, &encode(AUDIT_FORMAT, &head));
+            }
         }
         match self.store.write_raw(concat_batches(batches), sync) {
             Ok(()) => (outcomes, seq, mac),

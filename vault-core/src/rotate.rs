@@ -164,6 +164,9 @@ impl Inner {
             .store
             .scan_after(Cf::Keys, cursor.as_deref(), self.opts.rotation_batch)?;
         let mut batch = self.store.batch();
+        // DEKs moved off each old version, counted once per batch (one merge per
+        // version, not two per DEK).
+        let mut moved: std::collections::BTreeMap<u32, i64> = std::collections::BTreeMap::new();
         for (sid, value) in &page {
             let sid: Sid = sid.as_slice().try_into().map_err(|_| Error::Integrity)?;
             let mut entry: KeyEntry = decode(KEY_FORMAT, value)?;
@@ -177,11 +180,17 @@ impl Inner {
             };
             let dek = ring.unwrap_dek(entry.kek_version, &slot, &entry.wrapped)?;
             let (version, wrapped) = ring.wrap_dek_with(target, &slot, &dek)?;
-            batch.add(&dek_counter(entry.kek_version), -1);
-            batch.add(&dek_counter(version), 1);
+            *moved.entry(entry.kek_version).or_default() += 1;
             entry.kek_version = version;
             entry.wrapped = wrapped;
             batch.put(Cf::Keys, &sid, &encode(KEY_FORMAT, &entry));
+        }
+        let total: i64 = moved.values().sum();
+        for (version, count) in moved {
+            batch.add(&dek_counter(version), -count);
+        }
+        if total > 0 {
+            batch.add(&dek_counter(target), total);
         }
         if let Some((last, _)) = page.last() {
             batch.put(Cf::Meta, ROTATION_CURSOR, last);

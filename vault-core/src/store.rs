@@ -139,6 +139,8 @@ pub struct StorageCounters {
     pub wal_syncs: u64,
     /// Bytes written (keys and values, before compression).
     pub bytes_written: u64,
+    /// Flushes and compactions running or pending now (not a counter).
+    pub background_work: u64,
 }
 
 /// Storage options taken from the vault's options.
@@ -206,8 +208,11 @@ impl Store {
             let mut table = BlockBasedOptions::default();
             table.set_block_cache(&cache);
             table.set_bloom_filter(10.0, false);
-            table.set_cache_index_and_filter_blocks(true);
-            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+            // Index and filter blocks stay with their table readers (a few MB per
+            // million keys), not in the block cache: there, data blocks evicted them
+            // and a random read at a million records reloaded a megabyte-sized index
+            // (180 µs instead of 9 µs per get, measured).
+            table.set_cache_index_and_filter_blocks(false);
             o.set_block_based_table_factory(&table);
             if cf == Cf::Counters {
                 o.set_merge_operator_associative("add_i64", add_i64);
@@ -348,7 +353,34 @@ impl Store {
             iterator_steps: t(Ticker::NumberDbNext) + t(Ticker::NumberDbPrev),
             wal_syncs: t(Ticker::WalFileSynced),
             bytes_written: t(Ticker::BytesWritten),
+            background_work: self.background_work(),
         }
+    }
+
+    /// Flushes and compactions running, and column families waiting for one.
+    fn background_work(&self) -> u64 {
+        let db_wide = |p: &str| self.db.property_int_value(p).ok().flatten().unwrap_or(0);
+        let pending: u64 = Cf::ALL
+            .iter()
+            .map(|&cf| {
+                [
+                    "rocksdb.compaction-pending",
+                    "rocksdb.mem-table-flush-pending",
+                ]
+                .iter()
+                .map(|p| {
+                    self.db
+                        .property_int_value_cf(self.cf(cf), *p)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                })
+                .sum::<u64>()
+            })
+            .sum();
+        db_wide("rocksdb.num-running-compactions")
+            + db_wide("rocksdb.num-running-flushes")
+            + pending
     }
 
     /// Syncs the write-ahead log (for [`Durability::Relaxed`] callers that want a barrier).
