@@ -393,6 +393,9 @@ async fn run() -> Res<()> {
         "memory": {
             "rss_after_load_mib": mib(rss_after_load),
             "rss_peak_mib": mib(rss_peak),
+            "rss_after_measurements_mib": mib(rss_end),
+            "rss_high_water_mib": mib(hwm),
+            "vault_erase_ms": vault_erase_ms,
             "metrics": metrics,
         },
     });
