@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use crate::audit::{AuditAction, AuditEvent, AuditOutcome};
 use crate::error::{Argument, Error, InputError, Problem};
 use crate::purposes::{Access, LawfulBasis};
-use crate::records::{Detokenized, LiveRecord, Plaintext};
+use crate::records::Detokenized;
 use crate::store::Cf;
 use crate::subjects::Sid;
 use crate::token::TokenId;
@@ -101,15 +101,7 @@ impl Vault {
             } else {
                 value
             };
-            let LiveRecord {
-                field, created_at, ..
-            } = record;
-            Ok(Detokenized {
-                field,
-                value: Plaintext::new(value),
-                created_at,
-                masked,
-            })
+            Ok(Detokenized::of(record, value, masked))
         };
         let results: Vec<Result<Detokenized, Error>> = ids
             .into_iter()

@@ -205,6 +205,18 @@ pub struct Detokenized {
     pub masked: bool,
 }
 
+impl Detokenized {
+    /// The answer for `record`, whose (possibly masked) value is `value`.
+    pub(crate) fn of(record: LiveRecord, value: Zeroizing<Vec<u8>>, masked: bool) -> Detokenized {
+        Detokenized {
+            field: record.field,
+            value: Plaintext::new(value),
+            created_at: record.created_at,
+            masked,
+        }
+    }
+}
+
 /// One record of a [`SubjectExport`](crate::SubjectExport).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -17,8 +17,8 @@ use crate::keys::{DekSlot, IndexKeys, KdfRecord, Keyring, RootKey, RootSecret};
 use crate::options::VaultOptions;
 use crate::purposes::Purpose;
 use crate::records::{
-    Detokenized, LiveRecord, Plaintext, RECORD_FORMAT, RecordPlace, StoredRecord, expired_outcome,
-    index_key, stub_outcome,
+    Detokenized, LiveRecord, RECORD_FORMAT, RecordPlace, StoredRecord, expired_outcome, index_key,
+    stub_outcome,
 };
 use crate::retention::expiry_key;
 use crate::store::{Batch, Cf, StorageCounters, Store, StoreOptions};
@@ -341,7 +341,7 @@ impl Vault {
     }
 
     pub(crate) fn detokenize_one_by(&self, actor: &str, token: &str) -> Result<Detokenized, Error> {
-        self.inner.token_id(token)?;
+        // Text that is not a token comes back as this item's `InvalidToken`.
         let mut results = self.detokenize_by(actor, &[token])?;
         // One result per token, and we sent one.
         results.pop().expect("one result per token")
@@ -646,15 +646,7 @@ impl Inner {
         *subject = Some(dek.audit_ref);
         self.check_retention(&record, self.now())?;
         let value = record.open(&self.vault_id, id, &dek.aead)?;
-        let LiveRecord {
-            field, created_at, ..
-        } = record;
-        Ok(Detokenized {
-            field,
-            value: Plaintext::new(value),
-            created_at,
-            masked: false,
-        })
+        Ok(Detokenized::of(record, value, false))
     }
 
     /// Runs `f` on a live record under its subject's stripe lock, after checking again
