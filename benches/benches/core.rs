@@ -282,9 +282,9 @@ fn on_threads(threads: usize, iters: u64, f: impl Fn(usize, u64) + Sync) -> Dura
 }
 
 /// Detokenize of random tokens, with every subject key cached (warm) or almost none
-/// (cold: a 1 000-key cache over all subjects), next to a raw point get; and the
-/// floor an audited read cannot go below: a point get plus an unsynced write of the
-/// audit event's keys and bytes.
+/// (cold: a 1 000-key cache over all subjects), next to a raw point get; and what an
+/// audited read cost when its event went straight into RocksDB (before staging): a
+/// point get plus an unsynced write of the audit event's keys and bytes.
 fn detokenize(c: &mut Criterion) {
     let data = loaded();
     let db = raw_db(&data.raw);

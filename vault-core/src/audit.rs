@@ -22,7 +22,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::thread::{self, Thread};
 
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -33,6 +34,7 @@ use crate::error::{Error, StorageError};
 use rocksdb::WriteBatch;
 
 use crate::retention::RETENTION_ACTOR;
+use crate::staged::{self, STAGED, Staged};
 use crate::store::{Batch, Cf, Store, concat_batches};
 use crate::vault::{Inner, Vault};
 
@@ -41,6 +43,9 @@ const HEAD: &[u8] = b"audit/head";
 const BASE: &[u8] = b"audit/base";
 /// Events pruned per batch (and per `AuditPruned` event).
 const PRUNE_CHUNK: usize = 10_000;
+/// The ticket of the staged read events a leader puts first in its group (callers'
+/// tickets count up from 0 and never reach it).
+const STAGED_TICKET: u64 = u64::MAX;
 
 /// What was done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,6 +298,8 @@ struct Request {
     batch: WriteBatch,
     events: Vec<AuditEvent>,
     sync: bool,
+    /// The caller, parked until its group is written or it is to lead the next one.
+    caller: Thread,
 }
 
 #[derive(Default)]
@@ -309,10 +316,9 @@ struct State {
 /// The audit journal: orders and commits audited writes.
 pub(crate) struct Journal {
     state: Mutex<State>,
-    cv: Condvar,
     /// Set when the checkpoint did not authenticate at open: nothing is appended to a
     /// trail whose end is unknown (verification reports it).
-    damaged: Option<&'static str>,
+    pub(crate) damaged: Option<&'static str>,
     /// Held by pruning and verification, so a verification sees no half-pruned trail.
     prune: Mutex<()>,
 }
@@ -353,7 +359,6 @@ impl Journal {
         };
         Ok(Journal {
             state: Mutex::new(state),
-            cv: Condvar::new(),
             damaged,
             prune: Mutex::new(()),
         })
@@ -371,19 +376,45 @@ impl Inner {
         self.opts.durability == crate::options::Durability::Synced
     }
 
-    /// Commits the audit events of a read: synced if the options say so, else
-    /// written to the WAL now and synced by the worker soon
-    /// ([`VaultOptions::sync_read_events`](crate::VaultOptions::sync_read_events)).
-    pub(crate) fn commit_read_events(&self, events: Vec<AuditEvent>) -> Result<(), Error> {
-        let sync = self.synced() && self.opts.sync_read_events;
-        self.commit_audited(self.store.batch(), events, sync)?;
-        if !sync {
-            self.unsynced_events.store(true, Ordering::Release);
+    /// Records the audit events of a read before its value is returned: staged (one
+    /// file `write`, committed to the trail by the worker within 100 ms, see
+    /// [`crate::staged`]), or committed and synced at once when
+    /// [`VaultOptions::sync_read_events`](crate::VaultOptions::sync_read_events) is on.
+    pub(crate) fn commit_read_events(&self, mut events: Vec<AuditEvent>) -> Result<(), Error> {
+        if self.journal.damaged.is_some() {
+            return Err(Error::AuditDamaged);
+        }
+        if self.synced() && self.opts.sync_read_events {
+            self.commit_audited(self.store.batch(), events, true)?;
+            return Ok(());
+        }
+        let now = self.now();
+        for e in &mut events {
+            e.at = now;
+        }
+        if self.staging.append(&self.index.audit_key, events)? {
+            // The staging file is full: commit it now rather than let it grow. The
+            // events are staged, so the read stands even if this fails (the worker
+            // retries and reports it).
+            if let Err(e) = self.flush_staged() {
+                self.set_background_error(Some(e));
+            }
         }
         Ok(())
     }
 
-    /// Syncs the WAL if read events were written without a sync since the last call.
+    /// Commits the staged read events to the trail (unsynced: the worker syncs).
+    pub(crate) fn flush_staged(&self) -> Result<(), Error> {
+        if self.staging.is_empty() {
+            return Ok(());
+        }
+        // The journal's leader takes the staged events into its group.
+        self.commit_audited(self.store.batch(), Vec::new(), false)
+            .map(drop)
+    }
+
+    /// Syncs the WAL if staged read events were committed without a sync since the
+    /// last call.
     pub(crate) fn sync_read_events(&self) -> Result<(), Error> {
         if self.unsynced_events.swap(false, Ordering::AcqRel)
             && let Err(e) = self.store.sync_wal()
@@ -392,6 +423,22 @@ impl Inner {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// The staged read events as the first request of a group: they happened before
+    /// the group's callers came (or alongside), and go into the trail in that order,
+    /// with the last staging number they carry, so that none is committed twice.
+    fn staged_request(&self, staged: &[Staged]) -> Option<Request> {
+        let &(last, _) = staged.last()?;
+        let mut batch = self.store.batch();
+        batch.put(Cf::Meta, STAGED, &staged::committed_value(last));
+        Some(Request {
+            ticket: STAGED_TICKET,
+            batch: batch.into_raw(),
+            events: staged.iter().map(|(_, e)| e.clone()).collect(),
+            sync: false,
+            caller: thread::current(),
+        })
     }
 
     /// Commits `batch` together with `events` (sequence numbers and times filled in
@@ -406,7 +453,8 @@ impl Inner {
             return Err(Error::AuditDamaged);
         }
         let now = self.now();
-        for e in &mut events {
+        // Staged read events keep the time of the read.
+        for e in events.iter_mut().filter(|e| e.at == 0) {
             e.at = now;
         }
         let batch = batch.into_raw();
@@ -419,29 +467,54 @@ impl Inner {
             batch,
             events,
             sync,
+            caller: thread::current(),
         });
+        // Each caller is woken only when its own group is written, or when it is the
+        // first in the queue and the leader is done (a `notify_all` woke every
+        // waiting caller at every group: with 64 callers, most of the CPU of a
+        // durable write). Parking tolerates an unpark that comes first.
         loop {
             if let Some(result) = state.done.remove(&ticket) {
                 return result.map_err(|e| Error::Storage(StorageError(e)));
             }
             if !state.leader {
                 state.leader = true;
-                let group: Vec<Request> = state.queue.drain(..).collect();
+                let mut group: Vec<Request> = state.queue.drain(..).collect();
+                let callers: Vec<Thread> = group.iter().map(|r| r.caller.clone()).collect();
                 let (next_seq, last_mac) = (state.next_seq, state.last_mac);
                 drop(state);
-                let (outcomes, next_seq, last_mac) = self.write_group(group, next_seq, last_mac);
+                let synced = group.iter().any(|r| r.sync);
+                let staged = self.staging.take();
+                if let Some(request) = self.staged_request(&staged) {
+                    group.insert(0, request);
+                }
+                let (mut outcomes, next_seq, last_mac) =
+                    self.write_group(group, next_seq, last_mac);
+                if let Some(at) = outcomes.iter().position(|(t, _)| *t == STAGED_TICKET) {
+                    let committed = outcomes.remove(at).1.is_ok();
+                    if committed && !synced {
+                        self.unsynced_events.store(true, Ordering::Release);
+                    }
+                    self.staging.done(staged, committed);
+                }
                 state = journal.state.lock().unwrap_or_else(PoisonError::into_inner);
                 state.next_seq = next_seq;
                 state.last_mac = last_mac;
                 state.done.extend(outcomes);
                 state.leader = false;
-                journal.cv.notify_all();
+                let next_leader = state.queue.front().map(|r| r.caller.clone());
+                drop(state);
+                for caller in callers.iter().chain(&next_leader) {
+                    if caller.id() != thread::current().id() {
+                        caller.unpark();
+                    }
+                }
+                state = journal.state.lock().unwrap_or_else(PoisonError::into_inner);
                 continue;
             }
-            state = journal
-                .cv
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+            drop(state);
+            thread::park();
+            state = journal.state.lock().unwrap_or_else(PoisonError::into_inner);
         }
     }
 
@@ -525,6 +598,11 @@ impl Inner {
     }
 
     pub(crate) fn verify_audit(&self) -> Result<AuditVerification, Error> {
+        // Staged read events are part of the trail: commit them first, if the trail
+        // takes them (a damaged one is reported below).
+        if self.journal.damaged.is_none() {
+            self.flush_staged()?;
+        }
         let key = &self.index.audit_key;
         let _prune = self.journal.prune_lock();
         // The checkpoint first: events appended while we scan come after it, and
@@ -646,6 +724,7 @@ impl Inner {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditEvent>, Error> {
+        self.flush_staged()?;
         let mut out = Vec::new();
         let start = after.map(|a| a.saturating_add(1)).unwrap_or(0);
         let after_key = start.checked_sub(1).map(u64::to_be_bytes);
@@ -661,6 +740,7 @@ impl Inner {
 
     /// The events about the subject with reference `subject`, through the index.
     pub(crate) fn events_about(&self, subject: &[u8; 16]) -> Result<Vec<AuditEvent>, Error> {
+        self.flush_staged()?;
         let mut keys = Vec::new();
         self.store.scan_prefix(Cf::AuditIndex, subject, |k, _| {
             keys.push(k[16..].to_vec());
@@ -689,6 +769,7 @@ impl Inner {
         let Some(period) = self.opts.audit_retention else {
             return Ok(0);
         };
+        self.flush_staged()?;
         let key = &self.index.audit_key;
         let cutoff = self
             .now()

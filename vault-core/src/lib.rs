@@ -41,6 +41,7 @@ mod purposes;
 mod records;
 mod retention;
 mod rotate;
+mod staged;
 mod store;
 mod subjects;
 mod token;

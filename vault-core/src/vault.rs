@@ -21,6 +21,7 @@ use crate::records::{
     stub_outcome,
 };
 use crate::retention::expiry_key;
+use crate::staged::Staging;
 use crate::store::{Batch, Cf, StorageCounters, Store, StoreOptions};
 use crate::subjects::{
     Dek, DekCache, KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, Stripes, SubjectEntry, SubjectHash,
@@ -94,7 +95,9 @@ pub(crate) struct Inner {
     pub purge_lock: Mutex<()>,
     /// What the background worker's last run failed with, if it did.
     background_error: Mutex<Option<String>>,
-    /// Set when read audit events were written without syncing the WAL.
+    /// Read events on their way into the audit trail.
+    pub staging: Staging,
+    /// Set when staged read events were committed without syncing the WAL.
     pub unsynced_events: AtomicBool,
 }
 
@@ -149,6 +152,7 @@ impl Vault {
         )?;
         let index = ring.index_keys();
         let journal = Journal::open(&store, &index.audit_key)?;
+        let staging = Staging::open(dir, &store, &index.audit_key)?;
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             vault_id: header.vault_id,
@@ -165,9 +169,16 @@ impl Vault {
             stripes: Stripes::new(),
             purge_lock: Mutex::new(()),
             background_error: Mutex::new(None),
+            staging,
             unsynced_events: AtomicBool::new(false),
             opts,
         });
+        // Read events a killed process staged are committed before anything else
+        // (a damaged trail takes none: they stay staged, and reads are refused).
+        if inner.journal.damaged.is_none() {
+            inner.flush_staged()?;
+            inner.sync_read_events()?;
+        }
         let worker = inner
             .opts
             .background_worker
@@ -181,6 +192,7 @@ impl Vault {
         if let Some(worker) = self.worker.take() {
             worker.stop();
         }
+        self.inner.flush_staged()?;
         self.inner.store.sync_wal()
     }
 
@@ -471,6 +483,8 @@ impl Drop for Vault {
         if let Some(worker) = self.worker.take() {
             worker.stop();
         }
+        // Best effort: what stays staged is committed at the next open.
+        let _ = self.inner.flush_staged();
     }
 }
 

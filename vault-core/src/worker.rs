@@ -80,7 +80,7 @@ fn run(inner: &Inner, signal: &Signal) {
                 return;
             }
         }
-        if let Err(e) = inner.sync_read_events() {
+        if let Err(e) = inner.flush_staged().and_then(|()| inner.sync_read_events()) {
             inner.set_background_error(Some(e));
         }
         if Instant::now() < next_work {

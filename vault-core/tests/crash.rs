@@ -313,48 +313,103 @@ fn a_batch_is_all_or_nothing_under_sigkill() -> TestResult {
     Ok(())
 }
 
-/// Child: stores one value, then reads it forever (audit events of reads are not
-/// synced by default) and prints `READ n` after the n-th read returned.
+const WORKER_VAR: &str = "VAULT_CRASH_TEST_WORKER";
+
+/// Child: stores one value, then reads it forever from 2 threads (read events are
+/// staged, not synced, by default) and prints `READ` after each read returned, and
+/// `WROTE` after each of a few tokenizations in between. With the background worker
+/// off nothing moves the staged events into the trail: the reopened vault must.
 #[test]
 #[ignore = "child process of read_events_survive_sigkill"]
 fn crash_child_reads() {
-    let vault = Vault::open(child_dir(), &root(), VaultOptions::default()).expect("open");
+    let worker = std::env::var_os(WORKER_VAR).is_some_and(|v| v == "on");
+    let vault = Arc::new(
+        Vault::open(
+            child_dir(),
+            &root(),
+            VaultOptions::default().background_worker(worker),
+        )
+        .expect("open"),
+    );
     let token = vault
         .tokenize("reader", "email", "reader@example.com")
         .expect("tokenize")
         .to_string();
-    for n in 1.. {
-        vault.detokenize(&token).expect("detokenize");
-        println!("READ {n}");
+    let threads: Vec<_> = (0..2)
+        .map(|t| {
+            let (vault, token) = (vault.clone(), token.clone());
+            std::thread::spawn(move || {
+                for n in 0u64.. {
+                    vault.detokenize(&token).expect("detokenize");
+                    println!("READ");
+                    if t == 0 && n % 100 == 0 {
+                        vault
+                            .tokenize("reader", "phone", "+1 555 0100")
+                            .expect("tokenize");
+                        println!("WROTE");
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
     }
 }
 
 #[test]
 fn read_events_survive_sigkill() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let mut child = spawn_child("crash_child_reads", dir.path())?;
-    let stdout = child.stdout.take().expect("piped");
-    let mut reads = 0u64;
-    for line in BufReader::new(stdout).lines() {
-        if let Some(n) = line?.strip_prefix("READ ") {
-            reads = n.parse()?;
-            if reads >= 500 {
+    for worker in ["on", "off"] {
+        let dir = tempfile::tempdir()?;
+        let mut child = Command::new(std::env::current_exe()?)
+            .args([
+                "--ignored",
+                "--exact",
+                "crash_child_reads",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(DIR_VAR, dir.path())
+            .env(WORKER_VAR, worker)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdout = child.stdout.take().expect("piped");
+        let (mut reads, mut writes) = (0u64, 0u64);
+        for line in BufReader::new(stdout).lines() {
+            match line?.as_str() {
+                "READ" => reads += 1,
+                "WROTE" => writes += 1,
+                _ => {}
+            }
+            if reads >= 2000 {
                 break;
             }
         }
+        child.kill()?; // SIGKILL
+        child.wait()?;
+        assert!(reads >= 2000, "child stopped early");
+        let vault = open(dir.path());
+        let check = vault.verify_audit()?;
+        assert!(check.ok, "worker {worker}: {check:?}");
+        let events = vault.subject_audit("reader")?;
+        let count = |action| events.iter().filter(|e| e.action == action).count() as u64;
+        // Every read that returned was recorded first; so was every write.
+        let recorded = count(vault_core::AuditAction::Detokenize);
+        assert!(
+            recorded >= reads,
+            "worker {worker}: {recorded} events for {reads} reads"
+        );
+        let written = count(vault_core::AuditAction::Tokenize);
+        assert!(
+            written > writes,
+            "worker {worker}: {written} events for {writes} + 1 writes"
+        );
+        // Each recorded once: a second open commits nothing again.
+        drop(vault);
+        let again = open(dir.path()).subject_audit("reader")?;
+        assert_eq!(again.len(), events.len(), "worker {worker}");
+        assert!(open(dir.path()).verify_audit()?.ok);
     }
-    child.kill()?; // SIGKILL
-    child.wait()?;
-    assert!(reads >= 500, "child stopped early");
-    let vault = open(dir.path());
-    let check = vault.verify_audit()?;
-    assert!(check.ok, "{check:?}");
-    let events = vault.subject_audit("reader")?;
-    let recorded = events
-        .iter()
-        .filter(|e| e.action == vault_core::AuditAction::Detokenize)
-        .count() as u64;
-    // Every read that returned was recorded first.
-    assert!(recorded >= reads, "{recorded} events for {reads} reads");
     Ok(())
 }

@@ -188,7 +188,7 @@ fn main() -> Result<()> {
 
     let _ = writeln!(
         out,
-        "\n## In process: detokenize and export\n\nDetokenize reads random tokens; *warm*: every subject key cached, *cold*: a 1 000-key cache over all subjects. Every read is audited (its event written to the WAL before the value is returned, synced within 100 ms), so `raw_get_and_event_write` (a point get plus an unsynced write of the event's keys and bytes) is the floor an audited read cannot go below.\n\n{header}"
+        "\n## In process: detokenize and export\n\nDetokenize reads random tokens; *warm*: every subject key cached, *cold*: a 1 000-key cache over all subjects. Every read is audited: its event is staged (one `write` to a staging file) before the value is returned, and moved into the trail with the next group of the journal (the worker makes one every 100 ms). `raw_get_and_event_write` (a point get plus an unsynced RocksDB write of the event's keys and bytes) is what a read cost when its event went straight into RocksDB, the design before staging.\n\n{header}"
     );
     row(
         &mut out,

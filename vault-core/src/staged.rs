@@ -1,0 +1,274 @@
+//! Read events on their way into the audit trail.
+//!
+//! Every read is audited before its value is returned, and the event must survive
+//! the process being killed right after. Writing it through the journal costs a
+//! RocksDB write per read (three memtable inserts and a WAL `write`): more than the
+//! read itself. Instead a read appends its events to a staging file with one
+//! positional `write` (in the page cache once it returns, so a killed process loses
+//! nothing), and the worker moves them into the trail every 100 ms (and syncs), as
+//! does anything that reads the trail. A machine crash can lose the last 100 ms of
+//! read events, as it could lose them from an unsynced WAL before.
+//!
+//! Two files take turns: appends go to one while the other's events are being
+//! committed, and a file is rewritten from its start only once everything in it is
+//! in the trail. Entries carry a staging sequence number and a MAC; the trail
+//! records the last number it took (`audit/staged`, in the same batch as the
+//! events), so at open the entries after it are committed and none twice. A torn
+//! last entry (the process killed during the `write`, before the read returned) and
+//! whatever an earlier turn left after the last entry fail their MAC or sequence and
+//! end the file.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::audit::AuditEvent;
+use crate::codec::{decode, encode};
+use crate::crypto::{Key, domain};
+use crate::error::Error;
+use crate::store::{Cf, Store};
+
+const FILES: [&str; 2] = ["AUDIT-STAGED-0", "AUDIT-STAGED-1"];
+/// Where the trail records the last staging sequence number it committed.
+pub(crate) const STAGED: &[u8] = b"audit/staged";
+const STAGED_FORMAT: u8 = 1;
+const EVENT_FORMAT: u8 = 1;
+/// A file this full is committed by the appender itself, not left for the worker.
+const FLUSH_AT: u64 = 4 << 20;
+/// No event encodes to more (actor and purpose names are bounded far below).
+const MAX_ENTRY: usize = 64 << 10;
+const HEADER: usize = 4 + 8;
+const MAC: usize = 32;
+
+/// One staging sequence number and its event.
+pub(crate) type Staged = (u64, AuditEvent);
+
+pub(crate) struct Staging {
+    files: [File; 2],
+    state: Mutex<State>,
+}
+
+struct State {
+    active: usize,
+    offset: u64,
+    next: u64,
+    /// Staged and not yet taken by the journal, in order; a failed commit's events
+    /// come back to the front.
+    pending: Vec<Staged>,
+    /// The other file still holds events not yet in the trail: it is not reused.
+    other_busy: bool,
+}
+
+impl std::fmt::Debug for Staging {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staging").finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn entry_mac(key: &Key, seq: u64, body: &[u8]) -> [u8; 32] {
+    key.mac_parts(&[domain::AUDIT_STAGED, &seq.to_le_bytes(), body])
+}
+
+/// Appends the staging entry of `event` numbered `seq` to `out`.
+fn put_entry(out: &mut Vec<u8>, key: &Key, seq: u64, event: &AuditEvent) {
+    let body = encode(EVENT_FORMAT, event);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&entry_mac(key, seq, &body));
+}
+
+/// The entries of one file, from its start to the first that is torn, altered, or
+/// not numbered one after the one before.
+fn read_entries(bytes: &[u8], key: &Key) -> Vec<Staged> {
+    let mut out: Vec<Staged> = Vec::new();
+    let mut at = 0;
+    while let Some(head) = bytes.get(at..at + HEADER) {
+        let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
+        let seq = u64::from_le_bytes(head[4..].try_into().expect("8 bytes"));
+        if len > MAX_ENTRY
+            || out
+                .last()
+                .is_some_and(|(prev, _)| prev.checked_add(1) != Some(seq))
+        {
+            break;
+        }
+        let Some(body) = bytes.get(at + HEADER..at + HEADER + len) else {
+            break;
+        };
+        let Some(mac) = bytes.get(at + HEADER + len..at + HEADER + len + MAC) else {
+            break;
+        };
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(
+            &entry_mac(key, seq, body)[..],
+            mac,
+        )) {
+            break;
+        }
+        let Ok(event) = decode::<AuditEvent>(EVENT_FORMAT, body) else {
+            break;
+        };
+        out.push((seq, event));
+        at += HEADER + len + MAC;
+    }
+    out
+}
+
+/// The last staging sequence number the trail took (0: none).
+pub(crate) fn committed(store: &Store) -> Result<u64, Error> {
+    match store.get(Cf::Meta, STAGED)? {
+        Some(bytes) => decode(STAGED_FORMAT, &bytes),
+        None => Ok(0),
+    }
+}
+
+pub(crate) fn committed_value(seq: u64) -> Vec<u8> {
+    encode(STAGED_FORMAT, &seq)
+}
+
+impl Staging {
+    /// Opens (creating) the two files. Entries in them that the trail has not taken
+    /// (a killed process's) are pending, and go first into the next commit.
+    pub(crate) fn open(dir: &Path, store: &Store, key: &Key) -> Result<Staging, Error> {
+        let open = |name: &str| {
+            let path = dir.join(name);
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))
+        };
+        let files = [open(FILES[0])?, open(FILES[1])?];
+        let done = committed(store)?;
+        let mut left: Vec<Staged> = Vec::new();
+        let mut last = done;
+        for (file, name) in files.iter().zip(FILES) {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut &*file, &mut bytes)
+                .map_err(|e| Error::io(dir.join(name), e))?;
+            for (seq, event) in read_entries(&bytes, key) {
+                last = last.max(seq);
+                if seq > done {
+                    left.push((seq, event));
+                }
+            }
+        }
+        left.sort_by_key(|(seq, _)| *seq);
+        left.dedup_by_key(|(seq, _)| *seq);
+        Ok(Staging {
+            files,
+            state: Mutex::new(State {
+                // Appends start over in the first file only once the left entries
+                // are committed (reads wait for that: the vault commits them at
+                // open, or refuses reads when the trail is damaged).
+                active: 0,
+                offset: 0,
+                next: last + 1,
+                other_busy: !left.is_empty(),
+                pending: left,
+            }),
+        })
+    }
+
+    /// Whether nothing waits to be committed.
+    pub(crate) fn is_empty(&self) -> bool {
+        lock(&self.state).pending.is_empty()
+    }
+
+    /// Appends `events`, numbered, to the active file (one `write`); true when the
+    /// file is full enough to be committed now.
+    pub(crate) fn append(&self, key: &Key, events: Vec<AuditEvent>) -> Result<bool, Error> {
+        let mut st = lock(&self.state);
+        let mut buf = Vec::with_capacity(events.len() * 128);
+        for (i, event) in events.iter().enumerate() {
+            put_entry(&mut buf, key, st.next + i as u64, event);
+        }
+        self.files[st.active]
+            .write_all_at(&buf, st.offset)
+            .map_err(|e| Error::io(Path::new(FILES[st.active]), e))?;
+        st.offset += buf.len() as u64;
+        for event in events {
+            let seq = st.next;
+            st.pending.push((seq, event));
+            st.next += 1;
+        }
+        Ok(st.offset >= FLUSH_AT)
+    }
+
+    /// Takes what is staged, for the journal to commit ahead of its group; appends go
+    /// on in the other file, from its start, when everything in that one is
+    /// committed. Only the journal's leader calls this, and then
+    /// [`done`](Self::done), so one commit of staged events runs at a time.
+    pub(crate) fn take(&self) -> Vec<Staged> {
+        let mut st = lock(&self.state);
+        let taken = std::mem::take(&mut st.pending);
+        if !st.other_busy && !taken.is_empty() {
+            st.active ^= 1;
+            st.offset = 0;
+            st.other_busy = true;
+        }
+        taken
+    }
+
+    /// After the commit of `taken`: on success both files hold only committed entries
+    /// (the active one may go on after them: they end at the first new entry); on
+    /// failure the events are pending again, first.
+    pub(crate) fn done(&self, taken: Vec<Staged>, committed: bool) {
+        let mut st = lock(&self.state);
+        if committed {
+            st.other_busy = false;
+        } else {
+            let later = std::mem::replace(&mut st.pending, taken);
+            st.pending.extend(later);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditAction, AuditOutcome};
+
+    fn key() -> Key {
+        Key::fill_with(|k| *k = [7; 32])
+    }
+
+    fn event(n: u64) -> AuditEvent {
+        AuditEvent::new("reader", AuditAction::Detokenize, AuditOutcome::Ok).about(None, n)
+    }
+
+    #[test]
+    fn entries_read_back_until_a_torn_altered_or_stale_one() {
+        let key = key();
+        let mut file = Vec::new();
+        for seq in 5..8 {
+            put_entry(&mut file, &key, seq, &event(seq));
+        }
+        let whole = read_entries(&file, &key);
+        assert_eq!(whole.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [5, 6, 7]);
+        assert_eq!(whole[2].1, event(7));
+
+        // Torn: the last entry cut short.
+        assert_eq!(read_entries(&file[..file.len() - 1], &key).len(), 2);
+        // Altered: a byte of the second entry's body.
+        let mut altered = file.clone();
+        let second = HEADER + (file.len() / 3 - HEADER - MAC) + MAC + HEADER;
+        altered[second] ^= 1;
+        assert_eq!(read_entries(&altered, &key).len(), 1);
+        // Stale: an entry of an earlier turn after the last one written.
+        let mut stale = Vec::new();
+        put_entry(&mut stale, &key, 20, &event(20));
+        put_entry(&mut stale, &key, 3, &event(3));
+        assert_eq!(read_entries(&stale, &key).len(), 1);
+        // Another key's entries are not taken.
+        assert!(read_entries(&file, &Key::fill_with(|k| *k = [8; 32])).is_empty());
+    }
+}
