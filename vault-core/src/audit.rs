@@ -319,6 +319,8 @@ pub(crate) struct Journal {
     /// Set when the checkpoint did not authenticate at open: nothing is appended to a
     /// trail whose end is unknown (verification reports it).
     pub(crate) damaged: Option<&'static str>,
+    /// The last staging number of the read events in the trail, at open.
+    pub(crate) staged_done: u64,
     /// Held by pruning and verification, so a verification sees no half-pruned trail.
     prune: Mutex<()>,
 }
@@ -343,7 +345,7 @@ impl Journal {
             )),
             None => None,
         };
-        let damaged = match (read_head(store, key)?, last) {
+        let mut damaged = match (read_head(store, key)?, last) {
             (Err(problem), _) => Some(problem),
             (Ok(None), None) => None,
             (Ok(None), Some(_)) => Some("the checkpoint is missing"),
@@ -357,9 +359,17 @@ impl Journal {
                 }
             }
         };
+        let staged_done = match staged::read_mark(store, key)? {
+            Ok(seq) => seq,
+            Err(problem) => {
+                damaged = damaged.or(Some(problem));
+                0
+            }
+        };
         Ok(Journal {
             state: Mutex::new(state),
             damaged,
+            staged_done,
             prune: Mutex::new(()),
         })
     }
@@ -388,6 +398,10 @@ impl Inner {
             self.commit_audited(self.store.batch(), events, true)?;
             return Ok(());
         }
+        if self.staging.backlogged() {
+            // Commits have been failing: refuse reads rather than pile up events.
+            self.flush_staged()?;
+        }
         let now = self.now();
         for e in &mut events {
             e.at = now;
@@ -403,9 +417,11 @@ impl Inner {
         Ok(())
     }
 
-    /// Commits the staged read events to the trail (unsynced: the worker syncs).
+    /// Commits the staged read events to the trail (unsynced: the worker syncs), or
+    /// waits for the commit that took them. Nothing when the trail is damaged (it
+    /// takes no events; the staged ones stay in their files).
     pub(crate) fn flush_staged(&self) -> Result<(), Error> {
-        if self.staging.is_empty() {
+        if self.journal.damaged.is_some() || self.staging.settled() {
             return Ok(());
         }
         // The journal's leader takes the staged events into its group.
@@ -431,7 +447,11 @@ impl Inner {
     fn staged_request(&self, staged: &[Staged]) -> Option<Request> {
         let &(last, _) = staged.last()?;
         let mut batch = self.store.batch();
-        batch.put(Cf::Meta, STAGED, &staged::committed_value(last));
+        batch.put(
+            Cf::Meta,
+            STAGED,
+            &staged::mark_value(&self.index.audit_key, last),
+        );
         Some(Request {
             ticket: STAGED_TICKET,
             batch: batch.into_raw(),
@@ -600,9 +620,7 @@ impl Inner {
     pub(crate) fn verify_audit(&self) -> Result<AuditVerification, Error> {
         // Staged read events are part of the trail: commit them first, if the trail
         // takes them (a damaged one is reported below).
-        if self.journal.damaged.is_none() {
-            self.flush_staged()?;
-        }
+        self.flush_staged()?;
         let key = &self.index.audit_key;
         let _prune = self.journal.prune_lock();
         // The checkpoint first: events appended while we scan come after it, and
@@ -615,6 +633,9 @@ impl Inner {
             Ok(base) => base,
             Err(problem) => return Ok(AuditVerification::bad(0, None, problem.to_owned())),
         };
+        if let Err(problem) = staged::read_mark(&self.store, key)? {
+            return Ok(AuditVerification::bad(0, None, problem.to_owned()));
+        }
         let mut expected = first;
         let mut prev = base_mac;
         // The MAC of the event the checkpoint names, once reached.

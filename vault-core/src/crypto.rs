@@ -48,6 +48,7 @@ pub(crate) mod domain {
     pub const AUDIT_HEAD: &[u8] = b"pii-vault/audit-head/v1";
     pub const AUDIT_BASE: &[u8] = b"pii-vault/audit-base/v1";
     pub const AUDIT_STAGED: &[u8] = b"pii-vault/audit-staged/v1";
+    pub const AUDIT_STAGED_MARK: &[u8] = b"pii-vault/audit-staged-mark/v1";
 }
 
 /// A 256-bit secret key on the heap, wiped on drop, never `Clone`, `Copy` or `Debug`-printed.

@@ -23,6 +23,9 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
 use crate::audit::AuditEvent;
 use crate::codec::{decode, encode};
 use crate::crypto::{Key, domain};
@@ -58,6 +61,9 @@ struct State {
     pending: Vec<Staged>,
     /// The other file still holds events not yet in the trail: it is not reused.
     other_busy: bool,
+    /// The last staging number in the trail: everything up to `next - 1` is in it
+    /// when this is `next - 1` (events a leader took but has not committed are not).
+    committed: u64,
 }
 
 impl std::fmt::Debug for Staging {
@@ -104,10 +110,7 @@ fn read_entries(bytes: &[u8], key: &Key) -> Vec<Staged> {
         let Some(mac) = bytes.get(at + HEADER + len..at + HEADER + len + MAC) else {
             break;
         };
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(
-            &entry_mac(key, seq, body)[..],
-            mac,
-        )) {
+        if !bool::from(entry_mac(key, seq, body)[..].ct_eq(mac)) {
             break;
         }
         let Ok(event) = decode::<AuditEvent>(EVENT_FORMAT, body) else {
@@ -119,22 +122,47 @@ fn read_entries(bytes: &[u8], key: &Key) -> Vec<Staged> {
     out
 }
 
-/// The last staging sequence number the trail took (0: none).
-pub(crate) fn committed(store: &Store) -> Result<u64, Error> {
-    match store.get(Cf::Meta, STAGED)? {
-        Some(bytes) => decode(STAGED_FORMAT, &bytes),
-        None => Ok(0),
-    }
+/// The mark the trail keeps with the staged events it takes: the last staging
+/// number, authenticated like the checkpoint (an altered one would have staged
+/// events dropped, or committed twice, at the next open).
+#[derive(Serialize, Deserialize)]
+struct Mark {
+    seq: u64,
+    tag: [u8; 32],
 }
 
-pub(crate) fn committed_value(seq: u64) -> Vec<u8> {
-    encode(STAGED_FORMAT, &seq)
+fn mark_tag(key: &Key, seq: u64) -> [u8; 32] {
+    key.mac_parts(&[domain::AUDIT_STAGED_MARK, &seq.to_be_bytes()])
+}
+
+/// The stored mark of the staged events in the trail (0: none yet); `Err` with
+/// what is wrong when it does not authenticate.
+pub(crate) fn read_mark(store: &Store, key: &Key) -> Result<Result<u64, &'static str>, Error> {
+    let Some(bytes) = store.get(Cf::Meta, STAGED)? else {
+        return Ok(Ok(0));
+    };
+    Ok(match decode::<Mark>(STAGED_FORMAT, &bytes) {
+        Ok(mark) if bool::from(mark_tag(key, mark.seq).ct_eq(&mark.tag)) => Ok(mark.seq),
+        _ => Err("the mark of the staged read events was altered"),
+    })
+}
+
+/// The stored form of the mark for staging number `seq`.
+pub(crate) fn mark_value(key: &Key, seq: u64) -> Vec<u8> {
+    encode(
+        STAGED_FORMAT,
+        &Mark {
+            seq,
+            tag: mark_tag(key, seq),
+        },
+    )
 }
 
 impl Staging {
     /// Opens (creating) the two files. Entries in them that the trail has not taken
     /// (a killed process's) are pending, and go first into the next commit.
-    pub(crate) fn open(dir: &Path, store: &Store, key: &Key) -> Result<Staging, Error> {
+    /// `done` is the last staging number the trail took (from its authenticated mark).
+    pub(crate) fn open(dir: &Path, done: u64, key: &Key) -> Result<Staging, Error> {
         let open = |name: &str| {
             let path = dir.join(name);
             OpenOptions::new()
@@ -147,7 +175,6 @@ impl Staging {
                 .map_err(|e| Error::io(&path, e))
         };
         let files = [open(FILES[0])?, open(FILES[1])?];
-        let done = committed(store)?;
         let mut left: Vec<Staged> = Vec::new();
         let mut last = done;
         for (file, name) in files.iter().zip(FILES) {
@@ -171,16 +198,26 @@ impl Staging {
                 // open, or refuses reads when the trail is damaged).
                 active: 0,
                 offset: 0,
-                next: last + 1,
+                // Entries are MAC'd: no number comes near the end of the range.
+                next: last.saturating_add(1),
                 other_busy: !left.is_empty(),
                 pending: left,
+                committed: done,
             }),
         })
     }
 
-    /// Whether nothing waits to be committed.
-    pub(crate) fn is_empty(&self) -> bool {
-        lock(&self.state).pending.is_empty()
+    /// Whether every event staged so far is in the trail (not merely taken by a
+    /// leader whose commit is under way).
+    pub(crate) fn settled(&self) -> bool {
+        let st = lock(&self.state);
+        st.committed.saturating_add(1) >= st.next
+    }
+
+    /// Whether the active file is full: a commit that keeps failing must not let the
+    /// staged events (never synced) pile up.
+    pub(crate) fn backlogged(&self) -> bool {
+        lock(&self.state).offset >= FLUSH_AT
     }
 
     /// Appends `events`, numbered, to the active file (one `write`); true when the
@@ -191,9 +228,12 @@ impl Staging {
         for (i, event) in events.iter().enumerate() {
             put_entry(&mut buf, key, st.next + i as u64, event);
         }
-        self.files[st.active]
-            .write_all_at(&buf, st.offset)
-            .map_err(|e| Error::io(Path::new(FILES[st.active]), e))?;
+        if let Err(e) = self.files[st.active].write_all_at(&buf, st.offset) {
+            // Some entries may have been written. Their numbers are not used again,
+            // so they cannot continue the file's chain after the next append.
+            st.next += events.len() as u64;
+            return Err(Error::io(Path::new(FILES[st.active]), e));
+        }
         st.offset += buf.len() as u64;
         for event in events {
             let seq = st.next;
@@ -214,6 +254,9 @@ impl Staging {
             st.active ^= 1;
             st.offset = 0;
             st.other_busy = true;
+            // Everything in it is in the trail: keep no copy (what an earlier turn
+            // left after the last entry would end the file anyway).
+            let _ = self.files[st.active].set_len(0);
         }
         taken
     }
@@ -225,6 +268,9 @@ impl Staging {
         let mut st = lock(&self.state);
         if committed {
             st.other_busy = false;
+            if let Some(&(last, _)) = taken.last() {
+                st.committed = st.committed.max(last);
+            }
         } else {
             let later = std::mem::replace(&mut st.pending, taken);
             st.pending.extend(later);

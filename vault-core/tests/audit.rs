@@ -606,3 +606,33 @@ fn concurrent_callers_share_commits_and_the_trail_stays_whole() -> TestResult {
     assert!(syncs <= 400, "{syncs} syncs for 400 synced writes");
     Ok(())
 }
+
+#[test]
+fn an_altered_mark_of_the_staged_read_events_is_reported_and_reads_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let tokens = populated(dir.path())?;
+    {
+        let db = raw_db(dir.path());
+        let meta = db.cf_handle("meta").ok_or("meta")?;
+        // The reads of `populated` went through the staging files: the trail took
+        // them and marked how far.
+        let mut mark = db.get_cf(meta, b"audit/staged")?.ok_or("a mark")?;
+        mark[1] ^= 1;
+        db.put_cf(meta, b"audit/staged", &mark)?;
+        db.flush_wal(true)?;
+    }
+    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let check = vault.verify_audit()?;
+    assert!(!check.ok);
+    assert!(
+        check.problem.unwrap_or_default().contains("staged"),
+        "the problem is named"
+    );
+    let before = vault.audit_events(None, 100)?;
+    assert!(matches!(
+        vault.detokenize(&tokens[0]),
+        Err(Error::AuditDamaged)
+    ));
+    assert_eq!(vault.audit_events(None, 100)?, before, "nothing appended");
+    Ok(())
+}

@@ -209,3 +209,42 @@ fn rotation_under_traffic_keeps_every_value_readable() -> TestResult {
     }
     Ok(())
 }
+
+/// A reader of the trail sees every read that returned before it asked, even while
+/// the journal is committing staged events (synced writes alongside hold a group,
+/// and the staged events in it, for the length of an fsync).
+#[test]
+fn the_trail_shows_every_read_that_returned_before_it_is_read() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = Arc::new(Vault::open(dir.path(), &root(), options())?);
+    let token = vault
+        .tokenize("watched", "email", "watched@example.com")?
+        .to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (vault, stop) = (vault.clone(), stop.clone());
+        std::thread::spawn(move || -> Result<(), Error> {
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                vault.tokenize("busy", "email", format!("busy-{i}"))?;
+                i += 1;
+            }
+            Ok(())
+        })
+    };
+    let mut reads = 0;
+    for round in 0..300 {
+        vault.detokenize(&token)?;
+        reads += 1;
+        let seen = vault
+            .subject_audit("watched")?
+            .iter()
+            .filter(|e| e.action == vault_core::AuditAction::Detokenize)
+            .count();
+        assert_eq!(seen, reads, "round {round}: a returned read is missing");
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.join().expect("writer")?;
+    assert!(vault.verify_audit()?.ok);
+    Ok(())
+}
