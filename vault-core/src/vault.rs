@@ -462,6 +462,13 @@ impl Vault {
         })
     }
 
+    /// Whether each read's audit event is synced before the read returns
+    /// ([`VaultOptions::sync_read_events`] with synced durability): such reads wait
+    /// for the disk. Otherwise a read does no sync (its events are staged).
+    pub fn read_events_synced(&self) -> bool {
+        self.inner.synced() && self.inner.opts.sync_read_events
+    }
+
     /// Storage-engine counters (zero unless [`VaultOptions::statistics`] is on).
     pub fn storage_counters(&self) -> StorageCounters {
         self.inner.store.counters()

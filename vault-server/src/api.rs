@@ -382,7 +382,31 @@ impl FromRequestParts<Arc<AppState>> for Work {
     }
 }
 
+/// Detokenizations of at most this many tokens run on the async worker (see
+/// [`Work::run_short`]).
+const SHORT_READ_TOKENS: usize = 16;
+
 impl Work {
+    /// A short call (a few point reads, decryption, one `write` of staged audit
+    /// events, no sync): run on the async worker. On the blocking pool the hop there
+    /// and back (two thread switches, a shared queue) cost more than such a call, and
+    /// most of the server's CPU under load went to it. Anything that can wait for a
+    /// sync or read much stays on the blocking pool ([`run`](Self::run)).
+    fn run_short<T, F>(self, call: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(&Vault) -> Result<T, vault_core::Error>,
+    {
+        let Work { vault, permit, .. } = self;
+        let _permit = permit;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&vault))) {
+            Ok(result) => result.map_err(ApiError::from_vault),
+            Err(_) => {
+                tracing::error!(panicked = true, "a vault call did not complete");
+                Err(ApiError::internal())
+            }
+        }
+    }
+
     async fn run<T, F>(self, call: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
@@ -496,17 +520,22 @@ async fn detokenize(
 ) -> Result<Response, ApiError> {
     check_purpose(&key, &body.purpose)?;
     let DetokenizeRequest { tokens, purpose } = body;
+    let body_tokens = tokens.len();
     let actor = key.clone();
-    let (tokens, purpose, outcomes) = work
-        .run(move |vault| {
-            let mut access = vault_core::Access::new(&purpose, &actor.name);
-            if actor.masked {
-                access = access.masked();
-            }
-            let outcomes = vault.detokenize_for(&tokens, &access)?;
-            Ok((tokens, purpose, outcomes))
-        })
-        .await?;
+    let call = move |vault: &Vault| {
+        let mut access = vault_core::Access::new(&purpose, &actor.name);
+        if actor.masked {
+            access = access.masked();
+        }
+        let outcomes = vault.detokenize_for(&tokens, &access)?;
+        Ok((tokens, purpose, outcomes))
+    };
+    let short = body_tokens <= SHORT_READ_TOKENS && !work.vault.read_events_synced();
+    let (tokens, purpose, outcomes) = if short {
+        work.run_short(call)?
+    } else {
+        work.run(call).await?
+    };
     let mut results = Vec::with_capacity(tokens.len());
     for (i, (token, outcome)) in tokens.into_iter().zip(outcomes).enumerate() {
         let result = match outcome {
