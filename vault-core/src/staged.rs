@@ -254,11 +254,19 @@ impl Staging {
             st.active ^= 1;
             st.offset = 0;
             st.other_busy = true;
-            // Everything in it is in the trail: keep no copy (what an earlier turn
-            // left after the last entry would end the file anyway).
-            let _ = self.files[st.active].set_len(0);
         }
         taken
+    }
+
+    /// Empties the file not in use when everything in it is in the trail, so that no
+    /// copy of committed events outlives them for long (the worker calls this once a
+    /// minute: emptying at every turn would make each append grow the file, and
+    /// growing a file waits for the filesystem journal, which a WAL sync holds).
+    pub(crate) fn trim(&self) {
+        let st = lock(&self.state);
+        if !st.other_busy {
+            let _ = self.files[st.active ^ 1].set_len(0);
+        }
     }
 
     /// After the commit of `taken`: on success both files hold only committed entries

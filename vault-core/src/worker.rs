@@ -119,6 +119,7 @@ fn run(inner: &Inner, signal: &Signal) {
             }
             if Instant::now() >= next_audit_prune {
                 next_audit_prune = Instant::now() + AUDIT_PRUNE_EVERY;
+                inner.staging.trim();
                 if let Err(e) = inner.prune_audit() {
                     errors.push(e);
                 }

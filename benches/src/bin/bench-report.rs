@@ -352,6 +352,35 @@ fn http_section(out: &mut String, path: &Path) -> Result<()> {
             verdict(goal.map(|g| ratio >= g)),
         );
     }
+    // What no vault could beat with this client: the bare server answering the same
+    // requests, against PostgreSQL answering them.
+    let rps = |name: &str| {
+        r["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|g| g["name"].as_str() == Some(name))
+            .and_then(|g| g["baseline"]["rps"].as_f64())
+    };
+    let ceilings: Vec<String> = ["tokenize", "detokenize", "export"]
+        .iter()
+        .filter_map(|op| {
+            let bare = rps(&format!("https_{op}"))?;
+            let pg = rps(&format!("postgres_{op}"))?;
+            Some(format!("{op} {:.1}×", bare / pg))
+        })
+        .collect();
+    if !ceilings.is_empty() {
+        let _ = writeln!(
+            out,
+            "
+The ceiling for the PostgreSQL rows: the bare axum server, which does no \
+             work at all, with the same client over the same TLS, against PostgreSQL: {}. \
+             A vault that cost nothing would reach these ratios and no more on this machine \
+             (the client shares the cores); a target above them is out of reach here.",
+            ceilings.join(", ")
+        );
+    }
     if let Some(erase) = r["postgres_erase_ms"].as_array() {
         let ms: Vec<String> = erase
             .iter()
