@@ -388,10 +388,11 @@ const SHORT_READ_TOKENS: usize = 16;
 
 impl Work {
     /// A short call (a few point reads, decryption, one `write` of staged audit
-    /// events, no sync): run on the async worker. On the blocking pool the hop there
-    /// and back (two thread switches, a shared queue) cost more than such a call, and
-    /// most of the server's CPU under load went to it. Anything that can wait for a
-    /// sync or read much stays on the blocking pool ([`run`](Self::run)).
+    /// events, no sync): run on the async worker. The hop to the blocking pool and
+    /// back (a thread wake-up each way, a shared queue) costs more than such a call;
+    /// under load a third of the server's CPU was in the kernel's scheduler and
+    /// futexes. Anything that can wait for a sync or read much stays on the blocking
+    /// pool ([`run`](Self::run)).
     fn run_short<T, F>(self, call: F) -> Result<T, ApiError>
     where
         F: FnOnce(&Vault) -> Result<T, vault_core::Error>,
