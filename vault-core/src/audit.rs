@@ -205,8 +205,22 @@ struct StoredEvent {
 struct Head {
     seq: u64,
     mac: [u8; 32],
+    /// The mark of the staged read events in the trail when it was written, so that a
+    /// mark deleted or replayed (which would have staged events committed twice at
+    /// the next open) does not match.
+    staged: u64,
     tag: [u8; 32],
 }
+
+/// The checkpoint as written before read events were staged (format 1).
+#[derive(Deserialize)]
+struct HeadV1 {
+    seq: u64,
+    mac: [u8; 32],
+    tag: [u8; 32],
+}
+
+const HEAD_FORMAT: u8 = 2;
 
 /// Where the trail starts once events were pruned: the first kept sequence number
 /// and the MAC of the event before it.
@@ -222,7 +236,16 @@ fn chain_mac(key: &Key, prev: &[u8; 32], event: &AuditEvent) -> Result<[u8; 32],
     Ok(key.mac_parts(&[domain::AUDIT_EVENT, prev, &body]))
 }
 
-fn head_tag(key: &Key, seq: u64, mac: &[u8; 32]) -> [u8; 32] {
+fn head_tag(key: &Key, seq: u64, mac: &[u8; 32], staged: u64) -> [u8; 32] {
+    key.mac_parts(&[
+        domain::AUDIT_HEAD,
+        &seq.to_be_bytes(),
+        mac,
+        &staged.to_be_bytes(),
+    ])
+}
+
+fn head_v1_tag(key: &Key, seq: u64, mac: &[u8; 32]) -> [u8; 32] {
     key.mac_parts(&[domain::AUDIT_HEAD, &seq.to_be_bytes(), mac])
 }
 
@@ -237,16 +260,34 @@ fn index_key(subject: &[u8; 16], seq: u64) -> [u8; 24] {
     k
 }
 
-/// The stored checkpoint, if any; `Err` with what is wrong when it does not
-/// authenticate.
+/// The stored checkpoint, if any, checked against the mark of the staged read events
+/// (a format-1 checkpoint names no mark); `Err` with what is wrong when it does not
+/// authenticate or match.
 fn read_head(store: &Store, key: &Key) -> Result<Result<Option<Head>, &'static str>, Error> {
+    let mark = staged::read_mark(store, key)?;
     let Some(bytes) = store.get(Cf::Meta, HEAD)? else {
-        return Ok(Ok(None));
+        return Ok(mark.map(|_| None));
     };
-    Ok(match decode::<Head>(AUDIT_FORMAT, &bytes) {
-        Ok(head) if bool::from(head_tag(key, head.seq, &head.mac).ct_eq(&head.tag)) => {
-            Ok(Some(head))
+    if let Ok(head) = decode::<Head>(HEAD_FORMAT, &bytes) {
+        if !bool::from(head_tag(key, head.seq, &head.mac, head.staged).ct_eq(&head.tag)) {
+            return Ok(Err("the checkpoint was altered"));
         }
+        return Ok(match mark {
+            Ok(mark) if mark == head.staged => Ok(Some(head)),
+            Ok(_) => Err("the mark of the staged read events does not match the checkpoint"),
+            Err(problem) => Err(problem),
+        });
+    }
+    Ok(match (decode::<HeadV1>(AUDIT_FORMAT, &bytes), mark) {
+        (Ok(old), Ok(mark)) if bool::from(head_v1_tag(key, old.seq, &old.mac).ct_eq(&old.tag)) => {
+            Ok(Some(Head {
+                seq: old.seq,
+                mac: old.mac,
+                staged: mark,
+                tag: old.tag,
+            }))
+        }
+        (_, Err(problem)) => Err(problem),
         _ => Err("the checkpoint was altered"),
     })
 }
@@ -307,6 +348,8 @@ struct State {
     /// The next sequence number and the last event's MAC.
     next_seq: u64,
     last_mac: [u8; 32],
+    /// The mark of the staged read events in the trail.
+    staged_done: u64,
     queue: VecDeque<Request>,
     leader: bool,
     next_ticket: u64,
@@ -345,6 +388,7 @@ impl Journal {
             )),
             None => None,
         };
+        let mut staged_done = 0;
         let mut damaged = match (read_head(store, key)?, last) {
             (Err(problem), _) => Some(problem),
             (Ok(None), None) => None,
@@ -355,17 +399,20 @@ impl Journal {
                 } else {
                     state.next_seq = head.seq + 1;
                     state.last_mac = head.mac;
+                    staged_done = head.staged;
                     None
                 }
             }
         };
-        let staged_done = match staged::read_mark(store, key)? {
-            Ok(seq) => seq,
-            Err(problem) => {
-                damaged = damaged.or(Some(problem));
-                0
+        if staged_done == 0 {
+            // No usable checkpoint: the mark alone (none on a new vault). A damaged
+            // trail still needs it, to tell which staged events it has taken.
+            match staged::read_mark(store, key)? {
+                Ok(seq) => staged_done = seq,
+                Err(problem) => damaged = Some(problem),
             }
-        };
+        }
+        state.staged_done = staged_done;
         Ok(Journal {
             state: Mutex::new(state),
             damaged,
@@ -418,11 +465,15 @@ impl Inner {
     }
 
     /// Commits the staged read events to the trail (unsynced: the worker syncs), or
-    /// waits for the commit that took them. Nothing when the trail is damaged (it
-    /// takes no events; the staged ones stay in their files).
+    /// waits for the commit that took them. A damaged trail takes no events: with
+    /// some staged (a killed process's, found at open) this is `AuditDamaged`, so
+    /// that nobody reads the trail as complete.
     pub(crate) fn flush_staged(&self) -> Result<(), Error> {
-        if self.journal.damaged.is_some() || self.staging.settled() {
+        if self.staging.settled() {
             return Ok(());
+        }
+        if self.journal.damaged.is_some() {
+            return Err(Error::AuditDamaged);
         }
         // The journal's leader takes the staged events into its group.
         self.commit_audited(self.store.batch(), Vec::new(), false)
@@ -502,16 +553,20 @@ impl Inner {
                 let mut group: Vec<Request> = state.queue.drain(..).collect();
                 let callers: Vec<Thread> = group.iter().map(|r| r.caller.clone()).collect();
                 let (next_seq, last_mac) = (state.next_seq, state.last_mac);
+                let staged_done = state.staged_done;
                 drop(state);
                 let synced = group.iter().any(|r| r.sync);
                 let staged = self.staging.take();
+                let staged_mark = staged.last().map_or(staged_done, |&(seq, _)| seq);
                 if let Some(request) = self.staged_request(&staged) {
                     group.insert(0, request);
                 }
                 let (mut outcomes, next_seq, last_mac) =
-                    self.write_group(group, next_seq, last_mac);
+                    self.write_group(group, next_seq, last_mac, staged_mark);
+                let mut staged_committed = false;
                 if let Some(at) = outcomes.iter().position(|(t, _)| *t == STAGED_TICKET) {
                     let committed = outcomes.remove(at).1.is_ok();
+                    staged_committed = committed;
                     if committed && !synced {
                         self.unsynced_events.store(true, Ordering::Release);
                     }
@@ -520,6 +575,9 @@ impl Inner {
                 state = journal.state.lock().unwrap_or_else(PoisonError::into_inner);
                 state.next_seq = next_seq;
                 state.last_mac = last_mac;
+                if staged_committed {
+                    state.staged_done = staged_mark;
+                }
                 state.done.extend(outcomes);
                 state.leader = false;
                 let next_leader = state.queue.front().map(|r| r.caller.clone());
@@ -542,7 +600,13 @@ impl Inner {
     /// events, and the checkpoint once), synced if any caller asked for it: one WAL
     /// write and at most one sync per group. All or nothing: a failed write fails
     /// every caller of the group and leaves the chain where it was.
-    fn write_group(&self, group: Vec<Request>, next_seq: u64, last_mac: [u8; 32]) -> GroupOutcome {
+    fn write_group(
+        &self,
+        group: Vec<Request>,
+        next_seq: u64,
+        last_mac: [u8; 32],
+        staged: u64,
+    ) -> GroupOutcome {
         let sync = group.iter().any(|r| r.sync);
         let key = &self.index.audit_key;
         let (mut seq, mut mac) = (next_seq, last_mac);
@@ -595,12 +659,13 @@ impl Inner {
             let head = Head {
                 seq: last,
                 mac,
-                tag: head_tag(key, last, &mac),
+                staged,
+                tag: head_tag(key, last, &mac, staged),
             };
             // Events were staged, so there is a batch to carry the checkpoint.
             if let Some(last_batch) = batches.last_mut() {
                 self.store
-                    .put_raw(last_batch, Cf::Meta, HEAD, &encode(AUDIT_FORMAT, &head));
+                    .put_raw(last_batch, Cf::Meta, HEAD, &encode(HEAD_FORMAT, &head));
             }
         }
         match self.store.write_raw(concat_batches(batches), sync) {
@@ -620,7 +685,9 @@ impl Inner {
     pub(crate) fn verify_audit(&self) -> Result<AuditVerification, Error> {
         // Staged read events are part of the trail: commit them first, if the trail
         // takes them (a damaged one is reported below).
-        self.flush_staged()?;
+        if self.journal.damaged.is_none() {
+            self.flush_staged()?;
+        }
         let key = &self.index.audit_key;
         let _prune = self.journal.prune_lock();
         // The checkpoint first: events appended while we scan come after it, and
@@ -634,6 +701,7 @@ impl Inner {
             Err(problem) => return Ok(AuditVerification::bad(0, None, problem.to_owned())),
         };
         if let Err(problem) = staged::read_mark(&self.store, key)? {
+            // (With no checkpoint yet, read_head did not look at it.)
             return Ok(AuditVerification::bad(0, None, problem.to_owned()));
         }
         let mut expected = first;

@@ -11,12 +11,13 @@
 //!
 //! Two files take turns: appends go to one while the other's events are being
 //! committed, and a file is rewritten from its start only once everything in it is
-//! in the trail. Entries carry a staging sequence number and a MAC; the trail
-//! records the last number it took (`audit/staged`, in the same batch as the
-//! events), so at open the entries after it are committed and none twice. A torn
-//! last entry (the process killed during the `write`, before the read returned) and
-//! whatever an earlier turn left after the last entry fail their MAC or sequence and
-//! end the file.
+//! in the trail. Entries carry a staging sequence number and a MAC; the trail records
+//! the last number it took (`audit/staged`, in the same batch as the events,
+//! authenticated and named by the checkpoint), so at open the entries after it are
+//! committed and none twice. Numbers only grow within a file (those of a failed
+//! append are skipped); a torn last entry (the process killed during the `write`,
+//! before the read returned) and whatever an earlier turn left after the last entry
+//! fail their MAC or have a lower number, and end the file.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -61,9 +62,8 @@ struct State {
     pending: Vec<Staged>,
     /// The other file still holds events not yet in the trail: it is not reused.
     other_busy: bool,
-    /// The last staging number in the trail: everything up to `next - 1` is in it
-    /// when this is `next - 1` (events a leader took but has not committed are not).
-    committed: u64,
+    /// A leader took events and has not said yet whether it committed them.
+    in_flight: bool,
 }
 
 impl std::fmt::Debug for Staging {
@@ -90,18 +90,16 @@ fn put_entry(out: &mut Vec<u8>, key: &Key, seq: u64, event: &AuditEvent) {
 }
 
 /// The entries of one file, from its start to the first that is torn, altered, or
-/// not numbered one after the one before.
+/// not numbered above the one before.
 fn read_entries(bytes: &[u8], key: &Key) -> Vec<Staged> {
     let mut out: Vec<Staged> = Vec::new();
     let mut at = 0;
     while let Some(head) = bytes.get(at..at + HEADER) {
         let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
         let seq = u64::from_le_bytes(head[4..].try_into().expect("8 bytes"));
-        if len > MAX_ENTRY
-            || out
-                .last()
-                .is_some_and(|(prev, _)| prev.checked_add(1) != Some(seq))
-        {
+        // Numbers only grow within a turn (a failed append's are skipped); an entry
+        // left by an earlier turn has a lower one.
+        if len > MAX_ENTRY || out.last().is_some_and(|&(prev, _)| seq <= prev) {
             break;
         }
         let Some(body) = bytes.get(at + HEADER..at + HEADER + len) else {
@@ -202,7 +200,7 @@ impl Staging {
                 next: last.saturating_add(1),
                 other_busy: !left.is_empty(),
                 pending: left,
-                committed: done,
+                in_flight: false,
             }),
         })
     }
@@ -211,13 +209,19 @@ impl Staging {
     /// leader whose commit is under way).
     pub(crate) fn settled(&self) -> bool {
         let st = lock(&self.state);
-        st.committed.saturating_add(1) >= st.next
+        st.pending.is_empty() && !st.in_flight
     }
 
     /// Whether the active file is full: a commit that keeps failing must not let the
     /// staged events (never synced) pile up.
     pub(crate) fn backlogged(&self) -> bool {
         lock(&self.state).offset >= FLUSH_AT
+    }
+
+    /// Whether the active file is half full: the worker, which commits every 100 ms,
+    /// has fallen behind, and a read may soon have to commit (and wait) itself.
+    pub(crate) fn filling(&self) -> bool {
+        lock(&self.state).offset >= FLUSH_AT / 2
     }
 
     /// Appends `events`, numbered, to the active file (one `write`); true when the
@@ -229,8 +233,11 @@ impl Staging {
             put_entry(&mut buf, key, st.next + i as u64, event);
         }
         if let Err(e) = self.files[st.active].write_all_at(&buf, st.offset) {
-            // Some entries may have been written. Their numbers are not used again,
-            // so they cannot continue the file's chain after the next append.
+            // Some entries may have been written. Their numbers are not used again:
+            // the next append overwrites them, and any left after its end have lower
+            // numbers and end the file. (The read fails; if the process is killed
+            // before that, a whole entry written may be committed at open: the trail
+            // then records a read attempted, not one answered.)
             st.next += events.len() as u64;
             return Err(Error::io(Path::new(FILES[st.active]), e));
         }
@@ -250,6 +257,7 @@ impl Staging {
     pub(crate) fn take(&self) -> Vec<Staged> {
         let mut st = lock(&self.state);
         let taken = std::mem::take(&mut st.pending);
+        st.in_flight = !taken.is_empty();
         if !st.other_busy && !taken.is_empty() {
             st.active ^= 1;
             st.offset = 0;
@@ -274,11 +282,9 @@ impl Staging {
     /// failure the events are pending again, first.
     pub(crate) fn done(&self, taken: Vec<Staged>, committed: bool) {
         let mut st = lock(&self.state);
+        st.in_flight = false;
         if committed {
             st.other_busy = false;
-            if let Some(&(last, _)) = taken.last() {
-                st.committed = st.committed.max(last);
-            }
         } else {
             let later = std::mem::replace(&mut st.pending, taken);
             st.pending.extend(later);
@@ -297,6 +303,29 @@ mod tests {
 
     fn event(n: u64) -> AuditEvent {
         AuditEvent::new("reader", AuditAction::Detokenize, AuditOutcome::Ok).about(None, n)
+    }
+
+    #[test]
+    fn settled_only_when_nothing_is_pending_or_being_committed() -> Result<(), Error> {
+        let key = key();
+        let dir = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let staging = Staging::open(dir.path(), 0, &key)?;
+        assert!(staging.settled());
+        staging.append(&key, vec![event(1), event(2)])?;
+        assert!(!staging.settled());
+        // Taken by a leader whose commit is under way: not settled.
+        let taken = staging.take();
+        assert_eq!(taken.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2]);
+        assert!(!staging.settled());
+        staging.append(&key, vec![event(3)])?;
+        // The commit failed: its events come back first, before the later one.
+        staging.done(taken, false);
+        assert!(!staging.settled());
+        let again = staging.take();
+        assert_eq!(again.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2, 3]);
+        staging.done(again, true);
+        assert!(staging.settled());
+        Ok(())
     }
 
     #[test]
@@ -322,6 +351,12 @@ mod tests {
         put_entry(&mut stale, &key, 20, &event(20));
         put_entry(&mut stale, &key, 3, &event(3));
         assert_eq!(read_entries(&stale, &key).len(), 1);
+        // A failed append's numbers are skipped: a gap is not an end.
+        let mut gap = Vec::new();
+        for seq in [5, 6, 9] {
+            put_entry(&mut gap, &key, seq, &event(seq));
+        }
+        assert_eq!(read_entries(&gap, &key).len(), 3);
         // Another key's entries are not taken.
         assert!(read_entries(&file, &Key::fill_with(|k| *k = [8; 32])).is_empty());
     }

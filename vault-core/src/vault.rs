@@ -192,7 +192,10 @@ impl Vault {
         if let Some(worker) = self.worker.take() {
             worker.stop();
         }
-        self.inner.flush_staged()?;
+        // A damaged trail takes no staged events: they stay for the next open.
+        if self.inner.journal.damaged.is_none() {
+            self.inner.flush_staged()?;
+        }
         self.inner.store.sync_wal()
     }
 
@@ -462,11 +465,14 @@ impl Vault {
         })
     }
 
-    /// Whether each read's audit event is synced before the read returns
-    /// ([`VaultOptions::sync_read_events`] with synced durability): such reads wait
-    /// for the disk. Otherwise a read does no sync (its events are staged).
-    pub fn read_events_synced(&self) -> bool {
-        self.inner.synced() && self.inner.opts.sync_read_events
+    /// Whether a read may have to wait now: for the disk when each read's audit
+    /// event is synced ([`VaultOptions::sync_read_events`] with synced durability),
+    /// or for a commit of the staged read events when the background worker has
+    /// fallen behind. Otherwise a short read does a few point reads, decryption and
+    /// one file `write`, and can run where blocking is not allowed for long (an
+    /// async executor's thread).
+    pub fn reads_may_wait(&self) -> bool {
+        (self.inner.synced() && self.inner.opts.sync_read_events) || self.inner.staging.filling()
     }
 
     /// Storage-engine counters (zero unless [`VaultOptions::statistics`] is on).

@@ -413,3 +413,55 @@ fn read_events_survive_sigkill() -> TestResult {
     }
     Ok(())
 }
+
+/// A killed process leaves staged read events; if the trail is then found damaged it
+/// takes none of them, and whoever reads it is told, rather than given a trail
+/// without them.
+#[test]
+fn a_damaged_trail_with_staged_read_events_is_not_read_as_complete() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args([
+            "--ignored",
+            "--exact",
+            "crash_child_reads",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(DIR_VAR, dir.path())
+        .env(WORKER_VAR, "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let reads = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .filter(|line| line == "READ")
+        .take(200)
+        .count();
+    child.kill()?; // SIGKILL
+    child.wait()?;
+    assert_eq!(reads, 200, "child stopped early");
+    {
+        let db = raw_db(dir.path());
+        let meta = db.cf_handle("meta").ok_or("meta")?;
+        let mut head = db.get_cf(meta, b"audit/head")?.ok_or("a checkpoint")?;
+        let last = head.len() - 1;
+        head[last] ^= 1;
+        db.put_cf(meta, b"audit/head", &head)?;
+        db.flush_wal(true)?;
+    }
+    let vault = open(dir.path());
+    assert!(!vault.verify_audit()?.ok);
+    assert!(matches!(
+        vault.audit_events(None, 10),
+        Err(vault_core::Error::AuditDamaged)
+    ));
+    assert!(matches!(
+        vault.subject_audit("reader"),
+        Err(vault_core::Error::AuditDamaged)
+    ));
+    vault.close()?;
+    Ok(())
+}

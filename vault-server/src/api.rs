@@ -531,7 +531,7 @@ async fn detokenize(
         let outcomes = vault.detokenize_for(&tokens, &access)?;
         Ok((tokens, purpose, outcomes))
     };
-    let short = body_tokens <= SHORT_READ_TOKENS && !work.vault.read_events_synced();
+    let short = body_tokens <= SHORT_READ_TOKENS && !work.vault.reads_may_wait();
     let (tokens, purpose, outcomes) = if short {
         work.run_short(call)?
     } else {
