@@ -264,9 +264,18 @@ fn index_key(subject: &[u8; 16], seq: u64) -> [u8; 24] {
 /// (a format-1 checkpoint names no mark); `Err` with what is wrong when it does not
 /// authenticate or match.
 fn read_head(store: &Store, key: &Key) -> Result<Result<Option<Head>, &'static str>, Error> {
-    let mark = staged::read_mark(store, key)?;
-    let Some(bytes) = store.get(Cf::Meta, HEAD)? else {
-        return Ok(mark.map(|_| None));
+    // One multi-get: both from the same snapshot (a group committing in between
+    // writes both).
+    let mut found = store.multi_get(Cf::Meta, &[HEAD, STAGED])?.into_iter();
+    let (head, mark) = (found.next().flatten(), found.next().flatten());
+    let mark = staged::parse_mark(key, mark.as_deref());
+    let Some(bytes) = head else {
+        // A mark is only written with a checkpoint.
+        return Ok(match mark {
+            Ok(0) => Ok(None),
+            Ok(_) => Err("the checkpoint is missing"),
+            Err(problem) => Err(problem),
+        });
     };
     if let Ok(head) = decode::<Head>(HEAD_FORMAT, &bytes) {
         if !bool::from(head_tag(key, head.seq, &head.mac, head.staged).ct_eq(&head.tag)) {
@@ -409,7 +418,7 @@ impl Journal {
             // trail still needs it, to tell which staged events it has taken.
             match staged::read_mark(store, key)? {
                 Ok(seq) => staged_done = seq,
-                Err(problem) => damaged = Some(problem),
+                Err(problem) => damaged = damaged.or(Some(problem)),
             }
         }
         state.staged_done = staged_done;
@@ -562,7 +571,7 @@ impl Inner {
                     group.insert(0, request);
                 }
                 let (mut outcomes, next_seq, last_mac) =
-                    self.write_group(group, next_seq, last_mac, staged_mark);
+                    self.write_group(group, next_seq, last_mac, (staged_done, staged_mark));
                 let mut staged_committed = false;
                 if let Some(at) = outcomes.iter().position(|(t, _)| *t == STAGED_TICKET) {
                     let committed = outcomes.remove(at).1.is_ok();
@@ -605,7 +614,7 @@ impl Inner {
         group: Vec<Request>,
         next_seq: u64,
         last_mac: [u8; 32],
-        staged: u64,
+        (staged_before, staged_after): (u64, u64),
     ) -> GroupOutcome {
         let sync = group.iter().any(|r| r.sync);
         let key = &self.index.audit_key;
@@ -656,6 +665,16 @@ impl Inner {
         }
         if seq > next_seq {
             let last = seq - 1;
+            // The mark moves only if the staged events are in (their request, and
+            // the mark in its batch, are dropped if they could not be encoded).
+            let staged_in = outcomes
+                .iter()
+                .any(|(t, r)| *t == STAGED_TICKET && r.is_ok());
+            let staged = if staged_in {
+                staged_after
+            } else {
+                staged_before
+            };
             let head = Head {
                 seq: last,
                 mac,

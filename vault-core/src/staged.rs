@@ -136,13 +136,18 @@ fn mark_tag(key: &Key, seq: u64) -> [u8; 32] {
 /// The stored mark of the staged events in the trail (0: none yet); `Err` with
 /// what is wrong when it does not authenticate.
 pub(crate) fn read_mark(store: &Store, key: &Key) -> Result<Result<u64, &'static str>, Error> {
-    let Some(bytes) = store.get(Cf::Meta, STAGED)? else {
-        return Ok(Ok(0));
+    Ok(parse_mark(key, store.get(Cf::Meta, STAGED)?.as_deref()))
+}
+
+/// The mark from its stored form (`None`: not stored, 0).
+pub(crate) fn parse_mark(key: &Key, bytes: Option<&[u8]>) -> Result<u64, &'static str> {
+    let Some(bytes) = bytes else {
+        return Ok(0);
     };
-    Ok(match decode::<Mark>(STAGED_FORMAT, &bytes) {
+    match decode::<Mark>(STAGED_FORMAT, bytes) {
         Ok(mark) if bool::from(mark_tag(key, mark.seq).ct_eq(&mark.tag)) => Ok(mark.seq),
         _ => Err("the mark of the staged read events was altered"),
-    })
+    }
 }
 
 /// The stored form of the mark for staging number `seq`.

@@ -658,3 +658,37 @@ fn an_altered_or_removed_mark_of_the_staged_read_events_is_reported_and_reads_re
     }
     Ok(())
 }
+
+#[test]
+fn a_trail_wiped_with_its_checkpoint_is_found_by_the_mark_left_behind() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    populated(dir.path())?;
+    {
+        let db = raw_db(dir.path());
+        let audit = db.cf_handle("audit").ok_or("audit")?;
+        let keys: Vec<Box<[u8]>> = db
+            .iterator_cf(audit, rocksdb::IteratorMode::Start)
+            .map(|kv| kv.map(|(k, _)| k))
+            .collect::<Result<_, _>>()?;
+        for k in keys {
+            db.delete_cf(audit, k)?;
+        }
+        let meta = db.cf_handle("meta").ok_or("meta")?;
+        db.delete_cf(meta, b"audit/head")?;
+        db.flush_wal(true)?;
+    }
+    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let check = vault.verify_audit()?;
+    assert!(!check.ok, "{check:?}");
+    assert!(
+        check
+            .problem
+            .unwrap_or_default()
+            .contains("checkpoint is missing")
+    );
+    assert!(matches!(
+        vault.tokenize("hana", "email", "hana@example.com"),
+        Err(Error::AuditDamaged)
+    ));
+    Ok(())
+}
