@@ -479,15 +479,7 @@ fn events_past_their_retention_are_pruned_and_the_rest_still_verifies() -> TestR
 fn a_damaged_checkpoint_is_reported_and_nothing_is_appended_after_it() -> TestResult {
     let dir = tempfile::tempdir()?;
     populated(dir.path())?;
-    {
-        let db = raw_db(dir.path());
-        let meta = db.cf_handle("meta").ok_or("meta")?;
-        let mut head = db.get_cf(meta, b"audit/head")?.ok_or("a checkpoint")?;
-        let last = head.len() - 1;
-        head[last] ^= 1;
-        db.put_cf(meta, b"audit/head", &head)?;
-        db.flush_wal(true)?;
-    }
+    common::alter_checkpoint(dir.path());
     let vault = Vault::open(dir.path(), &root(), audit_options())?;
     let check = vault.verify_audit()?;
     assert!(!check.ok);

@@ -15,6 +15,11 @@ use vault_core::{TokenizeRequest, Vault, VaultOptions};
 const DIR_VAR: &str = "VAULT_CRASH_TEST_DIR";
 
 fn spawn_child(test: &str, dir: &Path) -> std::io::Result<Child> {
+    spawn_child_with(test, dir, &[])
+}
+
+/// [`spawn_child`] with more environment variables for the child.
+fn spawn_child_with(test: &str, dir: &Path, env: &[(&str, &str)]) -> std::io::Result<Child> {
     Command::new(std::env::current_exe()?)
         .args([
             "--ignored",
@@ -24,6 +29,7 @@ fn spawn_child(test: &str, dir: &Path) -> std::io::Result<Child> {
             "--test-threads=1",
         ])
         .env(DIR_VAR, dir)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -365,19 +371,7 @@ fn crash_child_reads() {
 fn read_events_survive_sigkill() -> TestResult {
     for worker in ["on", "off"] {
         let dir = tempfile::tempdir()?;
-        let mut child = Command::new(std::env::current_exe()?)
-            .args([
-                "--ignored",
-                "--exact",
-                "crash_child_reads",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(DIR_VAR, dir.path())
-            .env(WORKER_VAR, worker)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
+        let mut child = spawn_child_with("crash_child_reads", dir.path(), &[(WORKER_VAR, worker)])?;
         let stdout = child.stdout.take().expect("piped");
         let (mut reads, mut writes) = (0u64, 0u64);
         for line in BufReader::new(stdout).lines() {
@@ -424,20 +418,11 @@ fn read_events_survive_sigkill() -> TestResult {
 #[test]
 fn a_damaged_trail_with_staged_read_events_is_not_read_as_complete() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .args([
-            "--ignored",
-            "--exact",
-            "crash_child_reads",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(DIR_VAR, dir.path())
-        .env(WORKER_VAR, "off")
-        .env(WRITES_VAR, "off")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+    let mut child = spawn_child_with(
+        "crash_child_reads",
+        dir.path(),
+        &[(WORKER_VAR, "off"), (WRITES_VAR, "off")],
+    )?;
     let stdout = child.stdout.take().expect("piped");
     let reads = BufReader::new(stdout)
         .lines()
@@ -448,15 +433,7 @@ fn a_damaged_trail_with_staged_read_events_is_not_read_as_complete() -> TestResu
     child.kill()?; // SIGKILL
     child.wait()?;
     assert_eq!(reads, 200, "child stopped early");
-    {
-        let db = raw_db(dir.path());
-        let meta = db.cf_handle("meta").ok_or("meta")?;
-        let mut head = db.get_cf(meta, b"audit/head")?.ok_or("a checkpoint")?;
-        let last = head.len() - 1;
-        head[last] ^= 1;
-        db.put_cf(meta, b"audit/head", &head)?;
-        db.flush_wal(true)?;
-    }
+    alter_checkpoint(dir.path());
     let vault = open(dir.path());
     assert!(!vault.verify_audit()?.ok);
     assert!(matches!(

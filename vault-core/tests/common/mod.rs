@@ -143,6 +143,20 @@ pub fn raw_db(dir: &Path) -> rocksdb::DB {
 }
 
 /// Reads one value without writing anything to the directory.
+/// Flips a bit of the stored audit checkpoint (its tag then fails).
+pub fn alter_checkpoint(dir: &Path) {
+    let db = raw_db(dir);
+    let meta = db.cf_handle("meta").expect("meta family");
+    let mut head = db
+        .get_cf(meta, b"audit/head")
+        .expect("read")
+        .expect("a checkpoint");
+    let last = head.len() - 1;
+    head[last] ^= 1;
+    db.put_cf(meta, b"audit/head", &head).expect("write");
+    db.flush_wal(true).expect("flush");
+}
+
 pub fn raw_get(dir: &Path, cf: &str, key: &[u8]) -> Option<Vec<u8>> {
     let opts = rocksdb::Options::default();
     let db = rocksdb::DB::open_cf_descriptors_read_only(&opts, dir, descriptors(), false)
