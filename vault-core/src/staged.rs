@@ -5,9 +5,11 @@
 //! RocksDB write per read (three memtable inserts and a WAL `write`): more than the
 //! read itself. Instead a read appends its events to a staging file with one
 //! positional `write` (in the page cache once it returns, so a killed process loses
-//! nothing), and the worker moves them into the trail every 100 ms (and syncs), as
-//! does anything that reads the trail. A machine crash can lose the last 100 ms of
-//! read events, as it could lose them from an unsynced WAL before.
+//! nothing). The journal's next group takes everything staged first, so the trail
+//! keeps the order things happened in: any audited write makes one, the worker makes
+//! one every 100 ms (and syncs), and so does anything that reads the trail. A machine
+//! crash can lose the last 100 ms of read events, as it could lose them from an
+//! unsynced WAL before.
 //!
 //! Two files take turns: appends go to one while the other's events are being
 //! committed, and a file is rewritten from its start only once everything in it is
