@@ -371,8 +371,6 @@ pub(crate) struct Journal {
     /// Set when the checkpoint did not authenticate at open: nothing is appended to a
     /// trail whose end is unknown (verification reports it).
     pub(crate) damaged: Option<&'static str>,
-    /// The last staging number of the read events in the trail, at open.
-    pub(crate) staged_done: u64,
     /// Held by pruning and verification, so a verification sees no half-pruned trail.
     prune: Mutex<()>,
 }
@@ -425,9 +423,17 @@ impl Journal {
         Ok(Journal {
             state: Mutex::new(state),
             damaged,
-            staged_done,
             prune: Mutex::new(()),
         })
+    }
+
+    /// The mark of the staged read events in the trail: the last staging number it
+    /// took.
+    pub(crate) fn staged_done(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .staged_done
     }
 
     fn prune_lock(&self) -> MutexGuard<'_, ()> {
@@ -572,14 +578,17 @@ impl Inner {
                 }
                 let (mut outcomes, next_seq, last_mac) =
                     self.write_group(group, next_seq, last_mac, (staged_done, staged_mark));
-                let mut staged_committed = false;
-                if let Some(at) = outcomes.iter().position(|(t, _)| *t == STAGED_TICKET) {
-                    let committed = outcomes.remove(at).1.is_ok();
-                    staged_committed = committed;
-                    if committed && !synced {
-                        self.unsynced_events.store(true, Ordering::Release);
+                let staged_committed = match outcomes.iter().position(|(t, _)| *t == STAGED_TICKET)
+                {
+                    Some(at) => {
+                        let committed = outcomes.remove(at).1.is_ok();
+                        self.staging.done(staged, committed);
+                        committed
                     }
-                    self.staging.done(staged, committed);
+                    None => false,
+                };
+                if staged_committed && !synced {
+                    self.unsynced_events.store(true, Ordering::Release);
                 }
                 state = journal.state.lock().unwrap_or_else(PoisonError::into_inner);
                 state.next_seq = next_seq;
@@ -719,10 +728,6 @@ impl Inner {
             Ok(base) => base,
             Err(problem) => return Ok(AuditVerification::bad(0, None, problem.to_owned())),
         };
-        if let Err(problem) = staged::read_mark(&self.store, key)? {
-            // (With no checkpoint yet, read_head did not look at it.)
-            return Ok(AuditVerification::bad(0, None, problem.to_owned()));
-        }
         let mut expected = first;
         let mut prev = base_mac;
         // The MAC of the event the checkpoint names, once reached.

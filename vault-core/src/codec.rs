@@ -10,9 +10,27 @@ use crate::error::Error;
 
 /// Encodes `value` as `version || postcard(value)`.
 pub(crate) fn encode<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
-    // Serialising plain structs into a Vec cannot fail; an empty value would be
-    // rejected on decode, never silently accepted.
-    postcard::to_extend(value, vec![version]).unwrap_or_default()
+    let mut out = Vec::new();
+    encode_into(version, value, &mut out);
+    out
+}
+
+/// [`encode`], appended to `out` (no allocation of its own).
+pub(crate) fn encode_into<T: Serialize>(version: u8, value: &T, out: &mut Vec<u8>) {
+    /// Lets postcard extend a vector it does not own.
+    struct Tail<'a>(&'a mut Vec<u8>);
+    impl Extend<u8> for Tail<'_> {
+        fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+            self.0.extend(bytes);
+        }
+    }
+    let start = out.len();
+    out.push(version);
+    // Serialising plain structs cannot fail; should it, nothing is left of the
+    // value, and an empty value is rejected on decode, never silently accepted.
+    if postcard::to_extend(value, Tail(out)).is_err() {
+        out.truncate(start);
+    }
 }
 
 /// Decodes what [`encode`] wrote, refusing any other version and trailing bytes.

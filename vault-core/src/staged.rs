@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::audit::AuditEvent;
-use crate::codec::{decode, encode};
+use crate::codec::{decode, encode, encode_into};
 use crate::crypto::{Key, domain};
 use crate::error::Error;
 use crate::store::{Cf, Store};
@@ -84,11 +84,15 @@ fn entry_mac(key: &Key, seq: u64, body: &[u8]) -> [u8; 32] {
 
 /// Appends the staging entry of `event` numbered `seq` to `out`.
 fn put_entry(out: &mut Vec<u8>, key: &Key, seq: u64, event: &AuditEvent) {
-    let body = encode(EVENT_FORMAT, event);
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(&body);
-    out.extend_from_slice(&entry_mac(key, seq, &body));
+    encode_into(EVENT_FORMAT, event, out);
+    let body = at + HEADER;
+    let len = (out.len() - body) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    let mac = entry_mac(key, seq, &out[body..]);
+    out.extend_from_slice(&mac);
 }
 
 /// The entries of one file, from its start to the first that is torn, altered, or

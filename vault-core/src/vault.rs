@@ -152,7 +152,7 @@ impl Vault {
         )?;
         let index = ring.index_keys();
         let journal = Journal::open(&store, &index.audit_key)?;
-        let staging = Staging::open(dir, journal.staged_done, &index.audit_key)?;
+        let staging = Staging::open(dir, journal.staged_done(), &index.audit_key)?;
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             vault_id: header.vault_id,

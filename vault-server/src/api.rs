@@ -382,6 +382,18 @@ impl FromRequestParts<Arc<AppState>> for Work {
     }
 }
 
+/// A vault call's answer, or a generic error when it did not complete (`Err(true)`:
+/// it panicked; the panic's message may not be shown to anyone).
+fn vault_answer<T>(finished: Result<Result<T, vault_core::Error>, bool>) -> Result<T, ApiError> {
+    match finished {
+        Ok(result) => result.map_err(ApiError::from_vault),
+        Err(panicked) => {
+            tracing::error!(panicked, "a vault call did not complete");
+            Err(ApiError::internal())
+        }
+    }
+}
+
 /// Detokenizations of at most this many tokens run on the async worker (see
 /// [`Work::run_short`]).
 const SHORT_READ_TOKENS: usize = 16;
@@ -399,13 +411,8 @@ impl Work {
     {
         let Work { vault, permit, .. } = self;
         let _permit = permit;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&vault))) {
-            Ok(result) => result.map_err(ApiError::from_vault),
-            Err(_) => {
-                tracing::error!(panicked = true, "a vault call did not complete");
-                Err(ApiError::internal())
-            }
-        }
+        let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&vault)));
+        vault_answer(finished.map_err(|_| true))
     }
 
     async fn run<T, F>(self, call: F) -> Result<T, ApiError>
@@ -420,14 +427,7 @@ impl Work {
             span.in_scope(|| call(&vault))
         })
         .await;
-        match joined {
-            Ok(result) => result.map_err(ApiError::from_vault),
-            Err(join) => {
-                // A panic in vault code: its message may not be shown to anyone.
-                tracing::error!(panicked = join.is_panic(), "a vault call did not complete");
-                Err(ApiError::internal())
-            }
-        }
+        vault_answer(joined.map_err(|join| join.is_panic()))
     }
 }
 

@@ -294,6 +294,17 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The numbers of a JSON array, with `decimals` decimals, comma-separated.
+fn listed(v: &Value, decimals: usize) -> Option<String> {
+    let numbers: Vec<String> = v
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_f64)
+        .map(|n| format!("{n:.decimals$}"))
+        .collect();
+    Some(numbers.join(", "))
+}
+
 fn http_section(out: &mut String, path: &Path) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else {
         let _ = writeln!(
@@ -373,24 +384,17 @@ fn http_section(out: &mut String, path: &Path) -> Result<()> {
     if !ceilings.is_empty() {
         let _ = writeln!(
             out,
-            "
-The ceiling for the PostgreSQL rows: the bare axum server, which does no \
+            "\nThe ceiling for the PostgreSQL rows: the bare axum server, which does no \
              work at all, with the same client over the same TLS, against PostgreSQL: {}. \
              A vault that cost nothing would reach these ratios and no more on this machine \
              (the client shares the cores); a target above them is out of reach here.",
             ceilings.join(", ")
         );
     }
-    if let Some(erase) = r["postgres_erase_ms"].as_array() {
-        let ms: Vec<String> = erase
-            .iter()
-            .filter_map(Value::as_f64)
-            .map(|m| format!("{m:.1}"))
-            .collect();
+    if let Some(ms) = listed(&r["postgres_erase_ms"], 1) {
         let _ = writeln!(
             out,
-            "\nPostgreSQL erasure (DELETE + VACUUM), ms per subject: {}.",
-            ms.join(", ")
+            "\nPostgreSQL erasure (DELETE + VACUUM), ms per subject: {ms}."
         );
     }
     let m = &r["memory"];
@@ -408,17 +412,11 @@ The ceiling for the PostgreSQL rows: the bare axum server, which does no \
         mib("rss_after_measurements_mib"),
         mib("rss_high_water_mib"),
     );
-    if let Some(erase) = m["vault_erase_ms"].as_array() {
-        let ms: Vec<String> = erase
-            .iter()
-            .filter_map(Value::as_f64)
-            .map(|v| format!("{v:.0}"))
-            .collect();
+    if let Some(ms) = listed(&m["vault_erase_ms"], 0) {
         let _ = writeln!(
             out,
             "\nVault erasure over HTTPS with the dev server's *immediate* purge (the erase \
-             call waits for flush, compaction and the file check), ms: {}.",
-            ms.join(", ")
+             call waits for flush, compaction and the file check), ms: {ms}."
         );
     }
     if let Some(lines) = m["metrics"].as_array().filter(|l| !l.is_empty()) {
