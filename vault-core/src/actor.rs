@@ -5,6 +5,7 @@
 //! that acts for several callers (the HTTP server, per API key) names each through
 //! [`Vault::as_actor`]. Purpose-bound reads name theirs in [`Access`](crate::Access).
 
+use crate::durable::Unsynced;
 use crate::erase::ErasureReceipt;
 use crate::error::{Argument, Error, InputError, Problem};
 use crate::export::SubjectExport;
@@ -82,6 +83,14 @@ impl Actor<'_> {
     /// [`Vault::tokenize_batch`].
     pub fn tokenize_batch(&self, items: &[TokenizeRequest<'_>]) -> Result<Vec<Token>, Error> {
         self.vault.tokenize_by(self.name, items)
+    }
+
+    /// [`Vault::tokenize_batch_unsynced`].
+    pub fn tokenize_batch_unsynced(
+        &self,
+        items: &[TokenizeRequest<'_>],
+    ) -> Result<Unsynced<Vec<Token>>, Error> {
+        self.vault.tokenize_unsynced_by(self.name, items)
     }
 
     /// [`Vault::detokenize`].

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use crate::audit::{AuditAction, AuditEvent, AuditOutcome, Journal};
 use crate::codec::{decode, encode};
 use crate::crypto::{Key, random_bytes};
+use crate::durable::{SyncState, Syncer, Unsynced};
 use crate::error::Error;
 use crate::header::{Header, sync_dir};
 use crate::keys::{DekSlot, IndexKeys, KdfRecord, Keyring, RootKey, RootSecret};
@@ -99,6 +100,8 @@ pub(crate) struct Inner {
     pub staging: Staging,
     /// Set when staged read events were committed without syncing the WAL.
     pub unsynced_events: AtomicBool,
+    /// Unsynced writes awaiting the syncer (see [`crate::durable`]).
+    pub wal_sync: Arc<SyncState>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -115,6 +118,8 @@ impl std::fmt::Debug for Inner {
 pub struct Vault {
     pub(crate) inner: Arc<Inner>,
     worker: Option<Worker>,
+    /// Syncs the WAL for awaited writes ([`Unsynced`]); none with relaxed durability.
+    syncer: Option<Syncer>,
 }
 
 impl Vault {
@@ -171,6 +176,7 @@ impl Vault {
             background_error: Mutex::new(None),
             staging,
             unsynced_events: AtomicBool::new(false),
+            wal_sync: Arc::default(),
             opts,
         });
         // Read events a killed process staged are committed before anything else
@@ -184,13 +190,24 @@ impl Vault {
             .background_worker
             .then(|| Worker::start(inner.clone()))
             .transpose()?;
-        Ok(Vault { inner, worker })
+        let syncer = inner
+            .synced()
+            .then(|| Syncer::start(inner.clone()))
+            .transpose()?;
+        Ok(Vault {
+            inner,
+            worker,
+            syncer,
+        })
     }
 
     /// Stops the background worker, syncs the write-ahead log and closes the vault.
     pub fn close(mut self) -> Result<(), Error> {
         if let Some(worker) = self.worker.take() {
             worker.stop();
+        }
+        if let Some(syncer) = self.syncer.take() {
+            syncer.stop();
         }
         // A damaged trail takes no staged events: they stay for the next open.
         if self.inner.journal.damaged.is_none() {
@@ -229,12 +246,49 @@ impl Vault {
         self.tokenize_by(&self.inner.opts.actor, items)
     }
 
-    /// [`tokenize_batch`](Self::tokenize_batch), recorded under `actor`: one audit
-    /// event per subject, committed with the records.
+    /// [`tokenize_batch`](Self::tokenize_batch) for callers that must not block
+    /// while the write is synced (an async server): returns once the records are
+    /// written, before they are durable. Await the [`Unsynced`] (or
+    /// [`wait`](Unsynced::wait) for it) before handing the tokens out: a thread of
+    /// the vault syncs the WAL for every write awaited (see the README's durability
+    /// section).
+    pub fn tokenize_batch_unsynced(
+        &self,
+        items: &[TokenizeRequest<'_>],
+    ) -> Result<Unsynced<Vec<Token>>, Error> {
+        self.tokenize_unsynced_by(&self.inner.opts.actor, items)
+    }
+
+    /// [`tokenize_batch`](Self::tokenize_batch), recorded under `actor`.
     pub(crate) fn tokenize_by(
         &self,
         actor: &str,
         items: &[TokenizeRequest<'_>],
+    ) -> Result<Vec<Token>, Error> {
+        self.tokenize_with(actor, items, self.inner.synced())
+    }
+
+    /// [`tokenize_batch_unsynced`](Self::tokenize_batch_unsynced), recorded under
+    /// `actor`.
+    pub(crate) fn tokenize_unsynced_by(
+        &self,
+        actor: &str,
+        items: &[TokenizeRequest<'_>],
+    ) -> Result<Unsynced<Vec<Token>>, Error> {
+        let tokens = self.tokenize_with(actor, items, false)?;
+        // Counted after the write returned: the sync that covers the ticket starts
+        // after it.
+        let ticket = self.inner.synced().then(|| self.inner.wal_sync.written());
+        Ok(Unsynced::new(tokens, ticket))
+    }
+
+    /// Tokenizes `items` under `actor`: one audit event per subject, committed with
+    /// the records, synced when `sync` says.
+    fn tokenize_with(
+        &self,
+        actor: &str,
+        items: &[TokenizeRequest<'_>],
+        sync: bool,
     ) -> Result<Vec<Token>, Error> {
         let inner = &*self.inner;
         let limits = &inner.opts.limits;
@@ -334,7 +388,7 @@ impl Vault {
                     .about(Some(dek.audit_ref), records)
             })
             .collect();
-        inner.commit_audited(batch, events, inner.synced())?;
+        inner.commit_audited(batch, events, sync)?;
         for (sid, dek) in new_deks {
             inner.cache.insert(sid, dek);
         }
@@ -475,6 +529,15 @@ impl Vault {
         (self.inner.synced() && self.inner.opts.sync_read_events) || self.inner.staging.filling()
     }
 
+    /// Whether a tokenization may have to wait now for more than its own write: a
+    /// KEK rotation is under way, and its batches hold the key lock while they are
+    /// written and synced. Otherwise a short [`tokenize_batch_unsynced`]
+    /// (Self::tokenize_batch_unsynced) reads a subject entry, encrypts, and writes
+    /// without a sync, and can run on an async executor's thread.
+    pub fn writes_may_wait(&self) -> bool {
+        self.inner.ring().versions().count() > 1
+    }
+
     /// Storage-engine counters (zero unless [`VaultOptions::statistics`] is on).
     pub fn storage_counters(&self) -> StorageCounters {
         self.inner.store.counters()
@@ -495,6 +558,9 @@ impl Drop for Vault {
     fn drop(&mut self) {
         if let Some(worker) = self.worker.take() {
             worker.stop();
+        }
+        if let Some(syncer) = self.syncer.take() {
+            syncer.stop();
         }
         // Best effort: what stays staged is committed at the next open.
         let _ = self.inner.flush_staged();

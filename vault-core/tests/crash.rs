@@ -41,21 +41,34 @@ fn child_dir() -> std::path::PathBuf {
         .into()
 }
 
-/// Child: tokenizes forever from 4 threads (synced writes, group commit) and prints
+/// Whether the tokenize child writes unsynced and waits for the syncer.
+const UNSYNCED_VAR: &str = "VAULT_CRASH_TEST_UNSYNCED";
+
+/// Child: tokenizes forever from 4 threads (synced writes, group commit; or, with
+/// `UNSYNCED_VAR` set, unsynced writes each waiting for the syncer) and prints
 /// `ACK <token> <value>` after each call returns.
 #[test]
 #[ignore = "child process of acknowledged_tokenizations_survive_sigkill"]
 fn crash_child_tokenize() {
     let vault = Arc::new(Vault::open(child_dir(), &root(), VaultOptions::default()).expect("open"));
+    let unsynced = std::env::var_os(UNSYNCED_VAR).is_some();
     let threads: Vec<_> = (0..4)
         .map(|t| {
             let vault = vault.clone();
             std::thread::spawn(move || {
                 for i in 0.. {
                     let value = format!("value-{t}-{i}");
-                    let token = vault
-                        .tokenize(&format!("subject-{t}-{}", i % 50), "email", &value)
-                        .expect("tokenize");
+                    let subject = format!("subject-{t}-{}", i % 50);
+                    let token = if unsynced {
+                        let request = TokenizeRequest::new(&subject, "email", value.as_bytes());
+                        let mut tokens = vault
+                            .tokenize_batch_unsynced(&[request])
+                            .and_then(|u| u.wait())
+                            .expect("tokenize");
+                        tokens.pop().expect("one token")
+                    } else {
+                        vault.tokenize(&subject, "email", &value).expect("tokenize")
+                    };
                     println!("ACK {token} {value}");
                 }
             })
@@ -69,8 +82,14 @@ fn crash_child_tokenize() {
 #[test]
 fn acknowledged_tokenizations_survive_sigkill() -> TestResult {
     let dir = tempfile::tempdir()?;
-    for round in 0..3 {
-        let mut child = spawn_child("crash_child_tokenize", dir.path())?;
+    for round in 0..4 {
+        // Rounds alternate between synced writes and unsynced ones waited for.
+        let env: &[(&str, &str)] = if round % 2 == 1 {
+            &[(UNSYNCED_VAR, "1")]
+        } else {
+            &[]
+        };
+        let mut child = spawn_child_with("crash_child_tokenize", dir.path(), env)?;
         let stdout = child.stdout.take().expect("piped");
         let mut acked = Vec::new();
         for line in BufReader::new(stdout).lines() {

@@ -5,6 +5,10 @@
 mod common;
 
 use common::*;
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
 use vault_core::{
     Argument, Error, KdfParams, Problem, RootKey, TokenizeRequest, Vault, VaultOptions,
 };
@@ -24,6 +28,81 @@ fn tokenize_detokenize_round_trip_survives_reopen() -> TestResult {
     let vault = open(dir.path());
     let got = vault.detokenize(&token.to_string())?;
     assert_eq!(got.value.as_bytes(), b"alice@example.com");
+    Ok(())
+}
+
+/// Runs a future to completion on this thread (no executor needed for one future).
+fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut cx) {
+            Poll::Ready(output) => return output,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+#[test]
+fn an_unsynced_tokenization_is_ready_only_after_a_wal_sync() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = open(dir.path());
+    let syncs = || vault.storage_counters().wal_syncs;
+
+    // Awaited (the way an async server does it)...
+    let before = syncs();
+    let unsynced =
+        vault.tokenize_batch_unsynced(&[TokenizeRequest::new("customer-1", "email", b"a@x")])?;
+    let awaited = block_on(unsynced.into_future())?;
+    assert!(syncs() > before, "ready before the WAL was synced");
+    // ...or waited for on a thread that may block.
+    let before = syncs();
+    let waited = vault
+        .as_actor("billing")?
+        .tokenize_batch_unsynced(&[TokenizeRequest::new("customer-2", "email", b"b@x")])?
+        .wait()?;
+    assert!(syncs() > before, "ready before the WAL was synced");
+    vault.close()?;
+
+    let vault = open(dir.path());
+    for (tokens, value) in [(awaited, "a@x"), (waited, "b@x")] {
+        let got = vault.detokenize(&tokens[0].to_string())?;
+        assert_eq!(got.value.as_str(), Some(value));
+    }
+    // Bad input is refused before anything is written, as with the synced call.
+    let bad = vault.tokenize_batch_unsynced(&[TokenizeRequest::new("", "email", b"x")]);
+    assert!(matches!(bad, Err(Error::InvalidInput(_))));
+    Ok(())
+}
+
+#[test]
+fn an_unsynced_write_outstanding_at_close_is_synced_by_the_close() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = open(dir.path());
+    let unsynced =
+        vault.tokenize_batch_unsynced(&[TokenizeRequest::new("customer-1", "email", b"a@x")])?;
+    vault.close()?;
+    let tokens = unsynced.wait()?;
+    let vault = open(dir.path());
+    let got = vault.detokenize(&tokens[0].to_string())?;
+    assert_eq!(got.value.as_str(), Some("a@x"));
+
+    // With relaxed durability there is nothing to wait for, and no sync is made.
+    let dir = tempfile::tempdir()?;
+    let vault = Vault::open(dir.path(), &root(), relaxed())?;
+    let before = vault.storage_counters().wal_syncs;
+    let tokens = vault
+        .tokenize_batch_unsynced(&[TokenizeRequest::new("customer-1", "email", b"a@x")])?
+        .wait()?;
+    assert_eq!(vault.storage_counters().wal_syncs, before);
+    assert!(vault.detokenize(&tokens[0].to_string()).is_ok());
     Ok(())
 }
 

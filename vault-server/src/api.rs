@@ -397,10 +397,13 @@ fn vault_answer<T>(finished: Result<Result<T, vault_core::Error>, bool>) -> Resu
 /// Detokenizations of at most this many tokens run on the async worker (see
 /// [`Work::run_short`]).
 const SHORT_READ_TOKENS: usize = 16;
+/// Tokenizations of at most this many values run on the async worker (a value
+/// costs about as much as a few reads).
+const SHORT_WRITE_ITEMS: usize = 4;
 
 impl Work {
     /// A short call (a few point reads, decryption, one `write` of staged audit
-    /// events, no sync): run on the async worker. The hop to the blocking pool and
+    /// events, or a small write without a sync): run on the async worker. The hop to the blocking pool and
     /// back (a thread wake-up each way, a shared queue) costs more than such a call;
     /// under load a third of the server's CPU was in the kernel's scheduler and
     /// futexes. Anything that can wait for a sync or read much stays on the blocking
@@ -432,19 +435,32 @@ impl Work {
 }
 
 impl Work {
-    /// Like [`run`](Self::run), acting as the request's API key: the audit trail
-    /// names the key.
+    /// The request's API key, which audited calls act as: the audit trail names it.
+    fn actor_key(&self) -> Result<Arc<ApiKey>, ApiError> {
+        self.key.clone().ok_or_else(|| {
+            tracing::error!("an audited route ran without an API key");
+            ApiError::internal()
+        })
+    }
+
+    /// Like [`run`](Self::run), acting as the request's API key.
     async fn run_as<T, F>(self, call: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: FnOnce(Actor<'_>) -> Result<T, vault_core::Error> + Send + 'static,
     {
-        let Some(key) = self.key.clone() else {
-            tracing::error!("an audited route ran without an API key");
-            return Err(ApiError::internal());
-        };
+        let key = self.actor_key()?;
         self.run(move |vault| call(vault.as_actor(&key.name)?))
             .await
+    }
+
+    /// Like [`run_short`](Self::run_short), acting as the request's API key.
+    fn run_short_as<T, F>(self, call: F) -> Result<T, ApiError>
+    where
+        F: FnOnce(Actor<'_>) -> Result<T, vault_core::Error>,
+    {
+        let key = self.actor_key()?;
+        self.run_short(move |vault| call(vault.as_actor(&key.name)?))
     }
 }
 
@@ -472,27 +488,34 @@ async fn tokenize(
     work: Work,
     JsonBody(body): JsonBody<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
-    let tokens = work
-        .run_as(move |actor| {
-            let requests: Vec<vault_core::TokenizeRequest<'_>> = body
-                .items
-                .iter()
-                .map(|item| {
-                    let request = vault_core::TokenizeRequest::new(
-                        item.subject.expose(),
-                        &item.field,
-                        item.value.expose().as_bytes(),
-                    );
-                    if item.deterministic {
-                        request.deterministic()
-                    } else {
-                        request
-                    }
-                })
-                .collect();
-            actor.tokenize_batch(&requests)
-        })
-        .await?;
+    let short = body.items.len() <= SHORT_WRITE_ITEMS && !work.vault.writes_may_wait();
+    let call = move |actor: Actor<'_>| {
+        let requests: Vec<vault_core::TokenizeRequest<'_>> = body
+            .items
+            .iter()
+            .map(|item| {
+                let request = vault_core::TokenizeRequest::new(
+                    item.subject.expose(),
+                    &item.field,
+                    item.value.expose().as_bytes(),
+                );
+                if item.deterministic {
+                    request.deterministic()
+                } else {
+                    request
+                }
+            })
+            .collect();
+        actor.tokenize_batch_unsynced(&requests)
+    };
+    // Written without a sync, on the async worker when short; then the WAL sync
+    // that covers the write is awaited, with no thread held for it.
+    let unsynced = if short {
+        work.run_short_as(call)?
+    } else {
+        work.run_as(call).await?
+    };
+    let tokens = unsynced.await.map_err(ApiError::from_vault)?;
     Ok(Json(TokenizeResponse {
         tokens: tokens.iter().map(ToString::to_string).collect(),
     }))

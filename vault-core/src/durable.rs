@@ -1,0 +1,265 @@
+//! Durability for callers that must not block: writes that are awaited, not waited
+//! for.
+//!
+//! A synced write ([`Vault::tokenize_batch`](crate::Vault::tokenize_batch)) holds its
+//! thread until the group's WAL sync. An async server cannot give each request a
+//! thread for that: it hops to a blocking pool, and the hand-offs (a thread wake-up
+//! each way, a park in the journal) cost more CPU than the write. Instead the write
+//! goes into the vault without a sync, the caller gets an [`Unsynced`] value, and
+//! awaits it: one thread, the syncer, syncs the WAL for everyone waiting, and wakes
+//! them. Writes that finish while a sync is under way are covered by the next one,
+//! so the syncs group themselves as the journal's groups do.
+//!
+//! The value is not to be acknowledged until the await returns `Ok`. Until then the
+//! write is readable (an export of its subject lists the record) though a machine
+//! crash could still lose it; nothing acknowledged is ever lost. A failed sync fails
+//! every write it was to cover and every one after: the storage engine refuses
+//! writes after a failed WAL sync, and the vault must be reopened.
+
+use std::collections::BTreeMap;
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{JoinHandle, Thread};
+
+use crate::error::{Error, StorageError};
+use crate::vault::Inner;
+
+/// What the syncer and the writers share.
+#[derive(Debug, Default)]
+pub(crate) struct SyncState {
+    state: Mutex<State>,
+    cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Unsynced writes finished so far; a write's ticket is the count after it.
+    written: u64,
+    /// Writes covered by the last successful sync.
+    synced: u64,
+    /// Why a sync failed: no later write is synced.
+    failed: Option<String>,
+    /// Whoever awaits a write beyond `synced`, by ticket.
+    waiters: BTreeMap<u64, Waker>,
+    /// The syncer is waiting for work (a finished write must wake it).
+    idle: bool,
+    stop: bool,
+    /// The syncer has exited: nothing more will be synced.
+    exited: bool,
+}
+
+impl SyncState {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records an unsynced write that has just returned: the ticket to await its
+    /// sync.
+    pub(crate) fn written(self: &Arc<Self>) -> Ticket {
+        let mut state = self.lock();
+        state.written += 1;
+        let ticket = state.written;
+        if state.idle {
+            state.idle = false;
+            self.cv.notify_one();
+        }
+        Ticket {
+            shared: self.clone(),
+            ticket,
+        }
+    }
+}
+
+/// The syncer thread.
+#[derive(Debug)]
+pub(crate) struct Syncer {
+    shared: Arc<SyncState>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Syncer {
+    pub(crate) fn start(inner: Arc<Inner>) -> Result<Syncer, Error> {
+        let shared = inner.wal_sync.clone();
+        let handle = std::thread::Builder::new()
+            .name("vault-sync".into())
+            .spawn(move || run(&inner))
+            .map_err(|e| Error::io("vault-sync thread", e))?;
+        Ok(Syncer {
+            shared,
+            handle: Some(handle),
+        })
+    }
+
+    /// Syncs what is written and not yet synced, then stops the thread.
+    pub(crate) fn stop(mut self) {
+        {
+            let mut state = self.shared.lock();
+            state.stop = true;
+            state.idle = false;
+        }
+        self.shared.cv.notify_all();
+        if let Some(handle) = self.handle.take() {
+            // A panic in the syncer has already been reported by the panic hook; the
+            // waiters are failed below.
+            let _ = handle.join();
+        }
+        let mut state = self.shared.lock();
+        state.exited = true;
+        wake_all(&mut state);
+    }
+}
+
+fn wake_all(state: &mut State) {
+    for (_, waker) in std::mem::take(&mut state.waiters) {
+        waker.wake();
+    }
+}
+
+fn run(inner: &Inner) {
+    let shared = &inner.wal_sync;
+    let mut state = shared.lock();
+    loop {
+        if state.failed.is_some() || state.synced == state.written {
+            if state.stop {
+                break;
+            }
+            state.idle = true;
+            state = shared
+                .cv
+                .wait_while(state, |s| s.idle && !s.stop)
+                .unwrap_or_else(PoisonError::into_inner);
+            continue;
+        }
+        // Every write counted in `written` has returned, so it is in the WAL file
+        // and this sync covers it.
+        let target = state.written;
+        drop(state);
+        let outcome = inner.store.sync_wal();
+        state = shared.lock();
+        match outcome {
+            Ok(()) => {
+                state.synced = target;
+                let later = state.waiters.split_off(&(target + 1));
+                for (_, waker) in std::mem::replace(&mut state.waiters, later) {
+                    waker.wake();
+                }
+            }
+            Err(e) => {
+                state.failed = Some(e.to_string());
+                wake_all(&mut state);
+            }
+        }
+    }
+    state.exited = true;
+    wake_all(&mut state);
+}
+
+/// One unsynced write's place in line for a sync.
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    shared: Arc<SyncState>,
+    ticket: u64,
+}
+
+impl Ticket {
+    /// Ready once a sync covers the write (or none ever will).
+    fn poll(&self, waker: impl FnOnce() -> Waker) -> Poll<Result<(), Error>> {
+        let mut state = self.shared.lock();
+        if state.synced >= self.ticket {
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(e) = &state.failed {
+            return Poll::Ready(Err(Error::Storage(StorageError(e.clone()))));
+        }
+        if state.exited {
+            return Poll::Ready(Err(Error::Storage(StorageError(
+                "the vault closed before the write was synced".into(),
+            ))));
+        }
+        state.waiters.insert(self.ticket, waker());
+        Poll::Pending
+    }
+}
+
+/// A write that is in the vault but may not be durable yet: await it (or
+/// [`wait`](Self::wait) on a thread that may block) before acknowledging its result.
+/// With [`Durability::Relaxed`](crate::Durability::Relaxed) it is ready at once.
+#[must_use = "the write is not durable until this is awaited"]
+#[derive(Debug)]
+pub struct Unsynced<T> {
+    value: T,
+    ticket: Option<Ticket>,
+}
+
+impl<T> Unsynced<T> {
+    pub(crate) fn new(value: T, ticket: Option<Ticket>) -> Unsynced<T> {
+        Unsynced { value, ticket }
+    }
+
+    /// Blocks the thread until the write is durable; the result.
+    pub fn wait(self) -> Result<T, Error> {
+        let Some(ticket) = self.ticket else {
+            return Ok(self.value);
+        };
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        loop {
+            match ticket.poll(|| waker.clone()) {
+                Poll::Ready(result) => return result.map(|()| self.value),
+                // Parking tolerates an unpark that comes first.
+                Poll::Pending => std::thread::park(),
+            }
+        }
+    }
+}
+
+struct Unpark(Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+impl<T> IntoFuture for Unsynced<T> {
+    type Output = Result<T, Error>;
+    type IntoFuture = Synced<T>;
+
+    fn into_future(self) -> Synced<T> {
+        Synced {
+            value: Some(self.value),
+            ticket: self.ticket,
+        }
+    }
+}
+
+/// The future of an [`Unsynced`] write: its result, once durable.
+#[must_use = "futures do nothing unless awaited"]
+#[derive(Debug)]
+pub struct Synced<T> {
+    value: Option<T>,
+    ticket: Option<Ticket>,
+}
+
+// The value is never pinned: it is only moved out.
+impl<T> Unpin for Synced<T> {}
+
+impl<T> Future for Synced<T> {
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, Error>> {
+        let this = self.get_mut();
+        if let Some(ticket) = &this.ticket {
+            match ticket.poll(|| cx.waker().clone()) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+        }
+        match this.value.take() {
+            Some(value) => Poll::Ready(Ok(value)),
+            None => panic!("`Synced` polled after it returned its value"),
+        }
+    }
+}
