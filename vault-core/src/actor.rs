@@ -93,6 +93,14 @@ impl Actor<'_> {
         self.vault.tokenize_unsynced_by(self.name, items)
     }
 
+    /// [`Vault::try_tokenize_batch_unsynced`].
+    pub fn try_tokenize_batch_unsynced(
+        &self,
+        items: &[TokenizeRequest<'_>],
+    ) -> Result<Option<Unsynced<Vec<Token>>>, Error> {
+        self.vault.try_tokenize_unsynced_by(self.name, items)
+    }
+
     /// [`Vault::detokenize`].
     pub fn detokenize(&self, token: &str) -> Result<Detokenized, Error> {
         self.vault.detokenize_one_by(self.name, token)

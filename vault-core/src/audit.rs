@@ -436,6 +436,16 @@ impl Journal {
             .staged_done
     }
 
+    /// Pretends a group is being written (or ends the pretence), for tests of
+    /// callers that must not wait for one.
+    #[cfg(test)]
+    pub(crate) fn set_leader(&self, leader: bool) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .leader = leader;
+    }
+
     fn prune_lock(&self) -> MutexGuard<'_, ()> {
         self.prune.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -532,29 +542,10 @@ impl Inner {
     pub(crate) fn commit_audited(
         &self,
         batch: Batch<'_>,
-        mut events: Vec<AuditEvent>,
+        events: Vec<AuditEvent>,
         sync: bool,
     ) -> Result<Vec<u64>, Error> {
-        if self.journal.damaged.is_some() {
-            return Err(Error::AuditDamaged);
-        }
-        let now = self.now();
-        // Staged read events keep the time of the read.
-        for e in events.iter_mut().filter(|e| e.at == 0) {
-            e.at = now;
-        }
-        let batch = batch.into_raw();
-        let journal = &self.journal;
-        let mut state = journal.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let ticket = state.next_ticket;
-        state.next_ticket += 1;
-        state.queue.push_back(Request {
-            ticket,
-            batch,
-            events,
-            sync,
-            caller: thread::current(),
-        });
+        let (mut state, ticket) = self.enqueue(batch, events, sync)?;
         // Each caller is woken only when its own group is written, or when it is the
         // first in the queue and the leader is done (a `notify_all` woke every
         // waiting caller at every group: with 64 callers, most of the CPU of a
@@ -564,54 +555,136 @@ impl Inner {
                 return result.map_err(|e| Error::Storage(StorageError(e)));
             }
             if !state.leader {
-                state.leader = true;
-                let mut group: Vec<Request> = state.queue.drain(..).collect();
-                let callers: Vec<Thread> = group.iter().map(|r| r.caller.clone()).collect();
-                let (next_seq, last_mac) = (state.next_seq, state.last_mac);
-                let staged_done = state.staged_done;
-                drop(state);
-                let synced = group.iter().any(|r| r.sync);
-                let staged = self.staging.take();
-                let staged_mark = staged.last().map_or(staged_done, |&(seq, _)| seq);
-                if let Some(request) = self.staged_request(&staged) {
-                    group.insert(0, request);
-                }
-                let (mut outcomes, next_seq, last_mac) =
-                    self.write_group(group, next_seq, last_mac, (staged_done, staged_mark));
-                let staged_committed = match outcomes.iter().position(|(t, _)| *t == STAGED_TICKET)
-                {
-                    Some(at) => {
-                        let committed = outcomes.remove(at).1.is_ok();
-                        self.staging.done(staged, committed);
-                        committed
-                    }
-                    None => false,
-                };
-                if staged_committed && !synced {
-                    self.unsynced_events.store(true, Ordering::Release);
-                }
-                state = journal.state.lock().unwrap_or_else(PoisonError::into_inner);
-                state.next_seq = next_seq;
-                state.last_mac = last_mac;
-                if staged_committed {
-                    state.staged_done = staged_mark;
-                }
-                state.done.extend(outcomes);
-                state.leader = false;
-                let next_leader = state.queue.front().map(|r| r.caller.clone());
-                drop(state);
-                for caller in callers.iter().chain(&next_leader) {
-                    if caller.id() != thread::current().id() {
-                        caller.unpark();
-                    }
-                }
-                state = journal.state.lock().unwrap_or_else(PoisonError::into_inner);
+                state = self.lead(state);
                 continue;
             }
             drop(state);
             thread::park();
-            state = journal.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state = self
+                .journal
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
         }
+    }
+
+    /// [`commit_audited`](Self::commit_audited) without a sync, if that means no
+    /// waiting: nobody else is writing or waiting to, so this caller writes its own
+    /// group at once. `None` (nothing written) when it would have to wait.
+    pub(crate) fn commit_audited_if_free(
+        &self,
+        batch: Batch<'_>,
+        events: Vec<AuditEvent>,
+    ) -> Result<Option<Vec<u64>>, Error> {
+        if self.journal_busy() {
+            return Ok(None);
+        }
+        let (state, ticket) = self.enqueue(batch, events, false)?;
+        if state.leader || state.queue.len() > 1 {
+            // Someone came first after all: take the request back out.
+            let mut state = state;
+            state.queue.retain(|r| r.ticket != ticket);
+            return Ok(None);
+        }
+        let mut state = self.lead(state);
+        match state.done.remove(&ticket) {
+            Some(result) => result
+                .map(Some)
+                .map_err(|e| Error::Storage(StorageError(e))),
+            None => Err(Error::Integrity),
+        }
+    }
+
+    /// Whether a commit would have to wait now: a group is being written, or
+    /// callers are queued for the next one.
+    pub(crate) fn journal_busy(&self) -> bool {
+        let state = self
+            .journal
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        state.leader || !state.queue.is_empty()
+    }
+
+    /// Queues a request; the state, still locked, and the request's ticket.
+    fn enqueue(
+        &self,
+        batch: Batch<'_>,
+        mut events: Vec<AuditEvent>,
+        sync: bool,
+    ) -> Result<(MutexGuard<'_, State>, u64), Error> {
+        if self.journal.damaged.is_some() {
+            return Err(Error::AuditDamaged);
+        }
+        let now = self.now();
+        // Staged read events keep the time of the read.
+        for e in events.iter_mut().filter(|e| e.at == 0) {
+            e.at = now;
+        }
+        let batch = batch.into_raw();
+        let mut state = self
+            .journal
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
+        state.queue.push_back(Request {
+            ticket,
+            batch,
+            events,
+            sync,
+            caller: thread::current(),
+        });
+        Ok((state, ticket))
+    }
+
+    /// Leads one group: everything queued (after the staged read events), written
+    /// as one batch; every caller in it is woken, and the first one still queued, to
+    /// lead the next. Called with the state locked and no leader; returns it locked.
+    fn lead<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let journal = &self.journal;
+        state.leader = true;
+        let mut group: Vec<Request> = state.queue.drain(..).collect();
+        let callers: Vec<Thread> = group.iter().map(|r| r.caller.clone()).collect();
+        let (next_seq, last_mac) = (state.next_seq, state.last_mac);
+        let staged_done = state.staged_done;
+        drop(state);
+        let synced = group.iter().any(|r| r.sync);
+        let staged = self.staging.take();
+        let staged_mark = staged.last().map_or(staged_done, |&(seq, _)| seq);
+        if let Some(request) = self.staged_request(&staged) {
+            group.insert(0, request);
+        }
+        let (mut outcomes, next_seq, last_mac) =
+            self.write_group(group, next_seq, last_mac, (staged_done, staged_mark));
+        let staged_committed = match outcomes.iter().position(|(t, _)| *t == STAGED_TICKET) {
+            Some(at) => {
+                let committed = outcomes.remove(at).1.is_ok();
+                self.staging.done(staged, committed);
+                committed
+            }
+            None => false,
+        };
+        if staged_committed && !synced {
+            self.unsynced_events.store(true, Ordering::Release);
+        }
+        state = journal.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.next_seq = next_seq;
+        state.last_mac = last_mac;
+        if staged_committed {
+            state.staged_done = staged_mark;
+        }
+        state.done.extend(outcomes);
+        state.leader = false;
+        let next_leader = state.queue.front().map(|r| r.caller.clone());
+        drop(state);
+        for caller in callers.iter().chain(&next_leader) {
+            if caller.id() != thread::current().id() {
+                caller.unpark();
+            }
+        }
+        journal.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Writes a group as one batch (the callers' batches in order, each with its

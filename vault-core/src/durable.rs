@@ -13,8 +13,13 @@
 //! The value is not to be acknowledged until the await returns `Ok`. Until then the
 //! write is readable (an export of its subject lists the record) though a machine
 //! crash could still lose it; nothing acknowledged is ever lost. A failed sync fails
-//! every write it was to cover and every one after: the storage engine refuses
-//! writes after a failed WAL sync, and the vault must be reopened.
+//! every write it was to cover, and the vault takes no unsynced write after it (a
+//! later sync would not prove the earlier data reached the disk): reopen the vault.
+//!
+//! An async executor's thread must not wait for another caller's sync either:
+//! [`Vault::try_tokenize_batch_unsynced`](crate::Vault::try_tokenize_batch_unsynced)
+//! writes only if no lock it needs is held and nobody else is writing, and otherwise
+//! writes nothing and says so.
 
 use std::collections::BTreeMap;
 use std::future::{Future, IntoFuture};
@@ -53,6 +58,14 @@ struct State {
 impl SyncState {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An error if a sync has failed: no later write is synced, so none is made.
+    pub(crate) fn healthy(&self) -> Result<(), Error> {
+        match &self.lock().failed {
+            Some(e) => Err(Error::Storage(StorageError(e.clone()))),
+            None => Ok(()),
+        }
     }
 
     /// Records an unsynced write that has just returned: the ticket to await its
@@ -94,6 +107,10 @@ impl Syncer {
 
     /// Syncs what is written and not yet synced, then stops the thread.
     pub(crate) fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
         {
             let mut state = self.shared.lock();
             state.stop = true;
@@ -111,14 +128,35 @@ impl Syncer {
     }
 }
 
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        if self.handle.is_some() {
+            self.shut_down();
+        }
+    }
+}
+
 fn wake_all(state: &mut State) {
     for (_, waker) in std::mem::take(&mut state.waiters) {
         waker.wake();
     }
 }
 
+/// Marks the syncer gone however it ends (a panic included), so that nobody waits
+/// for it.
+struct Exit<'a>(&'a SyncState);
+
+impl Drop for Exit<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.exited = true;
+        wake_all(&mut state);
+    }
+}
+
 fn run(inner: &Inner) {
     let shared = &inner.wal_sync;
+    let _exit = Exit(shared);
     let mut state = shared.lock();
     loop {
         if state.failed.is_some() || state.synced == state.written {
@@ -152,8 +190,6 @@ fn run(inner: &Inner) {
             }
         }
     }
-    state.exited = true;
-    wake_all(&mut state);
 }
 
 /// One unsynced write's place in line for a sync.
@@ -187,7 +223,6 @@ impl Ticket {
 /// [`wait`](Self::wait) on a thread that may block) before acknowledging its result.
 /// With [`Durability::Relaxed`](crate::Durability::Relaxed) it is ready at once.
 #[must_use = "the write is not durable until this is awaited"]
-#[derive(Debug)]
 pub struct Unsynced<T> {
     value: T,
     ticket: Option<Ticket>,
@@ -214,6 +249,19 @@ impl<T> Unsynced<T> {
     }
 }
 
+// The value (tokens) stays out of debug output.
+impl<T> std::fmt::Debug for Unsynced<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unsynced").finish_non_exhaustive()
+    }
+}
+
+impl<T> std::fmt::Debug for Synced<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Synced").finish_non_exhaustive()
+    }
+}
+
 struct Unpark(Thread);
 
 impl Wake for Unpark {
@@ -236,7 +284,6 @@ impl<T> IntoFuture for Unsynced<T> {
 
 /// The future of an [`Unsynced`] write: its result, once durable.
 #[must_use = "futures do nothing unless awaited"]
-#[derive(Debug)]
 pub struct Synced<T> {
     value: Option<T>,
     ticket: Option<Ticket>,
@@ -261,5 +308,57 @@ impl<T> Future for Synced<T> {
             Some(value) => Poll::Ready(Ok(value)),
             None => panic!("`Synced` polled after it returned its value"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::PoisonError;
+
+    use crate::error::Error;
+    use crate::{KdfParams, RootKey, TokenizeRequest, Vault, VaultOptions};
+
+    #[test]
+    fn a_try_that_would_wait_writes_nothing() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("temporary directory", e))?;
+        let opts = VaultOptions::default()
+            .background_worker(false)
+            .statistics(true)
+            .kdf_params(KdfParams::MINIMUM);
+        let vault = Vault::open(dir.path(), &RootKey::from_bytes(&[7; 32])?, opts)?;
+        let inner = &vault.inner;
+        let request = [TokenizeRequest::new("customer-1", "email", b"a@x")];
+        let written = || inner.store.counters().keys_written;
+        let before = written();
+
+        // The subject's lock, held by another write of it.
+        let hash = inner.index.subject_hash("customer-1");
+        {
+            let _held = inner.stripes.lock(&hash);
+            assert!(vault.try_tokenize_batch_unsynced(&request)?.is_none());
+        }
+        // The key lock, held by a KEK rotation batch.
+        {
+            let _held = inner
+                .key_writes
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            assert!(vault.try_tokenize_batch_unsynced(&request)?.is_none());
+        }
+        // The journal, with a group being written.
+        inner.journal.set_leader(true);
+        assert!(vault.try_tokenize_batch_unsynced(&request)?.is_none());
+        inner.journal.set_leader(false);
+        assert_eq!(written(), before, "a refused try wrote something");
+
+        // Free: written, durable once waited for, readable.
+        let Some(unsynced) = vault.try_tokenize_batch_unsynced(&request)? else {
+            panic!("nothing was in the way, and the try was refused");
+        };
+        let tokens = unsynced.wait()?;
+        assert!(written() > before);
+        let got = vault.detokenize(&tokens[0].to_string())?;
+        assert_eq!(got.value.as_str(), Some("a@x"));
+        Ok(())
     }
 }

@@ -7,7 +7,7 @@
 //! an erasure is a new subject with a new key and nothing links it to the old one.
 
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use lru::LruCache;
 use serde::{Deserialize, Serialize};
@@ -194,6 +194,25 @@ impl Stripes {
         indices
             .into_iter()
             .map(|i| self.locks[i].lock().unwrap_or_else(PoisonError::into_inner))
+            .collect()
+    }
+
+    /// [`lock_all`](Self::lock_all) if no stripe is held by anyone else; `None`
+    /// otherwise (none is held then).
+    pub(crate) fn try_lock_all<'a>(
+        &'a self,
+        hashes: impl Iterator<Item = &'a SubjectHash>,
+    ) -> Option<Vec<MutexGuard<'a, ()>>> {
+        let mut indices: Vec<usize> = hashes.map(Self::index).collect();
+        indices.sort_unstable();
+        indices.dedup();
+        indices
+            .into_iter()
+            .map(|i| match self.locks[i].try_lock() {
+                Ok(guard) => Some(guard),
+                Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            })
             .collect()
     }
 }

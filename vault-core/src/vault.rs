@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, TryLockError};
 
 use crate::audit::{AuditAction, AuditEvent, AuditOutcome, Journal};
 use crate::codec::{decode, encode};
@@ -30,6 +30,15 @@ use crate::subjects::{
 };
 use crate::token::{Token, TokenId};
 use crate::worker::Worker;
+
+/// How a tokenization commits.
+#[derive(Debug, Clone, Copy)]
+enum Commit {
+    /// Waits for the locks and the journal; synced as `sync` says.
+    Wait { sync: bool },
+    /// Unsynced, and only if nobody holds a lock it needs or is writing.
+    IfFree,
+}
 
 /// One value to tokenize, for [`Vault::tokenize_batch`].
 #[derive(Clone, Copy)]
@@ -185,14 +194,15 @@ impl Vault {
             inner.flush_staged()?;
             inner.sync_read_events()?;
         }
+        // The syncer first: it stops when dropped, should the worker fail to start.
+        let syncer = inner
+            .synced()
+            .then(|| Syncer::start(inner.clone()))
+            .transpose()?;
         let worker = inner
             .opts
             .background_worker
             .then(|| Worker::start(inner.clone()))
-            .transpose()?;
-        let syncer = inner
-            .synced()
-            .then(|| Syncer::start(inner.clone()))
             .transpose()?;
         Ok(Vault {
             inner,
@@ -250,13 +260,27 @@ impl Vault {
     /// while the write is synced (an async server): returns once the records are
     /// written, before they are durable. Await the [`Unsynced`] (or
     /// [`wait`](Unsynced::wait) for it) before handing the tokens out: a thread of
-    /// the vault syncs the WAL for every write awaited (see the README's durability
-    /// section).
+    /// the vault syncs the WAL for every write awaited (see the README's server
+    /// section). This call itself may still wait, as a synced one does, for
+    /// other writes of the same subjects and for the journal.
     pub fn tokenize_batch_unsynced(
         &self,
         items: &[TokenizeRequest<'_>],
     ) -> Result<Unsynced<Vec<Token>>, Error> {
         self.tokenize_unsynced_by(&self.inner.opts.actor, items)
+    }
+
+    /// [`tokenize_batch_unsynced`](Self::tokenize_batch_unsynced) if it does not
+    /// have to wait for anyone: no other write holds a lock it needs or is being
+    /// written. `Ok(None)`, with nothing written, when it would have to; call
+    /// `tokenize_batch_unsynced` where blocking is allowed then. Meant for an async
+    /// executor's thread, where waiting for another caller's sync would stall
+    /// every task.
+    pub fn try_tokenize_batch_unsynced(
+        &self,
+        items: &[TokenizeRequest<'_>],
+    ) -> Result<Option<Unsynced<Vec<Token>>>, Error> {
+        self.try_tokenize_unsynced_by(&self.inner.opts.actor, items)
     }
 
     /// [`tokenize_batch`](Self::tokenize_batch), recorded under `actor`.
@@ -265,7 +289,9 @@ impl Vault {
         actor: &str,
         items: &[TokenizeRequest<'_>],
     ) -> Result<Vec<Token>, Error> {
-        self.tokenize_with(actor, items, self.inner.synced())
+        let sync = self.inner.synced();
+        self.tokenize_with(actor, items, Commit::Wait { sync })?
+            .ok_or(Error::Integrity) // `Commit::Wait` always writes
     }
 
     /// [`tokenize_batch_unsynced`](Self::tokenize_batch_unsynced), recorded under
@@ -275,21 +301,42 @@ impl Vault {
         actor: &str,
         items: &[TokenizeRequest<'_>],
     ) -> Result<Unsynced<Vec<Token>>, Error> {
-        let tokens = self.tokenize_with(actor, items, false)?;
-        // Counted after the write returned: the sync that covers the ticket starts
-        // after it.
+        self.inner.wal_sync.healthy()?;
+        let tokens = self
+            .tokenize_with(actor, items, Commit::Wait { sync: false })?
+            .ok_or(Error::Integrity)?; // `Commit::Wait` always writes
+        Ok(self.unsynced(tokens))
+    }
+
+    /// [`try_tokenize_batch_unsynced`](Self::try_tokenize_batch_unsynced), recorded
+    /// under `actor`.
+    pub(crate) fn try_tokenize_unsynced_by(
+        &self,
+        actor: &str,
+        items: &[TokenizeRequest<'_>],
+    ) -> Result<Option<Unsynced<Vec<Token>>>, Error> {
+        self.inner.wal_sync.healthy()?;
+        Ok(self
+            .tokenize_with(actor, items, Commit::IfFree)?
+            .map(|tokens| self.unsynced(tokens)))
+    }
+
+    /// A value written without a sync, to await the sync that covers it. Counted
+    /// after the write returned: the sync that covers the ticket starts after it.
+    fn unsynced<T>(&self, value: T) -> Unsynced<T> {
         let ticket = self.inner.synced().then(|| self.inner.wal_sync.written());
-        Ok(Unsynced::new(tokens, ticket))
+        Unsynced::new(value, ticket)
     }
 
     /// Tokenizes `items` under `actor`: one audit event per subject, committed with
-    /// the records, synced when `sync` says.
+    /// the records as `commit` says; `None` (nothing written) when `Commit::IfFree`
+    /// would have had to wait.
     fn tokenize_with(
         &self,
         actor: &str,
         items: &[TokenizeRequest<'_>],
-        sync: bool,
-    ) -> Result<Vec<Token>, Error> {
+        commit: Commit,
+    ) -> Result<Option<Vec<Token>>, Error> {
         let inner = &*self.inner;
         let limits = &inner.opts.limits;
         limits.check_batch(items.len())?;
@@ -302,11 +349,29 @@ impl Vault {
             .iter()
             .map(|it| inner.index.subject_hash(it.subject))
             .collect();
-        let _stripes = inner.stripes.lock_all(hashes.iter());
-        let _keys = inner
-            .key_writes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let (_stripes, _keys) = match commit {
+            Commit::Wait { .. } => (
+                inner.stripes.lock_all(hashes.iter()),
+                inner
+                    .key_writes
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner),
+            ),
+            Commit::IfFree => {
+                let Some(stripes) = inner.stripes.try_lock_all(hashes.iter()) else {
+                    return Ok(None);
+                };
+                let keys = match inner.key_writes.try_read() {
+                    Ok(keys) => keys,
+                    Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                    Err(TryLockError::WouldBlock) => return Ok(None),
+                };
+                if inner.journal_busy() {
+                    return Ok(None);
+                }
+                (stripes, keys)
+            }
+        };
         let ring = inner.ring();
         let now = inner.now();
 
@@ -388,11 +453,20 @@ impl Vault {
                     .about(Some(dek.audit_ref), records)
             })
             .collect();
-        inner.commit_audited(batch, events, sync)?;
+        match commit {
+            Commit::Wait { sync } => {
+                inner.commit_audited(batch, events, sync)?;
+            }
+            Commit::IfFree => {
+                if inner.commit_audited_if_free(batch, events)?.is_none() {
+                    return Ok(None);
+                }
+            }
+        }
         for (sid, dek) in new_deks {
             inner.cache.insert(sid, dek);
         }
-        Ok(tokens)
+        Ok(Some(tokens))
     }
 
     /// The declared purposes, by name.
@@ -527,15 +601,6 @@ impl Vault {
     /// async executor's thread).
     pub fn reads_may_wait(&self) -> bool {
         (self.inner.synced() && self.inner.opts.sync_read_events) || self.inner.staging.filling()
-    }
-
-    /// Whether a tokenization may have to wait now for more than its own write: a
-    /// KEK rotation is under way, and its batches hold the key lock while they are
-    /// written and synced. Otherwise a short [`tokenize_batch_unsynced`]
-    /// (Self::tokenize_batch_unsynced) reads a subject entry, encrypts, and writes
-    /// without a sync, and can run on an async executor's thread.
-    pub fn writes_may_wait(&self) -> bool {
-        self.inner.ring().versions().count() > 1
     }
 
     /// Storage-engine counters (zero unless [`VaultOptions::statistics`] is on).

@@ -357,8 +357,9 @@ impl ItemsProbe for SubjectRequest {}
 #[derive(Debug, Clone)]
 struct Permit(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 
-/// The vault, for a request's call on the blocking pool: RocksDB and the crypto never
-/// block the async runtime. The call holds the request's concurrency slot and runs in
+/// The vault, for a request's call: on the blocking pool, so RocksDB and the crypto
+/// do not hold up the async runtime, except for short calls that wait for nobody
+/// ([`Work::run_short`]). The call holds the request's concurrency slot and runs in
 /// the request's tracing span.
 struct Work {
     vault: Arc<Vault>,
@@ -397,24 +398,24 @@ fn vault_answer<T>(finished: Result<Result<T, vault_core::Error>, bool>) -> Resu
 /// Detokenizations of at most this many tokens run on the async worker (see
 /// [`Work::run_short`]).
 const SHORT_READ_TOKENS: usize = 16;
-/// Tokenizations of at most this many values run on the async worker (a value
-/// costs about as much as a few reads).
+/// Tokenizations of at most this many values, and bytes of values, are tried on the
+/// async worker (a value costs about as much as a few reads).
 const SHORT_WRITE_ITEMS: usize = 4;
+const SHORT_WRITE_BYTES: usize = 4 << 10;
 
 impl Work {
-    /// A short call (a few point reads, decryption, one `write` of staged audit
-    /// events, or a small write without a sync): run on the async worker. The hop to the blocking pool and
-    /// back (a thread wake-up each way, a shared queue) costs more than such a call;
-    /// under load a third of the server's CPU was in the kernel's scheduler and
-    /// futexes. Anything that can wait for a sync or read much stays on the blocking
-    /// pool ([`run`](Self::run)).
-    fn run_short<T, F>(self, call: F) -> Result<T, ApiError>
+    /// A short call that waits for nobody (a few point reads, decryption, one
+    /// `write` of staged audit events; or a small write without a sync, made only if
+    /// no other write is in its way): run on the async worker. The hop to the
+    /// blocking pool and back (a thread wake-up each way, a shared queue) costs more
+    /// than such a call; under load a third of the server's CPU was in the kernel's
+    /// scheduler and futexes. Anything that can wait for a sync, a lock or the disk
+    /// for long stays on the blocking pool ([`run`](Self::run)).
+    fn run_short<T, F>(&self, call: F) -> Result<T, ApiError>
     where
         F: FnOnce(&Vault) -> Result<T, vault_core::Error>,
     {
-        let Work { vault, permit, .. } = self;
-        let _permit = permit;
-        let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&vault)));
+        let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&self.vault)));
         vault_answer(finished.map_err(|_| true))
     }
 
@@ -455,7 +456,7 @@ impl Work {
     }
 
     /// Like [`run_short`](Self::run_short), acting as the request's API key.
-    fn run_short_as<T, F>(self, call: F) -> Result<T, ApiError>
+    fn run_short_as<T, F>(&self, call: F) -> Result<T, ApiError>
     where
         F: FnOnce(Actor<'_>) -> Result<T, vault_core::Error>,
     {
@@ -488,10 +489,8 @@ async fn tokenize(
     work: Work,
     JsonBody(body): JsonBody<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
-    let short = body.items.len() <= SHORT_WRITE_ITEMS && !work.vault.writes_may_wait();
-    let call = move |actor: Actor<'_>| {
-        let requests: Vec<vault_core::TokenizeRequest<'_>> = body
-            .items
+    fn requests(items: &[vault_client::api::TokenizeItem]) -> Vec<vault_core::TokenizeRequest<'_>> {
+        items
             .iter()
             .map(|item| {
                 let request = vault_core::TokenizeRequest::new(
@@ -505,15 +504,24 @@ async fn tokenize(
                     request
                 }
             })
-            .collect();
-        actor.tokenize_batch_unsynced(&requests)
-    };
-    // Written without a sync, on the async worker when short; then the WAL sync
-    // that covers the write is awaited, with no thread held for it.
-    let unsynced = if short {
-        work.run_short_as(call)?
+            .collect()
+    }
+    // Written without a sync: on the async worker when short and nobody else's
+    // write is in the way, else on the blocking pool. Then the WAL sync that covers
+    // the write is awaited, with no thread held for it.
+    let bytes: usize = body.items.iter().map(|i| i.value.expose().len()).sum();
+    let short = body.items.len() <= SHORT_WRITE_ITEMS && bytes <= SHORT_WRITE_BYTES;
+    let written = if short {
+        work.run_short_as(|actor| actor.try_tokenize_batch_unsynced(&requests(&body.items)))?
     } else {
-        work.run_as(call).await?
+        None
+    };
+    let unsynced = match written {
+        Some(unsynced) => unsynced,
+        None => {
+            work.run_as(move |actor| actor.tokenize_batch_unsynced(&requests(&body.items)))
+                .await?
+        }
     };
     let tokens = unsynced.await.map_err(ApiError::from_vault)?;
     Ok(Json(TokenizeResponse {
