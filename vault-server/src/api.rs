@@ -402,6 +402,9 @@ const SHORT_READ_TOKENS: usize = 16;
 /// async worker (a value costs about as much as a few reads).
 const SHORT_WRITE_ITEMS: usize = 4;
 const SHORT_WRITE_BYTES: usize = 4 << 10;
+/// How often a short tokenization is tried on the async worker before it goes to the
+/// blocking pool.
+const SHORT_WRITE_TRIES: usize = 4;
 
 impl Work {
     /// A short call that waits for nobody (a few point reads, decryption, one
@@ -511,11 +514,20 @@ async fn tokenize(
     // the write is awaited, with no thread held for it.
     let bytes: usize = body.items.iter().map(|i| i.value.expose().len()).sum();
     let short = body.items.len() <= SHORT_WRITE_ITEMS && bytes <= SHORT_WRITE_BYTES;
-    let written = if short {
-        work.run_short_as(|actor| actor.try_tokenize_batch_unsynced(&requests(&body.items)))?
-    } else {
-        None
-    };
+    let mut written = None;
+    if short {
+        // Another write under way (most often the other async worker's) ends within
+        // tens of microseconds: let this worker serve other tasks meanwhile, then
+        // try again, rather than hop to the blocking pool and back.
+        for _ in 0..SHORT_WRITE_TRIES {
+            written = work
+                .run_short_as(|actor| actor.try_tokenize_batch_unsynced(&requests(&body.items)))?;
+            if written.is_some() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    }
     let unsynced = match written {
         Some(unsynced) => unsynced,
         None => {
