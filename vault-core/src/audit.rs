@@ -365,6 +365,46 @@ struct State {
     done: HashMap<u64, Result<Vec<u64>, String>>,
 }
 
+/// A group whose leader panicked: its callers get an error instead of waiting
+/// forever, and the next caller in the queue leads. Defused when the group ends
+/// normally.
+struct Abandoned<'a> {
+    journal: &'a Journal,
+    tickets: Vec<u64>,
+    callers: Vec<Thread>,
+    armed: bool,
+}
+
+impl Abandoned<'_> {
+    fn defuse(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut state = self
+            .journal
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for &ticket in &self.tickets {
+            state
+                .done
+                .insert(ticket, Err("the journal's leader panicked".to_owned()));
+        }
+        state.leader = false;
+        let next = state.queue.front().map(|r| r.caller.clone());
+        drop(state);
+        for caller in self.callers.iter().chain(&next) {
+            caller.unpark();
+        }
+    }
+}
+
 /// The audit journal: orders and commits audited writes.
 pub(crate) struct Journal {
     state: Mutex<State>,
@@ -576,7 +616,7 @@ impl Inner {
         batch: Batch<'_>,
         events: Vec<AuditEvent>,
     ) -> Result<Option<Vec<u64>>, Error> {
-        if self.journal_busy() {
+        if self.writes_in_the_way() {
             return Ok(None);
         }
         let (state, ticket) = self.enqueue(batch, events, false)?;
@@ -595,9 +635,13 @@ impl Inner {
         }
     }
 
-    /// Whether a commit would have to wait now: a group is being written, or
-    /// callers are queued for the next one.
-    pub(crate) fn journal_busy(&self) -> bool {
+    /// Whether a commit would have to wait now: a group is being written, callers
+    /// are queued for the next one, or a synced write outside the journal (a purge,
+    /// a rotation batch) is under way, whose sync a write now could wait for.
+    pub(crate) fn writes_in_the_way(&self) -> bool {
+        if self.store.syncing() {
+            return true;
+        }
         let state = self
             .journal
             .state
@@ -616,6 +660,9 @@ impl Inner {
         if self.journal.damaged.is_some() {
             return Err(Error::AuditDamaged);
         }
+        // After a failed WAL sync, a later sync would not prove the earlier writes
+        // reached the disk: nothing more is acknowledged.
+        self.wal_sync.healthy()?;
         let now = self.now();
         // Staged read events keep the time of the read.
         for e in events.iter_mut().filter(|e| e.at == 0) {
@@ -647,6 +694,12 @@ impl Inner {
         state.leader = true;
         let mut group: Vec<Request> = state.queue.drain(..).collect();
         let callers: Vec<Thread> = group.iter().map(|r| r.caller.clone()).collect();
+        let abandoned = Abandoned {
+            journal,
+            tickets: group.iter().map(|r| r.ticket).collect(),
+            callers: callers.clone(),
+            armed: true,
+        };
         let (next_seq, last_mac) = (state.next_seq, state.last_mac);
         let staged_done = state.staged_done;
         drop(state);
@@ -669,6 +722,9 @@ impl Inner {
         if staged_committed && !synced {
             self.unsynced_events.store(true, Ordering::Release);
         }
+        // The group is written (or failed): past here the leader only updates the
+        // state, under its lock, which the guard would need.
+        abandoned.defuse();
         state = journal.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.next_seq = next_seq;
         state.last_mac = last_mac;

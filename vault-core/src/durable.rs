@@ -13,13 +13,15 @@
 //! The value is not to be acknowledged until the await returns `Ok`. Until then the
 //! write is readable (an export of its subject lists the record) though a machine
 //! crash could still lose it; nothing acknowledged is ever lost. A failed sync fails
-//! every write it was to cover, and the vault takes no unsynced write after it (a
+//! every write it was to cover, and the vault takes no audited write after it (a
 //! later sync would not prove the earlier data reached the disk): reopen the vault.
 //!
 //! An async executor's thread must not wait for another caller's sync either:
 //! [`Vault::try_tokenize_batch_unsynced`](crate::Vault::try_tokenize_batch_unsynced)
-//! writes only if no lock it needs is held and nobody else is writing, and otherwise
-//! writes nothing and says so.
+//! writes only if no lock it needs is held, no journal group is being written or
+//! waiting, and no synced write outside the journal (a purge, a rotation batch) is
+//! under way; otherwise it writes nothing and says so. (RocksDB itself can still
+//! delay a write when flushes and compactions fall behind.)
 
 use std::collections::BTreeMap;
 use std::future::{Future, IntoFuture};
@@ -349,6 +351,12 @@ mod tests {
         inner.journal.set_leader(true);
         assert!(vault.try_tokenize_batch_unsynced(&request)?.is_none());
         inner.journal.set_leader(false);
+        // A synced write outside the journal (a purge), whose sync a write could
+        // join.
+        {
+            let _syncing = inner.store.pretend_syncing();
+            assert!(vault.try_tokenize_batch_unsynced(&request)?.is_none());
+        }
         assert_eq!(written(), before, "a refused try wrote something");
 
         // Free: written, durable once waited for, readable.

@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rocksdb::statistics::StatsLevel;
@@ -156,7 +157,32 @@ pub(crate) struct Store {
     db: DB,
     opts: Options,
     write: WriteOptions,
+    /// Whether `write` syncs.
+    sync_by_default: bool,
+    /// Synced writes under way: a write that starts meanwhile may join their group
+    /// and wait for their sync.
+    syncing: AtomicUsize,
     dir: PathBuf,
+}
+
+/// Counts a synced write as under way until dropped.
+struct Syncing<'a>(&'a AtomicUsize);
+
+impl<'a> Syncing<'a> {
+    fn start(count: &'a AtomicUsize, sync: bool) -> Option<Syncing<'a>> {
+        sync.then(|| Syncing(count).start_counted())
+    }
+
+    fn start_counted(self) -> Syncing<'a> {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        self
+    }
+}
+
+impl Drop for Syncing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -230,6 +256,8 @@ impl Store {
             db,
             opts,
             write,
+            sync_by_default: so.durability == Durability::Synced,
+            syncing: AtomicUsize::new(0),
             dir: dir.to_path_buf(),
         })
     }
@@ -270,7 +298,20 @@ impl Store {
     }
 
     pub(crate) fn write(&self, batch: Batch<'_>) -> Result<(), Error> {
+        let _syncing = Syncing::start(&self.syncing, self.sync_by_default);
         Ok(self.db.write_opt(batch.inner, &self.write)?)
+    }
+
+    /// Whether a synced write is under way (a write now could wait for its sync).
+    pub(crate) fn syncing(&self) -> bool {
+        self.syncing.load(Ordering::Acquire) > 0
+    }
+
+    /// Counts a synced write as under way until the value is dropped, for tests of
+    /// callers that must not wait for one.
+    #[cfg(test)]
+    pub(crate) fn pretend_syncing(&self) -> impl Drop + '_ {
+        Syncing(&self.syncing).start_counted()
     }
 
     pub(crate) fn put_raw(&self, batch: &mut WriteBatch, cf: Cf, key: &[u8], value: &[u8]) {
@@ -281,6 +322,7 @@ impl Store {
     pub(crate) fn write_raw(&self, batch: WriteBatch, sync: bool) -> Result<(), Error> {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
+        let _syncing = Syncing::start(&self.syncing, sync);
         Ok(self.db.write_opt(batch, &opts)?)
     }
 
@@ -288,6 +330,7 @@ impl Store {
     pub(crate) fn write_synced(&self, batch: Batch<'_>) -> Result<(), Error> {
         let mut synced = WriteOptions::default();
         synced.set_sync(true);
+        let _syncing = Syncing::start(&self.syncing, true);
         Ok(self.db.write_opt(batch.inner, &synced)?)
     }
 

@@ -271,8 +271,9 @@ impl Vault {
     }
 
     /// [`tokenize_batch_unsynced`](Self::tokenize_batch_unsynced) if it does not
-    /// have to wait for anyone: no other write holds a lock it needs or is being
-    /// written. `Ok(None)`, with nothing written, when it would have to; call
+    /// have to wait for anyone: no other write holds a lock it needs, is being
+    /// written or is being synced (see [`crate::durable`]'s notes). `Ok(None)`,
+    /// with nothing written, when it would have to; call
     /// `tokenize_batch_unsynced` where blocking is allowed then. Meant for an async
     /// executor's thread, where waiting for another caller's sync would stall
     /// every task.
@@ -366,7 +367,7 @@ impl Vault {
                     Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
                     Err(TryLockError::WouldBlock) => return Ok(None),
                 };
-                if inner.journal_busy() {
+                if inner.writes_in_the_way() {
                     return Ok(None);
                 }
                 (stripes, keys)
