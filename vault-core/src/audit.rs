@@ -616,12 +616,10 @@ impl Inner {
         batch: Batch<'_>,
         events: Vec<AuditEvent>,
     ) -> Result<Option<Vec<u64>>, Error> {
-        if self.writes_in_the_way() {
-            return Ok(None);
-        }
         let (state, ticket) = self.enqueue(batch, events, false)?;
-        if state.leader || state.queue.len() > 1 {
-            // Someone came first after all: take the request back out.
+        if state.leader || state.queue.len() > 1 || self.store.syncing() {
+            // Someone came first after all (or a synced write outside the journal
+            // began): take the request back out.
             let mut state = state;
             state.queue.retain(|r| r.ticket != ticket);
             return Ok(None);

@@ -26,6 +26,7 @@
 use std::collections::BTreeMap;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{JoinHandle, Thread};
@@ -38,6 +39,9 @@ use crate::vault::Inner;
 pub(crate) struct SyncState {
     state: Mutex<State>,
     cv: Condvar,
+    /// A sync has failed (`State::failed` says why): checked on every audited
+    /// write without taking the lock the syncer holds.
+    broken: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -64,10 +68,11 @@ impl SyncState {
 
     /// An error if a sync has failed: no later write is synced, so none is made.
     pub(crate) fn healthy(&self) -> Result<(), Error> {
-        match &self.lock().failed {
-            Some(e) => Err(Error::Storage(StorageError(e.clone()))),
-            None => Ok(()),
+        if !self.broken.load(Ordering::Acquire) {
+            return Ok(());
         }
+        let failed = self.lock().failed.clone().unwrap_or_default();
+        Err(Error::Storage(StorageError(failed)))
     }
 
     /// Records an unsynced write that has just returned: the ticket to await its
@@ -107,12 +112,15 @@ impl Syncer {
         })
     }
 
-    /// Syncs what is written and not yet synced, then stops the thread.
-    pub(crate) fn stop(mut self) {
-        self.shut_down();
+    /// Syncs what is written and not yet synced, then stops the thread (as
+    /// dropping it does).
+    pub(crate) fn stop(self) {
+        drop(self);
     }
+}
 
-    fn shut_down(&mut self) {
+impl Drop for Syncer {
+    fn drop(&mut self) {
         {
             let mut state = self.shared.lock();
             state.stop = true;
@@ -120,20 +128,9 @@ impl Syncer {
         }
         self.shared.cv.notify_all();
         if let Some(handle) = self.handle.take() {
-            // A panic in the syncer has already been reported by the panic hook; the
-            // waiters are failed below.
+            // A panic in the syncer has already been reported by the panic hook, and
+            // its exit guard has failed the waiters.
             let _ = handle.join();
-        }
-        let mut state = self.shared.lock();
-        state.exited = true;
-        wake_all(&mut state);
-    }
-}
-
-impl Drop for Syncer {
-    fn drop(&mut self) {
-        if self.handle.is_some() {
-            self.shut_down();
         }
     }
 }
@@ -188,6 +185,7 @@ fn run(inner: &Inner) {
             }
             Err(e) => {
                 state.failed = Some(e.to_string());
+                shared.broken.store(true, Ordering::Release);
                 wake_all(&mut state);
             }
         }

@@ -169,13 +169,9 @@ pub(crate) struct Store {
 struct Syncing<'a>(&'a AtomicUsize);
 
 impl<'a> Syncing<'a> {
-    fn start(count: &'a AtomicUsize, sync: bool) -> Option<Syncing<'a>> {
-        sync.then(|| Syncing(count).start_counted())
-    }
-
-    fn start_counted(self) -> Syncing<'a> {
-        self.0.fetch_add(1, Ordering::AcqRel);
-        self
+    fn start(count: &'a AtomicUsize) -> Syncing<'a> {
+        count.fetch_add(1, Ordering::AcqRel);
+        Syncing(count)
     }
 }
 
@@ -298,7 +294,7 @@ impl Store {
     }
 
     pub(crate) fn write(&self, batch: Batch<'_>) -> Result<(), Error> {
-        let _syncing = Syncing::start(&self.syncing, self.sync_by_default);
+        let _syncing = self.sync_by_default.then(|| Syncing::start(&self.syncing));
         Ok(self.db.write_opt(batch.inner, &self.write)?)
     }
 
@@ -311,7 +307,7 @@ impl Store {
     /// callers that must not wait for one.
     #[cfg(test)]
     pub(crate) fn pretend_syncing(&self) -> impl Drop + '_ {
-        Syncing(&self.syncing).start_counted()
+        Syncing::start(&self.syncing)
     }
 
     pub(crate) fn put_raw(&self, batch: &mut WriteBatch, cf: Cf, key: &[u8], value: &[u8]) {
@@ -322,7 +318,7 @@ impl Store {
     pub(crate) fn write_raw(&self, batch: WriteBatch, sync: bool) -> Result<(), Error> {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
-        let _syncing = Syncing::start(&self.syncing, sync);
+        let _syncing = sync.then(|| Syncing::start(&self.syncing));
         Ok(self.db.write_opt(batch, &opts)?)
     }
 
@@ -330,7 +326,7 @@ impl Store {
     pub(crate) fn write_synced(&self, batch: Batch<'_>) -> Result<(), Error> {
         let mut synced = WriteOptions::default();
         synced.set_sync(true);
-        let _syncing = Syncing::start(&self.syncing, true);
+        let _syncing = Syncing::start(&self.syncing);
         Ok(self.db.write_opt(batch.inner, &synced)?)
     }
 

@@ -183,15 +183,21 @@ impl Stripes {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Locks the stripes of all `hashes`, in stripe order so that batches cannot deadlock.
-    pub(crate) fn lock_all<'a>(
-        &'a self,
-        hashes: impl Iterator<Item = &'a SubjectHash>,
-    ) -> Vec<MutexGuard<'a, ()>> {
+    /// The stripes of `hashes`, once each, in stripe order (so that batches cannot
+    /// deadlock).
+    fn indices<'a>(hashes: impl Iterator<Item = &'a SubjectHash>) -> Vec<usize> {
         let mut indices: Vec<usize> = hashes.map(Self::index).collect();
         indices.sort_unstable();
         indices.dedup();
         indices
+    }
+
+    /// Locks the stripes of all `hashes`.
+    pub(crate) fn lock_all<'a>(
+        &'a self,
+        hashes: impl Iterator<Item = &'a SubjectHash>,
+    ) -> Vec<MutexGuard<'a, ()>> {
+        Self::indices(hashes)
             .into_iter()
             .map(|i| self.locks[i].lock().unwrap_or_else(PoisonError::into_inner))
             .collect()
@@ -203,10 +209,7 @@ impl Stripes {
         &'a self,
         hashes: impl Iterator<Item = &'a SubjectHash>,
     ) -> Option<Vec<MutexGuard<'a, ()>>> {
-        let mut indices: Vec<usize> = hashes.map(Self::index).collect();
-        indices.sort_unstable();
-        indices.dedup();
-        indices
+        Self::indices(hashes)
             .into_iter()
             .map(|i| match self.locks[i].try_lock() {
                 Ok(guard) => Some(guard),

@@ -303,7 +303,6 @@ impl Vault {
         actor: &str,
         items: &[TokenizeRequest<'_>],
     ) -> Result<Unsynced<Vec<Token>>, Error> {
-        self.inner.wal_sync.healthy()?;
         let tokens = self
             .tokenize_with(actor, items, Commit::Wait { sync: false })?
             .ok_or(Error::Integrity)?; // `Commit::Wait` always writes
@@ -317,7 +316,6 @@ impl Vault {
         actor: &str,
         items: &[TokenizeRequest<'_>],
     ) -> Result<Option<Unsynced<Vec<Token>>>, Error> {
-        self.inner.wal_sync.healthy()?;
         Ok(self
             .tokenize_with(actor, items, Commit::IfFree)?
             .map(|tokens| self.unsynced(tokens)))

@@ -512,16 +512,21 @@ async fn tokenize(
     // Written without a sync: on the async worker when short and nobody else's
     // write is in the way, else on the blocking pool. Then the WAL sync that covers
     // the write is awaited, with no thread held for it.
-    let bytes: usize = body.items.iter().map(|i| i.value.expose().len()).sum();
-    let short = body.items.len() <= SHORT_WRITE_ITEMS && bytes <= SHORT_WRITE_BYTES;
+    let short = body.items.len() <= SHORT_WRITE_ITEMS
+        && body
+            .items
+            .iter()
+            .map(|i| i.value.expose().len())
+            .sum::<usize>()
+            <= SHORT_WRITE_BYTES;
     let mut written = None;
     if short {
+        let requests = requests(&body.items);
         // Another write under way (most often the other async worker's) ends within
         // tens of microseconds: let this worker serve other tasks meanwhile, then
         // try again, rather than hop to the blocking pool and back.
         for _ in 0..SHORT_WRITE_TRIES {
-            written = work
-                .run_short_as(|actor| actor.try_tokenize_batch_unsynced(&requests(&body.items)))?;
+            written = work.run_short_as(|actor| actor.try_tokenize_batch_unsynced(&requests))?;
             if written.is_some() {
                 break;
             }
