@@ -980,7 +980,11 @@ impl Inner {
 
     /// The events about the subject with reference `subject`, through the index.
     pub(crate) fn events_about(&self, subject: &[u8; 16]) -> Result<Vec<AuditEvent>, Error> {
-        self.flush_staged()?;
+        // Staged events about the subject go into the trail first; other subjects'
+        // are left to the next group (a damaged trail refuses either way).
+        if self.journal.damaged.is_some() || self.staging.holds_about(subject) {
+            self.flush_staged()?;
+        }
         let mut keys = Vec::new();
         self.store.scan_prefix(Cf::AuditIndex, subject, |k, _| {
             keys.push(k[16..].to_vec());

@@ -7,7 +7,8 @@
 //! positional `write` (in the page cache once it returns, so a killed process loses
 //! nothing). The journal's next group takes everything staged first, so the trail
 //! keeps the order things happened in: any audited write makes one, the worker makes
-//! one every 100 ms (and syncs), and so does anything that reads the trail. A machine
+//! one every 100 ms (and syncs), and so does anything that reads the trail (a
+//! subject's history only when a staged event is about the subject). A machine
 //! crash can lose the last 100 ms of read events, as it could lose them from an
 //! unsynced WAL before.
 //!
@@ -66,6 +67,8 @@ struct State {
     other_busy: bool,
     /// A leader took events and has not said yet whether it committed them.
     in_flight: bool,
+    /// The subjects of the events taken by that leader.
+    in_flight_about: Vec<[u8; 16]>,
 }
 
 impl std::fmt::Debug for Staging {
@@ -212,6 +215,7 @@ impl Staging {
                 other_busy: !left.is_empty(),
                 pending: left,
                 in_flight: false,
+                in_flight_about: Vec::new(),
             }),
         })
     }
@@ -221,6 +225,19 @@ impl Staging {
     pub(crate) fn settled(&self) -> bool {
         let st = lock(&self.state);
         st.pending.is_empty() && !st.in_flight
+    }
+
+    /// Whether an event about `subject` (an audit reference) is staged and not yet
+    /// known to be in the trail: pending, or taken by a leader that has not said
+    /// whether it committed it. A reader of the subject's events commits the staged
+    /// ones first only then; events staged after this answer are later than the read.
+    pub(crate) fn holds_about(&self, subject: &[u8; 16]) -> bool {
+        let st = lock(&self.state);
+        st.in_flight_about.contains(subject)
+            || st
+                .pending
+                .iter()
+                .any(|(_, e)| e.subject.as_ref() == Some(subject))
     }
 
     /// Whether the active file is full: a commit that keeps failing must not let the
@@ -269,6 +286,7 @@ impl Staging {
         let mut st = lock(&self.state);
         let taken = std::mem::take(&mut st.pending);
         st.in_flight = !taken.is_empty();
+        st.in_flight_about = taken.iter().filter_map(|(_, e)| e.subject).collect();
         if !st.other_busy && !taken.is_empty() {
             st.active ^= 1;
             st.offset = 0;
@@ -294,6 +312,7 @@ impl Staging {
     pub(crate) fn done(&self, taken: Vec<Staged>, committed: bool) {
         let mut st = lock(&self.state);
         st.in_flight = false;
+        st.in_flight_about.clear();
         if committed {
             st.other_busy = false;
         } else {
@@ -336,6 +355,29 @@ mod tests {
         assert_eq!(again.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2, 3]);
         staging.done(again, true);
         assert!(staging.settled());
+        Ok(())
+    }
+
+    #[test]
+    fn holds_about_a_subject_until_its_events_are_committed() -> Result<(), Error> {
+        let key = key();
+        let dir = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let staging = Staging::open(dir.path(), 0, &key)?;
+        let about = |subject: u8| event(1).about(Some([subject; 16]), 1);
+        let (erin, frank) = (&[1; 16], &[2; 16]);
+        staging.append(&key, vec![event(1), about(1)])?;
+        assert!(staging.holds_about(erin));
+        assert!(!staging.holds_about(frank));
+        // Taken by a leader: still held until it says the commit went through.
+        let taken = staging.take();
+        staging.append(&key, vec![about(2)])?;
+        assert!(staging.holds_about(erin) && staging.holds_about(frank));
+        // Failed: pending again.
+        staging.done(taken, false);
+        assert!(staging.holds_about(erin));
+        let taken = staging.take();
+        staging.done(taken, true);
+        assert!(!staging.holds_about(erin) && !staging.holds_about(frank));
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{ManualClock, TestResult, hex_decode, options, raw_db, root, subject_ref};
 use vault_core::{
-    Access, Argument, AuditAction, Error, LawfulBasis, Purpose, TokenizeRequest, Vault,
+    Access, Argument, AuditAction, AuditEvent, Error, LawfulBasis, Purpose, TokenizeRequest, Vault,
     VaultOptions,
 };
 
@@ -93,6 +93,51 @@ fn an_untouched_trail_verifies_and_says_who_did_what() -> TestResult {
     // Paging.
     let page = vault.audit_events(Some(5), 10)?;
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [6, 7]);
+    Ok(())
+}
+
+#[test]
+fn a_subjects_history_includes_its_reads_still_staged() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // No worker: read events stay staged until something commits them.
+    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let erin = vault
+        .tokenize("erin", "email", "erin@example.com")?
+        .to_string();
+    let frank = vault
+        .tokenize("frank", "email", "frank@example.com")?
+        .to_string();
+    for round in 1..=3 {
+        // Another subject's read staged first, then (in the second and third
+        // rounds) one of erin's: her history has exactly her reads, however the
+        // staged events lie.
+        vault.as_actor("crm")?.detokenize(&frank)?;
+        if round > 1 {
+            vault.as_actor("crm")?.detokenize(&erin)?;
+        }
+        let reads = |events: &[AuditEvent]| {
+            events
+                .iter()
+                .filter(|e| e.action == AuditAction::Detokenize)
+                .count()
+        };
+        let written = vault.storage_counters().keys_written;
+        let history = vault.subject_audit("erin")?;
+        assert_eq!(reads(&history), round - 1, "round {round}");
+        if round == 1 {
+            // Only frank's read is staged: erin's history commits nothing.
+            assert_eq!(vault.storage_counters().keys_written, written);
+        }
+        let export = vault.export("erin")?;
+        assert_eq!(reads(&export.access_log), round - 1, "round {round}");
+        assert_eq!(
+            reads(&vault.subject_audit("frank")?),
+            round,
+            "round {round}"
+        );
+    }
+    assert!(vault.verify_audit()?.ok);
+    vault.close()?;
     Ok(())
 }
 
