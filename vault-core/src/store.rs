@@ -371,18 +371,9 @@ impl Store {
         prefix: &[u8],
         mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, Error>,
     ) -> Result<(), Error> {
-        let mut ro = if cf.scan_prefix_len() == Some(prefix.len()) {
-            // A scan of one subject's keys: the prefix filters apply.
-            let mut ro = ReadOptions::default();
-            ro.set_prefix_same_as_start(true);
-            ro
-        } else {
-            total_order(cf)
-        };
-        if let Some(upper) = prefix_upper_bound(prefix) {
-            ro.set_iterate_upper_bound(upper);
-        }
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
+        let mut it = self
+            .db
+            .raw_iterator_cf_opt(self.cf(cf), iterate_options(cf, prefix));
         it.seek(prefix);
         while it.valid() {
             let (Some(k), Some(v)) = (it.key(), it.value()) else {
@@ -398,7 +389,9 @@ impl Store {
 
     /// The last key of a column family, if it has any.
     pub(crate) fn last_key(&self, cf: Cf) -> Result<Option<Vec<u8>>, Error> {
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), total_order(cf));
+        let mut it = self
+            .db
+            .raw_iterator_cf_opt(self.cf(cf), iterate_options(cf, &[]));
         it.seek_to_last();
         let key = it.key().map(<[u8]>::to_vec);
         it.status()?;
@@ -417,7 +410,10 @@ impl Store {
             None => IteratorMode::Start,
         };
         let mut out = Vec::new();
-        for item in self.db.iterator_cf_opt(self.cf(cf), total_order(cf), mode) {
+        for item in self
+            .db
+            .iterator_cf_opt(self.cf(cf), iterate_options(cf, &[]), mode)
+        {
             let (k, v) = item?;
             if after.is_some_and(|a| a == &*k) {
                 continue;
@@ -580,11 +576,18 @@ fn file_number(name: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
-/// Read options for an iterator over keys in order, whatever their prefixes.
-fn total_order(cf: Cf) -> ReadOptions {
+/// Read options for an iterator over the keys that start with `prefix` (all keys
+/// for an empty one). A scan of one subject's prefix in a family with prefix
+/// filters uses them; any other iteration of such a family reads in key order.
+fn iterate_options(cf: Cf, prefix: &[u8]) -> ReadOptions {
     let mut ro = ReadOptions::default();
-    if cf.scan_prefix_len().is_some() {
-        ro.set_total_order_seek(true);
+    match cf.scan_prefix_len() {
+        Some(len) if len == prefix.len() => ro.set_prefix_same_as_start(true),
+        Some(_) => ro.set_total_order_seek(true),
+        None => {}
+    }
+    if let Some(upper) = prefix_upper_bound(prefix) {
+        ro.set_iterate_upper_bound(upper);
     }
     ro
 }

@@ -107,6 +107,12 @@ fn a_subjects_history_includes_its_reads_still_staged() -> TestResult {
     let frank = vault
         .tokenize("frank", "email", "frank@example.com")?
         .to_string();
+    let reads = |events: &[AuditEvent]| {
+        events
+            .iter()
+            .filter(|e| e.action == AuditAction::Detokenize)
+            .count()
+    };
     for round in 1..=3 {
         // Another subject's read staged first, then (in the second and third
         // rounds) one of erin's: her history has exactly her reads, however the
@@ -115,12 +121,6 @@ fn a_subjects_history_includes_its_reads_still_staged() -> TestResult {
         if round > 1 {
             vault.as_actor("crm")?.detokenize(&erin)?;
         }
-        let reads = |events: &[AuditEvent]| {
-            events
-                .iter()
-                .filter(|e| e.action == AuditAction::Detokenize)
-                .count()
-        };
         let written = vault.storage_counters().keys_written;
         let history = vault.subject_audit("erin")?;
         assert_eq!(reads(&history), round - 1, "round {round}");

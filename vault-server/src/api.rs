@@ -512,13 +512,8 @@ async fn tokenize(
     // Written without a sync: on the async worker when short and nobody else's
     // write is in the way, else on the blocking pool. Then the WAL sync that covers
     // the write is awaited, with no thread held for it.
-    let short = body.items.len() <= SHORT_WRITE_ITEMS
-        && body
-            .items
-            .iter()
-            .map(|i| i.value.expose().len())
-            .sum::<usize>()
-            <= SHORT_WRITE_BYTES;
+    let bytes: usize = body.items.iter().map(|i| i.value.expose().len()).sum();
+    let short = body.items.len() <= SHORT_WRITE_ITEMS && bytes <= SHORT_WRITE_BYTES;
     let mut written = None;
     if short {
         let requests = requests(&body.items);
