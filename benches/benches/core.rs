@@ -93,13 +93,8 @@ fn loaded() -> &'static Loaded {
         vault
             .tokenize_batch(&many)
             .expect("load the exported subject");
-        // Compact what was loaded (an erasure's purge compacts the subject data), so
-        // every group starts from the same settled state as the raw database.
-        vault
-            .tokenize("compaction-trigger", "email", VALUE)
-            .expect("tokenize");
-        vault.erase("compaction-trigger").expect("erase");
-        vault.purge_now().expect("purge");
+        // Every group starts from the same settled state as the raw database.
+        compact(&vault);
         vault.close().expect("close");
         eprintln!(
             "loaded {n} records of {subjects} subjects into the vault in {:.1} s",
@@ -161,21 +156,79 @@ fn shape_of(vault: &Vault, mut f: impl FnMut(u64)) -> WriteShape {
     }
 }
 
-/// Tokenize (single and batch of 100) next to a raw batch of the same keys and
-/// bytes, with the WAL synced or not.
-fn tokenize_groups(c: &mut Criterion, durability: Durability, name: &str) {
-    let data = loaded();
-    let vault = open(&data.vault, options(durability));
-    let db = raw_db(&data.raw);
-    settle(&vault, &db);
-    let mut wo = rocksdb::WriteOptions::default();
-    wo.set_sync(durability == Durability::Synced);
+/// Flushes and compacts what the vault holds (an erasure's purge flushes every
+/// family and compacts the subject data), so a measurement's writes start with empty
+/// memtables, as the raw database's do.
+fn compact(vault: &Vault) {
+    vault
+        .tokenize("compaction-trigger", "email", VALUE)
+        .expect("tokenize");
+    vault.erase("compaction-trigger").expect("erase");
+    vault.purge_now().expect("purge");
+}
+
+/// Tokenizes one value for every loaded subject, in batches of 1 000, so that each is
+/// among the vault's recently written subjects (its cache holds 100 000 by default):
+/// a measurement then sees the steady state of a vault whose subjects are all active,
+/// not a cache filling up while criterion samples. Compacted after.
+fn write_every_subject(vault: &Vault, subjects: usize) {
+    let names: Vec<String> = (0..subjects).map(subject).collect();
+    for chunk in names.chunks(1000) {
+        let items: Vec<TokenizeRequest> = chunk
+            .iter()
+            .map(|s| TokenizeRequest::new(s, "email", VALUE))
+            .collect();
+        vault.tokenize_batch(&items).expect("warm up");
+    }
+    compact(vault);
+}
+
+/// A single tokenize of a random subject next to a raw batch of the same keys and
+/// bytes (keys numbered from `n` on); returns that shape.
+fn tokenize_single(
+    c: &mut Criterion,
+    group: &str,
+    vault: &Vault,
+    db: &rocksdb::DB,
+    wo: &rocksdb::WriteOptions,
+    n: &mut u64,
+    subjects: usize,
+) -> WriteShape {
     let mut pick = Pick::new(11);
     let mut tokenize_one = |_| {
-        let s = subject(pick.below(data.subjects));
+        let s = subject(pick.below(subjects));
         black_box(vault.tokenize(&s, "email", VALUE).expect("tokenize"));
     };
-    let single = shape_of(&vault, &mut tokenize_one);
+    let single = shape_of(vault, &mut tokenize_one);
+    let mut group = c.benchmark_group(group);
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("vault", |b| b.iter(|| tokenize_one(0)));
+    group.bench_function("raw_same_bytes", |b| {
+        b.iter(|| {
+            *n += 1;
+            db.write_opt(single.batch(*n), wo).expect("raw write");
+        })
+    });
+    group.finish();
+    single
+}
+
+/// Tokenize (single and batch of 100) next to a raw batch of the same keys and
+/// bytes, with the WAL synced or not, every subject written before; then a single
+/// tokenize with the caches cold (1 000 subjects and keys cached, over all subjects:
+/// nearly every call reads the subject's entry and unwraps its key).
+fn tokenize_groups(c: &mut Criterion, durability: Durability, name: &str) {
+    let data = loaded();
+    let db = raw_db(&data.raw);
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(durability == Durability::Synced);
+    let mut n = 1u64 << 40;
+
+    let vault = open(&data.vault, options(durability));
+    write_every_subject(&vault, data.subjects);
+    settle(&vault, &db);
+    let group = format!("tokenize_{name}");
+    let single = tokenize_single(c, &group, &vault, &db, &wo, &mut n, data.subjects);
     let names: Vec<String> = (0..100).map(|i| subject(i * 997 % data.subjects)).collect();
     let items: Vec<TokenizeRequest> = names
         .iter()
@@ -185,19 +238,6 @@ fn tokenize_groups(c: &mut Criterion, durability: Durability, name: &str) {
         black_box(vault.tokenize_batch(&items).expect("batch"));
     });
     eprintln!("{name}: a tokenize writes {single:?}; a batch of 100 writes {batch:?}");
-
-    let mut group = c.benchmark_group(format!("tokenize_{name}"));
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("vault", |b| b.iter(|| tokenize_one(0)));
-    let mut n = 1u64 << 40;
-    group.bench_function("raw_same_bytes", |b| {
-        b.iter(|| {
-            n += 1;
-            db.write_opt(single.batch(n), &wo).expect("raw write");
-        })
-    });
-    group.finish();
-
     let mut group = c.benchmark_group(format!("tokenize_batch100_{name}"));
     group.throughput(Throughput::Elements(100));
     group.bench_function("vault", |b| {
@@ -210,6 +250,12 @@ fn tokenize_groups(c: &mut Criterion, durability: Durability, name: &str) {
         })
     });
     group.finish();
+    vault.close().expect("close");
+
+    let vault = open(&data.vault, options(durability).dek_cache_capacity(1_000));
+    settle(&vault, &db);
+    let group = format!("tokenize_{name}_cold");
+    tokenize_single(c, &group, &vault, &db, &wo, &mut n, data.subjects);
     vault.close().expect("close");
 }
 
@@ -227,6 +273,7 @@ fn tokenize_callers(c: &mut Criterion) {
     let data = loaded();
     let vault = open(&data.vault, options(Durability::Synced));
     let db = raw_db(&data.raw);
+    write_every_subject(&vault, data.subjects);
     let single = shape_of(&vault, |i| {
         let s = subject(i as usize % data.subjects);
         black_box(vault.tokenize(&s, "email", VALUE).expect("tokenize"));

@@ -10,7 +10,9 @@ use crate::error::Error;
 
 /// Encodes `value` as `version || postcard(value)`.
 pub(crate) fn encode<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
-    let mut out = Vec::new();
+    // Room for a sealed 100-byte value and its record: postcard extends the vector
+    // a few bytes at a time, and growing it from nothing reallocates it five times.
+    let mut out = Vec::with_capacity(256);
     encode_into(version, value, &mut out);
     out
 }

@@ -190,6 +190,9 @@ impl Vault {
                 .key_writes
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
+            // Out of the cache before anything is written: a tokenization after this
+            // erasure (or after its failure) reads what is stored.
+            inner.subjects.remove(&hash);
             let Some(bytes) = inner.store.get(Cf::Subjects, &hash)? else {
                 return Ok(ErasureReceipt {
                     subject_ref: None,

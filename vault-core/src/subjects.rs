@@ -6,6 +6,7 @@
 //! the sid, and erasure deletes the hash → sid link, so a subject id used again after
 //! an erasure is a new subject with a new key and nothing links it to the old one.
 
+use std::hash::Hash;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
@@ -88,59 +89,67 @@ impl std::fmt::Debug for Dek {
 
 const SHARDS: usize = 16;
 
-/// A bounded, sharded LRU cache of unwrapped DEKs by sid. Evicted entries are wiped
-/// once no call still uses them. A miss loads *while holding the shard lock*, so an
-/// erasure's [`remove`](DekCache::remove) (after its write) cannot be overtaken by a
-/// load that read the key before the write.
-pub(crate) struct DekCache {
-    shards: Vec<Mutex<LruCache<Sid, Arc<Dek>>>>,
+/// A bounded LRU cache in 16 shards, by keys whose first byte is random (sids and
+/// subject hashes). Evicted values are dropped (a DEK is wiped once no call still
+/// uses it).
+pub(crate) struct ShardedLru<K, V> {
+    shards: Vec<Mutex<LruCache<K, V>>>,
 }
 
-impl std::fmt::Debug for DekCache {
+/// Unwrapped DEKs by sid. A miss loads *while holding the shard lock*, so an
+/// erasure's [`remove`](ShardedLru::remove) (after its write) cannot be overtaken by
+/// a load that read the key before the write.
+pub(crate) type DekCache = ShardedLru<Sid, Arc<Dek>>;
+
+/// The subject entries and keys of recently written subjects, by subject hash, so a
+/// tokenization of a known subject reads neither its entry nor its key.
+///
+/// Every write of a subject entry holds the subject's stripe lock, and so does every
+/// use of this cache: under that lock, an entry cached here is the stored one. A
+/// tokenization takes its subjects' entries out and puts them back, updated, only
+/// once its write is committed; an erasure and a write that removes a record
+/// ([`Inner::count_removed_record`](crate::vault::Inner)) remove the subject's entry
+/// before they write.
+pub(crate) type SubjectCache = ShardedLru<SubjectHash, KnownSubject>;
+
+/// A subject as stored, with its unwrapped key.
+#[derive(Debug)]
+pub(crate) struct KnownSubject {
+    pub entry: SubjectEntry,
+    pub dek: Arc<Dek>,
+}
+
+impl<K, V> std::fmt::Debug for ShardedLru<K, V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DekCache").finish_non_exhaustive()
+        f.debug_struct("ShardedLru").finish_non_exhaustive()
     }
 }
 
-impl DekCache {
-    pub(crate) fn new(capacity: usize) -> DekCache {
+impl<K: AsRef<[u8]> + Hash + Eq, V> ShardedLru<K, V> {
+    pub(crate) fn new(capacity: usize) -> ShardedLru<K, V> {
         let per_shard =
             NonZeroUsize::new(capacity.div_ceil(SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
-        DekCache {
+        ShardedLru {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(LruCache::new(per_shard)))
                 .collect(),
         }
     }
 
-    fn shard(&self, sid: &Sid) -> MutexGuard<'_, LruCache<Sid, Arc<Dek>>> {
-        self.shards[usize::from(sid[0]) % SHARDS]
+    fn shard(&self, key: &K) -> MutexGuard<'_, LruCache<K, V>> {
+        let first = key.as_ref().first().copied().unwrap_or(0);
+        self.shards[usize::from(first) % SHARDS]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The cached DEK, or the result of `load` (cached when `Some`).
-    pub(crate) fn get_or_load(
-        &self,
-        sid: &Sid,
-        load: impl FnOnce() -> Result<Option<Dek>, Error>,
-    ) -> Result<Option<Arc<Dek>>, Error> {
-        let mut shard = self.shard(sid);
-        if let Some(dek) = shard.get(sid) {
-            return Ok(Some(dek.clone()));
-        }
-        let Some(dek) = load()? else { return Ok(None) };
-        let dek = Arc::new(dek);
-        shard.put(*sid, dek.clone());
-        Ok(Some(dek))
+    pub(crate) fn insert(&self, key: K, value: V) {
+        self.shard(&key).put(key, value);
     }
 
-    pub(crate) fn insert(&self, sid: Sid, dek: Arc<Dek>) {
-        self.shard(&sid).put(sid, dek);
-    }
-
-    pub(crate) fn remove(&self, sid: &Sid) {
-        self.shard(sid).pop(sid);
+    /// Removes and returns the cached value.
+    pub(crate) fn remove(&self, key: &K) -> Option<V> {
+        self.shard(key).pop(key)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -148,6 +157,25 @@ impl DekCache {
             .iter()
             .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
             .sum()
+    }
+}
+
+impl<K: AsRef<[u8]> + Hash + Eq + Clone, V: Clone> ShardedLru<K, V> {
+    /// The cached value, or the result of `load` (cached when `Some`).
+    pub(crate) fn get_or_load(
+        &self,
+        key: &K,
+        load: impl FnOnce() -> Result<Option<V>, Error>,
+    ) -> Result<Option<V>, Error> {
+        let mut shard = self.shard(key);
+        if let Some(value) = shard.get(key) {
+            return Ok(Some(value.clone()));
+        }
+        let Some(value) = load()? else {
+            return Ok(None);
+        };
+        shard.put(key.clone(), value.clone());
+        Ok(Some(value))
     }
 }
 
@@ -233,7 +261,7 @@ mod tests {
         }
         assert!(cache.len() <= 32, "{}", cache.len());
         let key = Key::random()?;
-        let loaded = cache.get_or_load(&[1; 16], || Ok(Some(Dek::new(&key, [1; 32]))))?;
+        let loaded = cache.get_or_load(&[1; 16], || Ok(Some(Arc::new(Dek::new(&key, [1; 32])))))?;
         assert!(loaded.is_some());
         cache.remove(&[1; 16]);
         let again = cache.get_or_load(&[1; 16], || Ok(None))?;

@@ -25,8 +25,8 @@ use crate::retention::expiry_key;
 use crate::staged::Staging;
 use crate::store::{Batch, Cf, StorageCounters, Store, StoreOptions};
 use crate::subjects::{
-    Dek, DekCache, KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, Stripes, SubjectEntry, SubjectHash,
-    dek_counter,
+    Dek, DekCache, KEY_FORMAT, KeyEntry, KnownSubject, SUBJECT_FORMAT, Sid, Stripes, SubjectCache,
+    SubjectEntry, SubjectHash, dek_counter,
 };
 use crate::token::{Token, TokenId};
 use crate::worker::Worker;
@@ -38,6 +38,16 @@ enum Commit {
     Wait { sync: bool },
     /// Unsynced, and only if nobody holds a lock it needs or is writing.
     IfFree,
+}
+
+/// A subject a tokenization writes to: its entry as it will be stored, its key,
+/// whether this write creates it, and how many records it stores for it.
+struct SubjectWrite {
+    hash: SubjectHash,
+    entry: SubjectEntry,
+    dek: Arc<Dek>,
+    created: bool,
+    stored: u64,
 }
 
 /// One value to tokenize, for [`Vault::tokenize_batch`].
@@ -101,6 +111,8 @@ pub(crate) struct Inner {
     pub key_writes: RwLock<()>,
     pub header: Mutex<HeaderState>,
     pub cache: DekCache,
+    /// Recently written subjects' entries and keys; see [`SubjectCache`].
+    pub subjects: SubjectCache,
     pub stripes: Stripes,
     pub purge_lock: Mutex<()>,
     /// What the background worker's last run failed with, if it did.
@@ -180,6 +192,7 @@ impl Vault {
             }),
             journal,
             cache: DekCache::new(opts.dek_cache_capacity),
+            subjects: SubjectCache::new(opts.dek_cache_capacity),
             stripes: Stripes::new(),
             purge_lock: Mutex::new(()),
             background_error: Mutex::new(None),
@@ -375,50 +388,72 @@ impl Vault {
         let ring = inner.ring();
         let now = inner.now();
 
+        // The distinct subjects, in the order first named, and each item's among them.
         let mut distinct: Vec<SubjectHash> = Vec::new();
-        let mut seen = HashSet::new();
-        for h in &hashes {
-            if seen.insert(*h) {
-                distinct.push(*h);
-            }
+        let mut position: HashMap<&SubjectHash, usize> = HashMap::with_capacity(hashes.len());
+        let slots: Vec<usize> = hashes
+            .iter()
+            .map(|h| {
+                *position.entry(h).or_insert_with(|| {
+                    distinct.push(*h);
+                    distinct.len() - 1
+                })
+            })
+            .collect();
+        // Known subjects come from the cache (taken out: they go back only once this
+        // write is committed); the others are read.
+        let cached: Vec<Option<KnownSubject>> =
+            distinct.iter().map(|h| inner.subjects.remove(h)).collect();
+        let unknown: Vec<SubjectHash> = distinct
+            .iter()
+            .zip(&cached)
+            .filter(|(_, known)| known.is_none())
+            .map(|(h, _)| *h)
+            .collect();
+        let mut found = if unknown.is_empty() {
+            Vec::new()
+        } else {
+            inner.store.multi_get(Cf::Subjects, &unknown)?
         }
-        let found = inner.store.multi_get(Cf::Subjects, &distinct)?;
+        .into_iter();
         let mut batch = inner.store.batch();
-        let mut subjects: HashMap<SubjectHash, (SubjectEntry, Arc<Dek>)> = HashMap::new();
-        let mut new_deks = Vec::new();
-        for (h, found) in distinct.iter().zip(found) {
-            let (entry, dek, created) =
-                inner.subject_for_write(h, found.as_deref(), &ring, &mut batch, now)?;
-            if created {
-                new_deks.push((entry.sid, dek.clone()));
-            }
-            subjects.insert(*h, (entry, dek));
+        let mut subjects = Vec::with_capacity(distinct.len());
+        for (h, known) in distinct.iter().zip(cached) {
+            let (entry, dek, created) = match known {
+                Some(KnownSubject { entry, dek }) => (entry, dek, false),
+                None => {
+                    let found = found.next().flatten();
+                    inner.subject_for_write(h, found.as_deref(), &ring, &mut batch, now)?
+                }
+            };
+            subjects.push(SubjectWrite {
+                hash: *h,
+                entry,
+                dek,
+                created,
+                stored: 0,
+            });
         }
 
         let mut tokens = Vec::with_capacity(items.len());
+        // Deterministic ids issued by this batch (random ones cannot repeat).
         let mut issued: HashSet<TokenId> = HashSet::new();
-        let mut changed: HashSet<SubjectHash> = HashSet::new();
-        // Records newly stored per subject, for the audit events.
-        let mut stored: HashMap<SubjectHash, u64> = HashMap::new();
-        for (item, h) in items.iter().zip(&hashes) {
-            let Some((entry, dek)) = subjects.get_mut(h) else {
-                return Err(Error::Integrity);
-            };
+        for (item, &slot) in items.iter().zip(&slots) {
+            let subject = &mut subjects[slot];
             let id: TokenId = if item.deterministic {
-                let id = dek.deterministic_id(item.field, item.value);
+                let id = subject.dek.deterministic_id(item.field, item.value);
                 if issued.contains(&id) || inner.store.get(Cf::Records, &id)?.is_some() {
-                    stored.entry(*h).or_default();
                     tokens.push(Token::new(id, &inner.index.token_tag_key));
                     continue;
                 }
+                issued.insert(id);
                 id
             } else {
                 random_bytes()?
             };
-            issued.insert(id);
             let place = RecordPlace {
                 vault_id: &inner.vault_id,
-                sid: &entry.sid,
+                sid: &subject.entry.sid,
                 id: &id,
             };
             let record = StoredRecord::Live(LiveRecord::seal(
@@ -427,30 +462,30 @@ impl Vault {
                 item.field,
                 now,
                 item.deterministic,
-                &dek.aead,
+                &subject.dek.aead,
                 item.value,
             )?);
             batch.put(Cf::Records, &id, &encode(RECORD_FORMAT, &record));
-            batch.put(Cf::Index, &index_key(&entry.sid, &id), b"");
+            batch.put(Cf::Index, &index_key(&subject.entry.sid, &id), b"");
             if let Some(at) = inner.opts.policy.expires_at(item.field, now) {
-                batch.put(Cf::Expiry, &expiry_key(at, &id), &entry.sid);
+                batch.put(Cf::Expiry, &expiry_key(at, &id), &subject.entry.sid);
             }
-            entry.records += 1;
-            changed.insert(*h);
-            *stored.entry(*h).or_default() += 1;
+            subject.entry.records += 1;
+            subject.stored += 1;
             tokens.push(Token::new(id, &inner.index.token_tag_key));
         }
-        for h in &changed {
-            let (entry, _) = &subjects[h];
-            batch.put(Cf::Subjects, h, &encode(SUBJECT_FORMAT, entry));
+        for subject in subjects.iter().filter(|s| s.stored > 0) {
+            batch.put(
+                Cf::Subjects,
+                &subject.hash,
+                &encode(SUBJECT_FORMAT, &subject.entry),
+            );
         }
-        let events = distinct
+        let events = subjects
             .iter()
-            .map(|h| {
-                let (_, dek) = &subjects[h];
-                let records = stored.get(h).copied().unwrap_or(0);
+            .map(|s| {
                 AuditEvent::new(actor, AuditAction::Tokenize, AuditOutcome::Ok)
-                    .about(Some(dek.audit_ref), records)
+                    .about(Some(s.dek.audit_ref), s.stored)
             })
             .collect();
         match commit {
@@ -463,8 +498,18 @@ impl Vault {
                 }
             }
         }
-        for (sid, dek) in new_deks {
-            inner.cache.insert(sid, dek);
+        for subject in subjects {
+            if subject.created {
+                inner.cache.insert(subject.entry.sid, subject.dek.clone());
+            }
+            // Cached as stored: a new subject's entry is written only with a record.
+            if !subject.created || subject.stored > 0 {
+                let known = KnownSubject {
+                    entry: subject.entry,
+                    dek: subject.dek,
+                };
+                inner.subjects.insert(subject.hash, known);
+            }
         }
         Ok(Some(tokens))
     }
@@ -608,7 +653,9 @@ impl Vault {
         self.inner.store.counters()
     }
 
-    /// Number of subject keys currently unwrapped in memory.
+    /// Number of subject keys in the DEK cache. Recently written subjects keep their
+    /// keys too (as many subjects again at most), so up to twice this many keys may be
+    /// unwrapped in memory.
     pub fn cached_keys(&self) -> usize {
         self.inner.cache.len()
     }
@@ -724,6 +771,8 @@ impl Inner {
         subject_hash: &SubjectHash,
         batch: &mut Batch<'_>,
     ) -> Result<(), Error> {
+        // The cached entry would be stale once the batch is written.
+        self.subjects.remove(subject_hash);
         if let Some(bytes) = self.store.get(Cf::Subjects, subject_hash)? {
             let mut entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
             entry.records = entry.records.saturating_sub(1);
@@ -748,7 +797,7 @@ impl Inner {
         self.cache.get_or_load(sid, || self.load_dek(ring, sid))
     }
 
-    fn load_dek(&self, ring: &Keyring, sid: &Sid) -> Result<Option<Dek>, Error> {
+    fn load_dek(&self, ring: &Keyring, sid: &Sid) -> Result<Option<Arc<Dek>>, Error> {
         let Some(bytes) = self.store.get(Cf::Keys, sid)? else {
             return Ok(None);
         };
@@ -759,7 +808,7 @@ impl Inner {
             subject_hash: &entry.subject_hash,
         };
         let key = ring.unwrap_dek(entry.kek_version, &slot, &entry.wrapped)?;
-        Ok(Some(Dek::new(&key, entry.subject_hash)))
+        Ok(Some(Arc::new(Dek::new(&key, entry.subject_hash))))
     }
 
     /// A stored record as a live record and its subject's key: stubs answer

@@ -156,6 +156,30 @@ fn batch_tokenize_is_ordered_and_atomic() -> TestResult {
     Ok(())
 }
 
+/// The record count an erasure reports follows every write of the subject: the
+/// vault keeps the subjects it tokenizes for in memory, and a deletion between two
+/// tokenizations must not leave the second one counting from a stale entry.
+#[test]
+fn erasure_counts_the_records_left_after_deletions_between_tokenizations() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = open(dir.path());
+    let a = vault.tokenize("s1", "email", "a@x.io")?.to_string();
+    let b = vault.tokenize("s1", "email", "b@x.io")?.to_string();
+    vault.delete(&a)?;
+    vault.tokenize("s1", "phone", "1")?;
+    vault.delete(&b)?;
+    vault.tokenize("s1", "phone", "2")?;
+    vault.tokenize_batch(&[
+        TokenizeRequest::new("s1", "phone", b"3"),
+        TokenizeRequest::new("s2", "phone", b"4"),
+        TokenizeRequest::new("s1", "phone", b"5"),
+    ])?;
+    assert_eq!(vault.export("s1")?.records.len(), 4);
+    assert_eq!(vault.erase("s1")?.records, 4);
+    assert_eq!(vault.erase("s2")?.records, 1);
+    Ok(())
+}
+
 #[test]
 fn detokenize_batch_gives_one_result_per_token() -> TestResult {
     let dir = tempfile::tempdir()?;
