@@ -720,7 +720,8 @@ fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[index]) / 1000.0
 }
 
-/// The `/metrics` lines that mention DEKs (cache entries, keys per KEK version).
+/// The `/metrics` lines about keys and caches (DEK cache entries, recently written
+/// subjects cached with their keys, keys per KEK version).
 async fn dek_metrics(ca_pem: &[u8], base: &str) -> Res<Vec<String>> {
     let client = https_client(ca_pem)?;
     let response = client.get(format!("{base}/metrics")).send().await?;
@@ -730,7 +731,10 @@ async fn dek_metrics(ca_pem: &[u8], base: &str) -> Res<Vec<String>> {
     let text = response.text().await?;
     Ok(text
         .lines()
-        .filter(|line| line.to_ascii_lowercase().contains("dek"))
+        .filter(|line| {
+            let line = line.to_ascii_lowercase();
+            line.contains("dek") || line.contains("subject_cache")
+        })
         .map(str::to_owned)
         .collect())
 }

@@ -125,6 +125,12 @@ impl Inner {
         let _stripe = self.stripes.lock(&dek.subject_hash);
         let mut batch = self.store.batch();
         batch.delete(Cf::Expiry, key);
+        // Under the lock: an erasure of the subject has either finished (key gone:
+        // its purge shreds the record) or not begun.
+        if self.dek(sid)?.is_none() {
+            self.store.write(batch)?;
+            return Ok(false);
+        }
         let live = match self.store.get(Cf::Records, id)? {
             Some(bytes) => match decode(RECORD_FORMAT, &bytes)? {
                 StoredRecord::Live(record) if record.sid == *sid => Some(record),
@@ -158,7 +164,7 @@ impl Inner {
         };
         batch.put(Cf::Records, id, &encode(RECORD_FORMAT, &stub));
         batch.delete(Cf::Index, &index_key(sid, id));
-        self.count_removed_record(&dek.subject_hash, &mut batch)?;
+        self.count_removed_record(&dek.subject_hash, sid, &mut batch)?;
         batch.put(Cf::Meta, UNVERIFIED, b"");
         let event = AuditEvent::new(RETENTION_ACTOR, AuditAction::Expire, AuditOutcome::Ok)
             .about(Some(dek.audit_ref), 1);

@@ -630,7 +630,7 @@ impl Vault {
             let mut batch = inner.store.batch();
             batch.delete(Cf::Records, &id);
             batch.delete(Cf::Index, &index_key(sid, &id));
-            inner.count_removed_record(&dek.subject_hash, &mut batch)?;
+            inner.count_removed_record(&dek.subject_hash, sid, &mut batch)?;
             let event = AuditEvent::new(actor, AuditAction::Delete, AuditOutcome::Ok)
                 .about(Some(dek.audit_ref), 1);
             inner.commit_audited(batch, vec![event], inner.synced())?;
@@ -653,11 +653,19 @@ impl Vault {
         self.inner.store.counters()
     }
 
-    /// Number of subject keys in the DEK cache. Recently written subjects keep their
-    /// keys too (as many subjects again at most), so up to twice this many keys may be
-    /// unwrapped in memory.
+    /// Number of subject keys in the DEK cache: at most its capacity rounded up to a
+    /// multiple of 16 (it has 16 shards).
     pub fn cached_keys(&self) -> usize {
         self.inner.cache.len()
+    }
+
+    /// Number of recently written subjects kept in memory with their keys, for
+    /// tokenizations that then read neither: at most the DEK cache's capacity rounded
+    /// up to a multiple of 16. Unwrapped keys in memory are at most
+    /// `cached_keys() + cached_subjects()` (a key in both caches counts twice), plus
+    /// those of calls under way.
+    pub fn cached_subjects(&self) -> usize {
+        self.inner.subjects.len()
     }
 
     /// The vault's directory.
@@ -764,17 +772,22 @@ impl Inner {
         Ok((entry, Arc::new(Dek::new(&key, *h)), true))
     }
 
-    /// Adds to `batch` the subject entry with one live record fewer. The caller holds
-    /// the subject's stripe lock.
+    /// Adds to `batch` the subject entry with one live record fewer, if the subject
+    /// `subject_hash` names is still the instance `sid` (not a new subject of the same
+    /// id after an erasure). The caller holds the subject's stripe lock.
     pub(crate) fn count_removed_record(
         &self,
         subject_hash: &SubjectHash,
+        sid: &Sid,
         batch: &mut Batch<'_>,
     ) -> Result<(), Error> {
         // The cached entry would be stale once the batch is written.
         self.subjects.remove(subject_hash);
         if let Some(bytes) = self.store.get(Cf::Subjects, subject_hash)? {
             let mut entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
+            if entry.sid != *sid {
+                return Ok(());
+            }
             entry.records = entry.records.saturating_sub(1);
             batch.put(Cf::Subjects, subject_hash, &encode(SUBJECT_FORMAT, &entry));
         }

@@ -161,6 +161,12 @@ pub(crate) fn render_vault(vault: &vault_core::Vault, out: &mut String) {
         "Unwrapped subject keys in the cache.",
         vault.cached_keys() as u64,
     );
+    gauge(
+        out,
+        "vault_subject_cache_entries",
+        "Recently written subjects kept in memory with their keys.",
+        vault.cached_subjects() as u64,
+    );
     match vault.key_status() {
         Ok(status) => {
             gauge(

@@ -163,7 +163,7 @@ fn main() -> Result<()> {
     let header = "| benchmark | vault | baseline | ratio | target | |\n|---|---|---|---|---|---|";
     let _ = writeln!(
         out,
-        "## In process: tokenize\n\nThe baseline is one raw `WriteBatch` with as many keys and bytes as the vault's write for the same call (record, index entry, subject entry, audit event, its index entry, checkpoint), WAL synced or not as the group says. Tokenize picks random subjects among the loaded ones, each written once before the measurement, so they are among the vault's recently written subjects (it keeps 100 000 by default); *cold*: 1 000 subjects and keys cached over all of them, so nearly every call reads the subject's entry and unwraps its key.\n\n{header}"
+        "## In process: tokenize\n\nThe baseline is one raw `WriteBatch` with as many keys and bytes as the vault's write for the same call (record, index entry, subject entry, audit event, its index entry, checkpoint), WAL synced or not as the group says. Tokenize picks random subjects among the loaded ones, each written once before the measurement. With the default load (100 000 subjects) every one of them is then in the vault's cache of recently written subjects (100 000 by default), so a call reads neither the subject's entry nor its key: the best case, a vault whose active subjects fit its cache. *cold*: 1 000 subjects and keys cached over all of them, so nearly every call reads the subject's entry and unwraps its key: the worst case.\n\n{header}"
     );
     for (group, goal) in [
         ("tokenize_relaxed", Some(0.6)),
