@@ -127,10 +127,10 @@ impl Inner {
         batch.delete(Cf::Expiry, key);
         // Under the lock: an erasure of the subject has either finished (key gone:
         // its purge shreds the record) or not begun.
-        if self.dek(sid)?.is_none() {
+        let Some(dek) = self.dek(sid)? else {
             self.store.write(batch)?;
             return Ok(false);
-        }
+        };
         let live = match self.store.get(Cf::Records, id)? {
             Some(bytes) => match decode(RECORD_FORMAT, &bytes)? {
                 StoredRecord::Live(record) if record.sid == *sid => Some(record),

@@ -40,12 +40,11 @@ enum Commit {
     IfFree,
 }
 
-/// A subject a tokenization writes to: its entry as it will be stored, its key,
+/// A subject a tokenization writes to: its entry as it will be stored and its key,
 /// whether this write creates it, and how many records it stores for it.
 struct SubjectWrite {
     hash: SubjectHash,
-    entry: SubjectEntry,
-    dek: Arc<Dek>,
+    known: KnownSubject,
     created: bool,
     stored: u64,
 }
@@ -419,17 +418,18 @@ impl Vault {
         let mut batch = inner.store.batch();
         let mut subjects = Vec::with_capacity(distinct.len());
         for (h, known) in distinct.iter().zip(cached) {
-            let (entry, dek, created) = match known {
-                Some(KnownSubject { entry, dek }) => (entry, dek, false),
+            let (known, created) = match known {
+                Some(known) => (known, false),
                 None => {
                     let found = found.next().flatten();
-                    inner.subject_for_write(h, found.as_deref(), &ring, &mut batch, now)?
+                    let (entry, dek, created) =
+                        inner.subject_for_write(h, found.as_deref(), &ring, &mut batch, now)?;
+                    (KnownSubject { entry, dek }, created)
                 }
             };
             subjects.push(SubjectWrite {
                 hash: *h,
-                entry,
-                dek,
+                known,
                 created,
                 stored: 0,
             });
@@ -439,9 +439,13 @@ impl Vault {
         // Deterministic ids issued by this batch (random ones cannot repeat).
         let mut issued: HashSet<TokenId> = HashSet::new();
         for (item, &slot) in items.iter().zip(&slots) {
-            let subject = &mut subjects[slot];
+            let SubjectWrite {
+                known: KnownSubject { entry, dek },
+                stored,
+                ..
+            } = &mut subjects[slot];
             let id: TokenId = if item.deterministic {
-                let id = subject.dek.deterministic_id(item.field, item.value);
+                let id = dek.deterministic_id(item.field, item.value);
                 if issued.contains(&id) || inner.store.get(Cf::Records, &id)?.is_some() {
                     tokens.push(Token::new(id, &inner.index.token_tag_key));
                     continue;
@@ -453,7 +457,7 @@ impl Vault {
             };
             let place = RecordPlace {
                 vault_id: &inner.vault_id,
-                sid: &subject.entry.sid,
+                sid: &entry.sid,
                 id: &id,
             };
             let record = StoredRecord::Live(LiveRecord::seal(
@@ -462,30 +466,30 @@ impl Vault {
                 item.field,
                 now,
                 item.deterministic,
-                &subject.dek.aead,
+                &dek.aead,
                 item.value,
             )?);
             batch.put(Cf::Records, &id, &encode(RECORD_FORMAT, &record));
-            batch.put(Cf::Index, &index_key(&subject.entry.sid, &id), b"");
+            batch.put(Cf::Index, &index_key(&entry.sid, &id), b"");
             if let Some(at) = inner.opts.policy.expires_at(item.field, now) {
-                batch.put(Cf::Expiry, &expiry_key(at, &id), &subject.entry.sid);
+                batch.put(Cf::Expiry, &expiry_key(at, &id), &entry.sid);
             }
-            subject.entry.records += 1;
-            subject.stored += 1;
+            entry.records += 1;
+            *stored += 1;
             tokens.push(Token::new(id, &inner.index.token_tag_key));
         }
         for subject in subjects.iter().filter(|s| s.stored > 0) {
             batch.put(
                 Cf::Subjects,
                 &subject.hash,
-                &encode(SUBJECT_FORMAT, &subject.entry),
+                &encode(SUBJECT_FORMAT, &subject.known.entry),
             );
         }
         let events = subjects
             .iter()
             .map(|s| {
                 AuditEvent::new(actor, AuditAction::Tokenize, AuditOutcome::Ok)
-                    .about(Some(s.dek.audit_ref), s.stored)
+                    .about(Some(s.known.dek.audit_ref), s.stored)
             })
             .collect();
         match commit {
@@ -500,15 +504,12 @@ impl Vault {
         }
         for subject in subjects {
             if subject.created {
-                inner.cache.insert(subject.entry.sid, subject.dek.clone());
+                let known = &subject.known;
+                inner.cache.insert(known.entry.sid, known.dek.clone());
             }
             // Cached as stored: a new subject's entry is written only with a record.
             if !subject.created || subject.stored > 0 {
-                let known = KnownSubject {
-                    entry: subject.entry,
-                    dek: subject.dek,
-                };
-                inner.subjects.insert(subject.hash, known);
+                inner.subjects.insert(subject.hash, subject.known);
             }
         }
         Ok(Some(tokens))
