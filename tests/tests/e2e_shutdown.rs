@@ -125,6 +125,17 @@ async fn sigterm_under_load_loses_no_acknowledged_write() -> TestResult {
         "load ran: {}",
         acknowledged.len()
     );
+    // Every answered request is in the access log, the last ones too: the server
+    // writes out its buffered lines before it exits.
+    let logged = log
+        .lines()
+        .filter(|l| l.contains("\"route\":\"/v1/tokenize\",\"status\":200"))
+        .count();
+    assert!(
+        logged > acknowledged.len() / 10,
+        "{logged} tokenize requests logged for {} acknowledged ones and the large one",
+        acknowledged.len() / 10
+    );
 
     let server =
         Server::start(Launch::config(&data, &config, &ca).log_to(dir.path().join("2.log")))?;

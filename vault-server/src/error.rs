@@ -168,7 +168,11 @@ impl ApiError {
                 "a deterministic token cannot be rectified: tokenize the new value and delete this token",
             ),
             E::Integrity => {
-                tracing::error!(error = "integrity", "stored data failed authentication");
+                tracing::error!(
+                    request_id = %crate::api::request_id(),
+                    error = "integrity",
+                    "stored data failed authentication"
+                );
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "integrity",
@@ -177,6 +181,7 @@ impl ApiError {
             }
             E::AuditDamaged => {
                 tracing::error!(
+                    request_id = %crate::api::request_id(),
                     error = "audit_damaged",
                     "the audit trail's checkpoint did not authenticate at start-up: audited operations are refused (POST /v1/audit/verify)"
                 );
@@ -189,7 +194,7 @@ impl ApiError {
             other => {
                 // Vault errors name files and kinds, never stored values (vault-core's
                 // contract), so they may be logged.
-                tracing::error!(error = %other, "vault error");
+                tracing::error!(request_id = %crate::api::request_id(), error = %other, "vault error");
                 ApiError::internal()
             }
         }

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+mod access_log;
 pub mod api;
 pub mod auth;
 pub mod cli;

@@ -84,6 +84,7 @@ pub async fn serve(
     };
     drop(state);
     close_vault(vault, CLOSE_WAIT).await;
+    crate::access_log::flush();
     served
 }
 
