@@ -13,8 +13,8 @@
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
@@ -335,59 +335,114 @@ fn on_threads(threads: usize, iters: u64, f: impl Fn(usize, u64) + Sync) -> Dura
 fn detokenize(c: &mut Criterion) {
     let data = loaded();
     let db = raw_db(&data.raw);
+    let random_token = |pick: &mut Pick| &data.tokens[pick.below(data.tokens.len())];
+    let random_key = |pick: &mut Pick| &data.raw_keys[pick.below(data.raw_keys.len())];
     for (name, capacity) in [("warm", data.subjects.max(1)), ("cold", 1_000)] {
-        let vault = open(
-            &data.vault,
-            options(Durability::Synced).dek_cache_capacity(capacity),
-        );
-        settle(&vault, &db);
-        let mut pick = Pick::new(13);
-        if name == "warm" {
-            for t in data.tokens.iter().step_by(PER_SUBJECT) {
-                vault.detokenize(t).expect("warm up");
-            }
-        }
-        let event = shape_of(&vault, |_| {
-            let t = &data.tokens[pick.below(data.tokens.len())];
-            black_box(vault.detokenize(t).expect("detokenize"));
-        });
         let mut group = c.benchmark_group(format!("detokenize_{name}"));
         group.throughput(Throughput::Elements(1));
+        let mut pick = Pick::new(13);
+        let warm_up = |vault: &Vault| {
+            if name == "warm" {
+                for t in data.tokens.iter().step_by(PER_SUBJECT) {
+                    vault.detokenize(t).expect("warm up");
+                }
+            }
+        };
+
+        // The default: the background worker moves the staged read events into the
+        // trail every 100 ms, on its own thread.
+        let vault = open(
+            &data.vault,
+            options(Durability::Synced)
+                .dek_cache_capacity(capacity)
+                .background_worker(true),
+        );
+        settle(&vault, &db);
+        warm_up(&vault);
         group.bench_function("vault", |b| {
             b.iter(|| {
-                let t = &data.tokens[pick.below(data.tokens.len())];
-                black_box(vault.detokenize(t).expect("detokenize"))
+                black_box(
+                    vault
+                        .detokenize(random_token(&mut pick))
+                        .expect("detokenize"),
+                )
             })
         });
         let access = Access::new("support", "bench");
         group.bench_function("vault_for_purpose", |b| {
             b.iter(|| {
-                let t = &data.tokens[pick.below(data.tokens.len())];
+                let t = random_token(&mut pick);
                 black_box(vault.detokenize_for(&[t], &access).expect("detokenize"))
             })
         });
         group.bench_function("raw_get", |b| {
-            b.iter(|| {
-                let k = &data.raw_keys[pick.below(data.raw_keys.len())];
-                black_box(db.get(k).expect("get"))
-            })
+            b.iter(|| black_box(db.get(random_key(&mut pick)).expect("get")))
         });
         if name == "warm" {
+            // Both cores busy: the worker's commits now take time from the readers.
+            for threads in [2, 8] {
+                let picks: Vec<_> = (0..threads)
+                    .map(|t| Mutex::new(Pick::new(17 + t as u64)))
+                    .collect();
+                group.bench_function(format!("vault_{threads}_callers"), |b| {
+                    b.iter_custom(|iters| {
+                        on_threads(threads, iters, |t, _| {
+                            let t = random_token(&mut picks[t].lock().expect("pick"));
+                            black_box(vault.detokenize(t).expect("detokenize"));
+                        })
+                    })
+                });
+                group.bench_function(format!("raw_get_{threads}_callers"), |b| {
+                    b.iter_custom(|iters| {
+                        on_threads(threads, iters, |t, _| {
+                            let k = random_key(&mut picks[t].lock().expect("pick"));
+                            black_box(db.get(k).expect("get"));
+                        })
+                    })
+                });
+            }
+        }
+        vault.close().expect("close");
+
+        if name == "warm" {
+            // Without the worker the reader whose event fills the staging file
+            // commits the file's events itself: all the work on the callers' thread.
+            let vault = open(
+                &data.vault,
+                options(Durability::Synced).dek_cache_capacity(capacity),
+            );
+            settle(&vault, &db);
+            warm_up(&vault);
+            let event = shape_of(&vault, |_| {
+                black_box(
+                    vault
+                        .detokenize(random_token(&mut pick))
+                        .expect("detokenize"),
+                );
+            });
+            group.bench_function("vault_without_worker", |b| {
+                b.iter(|| {
+                    black_box(
+                        vault
+                            .detokenize(random_token(&mut pick))
+                            .expect("detokenize"),
+                    )
+                })
+            });
             let mut wo = rocksdb::WriteOptions::default();
             wo.set_sync(false);
             let mut n = 1u64 << 52;
             group.bench_function("raw_get_and_event_write", |b| {
                 b.iter(|| {
-                    let k = &data.raw_keys[pick.below(data.raw_keys.len())];
-                    black_box(db.get(k).expect("get"));
+                    black_box(db.get(random_key(&mut pick)).expect("get"));
                     n += 1;
                     db.write_opt(event_batch(&event, n), &wo)
                         .expect("raw write");
                 })
             });
+            vault.close().expect("close");
         }
         group.finish();
-        vault.close().expect("close");
     }
 }
 

@@ -125,8 +125,8 @@ async fn sigterm_under_load_loses_no_acknowledged_write() -> TestResult {
         "load ran: {}",
         acknowledged.len()
     );
-    // Every answered request is in the access log, the last ones too: the server
-    // writes out its buffered lines before it exits.
+    // Every answered request is in the access log, the last ones too, though the
+    // server writes its lines in batches.
     let logged = log
         .lines()
         .filter(|l| l.contains("\"route\":\"/v1/tokenize\",\"status\":200"))

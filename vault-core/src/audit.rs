@@ -757,11 +757,16 @@ impl Inner {
         let (mut seq, mut mac) = (next_seq, last_mac);
         let mut outcomes = Vec::with_capacity(group.len());
         let mut batches = Vec::with_capacity(group.len() + 1);
+        // The subjects' index entries of the whole group, written in key order: the
+        // memtable then finds each one's place from the last one's (a group of
+        // staged read events holds thousands, at scattered positions).
+        let mut index_keys = Vec::new();
         for mut request in group {
             // Stage this caller's events on copies of the chain state, so a caller
             // whose event cannot be encoded leaves no gap.
             let (mut s, mut m) = (seq, mac);
             let mut seqs = Vec::with_capacity(request.events.len());
+            let mut indexed = Vec::new();
             let mut staged = Ok(());
             for mut event in request.events {
                 event.seq = s;
@@ -773,12 +778,7 @@ impl Inner {
                     }
                 }
                 if let Some(subject) = &event.subject {
-                    self.store.put_raw(
-                        &mut request.batch,
-                        Cf::AuditIndex,
-                        &index_key(subject, s),
-                        b"",
-                    );
+                    indexed.push(index_key(subject, s));
                 }
                 let stored = StoredEvent { event, mac: m };
                 self.store.put_raw(
@@ -793,6 +793,7 @@ impl Inner {
             match staged {
                 Ok(()) => {
                     (seq, mac) = (s, m);
+                    index_keys.append(&mut indexed);
                     batches.push(request.batch);
                     outcomes.push((request.ticket, Ok(seqs)));
                 }
@@ -817,8 +818,13 @@ impl Inner {
                 staged,
                 tag: head_tag(key, last, &mac, staged),
             };
-            // Events were staged, so there is a batch to carry the checkpoint.
+            // Events were staged, so there is a batch to carry the checkpoint and
+            // their index entries.
             if let Some(last_batch) = batches.last_mut() {
+                index_keys.sort_unstable();
+                for k in &index_keys {
+                    self.store.put_raw(last_batch, Cf::AuditIndex, k, b"");
+                }
                 self.store
                     .put_raw(last_batch, Cf::Meta, HEAD, &encode(HEAD_FORMAT, &head));
             }

@@ -13,7 +13,8 @@
 //!
 //! The line is enabled and filtered like any `tracing` event of the target
 //! `vault_server::api` at level INFO (`RUST_LOG`). At shutdown [`flush`] writes what
-//! is left; a process killed with SIGKILL can lose the last [`INTERVAL`] of lines.
+//! is left; a process killed with SIGKILL loses what is buffered: the last
+//! [`INTERVAL`] of lines, or up to [`CAP`] bytes of them while stderr is slow.
 //! The line holds no personal data: route templates, never paths; the API key's
 //! configured name, never the key.
 
@@ -49,9 +50,8 @@ pub(crate) struct AccessLog {
     pending: Mutex<Vec<u8>>,
     /// Wakes the writer: the buffer has its first line, or [`EAGER`] bytes.
     wake: Condvar,
-    /// The sink, and the buffer swapped with `pending` on each write: held while
-    /// writing, so lines leave in the order they were logged.
-    out: Mutex<(Box<dyn Write + Send>, Vec<u8>)>,
+    /// Held while writing, so lines leave in the order they were logged.
+    out: Mutex<Out>,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -70,7 +70,11 @@ impl AccessLog {
         let log: &'static AccessLog = Box::leak(Box::new(AccessLog {
             pending: Mutex::new(Vec::with_capacity(EAGER)),
             wake: Condvar::new(),
-            out: Mutex::new((sink, Vec::with_capacity(EAGER))),
+            out: Mutex::new(Out {
+                sink,
+                batch: Vec::with_capacity(EAGER),
+                cut: false,
+            }),
         }));
         std::thread::Builder::new()
             .name("vault-access-log".into())
@@ -112,15 +116,30 @@ impl AccessLog {
     /// Writes out every line logged so far.
     pub(crate) fn flush(&self) {
         let mut out = lock(&self.out);
-        let (sink, batch) = &mut *out;
+        let Out { sink, batch, cut } = &mut *out;
         std::mem::swap(&mut *lock(&self.pending), batch);
-        if !batch.is_empty() {
-            // Nowhere to report a failed write of the log itself; the next batch is
-            // tried again.
-            let _ = sink.write_all(batch).and_then(|()| sink.flush());
-            batch.clear();
+        if batch.is_empty() {
+            return;
         }
+        // A write that failed part-way left a line cut short: end it, so that the
+        // next line starts on a line of its own.
+        if *cut {
+            batch.insert(0, b'\n');
+        }
+        // Nowhere to report a failed write of the log itself: its lines are lost,
+        // and the next batch is tried.
+        *cut = sink.write_all(batch).and_then(|()| sink.flush()).is_err();
+        batch.clear();
     }
+}
+
+/// Where the lines go.
+struct Out {
+    sink: Box<dyn Write + Send>,
+    /// The buffer swapped with `pending` on each write.
+    batch: Vec<u8>,
+    /// The last write failed, maybe in the middle of a line.
+    cut: bool,
 }
 
 /// The server's access log, on stderr: started at its first line.
@@ -448,6 +467,46 @@ mod tests {
             .map(|v| v["fields"]["request_id"].clone())
             .collect();
         assert_eq!(ids, ["a", "b"]);
+        Ok(())
+    }
+
+    /// Writes part of its first batch, then fails; takes everything after.
+    struct FailsOnce {
+        written: Shared,
+        failed: bool,
+    }
+
+    impl Write for FailsOnce {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if !self.failed {
+                self.failed = true;
+                self.written.write(&buf[..buf.len() / 2])?;
+                return Err(std::io::Error::other("disk full"));
+            }
+            self.written.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_line_cut_by_a_failed_write_does_not_swallow_the_next() -> TestResult {
+        let written = Shared::default();
+        let log = AccessLog::start(Box::new(FailsOnce {
+            written: written.clone(),
+            failed: false,
+        }))?;
+        log.log(&line("lost", "k", "-"));
+        log.flush();
+        log.log(&line("kept", "k", "-"));
+        log.flush();
+        let text = String::from_utf8(lock(&written.0).clone())?;
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(serde_json::from_str::<serde_json::Value>(lines[0]).is_err());
+        let kept: serde_json::Value = serde_json::from_str(lines[1])?;
+        assert_eq!(kept["fields"]["request_id"], "kept");
         Ok(())
     }
 

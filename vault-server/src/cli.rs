@@ -227,6 +227,10 @@ fn run(prepared: Prepared) -> ExitCode {
         api_keys, limits, ..
     } = config;
     let served = runtime.block_on(crate::serve::serve(vault, api_keys, limits, tls, listener));
+    // Requests still running when the grace period ended may finish and log while
+    // the runtime shuts down, after `serve`'s flush of the access log.
+    drop(runtime);
+    crate::access_log::flush();
     match served {
         Ok(()) => {
             tracing::info!("vault-server stopped");

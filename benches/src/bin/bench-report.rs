@@ -190,35 +190,33 @@ fn main() -> Result<()> {
 
     let _ = writeln!(
         out,
-        "\n## In process: detokenize and export\n\nDetokenize reads random tokens; *warm*: every subject key cached, *cold*: a 1 000-key cache over all subjects. Every read is audited: its event is staged (one `write` to a staging file) before the value is returned, and moved into the trail with the next group of the journal (the worker makes one every 100 ms). `raw_get_and_event_write` (a point get plus an unsynced RocksDB write of the event's keys and bytes) is what a read cost when its event went straight into RocksDB, the design before staging.\n\n{header}"
+        "\n## In process: detokenize and export\n\nDetokenize reads random tokens; *warm*: every subject key cached, *cold*: a 1 000-key cache over all subjects. Every read is audited: its event is staged (one `write` to a staging file) before the value is returned, and moved into the trail with the next group of the journal. `vault` is the default configuration: the background worker makes such a group every 100 ms, on its own thread. `vault_without_worker` has the worker off, so the reader whose event fills the staging file commits the file's events itself: all the work on the caller's thread. `_callers` rows run 2 and 8 callers at once on the two cores, so the worker's commits take their time from the readers. `raw_get_and_event_write` (a point get plus an unsynced RocksDB write of the event's keys and bytes) is what a read cost when its event went straight into RocksDB, the design before staging.\n\n{header}"
     );
-    row(
-        &mut out,
-        t,
-        "detokenize_warm",
-        "vault",
-        "raw_get",
-        "raw point get",
-        Some(0.5),
-    );
-    row(
-        &mut out,
-        t,
-        "detokenize_warm",
-        "vault_for_purpose",
-        "raw_get",
-        "raw point get",
-        None,
-    );
-    row(
-        &mut out,
-        t,
-        "detokenize_warm",
-        "vault",
-        "raw_get_and_event_write",
-        "get + event write",
-        None,
-    );
+    for (vault, base, label, goal) in [
+        ("vault", "raw_get", "raw point get", Some(0.5)),
+        ("vault_for_purpose", "raw_get", "raw point get", None),
+        (
+            "vault_2_callers",
+            "raw_get_2_callers",
+            "raw point gets, 2 callers",
+            None,
+        ),
+        (
+            "vault_8_callers",
+            "raw_get_8_callers",
+            "raw point gets, 8 callers",
+            None,
+        ),
+        ("vault_without_worker", "raw_get", "raw point get", None),
+        (
+            "vault_without_worker",
+            "raw_get_and_event_write",
+            "get + event write",
+            None,
+        ),
+    ] {
+        row(&mut out, t, "detokenize_warm", vault, base, label, goal);
+    }
     row(
         &mut out,
         t,
