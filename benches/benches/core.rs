@@ -337,6 +337,9 @@ fn detokenize(c: &mut Criterion) {
     let db = raw_db(&data.raw);
     let random_token = |pick: &mut Pick| &data.tokens[pick.below(data.tokens.len())];
     let random_key = |pick: &mut Pick| &data.raw_keys[pick.below(data.raw_keys.len())];
+    let read_random = |vault: &Vault, pick: &mut Pick| {
+        black_box(vault.detokenize(random_token(pick)).expect("detokenize"));
+    };
     for (name, capacity) in [("warm", data.subjects.max(1)), ("cold", 1_000)] {
         let mut group = c.benchmark_group(format!("detokenize_{name}"));
         group.throughput(Throughput::Elements(1));
@@ -359,15 +362,7 @@ fn detokenize(c: &mut Criterion) {
         );
         settle(&vault, &db);
         warm_up(&vault);
-        group.bench_function("vault", |b| {
-            b.iter(|| {
-                black_box(
-                    vault
-                        .detokenize(random_token(&mut pick))
-                        .expect("detokenize"),
-                )
-            })
-        });
+        group.bench_function("vault", |b| b.iter(|| read_random(&vault, &mut pick)));
         let access = Access::new("support", "bench");
         group.bench_function("vault_for_purpose", |b| {
             b.iter(|| {
@@ -387,8 +382,7 @@ fn detokenize(c: &mut Criterion) {
                 group.bench_function(format!("vault_{threads}_callers"), |b| {
                     b.iter_custom(|iters| {
                         on_threads(threads, iters, |t, _| {
-                            let t = random_token(&mut picks[t].lock().expect("pick"));
-                            black_box(vault.detokenize(t).expect("detokenize"));
+                            read_random(&vault, &mut picks[t].lock().expect("pick"));
                         })
                     })
                 });
@@ -413,21 +407,9 @@ fn detokenize(c: &mut Criterion) {
             );
             settle(&vault, &db);
             warm_up(&vault);
-            let event = shape_of(&vault, |_| {
-                black_box(
-                    vault
-                        .detokenize(random_token(&mut pick))
-                        .expect("detokenize"),
-                );
-            });
+            let event = shape_of(&vault, |_| read_random(&vault, &mut pick));
             group.bench_function("vault_without_worker", |b| {
-                b.iter(|| {
-                    black_box(
-                        vault
-                            .detokenize(random_token(&mut pick))
-                            .expect("detokenize"),
-                    )
-                })
+                b.iter(|| read_random(&vault, &mut pick))
             });
             let mut wo = rocksdb::WriteOptions::default();
             wo.set_sync(false);

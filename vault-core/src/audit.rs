@@ -766,7 +766,7 @@ impl Inner {
             // whose event cannot be encoded leaves no gap.
             let (mut s, mut m) = (seq, mac);
             let mut seqs = Vec::with_capacity(request.events.len());
-            let mut indexed = Vec::new();
+            let indexed_before = index_keys.len();
             let mut staged = Ok(());
             for mut event in request.events {
                 event.seq = s;
@@ -778,7 +778,7 @@ impl Inner {
                     }
                 }
                 if let Some(subject) = &event.subject {
-                    indexed.push(index_key(subject, s));
+                    index_keys.push(index_key(subject, s));
                 }
                 let stored = StoredEvent { event, mac: m };
                 self.store.put_raw(
@@ -793,11 +793,14 @@ impl Inner {
             match staged {
                 Ok(()) => {
                     (seq, mac) = (s, m);
-                    index_keys.append(&mut indexed);
                     batches.push(request.batch);
                     outcomes.push((request.ticket, Ok(seqs)));
                 }
-                Err(e) => outcomes.push((request.ticket, Err(e.to_string()))),
+                Err(e) => {
+                    // Its events are not written: nor are their index entries.
+                    index_keys.truncate(indexed_before);
+                    outcomes.push((request.ticket, Err(e.to_string())));
+                }
             }
         }
         if seq > next_seq {
