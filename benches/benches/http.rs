@@ -14,7 +14,11 @@
 //! 2. a bare axum echo server over the same TLS stack (axum-server + rustls with
 //!    ring, the vault's certificate), another child process, that parses the same
 //!    request bodies into the vault's wire types and echoes them back;
-//! 3. PostgreSQL + pgcrypto ("do it yourself"), when `VAULT_BENCH_PG` holds a
+//! 3. for tokenize, RocksDB alone behind the same TLS and JSON (a third child), writing
+//!    as many keys and bytes per call as the vault did in its measurement (read from
+//!    its `/metrics`), answering once the WAL is synced by one thread for every write,
+//!    as the vault server does: what the durable writes cost without the vault;
+//! 4. PostgreSQL + pgcrypto ("do it yourself"), when `VAULT_BENCH_PG` holds a
 //!    connection string: one row per value, encrypted by `pgp_sym_encrypt` (AES-256),
 //!    same records, same 64 connections, PostgreSQL's default durability; plus the
 //!    latency of an erasure (`DELETE` + `VACUUM`), sequentially, not under load.
@@ -42,6 +46,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use vault_benches::WriteShape;
 use vault_client::api::{
     DetokenizeRequest, SubjectRequest, TokenizeItem, TokenizeRequest, TokenizeResponse,
 };
@@ -74,6 +79,10 @@ fn main() -> ExitCode {
         Ok("axum") => {
             exit_when_parent_goes();
             return axum_role();
+        }
+        Ok("raw") => {
+            exit_when_parent_goes();
+            return raw_role();
         }
         _ => {}
     }
@@ -177,7 +186,7 @@ impl Config {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Tokenize,
     Detokenize,
@@ -333,14 +342,46 @@ async fn run() -> Res<()> {
     });
     let mut vault_stats = [Stats::default(); 3];
     let mut axum_stats = [Stats::default(); 3];
+    let mut shape = None;
     for op in Op::MEASURED {
+        let before = write_counters(&ca_pem, &vault_url).await?;
         let stats = measure_http(&cfg, &ca_pem, &vault_url, &api_key, op, &data).await?;
         print_line("vault", op.name(), stats);
         vault_stats[op.index()] = stats;
+        if op == Op::Tokenize {
+            shape = Some(before.shape_to(&write_counters(&ca_pem, &vault_url).await?)?);
+        }
         let stats = measure_http(&cfg, &ca_pem, &axum_url, &api_key, op, &data).await?;
         print_line("bare axum", op.name(), stats);
         axum_stats[op.index()] = stats;
     }
+    // 3. RocksDB alone writing what the vault wrote per tokenize, durably, behind the
+    // same TLS and JSON: what durability and those writes cost without the vault.
+    let shape = shape.ok_or("the vault's tokenize was not measured")?;
+    let raw_log = tmp.path().join("raw.log");
+    let raw_args: Vec<OsString> = vec![
+        dev_dir.join("tls-cert.pem").into(),
+        dev_dir.join("tls-key.pem").into(),
+        tmp.path().join("raw").into(),
+        shape.keys.to_string().into(),
+        shape.bytes.to_string().into(),
+        cfg.records.to_string().into(),
+    ];
+    println!(
+        "raw RocksDB: {} keys and {} bytes per tokenize (the vault's), loading {} records...",
+        shape.keys, shape.bytes, cfg.records
+    );
+    let (raw_child, raw_info) =
+        tokio::task::block_in_place(|| ChildGuard::spawn("raw", &raw_args, &raw_log))?;
+    let raw_url = raw_info
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or("the raw server's start line has no url")?
+        .to_owned();
+    println!("raw RocksDB:  pid {} at {raw_url}", raw_child.pid());
+    let raw_stats = measure_http(&cfg, &ca_pem, &raw_url, &api_key, Op::Tokenize, &data).await?;
+    print_line("raw", Op::Tokenize.name(), raw_stats);
+    drop(raw_child);
     let rss_end = rss_kib(pid).unwrap_or(0);
     let hwm = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
     let vault_erase_ms = vault_erasures(&ca_pem, &vault_url, &api_key, &cfg).await?;
@@ -370,6 +411,14 @@ async fn run() -> Res<()> {
             "baseline": axum_stats[op.index()].with_name(axum_name),
         }));
     }
+    groups.push(json!({
+        "name": "https_tokenize_raw",
+        "vault": vault_stats[Op::Tokenize.index()].to_json(),
+        "baseline": raw_stats.with_name(&format!(
+            "RocksDB alone, the vault's {} keys and {} bytes per call, WAL synced, same TLS",
+            shape.keys, shape.bytes
+        )),
+    }));
     for op in Op::REPORTED {
         let baseline = match &pg {
             Some(pg) => pg.stats[op.index()].with_name(&pg.name),
@@ -739,6 +788,54 @@ async fn dek_metrics(ca_pem: &[u8], base: &str) -> Res<Vec<String>> {
         .collect())
 }
 
+/// The vault's storage write counters and its answered tokenize requests, from
+/// `/metrics`.
+struct WriteCounters {
+    keys: f64,
+    bytes: f64,
+    tokenized: f64,
+}
+
+async fn write_counters(ca_pem: &[u8], base: &str) -> Res<WriteCounters> {
+    let client = https_client(ca_pem)?;
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let value = |name: &str| -> Res<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or("0")
+            .trim()
+            .parse::<f64>()
+            .map_err(|e| format!("/metrics {name}: {e}").into())
+    };
+    Ok(WriteCounters {
+        keys: value("vault_storage_keys_written_total")?,
+        bytes: value("vault_storage_bytes_written_total")?,
+        tokenized: value(
+            "vault_http_requests_total{route=\"/v1/tokenize\",method=\"POST\",status=\"200\"}",
+        )?,
+    })
+}
+
+impl WriteCounters {
+    /// Keys and bytes written per tokenize answered between `self` and `after`.
+    fn shape_to(&self, after: &WriteCounters) -> Res<WriteShape> {
+        let calls = after.tokenized - self.tokenized;
+        if calls < 1.0 {
+            return Err("no tokenize answered while measuring".into());
+        }
+        Ok(WriteShape {
+            keys: ((after.keys - self.keys) / calls).round() as u64,
+            bytes: ((after.bytes - self.bytes) / calls).round() as u64,
+        })
+    }
+}
+
 /// A few erasures, one after the other, after the measurements (purge immediate in
 /// `--dev`, so this includes the purge of the subject's records from disk).
 async fn vault_erasures(ca_pem: &[u8], base: &str, key: &str, cfg: &Config) -> Res<Vec<f64>> {
@@ -1085,6 +1182,16 @@ fn axum_role() -> ExitCode {
 
 async fn axum_serve(cert: &Path, key: &Path) -> Res<()> {
     use axum::routing::post;
+    let app = axum::Router::new()
+        .route(Op::Tokenize.path(), post(echo::<TokenizeRequest>))
+        .route(Op::Detokenize.path(), post(echo::<DetokenizeRequest>))
+        .route(Op::Export.path(), post(echo::<SubjectRequest>));
+    serve_tls(cert, key, app).await
+}
+
+/// Serves `app` over TLS on a loopback port, as vault-server does; prints
+/// `{"url": …}` once listening.
+async fn serve_tls(cert: &Path, key: &Path, app: axum::Router) -> Res<()> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -1097,11 +1204,6 @@ async fn axum_serve(cert: &Path, key: &Path) -> Res<()> {
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-
-    let app = axum::Router::new()
-        .route(Op::Tokenize.path(), post(echo::<TokenizeRequest>))
-        .route(Op::Detokenize.path(), post(echo::<DetokenizeRequest>))
-        .route(Op::Export.path(), post(echo::<SubjectRequest>));
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
@@ -1116,6 +1218,166 @@ async fn axum_serve(cert: &Path, key: &Path) -> Res<()> {
 
 async fn echo<T: Serialize + DeserializeOwned>(axum::Json(body): axum::Json<T>) -> axum::Json<T> {
     axum::Json(body)
+}
+
+// ---------------------------------------------------------------------------------
+// RocksDB alone behind the same TLS (child role)
+// ---------------------------------------------------------------------------------
+
+/// `VAULT_BENCH_ROLE=raw http CERT KEY DIR KEYS BYTES RECORDS`: the echo server's TLS
+/// and JSON, and a tokenize that writes `KEYS` keys and `BYTES` bytes (the vault's
+/// per call, 16-byte keys scattered like token ids) to a RocksDB in `DIR` holding
+/// `RECORDS` records, and answers once the WAL is synced. The write is the vault
+/// server's: unsynced on the async worker, then awaited while one thread syncs the
+/// WAL for every write finished (as `vault-core/src/durable.rs`).
+fn raw_role() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [cert, key, dir, keys, bytes, records] = args.as_slice() else {
+        eprintln!("raw role: expected CERT KEY DIR KEYS BYTES RECORDS");
+        return ExitCode::from(2);
+    };
+    let numbers = (keys.parse(), bytes.parse(), records.parse::<usize>());
+    let (Ok(keys), Ok(bytes), Ok(records)) = numbers else {
+        eprintln!("raw role: KEYS, BYTES and RECORDS are counts");
+        return ExitCode::from(2);
+    };
+    let raw = Arc::new(Raw::load(
+        Path::new(dir),
+        WriteShape { keys, bytes },
+        records,
+    ));
+    let syncer = {
+        let raw = raw.clone();
+        std::thread::spawn(move || raw.sync_forever())
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("raw role: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let app = axum::Router::new()
+        .route(Op::Tokenize.path(), axum::routing::post(raw_tokenize))
+        .with_state(raw);
+    let served = runtime.block_on(serve_tls(Path::new(cert), Path::new(key), app));
+    drop(syncer);
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raw role: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Raw {
+    db: rocksdb::DB,
+    shape: WriteShape,
+    /// Calls so far: each one's keys are derived from its number.
+    calls: AtomicU64,
+    sync: std::sync::Mutex<RawSync>,
+    /// Wakes the syncer when a write finishes.
+    written: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct RawSync {
+    /// Unsynced writes finished; a write's ticket is the count after it.
+    written: u64,
+    synced: u64,
+    waiters: std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Raw {
+    /// Opens the database (`raw_db`'s options, as the in-process baseline) and
+    /// writes `records` records of the vault's stored record size under random keys.
+    fn load(dir: &Path, shape: WriteShape, records: usize) -> Raw {
+        let db = vault_benches::raw_db(dir);
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.disable_wal(true);
+        let mut pick = vault_benches::Pick::new(7);
+        let record = [0x5a_u8; 200];
+        for chunk in 0..records.div_ceil(1000) {
+            let mut batch = rocksdb::WriteBatch::default();
+            for i in chunk * 1000..records.min(chunk * 1000 + 1000) {
+                let mut key = [0u8; 16];
+                key[..8].copy_from_slice(&(pick.below(usize::MAX) as u64).to_be_bytes());
+                key[8..].copy_from_slice(&(i as u64).to_be_bytes());
+                batch.put(key, record);
+            }
+            db.write_opt(batch, &wo).expect("raw load");
+        }
+        db.flush().expect("raw flush");
+        Raw {
+            db,
+            shape,
+            calls: AtomicU64::new(0),
+            sync: std::sync::Mutex::new(RawSync::default()),
+            written: std::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RawSync> {
+        self.sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Syncs the WAL whenever writes have finished since the last sync, and
+    /// answers their waiters.
+    fn sync_forever(&self) {
+        let mut state = self.lock();
+        loop {
+            while state.synced == state.written {
+                state = self
+                    .written
+                    .wait(state)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            let target = state.written;
+            drop(state);
+            self.db.flush_wal(true).expect("raw WAL sync");
+            state = self.lock();
+            state.synced = target;
+            let later = state.waiters.split_off(&(target + 1));
+            for (_, waiter) in std::mem::replace(&mut state.waiters, later) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+}
+
+async fn raw_tokenize(
+    axum::extract::State(raw): axum::extract::State<Arc<Raw>>,
+    axum::Json(body): axum::Json<TokenizeRequest>,
+) -> Result<axum::Json<TokenizeResponse>, axum::http::StatusCode> {
+    let failed = axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+    let mut tokens = Vec::with_capacity(body.items.len());
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(false);
+    for _ in &body.items {
+        let call = raw.calls.fetch_add(1, Ordering::Relaxed);
+        raw.db
+            .write_opt(raw.shape.batch(call), &wo)
+            .map_err(|_| failed)?;
+        // As long as a vault token.
+        tokens.push(format!("tok_{call:032x}"));
+    }
+    let waiting = {
+        let mut state = raw.lock();
+        state.written += 1;
+        let ticket = state.written;
+        raw.written.notify_one();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        state.waiters.insert(ticket, tx);
+        rx
+    };
+    waiting.await.map_err(|_| failed)?;
+    Ok(axum::Json(TokenizeResponse { tokens }))
 }
 
 // ---------------------------------------------------------------------------------

@@ -142,6 +142,12 @@ pub(crate) fn render_vault(vault: &vault_core::Vault, out: &mut String) {
         "Keys written (puts, deletes, merges).",
         c.keys_written,
     );
+    gauge(
+        out,
+        "vault_storage_bytes_written_total",
+        "Bytes written (keys and values).",
+        c.bytes_written,
+    );
     gauge(out, "vault_storage_seeks_total", "Iterator seeks.", c.seeks);
     gauge(
         out,

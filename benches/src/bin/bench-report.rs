@@ -391,6 +391,19 @@ fn http_section(out: &mut String, path: &Path) -> Result<()> {
             ceilings.join(", ")
         );
     }
+    // What the HTTPS tokenize target leaves for the vault: RocksDB alone, writing the
+    // vault's keys and bytes with the same durability, against the bare server.
+    if let (Some(raw), Some(bare)) = (rps("https_tokenize_raw"), rps("https_tokenize")) {
+        let _ = writeln!(
+            out,
+            "\nThe ceiling for HTTPS tokenize: RocksDB alone, writing what the vault writes per \
+             tokenize and answering once its WAL is synced (one thread syncing for every \
+             write, as the vault server does), behind the same TLS and JSON, against the bare \
+             axum server: {:.2} (measured one after the other, so with the drift between them). \
+             A vault that added nothing to those writes would reach this ratio and no more.",
+            raw / bare
+        );
+    }
     if let Some(ms) = listed(&r["postgres_erase_ms"], 1) {
         let _ = writeln!(
             out,
