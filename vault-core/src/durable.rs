@@ -29,7 +29,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
-use std::thread::{JoinHandle, Thread};
+use std::thread::{self, JoinHandle, Thread};
 
 use crate::error::{Error, StorageError};
 use crate::vault::Inner;
@@ -153,9 +153,19 @@ impl Drop for Exit<'_> {
     }
 }
 
+/// Whether the syncer waits for more writes before syncing: only when writes come
+/// from more than one caller at a time (more than one is waiting now, or the last
+/// sync covered more than one). A lone caller's every write would wait for nobody.
+fn gathers(pending: u64, last_covered: u64) -> bool {
+    pending > 1 || last_covered > 1
+}
+
 fn run(inner: &Inner) {
     let shared = &inner.wal_sync;
     let _exit = Exit(shared);
+    let gather = inner.opts.sync_gather;
+    // Writes the last sync covered.
+    let mut last_covered = 0;
     let mut state = shared.lock();
     loop {
         if state.failed.is_some() || state.synced == state.written {
@@ -169,6 +179,13 @@ fn run(inner: &Inner) {
                 .unwrap_or_else(PoisonError::into_inner);
             continue;
         }
+        if !gather.is_zero() && !state.stop && gathers(state.written - state.synced, last_covered) {
+            // Concurrent writers: let more of them finish their writes, so that one
+            // sync (and one round of wake-ups) covers them all.
+            drop(state);
+            thread::sleep(gather);
+            state = shared.lock();
+        }
         // Every write counted in `written` has returned, so it is in the WAL file
         // and this sync covers it.
         let target = state.written;
@@ -177,6 +194,7 @@ fn run(inner: &Inner) {
         state = shared.lock();
         match outcome {
             Ok(()) => {
+                last_covered = target - state.synced;
                 state.synced = target;
                 let later = state.waiters.split_off(&(target + 1));
                 for (_, waker) in std::mem::replace(&mut state.waiters, later) {
@@ -313,7 +331,9 @@ impl<T> Future for Synced<T> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::PoisonError;
+    use std::sync::{Barrier, PoisonError};
+    use std::thread;
+    use std::time::{Duration, Instant};
 
     use crate::error::Error;
     use crate::{KdfParams, RootKey, TokenizeRequest, Vault, VaultOptions};
@@ -365,6 +385,83 @@ mod tests {
         assert!(written() > before);
         let got = vault.detokenize(&tokens[0].to_string())?;
         assert_eq!(got.value.as_str(), Some("a@x"));
+        Ok(())
+    }
+
+    #[test]
+    fn the_syncer_gathers_only_when_writers_overlap() {
+        // One write waiting and the last sync covering one: a lone caller.
+        assert!(!super::gathers(1, 0));
+        assert!(!super::gathers(1, 1));
+        // Several waiting now, or the last sync covered several.
+        assert!(super::gathers(2, 0));
+        assert!(super::gathers(1, 2));
+    }
+
+    fn gathering_vault(dir: &std::path::Path) -> Result<Vault, Error> {
+        let opts = VaultOptions::default()
+            .background_worker(false)
+            .kdf_params(KdfParams::MINIMUM)
+            .sync_gather(GATHER);
+        Vault::open(dir, &RootKey::from_bytes(&[7; 32])?, opts)
+    }
+
+    /// The longest gather the options allow, so that a wait for it stands out
+    /// from any fsync.
+    const GATHER: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn a_lone_writer_is_not_made_to_wait() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("temporary directory", e))?;
+        let vault = gathering_vault(dir.path())?;
+        let started = Instant::now();
+        for i in 0..10 {
+            let subject = format!("customer-{i}");
+            let request = [TokenizeRequest::new(&subject, "email", b"a@x")];
+            vault.tokenize_batch_unsynced(&request)?.wait()?;
+        }
+        // Ten gathers would take a second.
+        let took = started.elapsed();
+        assert!(took < GATHER * 5, "ten lone writes took {took:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn overlapping_writers_wait_to_share_a_sync() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("temporary directory", e))?;
+        let vault = gathering_vault(dir.path())?;
+        let start = Barrier::new(4);
+        let waits: Vec<Duration> = thread::scope(|scope| {
+            let writers: Vec<_> = (0..4)
+                .map(|w| {
+                    let (vault, start) = (&vault, &start);
+                    scope.spawn(move || -> Result<Vec<(String, Duration)>, Error> {
+                        start.wait();
+                        let mut done = Vec::new();
+                        for i in 0..3 {
+                            let subject = format!("customer-{w}-{i}");
+                            let request = [TokenizeRequest::new(&subject, "email", b"a@x")];
+                            let began = Instant::now();
+                            let tokens = vault.tokenize_batch_unsynced(&request)?.wait()?;
+                            done.push((tokens[0].to_string(), began.elapsed()));
+                        }
+                        Ok(done)
+                    })
+                })
+                .collect();
+            let mut waits = Vec::new();
+            for writer in writers {
+                for (token, waited) in writer.join().expect("writer")? {
+                    assert_eq!(vault.detokenize(&token)?.value.as_str(), Some("a@x"));
+                    waits.push(waited);
+                }
+            }
+            Ok::<_, Error>(waits)
+        })?;
+        // Twelve writes from four callers at once: some sync was shared (or found
+        // several waiting), and the one after it waited to gather.
+        let longest = waits.iter().max().copied().unwrap_or_default();
+        assert!(longest >= GATHER, "no write waited to gather: {waits:?}");
         Ok(())
     }
 }

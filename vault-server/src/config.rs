@@ -20,6 +20,7 @@
 //! purge_delay_secs = 900                    # 0 purges at once on erase
 //! audit_retention_days = 730                # audit events kept (default: forever)
 //! sync_read_events = false                  # fsync each read's audit event (default: within 100 ms)
+//! sync_gather_us = 500                      # concurrent writes wait this long to share a WAL sync (0-100000)
 //!
 //! [[api_keys]]
 //! name = "billing"
@@ -163,6 +164,9 @@ pub struct VaultConfig {
     /// Sync each read's audit event before answering (default: synced within 100 ms;
     /// written before answering either way).
     pub sync_read_events: bool,
+    /// How long concurrent writes wait for more to share a WAL sync, in
+    /// microseconds (0-100 000); a lone writer never waits.
+    pub sync_gather_us: u64,
 }
 
 impl Default for VaultConfig {
@@ -171,6 +175,7 @@ impl Default for VaultConfig {
             purge_delay_secs: 15 * 60,
             audit_retention_days: None,
             sync_read_events: false,
+            sync_gather_us: vault_core::DEFAULT_SYNC_GATHER.as_micros() as u64,
         }
     }
 }
@@ -234,6 +239,8 @@ pub struct ServerConfig {
     pub audit_retention: Option<Duration>,
     /// Sync each read's audit event before answering.
     pub sync_read_events: bool,
+    /// How long concurrent writes wait for more to share a WAL sync.
+    pub sync_gather: Duration,
 }
 
 impl ServerConfig {
@@ -272,7 +279,9 @@ impl ServerConfig {
         if let Some(period) = self.audit_retention {
             options = options.audit_retention(period);
         }
-        options.sync_read_events(self.sync_read_events)
+        options
+            .sync_read_events(self.sync_read_events)
+            .sync_gather(self.sync_gather)
     }
 }
 
@@ -331,7 +340,17 @@ pub fn resolve(
             .map(|days| days_between("vault.audit_retention_days", days))
             .transpose()?,
         sync_read_events: file.vault.sync_read_events,
+        sync_gather: sync_gather(file.vault.sync_gather_us)?,
     })
+}
+
+fn sync_gather(micros: u64) -> Result<Duration, ConfigError> {
+    if micros > 100_000 {
+        return Err(ConfigError::new(
+            "vault.sync_gather_us must be at most 100000 (100 ms)",
+        ));
+    }
+    Ok(Duration::from_micros(micros))
 }
 
 fn check_retention(days: &BTreeMap<String, u64>) -> Result<Vec<(String, Duration)>, ConfigError> {
@@ -680,6 +699,7 @@ mod tests {
         assert!(matches!(config.transport, Transport::InsecurePlainHttp));
         assert_eq!(config.api_keys.len(), 1);
         assert_eq!(config.limits.max_batch, 1000);
+        assert_eq!(config.sync_gather, vault_core::DEFAULT_SYNC_GATHER);
         Ok(())
     }
 
@@ -792,6 +812,13 @@ mod tests {
             config.audit_retention,
             Some(Duration::from_secs(400 * 86_400))
         );
+        let gather =
+            format!("insecure_plain_http = true\n{root}{key}[vault]\nsync_gather_us = 100001\n");
+        assert!(parse(&gather).is_err_and(|e| e.to_string().contains("sync_gather_us")));
+        let gather =
+            format!("insecure_plain_http = true\n{root}{key}[vault]\nsync_gather_us = 0\n");
+        let config = parse(&gather).expect("no gathering is accepted");
+        assert_eq!(config.sync_gather, Duration::ZERO);
         let masked_export = format!(
             "insecure_plain_http = true\n{root}{}",
             key.replace("[\"tokenize\"]", "[\"export\"]\nmasked = true")

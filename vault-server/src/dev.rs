@@ -99,6 +99,7 @@ pub fn prepare(data_dir: &Path) -> Result<(ServerConfig, DevInfo), ConfigError> 
         retention: Vec::new(),
         audit_retention: None,
         sync_read_events: false,
+        sync_gather: vault_core::DEFAULT_SYNC_GATHER,
     };
     let ca_cert = fs::canonicalize(&cert_path).unwrap_or(cert_path);
     Ok((config, DevInfo { ca_cert, api_key }))
