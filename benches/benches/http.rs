@@ -17,7 +17,8 @@
 //! 3. for tokenize, RocksDB alone behind the same TLS and JSON (a third child), writing
 //!    as many keys and bytes per call as the vault did in its measurement (read from
 //!    its `/metrics`), answering once the WAL is synced by one thread for every write,
-//!    as the vault server does: what the durable writes cost without the vault;
+//!    which waits as the vault server's does for concurrent writes to share a sync:
+//!    what the durable writes cost without the vault;
 //! 4. PostgreSQL + pgcrypto ("do it yourself"), when `VAULT_BENCH_PG` holds a
 //!    connection string: one row per value, encrypted by `pgp_sym_encrypt` (AES-256),
 //!    same records, same 64 connections, PostgreSQL's default durability; plus the
@@ -808,7 +809,7 @@ async fn write_counters(ca_pem: &[u8], base: &str) -> Res<WriteCounters> {
     let value = |name: &str| -> Res<f64> {
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or("0")
+            .ok_or_else(|| format!("/metrics has no {name}"))?
             .trim()
             .parse::<f64>()
             .map_err(|e| format!("/metrics {name}: {e}").into())
@@ -1229,7 +1230,8 @@ async fn echo<T: Serialize + DeserializeOwned>(axum::Json(body): axum::Json<T>) 
 /// per call, 16-byte keys scattered like token ids) to a RocksDB in `DIR` holding
 /// `RECORDS` records, and answers once the WAL is synced. The write is the vault
 /// server's: unsynced on the async worker, then awaited while one thread syncs the
-/// WAL for every write finished (as `vault-core/src/durable.rs`).
+/// WAL for every write finished, first waiting the server's `sync_gather` when
+/// writes come from several callers (as `vault-core/src/durable.rs`).
 fn raw_role() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [cert, key, dir, keys, bytes, records] = args.as_slice() else {
@@ -1264,6 +1266,7 @@ fn raw_role() -> ExitCode {
         .route(Op::Tokenize.path(), axum::routing::post(raw_tokenize))
         .with_state(raw);
     let served = runtime.block_on(serve_tls(Path::new(cert), Path::new(key), app));
+    // The syncer runs until the process exits.
     drop(syncer);
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -1280,7 +1283,7 @@ struct Raw {
     /// Calls so far: each one's keys are derived from its number.
     calls: AtomicU64,
     sync: std::sync::Mutex<RawSync>,
-    /// Wakes the syncer when a write finishes.
+    /// Wakes the idle syncer when a write finishes.
     written: std::sync::Condvar,
 }
 
@@ -1289,6 +1292,8 @@ struct RawSync {
     /// Unsynced writes finished; a write's ticket is the count after it.
     written: u64,
     synced: u64,
+    /// The syncer waits for a write (a finished write must wake it).
+    idle: bool,
     waiters: std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -1312,6 +1317,10 @@ impl Raw {
             db.write_opt(batch, &wo).expect("raw load");
         }
         db.flush().expect("raw flush");
+        // Measured settled, as the vault is after its load and earlier measurements.
+        while vault_benches::raw_background_work(&db) > 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         Raw {
             db,
             shape,
@@ -1328,20 +1337,33 @@ impl Raw {
     }
 
     /// Syncs the WAL whenever writes have finished since the last sync, and
-    /// answers their waiters.
+    /// answers their waiters; waits for more first when they come from several
+    /// callers (the vault server's rule and wait).
     fn sync_forever(&self) {
+        let mut last_covered = 0;
         let mut state = self.lock();
         loop {
             while state.synced == state.written {
+                state.idle = true;
                 state = self
                     .written
-                    .wait(state)
+                    .wait_while(state, |s| s.idle)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if state.written - state.synced > 1 || last_covered > 1 {
+                drop(state);
+                std::thread::sleep(vault_core::DEFAULT_SYNC_GATHER);
+                state = self.lock();
             }
             let target = state.written;
             drop(state);
-            self.db.flush_wal(true).expect("raw WAL sync");
+            if let Err(e) = self.db.flush_wal(true) {
+                // Nothing more is acknowledged: the waiters' requests fail.
+                eprintln!("raw role: WAL sync: {e}");
+                std::process::exit(1);
+            }
             state = self.lock();
+            last_covered = target - state.synced;
             state.synced = target;
             let later = state.waiters.split_off(&(target + 1));
             for (_, waiter) in std::mem::replace(&mut state.waiters, later) {
@@ -1371,7 +1393,10 @@ async fn raw_tokenize(
         let mut state = raw.lock();
         state.written += 1;
         let ticket = state.written;
-        raw.written.notify_one();
+        if state.idle {
+            state.idle = false;
+            raw.written.notify_one();
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         state.waiters.insert(ticket, tx);
         rx

@@ -59,7 +59,7 @@ pub use export::SubjectExport;
 pub use keys::RootKey;
 pub use options::{
     Clock, DEFAULT_ACTOR, DEFAULT_SYNC_GATHER, Durability, KdfParams, Limits, MAX_PURGE_DELAY,
-    PurgePolicy, SystemClock, VaultOptions, valid_actor,
+    MAX_SYNC_GATHER, PurgePolicy, SystemClock, VaultOptions, valid_actor,
 };
 pub use purposes::{Access, LawfulBasis, Mask, Purpose, valid_purpose_name};
 pub use records::{Detokenized, ExportedRecord, Plaintext};

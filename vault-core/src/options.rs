@@ -220,7 +220,7 @@ impl Default for VaultOptions {
             actor: DEFAULT_ACTOR.to_owned(),
             audit_retention: None,
             sync_read_events: false,
-            sync_gather: DEFAULT_SYNC_GATHER,
+            sync_gather: Duration::ZERO,
         }
     }
 }
@@ -363,15 +363,15 @@ impl VaultOptions {
     }
 
     /// How long the thread that syncs the WAL for awaited writes
-    /// ([`Vault::tokenize_batch_unsynced`](crate::Vault::tokenize_batch_unsynced),
-    /// what the server uses) waits for more writes to share a sync, when writes
-    /// come from more than one caller at a time. Default
-    /// [`DEFAULT_SYNC_GATHER`]: under 64 concurrent HTTPS tokenize connections,
-    /// fewer syncs and wake-ups raised the server's rate relative to RocksDB alone
-    /// from about 0.68 to 0.87 (`benches/NOTES.md`), for up to this much more
-    /// latency per write. A lone caller (one write per sync) is never made to
-    /// wait; zero syncs at once. Writes synced as they are made
-    /// ([`tokenize_batch`](crate::Vault::tokenize_batch)) do not use it.
+    /// ([`Vault::tokenize_batch_unsynced`](crate::Vault::tokenize_batch_unsynced))
+    /// waits for more writes to share a sync, when writes come from more than one
+    /// caller at a time. Default zero: sync at once. Worth it when many callers
+    /// write at once and CPU is what limits them (the server, whose default is
+    /// [`DEFAULT_SYNC_GATHER`]): fewer syncs and rounds of wake-ups, for up to this
+    /// much more latency per write; with a few callers on a fast disk it costs
+    /// throughput. A lone caller waits at most once, with its first write after
+    /// concurrent ones. At most 100 ms ([`MAX_SYNC_GATHER`]). Writes synced as they
+    /// are made ([`tokenize_batch`](crate::Vault::tokenize_batch)) do not use it.
     pub fn sync_gather(mut self, wait: Duration) -> Self {
         self.sync_gather = wait;
         self
@@ -435,9 +435,10 @@ impl VaultOptions {
 /// [`VaultOptions::actor`] names another.
 pub const DEFAULT_ACTOR: &str = "embedded";
 
-/// The default of [`VaultOptions::sync_gather`]: 500 µs.
+/// The server's default for [`VaultOptions::sync_gather`]: 500 µs.
 pub const DEFAULT_SYNC_GATHER: Duration = Duration::from_micros(500);
-const MAX_SYNC_GATHER: Duration = Duration::from_millis(100);
+/// The longest [`VaultOptions::sync_gather`]: every awaited write can wait that long.
+pub const MAX_SYNC_GATHER: Duration = Duration::from_millis(100);
 
 /// Whether `name` can name an actor in the audit trail: 1-64 of ASCII letters,
 /// digits, `_`, `-`, `.`, `:`.

@@ -439,9 +439,9 @@ const SHORT_WRITE_BYTES: usize = 4 << 10;
 /// How often a short tokenization is tried on the async worker before it goes to the
 /// blocking pool. What is in its way is most often the other worker's write, a few
 /// tens of microseconds; every yield serves other tasks meanwhile. With 4 tries a
-/// quarter of the tokenize load went to the blocking pool, whose callers park in
-/// the journal and make the next ones wait too (2.5 futex calls a request, against
-/// 0.8 with 64 tries).
+/// quarter of the server's CPU under the tokenize load was on blocking-pool threads,
+/// whose callers park in the journal and make the next ones wait too (2.5 futex
+/// calls a request, against 0.8 with 64 tries).
 const SHORT_WRITE_TRIES: usize = 64;
 
 impl Work {

@@ -169,13 +169,16 @@ pub struct VaultConfig {
     pub sync_gather_us: u64,
 }
 
+/// [`vault_core::DEFAULT_SYNC_GATHER`] in microseconds.
+const DEFAULT_SYNC_GATHER_US: u64 = 500;
+
 impl Default for VaultConfig {
     fn default() -> Self {
         VaultConfig {
             purge_delay_secs: 15 * 60,
             audit_retention_days: None,
             sync_read_events: false,
-            sync_gather_us: vault_core::DEFAULT_SYNC_GATHER.as_micros() as u64,
+            sync_gather_us: DEFAULT_SYNC_GATHER_US,
         }
     }
 }
@@ -345,12 +348,14 @@ pub fn resolve(
 }
 
 fn sync_gather(micros: u64) -> Result<Duration, ConfigError> {
-    if micros > 100_000 {
-        return Err(ConfigError::new(
-            "vault.sync_gather_us must be at most 100000 (100 ms)",
-        ));
+    let wait = Duration::from_micros(micros);
+    if wait > vault_core::MAX_SYNC_GATHER {
+        return Err(ConfigError::new(format!(
+            "vault.sync_gather_us must be at most {}",
+            vault_core::MAX_SYNC_GATHER.as_micros()
+        )));
     }
-    Ok(Duration::from_micros(micros))
+    Ok(wait)
 }
 
 fn check_retention(days: &BTreeMap<String, u64>) -> Result<Vec<(String, Duration)>, ConfigError> {

@@ -145,7 +145,7 @@ pub(crate) fn render_vault(vault: &vault_core::Vault, out: &mut String) {
     gauge(
         out,
         "vault_storage_bytes_written_total",
-        "Bytes written (keys and values).",
+        "Bytes written in write batches (keys, values and their framing).",
         c.bytes_written,
     );
     gauge(out, "vault_storage_seeks_total", "Iterator seeks.", c.seeks);
