@@ -18,7 +18,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use vault_benches::{Pick, WriteShape, raw_db, settle};
+use vault_benches::{Pick, WriteShape, load_raw_records, raw_db, settle};
 use vault_core::{
     Access, Durability, LawfulBasis, PurgePolicy, Purpose, RootKey, TokenizeRequest, Vault,
     VaultOptions,
@@ -104,24 +104,10 @@ fn loaded() -> &'static Loaded {
         // The raw database: as many records of the vault's stored record size, under
         // random 16-byte keys, and the exported subject's 1 000 under one prefix.
         let db = raw_db(rdir.path());
-        let mut pick = Pick::new(7);
+        let raw_keys = load_raw_records(&db, n);
         let record = vec![0x5a_u8; 200];
-        let mut raw_keys = Vec::with_capacity(n);
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(false);
-        for chunk in 0..n.div_ceil(1000) {
-            let mut batch = rocksdb::WriteBatch::default();
-            for _ in 0..1000.min(n - chunk * 1000) {
-                let mut key = [0u8; 16];
-                key[..8].copy_from_slice(&(pick.below(usize::MAX) as u64).to_be_bytes());
-                key[8..].copy_from_slice(&(raw_keys.len() as u64).to_be_bytes());
-                // Below the exported subject's prefix (0xee…).
-                key[0] &= 0x7f;
-                batch.put(key, &record);
-                raw_keys.push(key);
-            }
-            db.write_opt(batch, &wo).expect("raw load");
-        }
         let mut batch = rocksdb::WriteBatch::default();
         for i in 0..EXPORTED as u64 {
             let mut key = [0xee_u8; 24];

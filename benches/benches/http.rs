@@ -303,13 +303,7 @@ async fn run() -> Res<()> {
         dev_dir.join("tls-cert.pem").into(),
         dev_dir.join("tls-key.pem").into(),
     ];
-    let (axum_child, axum_info) =
-        tokio::task::block_in_place(|| ChildGuard::spawn("axum", &axum_args, &axum_log))?;
-    let axum_url = axum_info
-        .get("url")
-        .and_then(Value::as_str)
-        .ok_or("the axum server's start line has no url")?
-        .to_owned();
+    let (axum_child, axum_url) = ChildGuard::spawn_server("axum", &axum_args, &axum_log)?;
     println!("axum echo:    pid {} at {axum_url}", axum_child.pid());
 
     // Load the vault over HTTP, sampling the server's memory.
@@ -345,11 +339,14 @@ async fn run() -> Res<()> {
     let mut axum_stats = [Stats::default(); 3];
     let mut shape = None;
     for op in Op::MEASURED {
-        let before = write_counters(&ca_pem, &vault_url).await?;
+        let before = match op {
+            Op::Tokenize => Some(write_counters(&ca_pem, &vault_url).await?),
+            _ => None,
+        };
         let stats = measure_http(&cfg, &ca_pem, &vault_url, &api_key, op, &data).await?;
         print_line("vault", op.name(), stats);
         vault_stats[op.index()] = stats;
-        if op == Op::Tokenize {
+        if let Some(before) = before {
             shape = Some(before.shape_to(&write_counters(&ca_pem, &vault_url).await?)?);
         }
         let stats = measure_http(&cfg, &ca_pem, &axum_url, &api_key, op, &data).await?;
@@ -372,13 +369,7 @@ async fn run() -> Res<()> {
         "raw RocksDB: {} keys and {} bytes per tokenize (the vault's), loading {} records...",
         shape.keys, shape.bytes, cfg.records
     );
-    let (raw_child, raw_info) =
-        tokio::task::block_in_place(|| ChildGuard::spawn("raw", &raw_args, &raw_log))?;
-    let raw_url = raw_info
-        .get("url")
-        .and_then(Value::as_str)
-        .ok_or("the raw server's start line has no url")?
-        .to_owned();
+    let (raw_child, raw_url) = ChildGuard::spawn_server("raw", &raw_args, &raw_log)?;
     println!("raw RocksDB:  pid {} at {raw_url}", raw_child.pid());
     let raw_stats = measure_http(&cfg, &ca_pem, &raw_url, &api_key, Op::Tokenize, &data).await?;
     print_line("raw", Op::Tokenize.name(), raw_stats);
@@ -1162,32 +1153,28 @@ fn axum_role() -> ExitCode {
         eprintln!("axum role: expected CERT KEY");
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("axum role: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(axum_serve(Path::new(cert), Path::new(key))) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("axum role: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn axum_serve(cert: &Path, key: &Path) -> Res<()> {
     use axum::routing::post;
     let app = axum::Router::new()
         .route(Op::Tokenize.path(), post(echo::<TokenizeRequest>))
         .route(Op::Detokenize.path(), post(echo::<DetokenizeRequest>))
         .route(Op::Export.path(), post(echo::<SubjectRequest>));
-    serve_tls(cert, key, app).await
+    serve_role("axum", cert, key, app)
+}
+
+/// Serves `app` for a child role until the process ends.
+fn serve_role(role: &str, cert: &str, key: &str, app: axum::Router) -> ExitCode {
+    let served = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Into::into)
+        .and_then(|runtime| runtime.block_on(serve_tls(Path::new(cert), Path::new(key), app)));
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{role} role: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Serves `app` over TLS on a loopback port, as vault-server does; prints
@@ -1248,33 +1235,15 @@ fn raw_role() -> ExitCode {
         WriteShape { keys, bytes },
         records,
     ));
-    let syncer = {
+    // The syncer runs until the process exits.
+    std::thread::spawn({
         let raw = raw.clone();
-        std::thread::spawn(move || raw.sync_forever())
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("raw role: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+        move || raw.sync_forever()
+    });
     let app = axum::Router::new()
         .route(Op::Tokenize.path(), axum::routing::post(raw_tokenize))
         .with_state(raw);
-    let served = runtime.block_on(serve_tls(Path::new(cert), Path::new(key), app));
-    // The syncer runs until the process exits.
-    drop(syncer);
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("raw role: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    serve_role("raw", cert, key, app)
 }
 
 struct Raw {
@@ -1302,20 +1271,7 @@ impl Raw {
     /// writes `records` records of the vault's stored record size under random keys.
     fn load(dir: &Path, shape: WriteShape, records: usize) -> Raw {
         let db = vault_benches::raw_db(dir);
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.disable_wal(true);
-        let mut pick = vault_benches::Pick::new(7);
-        let record = [0x5a_u8; 200];
-        for chunk in 0..records.div_ceil(1000) {
-            let mut batch = rocksdb::WriteBatch::default();
-            for i in chunk * 1000..records.min(chunk * 1000 + 1000) {
-                let mut key = [0u8; 16];
-                key[..8].copy_from_slice(&(pick.below(usize::MAX) as u64).to_be_bytes());
-                key[8..].copy_from_slice(&(i as u64).to_be_bytes());
-                batch.put(key, record);
-            }
-            db.write_opt(batch, &wo).expect("raw load");
-        }
+        vault_benches::load_raw_records(&db, records);
         db.flush().expect("raw flush");
         // Measured settled, as the vault is after its load and earlier measurements.
         while vault_benches::raw_background_work(&db) > 0 {
@@ -1451,6 +1407,17 @@ impl ChildGuard {
         let info: Value = serde_json::from_str(line.trim())
             .map_err(|e| format!("the {role} child's start line is not JSON ({e}): {line}"))?;
         Ok((guard, info))
+    }
+
+    /// [`spawn`](Self::spawn) for a server role (from the runtime); its URL.
+    fn spawn_server(role: &str, args: &[OsString], log: &Path) -> Res<(ChildGuard, String)> {
+        let (child, info) = tokio::task::block_in_place(|| ChildGuard::spawn(role, args, log))?;
+        let url = info
+            .get("url")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("the {role} server's start line has no url"))?
+            .to_owned();
+        Ok((child, url))
     }
 
     fn pid(&self) -> u32 {

@@ -24,6 +24,31 @@ pub fn raw_db(dir: &Path) -> rocksdb::DB {
     rocksdb::DB::open(&opts, dir).expect("open the raw baseline database")
 }
 
+/// Writes `n` records of the vault's stored record size (200 bytes) into a raw
+/// database under random 16-byte keys, scattered like token ids and below the
+/// exported subject's prefix (0xee…), in unsynced batches of 1 000; their keys, in
+/// order.
+pub fn load_raw_records(db: &rocksdb::DB, n: usize) -> Vec<[u8; 16]> {
+    let mut pick = Pick::new(7);
+    let record = [0x5a_u8; 200];
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(false);
+    let mut keys = Vec::with_capacity(n);
+    for chunk in 0..n.div_ceil(1000) {
+        let mut batch = rocksdb::WriteBatch::default();
+        for _ in 0..1000.min(n - chunk * 1000) {
+            let mut key = [0u8; 16];
+            key[..8].copy_from_slice(&(pick.below(usize::MAX) as u64).to_be_bytes());
+            key[8..].copy_from_slice(&(keys.len() as u64).to_be_bytes());
+            key[0] &= 0x7f;
+            batch.put(key, record);
+            keys.push(key);
+        }
+        db.write_opt(batch, &wo).expect("raw load");
+    }
+    keys
+}
+
 /// Flushes and compactions running or pending in a raw database.
 pub fn raw_background_work(db: &rocksdb::DB) -> u64 {
     [

@@ -165,12 +165,10 @@ pub struct VaultConfig {
     /// written before answering either way).
     pub sync_read_events: bool,
     /// How long concurrent writes wait for more to share a WAL sync, in
-    /// microseconds (0-100 000); a lone writer never waits.
-    pub sync_gather_us: u64,
+    /// microseconds (0-100 000; [`vault_core::DEFAULT_SYNC_GATHER`] if unset); a
+    /// lone writer waits at most once, after concurrent ones.
+    pub sync_gather_us: Option<u64>,
 }
-
-/// [`vault_core::DEFAULT_SYNC_GATHER`] in microseconds.
-const DEFAULT_SYNC_GATHER_US: u64 = 500;
 
 impl Default for VaultConfig {
     fn default() -> Self {
@@ -178,7 +176,7 @@ impl Default for VaultConfig {
             purge_delay_secs: 15 * 60,
             audit_retention_days: None,
             sync_read_events: false,
-            sync_gather_us: DEFAULT_SYNC_GATHER_US,
+            sync_gather_us: None,
         }
     }
 }
@@ -343,7 +341,10 @@ pub fn resolve(
             .map(|days| days_between("vault.audit_retention_days", days))
             .transpose()?,
         sync_read_events: file.vault.sync_read_events,
-        sync_gather: sync_gather(file.vault.sync_gather_us)?,
+        sync_gather: file
+            .vault
+            .sync_gather_us
+            .map_or(Ok(vault_core::DEFAULT_SYNC_GATHER), sync_gather)?,
     })
 }
 
