@@ -7,15 +7,20 @@ use std::path::Path;
 
 /// Raw RocksDB with the options the vault gives its own column families (bloom
 /// filter, block cache, compression), so that a raw operation is the same storage
-/// work the vault does, minus the vault.
+/// work the vault does, minus the vault: the library's block cache.
 pub fn raw_db(dir: &Path) -> rocksdb::DB {
+    raw_db_with_cache(dir, vault_core::DEFAULT_BLOCK_CACHE)
+}
+
+/// [`raw_db`] with a block cache of `cache_bytes` (the server's is bigger).
+pub fn raw_db_with_cache(dir: &Path, cache_bytes: usize) -> rocksdb::DB {
     let mut opts = rocksdb::Options::default();
     opts.create_if_missing(true);
     opts.set_max_background_jobs(2);
     opts.set_bytes_per_sync(1 << 20);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Lz4);
-    let cache = rocksdb::Cache::new_lru_cache(64 << 20);
+    let cache = rocksdb::Cache::new_lru_cache(cache_bytes);
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_block_cache(&cache);
     table.set_bloom_filter(10.0, false);

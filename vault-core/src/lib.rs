@@ -58,8 +58,9 @@ pub use error::{Argument, Error, InputError, Problem, StorageError};
 pub use export::SubjectExport;
 pub use keys::RootKey;
 pub use options::{
-    Clock, DEFAULT_ACTOR, DEFAULT_SYNC_GATHER, Durability, KdfParams, Limits, MAX_PURGE_DELAY,
-    MAX_SYNC_GATHER, PurgePolicy, SystemClock, VaultOptions, valid_actor,
+    Clock, DEFAULT_ACTOR, DEFAULT_BLOCK_CACHE, DEFAULT_SYNC_GATHER, Durability, KdfParams, Limits,
+    MAX_PURGE_DELAY, MAX_SYNC_GATHER, MIN_BLOCK_CACHE, PurgePolicy, SERVER_BLOCK_CACHE,
+    SystemClock, VaultOptions, valid_actor,
 };
 pub use purposes::{Access, LawfulBasis, Mask, Purpose, valid_purpose_name};
 pub use records::{Detokenized, ExportedRecord, Plaintext};

@@ -200,6 +200,7 @@ pub struct VaultOptions {
     pub(crate) audit_retention: Option<Duration>,
     pub(crate) sync_read_events: bool,
     pub(crate) sync_gather: Duration,
+    pub(crate) block_cache_bytes: usize,
 }
 
 impl Default for VaultOptions {
@@ -221,6 +222,7 @@ impl Default for VaultOptions {
             audit_retention: None,
             sync_read_events: false,
             sync_gather: Duration::ZERO,
+            block_cache_bytes: DEFAULT_BLOCK_CACHE,
         }
     }
 }
@@ -377,6 +379,19 @@ impl VaultOptions {
         self
     }
 
+    /// Memory for RocksDB's cache of table-file blocks, shared by every column
+    /// family, in bytes. Default 64 MiB ([`DEFAULT_BLOCK_CACHE`]); at least 1 MiB
+    /// ([`MIN_BLOCK_CACHE`]); the server's default is [`SERVER_BLOCK_CACHE`]. A read
+    /// whose block is not cached reads it from its file (from the OS page cache at
+    /// best) and caches it, evicting another; once the blocks read are many times
+    /// the cache, most reads miss it. It bounds only cached data blocks: memtables
+    /// (64 MiB per column family at most) and the files' index and filter blocks
+    /// (a few MiB per million keys) come on top.
+    pub fn block_cache_bytes(mut self, bytes: usize) -> Self {
+        self.block_cache_bytes = bytes;
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), Error> {
         self.policy.validate()?;
         if !valid_actor(&self.actor) {
@@ -414,6 +429,11 @@ impl VaultOptions {
                 "sync_gather must be at most 100 ms: every awaited write can wait that long",
             ));
         }
+        if self.block_cache_bytes < MIN_BLOCK_CACHE {
+            return Err(Error::InvalidOption(
+                "the block cache must be at least 1 MiB",
+            ));
+        }
         let l = &self.limits;
         if l.max_subject_len == 0
             || l.max_field_len == 0
@@ -439,6 +459,16 @@ pub const DEFAULT_ACTOR: &str = "embedded";
 pub const DEFAULT_SYNC_GATHER: Duration = Duration::from_micros(500);
 /// The longest [`VaultOptions::sync_gather`]: every awaited write can wait that long.
 pub const MAX_SYNC_GATHER: Duration = Duration::from_millis(100);
+
+/// The default of [`VaultOptions::block_cache_bytes`]: 64 MiB, modest next to the
+/// process a library is embedded in.
+pub const DEFAULT_BLOCK_CACHE: usize = 64 << 20;
+/// The server's default for [`VaultOptions::block_cache_bytes`]: 256 MiB. A server
+/// has its machine to itself, and with a million records (about 230 MiB of files)
+/// nearly every block read is then in memory (BENCHMARKS.md has the measurement).
+pub const SERVER_BLOCK_CACHE: usize = 256 << 20;
+/// The smallest [`VaultOptions::block_cache_bytes`].
+pub const MIN_BLOCK_CACHE: usize = 1 << 20;
 
 /// Whether `name` can name an actor in the audit trail: 1-64 of ASCII letters,
 /// digits, `_`, `-`, `.`, `:`.
@@ -488,6 +518,15 @@ mod tests {
             ..KdfParams::MINIMUM
         };
         assert!(weak.validate().is_err());
+    }
+
+    #[test]
+    fn block_cache_has_a_floor() {
+        assert!(VaultOptions::default().validate().is_ok());
+        let least = VaultOptions::default().block_cache_bytes(MIN_BLOCK_CACHE);
+        assert!(least.validate().is_ok());
+        let less = VaultOptions::default().block_cache_bytes(MIN_BLOCK_CACHE - 1);
+        assert!(matches!(less.validate(), Err(Error::InvalidOption(_))));
     }
 
     #[test]

@@ -169,6 +169,10 @@ pub struct StorageCounters {
     pub bytes_written: u64,
     /// Flushes and compactions running or pending now (not a counter).
     pub background_work: u64,
+    /// The block cache's capacity in bytes (read with or without statistics).
+    pub block_cache_capacity: u64,
+    /// Bytes in the block cache now (read with or without statistics).
+    pub block_cache_usage: u64,
 }
 
 /// Storage options taken from the vault's options.
@@ -177,6 +181,7 @@ pub(crate) struct StoreOptions {
     pub durability: Durability,
     pub compression: bool,
     pub statistics: bool,
+    pub block_cache_bytes: usize,
 }
 
 pub(crate) struct Store {
@@ -247,7 +252,7 @@ impl Store {
             // reads each), and nothing reads them.
             opts.set_statistics_level(StatsLevel::ExceptHistogramOrTimers);
         }
-        let cache = Cache::new_lru_cache(64 << 20);
+        let cache = Cache::new_lru_cache(so.block_cache_bytes);
         let compression = if so.compression {
             DBCompressionType::Lz4
         } else {
@@ -437,7 +442,18 @@ impl Store {
             wal_syncs: t(Ticker::WalFileSynced),
             bytes_written: t(Ticker::BytesWritten),
             background_work: self.background_work(),
+            block_cache_capacity: self.property(Cf::Records, "rocksdb.block-cache-capacity"),
+            block_cache_usage: self.property(Cf::Records, "rocksdb.block-cache-usage"),
         }
+    }
+
+    /// An integer property of a column family (0 if RocksDB has none to give).
+    fn property(&self, cf: Cf, name: &str) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(cf), name)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
     }
 
     /// Flushes and compactions running, and column families waiting for one.
@@ -644,8 +660,43 @@ mod tests {
                 durability: Durability::Synced,
                 compression: false,
                 statistics: true,
+                block_cache_bytes: crate::options::DEFAULT_BLOCK_CACHE,
             },
         )
+    }
+
+    #[test]
+    fn a_vault_uses_the_block_cache_its_options_ask_for() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("temporary directory", e))?;
+        let opts = crate::VaultOptions::default()
+            .background_worker(false)
+            .kdf_params(crate::KdfParams::MINIMUM)
+            .block_cache_bytes(5 << 20);
+        let vault = crate::Vault::open(dir.path(), &crate::RootKey::from_bytes(&[7; 32])?, opts)?;
+        assert_eq!(vault.storage_counters().block_cache_capacity, 5 << 20);
+        Ok(())
+    }
+
+    #[test]
+    fn every_family_uses_the_block_cache_asked_for() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(
+            dir.path(),
+            true,
+            StoreOptions {
+                durability: Durability::Synced,
+                compression: false,
+                statistics: false,
+                block_cache_bytes: 3 << 20,
+            },
+        )?;
+        for cf in Cf::ALL {
+            let capacity = store
+                .db
+                .property_int_value_cf(store.cf(cf), "rocksdb.block-cache-capacity")?;
+            assert_eq!(capacity, Some(3 << 20), "{}", cf.name());
+        }
+        Ok(())
     }
 
     #[test]

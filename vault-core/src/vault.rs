@@ -173,6 +173,7 @@ impl Vault {
                 durability: opts.durability,
                 compression: opts.compression,
                 statistics: opts.statistics,
+                block_cache_bytes: opts.block_cache_bytes,
             },
         )?;
         let index = ring.index_keys();
@@ -649,7 +650,8 @@ impl Vault {
         (self.inner.synced() && self.inner.opts.sync_read_events) || self.inner.staging.filling()
     }
 
-    /// Storage-engine counters (zero unless [`VaultOptions::statistics`] is on).
+    /// Storage-engine counters (zero unless [`VaultOptions::statistics`] is on), and
+    /// the block cache's capacity and use.
     pub fn storage_counters(&self) -> StorageCounters {
         self.inner.store.counters()
     }

@@ -1158,6 +1158,8 @@ mod tests {
         ), "{page}");
         assert!(!page.contains("tok_"), "no token in the metrics");
         assert!(page.contains("vault_up 1"));
+        let capacity = vault_core::DEFAULT_BLOCK_CACHE;
+        assert!(page.contains(&format!("vault_block_cache_capacity_bytes {capacity}\n")));
         Ok(())
     }
 }

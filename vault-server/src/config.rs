@@ -21,6 +21,7 @@
 //! audit_retention_days = 730                # audit events kept (default: forever)
 //! sync_read_events = false                  # fsync each read's audit event (default: within 100 ms)
 //! sync_gather_us = 500                      # concurrent writes wait this long to share a WAL sync (0-100000)
+//! block_cache_mib = 256                     # memory for cached blocks of the vault's files (1-1048576)
 //!
 //! [[api_keys]]
 //! name = "billing"
@@ -168,6 +169,9 @@ pub struct VaultConfig {
     /// microseconds (0-100 000; [`vault_core::DEFAULT_SYNC_GATHER`] if unset); a
     /// lone writer waits at most once, after concurrent ones.
     pub sync_gather_us: Option<u64>,
+    /// Memory for RocksDB's cache of the vault's file blocks, in MiB (1-1 048 576;
+    /// [`vault_core::SERVER_BLOCK_CACHE`] if unset).
+    pub block_cache_mib: Option<u64>,
 }
 
 impl Default for VaultConfig {
@@ -177,6 +181,7 @@ impl Default for VaultConfig {
             audit_retention_days: None,
             sync_read_events: false,
             sync_gather_us: None,
+            block_cache_mib: None,
         }
     }
 }
@@ -242,6 +247,8 @@ pub struct ServerConfig {
     pub sync_read_events: bool,
     /// How long concurrent writes wait for more to share a WAL sync.
     pub sync_gather: Duration,
+    /// Memory for RocksDB's block cache, in bytes.
+    pub block_cache_bytes: usize,
 }
 
 impl ServerConfig {
@@ -283,6 +290,7 @@ impl ServerConfig {
         options
             .sync_read_events(self.sync_read_events)
             .sync_gather(self.sync_gather)
+            .block_cache_bytes(self.block_cache_bytes)
     }
 }
 
@@ -345,7 +353,24 @@ pub fn resolve(
             .vault
             .sync_gather_us
             .map_or(Ok(vault_core::DEFAULT_SYNC_GATHER), sync_gather)?,
+        block_cache_bytes: file
+            .vault
+            .block_cache_mib
+            .map_or(Ok(vault_core::SERVER_BLOCK_CACHE), block_cache)?,
     })
+}
+
+/// The most `block_cache_mib` takes: 1 TiB.
+const MAX_BLOCK_CACHE_MIB: u64 = 1 << 20;
+
+fn block_cache(mib: u64) -> Result<usize, ConfigError> {
+    if !(1..=MAX_BLOCK_CACHE_MIB).contains(&mib) {
+        return Err(ConfigError::new(format!(
+            "vault.block_cache_mib must be 1-{MAX_BLOCK_CACHE_MIB}"
+        )));
+    }
+    usize::try_from(mib << 20)
+        .map_err(|_| ConfigError::new("vault.block_cache_mib is more than this machine addresses"))
 }
 
 fn sync_gather(micros: u64) -> Result<Duration, ConfigError> {
@@ -706,6 +731,7 @@ mod tests {
         assert_eq!(config.api_keys.len(), 1);
         assert_eq!(config.limits.max_batch, 1000);
         assert_eq!(config.sync_gather, vault_core::DEFAULT_SYNC_GATHER);
+        assert_eq!(config.block_cache_bytes, vault_core::SERVER_BLOCK_CACHE);
         Ok(())
     }
 
@@ -825,6 +851,25 @@ mod tests {
             format!("insecure_plain_http = true\n{root}{key}[vault]\nsync_gather_us = 0\n");
         let config = parse(&gather).expect("no gathering is accepted");
         assert_eq!(config.sync_gather, Duration::ZERO);
+        for mib in [0, MAX_BLOCK_CACHE_MIB + 1] {
+            let cache = format!(
+                "insecure_plain_http = true\n{root}{key}[vault]\nblock_cache_mib = {mib}\n"
+            );
+            assert!(parse(&cache).is_err_and(|e| e.to_string().contains("block_cache_mib")));
+        }
+        let cache =
+            format!("insecure_plain_http = true\n{root}{key}[vault]\nblock_cache_mib = 1\n");
+        let config = parse(&cache).expect("a 1 MiB block cache is accepted");
+        assert_eq!(config.block_cache_bytes, 1 << 20);
+        // And the vault opened with the config's options has it.
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let options = config
+            .vault_options()
+            .background_worker(false)
+            .kdf_params(vault_core::KdfParams::MINIMUM);
+        let vault = vault_core::Vault::open(dir.path(), &config.root_key, options)
+            .expect("the vault opens");
+        assert_eq!(vault.storage_counters().block_cache_capacity, 1 << 20);
         let masked_export = format!(
             "insecure_plain_http = true\n{root}{}",
             key.replace("[\"tokenize\"]", "[\"export\"]\nmasked = true")

@@ -163,6 +163,18 @@ pub(crate) fn render_vault(vault: &vault_core::Vault, out: &mut String) {
     );
     gauge(
         out,
+        "vault_block_cache_capacity_bytes",
+        "Capacity of the storage engine's block cache.",
+        c.block_cache_capacity,
+    );
+    gauge(
+        out,
+        "vault_block_cache_usage_bytes",
+        "Bytes in the storage engine's block cache.",
+        c.block_cache_usage,
+    );
+    gauge(
+        out,
         "vault_dek_cache_entries",
         "Unwrapped subject keys in the cache.",
         vault.cached_keys() as u64,
