@@ -467,13 +467,7 @@ impl Store {
                     "rocksdb.mem-table-flush-pending",
                 ]
                 .iter()
-                .map(|p| {
-                    self.db
-                        .property_int_value_cf(self.cf(cf), *p)
-                        .ok()
-                        .flatten()
-                        .unwrap_or(0)
-                })
+                .map(|p| self.property(cf, p))
                 .sum::<u64>()
             })
             .sum();
