@@ -18,7 +18,10 @@
 //!    as many keys and bytes per call as the vault did in its measurement (read from
 //!    its `/metrics`), answering once the WAL is synced by one thread for every write,
 //!    which waits as the vault server's does for concurrent writes to share a sync:
-//!    what the durable writes cost without the vault;
+//!    what the durable writes cost without the vault. Then tokenize again in
+//!    rounds, the vault, RocksDB alone and the bare server back to back (in turn
+//!    first), so that the ratios between them come from measurements seconds apart
+//!    rather than minutes: these machines drift by tens of percent in between;
 //! 4. PostgreSQL + pgcrypto ("do it yourself"), when `VAULT_BENCH_PG` holds a
 //!    connection string: one row per value, encrypted by `pgp_sym_encrypt` (AES-256),
 //!    same records, same 64 connections, PostgreSQL's default durability; plus the
@@ -67,6 +70,8 @@ const RECORDS_PER_SUBJECT: usize = 10;
 const LOAD_BATCH: usize = 1000;
 /// Erasures timed one after the other at the end (not under load).
 const ERASURES: usize = 5;
+/// Rounds of tokenize with the vault, RocksDB alone and the bare server back to back.
+const TOKENIZE_ROUNDS: usize = 3;
 /// The purpose used for detokenize (dev: legitimate interests, every field).
 const PURPOSE: &str = "support";
 const ROLE_ENV: &str = "VAULT_BENCH_ROLE";
@@ -373,6 +378,23 @@ async fn run() -> Res<()> {
     println!("raw RocksDB:  pid {} at {raw_url}", raw_child.pid());
     let raw_stats = measure_http(&cfg, &ca_pem, &raw_url, &api_key, Op::Tokenize, &data).await?;
     print_line("raw", Op::Tokenize.name(), raw_stats);
+    // The three again, back to back, each first in its turn.
+    let targets = [
+        ("vault", &vault_url),
+        ("raw", &raw_url),
+        ("bare axum", &axum_url),
+    ];
+    let mut rounds = Vec::new();
+    for round in 0..TOKENIZE_ROUNDS {
+        let mut stats = [Stats::default(); 3];
+        for i in (0..targets.len()).map(|i| (i + round) % targets.len()) {
+            let (name, url) = targets[i];
+            stats[i] = measure_http(&cfg, &ca_pem, url, &api_key, Op::Tokenize, &data).await?;
+            print_line(name, &format!("tokenize #{}", round + 1), stats[i]);
+        }
+        let [vault, raw, bare] = stats.map(Stats::to_json);
+        rounds.push(json!({"vault": vault, "raw": raw, "bare": bare}));
+    }
     drop(raw_child);
     let rss_end = rss_kib(pid).unwrap_or(0);
     let hwm = proc_status_kib(pid, "VmHWM:").unwrap_or(0);
@@ -428,6 +450,7 @@ async fn run() -> Res<()> {
         "connections": CONNECTIONS,
         "records": cfg.records,
         "groups": groups,
+        "tokenize_rounds": rounds,
         "postgres_erase_ms": pg.as_ref().map(|pg| pg.erase_ms.clone()),
         "postgres_load_secs": pg.as_ref().map(|pg| pg.load_secs),
         "vault_load_secs": vault_load_secs,

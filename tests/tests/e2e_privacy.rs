@@ -214,6 +214,10 @@ async fn no_personal_data_in_logs_errors_or_metrics() -> TestResult {
         log.contains("\"route\":\"/v1/tokens/{token}\""),
         "access log names routes by template"
     );
+    assert!(
+        log.contains("\"key\":\"dev-admin\""),
+        "access log names the caller's key"
+    );
 
     canaries.extend(tokens.iter().cloned());
     canaries.push(server.api_key.clone());

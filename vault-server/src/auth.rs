@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use zeroize::Zeroizing;
@@ -193,18 +194,22 @@ impl ApiKey {
 /// The configured keys.
 #[derive(Debug, Clone, Default)]
 pub struct ApiKeys {
-    keys: Vec<ApiKey>,
+    /// Shared: every request holds its key while it is served (a reference count,
+    /// not a copy of the name, scopes and purposes per request).
+    keys: Vec<Arc<ApiKey>>,
 }
 
 impl ApiKeys {
     /// The keys; names must be unique (checked when the configuration is read).
     pub fn new(keys: Vec<ApiKey>) -> ApiKeys {
-        ApiKeys { keys }
+        ApiKeys {
+            keys: keys.into_iter().map(Arc::new).collect(),
+        }
     }
 
     /// The key whose hash matches `presented`, found in time independent of which key
     /// (if any) matches.
-    pub fn find(&self, presented: &str) -> Option<&ApiKey> {
+    pub fn find(&self, presented: &str) -> Option<&Arc<ApiKey>> {
         let hash = KeyHash::of(presented);
         let mut found = subtle::Choice::from(0);
         let mut index = 0u32;
