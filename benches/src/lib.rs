@@ -6,8 +6,9 @@
 use std::path::Path;
 
 /// Raw RocksDB with the options the vault gives its own column families (bloom
-/// filter, block cache, compression), so that a raw operation is the same storage
-/// work the vault does, minus the vault: the library's block cache.
+/// filter, block cache, compression, and the memtable size of the families each
+/// tokenization writes at scattered keys), so that a raw operation is the same
+/// storage work the vault does, minus the vault: the library's block cache.
 pub fn raw_db(dir: &Path) -> rocksdb::DB {
     raw_db_with_cache(dir, vault_core::DEFAULT_BLOCK_CACHE)
 }
@@ -20,6 +21,7 @@ pub fn raw_db_with_cache(dir: &Path, cache_bytes: usize) -> rocksdb::DB {
     opts.set_bytes_per_sync(1 << 20);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts.set_write_buffer_size(vault_core::SCATTERED_WRITE_BUFFER);
     let cache = rocksdb::Cache::new_lru_cache(cache_bytes);
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_block_cache(&cache);

@@ -59,8 +59,8 @@ pub use export::SubjectExport;
 pub use keys::RootKey;
 pub use options::{
     Clock, DEFAULT_ACTOR, DEFAULT_BLOCK_CACHE, DEFAULT_SYNC_GATHER, Durability, KdfParams, Limits,
-    MAX_PURGE_DELAY, MAX_SYNC_GATHER, MIN_BLOCK_CACHE, PurgePolicy, SERVER_BLOCK_CACHE,
-    SystemClock, VaultOptions, valid_actor,
+    MAX_PURGE_DELAY, MAX_SYNC_GATHER, MIN_BLOCK_CACHE, PurgePolicy, SCATTERED_WRITE_BUFFER,
+    SERVER_BLOCK_CACHE, SystemClock, VaultOptions, valid_actor,
 };
 pub use purposes::{Access, LawfulBasis, Mask, Purpose, valid_purpose_name};
 pub use records::{Detokenized, ExportedRecord, Plaintext};

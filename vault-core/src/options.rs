@@ -470,6 +470,13 @@ pub const SERVER_BLOCK_CACHE: usize = 256 << 20;
 /// The smallest [`VaultOptions::block_cache_bytes`].
 pub const MIN_BLOCK_CACHE: usize = 1 << 20;
 
+/// The memtable (write buffer) size of the column families every tokenization
+/// writes at scattered keys: records, index, subjects and the audit index. Each such
+/// insert searches its memtable's skip list from the top, and in RocksDB's default
+/// 64 MiB list nearly every step is a cache miss; in a quarter of that, fewer are.
+/// The other families keep RocksDB's 64 MiB (BENCHMARKS.md has the measurement).
+pub const SCATTERED_WRITE_BUFFER: usize = 16 << 20;
+
 /// Whether `name` can name an actor in the audit trail: 1-64 of ASCII letters,
 /// digits, `_`, `-`, `.`, `:`.
 pub fn valid_actor(name: &str) -> bool {
