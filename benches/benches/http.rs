@@ -1536,7 +1536,7 @@ impl RssSampler {
 
 fn print_line(target: &str, op: &str, s: Stats) {
     println!(
-        "  {target:<10} {op:<10} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  {} requests, {} errors",
+        "  {target:<10} {op:<12} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  {} requests, {} errors",
         s.rps, s.p50_ms, s.p99_ms, s.requests, s.errors
     );
 }

@@ -385,8 +385,9 @@ impl VaultOptions {
     /// whose block is not cached reads it from its file (from the OS page cache at
     /// best) and caches it, evicting another; once the blocks read are many times
     /// the cache, most reads miss it. It bounds only cached data blocks: memtables
-    /// (64 MiB each, up to two per column family while one is flushed) and the
-    /// files' index and filter blocks (a few MiB per million keys) come on top.
+    /// (RocksDB's 64 MiB each, [`SCATTERED_WRITE_BUFFER`] for the four families
+    /// written at scattered keys; up to two per family while one is flushed) and
+    /// the files' index and filter blocks (a few MiB per million keys) come on top.
     pub fn block_cache_bytes(mut self, bytes: usize) -> Self {
         self.block_cache_bytes = bytes;
         self

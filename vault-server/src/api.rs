@@ -145,7 +145,7 @@ fn method_label(method: &Method) -> &'static str {
 
 /// The API key that made the request, whose name goes in the access log.
 #[derive(Debug, Clone)]
-struct CallerName(Arc<ApiKey>);
+struct Caller(Arc<ApiKey>);
 
 /// The purpose of a detokenize call, for the access log.
 #[derive(Debug, Clone)]
@@ -169,7 +169,7 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     state.metrics.record(route, method, status, took);
 
     let extensions = response.extensions();
-    let key = extensions.get::<CallerName>();
+    let key = extensions.get::<Caller>();
     let purpose = extensions.get::<PurposeNote>();
     access_log::request(&access_log::RequestLine {
         request_id: request_id.as_str(),
@@ -281,8 +281,8 @@ async fn guard(state: &AppState, route: &str, mut req: Request, next: Next) -> R
     let Some(key) = bearer(&req).and_then(|presented| state.keys.find(presented)) else {
         return ApiError::unauthenticated().into_response();
     };
-    let key = key.clone();
-    let caller = CallerName(key.clone());
+    let key = Arc::clone(key);
+    let caller = Caller(Arc::clone(&key));
     let mut response = match scope {
         Some(scope) if !key.allows(scope) => ApiError::forbidden(scope.name()).into_response(),
         _ => match state.permits.clone().try_acquire_owned() {
