@@ -711,7 +711,7 @@ mod tests {
     fn families_written_at_scattered_keys_have_smaller_memtables()
     -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let store = open(dir.path())?;
+        let _store = open(dir.path())?;
         // RocksDB writes the options each family was opened with to an OPTIONS file.
         let mut newest = None;
         for entry in std::fs::read_dir(dir.path())? {
@@ -738,7 +738,6 @@ mod tests {
             };
             assert_eq!(buffer_of(cf), Some(expected), "{}", cf.name());
         }
-        drop(store);
         Ok(())
     }
 

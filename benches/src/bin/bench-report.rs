@@ -325,16 +325,19 @@ fn tokenize_rounds(out: &mut String, rounds: &Value) {
     let mut ratios: [Vec<f64>; 3] = Default::default();
     let mut errors = 0;
     for (i, round) in rounds.iter().enumerate() {
-        let rps = |k: &str| round[k]["rps"].as_f64().unwrap_or(f64::NAN);
-        let mut failed = |k: &str| match round[k]["errors"].as_u64() {
-            Some(0) | None => String::new(),
-            Some(e) => {
-                errors += e;
-                format!(", {e} errors")
-            }
-        };
-        let cells = ["vault", "raw", "bare"].map(|k| format!("{:.0}{}", rps(k), failed(k)));
-        let (vault, raw, bare) = (rps("vault"), rps("raw"), rps("bare"));
+        let servers = ["vault", "raw", "bare"];
+        let [vault, raw, bare] = servers.map(|k| round[k]["rps"].as_f64().unwrap_or(f64::NAN));
+        let cells: Vec<String> = [vault, raw, bare]
+            .into_iter()
+            .zip(servers)
+            .map(|(rps, k)| match round[k]["errors"].as_u64() {
+                Some(0) | None => format!("{rps:.0}"),
+                Some(e) => {
+                    errors += e;
+                    format!("{rps:.0}, {e} errors")
+                }
+            })
+            .collect();
         let these = [vault / bare, raw / bare, vault / raw];
         let _ = writeln!(
             out,
