@@ -6,9 +6,12 @@
 use std::path::Path;
 
 /// Raw RocksDB with the options the vault gives its own column families (bloom
-/// filter, block cache, compression, and the memtable size of the families each
-/// tokenization writes at scattered keys), so that a raw operation is the same
-/// storage work the vault does, minus the vault: the library's block cache.
+/// filter, block cache, compression, and the memtable size of `records`, the family
+/// each tokenization writes its largest entry to, at a scattered key), so that a raw
+/// operation is the same storage work the vault does, minus the vault: the
+/// library's block cache. The raw database's one family takes every key a call
+/// writes; of 4, 16 and 64 MiB memtables, 16 MiB made its writes fastest
+/// (benches/NOTES.md).
 pub fn raw_db(dir: &Path) -> rocksdb::DB {
     raw_db_with_cache(dir, vault_core::DEFAULT_BLOCK_CACHE)
 }

@@ -60,7 +60,7 @@ pub use keys::RootKey;
 pub use options::{
     Clock, DEFAULT_ACTOR, DEFAULT_BLOCK_CACHE, DEFAULT_SYNC_GATHER, Durability, KdfParams, Limits,
     MAX_PURGE_DELAY, MAX_SYNC_GATHER, MIN_BLOCK_CACHE, PurgePolicy, SCATTERED_WRITE_BUFFER,
-    SERVER_BLOCK_CACHE, SystemClock, VaultOptions, valid_actor,
+    SERVER_BLOCK_CACHE, SMALL_ENTRY_WRITE_BUFFER, SystemClock, VaultOptions, valid_actor,
 };
 pub use purposes::{Access, LawfulBasis, Mask, Purpose, valid_purpose_name};
 pub use records::{Detokenized, ExportedRecord, Plaintext};

@@ -385,8 +385,9 @@ impl VaultOptions {
     /// whose block is not cached reads it from its file (from the OS page cache at
     /// best) and caches it, evicting another; once the blocks read are many times
     /// the cache, most reads miss it. It bounds only cached data blocks: memtables
-    /// (RocksDB's 64 MiB each, [`SCATTERED_WRITE_BUFFER`] for the four families
-    /// written at scattered keys; up to two per family while one is flushed) and
+    /// (RocksDB's 64 MiB each, [`SCATTERED_WRITE_BUFFER`] and
+    /// [`SMALL_ENTRY_WRITE_BUFFER`] for the four families written at scattered keys;
+    /// up to two per family while one is flushed) and
     /// the files' index and filter blocks (a few MiB per million keys) come on top.
     pub fn block_cache_bytes(mut self, bytes: usize) -> Self {
         self.block_cache_bytes = bytes;
@@ -471,12 +472,21 @@ pub const SERVER_BLOCK_CACHE: usize = 256 << 20;
 /// The smallest [`VaultOptions::block_cache_bytes`].
 pub const MIN_BLOCK_CACHE: usize = 1 << 20;
 
-/// The memtable (write buffer) size of the column families every tokenization
-/// writes at scattered keys: records, index, subjects and the audit index. Each such
-/// insert searches its memtable's skip list from the top, and in RocksDB's default
-/// 64 MiB list nearly every step is a cache miss; in a quarter of that, fewer are.
-/// The other families keep RocksDB's 64 MiB (BENCHMARKS.md has the measurement).
+/// The memtable (write buffer) size of `records`, which every tokenization writes
+/// at a scattered key. Each such insert searches its memtable's skip list from the
+/// top, and in RocksDB's default 64 MiB list nearly every step is a cache miss; in a
+/// quarter of that, fewer are. The families that are neither written at scattered
+/// keys nor small keep RocksDB's 64 MiB (BENCHMARKS.md has the measurements).
 pub const SCATTERED_WRITE_BUFFER: usize = 16 << 20;
+
+/// The memtable size of the families every tokenization also writes at scattered
+/// keys, whose entries are tens of bytes: `index`, `subjects` and `audit_index`.
+/// Their memtables and those of `records` together are what each tokenization
+/// searches, so these are kept small: 4 MiB each. Flushing and compacting them more
+/// often costs little, since all they hold is small (a million records' index is
+/// about 32 MB, against `records`' 230 MB, which keeps
+/// [`SCATTERED_WRITE_BUFFER`]).
+pub const SMALL_ENTRY_WRITE_BUFFER: usize = 4 << 20;
 
 /// Whether `name` can name an actor in the audit trail: 1-64 of ASCII letters,
 /// digits, `_`, `-`, `.`, `:`.

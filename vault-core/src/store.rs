@@ -19,7 +19,7 @@ use rocksdb::{
 };
 
 use crate::error::Error;
-use crate::options::{Durability, SCATTERED_WRITE_BUFFER};
+use crate::options::{Durability, SCATTERED_WRITE_BUFFER, SMALL_ENTRY_WRITE_BUFFER};
 
 /// The column families. Keys and values of each are described beside the variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,13 +103,15 @@ impl Cf {
         )
     }
 
-    /// Whether every tokenization writes this family at a scattered key: its
-    /// memtable is [`SCATTERED_WRITE_BUFFER`], not RocksDB's 64 MiB.
-    fn scattered_writes(self) -> bool {
-        matches!(
-            self,
-            Cf::Records | Cf::Index | Cf::Subjects | Cf::AuditIndex
-        )
+    /// The memtable size of a family every tokenization writes at a scattered key
+    /// ([`SCATTERED_WRITE_BUFFER`], or [`SMALL_ENTRY_WRITE_BUFFER`] where its
+    /// entries are tens of bytes); `None` for RocksDB's 64 MiB.
+    fn write_buffer(self) -> Option<usize> {
+        match self {
+            Cf::Records => Some(SCATTERED_WRITE_BUFFER),
+            Cf::Index | Cf::Subjects | Cf::AuditIndex => Some(SMALL_ENTRY_WRITE_BUFFER),
+            _ => None,
+        }
     }
 
     /// The length of the prefix this family's keys are scanned by (a storage id or
@@ -136,8 +138,8 @@ const MANIFEST_OPTIONS: &str = "max_manifest_file_size=0;max_manifest_space_amp_
 const BATCH_HEADER: usize = 12;
 
 /// Size of a memtable's bloom filter, as a share of the write buffer: 1.3 MiB of a
-/// 64 MiB one, 0.3 MiB of a 16 MiB one ([`SCATTERED_WRITE_BUFFER`]); tens of bits per
-/// key either way.
+/// 64 MiB one, 0.3 MiB of a 16 MiB one ([`SCATTERED_WRITE_BUFFER`]), 80 KiB of a
+/// 4 MiB one ([`SMALL_ENTRY_WRITE_BUFFER`]); tens of bits per key either way.
 const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
 
 /// Joins engine batches into one, in order, as RocksDB's own `WriteBatch` append
@@ -282,8 +284,8 @@ impl Store {
             // (180 µs instead of 9 µs per get, measured).
             table.set_cache_index_and_filter_blocks(false);
             o.set_block_based_table_factory(&table);
-            if cf.scattered_writes() {
-                o.set_write_buffer_size(SCATTERED_WRITE_BUFFER);
+            if let Some(bytes) = cf.write_buffer() {
+                o.set_write_buffer_size(bytes);
             }
             if cf.memtable_bloom() {
                 o.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
@@ -731,10 +733,10 @@ mod tests {
             line.trim().strip_prefix("write_buffer_size=")?.parse().ok()
         };
         for cf in Cf::ALL {
-            let expected = if cf.scattered_writes() {
-                SCATTERED_WRITE_BUFFER
-            } else {
-                64 << 20
+            let expected = match cf {
+                Cf::Records => SCATTERED_WRITE_BUFFER,
+                Cf::Index | Cf::Subjects | Cf::AuditIndex => SMALL_ENTRY_WRITE_BUFFER,
+                _ => 64 << 20,
             };
             assert_eq!(buffer_of(cf), Some(expected), "{}", cf.name());
         }
