@@ -357,13 +357,16 @@ fn tokenize_rounds(out: &mut String, rounds: &Value) {
     let [vault, raw, vault_raw] = ratios.map(median);
     // Failed requests are not in a rate: a round with failures cannot be judged.
     let judged = (errors == 0).then_some(vault >= HTTPS_GOAL);
+    let mut judged_text = verdict(judged).to_owned();
+    if judged == Some(false) && raw < HTTPS_GOAL {
+        judged_text.push_str(", out of reach in these rounds (RocksDB alone is below it)");
+    }
     let _ = writeln!(
         out,
         "| median | | | | {vault:.2} | {raw:.2} | {vault_raw:.2} |\n\nThe median of the \
-         rounds' vault ÷ bare axum against the target (≥ {HTTPS_GOAL}): {}. The median of \
-         their RocksDB alone ÷ bare axum, RocksDB doing only the vault's writes: {raw:.2}; \
-         of their vault ÷ RocksDB alone: {vault_raw:.2}.{}",
-        verdict(judged),
+         rounds' vault ÷ bare axum against the target (≥ {HTTPS_GOAL}): {judged_text}. The \
+         median of their RocksDB alone ÷ bare axum, RocksDB doing only the vault's writes: \
+         {raw:.2}; of their vault ÷ RocksDB alone: {vault_raw:.2}.{}",
         if errors > 0 {
             format!(" {errors} requests failed in these rounds: not judged.")
         } else {
@@ -380,6 +383,20 @@ fn median(mut values: Vec<f64>) -> f64 {
         n if n % 2 == 1 => values[n / 2],
         n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
+}
+
+/// What no vault could beat against PostgreSQL for `op` with this client: the bare
+/// server answering the same requests and, for tokenize, RocksDB alone doing the
+/// vault's synced writes, whichever is slower, against PostgreSQL answering them.
+fn postgres_ceiling(rps: &impl Fn(&str) -> Option<f64>, op: &str) -> Option<f64> {
+    let pg = rps(&format!("postgres_{op}"))?;
+    let mut best = rps(&format!("https_{op}"))?;
+    if op == "tokenize"
+        && let Some(storage) = rps("https_tokenize_raw")
+    {
+        best = best.min(storage);
+    }
+    Some(best / pg)
 }
 
 fn http_section(out: &mut String, path: &Path) -> Result<()> {
@@ -412,6 +429,15 @@ fn http_section(out: &mut String, path: &Path) -> Result<()> {
             }
         )
     };
+    // The baselines' rates, by group.
+    let rps = |name: &str| {
+        r["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|g| g["name"].as_str() == Some(name))
+            .and_then(|g| g["baseline"]["rps"].as_f64())
+    };
     for g in r["groups"].as_array().into_iter().flatten() {
         let name = g["name"].as_str().unwrap_or("?");
         let goal = match name {
@@ -431,25 +457,22 @@ fn http_section(out: &mut String, path: &Path) -> Result<()> {
         let ratio = g["vault"]["rps"].as_f64().unwrap_or(0.0)
             / baseline["rps"].as_f64().unwrap_or(f64::NAN);
         let goal_text = goal.map_or("—".to_owned(), |g| format!("≥ {g}"));
+        let mut judged = verdict(goal.map(|g| ratio >= g)).to_owned();
+        // A missed PostgreSQL target whose ceiling (below) is under it: out of reach.
+        if let (Some(goal), Some(op)) = (goal, name.strip_prefix("postgres_"))
+            && ratio < goal
+            && let Some(ceiling) = postgres_ceiling(&rps, op).filter(|&c| c < goal)
+        {
+            judged = format!("{judged}, out of reach here (ceiling {ceiling:.1}×)");
+        }
         let _ = writeln!(
             out,
-            "| `{name}` | {} | {} | {} | {ratio:.2} | {goal_text} | {} |",
+            "| `{name}` | {} | {} | {} | {ratio:.2} | {goal_text} | {judged} |",
             side(&g["vault"]),
             baseline["name"].as_str().unwrap_or("?"),
             side(baseline),
-            verdict(goal.map(|g| ratio >= g)),
         );
     }
-    // What no vault could beat with this client: the bare server answering the same
-    // requests, against PostgreSQL answering them.
-    let rps = |name: &str| {
-        r["groups"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|g| g["name"].as_str() == Some(name))
-            .and_then(|g| g["baseline"]["rps"].as_f64())
-    };
     let ceilings: Vec<String> = ["tokenize", "detokenize", "export"]
         .iter()
         .filter_map(|op| {
@@ -459,12 +482,21 @@ fn http_section(out: &mut String, path: &Path) -> Result<()> {
         })
         .collect();
     if !ceilings.is_empty() {
+        let storage = match (rps("https_tokenize_raw"), rps("postgres_tokenize")) {
+            (Some(raw), Some(pg)) => format!(
+                " For tokenize, RocksDB alone (the `https_tokenize_raw` row: the vault's writes, synced, \
+                 and nothing else) against PostgreSQL: {:.1}×; a vault that added nothing to its \
+                 writes would reach that and no more.",
+                raw / pg
+            ),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
             "\nThe ceiling for the PostgreSQL rows: the bare axum server, which does no \
              work at all, with the same client over the same TLS, against PostgreSQL: {}. \
              A vault that cost nothing would reach these ratios and no more on this machine \
-             (the client shares the cores); a target above them is out of reach here.",
+             (the client shares the cores); a target above them is out of reach here.{storage}",
             ceilings.join(", ")
         );
     }
@@ -581,6 +613,30 @@ mod tests {
         assert!(out.contains("| 2 | 30 | 40 | 50, 7 errors |"), "{out}");
         assert!(out.contains("(≥ 0.5): —"), "{out}");
         assert!(out.contains("7 requests failed"), "{out}");
+
+        // Missed with RocksDB alone below the target too: out of reach, and said so.
+        let slow_storage = serde_json::json!([round(10.0, 15.0, 40.0)]);
+        let mut out = String::new();
+        tokenize_rounds(&mut out, &slow_storage);
+        assert!(
+            out.contains("(≥ 0.5): **missed**, out of reach in these rounds"),
+            "{out}"
+        );
         Ok(())
+    }
+
+    #[test]
+    fn postgres_ceiling_is_the_slower_of_the_echo_and_the_storage_alone() {
+        let rates = |name: &str| match name {
+            "https_tokenize" => Some(40_000.0),
+            "https_tokenize_raw" => Some(20_000.0),
+            "postgres_tokenize" => Some(4_000.0),
+            "https_detokenize" => Some(30_000.0),
+            "postgres_detokenize" => Some(5_000.0),
+            _ => None,
+        };
+        assert_eq!(postgres_ceiling(&rates, "tokenize"), Some(5.0));
+        assert_eq!(postgres_ceiling(&rates, "detokenize"), Some(6.0));
+        assert_eq!(postgres_ceiling(&rates, "export"), None);
     }
 }
