@@ -10,8 +10,8 @@ use std::path::Path;
 /// each tokenization writes its largest entry to, at a scattered key), so that a raw
 /// operation is the same storage work the vault does, minus the vault: the
 /// library's block cache. The raw database's one family takes every key a call
-/// writes; of 4, 16 and 64 MiB memtables, 16 MiB made its writes fastest
-/// (benches/NOTES.md).
+/// writes; of 4, 16 and 64 MiB memtables, 16 MiB made its writes fastest in the
+/// runs recorded in benches/NOTES.md.
 pub fn raw_db(dir: &Path) -> rocksdb::DB {
     raw_db_with_cache(dir, vault_core::DEFAULT_BLOCK_CACHE)
 }

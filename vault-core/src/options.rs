@@ -475,8 +475,8 @@ pub const MIN_BLOCK_CACHE: usize = 1 << 20;
 /// The memtable (write buffer) size of `records`, which every tokenization writes
 /// at a scattered key. Each such insert searches its memtable's skip list from the
 /// top, and in RocksDB's default 64 MiB list nearly every step is a cache miss; in a
-/// quarter of that, fewer are. The families that are neither written at scattered
-/// keys nor small keep RocksDB's 64 MiB (BENCHMARKS.md has the measurements).
+/// quarter of that, fewer are. The families no tokenization writes at scattered keys
+/// keep RocksDB's 64 MiB (BENCHMARKS.md has the measurements).
 pub const SCATTERED_WRITE_BUFFER: usize = 16 << 20;
 
 /// The memtable size of the families every tokenization also writes at scattered

@@ -139,7 +139,9 @@ const BATCH_HEADER: usize = 12;
 
 /// Size of a memtable's bloom filter, as a share of the write buffer: 1.3 MiB of a
 /// 64 MiB one, 0.3 MiB of a 16 MiB one ([`SCATTERED_WRITE_BUFFER`]), 80 KiB of a
-/// 4 MiB one ([`SMALL_ENTRY_WRITE_BUFFER`]); tens of bits per key either way.
+/// 4 MiB one ([`SMALL_ENTRY_WRITE_BUFFER`]): about 10 bits per `index` entry (of
+/// ~60 bytes in the memtable), shared by its prefix and its whole key; tens per
+/// key in the families of bigger entries.
 const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
 
 /// Joins engine batches into one, in order, as RocksDB's own `WriteBatch` append

@@ -69,6 +69,10 @@ fn rate(per_second: f64) -> String {
 /// The HTTPS tokenize and detokenize target: this share of the bare server's rate.
 const HTTPS_GOAL: f64 = 0.5;
 
+/// A missed target is reported out of reach only when the run's ceiling is below
+/// this share of it: these rates move by about a tenth between measurements.
+const CLEARLY_BELOW: f64 = 0.9;
+
 fn verdict(met: Option<bool>) -> &'static str {
     match met {
         Some(true) => "met",
@@ -358,8 +362,8 @@ fn tokenize_rounds(out: &mut String, rounds: &Value) {
     // Failed requests are not in a rate: a round with failures cannot be judged.
     let judged = (errors == 0).then_some(vault >= HTTPS_GOAL);
     let mut judged_text = verdict(judged).to_owned();
-    if judged == Some(false) && raw < HTTPS_GOAL {
-        judged_text.push_str(", out of reach in these rounds (RocksDB alone is below it)");
+    if judged == Some(false) && raw < HTTPS_GOAL * CLEARLY_BELOW {
+        judged_text.push_str(", out of reach in these rounds (RocksDB alone is well below it)");
     }
     let _ = writeln!(
         out,
@@ -429,14 +433,18 @@ fn http_section(out: &mut String, path: &Path) -> Result<()> {
             }
         )
     };
-    // The baselines' rates, by group.
+    // The baselines' rates, by group; none where requests failed (the rate then
+    // counts only the others, and is no ceiling).
     let rps = |name: &str| {
-        r["groups"]
+        let baseline = &r["groups"]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|g| g["name"].as_str() == Some(name))
-            .and_then(|g| g["baseline"]["rps"].as_f64())
+            .find(|g| g["name"].as_str() == Some(name))?["baseline"];
+        match baseline["errors"].as_u64() {
+            Some(0) | None => baseline["rps"].as_f64(),
+            Some(_) => None,
+        }
     };
     for g in r["groups"].as_array().into_iter().flatten() {
         let name = g["name"].as_str().unwrap_or("?");
@@ -458,10 +466,11 @@ fn http_section(out: &mut String, path: &Path) -> Result<()> {
             / baseline["rps"].as_f64().unwrap_or(f64::NAN);
         let goal_text = goal.map_or("—".to_owned(), |g| format!("≥ {g}"));
         let mut judged = verdict(goal.map(|g| ratio >= g)).to_owned();
-        // A missed PostgreSQL target whose ceiling (below) is under it: out of reach.
+        // A missed PostgreSQL target whose ceiling (below) is clearly under it: out
+        // of reach.
         if let (Some(goal), Some(op)) = (goal, name.strip_prefix("postgres_"))
             && ratio < goal
-            && let Some(ceiling) = postgres_ceiling(&rps, op).filter(|&c| c < goal)
+            && let Some(ceiling) = postgres_ceiling(&rps, op).filter(|&c| c < goal * CLEARLY_BELOW)
         {
             judged = format!("{judged}, out of reach here (ceiling {ceiling:.1}×)");
         }
@@ -596,6 +605,8 @@ mod tests {
             out.contains("| 1 | 10 | 20 | 40 | 0.25 | 0.50 | 0.50 |"),
             "{out}"
         );
+        // RocksDB alone at the target: missed, but not out of reach.
+        assert!(!out.contains("out of reach"), "{out}");
         assert!(
             out.contains("| median | | | | 0.25 | 0.50 | 0.75 |"),
             "{out}"
@@ -638,5 +649,61 @@ mod tests {
         assert_eq!(postgres_ceiling(&rates, "tokenize"), Some(5.0));
         assert_eq!(postgres_ceiling(&rates, "detokenize"), Some(6.0));
         assert_eq!(postgres_ceiling(&rates, "export"), None);
+    }
+
+    /// The HTTPS section of a run whose tokenize and detokenize miss ×10 against
+    /// PostgreSQL (`pg_tok`, `pg_detok` requests/s against the vault's 10 000), with
+    /// the bare server at 60 000 and RocksDB alone at `raw` (`raw_errors` failed).
+    fn postgres_rows(pg_tok: f64, pg_detok: f64, raw: f64, raw_errors: u64) -> Result<String> {
+        let group = |name: &str, baseline: f64, errors: u64| {
+            serde_json::json!({
+                "name": name,
+                "vault": {"rps": 10_000.0, "p50_ms": 1.0, "p99_ms": 2.0, "errors": 0},
+                "baseline": {"name": "b", "rps": baseline, "p50_ms": 1.0, "p99_ms": 2.0,
+                             "errors": errors},
+            })
+        };
+        let run = serde_json::json!({
+            "connections": 64, "seconds": 10, "records": 1000,
+            "groups": [
+                group("https_tokenize", 60_000.0, 0),
+                group("https_detokenize", 60_000.0, 0),
+                group("https_tokenize_raw", raw, raw_errors),
+                group("postgres_tokenize", pg_tok, 0),
+                group("postgres_detokenize", pg_detok, 0),
+            ],
+        });
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("http.json");
+        std::fs::write(&path, run.to_string())?;
+        let mut out = String::new();
+        http_section(&mut out, &path)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn missed_postgres_rows_say_out_of_reach_only_under_a_clear_ceiling() -> Result<()> {
+        // Tokenize: 3.3× PostgreSQL, RocksDB alone 5×; detokenize 5×, the echo 30×.
+        let out = postgres_rows(3_000.0, 2_000.0, 15_000.0, 0)?;
+        assert!(
+            out.contains("| 3.33 | ≥ 10 | **missed**, out of reach here (ceiling 5.0×) |"),
+            "{out}"
+        );
+        assert!(out.contains("| 5.00 | ≥ 10 | **missed** |"), "{out}");
+        assert!(out.contains("against PostgreSQL: 5.0×"), "{out}");
+
+        // RocksDB alone at 9.5×, within the noise of the target: only missed.
+        let out = postgres_rows(3_000.0, 2_000.0, 28_500.0, 0)?;
+        assert!(out.contains("| 3.33 | ≥ 10 | **missed** |"), "{out}");
+
+        // A RocksDB alone with failed requests is no ceiling; the echo's 20× is none.
+        let out = postgres_rows(3_000.0, 2_000.0, 15_000.0, 3)?;
+        assert!(out.contains("| 3.33 | ≥ 10 | **missed** |"), "{out}");
+        assert!(!out.contains("out of reach here (ceiling"), "{out}");
+
+        // Met is met, whatever the ceilings.
+        let out = postgres_rows(900.0, 2_000.0, 15_000.0, 0)?;
+        assert!(out.contains("| 11.11 | ≥ 10 | met |"), "{out}");
+        Ok(())
     }
 }
