@@ -387,8 +387,8 @@ impl VaultOptions {
     /// the cache, most reads miss it. It bounds only cached data blocks: memtables
     /// (RocksDB's 64 MiB each, [`SCATTERED_WRITE_BUFFER`] and
     /// [`SMALL_ENTRY_WRITE_BUFFER`] for the four families written at scattered keys;
-    /// up to two per family while one is flushed) and
-    /// the files' index and filter blocks (a few MiB per million keys) come on top.
+    /// up to two per family while one is flushed) and the files' index and filter
+    /// blocks (a few MiB per million keys) come on top.
     pub fn block_cache_bytes(mut self, bytes: usize) -> Self {
         self.block_cache_bytes = bytes;
         self

@@ -136,11 +136,42 @@ fn machine() -> String {
             .unwrap_or_default()
     };
     format!(
-        "{cores} cores, {model}, {mem_gib:.0} GiB; Linux {}; {}; commit {}",
+        "{cores} cores, {model}, {mem_gib:.0} GiB; Linux {}; {}",
         run("uname", &["-r"]),
         run("rustc", &["-V"]),
-        run("git", &["rev-parse", "--short", "HEAD"]),
     )
+}
+
+/// When and what was measured: the commit and start time `scripts/bench` wrote to
+/// `target/bench-results/measured` when the run began; without that file, the
+/// checkout's commit and the time now, as the report's own.
+fn measured(target: &Path) -> String {
+    let recorded = std::fs::read_to_string(target.join("bench-results").join("measured"))
+        .ok()
+        .and_then(|text| {
+            let mut lines = text.lines();
+            Some((lines.next()?.to_owned(), lines.next()?.to_owned()))
+        });
+    match recorded {
+        Some((commit, began)) => {
+            format!("Measured by `./scripts/bench` from {began}, at commit {commit}")
+        }
+        None => {
+            let run = |cmd: &str, args: &[&str]| {
+                Command::new(cmd)
+                    .args(args)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                    .unwrap_or_default()
+            };
+            format!(
+                "Written by `bench-report` on {}, at commit {} (when and at which commit \
+                 the results were measured was not recorded)",
+                run("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+                run("git", &["rev-parse", "--short", "HEAD"]),
+            )
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -148,15 +179,10 @@ fn main() -> Result<()> {
     let target = PathBuf::from(args.next().unwrap_or_else(|| "target".into()));
     let out_path = PathBuf::from(args.next().unwrap_or_else(|| "BENCHMARKS.md".into()));
     let t = target.as_path();
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "# Benchmarks\n\nWritten by `./scripts/bench` on {date}. Machine: {}.\n\n\
+        "# Benchmarks\n\n{}. Machine: {}.\n\n\
          Every ratio compares the vault with its baseline measured in the same run, one \
          after the other (these machines are shared and noisy: 5–25 % run to run, so \
          compare ratios, not absolute numbers). Ratio = baseline time / vault time (higher \
@@ -164,6 +190,7 @@ fn main() -> Result<()> {
          criterion medians per element; 100-byte values; the vault holds \
          `VAULT_BENCH_RECORDS` records (default 1 000 000, 10 per subject) and the raw \
          database as many of the same size, with the vault's RocksDB options.\n",
+        measured(t),
         machine()
     );
 
@@ -493,9 +520,9 @@ fn http_section(out: &mut String, path: &Path) -> Result<()> {
     if !ceilings.is_empty() {
         let storage = match (rps("https_tokenize_raw"), rps("postgres_tokenize")) {
             (Some(raw), Some(pg)) => format!(
-                " For tokenize, RocksDB alone (the `https_tokenize_raw` row: the vault's writes, synced, \
-                 and nothing else) against PostgreSQL: {:.1}×; a vault that added nothing to its \
-                 writes would reach that and no more.",
+                " For tokenize, RocksDB alone (the `https_tokenize_raw` row: the vault's \
+                 writes, synced, and nothing else) against PostgreSQL: {:.1}×; a vault \
+                 that added nothing to its writes would reach that and no more.",
                 raw / pg
             ),
             _ => String::new(),
@@ -576,6 +603,22 @@ fn http_section(out: &mut String, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_header_names_the_measured_commit_and_time_when_recorded() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        assert!(measured(dir.path()).starts_with("Written by `bench-report` on "));
+        std::fs::create_dir(dir.path().join("bench-results"))?;
+        std::fs::write(
+            dir.path().join("bench-results").join("measured"),
+            "abc1234\n2026-01-02 03:04 UTC\n",
+        )?;
+        assert_eq!(
+            measured(dir.path()),
+            "Measured by `./scripts/bench` from 2026-01-02 03:04 UTC, at commit abc1234"
+        );
+        Ok(())
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() -> Result<()> {
