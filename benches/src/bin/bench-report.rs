@@ -127,19 +127,20 @@ fn machine() -> String {
                 .and_then(|l| l.trim().trim_end_matches(" kB").parse::<f64>().ok())
         })
         .map_or(0.0, |kib| kib / (1024.0 * 1024.0));
-    let run = |cmd: &str, args: &[&str]| {
-        Command::new(cmd)
-            .args(args)
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default()
-    };
     format!(
         "{cores} cores, {model}, {mem_gib:.0} GiB; Linux {}; {}",
-        run("uname", &["-r"]),
-        run("rustc", &["-V"]),
+        command_output("uname", &["-r"]),
+        command_output("rustc", &["-V"]),
     )
+}
+
+/// What `cmd args` prints, trimmed; empty if it cannot run.
+fn command_output(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// When and what was measured: the commit and start time `scripts/bench` wrote to
@@ -156,21 +157,12 @@ fn measured(target: &Path) -> String {
         Some((commit, began)) => {
             format!("Measured by `./scripts/bench` from {began}, at commit {commit}")
         }
-        None => {
-            let run = |cmd: &str, args: &[&str]| {
-                Command::new(cmd)
-                    .args(args)
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-                    .unwrap_or_default()
-            };
-            format!(
-                "Written by `bench-report` on {}, at commit {} (when and at which commit \
-                 the results were measured was not recorded)",
-                run("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-                run("git", &["rev-parse", "--short", "HEAD"]),
-            )
-        }
+        None => format!(
+            "Written by `bench-report` on {}, at commit {} (when and at which commit the \
+             results were measured was not recorded)",
+            command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+            command_output("git", &["rev-parse", "--short", "HEAD"]),
+        ),
     }
 }
 
