@@ -209,6 +209,9 @@ pub(crate) struct Store {
     /// and wait for their sync.
     syncing: AtomicUsize,
     dir: PathBuf,
+    /// Held by a test to stand for a slow disk: a WAL sync waits until it is free.
+    #[cfg(test)]
+    slow_disk: std::sync::Mutex<()>,
 }
 
 /// Counts a synced write as under way until dropped.
@@ -311,6 +314,8 @@ impl Store {
             sync_by_default: so.durability == Durability::Synced,
             syncing: AtomicUsize::new(0),
             dir: dir.to_path_buf(),
+            #[cfg(test)]
+            slow_disk: std::sync::Mutex::default(),
         })
     }
 
@@ -496,7 +501,18 @@ impl Store {
 
     /// Syncs the write-ahead log (for [`Durability::Relaxed`] callers that want a barrier).
     pub(crate) fn sync_wal(&self) -> Result<(), Error> {
+        #[cfg(test)]
+        let _disk = self.hold_wal_syncs();
         Ok(self.db.flush_wal(true)?)
+    }
+
+    /// Makes every WAL sync wait until the value is dropped, for tests that need
+    /// writes to pile up behind a sync.
+    #[cfg(test)]
+    pub(crate) fn hold_wal_syncs(&self) -> impl Drop + '_ {
+        self.slow_disk
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Removes deleted and overwritten bytes of the subject-data column families from
