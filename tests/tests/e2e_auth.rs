@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::process::Command;
 
 use common::{KeySpec, Launch, SCOPES, SERVER, Server, TestResult, metric, write_config};
@@ -247,7 +246,8 @@ fn free_port() -> TestResult<u16> {
 }
 
 /// Runs the server expecting it to refuse to start: (exit code, stderr), and checks
-/// that nothing listened on the port.
+/// that it never listened. (Not by connecting to the port after it exited: another
+/// test's server may have been given the port since.)
 fn refused(
     data: &std::path::Path,
     args: &[&str],
@@ -267,10 +267,6 @@ fn refused(
         output.stdout.is_empty(),
         "it got as far as listening: {}",
         String::from_utf8_lossy(&output.stdout)
-    );
-    assert!(
-        TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "something listens after a refused start"
     );
     Ok((
         output.status.code().unwrap_or(-1),

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{KeySpec, Launch, Server, TestResult, write_config};
@@ -31,9 +33,11 @@ async fn sigterm_under_load_loses_no_acknowledged_write() -> TestResult {
         })
         .build()?;
 
+    // Writes acknowledged so far, by all the workers.
+    let acked = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for w in 0..16 {
-        let client = client.clone();
+        let (client, acked) = (client.clone(), acked.clone());
         workers.push(tokio::spawn(async move {
             let mut acknowledged = Vec::new();
             for n in 0.. {
@@ -51,6 +55,7 @@ async fn sigterm_under_load_loses_no_acknowledged_write() -> TestResult {
                         for (i, token) in tokens.into_iter().enumerate() {
                             acknowledged.push((token, format!("{w}/{n}/{i}")));
                         }
+                        acked.fetch_add(10, Ordering::SeqCst);
                     }
                     // The server answered with an error: during a graceful shutdown
                     // that must not happen to a request it accepted.
@@ -64,7 +69,13 @@ async fn sigterm_under_load_loses_no_acknowledged_write() -> TestResult {
             Ok(acknowledged)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.load(Ordering::SeqCst) < 100 {
+        if Instant::now() > deadline {
+            return Err("the load did not get going".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // The body is serialised before the clock starts, so that the request is on
     // the wire well before the signal; encrypting and syncing 128 MiB then keeps it

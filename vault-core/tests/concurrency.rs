@@ -19,9 +19,11 @@ fn tokenize_racing_erase_on_one_subject() -> TestResult {
     // erasure was under way or began after its tokenize started.
     let started = Arc::new(AtomicU64::new(0));
     let finished = Arc::new(AtomicU64::new(0));
+    // Tokens issued so far: the eraser goes on until the writers have made enough.
+    let count = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (0..3)
         .map(|w| {
-            let (vault, stop) = (vault.clone(), stop.clone());
+            let (vault, stop, count) = (vault.clone(), stop.clone(), count.clone());
             let (started, finished) = (started.clone(), finished.clone());
             std::thread::spawn(move || -> Result<Vec<(String, String)>, Error> {
                 let mut issued = Vec::new();
@@ -39,6 +41,7 @@ fn tokenize_racing_erase_on_one_subject() -> TestResult {
                         Err(e) => panic!("token of a live subject unreadable: {e:?}"),
                     }
                     issued.push((token, value));
+                    count.fetch_add(1, Ordering::SeqCst);
                     i += 1;
                 }
                 Ok(issued)
@@ -47,11 +50,11 @@ fn tokenize_racing_erase_on_one_subject() -> TestResult {
         .collect();
     let eraser = {
         let vault = vault.clone();
-        let (started, finished) = (started.clone(), finished.clone());
+        let (started, finished, count) = (started.clone(), finished.clone(), count.clone());
         std::thread::spawn(move || -> Result<u32, Error> {
             let mut erased = 0;
             let mut attempts = 0;
-            while erased < 50 && attempts < 1_000_000 {
+            while (erased < 50 || count.load(Ordering::SeqCst) <= 100) && attempts < 1_000_000 {
                 attempts += 1;
                 started.fetch_add(1, Ordering::SeqCst);
                 let receipt = vault.erase("contested")?;
@@ -171,10 +174,12 @@ fn rotation_under_traffic_keeps_every_value_readable() -> TestResult {
         ));
     }
     let stop = Arc::new(AtomicBool::new(false));
+    // The traffic says when its first round is done, so the rotation runs with it.
+    let (first_round, first_round_done) = std::sync::mpsc::channel();
     let traffic = {
         let (vault, stop) = (vault.clone(), stop.clone());
         let seed = seed.clone();
-        std::thread::spawn(move || -> Result<usize, Error> {
+        std::thread::spawn(move || -> Result<(), Error> {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 let t = vault.tokenize(&format!("new{n}"), "email", format!("n{n}"))?;
@@ -192,14 +197,16 @@ fn rotation_under_traffic_keeps_every_value_readable() -> TestResult {
                     vault.erase(&format!("s{}", n % 2000))?;
                 }
                 n += 1;
+                let _ = first_round.send(());
             }
-            Ok(n)
+            Ok(())
         })
     };
+    // An error if the traffic thread ended first: its join below says why.
+    let _ = first_round_done.recv();
     let status = vault.rotate_kek()?;
     stop.store(true, Ordering::Relaxed);
-    let n = traffic.join().expect("traffic")?;
-    assert!(n > 0);
+    traffic.join().expect("traffic")?;
     assert_eq!(status.versions.len(), 1, "{status:?}");
     assert_eq!(vault.key_status()?.versions.len(), 1);
     for (tok, val) in &seed {

@@ -116,9 +116,13 @@ fn acknowledged_tokenizations_survive_sigkill() -> TestResult {
 }
 
 const SUBJECTS: usize = 3_000;
+/// Of the rotation's 60 batches of 50.
+const STEPS_BEFORE_STALL: usize = 30;
 
 /// Child: creates a vault of `SUBJECTS` subjects (if new), prints `READY`, then starts
-/// a KEK rotation and runs it in small batches, printing `STEP n` after each.
+/// a KEK rotation and runs it in small batches, printing `STEP n` after each. It
+/// stops for good after `STEPS_BEFORE_STALL` of them, so the parent (which kills it
+/// after 10) always finds the rotation unfinished, however late it gets to the kill.
 #[test]
 #[ignore = "child process of a_rotation_killed_midway_resumes"]
 fn crash_child_rotate() {
@@ -131,7 +135,10 @@ fn crash_child_rotate() {
             break;
         }
         println!("STEP {step}");
-        // Leave the parent time to kill us before the rotation can finish.
+        if step + 1 == STEPS_BEFORE_STALL {
+            std::thread::sleep(std::time::Duration::from_secs(600));
+        }
+        // Leave the parent time to kill us at any of the steps after the tenth.
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     println!("DONE");
