@@ -246,8 +246,9 @@ fn free_port() -> TestResult<u16> {
 }
 
 /// Runs the server expecting it to refuse to start: (exit code, stderr), and checks
-/// that it never listened. (Not by connecting to the port after it exited: another
-/// test's server may have been given the port since.)
+/// that it never printed its address, which it does once it listens. (Connecting to
+/// the port after it exited would prove nothing: another test's server may have
+/// been given the port since.)
 fn refused(
     data: &std::path::Path,
     args: &[&str],

@@ -684,9 +684,9 @@ async fn a_request_over_the_timeout_gets_503() -> TestResult {
         (Some(503), Some("timeout")),
         "{err}"
     );
-    // Small requests still pass (once the disk has caught up: the first write after
-    // the restart may wait for the replayed 200 MiB to be flushed, and every read is
-    // an audited write, and the timed-out read may still hold a core).
+    // Small requests still pass, once the server has caught up: the first write
+    // after the restart may wait for the replayed 200 MiB to be flushed (every read
+    // is an audited write), and the timed-out read may still hold a core.
     let deadline = Instant::now() + Duration::from_secs(120);
     let back = loop {
         match client.detokenize(&tokens[..1], "support").await {

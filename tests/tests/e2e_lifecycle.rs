@@ -250,7 +250,7 @@ async fn rotation_while_traffic_runs() -> TestResult {
     stop.store(true, Ordering::Relaxed);
     assert!(
         during_end > during_start,
-        "no request completed while the rotation ran"
+        "no request completed between the rotate call and the rotation's end"
     );
     let mut issued = Vec::new();
     for worker in workers {

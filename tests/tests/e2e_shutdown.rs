@@ -4,10 +4,10 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{KeySpec, Launch, Server, TestResult, write_config};
+use common::{KeySpec, Launch, Server, TestResult, metric, write_config};
 use vault_client::api::{DetokenizeResult, TokenizeItem};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -33,14 +33,26 @@ async fn sigterm_under_load_loses_no_acknowledged_write() -> TestResult {
         })
         .build()?;
 
-    // Writes acknowledged so far, by all the workers.
+    // Writes acknowledged so far, by all the workers; whether they are to hold off
+    // for a moment, and how many are between that check and their answer.
     let acked = Arc::new(AtomicUsize::new(0));
+    let hold = Arc::new(AtomicBool::new(false));
+    let busy = Arc::new(AtomicUsize::new(0));
     let mut workers = Vec::new();
     for w in 0..16 {
         let (client, acked) = (client.clone(), acked.clone());
+        let (hold, busy) = (hold.clone(), busy.clone());
         workers.push(tokio::spawn(async move {
             let mut acknowledged = Vec::new();
             for n in 0.. {
+                // Counted busy before looking at `hold`: whoever sets it and then
+                // sees no one busy knows that no request of a worker is in flight.
+                let in_flight = Busy::enter(&busy);
+                if hold.load(Ordering::SeqCst) {
+                    drop(in_flight);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
                 let items: Vec<_> = (0..10)
                     .map(|i| {
                         TokenizeItem::new(
@@ -71,15 +83,24 @@ async fn sigterm_under_load_loses_no_acknowledged_write() -> TestResult {
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while acked.load(Ordering::SeqCst) < 100 {
-        if Instant::now() > deadline {
-            return Err("the load did not get going".into());
+        // A worker that ended early has failed: its join below says why.
+        if Instant::now() > deadline || workers.iter().any(|w| w.is_finished()) {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // The body is serialised before the clock starts, so that the request is on
-    // the wire well before the signal; encrypting and syncing 128 MiB then keeps it
-    // in flight across the signal.
+    // A large request, in flight when the signal comes: to see it arrive, the
+    // workers hold off until the server counts it among the requests in flight
+    // (with the count's own request: two).
+    hold.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while busy.load(Ordering::SeqCst) > 0 {
+        if Instant::now() > deadline {
+            return Err("the workers did not hold off".into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let big = "l".repeat(1 << 20);
     let items: Vec<_> = (0..128)
         .map(|i| TokenizeItem::new(format!("long-{i}"), "blob", big.as_str()))
@@ -104,7 +125,24 @@ async fn sigterm_under_load_loses_no_acknowledged_write() -> TestResult {
         };
         (answer, started, Instant::now())
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = server.raw()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page = metrics
+            .get(format!("{}/metrics", server.url))
+            .send()
+            .await?
+            .text()
+            .await?;
+        if metric(&page, "vault_http_requests_in_flight") >= Some(2.0) {
+            break;
+        }
+        if long.is_finished() || Instant::now() > deadline {
+            return Err("the large request was never seen in flight".into());
+        }
+    }
+    // Encrypting and syncing 128 MiB keeps it in flight across the signal.
+    hold.store(false, Ordering::SeqCst);
     let signalled = Instant::now();
     let status = tokio::task::block_in_place(|| server.terminate())?;
     assert!(status.success(), "exit status {status:?}");
@@ -175,4 +213,20 @@ async fn sigterm_under_load_loses_no_acknowledged_write() -> TestResult {
         }
     }
     Ok(())
+}
+
+/// Counts a worker busy until dropped.
+struct Busy<'a>(&'a AtomicUsize);
+
+impl<'a> Busy<'a> {
+    fn enter(count: &'a AtomicUsize) -> Busy<'a> {
+        count.fetch_add(1, Ordering::SeqCst);
+        Busy(count)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }

@@ -30,6 +30,9 @@ fn spawn_child_with(test: &str, dir: &Path, env: &[(&str, &str)]) -> std::io::Re
         ])
         .env(DIR_VAR, dir)
         .envs(env.iter().copied())
+        // Kept open by the parent: a child that waits for its kill reads it to the
+        // end, which comes if the parent goes away instead.
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -121,8 +124,9 @@ const STEPS_BEFORE_STALL: usize = 30;
 
 /// Child: creates a vault of `SUBJECTS` subjects (if new), prints `READY`, then starts
 /// a KEK rotation and runs it in small batches, printing `STEP n` after each. It
-/// stops for good after `STEPS_BEFORE_STALL` of them, so the parent (which kills it
-/// after 10) always finds the rotation unfinished, however late it gets to the kill.
+/// stops after `STEPS_BEFORE_STALL` of them until killed (or its parent is gone), so
+/// the parent, which kills it after 10, always finds the rotation unfinished however
+/// late it gets to the kill.
 #[test]
 #[ignore = "child process of a_rotation_killed_midway_resumes"]
 fn crash_child_rotate() {
@@ -136,7 +140,8 @@ fn crash_child_rotate() {
         }
         println!("STEP {step}");
         if step + 1 == STEPS_BEFORE_STALL {
-            std::thread::sleep(std::time::Duration::from_secs(600));
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+            std::process::exit(1);
         }
         // Leave the parent time to kill us at any of the steps after the tenth.
         std::thread::sleep(std::time::Duration::from_millis(5));
