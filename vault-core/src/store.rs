@@ -330,6 +330,18 @@ impl Store {
         Ok(self.db.get_pinned_cf(self.cf(cf), key)?.map(|v| v.to_vec()))
     }
 
+    /// `f` of the value under `key` (`None` if there is none), read in place: the
+    /// value is not copied out of the block cache or memtable.
+    pub(crate) fn with_value<T>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> T,
+    ) -> Result<T, Error> {
+        let value = self.db.get_pinned_cf(self.cf(cf), key)?;
+        Ok(f(value.as_deref()))
+    }
+
     pub(crate) fn multi_get<K: AsRef<[u8]>>(
         &self,
         cf: Cf,

@@ -530,11 +530,17 @@ impl Vault {
         self.detokenize_one_by(&self.inner.opts.actor, token)
     }
 
+    /// [`detokenize_by`](Self::detokenize_by) of one token, without its vectors: a
+    /// point read of a pinned value, one event.
     pub(crate) fn detokenize_one_by(&self, actor: &str, token: &str) -> Result<Detokenized, Error> {
-        // Text that is not a token comes back as this item's `InvalidToken`.
-        let mut results = self.detokenize_by(actor, &[token])?;
-        // One result per token, and we sent one.
-        results.pop().expect("one result per token")
+        let inner = &*self.inner;
+        // Text that is not a token is refused, and not recorded, as in a batch.
+        let id = inner.token_id(token)?;
+        let (result, event) = inner.store.with_value(Cf::Records, &id, |bytes| {
+            inner.read_record(actor, &id, bytes)
+        })?;
+        inner.commit_read_events(vec![event])?;
+        result
     }
 
     /// Detokenizes many tokens, with one result per token, in order: one bad token
@@ -565,16 +571,9 @@ impl Vault {
         let results = ids
             .into_iter()
             .map(|id| {
-                let id = id?;
-                let mut subject = None;
-                let result = match found.next().flatten() {
-                    Some(bytes) => inner.open_record(&id, &bytes, &mut subject),
-                    None => Err(Error::NotFound),
-                };
-                events.push(
-                    AuditEvent::new(actor, AuditAction::Detokenize, AuditOutcome::of(&result))
-                        .about(subject, u64::from(result.is_ok())),
-                );
+                let (result, event) =
+                    inner.read_record(actor, &id?, found.next().flatten().as_deref());
+                events.push(event);
                 result
             })
             .collect();
@@ -855,6 +854,24 @@ impl Inner {
             return Err(Error::Expired);
         }
         Ok(())
+    }
+
+    /// A detokenization of the record stored as `bytes` (`None`: not found), and
+    /// its event for the trail.
+    fn read_record(
+        &self,
+        actor: &str,
+        id: &TokenId,
+        bytes: Option<&[u8]>,
+    ) -> (Result<Detokenized, Error>, AuditEvent) {
+        let mut subject = None;
+        let result = match bytes {
+            Some(bytes) => self.open_record(id, bytes, &mut subject),
+            None => Err(Error::NotFound),
+        };
+        let event = AuditEvent::new(actor, AuditAction::Detokenize, AuditOutcome::of(&result))
+            .about(subject, u64::from(result.is_ok()));
+        (result, event)
     }
 
     /// A stored record's field and value, checked for retention; `subject` is set to

@@ -96,6 +96,68 @@ fn an_untouched_trail_verifies_and_says_who_did_what() -> TestResult {
     Ok(())
 }
 
+/// `detokenize` of one token, which has its own path (no vectors, a pinned read),
+/// answers and records what a batch of that one token does.
+#[test]
+fn one_token_reads_and_is_recorded_like_a_batch_of_one() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let good = vault.tokenize("alice", "email", "a@x.io")?.to_string();
+    let erased = vault.tokenize("bob", "email", "b@x.io")?.to_string();
+    vault.erase("bob")?;
+    let deleted = vault.tokenize("alice", "phone", "123")?.to_string();
+    vault.delete(&deleted)?;
+    let other = tempfile::tempdir()?;
+    let foreign = Vault::open(other.path(), &root(), audit_options())?
+        .tokenize("carol", "email", "c@x.io")?
+        .to_string();
+    let last = vault.audit_events(None, 100)?.last().map(|e| e.seq);
+
+    let answer = |result: &Result<vault_core::Detokenized, Error>| match result {
+        Ok(d) => format!("{:?} {:?}", d.field, d.value.as_str()),
+        Err(e) => format!("{e:?}"),
+    };
+    for token in [&good, "not a token", &erased, &deleted, &foreign] {
+        let one = answer(&vault.detokenize(token));
+        let batch = vault.detokenize_batch(&[token])?;
+        assert_eq!(one, answer(&batch[0]), "{token}");
+    }
+    assert_eq!(
+        answer(&vault.detokenize(&good)),
+        "\"email\" Some(\"a@x.io\")"
+    );
+
+    // Text that is not a token (or another vault's) is recorded by neither; each
+    // other read once by each path, alike.
+    let recorded: Vec<_> = vault
+        .audit_events(last, 100)?
+        .into_iter()
+        .map(|e| (e.actor, e.action, e.outcome.name(), e.records, e.subject))
+        .collect();
+    let outcomes: Vec<_> = recorded.iter().map(|r| r.2).collect();
+    assert_eq!(
+        outcomes,
+        [
+            "ok",
+            "ok",
+            "erased",
+            "erased",
+            "not_found",
+            "not_found",
+            "ok"
+        ]
+    );
+    for pair in recorded[..6].chunks(2) {
+        assert_eq!(pair[0], pair[1]);
+    }
+    assert_eq!(recorded[0].1, AuditAction::Detokenize);
+    assert!(
+        recorded[0].4.is_some(),
+        "a read of a live record names its subject"
+    );
+    Ok(())
+}
+
 #[test]
 fn a_subjects_history_includes_its_reads_still_staged() -> TestResult {
     let dir = tempfile::tempdir()?;
