@@ -105,14 +105,16 @@ fn loaded() -> &'static Loaded {
         // random 16-byte keys, and the exported subject's 1 000 under one prefix.
         let db = raw_db(rdir.path());
         let raw_keys = load_raw_records(&db, n);
-        let record = vec![0x5a_u8; 200];
+        let mut record = [0u8; 200];
+        let mut pick = Pick::new(11);
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(false);
         let mut batch = rocksdb::WriteBatch::default();
         for i in 0..EXPORTED as u64 {
             let mut key = [0xee_u8; 24];
             key[16..].copy_from_slice(&i.to_be_bytes());
-            batch.put(key, &record);
+            pick.fill(&mut record);
+            batch.put(key, record);
         }
         db.write_opt(batch, &wo).expect("raw load");
         db.flush().expect("flush");

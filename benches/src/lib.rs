@@ -37,16 +37,18 @@ pub fn raw_db_with_cache(dir: &Path, cache_bytes: usize) -> rocksdb::DB {
 /// Writes `n` records of the vault's stored record size (200 bytes) into a raw
 /// database under random 16-byte keys, scattered like token ids and below the
 /// exported subject's prefix (0xee…), in unsynced batches of 1 000; their keys, in
-/// order.
+/// order. The values are pseudo-random bytes: the vault's records are mostly
+/// ciphertext, which its LZ4 compression cannot shrink either.
 pub fn load_raw_records(db: &rocksdb::DB, n: usize) -> Vec<[u8; 16]> {
     let mut pick = Pick::new(7);
-    let record = [0x5a_u8; 200];
+    let mut record = [0u8; 200];
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(false);
     let mut keys = Vec::with_capacity(n);
     for chunk in 0..n.div_ceil(1000) {
         let mut batch = rocksdb::WriteBatch::default();
         for _ in 0..1000.min(n - chunk * 1000) {
+            pick.fill(&mut record);
             let mut key = [0u8; 16];
             key[..8].copy_from_slice(&(pick.below(usize::MAX) as u64).to_be_bytes());
             key[8..].copy_from_slice(&(keys.len() as u64).to_be_bytes());
@@ -125,6 +127,14 @@ impl Pick {
     /// A stream from `seed` (not zero).
     pub fn new(seed: u64) -> Pick {
         Pick(seed.max(1))
+    }
+
+    /// Fills `bytes` from the stream: as incompressible as ciphertext.
+    pub fn fill(&mut self, bytes: &mut [u8]) {
+        for chunk in bytes.chunks_mut(8) {
+            let word = self.below(usize::MAX).to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
     }
 
     /// The next index below `n`.
