@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use zeroize::Zeroizing;
 
-use crate::audit::{AuditAction, AuditEvent, AuditOutcome};
+use crate::audit::{AuditAction, AuditOutcome, ReadEvent};
 use crate::error::{Argument, Error, InputError, Problem};
 use crate::purposes::{Access, LawfulBasis};
 use crate::records::Detokenized;
@@ -117,11 +117,11 @@ impl Vault {
             .collect();
         // One event per token, committed before any value is handed out: no access
         // without its record.
-        let events = results
+        let events: Vec<_> = results
             .iter()
             .zip(refs)
             .map(|(result, subject)| {
-                AuditEvent::new(
+                ReadEvent::new(
                     access.actor,
                     AuditAction::Detokenize,
                     AuditOutcome::of(result),
@@ -130,7 +130,7 @@ impl Vault {
                 .about(subject, u64::from(result.is_ok()))
             })
             .collect();
-        inner.commit_read_events(events)?;
+        inner.commit_read_events(&events)?;
         Ok(results)
     }
 }

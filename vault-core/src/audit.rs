@@ -179,6 +179,76 @@ impl AuditEvent {
     }
 }
 
+/// A read's event, borrowing its names: the read stages it as it encodes it, with
+/// no copy (a copied name is freed by the thread that commits the event, which
+/// left each reader's allocations to the allocator's slow path). It encodes as the
+/// [`AuditEvent`] it stands for: the same fields, in the same order.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct ReadEvent<'a> {
+    seq: u64,
+    at: u64,
+    actor: &'a str,
+    action: AuditAction,
+    purpose: Option<&'a str>,
+    outcome: AuditOutcome,
+    records: u64,
+    subject: Option<[u8; 16]>,
+}
+
+impl<'a> ReadEvent<'a> {
+    pub(crate) fn new(actor: &'a str, action: AuditAction, outcome: AuditOutcome) -> Self {
+        ReadEvent {
+            seq: 0,
+            at: 0,
+            actor,
+            action,
+            purpose: None,
+            outcome,
+            records: 0,
+            subject: None,
+        }
+    }
+
+    pub(crate) fn purpose(self, purpose: &'a str) -> Self {
+        ReadEvent {
+            purpose: Some(purpose),
+            ..self
+        }
+    }
+
+    /// About `records` records of the subject with reference `subject`.
+    pub(crate) fn about(self, subject: Option<[u8; 16]>, records: u64) -> Self {
+        ReadEvent {
+            subject,
+            records,
+            ..self
+        }
+    }
+
+    /// Happened at `at` (milliseconds since the Unix epoch).
+    pub(crate) fn at(self, at: u64) -> Self {
+        ReadEvent { at, ..self }
+    }
+
+    pub(crate) fn subject(&self) -> Option<[u8; 16]> {
+        self.subject
+    }
+
+    /// The event, owned.
+    pub(crate) fn to_event(self) -> AuditEvent {
+        AuditEvent {
+            seq: self.seq,
+            at: self.at,
+            actor: self.actor.to_owned(),
+            action: self.action,
+            purpose: self.purpose.map(str::to_owned),
+            outcome: self.outcome,
+            records: self.records,
+            subject: self.subject,
+        }
+    }
+}
+
 impl AuditOutcome {
     /// The outcome a per-item result is recorded with.
     pub(crate) fn of<T>(result: &Result<T, Error>) -> AuditOutcome {
@@ -502,11 +572,12 @@ impl Inner {
     /// file `write`, committed to the trail by the worker within 100 ms, see
     /// [`crate::staged`]), or committed and synced at once when
     /// [`VaultOptions::sync_read_events`](crate::VaultOptions::sync_read_events) is on.
-    pub(crate) fn commit_read_events(&self, mut events: Vec<AuditEvent>) -> Result<(), Error> {
+    pub(crate) fn commit_read_events(&self, events: &[ReadEvent<'_>]) -> Result<(), Error> {
         if self.journal.damaged.is_some() {
             return Err(Error::AuditDamaged);
         }
         if self.synced() && self.opts.sync_read_events {
+            let events = events.iter().map(|e| e.to_event()).collect();
             self.commit_audited(self.store.batch(), events, true)?;
             return Ok(());
         }
@@ -514,11 +585,10 @@ impl Inner {
             // Commits have been failing: refuse reads rather than pile up events.
             self.flush_staged()?;
         }
-        let now = self.now();
-        for e in &mut events {
-            e.at = now;
-        }
-        if self.staging.append(&self.index.audit_key, events)? {
+        if self
+            .staging
+            .append(&self.index.audit_key, self.now(), events)?
+        {
             // The staging file is full: commit it now rather than let it grow. The
             // events are staged, so the read stands even if this fails (the worker
             // retries and reports it).
@@ -702,7 +772,7 @@ impl Inner {
         let staged_done = state.staged_done;
         drop(state);
         let synced = group.iter().any(|r| r.sync);
-        let staged = self.staging.take();
+        let staged = self.staging.take(&self.index.audit_key);
         let staged_mark = staged.last().map_or(staged_done, |&(seq, _)| seq);
         if let Some(request) = self.staged_request(&staged) {
             group.insert(0, request);

@@ -46,6 +46,40 @@ pub(crate) fn decode<T: DeserializeOwned>(version: u8, bytes: &[u8]) -> Result<T
     }
 }
 
+/// Serde of a byte vector as one byte string, where serde's default is a sequence
+/// of single bytes: postcard encodes both alike (a length, then the bytes), and
+/// reads and writes the string in one copy rather than byte by byte. For
+/// `#[serde(with = "crate::codec::bytes")]`.
+pub(crate) mod bytes {
+    use std::fmt;
+
+    use serde::{Deserializer, Serializer, de};
+
+    pub(crate) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl de::Visitor<'_> for Bytes {
+            type Value = Vec<u8>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte string")
+            }
+
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(Bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +89,29 @@ mod tests {
     struct S {
         a: u64,
         b: Vec<u8>,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct AsBytes {
+        a: u64,
+        #[serde(with = "bytes")]
+        b: Vec<u8>,
+    }
+
+    #[test]
+    fn a_byte_string_encodes_as_the_sequence_it_replaces() -> Result<(), Error> {
+        for b in [
+            Vec::new(),
+            vec![7],
+            (0..=255).collect::<Vec<u8>>().repeat(3),
+        ] {
+            let seq = S { a: 9, b: b.clone() };
+            let bytes = encode(1, &AsBytes { a: 9, b });
+            assert_eq!(bytes, encode(1, &seq));
+            assert_eq!(decode::<AsBytes>(1, &bytes)?.b, seq.b);
+            assert_eq!(decode::<S>(1, &bytes)?, seq);
+        }
+        Ok(())
     }
 
     #[test]

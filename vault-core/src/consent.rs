@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{AuditAction, AuditEvent, AuditOutcome};
+use crate::audit::{AuditAction, AuditEvent, AuditOutcome, ReadEvent};
 use crate::codec::{decode, encode};
 use crate::crypto::{aad, domain};
 use crate::error::{Argument, Error, InputError, Problem};
@@ -282,11 +282,11 @@ impl Vault {
         inner.opts.limits.check_subject(subject)?;
         let h = inner.index.subject_hash(subject);
         let read = |subject_ref, purposes| {
-            AuditEvent::new(actor, AuditAction::ConsentsRead, AuditOutcome::Ok)
+            ReadEvent::new(actor, AuditAction::ConsentsRead, AuditOutcome::Ok)
                 .about(subject_ref, purposes)
         };
         let Some(bytes) = inner.store.get(Cf::Subjects, &h)? else {
-            inner.commit_read_events(vec![read(None, 0)])?;
+            inner.commit_read_events(&[read(None, 0)])?;
             return Ok(Vec::new());
         };
         let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
@@ -295,7 +295,7 @@ impl Vault {
             return Err(Error::Integrity);
         }
         let consents = inner.consents_of(&entry.sid, &dek)?;
-        inner.commit_read_events(vec![read(Some(dek.audit_ref), consents.len() as u64)])?;
+        inner.commit_read_events(&[read(Some(dek.audit_ref), consents.len() as u64)])?;
         Ok(consents)
     }
 }

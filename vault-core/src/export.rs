@@ -1,7 +1,7 @@
 //! Export (GDPR Art. 15 and 20): every record of one subject, read through the
 //! subject's index prefix and a multi-get of its records, never a scan of others.
 
-use crate::audit::{AuditAction, AuditEvent, AuditOutcome};
+use crate::audit::{AuditAction, AuditEvent, AuditOutcome, ReadEvent};
 use crate::codec::decode;
 use crate::consent::ConsentStatus;
 use crate::erase::SubjectRef;
@@ -41,9 +41,9 @@ impl Vault {
     pub(crate) fn export_by(&self, actor: &str, subject: &str) -> Result<SubjectExport, Error> {
         let export = self.export_unaudited(subject)?;
         let inner = &*self.inner;
-        let event = AuditEvent::new(actor, AuditAction::Export, AuditOutcome::Ok)
+        let event = ReadEvent::new(actor, AuditAction::Export, AuditOutcome::Ok)
             .about(export.1, export.0.records.len() as u64);
-        inner.commit_read_events(vec![event])?;
+        inner.commit_read_events(&[event])?;
         Ok(export.0)
     }
 

@@ -41,6 +41,7 @@ pub(crate) struct LiveRecord {
     /// token is a function of it.
     pub deterministic: bool,
     /// `nonce || ciphertext || tag` under the subject's DEK.
+    #[serde(with = "crate::codec::bytes")]
     sealed: Vec<u8>,
     /// A vault-keyed tag over (token id, sid): when the subject's key is gone the
     /// ciphertext cannot be checked, and this stops a record being re-pointed at

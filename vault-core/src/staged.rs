@@ -30,7 +30,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, ReadEvent};
 use crate::codec::{decode, encode, encode_into};
 use crate::crypto::{Key, domain};
 use crate::error::Error;
@@ -60,9 +60,17 @@ struct State {
     active: usize,
     offset: u64,
     next: u64,
-    /// Staged and not yet taken by the journal, in order; a failed commit's events
-    /// come back to the front.
+    /// Staged and not yet taken by the journal, in order, ahead of `fresh`: those
+    /// left by a killed process, and a failed commit's events, which come back.
     pending: Vec<Staged>,
+    /// The entries appended since the journal last took the staged events, as
+    /// written to the file: decoded by the journal when it takes them, so that a
+    /// read stages its event without allocating.
+    fresh: Vec<u8>,
+    /// The subjects of the events in `fresh`.
+    fresh_about: Vec<[u8; 16]>,
+    /// How many events `fresh` holds.
+    fresh_events: usize,
     /// The other file still holds events not yet in the trail: it is not reused.
     other_busy: bool,
     /// A leader took events and has not said yet whether it committed them.
@@ -85,8 +93,9 @@ fn entry_mac(key: &Key, seq: u64, body: &[u8]) -> [u8; 32] {
     key.mac_parts(&[domain::AUDIT_STAGED, &seq.to_le_bytes(), body])
 }
 
-/// Appends the staging entry of `event` numbered `seq` to `out`.
-fn put_entry(out: &mut Vec<u8>, key: &Key, seq: u64, event: &AuditEvent) {
+/// Appends the staging entry of `event` (an [`AuditEvent`] or what encodes as one)
+/// numbered `seq` to `out`.
+fn put_entry(out: &mut Vec<u8>, key: &Key, seq: u64, event: &impl Serialize) {
     let at = out.len();
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&seq.to_le_bytes());
@@ -214,6 +223,9 @@ impl Staging {
                 next: last.saturating_add(1),
                 other_busy: !left.is_empty(),
                 pending: left,
+                fresh: Vec::new(),
+                fresh_about: Vec::new(),
+                fresh_events: 0,
                 in_flight: false,
                 in_flight_about: Vec::new(),
             }),
@@ -224,7 +236,7 @@ impl Staging {
     /// leader whose commit is under way).
     pub(crate) fn settled(&self) -> bool {
         let st = lock(&self.state);
-        st.pending.is_empty() && !st.in_flight
+        st.pending.is_empty() && st.fresh_events == 0 && !st.in_flight
     }
 
     /// Whether an event about `subject` (an audit reference) is staged and not yet
@@ -234,6 +246,7 @@ impl Staging {
     pub(crate) fn holds_about(&self, subject: &[u8; 16]) -> bool {
         let st = lock(&self.state);
         st.in_flight_about.contains(subject)
+            || st.fresh_about.contains(subject)
             || st
                 .pending
                 .iter()
@@ -252,29 +265,34 @@ impl Staging {
         lock(&self.state).offset >= FLUSH_AT / 2
     }
 
-    /// Appends `events`, numbered, to the active file (one `write`); true when the
-    /// file is full enough to be committed now.
-    pub(crate) fn append(&self, key: &Key, events: Vec<AuditEvent>) -> Result<bool, Error> {
-        let mut st = lock(&self.state);
-        let mut buf = Vec::with_capacity(events.len() * 128);
+    /// Appends `events`, numbered and dated `at`, to the active file (one `write`);
+    /// true when the file is full enough to be committed now.
+    pub(crate) fn append(
+        &self,
+        key: &Key,
+        at: u64,
+        events: &[ReadEvent<'_>],
+    ) -> Result<bool, Error> {
+        let mut guard = lock(&self.state);
+        let st = &mut *guard;
+        let start = st.fresh.len();
         for (i, event) in events.iter().enumerate() {
-            put_entry(&mut buf, key, st.next + i as u64, event);
+            put_entry(&mut st.fresh, key, st.next + i as u64, &event.at(at));
         }
-        if let Err(e) = self.files[st.active].write_all_at(&buf, st.offset) {
+        st.next += events.len() as u64;
+        if let Err(e) = self.files[st.active].write_all_at(&st.fresh[start..], st.offset) {
             // Some entries may have been written. Their numbers are not used again:
             // the next append overwrites them, and any left after its end have lower
             // numbers and end the file. (The read fails; if the process is killed
             // before that, a whole entry written may be committed at open: the trail
             // then records a read attempted, not one answered.)
-            st.next += events.len() as u64;
+            st.fresh.truncate(start);
             return Err(Error::io(Path::new(FILES[st.active]), e));
         }
-        st.offset += buf.len() as u64;
-        for event in events {
-            let seq = st.next;
-            st.pending.push((seq, event));
-            st.next += 1;
-        }
+        st.offset += (st.fresh.len() - start) as u64;
+        st.fresh_about
+            .extend(events.iter().filter_map(ReadEvent::subject));
+        st.fresh_events += events.len();
         Ok(st.offset >= FLUSH_AT)
     }
 
@@ -282,16 +300,27 @@ impl Staging {
     /// on in the other file, from its start, when everything in that one is
     /// committed. Only the journal's leader calls this, and then
     /// [`done`](Self::done), so one commit of staged events runs at a time.
-    pub(crate) fn take(&self) -> Vec<Staged> {
-        let mut st = lock(&self.state);
-        let taken = std::mem::take(&mut st.pending);
-        st.in_flight = !taken.is_empty();
-        st.in_flight_about = taken.iter().filter_map(|(_, e)| e.subject).collect();
-        if !st.other_busy && !taken.is_empty() {
-            st.active ^= 1;
-            st.offset = 0;
-            st.other_busy = true;
-        }
+    pub(crate) fn take(&self, key: &Key) -> Vec<Staged> {
+        let (mut taken, fresh, count) = {
+            let mut st = lock(&self.state);
+            let taken = std::mem::take(&mut st.pending);
+            let fresh = std::mem::take(&mut st.fresh);
+            let count = std::mem::take(&mut st.fresh_events);
+            let mut about = std::mem::take(&mut st.fresh_about);
+            about.extend(taken.iter().filter_map(|(_, e)| e.subject));
+            st.in_flight = !taken.is_empty() || count > 0;
+            st.in_flight_about = about;
+            if !st.other_busy && st.in_flight {
+                st.active ^= 1;
+                st.offset = 0;
+                st.other_busy = true;
+            }
+            (taken, fresh, count)
+        };
+        // Decoded outside the lock: reads go on staging meanwhile.
+        let fresh = read_entries(&fresh, key);
+        debug_assert_eq!(fresh.len(), count, "staged entries read back");
+        taken.extend(fresh);
         taken
     }
 
@@ -331,8 +360,8 @@ mod tests {
         Key::fill_with(|k| *k = [7; 32])
     }
 
-    fn event(n: u64) -> AuditEvent {
-        AuditEvent::new("reader", AuditAction::Detokenize, AuditOutcome::Ok).about(None, n)
+    fn event(n: u64) -> ReadEvent<'static> {
+        ReadEvent::new("reader", AuditAction::Detokenize, AuditOutcome::Ok).about(None, n)
     }
 
     #[test]
@@ -341,17 +370,17 @@ mod tests {
         let dir = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
         let staging = Staging::open(dir.path(), 0, &key)?;
         assert!(staging.settled());
-        staging.append(&key, vec![event(1), event(2)])?;
+        staging.append(&key, 1, &[event(1), event(2)])?;
         assert!(!staging.settled());
         // Taken by a leader whose commit is under way: not settled.
-        let taken = staging.take();
+        let taken = staging.take(&key);
         assert_eq!(taken.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2]);
         assert!(!staging.settled());
-        staging.append(&key, vec![event(3)])?;
+        staging.append(&key, 1, &[event(3)])?;
         // The commit failed: its events come back first, before the later one.
         staging.done(taken, false);
         assert!(!staging.settled());
-        let again = staging.take();
+        let again = staging.take(&key);
         assert_eq!(again.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2, 3]);
         staging.done(again, true);
         assert!(staging.settled());
@@ -365,20 +394,41 @@ mod tests {
         let staging = Staging::open(dir.path(), 0, &key)?;
         let about = |subject: u8| event(1).about(Some([subject; 16]), 1);
         let (erin, frank) = (&[1; 16], &[2; 16]);
-        staging.append(&key, vec![event(1), about(1)])?;
+        staging.append(&key, 1, &[event(1), about(1)])?;
         assert!(staging.holds_about(erin));
         assert!(!staging.holds_about(frank));
         // Taken by a leader: still held until it says the commit went through.
-        let taken = staging.take();
-        staging.append(&key, vec![about(2)])?;
+        let taken = staging.take(&key);
+        staging.append(&key, 1, &[about(2)])?;
         assert!(staging.holds_about(erin) && staging.holds_about(frank));
         // Failed: pending again.
         staging.done(taken, false);
         assert!(staging.holds_about(erin));
-        let taken = staging.take();
+        let taken = staging.take(&key);
         staging.done(taken, true);
         assert!(!staging.holds_about(erin) && !staging.holds_about(frank));
         Ok(())
+    }
+
+    #[test]
+    fn a_read_event_encodes_as_the_audit_event_it_stands_for() {
+        let plain = event(3).at(1_700_000_000_000);
+        let full = ReadEvent::new(
+            "support-desk",
+            AuditAction::ConsentsRead,
+            AuditOutcome::Erased,
+        )
+        .purpose("support")
+        .about(Some([9; 16]), 2)
+        .at(u64::MAX);
+        for read in [plain, full] {
+            let bytes = encode(EVENT_FORMAT, &read);
+            assert_eq!(bytes, encode(EVENT_FORMAT, &read.to_event()));
+            assert_eq!(
+                decode::<AuditEvent>(EVENT_FORMAT, &bytes).ok(),
+                Some(read.to_event())
+            );
+        }
     }
 
     #[test]
@@ -390,7 +440,7 @@ mod tests {
         }
         let whole = read_entries(&file, &key);
         assert_eq!(whole.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [5, 6, 7]);
-        assert_eq!(whole[2].1, event(7));
+        assert_eq!(whole[2].1, event(7).to_event());
 
         // Torn: the last entry cut short.
         assert_eq!(read_entries(&file[..file.len() - 1], &key).len(), 2);

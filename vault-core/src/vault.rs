@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, TryLockError};
 
-use crate::audit::{AuditAction, AuditEvent, AuditOutcome, Journal};
+use crate::audit::{AuditAction, AuditEvent, AuditOutcome, Journal, ReadEvent};
 use crate::codec::{decode, encode};
 use crate::crypto::{Key, random_bytes};
 use crate::durable::{SyncState, Syncer, Unsynced};
@@ -539,7 +539,7 @@ impl Vault {
         let (result, event) = inner.store.with_value(Cf::Records, &id, |bytes| {
             inner.read_record(actor, &id, bytes)
         })?;
-        inner.commit_read_events(vec![event])?;
+        inner.commit_read_events(&[event])?;
         result
     }
 
@@ -578,7 +578,7 @@ impl Vault {
             })
             .collect();
         if !events.is_empty() {
-            inner.commit_read_events(events)?;
+            inner.commit_read_events(&events)?;
         }
         Ok(results)
     }
@@ -858,18 +858,18 @@ impl Inner {
 
     /// A detokenization of the record stored as `bytes` (`None`: not found), and
     /// its event for the trail.
-    fn read_record(
+    fn read_record<'a>(
         &self,
-        actor: &str,
+        actor: &'a str,
         id: &TokenId,
         bytes: Option<&[u8]>,
-    ) -> (Result<Detokenized, Error>, AuditEvent) {
+    ) -> (Result<Detokenized, Error>, ReadEvent<'a>) {
         let mut subject = None;
         let result = match bytes {
             Some(bytes) => self.open_record(id, bytes, &mut subject),
             None => Err(Error::NotFound),
         };
-        let event = AuditEvent::new(actor, AuditAction::Detokenize, AuditOutcome::of(&result))
+        let event = ReadEvent::new(actor, AuditAction::Detokenize, AuditOutcome::of(&result))
             .about(subject, u64::from(result.is_ok()));
         (result, event)
     }
