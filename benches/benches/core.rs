@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group};
 use vault_benches::{Pick, WriteShape, load_raw_records, raw_db, settle};
 use vault_core::{
     Access, Durability, LawfulBasis, PurgePolicy, Purpose, RootKey, TokenizeRequest, Vault,
@@ -67,8 +67,11 @@ struct Loaded {
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
+/// The loaded databases, for every group; removed by `main` at the end (a static is
+/// never dropped, nor the temporary directories in it).
+static LOADED: OnceLock<Loaded> = OnceLock::new();
+
 fn loaded() -> &'static Loaded {
-    static LOADED: OnceLock<Loaded> = OnceLock::new();
     LOADED.get_or_init(|| {
         let n = records();
         let subjects = n.div_ceil(PER_SUBJECT);
@@ -596,4 +599,13 @@ criterion_group! {
     // Reads first, on the settled load; then the groups that write.
     targets = detokenize, export, tokenize_relaxed, tokenize_durable, tokenize_callers, erase, rotation
 }
-criterion_main!(benches);
+// `criterion_main!`, and then the removal of the loaded databases.
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    if let Some(data) = LOADED.get() {
+        for dir in [&data.vault, &data.raw] {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

@@ -41,6 +41,9 @@ pub fn raw_db_with_cache(dir: &Path, cache_bytes: usize) -> rocksdb::DB {
 /// ciphertext, which its LZ4 compression cannot shrink either.
 pub fn load_raw_records(db: &rocksdb::DB, n: usize) -> Vec<[u8; 16]> {
     let mut pick = Pick::new(7);
+    // Values from a stream of their own: the keys are those of the constant values
+    // before.
+    let mut values = Pick::new(11);
     let mut record = [0u8; 200];
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(false);
@@ -48,7 +51,7 @@ pub fn load_raw_records(db: &rocksdb::DB, n: usize) -> Vec<[u8; 16]> {
     for chunk in 0..n.div_ceil(1000) {
         let mut batch = rocksdb::WriteBatch::default();
         for _ in 0..1000.min(n - chunk * 1000) {
-            pick.fill(&mut record);
+            values.fill(&mut record);
             let mut key = [0u8; 16];
             key[..8].copy_from_slice(&(pick.below(usize::MAX) as u64).to_be_bytes());
             key[8..].copy_from_slice(&(keys.len() as u64).to_be_bytes());
@@ -132,7 +135,7 @@ impl Pick {
     /// Fills `bytes` from the stream: as incompressible as ciphertext.
     pub fn fill(&mut self, bytes: &mut [u8]) {
         for chunk in bytes.chunks_mut(8) {
-            let word = self.below(usize::MAX).to_le_bytes();
+            let word = (self.below(usize::MAX) as u64).to_le_bytes();
             chunk.copy_from_slice(&word[..chunk.len()]);
         }
     }

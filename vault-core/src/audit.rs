@@ -130,7 +130,8 @@ pub enum AuditOutcome {
 }
 
 /// One event. No subject id, value or field value: the subject is a reference derived
-/// from its key.
+/// from its key. (Its fields, in order, are a stored format: a read's event is
+/// staged as a `ReadEvent` with the same fields.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct AuditEvent {
@@ -185,14 +186,14 @@ impl AuditEvent {
 /// [`AuditEvent`] it stands for: the same fields, in the same order.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub(crate) struct ReadEvent<'a> {
-    seq: u64,
-    at: u64,
-    actor: &'a str,
-    action: AuditAction,
-    purpose: Option<&'a str>,
-    outcome: AuditOutcome,
-    records: u64,
-    subject: Option<[u8; 16]>,
+    pub seq: u64,
+    pub at: u64,
+    pub actor: &'a str,
+    pub action: AuditAction,
+    pub purpose: Option<&'a str>,
+    pub outcome: AuditOutcome,
+    pub records: u64,
+    pub subject: Option<[u8; 16]>,
 }
 
 impl<'a> ReadEvent<'a> {
@@ -230,21 +231,30 @@ impl<'a> ReadEvent<'a> {
         ReadEvent { at, ..self }
     }
 
-    pub(crate) fn subject(&self) -> Option<[u8; 16]> {
-        self.subject
-    }
-
-    /// The event, owned.
+    /// The event, owned. (Both structs are written out whole, here and in
+    /// [`AuditEvent`]'s literal, so that a field added to either fails to compile
+    /// until it is added to both; their order is checked by a test of the staging
+    /// file's entries.)
     pub(crate) fn to_event(self) -> AuditEvent {
+        let ReadEvent {
+            seq,
+            at,
+            actor,
+            action,
+            purpose,
+            outcome,
+            records,
+            subject,
+        } = self;
         AuditEvent {
-            seq: self.seq,
-            at: self.at,
-            actor: self.actor.to_owned(),
-            action: self.action,
-            purpose: self.purpose.map(str::to_owned),
-            outcome: self.outcome,
-            records: self.records,
-            subject: self.subject,
+            seq,
+            at,
+            actor: actor.to_owned(),
+            action,
+            purpose: purpose.map(str::to_owned),
+            outcome,
+            records,
+            subject,
         }
     }
 }
@@ -772,7 +782,7 @@ impl Inner {
         let staged_done = state.staged_done;
         drop(state);
         let synced = group.iter().any(|r| r.sync);
-        let staged = self.staging.take(&self.index.audit_key);
+        let staged = self.staging.take();
         let staged_mark = staged.last().map_or(staged_done, |&(seq, _)| seq);
         if let Some(request) = self.staged_request(&staged) {
             group.insert(0, request);

@@ -22,6 +22,7 @@
 //! before the read returned) and whatever an earlier turn left after the last entry
 //! fail their MAC or have a lower number, and end the file.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
@@ -30,7 +31,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
-use crate::audit::{AuditEvent, ReadEvent};
+use crate::audit::{AuditAction, AuditEvent, AuditOutcome, ReadEvent};
 use crate::codec::{decode, encode, encode_into};
 use crate::crypto::{Key, domain};
 use crate::error::Error;
@@ -51,6 +52,61 @@ const MAC: usize = 32;
 /// One staging sequence number and its event.
 pub(crate) type Staged = (u64, AuditEvent);
 
+/// A buffer this big (a large batch's entries) is not kept for the next append.
+const KEPT_BUFFER: usize = 64 << 10;
+
+/// A staged read event, with its staging number; its names are numbers in
+/// `State::names`.
+#[derive(Debug, Clone, Copy)]
+struct Fresh {
+    seq: u64,
+    at: u64,
+    actor: usize,
+    action: AuditAction,
+    purpose: Option<usize>,
+    outcome: AuditOutcome,
+    records: u64,
+    subject: Option<[u8; 16]>,
+}
+
+impl Fresh {
+    fn of(seq: u64, event: &ReadEvent<'_>, names: &mut HashMap<String, usize>) -> Fresh {
+        let mut number = |name: &str| match names.get(name) {
+            Some(&n) => n,
+            None => {
+                let n = names.len();
+                names.insert(name.to_owned(), n);
+                n
+            }
+        };
+        Fresh {
+            seq,
+            at: event.at,
+            actor: number(event.actor),
+            action: event.action,
+            purpose: event.purpose.map(&mut number),
+            outcome: event.outcome,
+            records: event.records,
+            subject: event.subject,
+        }
+    }
+
+    /// The event, with `names` in number order.
+    fn event(&self, names: &[String]) -> AuditEvent {
+        ReadEvent {
+            seq: 0,
+            at: self.at,
+            actor: &names[self.actor],
+            action: self.action,
+            purpose: self.purpose.map(|n| names[n].as_str()),
+            outcome: self.outcome,
+            records: self.records,
+            subject: self.subject,
+        }
+        .to_event()
+    }
+}
+
 pub(crate) struct Staging {
     files: [File; 2],
     state: Mutex<State>,
@@ -63,14 +119,14 @@ struct State {
     /// Staged and not yet taken by the journal, in order, ahead of `fresh`: those
     /// left by a killed process, and a failed commit's events, which come back.
     pending: Vec<Staged>,
-    /// The entries appended since the journal last took the staged events, as
-    /// written to the file: decoded by the journal when it takes them, so that a
-    /// read stages its event without allocating.
-    fresh: Vec<u8>,
-    /// The subjects of the events in `fresh`.
-    fresh_about: Vec<[u8; 16]>,
-    /// How many events `fresh` holds.
-    fresh_events: usize,
+    /// The events staged since the journal last took them, in order, naming their
+    /// actor and purpose by number: a read stages its event without allocating
+    /// (the journal's leader makes the events when it takes them).
+    fresh: Vec<Fresh>,
+    /// The names the events in `fresh` use, numbered.
+    names: HashMap<String, usize>,
+    /// The entries of an append, before they are written: kept between appends.
+    buf: Vec<u8>,
     /// The other file still holds events not yet in the trail: it is not reused.
     other_busy: bool,
     /// A leader took events and has not said yet whether it committed them.
@@ -224,8 +280,8 @@ impl Staging {
                 other_busy: !left.is_empty(),
                 pending: left,
                 fresh: Vec::new(),
-                fresh_about: Vec::new(),
-                fresh_events: 0,
+                names: HashMap::new(),
+                buf: Vec::new(),
                 in_flight: false,
                 in_flight_about: Vec::new(),
             }),
@@ -236,7 +292,7 @@ impl Staging {
     /// leader whose commit is under way).
     pub(crate) fn settled(&self) -> bool {
         let st = lock(&self.state);
-        st.pending.is_empty() && st.fresh_events == 0 && !st.in_flight
+        st.pending.is_empty() && st.fresh.is_empty() && !st.in_flight
     }
 
     /// Whether an event about `subject` (an audit reference) is staged and not yet
@@ -246,7 +302,7 @@ impl Staging {
     pub(crate) fn holds_about(&self, subject: &[u8; 16]) -> bool {
         let st = lock(&self.state);
         st.in_flight_about.contains(subject)
-            || st.fresh_about.contains(subject)
+            || st.fresh.iter().any(|f| f.subject.as_ref() == Some(subject))
             || st
                 .pending
                 .iter()
@@ -275,24 +331,28 @@ impl Staging {
     ) -> Result<bool, Error> {
         let mut guard = lock(&self.state);
         let st = &mut *guard;
-        let start = st.fresh.len();
+        st.buf.clear();
         for (i, event) in events.iter().enumerate() {
-            put_entry(&mut st.fresh, key, st.next + i as u64, &event.at(at));
+            put_entry(&mut st.buf, key, st.next + i as u64, &event.at(at));
         }
+        let first = st.next;
         st.next += events.len() as u64;
-        if let Err(e) = self.files[st.active].write_all_at(&st.fresh[start..], st.offset) {
+        if let Err(e) = self.files[st.active].write_all_at(&st.buf, st.offset) {
             // Some entries may have been written. Their numbers are not used again:
             // the next append overwrites them, and any left after its end have lower
             // numbers and end the file. (The read fails; if the process is killed
             // before that, a whole entry written may be committed at open: the trail
             // then records a read attempted, not one answered.)
-            st.fresh.truncate(start);
             return Err(Error::io(Path::new(FILES[st.active]), e));
         }
-        st.offset += (st.fresh.len() - start) as u64;
-        st.fresh_about
-            .extend(events.iter().filter_map(ReadEvent::subject));
-        st.fresh_events += events.len();
+        st.offset += st.buf.len() as u64;
+        if st.buf.capacity() > KEPT_BUFFER {
+            st.buf = Vec::new();
+        }
+        for (seq, event) in (first..).zip(events) {
+            let fresh = Fresh::of(seq, &event.at(at), &mut st.names);
+            st.fresh.push(fresh);
+        }
         Ok(st.offset >= FLUSH_AT)
     }
 
@@ -300,27 +360,30 @@ impl Staging {
     /// on in the other file, from its start, when everything in that one is
     /// committed. Only the journal's leader calls this, and then
     /// [`done`](Self::done), so one commit of staged events runs at a time.
-    pub(crate) fn take(&self, key: &Key) -> Vec<Staged> {
-        let (mut taken, fresh, count) = {
+    pub(crate) fn take(&self) -> Vec<Staged> {
+        let (mut taken, fresh, names) = {
             let mut st = lock(&self.state);
             let taken = std::mem::take(&mut st.pending);
             let fresh = std::mem::take(&mut st.fresh);
-            let count = std::mem::take(&mut st.fresh_events);
-            let mut about = std::mem::take(&mut st.fresh_about);
-            about.extend(taken.iter().filter_map(|(_, e)| e.subject));
-            st.in_flight = !taken.is_empty() || count > 0;
-            st.in_flight_about = about;
+            let names = std::mem::take(&mut st.names);
+            st.in_flight = !taken.is_empty() || !fresh.is_empty();
+            st.in_flight_about = taken
+                .iter()
+                .filter_map(|(_, e)| e.subject)
+                .chain(fresh.iter().filter_map(|f| f.subject))
+                .collect();
             if !st.other_busy && st.in_flight {
                 st.active ^= 1;
                 st.offset = 0;
                 st.other_busy = true;
             }
-            (taken, fresh, count)
+            (taken, fresh, names)
         };
-        // Decoded outside the lock: reads go on staging meanwhile.
-        let fresh = read_entries(&fresh, key);
-        debug_assert_eq!(fresh.len(), count, "staged entries read back");
-        taken.extend(fresh);
+        // Made outside the lock: reads go on staging meanwhile.
+        let mut numbered: Vec<(usize, String)> = names.into_iter().map(|(n, i)| (i, n)).collect();
+        numbered.sort_unstable_by_key(|&(i, _)| i);
+        let names: Vec<String> = numbered.into_iter().map(|(_, n)| n).collect();
+        taken.extend(fresh.iter().map(|f| (f.seq, f.event(&names))));
         taken
     }
 
@@ -373,14 +436,14 @@ mod tests {
         staging.append(&key, 1, &[event(1), event(2)])?;
         assert!(!staging.settled());
         // Taken by a leader whose commit is under way: not settled.
-        let taken = staging.take(&key);
+        let taken = staging.take();
         assert_eq!(taken.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2]);
         assert!(!staging.settled());
         staging.append(&key, 1, &[event(3)])?;
         // The commit failed: its events come back first, before the later one.
         staging.done(taken, false);
         assert!(!staging.settled());
-        let again = staging.take(&key);
+        let again = staging.take();
         assert_eq!(again.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2, 3]);
         staging.done(again, true);
         assert!(staging.settled());
@@ -398,15 +461,37 @@ mod tests {
         assert!(staging.holds_about(erin));
         assert!(!staging.holds_about(frank));
         // Taken by a leader: still held until it says the commit went through.
-        let taken = staging.take(&key);
+        let taken = staging.take();
         staging.append(&key, 1, &[about(2)])?;
         assert!(staging.holds_about(erin) && staging.holds_about(frank));
         // Failed: pending again.
         staging.done(taken, false);
         assert!(staging.holds_about(erin));
-        let taken = staging.take(&key);
+        let taken = staging.take();
         staging.done(taken, true);
         assert!(!staging.holds_about(erin) && !staging.holds_about(frank));
+        Ok(())
+    }
+
+    #[test]
+    fn staged_events_are_taken_and_read_back_as_they_were_staged() -> Result<(), Error> {
+        let key = key();
+        let dir = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let staging = Staging::open(dir.path(), 0, &key)?;
+        let a = ReadEvent::new("desk", AuditAction::Detokenize, AuditOutcome::Ok)
+            .purpose("support")
+            .about(Some([4; 16]), 1);
+        let b = ReadEvent::new("mailer", AuditAction::Export, AuditOutcome::Erased);
+        staging.append(&key, 7, &[a, b])?;
+        staging.append(&key, 8, &[a])?;
+        let expected = vec![
+            (1, a.at(7).to_event()),
+            (2, b.at(7).to_event()),
+            (3, a.at(8).to_event()),
+        ];
+        assert_eq!(staging.take(), expected);
+        // The files hold the same entries, for the recovery of a killed process.
+        assert_eq!(Staging::open(dir.path(), 0, &key)?.take(), expected);
         Ok(())
     }
 

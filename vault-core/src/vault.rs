@@ -525,7 +525,8 @@ impl Vault {
     ///
     /// Errors: [`Error::InvalidToken`] (malformed or another vault's),
     /// [`Error::NotFound`], [`Error::Erased`], [`Error::Integrity`].
-    /// The read is recorded in the audit trail (no purpose) before it returns.
+    /// The read is recorded in the audit trail (no purpose) before it returns; text
+    /// that is not a token is not.
     pub fn detokenize(&self, token: &str) -> Result<Detokenized, Error> {
         self.detokenize_one_by(&self.inner.opts.actor, token)
     }
