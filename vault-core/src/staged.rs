@@ -496,6 +496,41 @@ mod tests {
     }
 
     #[test]
+    fn names_are_numbered_per_turn_and_come_back_right() -> Result<(), Error> {
+        let key = key();
+        let dir = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let staging = Staging::open(dir.path(), 0, &key)?;
+        let desk =
+            ReadEvent::new("desk", AuditAction::Detokenize, AuditOutcome::Ok).purpose("support");
+        let mailer =
+            ReadEvent::new("mailer", AuditAction::Export, AuditOutcome::Ok).purpose("newsletter");
+        staging.append(&key, 1, &[desk, mailer])?;
+        let first = staging.take();
+        // The next turn numbers its names afresh: "mailer" comes first now.
+        staging.append(&key, 2, &[mailer, desk])?;
+        // The first turn's commit failed: its events come back ahead of the second's.
+        staging.done(first, false);
+        let names: Vec<_> = staging
+            .take()
+            .into_iter()
+            .map(|(seq, e)| (seq, e.actor, e.purpose, e.at))
+            .collect();
+        let named = |seq, actor: &str, purpose: &str, at| {
+            (seq, actor.to_owned(), Some(purpose.to_owned()), at)
+        };
+        assert_eq!(
+            names,
+            [
+                named(1, "desk", "support", 1),
+                named(2, "mailer", "newsletter", 1),
+                named(3, "mailer", "newsletter", 2),
+                named(4, "desk", "support", 2),
+            ]
+        );
+        Ok(())
+    }
+
+    #[test]
     fn a_read_event_encodes_as_the_audit_event_it_stands_for() {
         let plain = event(3).at(1_700_000_000_000);
         let full = ReadEvent::new(
