@@ -94,8 +94,11 @@ fn acknowledged_tokenizations_survive_sigkill() -> TestResult {
         };
         let mut child = spawn_child_with("crash_child_tokenize", dir.path(), env)?;
         let stdout = child.stdout.take().expect("piped");
+        // Held until the child is killed: a closed pipe would make its next
+        // print fail, and the child end on that panic rather than the kill.
+        let mut lines = BufReader::new(stdout).lines();
         let mut acked = Vec::new();
-        for line in BufReader::new(stdout).lines() {
+        for line in lines.by_ref() {
             let line = line?;
             if let Some(rest) = line.strip_prefix("ACK ") {
                 let (token, value) = rest.split_once(' ').expect("token and value");
@@ -171,8 +174,11 @@ fn a_rotation_killed_midway_resumes() -> TestResult {
 
     let mut child = spawn_child("crash_child_rotate", dir.path())?;
     let stdout = child.stdout.take().expect("piped");
+    // Held until the child is killed: a closed pipe would make its next
+    // print fail, and the child end on that panic rather than the kill.
+    let mut lines = BufReader::new(stdout).lines();
     let mut steps = 0;
-    for line in BufReader::new(stdout).lines() {
+    for line in lines.by_ref() {
         let line = line?;
         if line.starts_with("STEP ") {
             steps += 1;
@@ -266,8 +272,11 @@ fn acknowledged_erasures_survive_sigkill() -> TestResult {
     }
     let mut child = spawn_child("crash_child_erase", dir.path())?;
     let stdout = child.stdout.take().expect("piped");
+    // Held until the child is killed: a closed pipe would make its next
+    // print fail, and the child end on that panic rather than the kill.
+    let mut lines = BufReader::new(stdout).lines();
     let mut erased = std::collections::HashSet::new();
-    for line in BufReader::new(stdout).lines() {
+    for line in lines.by_ref() {
         if let Some(subject) = line?.strip_prefix("ERASED ") {
             erased.insert(subject.to_string());
             if erased.len() == 15 {
@@ -322,8 +331,11 @@ fn a_batch_is_all_or_nothing_under_sigkill() -> TestResult {
     let dir = tempfile::tempdir()?;
     let mut child = spawn_child("crash_child_batches", dir.path())?;
     let stdout = child.stdout.take().expect("piped");
+    // Held until the child is killed: a closed pipe would make its next
+    // print fail, and the child end on that panic rather than the kill.
+    let mut lines = BufReader::new(stdout).lines();
     let mut acked = 0;
-    for line in BufReader::new(stdout).lines() {
+    for line in lines.by_ref() {
         if line?.starts_with("BATCH ") {
             acked += 1;
             if acked == 20 {
@@ -404,8 +416,11 @@ fn read_events_survive_sigkill() -> TestResult {
         let dir = tempfile::tempdir()?;
         let mut child = spawn_child_with("crash_child_reads", dir.path(), &[(WORKER_VAR, worker)])?;
         let stdout = child.stdout.take().expect("piped");
+        // Held until the child is killed: a closed pipe would make its next
+        // print fail, and the child end on that panic rather than the kill.
+        let mut lines = BufReader::new(stdout).lines();
         let (mut reads, mut writes) = (0u64, 0u64);
-        for line in BufReader::new(stdout).lines() {
+        for line in lines.by_ref() {
             match line?.as_str() {
                 "READ" => reads += 1,
                 "WROTE" => writes += 1,
@@ -455,8 +470,11 @@ fn a_damaged_trail_with_staged_read_events_is_not_read_as_complete() -> TestResu
         &[(WORKER_VAR, "off"), (WRITES_VAR, "off")],
     )?;
     let stdout = child.stdout.take().expect("piped");
-    let reads = BufReader::new(stdout)
-        .lines()
+    // Held until the child is killed: a closed pipe would make its next
+    // print fail, and the child end on that panic rather than the kill.
+    let mut lines = BufReader::new(stdout).lines();
+    let reads = lines
+        .by_ref()
         .map_while(Result::ok)
         .filter(|line| line == "READ")
         .take(200)
