@@ -95,12 +95,7 @@ async fn send(
 }
 
 async fn keys_written(http: &reqwest::Client, server: &Server) -> TestResult<f64> {
-    let page = http
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let page = server.metrics_page(http).await?;
     metric(&page, "vault_storage_keys_written_total").ok_or_else(|| "no metric".into())
 }
 

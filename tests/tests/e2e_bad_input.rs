@@ -78,20 +78,14 @@ async fn bad_input_on_every_route_changes_nothing() -> TestResult {
     let deleted = client.tokenize_one("customer-1", "phone", "+1 555").await?;
     client.delete(&deleted).await?;
     let export_before = serde_json::to_string(&client.export("customer-1").await?.records)?;
-    let metrics_page = || async {
-        let page = http
-            .get(format!("{}/metrics", server.url))
-            .send()
-            .await?
-            .text()
-            .await?;
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(page)
-    };
     // The export's audit event is staged and moved into the trail within 100 ms;
     // reading the trail moves it now, so that it is not counted as a later write.
     client.audit_events(None, 1).await?;
-    let written_before =
-        metric(&metrics_page().await?, "vault_storage_keys_written_total").ok_or("metric")?;
+    let written_before = metric(
+        &server.metrics_page(&http).await?,
+        "vault_storage_keys_written_total",
+    )
+    .ok_or("metric")?;
 
     let t0 = tokens[0].as_str();
     let ok_item = item("customer-1", "email", "x@example.com");
@@ -505,8 +499,11 @@ async fn bad_input_on_every_route_changes_nothing() -> TestResult {
     // Still serving, and nothing stored changed.
     let (live, ready) = client.health().await?;
     assert!(live && ready);
-    let written_after =
-        metric(&metrics_page().await?, "vault_storage_keys_written_total").ok_or("metric")?;
+    let written_after = metric(
+        &server.metrics_page(&http).await?,
+        "vault_storage_keys_written_total",
+    )
+    .ok_or("metric")?;
     assert_eq!(
         written_after, written_before,
         "a refused request wrote to the vault"
@@ -613,13 +610,7 @@ async fn over_the_concurrency_limit_requests_are_shed_with_429() -> TestResult {
             matches!(&results[0], DetokenizeResult::Value { value, .. } if value.expose() == "r@example.com")
         );
     }
-    let page = server
-        .raw()?
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let page = server.metrics_page(&server.raw()?).await?;
     let shed_detokenize = metric(
         &page,
         "vault_http_requests_total{route=\"/v1/detokenize\",method=\"POST\",status=\"429\"}",

@@ -196,12 +196,7 @@ async fn no_personal_data_in_logs_errors_or_metrics() -> TestResult {
         error_bodies.len()
     );
 
-    let metrics = http
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = server.metrics_page(&http).await?;
     assert!(metrics.contains("vault_http_requests_total"), "{metrics}");
     // Lines leave in order: once the last request's is written, all are.
     let log = server.log_text_once(|log| log.contains("\"route\":\"/metrics\""));

@@ -128,12 +128,7 @@ async fn sigterm_under_load_loses_no_acknowledged_write() -> TestResult {
     let metrics = server.raw()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let page = metrics
-            .get(format!("{}/metrics", server.url))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let page = server.metrics_page(&metrics).await?;
         if metric(&page, "vault_http_requests_in_flight") >= Some(2.0) {
             break;
         }

@@ -380,10 +380,11 @@ impl Staging {
             (taken, fresh, names)
         };
         // Made outside the lock: reads go on staging meanwhile.
-        let mut numbered: Vec<(usize, String)> = names.into_iter().map(|(n, i)| (i, n)).collect();
-        numbered.sort_unstable_by_key(|&(i, _)| i);
-        let names: Vec<String> = numbered.into_iter().map(|(_, n)| n).collect();
-        taken.extend(fresh.iter().map(|f| (f.seq, f.event(&names))));
+        let mut by_number = vec![String::new(); names.len()];
+        for (name, n) in names {
+            by_number[n] = name;
+        }
+        taken.extend(fresh.iter().map(|f| (f.seq, f.event(&by_number))));
         taken
     }
 
@@ -423,15 +424,21 @@ mod tests {
         Key::fill_with(|k| *k = [7; 32])
     }
 
+    /// Staging files in a new directory (kept until the value is dropped).
+    fn new_staging() -> Result<(Key, tempfile::TempDir, Staging), Error> {
+        let key = key();
+        let dir = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
+        let staging = Staging::open(dir.path(), 0, &key)?;
+        Ok((key, dir, staging))
+    }
+
     fn event(n: u64) -> ReadEvent<'static> {
         ReadEvent::new("reader", AuditAction::Detokenize, AuditOutcome::Ok).about(None, n)
     }
 
     #[test]
     fn settled_only_when_nothing_is_pending_or_being_committed() -> Result<(), Error> {
-        let key = key();
-        let dir = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
-        let staging = Staging::open(dir.path(), 0, &key)?;
+        let (key, _dir, staging) = new_staging()?;
         assert!(staging.settled());
         staging.append(&key, 1, &[event(1), event(2)])?;
         assert!(!staging.settled());
@@ -452,9 +459,7 @@ mod tests {
 
     #[test]
     fn holds_about_a_subject_until_its_events_are_committed() -> Result<(), Error> {
-        let key = key();
-        let dir = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
-        let staging = Staging::open(dir.path(), 0, &key)?;
+        let (key, _dir, staging) = new_staging()?;
         let about = |subject: u8| event(1).about(Some([subject; 16]), 1);
         let (erin, frank) = (&[1; 16], &[2; 16]);
         staging.append(&key, 1, &[event(1), about(1)])?;
@@ -475,9 +480,7 @@ mod tests {
 
     #[test]
     fn staged_events_are_taken_and_read_back_as_they_were_staged() -> Result<(), Error> {
-        let key = key();
-        let dir = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
-        let staging = Staging::open(dir.path(), 0, &key)?;
+        let (key, dir, staging) = new_staging()?;
         let a = ReadEvent::new("desk", AuditAction::Detokenize, AuditOutcome::Ok)
             .purpose("support")
             .about(Some([4; 16]), 1);
@@ -497,9 +500,7 @@ mod tests {
 
     #[test]
     fn names_are_numbered_per_turn_and_come_back_right() -> Result<(), Error> {
-        let key = key();
-        let dir = tempfile::tempdir().map_err(|e| Error::io(Path::new("tmp"), e))?;
-        let staging = Staging::open(dir.path(), 0, &key)?;
+        let (key, _dir, staging) = new_staging()?;
         let desk =
             ReadEvent::new("desk", AuditAction::Detokenize, AuditOutcome::Ok).purpose("support");
         let mailer =

@@ -327,7 +327,7 @@ impl Store {
     }
 
     pub(crate) fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        Ok(self.db.get_pinned_cf(self.cf(cf), key)?.map(|v| v.to_vec()))
+        self.with_value(cf, key, |v| v.map(<[u8]>::to_vec))
     }
 
     /// `f` of the value under `key` (`None` if there is none), read in place: the

@@ -177,6 +177,12 @@ impl Server {
         Ok(builder.build()?)
     }
 
+    /// The `/metrics` page, fetched with `http` (a client from [`raw`](Self::raw)).
+    pub async fn metrics_page(&self, http: &reqwest::Client) -> TestResult<String> {
+        let url = format!("{}/metrics", self.url);
+        Ok(http.get(url).send().await?.text().await?)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
