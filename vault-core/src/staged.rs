@@ -3,9 +3,9 @@
 //! Every read is audited before its value is returned, and the event must survive
 //! the process being killed right after. Writing it through the journal costs a
 //! RocksDB write per read (three memtable inserts and a WAL `write`): more than the
-//! read itself. Instead a read appends its events to a staging file with one
-//! positional `write` (in the page cache once it returns, so a killed process loses
-//! nothing). The journal's next group takes everything staged first, so the trail
+//! read itself. Instead a read appends its events to a staging file, copying them
+//! into the file's pages through a shared map (no system call; in the page cache once
+//! it returns, so a killed process loses nothing: see [`Mapped`]). The journal's next group takes everything staged first, so the trail
 //! keeps the order things happened in: any audited write makes one, the worker makes
 //! one every 100 ms (and syncs), and so does anything that reads the trail (a
 //! subject's history only when a staged event is about the subject). A machine
@@ -24,7 +24,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -35,6 +35,7 @@ use crate::audit::{AuditAction, AuditEvent, AuditOutcome, ReadEvent};
 use crate::codec::{decode, encode, encode_into};
 use crate::crypto::{Key, domain};
 use crate::error::Error;
+use crate::mapped::Mapped;
 use crate::store::{Cf, Store};
 
 const FILES: [&str; 2] = ["AUDIT-STAGED-0", "AUDIT-STAGED-1"];
@@ -44,6 +45,10 @@ const STAGED_FORMAT: u8 = 1;
 const EVENT_FORMAT: u8 = 1;
 /// A file this full is committed by the appender itself, not left for the worker.
 const FLUSH_AT: u64 = 4 << 20;
+/// How much of each file is mapped: the appends past `FLUSH_AT` that commit it (and,
+/// while commits fail, refuse reads), with room for a large batch. Entries past it
+/// are written with `pwrite`.
+const MAPPED: usize = (FLUSH_AT + (1 << 20)) as usize;
 /// No event encodes to more (actor and purpose names are bounded far below).
 const MAX_ENTRY: usize = 64 << 10;
 const HEADER: usize = 4 + 8;
@@ -108,11 +113,12 @@ impl Fresh {
 }
 
 pub(crate) struct Staging {
-    files: [File; 2],
     state: Mutex<State>,
 }
 
 struct State {
+    /// The two files, written only under the lock.
+    files: [Mapped; 2],
     active: usize,
     offset: u64,
     next: u64,
@@ -267,9 +273,14 @@ impl Staging {
         }
         left.sort_by_key(|(seq, _)| *seq);
         left.dedup_by_key(|(seq, _)| *seq);
+        let [first, second] = files;
+        let map = |file: File, name: &str| {
+            Mapped::open(file, MAPPED).map_err(|e| Error::io(dir.join(name), e))
+        };
+        let files = [map(first, FILES[0])?, map(second, FILES[1])?];
         Ok(Staging {
-            files,
             state: Mutex::new(State {
+                files,
                 // Appends start over in the first file only once the left entries
                 // are committed (reads wait for that: the vault commits them at
                 // open, or refuses reads when the trail is damaged).
@@ -337,7 +348,8 @@ impl Staging {
         }
         let first = st.next;
         st.next += events.len() as u64;
-        if let Err(e) = self.files[st.active].write_all_at(&st.buf, st.offset) {
+        let active = st.active;
+        if let Err(e) = st.files[active].write_at(&st.buf, st.offset) {
             // Some entries may have been written. Their numbers are not used again:
             // the next append overwrites them, and any left after its end have lower
             // numbers and end the file. (The read fails; if the process is killed
@@ -393,9 +405,10 @@ impl Staging {
     /// minute: emptying at every turn would make each append grow the file, and
     /// growing a file waits for the filesystem journal, which a WAL sync holds).
     pub(crate) fn trim(&self) {
-        let st = lock(&self.state);
+        let mut st = lock(&self.state);
         if !st.other_busy {
-            let _ = self.files[st.active ^ 1].set_len(0);
+            let other = st.active ^ 1;
+            let _ = st.files[other].truncate();
         }
     }
 
@@ -495,6 +508,48 @@ mod tests {
         assert_eq!(staging.take(), expected);
         // The files hold the same entries, for the recovery of a killed process.
         assert_eq!(Staging::open(dir.path(), 0, &key)?.take(), expected);
+        Ok(())
+    }
+
+    #[test]
+    fn a_trimmed_file_is_emptied_then_written_again_from_its_start() -> Result<(), Error> {
+        let (key, dir, staging) = new_staging()?;
+        let len = |n: usize| -> Result<u64, Error> {
+            let path = dir.path().join(FILES[n]);
+            Ok(std::fs::metadata(&path)
+                .map_err(|e| Error::io(&path, e))?
+                .len())
+        };
+        staging.append(&key, 1, &[event(1), event(2)])?;
+        // Taken: appends go on in the second file.
+        let taken = staging.take();
+        staging.append(&key, 2, &[event(3)])?;
+        // Not yet committed: the first file is kept.
+        staging.trim();
+        assert!(len(0)? > 0);
+        staging.done(taken, true);
+        staging.trim();
+        assert_eq!(len(0)?, 0);
+        // The next turn writes the first file again, from its start.
+        let taken = staging.take();
+        assert_eq!(taken.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [3]);
+        staging.done(taken, true);
+        staging.append(&key, 3, &[event(4)])?;
+        assert!(len(0)? > 0);
+        // What a killed process would leave: the second file's entry (committed, so
+        // skipped by a reopen that knows its mark) and the first's new one.
+        assert_eq!(
+            Staging::open(dir.path(), 3, &key)?.take(),
+            vec![(4, event(4).at(3).to_event())]
+        );
+        assert_eq!(
+            Staging::open(dir.path(), 0, &key)?
+                .take()
+                .iter()
+                .map(|(s, _)| *s)
+                .collect::<Vec<_>>(),
+            [3, 4]
+        );
         Ok(())
     }
 
