@@ -578,8 +578,8 @@ impl Inner {
         self.opts.durability == crate::options::Durability::Synced
     }
 
-    /// Records the audit events of a read before its value is returned: staged (one
-    /// file `write`, committed to the trail by the worker within 100 ms, see
+    /// Records the audit events of a read before its value is returned: staged (copied
+    /// into a staging file, committed to the trail by the worker within 100 ms, see
     /// [`crate::staged`]), or committed and synced at once when
     /// [`VaultOptions::sync_read_events`](crate::VaultOptions::sync_read_events) is on.
     pub(crate) fn commit_read_events(&self, events: &[ReadEvent<'_>]) -> Result<(), Error> {

@@ -1,9 +1,18 @@
-//! A file written through a shared memory map: a write is a copy into the page cache,
-//! with no system call, and survives the process being killed the moment it is done
-//! (the pages belong to the file, not to the process), as a `pwrite` would.
+//! A file appended to through a shared memory map where that cannot fail: a write
+//! is then a copy into the page cache, with no system call, and survives the process
+//! being killed the moment it is done (the pages belong to the file, not to the
+//! process), as a `pwrite` would.
 //!
-//! The only unsafe code of the crate: mapping a file is unsafe because another
-//! process could change or shorten it while it is mapped. See [`Mapped::open`].
+//! A store into a mapped page cannot return an error: where the filesystem has to
+//! allocate for it (a full disk, a quota), the process gets SIGBUS, and a signal's
+//! core dump would put the vault's keys on disk. So files are mapped only on
+//! filesystems that write a page in place into blocks already reserved: ext2/3/4
+//! and tmpfs, with the file grown by written zeros (never sparse), so every block
+//! is reserved before a copy touches it. Copy-on-write filesystems (btrfs, XFS with
+//! reflinks, ZFS) allocate on every write, and files there are written with
+//! `pwrite`, as is anything past the mapped span.
+//!
+//! The only unsafe code of the crate: mapping the file, and copying into the map.
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -12,79 +21,118 @@ use std::os::unix::fs::FileExt;
 
 use memmap2::{MmapMut, MmapOptions};
 
-/// The file grows by this much at a time, with zeros written (not a sparse `set_len`).
-const GROW: u64 = 64 << 10;
+/// The file grows by this much at a time, with zeros written.
+const GROW: usize = 64 << 10;
+static ZEROS: [u8; GROW] = [0; GROW];
 
-/// A file whose first `span` bytes are mapped; writes past them fall back to `pwrite`.
+/// `statfs` magic numbers of the filesystems whose mapped pages are written in place
+/// (`linux/magic.h`): ext2/3/4 share one; tmpfs.
+const IN_PLACE: [u64; 2] = [0xEF53, 0x0102_1994];
+
+/// A file written at offsets, its first `span` bytes through a map where that is
+/// safe (see the module).
 pub(crate) struct Mapped {
     file: File,
-    map: MmapMut,
-    /// The file's length, as this process made it: the map is touched below it only.
+    /// `None` on a filesystem that may allocate when a mapped page is written.
+    map: Option<MmapMut>,
+    /// The file's length, as this process made it: the map is written below it only.
     len: u64,
 }
 
 impl std::fmt::Debug for Mapped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mapped").field("len", &self.len).finish()
+        f.debug_struct("Mapped")
+            .field("mapped", &self.map.is_some())
+            .field("len", &self.len)
+            .finish()
     }
 }
 
+/// Whether `file` is on a filesystem that writes mapped pages in place.
+fn writes_in_place(file: &File) -> io::Result<bool> {
+    let fs = rustix::fs::fstatfs(file)?;
+    // The field's width and sign vary by architecture; the magic numbers are small.
+    #[allow(clippy::unnecessary_cast)]
+    let kind = fs.f_type as u64;
+    Ok(IN_PLACE.contains(&kind))
+}
+
 impl Mapped {
-    /// Maps the first `span` bytes of `file` (opened for reading and writing), which
-    /// may be shorter: the map reaches past its end, and is not touched there until
-    /// the file has grown.
+    /// `file` (opened for reading and writing, created by the vault), its first `span`
+    /// bytes mapped if its filesystem allows. The file may be shorter: the map then
+    /// reaches past its end and is not written there until the file has grown.
     pub(crate) fn open(file: File, span: usize) -> io::Result<Mapped> {
+        let map = writes_in_place(&file)?;
+        Mapped::new(file, span, map)
+    }
+
+    fn new(file: File, span: usize, map: bool) -> io::Result<Mapped> {
         let len = file.metadata()?.len();
-        // Safety: mapping is unsound only if the file changes under the map other than
-        // through it. This file is the vault's own (created 0600 in the directory
-        // RocksDB's lock keeps to one process), and this process changes it only
-        // through this value: writes, and `truncate`, which forgets the map's pages
-        // past the new end. Nothing ever reads through the map, so bytes changed by
-        // another process could alter only what the file holds (entries are MAC'd and
-        // checked when read back with `read`, not through the map). A file shortened
-        // by another process makes the next copy into a page past its end raise
-        // SIGBUS: the process stops there, as if killed, before its write returned.
-        let map = unsafe { MmapOptions::new().len(span).map_mut(&file)? };
+        let map = if map {
+            // Safety: a map is unsound if the file changes under it other than through
+            // it. This process changes the file only through this value: copies below
+            // `len` (the file's length, so into pages that exist), zeros written with
+            // `pwrite` to grow it, and `truncate`, which sets `len` to 0 first (the
+            // kernel then drops the pages past the new end from the map). The file is
+            // the vault's own, created 0600 in its data directory, which one vault
+            // opens at a time (RocksDB's lock); it is closed after the store, with no
+            // write in between. Nothing ever reads through the map (the entries are
+            // read back with `read` when the vault opens, and MAC'd), so bytes changed
+            // by another process alter only what the file holds; a file shortened by
+            // another process makes the next copy past its end raise SIGBUS.
+            Some(unsafe { MmapOptions::new().len(span).map_mut(&file)? })
+        } else {
+            None
+        };
         Ok(Mapped { file, map, len })
     }
 
-    /// Writes `bytes` at `offset`, in the page cache when this returns.
+    /// Writes `bytes` at `offset`: in the page cache when this returns.
     pub(crate) fn write_at(&mut self, bytes: &[u8], offset: u64) -> io::Result<()> {
         let end = offset + bytes.len() as u64;
-        let span = self.map.len() as u64;
+        let span = self.map.as_ref().map_or(0, |m| m.len() as u64);
         if end > span {
-            // Past the map: a system call.
+            // Not mapped, or past the map: a system call. Zeros fill any gap before
+            // `offset`, so that the mapped part never has a hole.
             self.fill(offset)?;
             self.file.write_all_at(bytes, offset)?;
             self.len = self.len.max(end);
             return Ok(());
         }
         if end > self.len {
-            self.fill(end.next_multiple_of(GROW).min(span))?;
+            self.fill(end.next_multiple_of(GROW as u64).min(span))?;
         }
-        // Within the map and the file (both checked above): cannot be out of range.
-        self.map[offset as usize..end as usize].copy_from_slice(bytes);
+        let map = self.map.as_mut().expect("a span above zero is a map");
+        // Safety: `offset..end` is within the map (`end <= span`) and below the file's
+        // end (grown above), so its pages exist and are the file's. The copy goes
+        // through a pointer: no reference is made to the map's pages past the end.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                map.as_mut_ptr().add(offset as usize),
+                bytes.len(),
+            );
+        }
         Ok(())
     }
 
-    /// Grows the file to `to` with zeros written, not by a sparse `set_len`: the
-    /// file has no holes, so its blocks are reserved before a copy touches them and
-    /// a full disk is this error, never a fault in the copy.
+    /// Grows the file to `to` with zeros written, not by a sparse `set_len`: its blocks
+    /// are reserved before a copy touches them, so a full disk is this error and never
+    /// a fault in the copy.
     fn fill(&mut self, to: u64) -> io::Result<()> {
-        let zeros = [0u8; 4096];
         while self.len < to {
-            let n = (to - self.len).min(zeros.len() as u64) as usize;
-            self.file.write_all_at(&zeros[..n], self.len)?;
+            let n = (to - self.len).min(GROW as u64) as usize;
+            self.file.write_all_at(&ZEROS[..n], self.len)?;
             self.len += n as u64;
         }
         Ok(())
     }
 
-    /// Empties the file (its pages, and any copy of what they held, leave the page
-    /// cache); it grows again from its start.
+    /// Empties the file (its pages leave the page cache, and with them any copy of
+    /// what they held); it grows again from its start.
     pub(crate) fn truncate(&mut self) -> io::Result<()> {
-        // Forgotten first: if `set_len` fails, the next write grows the file again
-        // (rewriting zeros over what it holds) rather than copying past its end.
+        // First: if `set_len` fails, the next write grows the file again (rewriting
+        // zeros over what it holds) rather than copying past an end it may have.
         self.len = 0;
         self.file.set_len(0)
     }
@@ -94,15 +142,12 @@ impl Mapped {
 mod tests {
     use super::*;
     use std::fs::OpenOptions;
-    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Path;
 
-    fn read_all(path: &std::path::Path) -> io::Result<Vec<u8>> {
-        let mut bytes = Vec::new();
-        File::open(path)?.read_to_end(&mut bytes)?;
-        Ok(bytes)
-    }
+    const STEP: u64 = GROW as u64;
 
-    fn open_rw(path: &std::path::Path) -> io::Result<File> {
+    fn open_rw(path: &Path) -> io::Result<File> {
         OpenOptions::new()
             .read(true)
             .write(true)
@@ -111,27 +156,36 @@ mod tests {
             .open(path)
     }
 
+    /// The file's bytes, checking that it has no holes: a copy into a hole would
+    /// have to allocate.
+    fn read_back(path: &Path) -> io::Result<Vec<u8>> {
+        let meta = std::fs::metadata(path)?;
+        assert!(meta.blocks() * 512 >= meta.len(), "a sparse file");
+        std::fs::read(path)
+    }
+
     #[test]
     fn writes_in_and_past_the_map_read_back_through_the_file() -> io::Result<()> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("f");
-        let mut m = Mapped::open(open_rw(&path)?, 3 * GROW as usize)?;
-        m.write_at(b"hello", 0)?;
-        // The file grew by whole steps of zeros, not to the end of the write.
-        assert_eq!(std::fs::metadata(&path)?.len(), GROW);
-        // Across a growth step, and across the end of the map (part of it past).
-        m.write_at(&[1; 100], GROW - 50)?;
-        m.write_at(&[2; 100], 3 * GROW - 50)?;
-        let bytes = read_all(&path)?;
-        assert_eq!(bytes.len() as u64, 3 * GROW + 50);
-        assert_eq!(&bytes[..5], b"hello");
-        assert!(bytes[5..(GROW - 50) as usize].iter().all(|&b| b == 0));
-        assert!(
-            bytes[(GROW - 50) as usize..(GROW + 50) as usize]
-                .iter()
-                .all(|&b| b == 1)
-        );
-        assert!(bytes[(3 * GROW - 50) as usize..].iter().all(|&b| b == 2));
+        for map in [true, false] {
+            let dir = tempfile::tempdir()?;
+            let path = dir.path().join("f");
+            let mut m = Mapped::new(open_rw(&path)?, 3 * GROW, map)?;
+            assert_eq!(m.map.is_some(), map);
+            m.write_at(b"hello", 0)?;
+            // Mapped, the file grew by a whole step of zeros, not to the write's end.
+            assert_eq!(std::fs::metadata(&path)?.len(), if map { STEP } else { 5 });
+            // Across a growth step, and across the end of the map (part of it past).
+            m.write_at(&[1; 100], STEP - 50)?;
+            m.write_at(&[2; 100], 3 * STEP - 50)?;
+            let bytes = read_back(&path)?;
+            assert_eq!(bytes.len() as u64, 3 * STEP + 50);
+            let at = |from: u64, to: u64| &bytes[from as usize..to as usize];
+            assert_eq!(at(0, 5), b"hello");
+            assert!(at(5, STEP - 50).iter().all(|&b| b == 0));
+            assert!(at(STEP - 50, STEP + 50).iter().all(|&b| b == 1));
+            assert!(at(STEP + 50, 3 * STEP - 50).iter().all(|&b| b == 0));
+            assert!(at(3 * STEP - 50, 3 * STEP + 50).iter().all(|&b| b == 2));
+        }
         Ok(())
     }
 
@@ -139,13 +193,13 @@ mod tests {
     fn a_truncated_file_grows_again_from_its_start() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("f");
-        let mut m = Mapped::open(open_rw(&path)?, 2 * GROW as usize)?;
-        m.write_at(&[9; 1000], GROW)?;
+        let mut m = Mapped::new(open_rw(&path)?, 2 * GROW, true)?;
+        m.write_at(&[9; 1000], STEP)?;
         m.truncate()?;
         assert_eq!(std::fs::metadata(&path)?.len(), 0);
         m.write_at(b"again", 0)?;
-        let bytes = read_all(&path)?;
-        assert_eq!(bytes.len() as u64, GROW);
+        let bytes = read_back(&path)?;
+        assert_eq!(bytes.len() as u64, STEP);
         assert_eq!(&bytes[..5], b"again");
         // What was written before the truncation is gone, not back with the growth.
         assert!(bytes[5..].iter().all(|&b| b == 0));
@@ -153,14 +207,34 @@ mod tests {
     }
 
     #[test]
-    fn an_existing_file_keeps_its_bytes_and_is_written_over_in_place() -> io::Result<()> {
+    fn an_existing_file_is_written_over_in_place() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let path = dir.path().join("f");
-        std::fs::write(&path, [5u8; 10])?;
-        let mut m = Mapped::open(open_rw(&path)?, GROW as usize)?;
-        m.write_at(b"ab", 2)?;
-        let bytes = read_all(&path)?;
-        assert_eq!(&bytes[..10], &[5, 5, b'a', b'b', 5, 5, 5, 5, 5, 5]);
+        // Shorter than the map, and longer.
+        for len in [10, 3 * GROW] {
+            let path = dir.path().join(format!("f{len}"));
+            std::fs::write(&path, vec![5u8; len])?;
+            let mut m = Mapped::new(open_rw(&path)?, 2 * GROW, true)?;
+            m.write_at(b"ab", 2)?;
+            let bytes = read_back(&path)?;
+            assert_eq!(bytes.len(), len);
+            assert_eq!(&bytes[..6], &[5, 5, b'a', b'b', 5, 5]);
+            assert!(bytes[4..].iter().all(|&b| b == 5));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn only_filesystems_that_write_pages_in_place_are_mapped() -> io::Result<()> {
+        // procfs is not one of them.
+        assert!(!writes_in_place(&File::open("/proc/self/stat")?)?);
+        // Where the tests' files are (ext4 or tmpfs on the machines this runs on, but
+        // not necessarily): mapped exactly when the filesystem is one of the two.
+        let dir = tempfile::tempdir()?;
+        let file = open_rw(&dir.path().join("f"))?;
+        let kind = rustix::fs::fstatfs(&file)?.f_type;
+        #[allow(clippy::unnecessary_cast)]
+        let expected = IN_PLACE.contains(&(kind as u64));
+        assert_eq!(Mapped::open(file, GROW)?.map.is_some(), expected);
         Ok(())
     }
 }

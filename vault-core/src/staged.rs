@@ -3,10 +3,11 @@
 //! Every read is audited before its value is returned, and the event must survive
 //! the process being killed right after. Writing it through the journal costs a
 //! RocksDB write per read (three memtable inserts and a WAL `write`): more than the
-//! read itself. Instead a read appends its events to a staging file, copying them
-//! into the file's pages through a shared map (no system call; in the page cache once
-//! it returns, so a killed process loses nothing: see [`Mapped`]). The journal's next group takes everything staged first, so the trail
-//! keeps the order things happened in: any audited write makes one, the worker makes
+//! read itself. Instead a read appends its events to a staging file: a copy into
+//! the file's pages through a shared map where the filesystem allows, else one
+//! positional `write` (see [`Mapped`]). Either way they are in the page cache once
+//! the read returns, so a killed process loses nothing. The journal's next group
+//! takes everything staged first, so the trail keeps the order things happened in: any audited write makes one, the worker makes
 //! one every 100 ms (and syncs), and so does anything that reads the trail (a
 //! subject's history only when a staged event is about the subject). A machine
 //! crash can lose the last 100 ms of read events, as it could lose them from an
@@ -18,7 +19,7 @@
 //! the last number it took (`audit/staged`, in the same batch as the events,
 //! authenticated and named by the checkpoint), so at open the entries after it are
 //! committed and none twice. Numbers only grow within a file (those of a failed
-//! append are skipped); a torn last entry (the process killed during the `write`,
+//! append are skipped); a torn last entry (the process killed during the append,
 //! before the read returned) and whatever an earlier turn left after the last entry
 //! fail their MAC or have a lower number, and end the file.
 
@@ -45,9 +46,10 @@ const STAGED_FORMAT: u8 = 1;
 const EVENT_FORMAT: u8 = 1;
 /// A file this full is committed by the appender itself, not left for the worker.
 const FLUSH_AT: u64 = 4 << 20;
-/// How much of each file is mapped: the appends past `FLUSH_AT` that commit it (and,
-/// while commits fail, refuse reads), with room for a large batch. Entries past it
-/// are written with `pwrite`.
+/// How much of each file is mapped: the appends up to `FLUSH_AT`, and the one that
+/// goes past it and commits the file (or those that find it full while commits
+/// fail, and refuse reads). Entries past it (a large batch's, begun near
+/// `FLUSH_AT`) are written with `pwrite`.
 const MAPPED: usize = (FLUSH_AT + (1 << 20)) as usize;
 /// No event encodes to more (actor and purpose names are bounded far below).
 const MAX_ENTRY: usize = 64 << 10;
@@ -332,8 +334,8 @@ impl Staging {
         lock(&self.state).offset >= FLUSH_AT / 2
     }
 
-    /// Appends `events`, numbered and dated `at`, to the active file (one `write`);
-    /// true when the file is full enough to be committed now.
+    /// Appends `events`, numbered and dated `at`, to the active file (one copy or
+    /// `write`); true when the file is full enough to be committed now.
     pub(crate) fn append(
         &self,
         key: &Key,

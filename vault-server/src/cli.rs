@@ -55,6 +55,10 @@ enum Command {
 
 /// Runs the command line; the return value is the process's exit code.
 pub fn main() -> ExitCode {
+    if let Err(e) = forbid_core_dumps() {
+        eprintln!("vault-server: cannot turn core dumps off: {e}");
+        return ExitCode::FAILURE;
+    }
     let args = Args::parse();
     if let Some(Command::NewApiKey) = args.command {
         return new_api_key();
@@ -67,6 +71,16 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Makes the process not dumpable: a crash (a fault in RocksDB's C++, an I/O error
+/// under a memory map, an abort) then writes no core file, which would hold the root
+/// key, subject keys and values in clear; nor can another process of the same user
+/// attach to it to read them.
+fn forbid_core_dumps() -> std::io::Result<()> {
+    use rustix::process::{DumpableBehavior, set_dumpable_behavior};
+    set_dumpable_behavior(DumpableBehavior::NotDumpable)?;
+    Ok(())
 }
 
 fn new_api_key() -> ExitCode {
@@ -241,5 +255,21 @@ fn run(prepared: Prepared) -> ExitCode {
             eprintln!("vault-server: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::process::{DumpableBehavior, dumpable_behavior};
+
+    #[test]
+    fn core_dumps_are_turned_off() -> std::io::Result<()> {
+        // A test process is dumpable unless its environment says otherwise.
+        let before = dumpable_behavior()?;
+        forbid_core_dumps()?;
+        assert_eq!(dumpable_behavior()?, DumpableBehavior::NotDumpable);
+        assert_ne!(before, DumpableBehavior::NotDumpable, "nothing was changed");
+        Ok(())
     }
 }
