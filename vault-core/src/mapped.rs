@@ -8,9 +8,9 @@
 //! core dump would put the vault's keys on disk. So files are mapped only on
 //! filesystems that write a page in place into blocks already reserved: ext2/3/4
 //! and tmpfs, with the file grown by written zeros (never sparse), so every block
-//! is reserved before a copy touches it. Copy-on-write filesystems (btrfs, XFS with
-//! reflinks, ZFS) allocate on every write, and files there are written with
-//! `pwrite`, as is anything past the mapped span.
+//! is reserved before a copy touches it. Files on any other filesystem are written
+//! with `pwrite` (the copy-on-write ones, btrfs, XFS with reflinks and ZFS, allocate
+//! on every write), as is anything past the mapped span.
 //!
 //! The only unsafe code of the crate: mapping the file, and copying into the map.
 #![allow(unsafe_code)]
