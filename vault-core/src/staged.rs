@@ -7,11 +7,11 @@
 //! the file's pages through a shared map where the filesystem allows, else one
 //! positional `write` (see [`Mapped`]). Either way they are in the page cache once
 //! the read returns, so a killed process loses nothing. The journal's next group
-//! takes everything staged first, so the trail keeps the order things happened in: any audited write makes one, the worker makes
-//! one every 100 ms (and syncs), and so does anything that reads the trail (a
-//! subject's history only when a staged event is about the subject). A machine
-//! crash can lose the last 100 ms of read events, as it could lose them from an
-//! unsynced WAL before.
+//! takes everything staged first, so the trail keeps the order things happened in:
+//! any audited write makes one, the worker makes one every 100 ms (and syncs), and
+//! so does anything that reads the trail (a subject's history only when a staged
+//! event is about the subject). A machine crash can lose the last 100 ms of read
+//! events, as it could lose them from an unsynced WAL before.
 //!
 //! Two files take turns: appends go to one while the other's events are being
 //! committed, and a file is rewritten from its start only once everything in it is

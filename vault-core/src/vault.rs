@@ -644,8 +644,8 @@ impl Vault {
     /// event is synced ([`VaultOptions::sync_read_events`] with synced durability),
     /// or for a commit of the staged read events when the background worker has
     /// fallen behind. Otherwise a short read does a few point reads, decryption and
-    /// a copy into a mapped file (or one `write`), and can run where blocking is not allowed for long (an
-    /// async executor's thread).
+    /// a copy into a mapped file (or one `write`), and can run where blocking is not
+    /// allowed for long (an async executor's thread).
     pub fn reads_may_wait(&self) -> bool {
         (self.inner.synced() && self.inner.opts.sync_read_events) || self.inner.staging.filling()
     }

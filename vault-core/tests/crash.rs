@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Lines};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 
 use common::*;
@@ -36,6 +36,13 @@ fn spawn_child_with(test: &str, dir: &Path, env: &[(&str, &str)]) -> std::io::Re
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
+}
+
+/// The child's stdout, line by line. Held until the child is killed: a closed pipe
+/// would make the child's next print fail, and the child end on that panic rather
+/// than on the kill.
+fn output_lines(child: &mut Child) -> Lines<BufReader<ChildStdout>> {
+    BufReader::new(child.stdout.take().expect("piped")).lines()
 }
 
 fn child_dir() -> std::path::PathBuf {
@@ -93,10 +100,7 @@ fn acknowledged_tokenizations_survive_sigkill() -> TestResult {
             &[]
         };
         let mut child = spawn_child_with("crash_child_tokenize", dir.path(), env)?;
-        let stdout = child.stdout.take().expect("piped");
-        // Held until the child is killed: a closed pipe would make its next
-        // print fail, and the child end on that panic rather than the kill.
-        let mut lines = BufReader::new(stdout).lines();
+        let mut lines = output_lines(&mut child);
         let mut acked = Vec::new();
         for line in lines.by_ref() {
             let line = line?;
@@ -173,10 +177,7 @@ fn a_rotation_killed_midway_resumes() -> TestResult {
     }
 
     let mut child = spawn_child("crash_child_rotate", dir.path())?;
-    let stdout = child.stdout.take().expect("piped");
-    // Held until the child is killed: a closed pipe would make its next
-    // print fail, and the child end on that panic rather than the kill.
-    let mut lines = BufReader::new(stdout).lines();
+    let mut lines = output_lines(&mut child);
     let mut steps = 0;
     for line in lines.by_ref() {
         let line = line?;
@@ -271,10 +272,7 @@ fn acknowledged_erasures_survive_sigkill() -> TestResult {
         vault.close()?;
     }
     let mut child = spawn_child("crash_child_erase", dir.path())?;
-    let stdout = child.stdout.take().expect("piped");
-    // Held until the child is killed: a closed pipe would make its next
-    // print fail, and the child end on that panic rather than the kill.
-    let mut lines = BufReader::new(stdout).lines();
+    let mut lines = output_lines(&mut child);
     let mut erased = std::collections::HashSet::new();
     for line in lines.by_ref() {
         if let Some(subject) = line?.strip_prefix("ERASED ") {
@@ -330,10 +328,7 @@ fn crash_child_batches() {
 fn a_batch_is_all_or_nothing_under_sigkill() -> TestResult {
     let dir = tempfile::tempdir()?;
     let mut child = spawn_child("crash_child_batches", dir.path())?;
-    let stdout = child.stdout.take().expect("piped");
-    // Held until the child is killed: a closed pipe would make its next
-    // print fail, and the child end on that panic rather than the kill.
-    let mut lines = BufReader::new(stdout).lines();
+    let mut lines = output_lines(&mut child);
     let mut acked = 0;
     for line in lines.by_ref() {
         if line?.starts_with("BATCH ") {
@@ -415,10 +410,7 @@ fn read_events_survive_sigkill() -> TestResult {
     for worker in ["on", "off"] {
         let dir = tempfile::tempdir()?;
         let mut child = spawn_child_with("crash_child_reads", dir.path(), &[(WORKER_VAR, worker)])?;
-        let stdout = child.stdout.take().expect("piped");
-        // Held until the child is killed: a closed pipe would make its next
-        // print fail, and the child end on that panic rather than the kill.
-        let mut lines = BufReader::new(stdout).lines();
+        let mut lines = output_lines(&mut child);
         let (mut reads, mut writes) = (0u64, 0u64);
         for line in lines.by_ref() {
             match line?.as_str() {
@@ -469,10 +461,7 @@ fn a_damaged_trail_with_staged_read_events_is_not_read_as_complete() -> TestResu
         dir.path(),
         &[(WORKER_VAR, "off"), (WRITES_VAR, "off")],
     )?;
-    let stdout = child.stdout.take().expect("piped");
-    // Held until the child is killed: a closed pipe would make its next
-    // print fail, and the child end on that panic rather than the kill.
-    let mut lines = BufReader::new(stdout).lines();
+    let mut lines = output_lines(&mut child);
     let reads = lines
         .by_ref()
         .map_while(Result::ok)
