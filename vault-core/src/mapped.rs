@@ -223,18 +223,33 @@ mod tests {
         Ok(())
     }
 
+    /// The filesystem's name as coreutils' `stat` gives it, from its own table of
+    /// magic numbers (ext2/3/4 are all "ext2/ext3").
+    fn fs_name(path: &Path) -> io::Result<String> {
+        let out = std::process::Command::new("stat")
+            .args(["-f", "-c", "%T"])
+            .arg(path)
+            .output()?;
+        assert!(out.status.success(), "stat -f {}", path.display());
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
     #[test]
     fn only_filesystems_that_write_pages_in_place_are_mapped() -> io::Result<()> {
         // procfs is not one of them.
         assert!(!writes_in_place(&File::open("/proc/self/stat")?)?);
-        // Where the tests' files are (ext4 or tmpfs on the machines this runs on, but
-        // not necessarily): mapped exactly when the filesystem is one of the two.
-        let dir = tempfile::tempdir()?;
-        let file = open_rw(&dir.path().join("f"))?;
-        let kind = rustix::fs::fstatfs(&file)?.f_type;
-        #[allow(clippy::unnecessary_cast)]
-        let expected = IN_PLACE.contains(&(kind as u64));
-        assert_eq!(Mapped::open(file, GROW)?.map.is_some(), expected);
+        // Where the tests' files are, and shared memory (tmpfs) where there is any:
+        // mapped exactly when `stat` names one of the two.
+        let tmp = tempfile::tempdir()?;
+        let shm = tempfile::tempdir_in("/dev/shm").ok();
+        for dir in std::iter::once(&tmp).chain(&shm) {
+            let name = fs_name(dir.path())?;
+            let mapped = Mapped::open(open_rw(&dir.path().join("f"))?, GROW)?
+                .map
+                .is_some();
+            let expected = matches!(name.as_str(), "ext2/ext3" | "tmpfs");
+            assert_eq!(mapped, expected, "{}: {name}", dir.path().display());
+        }
         Ok(())
     }
 }
