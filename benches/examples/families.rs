@@ -1,41 +1,27 @@
-//! Raw RocksDB batches of a tokenization's shape, written into one column family (as
-//! the benchmarks' raw baselines and the HTTPS `RocksDB alone` server write them) or
-//! into six laid out like the vault's (`records`, `index`, `subjects`, `audit`,
-//! `audit_index`, `meta`, with their memtable sizes): whether the one-family
-//! baseline is cheaper or dearer than the vault's layout allows. Empty databases,
-//! unsynced writes, one thread; prints the time per call over the second half.
+//! Raw RocksDB batches of a tokenization's shape, written into one column family (the
+//! benchmarks' raw baseline: [`WriteShape`] into [`raw_db`]) or into six laid out like
+//! the vault's (`records`, `index`, `subjects`, `audit`, `audit_index`, `meta`, with
+//! their memtable sizes and the raw baseline's other options): whether the
+//! one-family baseline is cheaper or dearer than the vault's layout allows. Empty
+//! databases, unsynced writes, the baseline's constant values, one thread; prints the
+//! time per call over the second half.
 //!
 //! ```sh
 //! cargo build --release -p vault-benches --example families
 //! target/release/examples/families one 1000000
 //! target/release/examples/families six 1000000
 //! ```
+
 use std::time::Instant;
 
-/// xorshift: keys and values without a random-number dependency.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn fill(&mut self, b: &mut [u8]) {
-        for c in b.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            c.copy_from_slice(&v[..c.len()]);
-        }
-    }
-}
+use vault_benches::{Pick, WriteShape, raw_db, raw_options};
+use vault_core::{DEFAULT_BLOCK_CACHE, SCATTERED_WRITE_BUFFER, SMALL_ENTRY_WRITE_BUFFER};
 
-fn opts(wb: usize, prefix: Option<usize>) -> rocksdb::Options {
-    let mut o = rocksdb::Options::default();
-    o.create_if_missing(true);
-    o.create_missing_column_families(true);
-    o.set_max_background_jobs(2);
-    o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-    o.set_write_buffer_size(wb);
+/// The raw baseline's options with a memtable of `bytes`, and a memtable bloom
+/// filter of `prefix`-byte prefixes where the vault scans by prefix.
+fn family(bytes: usize, prefix: Option<usize>) -> rocksdb::Options {
+    let mut o = raw_options(DEFAULT_BLOCK_CACHE);
+    o.set_write_buffer_size(bytes);
     if let Some(p) = prefix {
         o.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(p));
         o.set_memtable_prefix_bloom_ratio(0.33);
@@ -50,29 +36,39 @@ fn main() {
         .nth(2)
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let six = mode == "six";
     let dir = tempfile::tempdir().expect("tmp");
+    let db = if six {
+        let mut opts = raw_options(DEFAULT_BLOCK_CACHE);
+        opts.create_missing_column_families(true);
+        let small = SMALL_ENTRY_WRITE_BUFFER;
+        let cfs = [
+            ("records", family(SCATTERED_WRITE_BUFFER, None)),
+            ("index", family(small, Some(16))),
+            ("subjects", family(small, None)),
+            ("audit", family(64 << 20, None)),
+            ("audit_index", family(small, Some(16))),
+            ("meta", family(64 << 20, None)),
+        ]
+        .map(|(name, o)| rocksdb::ColumnFamilyDescriptor::new(name, o));
+        rocksdb::DB::open_cf_descriptors(&opts, dir.path(), cfs).expect("open")
+    } else {
+        raw_db(dir.path())
+    };
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(false);
-    let mut r = Rng(88172645463325252);
-    let mut val = [0u8; 512];
-    let six = mode == "six";
-    let db = if six {
-        let cfs = vec![
-            rocksdb::ColumnFamilyDescriptor::new("records", opts(16 << 20, None)),
-            rocksdb::ColumnFamilyDescriptor::new("index", opts(4 << 20, Some(16))),
-            rocksdb::ColumnFamilyDescriptor::new("subjects", opts(4 << 20, None)),
-            rocksdb::ColumnFamilyDescriptor::new("audit", opts(64 << 20, None)),
-            rocksdb::ColumnFamilyDescriptor::new("audit_index", opts(4 << 20, Some(16))),
-            rocksdb::ColumnFamilyDescriptor::new("meta", opts(64 << 20, None)),
-        ];
-        rocksdb::DB::open_cf_descriptors(&opts(16 << 20, None), dir.path(), cfs).expect("open")
-    } else {
-        rocksdb::DB::open(&opts(16 << 20, None), dir.path()).expect("open")
+    // A tokenization writes 6 keys and ~513 bytes (the vault's counters); the six
+    // families' keys and values below add up to the same.
+    let shape = WriteShape {
+        keys: 6,
+        bytes: 513,
     };
+    let value = [0x5a_u8; 175];
+    let mut pick = Pick::new(88172645463325252);
     let subjects: Vec<[u8; 32]> = (0..100_000)
         .map(|_| {
             let mut k = [0u8; 32];
-            r.fill(&mut k);
+            pick.fill(&mut k);
             k
         })
         .collect();
@@ -81,37 +77,31 @@ fn main() {
         if call == calls {
             t = Instant::now();
         }
-        r.fill(&mut val);
-        let mut b = rocksdb::WriteBatch::default();
-        let s = &subjects[(r.next() % subjects.len() as u64) as usize];
-        let mut id = [0u8; 16];
-        r.fill(&mut id);
-        if six {
+        let batch = if six {
             // The vault's keys: a random token id, the subject's sid and hash, the
             // audit sequence (in order) and the checkpoint (one key, overwritten).
             let cf = |n| db.cf_handle(n).expect("cf");
-            b.put_cf(&cf("records"), id, &val[..175]);
-            let mut ik = [0u8; 32];
-            ik[..16].copy_from_slice(&s[..16]);
-            ik[16..].copy_from_slice(&id);
-            b.put_cf(&cf("index"), ik, b"");
-            b.put_cf(&cf("subjects"), s, &val[..60]);
-            b.put_cf(&cf("audit"), call.to_be_bytes(), &val[..90]);
-            let mut ak = [0u8; 24];
-            ak[..16].copy_from_slice(&s[16..]);
-            ak[16..].copy_from_slice(&call.to_be_bytes());
-            b.put_cf(&cf("audit_index"), ak, b"");
-            b.put_cf(&cf("meta"), b"audit/checkpoint", &val[..60]);
+            let s = &subjects[pick.below(subjects.len())];
+            let mut id = [0u8; 16];
+            pick.fill(&mut id);
+            let mut b = rocksdb::WriteBatch::default();
+            b.put_cf(&cf("records"), id, value);
+            let mut index = [0u8; 32];
+            index[..16].copy_from_slice(&s[..16]);
+            index[16..].copy_from_slice(&id);
+            b.put_cf(&cf("index"), index, b"");
+            b.put_cf(&cf("subjects"), s, &value[..60]);
+            b.put_cf(&cf("audit"), call.to_be_bytes(), &value[..90]);
+            let mut audit_index = [0u8; 24];
+            audit_index[..16].copy_from_slice(&s[16..]);
+            audit_index[16..].copy_from_slice(&call.to_be_bytes());
+            b.put_cf(&cf("audit_index"), audit_index, b"");
+            b.put_cf(&cf("meta"), b"audit/checkpoint", &value[..60]);
+            b
         } else {
-            // 6 keys, ~513 bytes: the benchmarks' `WriteShape` of a tokenization.
-            for k in 0..6u64 {
-                let mut key = [0u8; 16];
-                key[..8].copy_from_slice(&r.next().to_be_bytes());
-                key[8..].copy_from_slice(&k.to_be_bytes());
-                b.put(key, &val[..69]);
-            }
-        }
-        db.write_opt(b, &wo).expect("write");
+            shape.batch(call)
+        };
+        db.write_opt(batch, &wo).expect("write");
     }
     println!(
         "{mode}: {:.2} us a call",

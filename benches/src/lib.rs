@@ -18,6 +18,11 @@ pub fn raw_db(dir: &Path) -> rocksdb::DB {
 
 /// [`raw_db`] with a block cache of `cache_bytes` (the server's is bigger).
 pub fn raw_db_with_cache(dir: &Path, cache_bytes: usize) -> rocksdb::DB {
+    rocksdb::DB::open(&raw_options(cache_bytes), dir).expect("open the raw baseline database")
+}
+
+/// The options of [`raw_db_with_cache`].
+pub fn raw_options(cache_bytes: usize) -> rocksdb::Options {
     let mut opts = rocksdb::Options::default();
     opts.create_if_missing(true);
     opts.set_max_background_jobs(2);
@@ -31,7 +36,7 @@ pub fn raw_db_with_cache(dir: &Path, cache_bytes: usize) -> rocksdb::DB {
     table.set_bloom_filter(10.0, false);
     table.set_cache_index_and_filter_blocks(false);
     opts.set_block_based_table_factory(&table);
-    rocksdb::DB::open(&opts, dir).expect("open the raw baseline database")
+    opts
 }
 
 /// Writes `n` records of the vault's stored record size (200 bytes) into a raw
