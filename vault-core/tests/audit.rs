@@ -6,7 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ManualClock, TestResult, hex_decode, options, raw_db, root, subject_ref};
+use common::{
+    ManualClock, TestResult, TokenKinds, hex_decode, options, raw_db, root, subject_ref,
+    token_kinds,
+};
 use vault_core::{
     Access, Argument, AuditAction, AuditEvent, Error, LawfulBasis, Purpose, TokenizeRequest, Vault,
     VaultOptions,
@@ -102,15 +105,16 @@ fn an_untouched_trail_verifies_and_says_who_did_what() -> TestResult {
 fn one_token_reads_and_is_recorded_like_a_batch_of_one() -> TestResult {
     let dir = tempfile::tempdir()?;
     let vault = Vault::open(dir.path(), &root(), audit_options())?;
-    let good = vault.tokenize("alice", "email", "a@x.io")?.to_string();
-    let erased = vault.tokenize("bob", "email", "b@x.io")?.to_string();
-    vault.erase("bob")?;
-    let deleted = vault.tokenize("alice", "phone", "123")?.to_string();
-    vault.delete(&deleted)?;
     let other = tempfile::tempdir()?;
-    let foreign = Vault::open(other.path(), &root(), audit_options())?
-        .tokenize("carol", "email", "c@x.io")?
-        .to_string();
+    let TokenKinds {
+        live: good,
+        erased,
+        deleted,
+        foreign,
+    } = token_kinds(
+        &vault,
+        &Vault::open(other.path(), &root(), audit_options())?,
+    )?;
     let last = vault.audit_events(None, 100)?.last().map(|e| e.seq);
 
     let answer = |result: &Result<vault_core::Detokenized, Error>| match result {

@@ -184,15 +184,13 @@ fn erasure_counts_the_records_left_after_deletions_between_tokenizations() -> Te
 fn detokenize_batch_gives_one_result_per_token() -> TestResult {
     let dir = tempfile::tempdir()?;
     let vault = open(dir.path());
-    let good = vault.tokenize("s1", "email", "a@x.io")?.to_string();
-    let erased = vault.tokenize("s2", "email", "b@x.io")?.to_string();
-    vault.erase("s2")?;
-    let deleted = vault.tokenize("s1", "phone", "123")?.to_string();
-    vault.delete(&deleted)?;
     let other_dir = tempfile::tempdir()?;
-    let foreign = open(other_dir.path())
-        .tokenize("s1", "email", "x")?
-        .to_string();
+    let TokenKinds {
+        live: good,
+        erased,
+        deleted,
+        foreign,
+    } = token_kinds(&vault, &open(other_dir.path()))?;
     let results = vault.detokenize_batch(&[
         good.as_str(),
         "not a token",

@@ -60,6 +60,34 @@ pub fn open(dir: &Path) -> Vault {
 }
 
 /// The subject reference (hex storage id) of an existing subject.
+/// One token of each kind a read can meet.
+pub struct TokenKinds {
+    /// Live: field "email", value "a@x.io".
+    pub live: String,
+    /// Of a subject since erased.
+    pub erased: String,
+    /// Deleted.
+    pub deleted: String,
+    /// Issued by another vault.
+    pub foreign: String,
+}
+
+/// [`TokenKinds`] issued by `vault` (the foreign one by `other`).
+pub fn token_kinds(vault: &Vault, other: &Vault) -> Result<TokenKinds, vault_core::Error> {
+    let live = vault.tokenize("alice", "email", "a@x.io")?.to_string();
+    let erased = vault.tokenize("bob", "email", "b@x.io")?.to_string();
+    vault.erase("bob")?;
+    let deleted = vault.tokenize("alice", "phone", "123")?.to_string();
+    vault.delete(&deleted)?;
+    let foreign = other.tokenize("carol", "email", "c@x.io")?.to_string();
+    Ok(TokenKinds {
+        live,
+        erased,
+        deleted,
+        foreign,
+    })
+}
+
 pub fn subject_ref(vault: &Vault, subject: &str) -> String {
     vault
         .export(subject)
