@@ -18,10 +18,12 @@
 //!    as many keys and bytes per call as the vault did in its measurement (read from
 //!    its `/metrics`), answering once the WAL is synced by one thread for every write,
 //!    which waits as the vault server's does for concurrent writes to share a sync:
-//!    what the durable writes cost without the vault. Then tokenize again in
-//!    rounds, the vault, RocksDB alone and the bare server back to back (in turn
-//!    first), so that the ratios between them come from measurements seconds apart
-//!    rather than minutes: these machines drift by tens of percent in between;
+//!    what the durable writes cost without the vault. A fourth child does the same
+//!    with only a record and its index entry per call: the floor under any design.
+//!    Then tokenize again in rounds, the vault, both RocksDB servers and the bare
+//!    server back to back (in turn first), so that the ratios between them come
+//!    from measurements seconds apart rather than minutes: these machines drift by
+//!    tens of percent in between;
 //! 4. PostgreSQL + pgcrypto ("do it yourself"), when `VAULT_BENCH_PG` holds a
 //!    connection string: one row per value, encrypted by `pgp_sym_encrypt` (AES-256),
 //!    same records, same 64 connections, PostgreSQL's default durability; plus the
@@ -70,8 +72,9 @@ const RECORDS_PER_SUBJECT: usize = 10;
 const LOAD_BATCH: usize = 1000;
 /// Erasures timed one after the other at the end (not under load).
 const ERASURES: usize = 5;
-/// Rounds of tokenize with the vault, RocksDB alone and the bare server back to back.
-const TOKENIZE_ROUNDS: usize = 3;
+/// Rounds of tokenize with the vault, the two RocksDB-alone servers and the bare
+/// server back to back.
+const TOKENIZE_ROUNDS: usize = 5;
 /// The purpose used for detokenize (dev: legitimate interests, every field).
 const PURPOSE: &str = "support";
 const ROLE_ENV: &str = "VAULT_BENCH_ROLE";
@@ -378,23 +381,43 @@ async fn run() -> Res<()> {
     println!("raw RocksDB:  pid {} at {raw_url}", raw_child.pid());
     let raw_stats = measure_http(&cfg, &ca_pem, &raw_url, &api_key, Op::Tokenize, &data).await?;
     print_line("raw", Op::Tokenize.name(), raw_stats);
-    // The three again, back to back, each first in its turn.
+    // The floor: RocksDB alone writing only a record and its index entry, the least
+    // any design must write, the same way (measured in the rounds only).
+    let floor = vault_benches::RECORD_AND_INDEX;
+    let floor_log = tmp.path().join("floor.log");
+    let floor_args: Vec<OsString> = vec![
+        dev_dir.join("tls-cert.pem").into(),
+        dev_dir.join("tls-key.pem").into(),
+        tmp.path().join("floor").into(),
+        floor.keys.to_string().into(),
+        floor.bytes.to_string().into(),
+        cfg.records.to_string().into(),
+    ];
+    println!(
+        "raw RocksDB, record and index only: {} keys and {} bytes per tokenize, loading {} records...",
+        floor.keys, floor.bytes, cfg.records
+    );
+    let (floor_child, floor_url) = ChildGuard::spawn_server("raw", &floor_args, &floor_log)?;
+    println!("floor:        pid {} at {floor_url}", floor_child.pid());
+    // The four again, back to back, each first in its turn.
     let targets = [
         ("vault", &vault_url),
         ("raw", &raw_url),
+        ("floor", &floor_url),
         ("bare axum", &axum_url),
     ];
     let mut rounds = Vec::new();
     for round in 0..TOKENIZE_ROUNDS {
-        let mut stats = [Stats::default(); 3];
+        let mut stats = [Stats::default(); 4];
         for i in (0..targets.len()).map(|i| (i + round) % targets.len()) {
             let (name, url) = targets[i];
             stats[i] = measure_http(&cfg, &ca_pem, url, &api_key, Op::Tokenize, &data).await?;
             print_line(name, &format!("tokenize #{}", round + 1), stats[i]);
         }
-        let [vault, raw, bare] = stats.map(Stats::to_json);
-        rounds.push(json!({"vault": vault, "raw": raw, "bare": bare}));
+        let [vault, raw, floor, bare] = stats.map(Stats::to_json);
+        rounds.push(json!({"vault": vault, "raw": raw, "floor": floor, "bare": bare}));
     }
+    drop(floor_child);
     drop(raw_child);
     let rss_end = rss_kib(pid).unwrap_or(0);
     let hwm = proc_status_kib(pid, "VmHWM:").unwrap_or(0);

@@ -39,6 +39,17 @@ pub fn raw_options(cache_bytes: usize) -> rocksdb::Options {
     opts
 }
 
+/// The size of a record as the vault stores it, for the raw baselines' records.
+pub const STORED_RECORD_BYTES: usize = 200;
+
+/// The least a tokenization could write: the record (a 16-byte token id and the
+/// stored record) and its subject's index entry (a 32-byte key, no value). No audit
+/// event, checkpoint or subject entry: a floor under any design, not a vault.
+pub const RECORD_AND_INDEX: WriteShape = WriteShape {
+    keys: 2,
+    bytes: (16 + STORED_RECORD_BYTES + 32) as u64,
+};
+
 /// Writes `n` records of the vault's stored record size (200 bytes) into a raw
 /// database under random 16-byte keys, scattered like token ids and below the
 /// exported subject's prefix (0xee…), in unsynced batches of 1 000; their keys, in
@@ -49,7 +60,7 @@ pub fn load_raw_records(db: &rocksdb::DB, n: usize) -> Vec<[u8; 16]> {
     // Values from a stream of their own: the keys are those of the constant values
     // before.
     let mut values = Pick::new(11);
-    let mut record = [0u8; 200];
+    let mut record = [0u8; STORED_RECORD_BYTES];
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(false);
     let mut keys = Vec::with_capacity(n);

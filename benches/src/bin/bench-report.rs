@@ -331,29 +331,37 @@ fn listed(v: &Value, decimals: usize) -> Option<String> {
     Some(numbers.join(", "))
 }
 
-/// The tokenize rounds: the vault, RocksDB alone and the bare server back to back,
-/// with each round's ratios and their medians.
+/// The tokenize rounds: the vault, RocksDB alone (the vault's writes, and a record
+/// and its index entry only) and the bare server back to back, with each round's
+/// ratios and their medians. Rounds from before the floor was measured show none.
 fn tokenize_rounds(out: &mut String, rounds: &Value) {
     let Some(rounds) = rounds.as_array().filter(|r| !r.is_empty()) else {
         return;
     };
     let _ = writeln!(
         out,
-        "\nHTTPS tokenize again, in {} rounds of the three servers back to back (each \
-         first in its turn), so that each ratio comes from measurements seconds apart. \
-         Requests/s:\n\n| round | vault | RocksDB alone | bare axum | vault ÷ bare axum \
-         | RocksDB alone ÷ bare axum | vault ÷ RocksDB alone |\n|---|---|---|---|---|---|---|",
-        rounds.len()
+        "\nHTTPS tokenize again, in {} rounds of the servers back to back (each first in \
+         its turn), so that each ratio comes from measurements seconds apart. *RocksDB \
+         alone*: the vault's writes and nothing else, as above. *Floor*: RocksDB alone \
+         writing only a record and its index entry per call (2 keys, {} bytes), synced \
+         the same way: no audit event, checkpoint or subject entry, so below what any \
+         design that keeps an audit trail must write. Requests/s:\n\n| round | vault | \
+         RocksDB alone | floor | bare axum | vault ÷ bare axum | RocksDB alone ÷ bare \
+         axum | floor ÷ bare axum | vault ÷ RocksDB alone |\n|---|---|---|---|---|---|---|---|---|",
+        rounds.len(),
+        vault_benches::RECORD_AND_INDEX.bytes
     );
-    let mut ratios: [Vec<f64>; 3] = Default::default();
+    let mut ratios: [Vec<f64>; 4] = Default::default();
     let mut errors = 0;
     for (i, round) in rounds.iter().enumerate() {
-        let servers = ["vault", "raw", "bare"];
-        let [vault, raw, bare] = servers.map(|k| round[k]["rps"].as_f64().unwrap_or(f64::NAN));
-        let cells: Vec<String> = [vault, raw, bare]
+        let servers = ["vault", "raw", "floor", "bare"];
+        let [vault, raw, floor, bare] =
+            servers.map(|k| round[k]["rps"].as_f64().unwrap_or(f64::NAN));
+        let cells: Vec<String> = [vault, raw, floor, bare]
             .into_iter()
             .zip(servers)
             .map(|(rps, k)| match round[k]["errors"].as_u64() {
+                _ if rps.is_nan() => "—".to_owned(),
                 Some(0) | None => format!("{rps:.0}"),
                 Some(e) => {
                     errors += e;
@@ -361,23 +369,22 @@ fn tokenize_rounds(out: &mut String, rounds: &Value) {
                 }
             })
             .collect();
-        let these = [vault / bare, raw / bare, vault / raw];
+        let these = [vault / bare, raw / bare, floor / bare, vault / raw];
+        let shown: Vec<String> = these.iter().map(|&r| ratio_cell(r)).collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {} | {} |",
             i + 1,
-            cells[0],
-            cells[1],
-            cells[2],
-            these[0],
-            these[1],
-            these[2]
+            cells.join(" | "),
+            shown.join(" | ")
         );
         for (list, ratio) in ratios.iter_mut().zip(these) {
-            list.push(ratio);
+            if !ratio.is_nan() {
+                list.push(ratio);
+            }
         }
     }
-    let [vault, raw, vault_raw] = ratios.map(median);
+    let [vault, raw, floor, vault_raw] = ratios.map(median);
     // Failed requests are not in a rate: a round with failures cannot be judged.
     let judged = (errors == 0).then_some(vault >= HTTPS_GOAL);
     let mut judged_text = verdict(judged).to_owned();
@@ -386,16 +393,32 @@ fn tokenize_rounds(out: &mut String, rounds: &Value) {
     }
     let _ = writeln!(
         out,
-        "| median | | | | {vault:.2} | {raw:.2} | {vault_raw:.2} |\n\nThe median of the \
-         rounds' vault ÷ bare axum against the target (≥ {HTTPS_GOAL}): {judged_text}. The \
-         median of their RocksDB alone ÷ bare axum, RocksDB doing only the vault's writes: \
-         {raw:.2}; of their vault ÷ RocksDB alone: {vault_raw:.2}.{}",
+        "| median | | | | | {} | {} | {} | {} |\n\nThe median of the rounds' vault ÷ bare \
+         axum against the target (≥ {HTTPS_GOAL}): {judged_text}. The median of their \
+         RocksDB alone ÷ bare axum, RocksDB doing only the vault's writes: {}; of the \
+         floor's: {}; of their vault ÷ RocksDB alone: {}.{}",
+        ratio_cell(vault),
+        ratio_cell(raw),
+        ratio_cell(floor),
+        ratio_cell(vault_raw),
+        ratio_cell(raw),
+        ratio_cell(floor),
+        ratio_cell(vault_raw),
         if errors > 0 {
             format!(" {errors} requests failed in these rounds: not judged.")
         } else {
             String::new()
         }
     );
+}
+
+/// A ratio with two decimals, or a dash where a server was not measured.
+fn ratio_cell(ratio: f64) -> String {
+    if ratio.is_nan() {
+        "—".to_owned()
+    } else {
+        format!("{ratio:.2}")
+    }
 }
 
 /// The median (the mean of the middle two for an even count); NaN when empty.
@@ -622,28 +645,46 @@ mod tests {
 
     #[test]
     fn tokenize_rounds_give_each_rounds_ratios_and_their_medians() -> Result<()> {
-        let round = |vault: f64, raw: f64, bare: f64| {
+        let round = |vault: f64, raw: f64, floor: f64, bare: f64| {
             serde_json::json!({
                 "vault": {"rps": vault, "errors": 0},
                 "raw": {"rps": raw, "errors": 0},
+                "floor": {"rps": floor, "errors": 0},
                 "bare": {"rps": bare, "errors": 0},
             })
         };
         let rounds = serde_json::json!([
-            round(10.0, 20.0, 40.0),
-            round(30.0, 40.0, 50.0),
-            round(20.0, 25.0, 100.0),
+            round(10.0, 20.0, 30.0, 40.0),
+            round(30.0, 40.0, 45.0, 50.0),
+            round(20.0, 25.0, 60.0, 100.0),
         ]);
         let mut out = String::new();
         tokenize_rounds(&mut out, &rounds);
         assert!(
-            out.contains("| 1 | 10 | 20 | 40 | 0.25 | 0.50 | 0.50 |"),
+            out.contains("| 1 | 10 | 20 | 30 | 40 | 0.25 | 0.50 | 0.75 | 0.50 |"),
             "{out}"
         );
         // RocksDB alone at the target: missed, but not out of reach.
         assert!(!out.contains("out of reach"), "{out}");
         assert!(
-            out.contains("| median | | | | 0.25 | 0.50 | 0.75 |"),
+            out.contains("| median | | | | | 0.25 | 0.50 | 0.75 | 0.75 |"),
+            "{out}"
+        );
+        assert!(out.contains("of the floor's: 0.75;"), "{out}");
+
+        // Rounds from before the floor was measured: a dash, and the rest as before.
+        let mut older = rounds.clone();
+        for r in older.as_array_mut().into_iter().flatten() {
+            r.as_object_mut().map(|o| o.remove("floor"));
+        }
+        let mut out = String::new();
+        tokenize_rounds(&mut out, &older);
+        assert!(
+            out.contains("| 1 | 10 | 20 | — | 40 | 0.25 | 0.50 | — | 0.50 |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| median | | | | | 0.25 | 0.50 | — | 0.75 |"),
             "{out}"
         );
         assert!(out.contains("(≥ 0.5): **missed**"), "{out}");
@@ -656,12 +697,12 @@ mod tests {
         failing[1]["bare"]["errors"] = 7.into();
         let mut out = String::new();
         tokenize_rounds(&mut out, &failing);
-        assert!(out.contains("| 2 | 30 | 40 | 50, 7 errors |"), "{out}");
+        assert!(out.contains("| 2 | 30 | 40 | 45 | 50, 7 errors |"), "{out}");
         assert!(out.contains("(≥ 0.5): —"), "{out}");
         assert!(out.contains("7 requests failed"), "{out}");
 
         // Missed with RocksDB alone below the target too: out of reach, and said so.
-        let slow_storage = serde_json::json!([round(10.0, 15.0, 40.0)]);
+        let slow_storage = serde_json::json!([round(10.0, 15.0, 25.0, 40.0)]);
         let mut out = String::new();
         tokenize_rounds(&mut out, &slow_storage);
         assert!(
