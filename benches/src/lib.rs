@@ -42,18 +42,15 @@ pub fn raw_options(cache_bytes: usize) -> rocksdb::Options {
 /// The size of a record as the vault stores it, for the raw baselines' records.
 pub const STORED_RECORD_BYTES: usize = 200;
 
-/// The least a vault under DESIGN.md writes per tokenization, sized as the vault
-/// stores each entry: the record (a 16-byte token id and the stored record), its
-/// subject's index entry (a 32-byte key, no value: purge and export find the
-/// subject's records by it), the subject's entry (its 32-byte hash and 24 bytes: the
-/// record count that the erasure receipt reports in O(1), which erasure's flat
-/// latency needs) and the audit event (an 8-byte sequence number and 70 bytes: an
-/// audit trail of every access). Not the event's subject index nor the trail's
-/// checkpoint, which the vault adds for per-subject audit queries and to detect a
-/// truncated trail. No encryption, no MAC: a floor under the vault, not a vault.
-pub const LEAST_VAULT_WRITE: WriteShape = WriteShape {
-    keys: 4,
-    bytes: (16 + STORED_RECORD_BYTES + 32 + (32 + 24) + (8 + 70)) as u64,
+/// The least any vault under DESIGN.md writes per tokenization: the record (a
+/// 16-byte token id and a stored record; tokens are 128 random bits, so a record
+/// cannot sit under its subject's prefix) and its subject's index entry (a 32-byte
+/// key, no value: purge and export find a subject's records by it, never by a full
+/// scan). No audit event, record count or checkpoint, and nothing computed: a
+/// floor under every design, not a vault.
+pub const RECORD_AND_INDEX: WriteShape = WriteShape {
+    keys: 2,
+    bytes: (16 + STORED_RECORD_BYTES + 32) as u64,
 };
 
 /// Writes `n` records of the vault's stored record size (200 bytes) into a raw
