@@ -365,41 +365,31 @@ async fn run() -> Res<()> {
     // 3. RocksDB alone writing what the vault wrote per tokenize, durably, behind the
     // same TLS and JSON: what durability and those writes cost without the vault.
     let shape = shape.ok_or("the vault's tokenize was not measured")?;
-    let raw_log = tmp.path().join("raw.log");
-    let raw_args: Vec<OsString> = vec![
-        dev_dir.join("tls-cert.pem").into(),
-        dev_dir.join("tls-key.pem").into(),
-        tmp.path().join("raw").into(),
-        shape.keys.to_string().into(),
-        shape.bytes.to_string().into(),
-        cfg.records.to_string().into(),
-    ];
-    println!(
-        "raw RocksDB: {} keys and {} bytes per tokenize (the vault's), loading {} records...",
-        shape.keys, shape.bytes, cfg.records
-    );
-    let (raw_child, raw_url) = ChildGuard::spawn_server("raw", &raw_args, &raw_log)?;
-    println!("raw RocksDB:  pid {} at {raw_url}", raw_child.pid());
+    let spawn_raw = |name: &str, shape: &WriteShape, what: &str| {
+        let args: Vec<OsString> = vec![
+            dev_dir.join("tls-cert.pem").into(),
+            dev_dir.join("tls-key.pem").into(),
+            tmp.path().join(name).into(),
+            shape.keys.to_string().into(),
+            shape.bytes.to_string().into(),
+            cfg.records.to_string().into(),
+        ];
+        println!(
+            "{name}: RocksDB alone, {} keys and {} bytes per tokenize ({what}), loading {} records...",
+            shape.keys, shape.bytes, cfg.records
+        );
+        let log = tmp.path().join(format!("{name}.log"));
+        let (child, url) = ChildGuard::spawn_server("raw", &args, &log)?;
+        println!("{name}: pid {} at {url}", child.pid());
+        Res::Ok((child, url))
+    };
+    let (raw_child, raw_url) = spawn_raw("raw", &shape, "the vault's")?;
     let raw_stats = measure_http(&cfg, &ca_pem, &raw_url, &api_key, Op::Tokenize, &data).await?;
     print_line("raw", Op::Tokenize.name(), raw_stats);
     // The floor: RocksDB alone writing only a record and its index entry, the same
     // way (measured in the rounds only).
     let floor = vault_benches::RECORD_AND_INDEX;
-    let floor_log = tmp.path().join("floor.log");
-    let floor_args: Vec<OsString> = vec![
-        dev_dir.join("tls-cert.pem").into(),
-        dev_dir.join("tls-key.pem").into(),
-        tmp.path().join("floor").into(),
-        floor.keys.to_string().into(),
-        floor.bytes.to_string().into(),
-        cfg.records.to_string().into(),
-    ];
-    println!(
-        "raw RocksDB, a record and its index entry only: {} keys and {} bytes per tokenize, loading {} records...",
-        floor.keys, floor.bytes, cfg.records
-    );
-    let (floor_child, floor_url) = ChildGuard::spawn_server("raw", &floor_args, &floor_log)?;
-    println!("floor:        pid {} at {floor_url}", floor_child.pid());
+    let (floor_child, floor_url) = spawn_raw("floor", &floor, "a record and its index entry")?;
     // The four again, back to back, each first in its turn.
     let targets = [
         ("vault", &vault_url),
@@ -1264,10 +1254,9 @@ async fn echo<T: Serialize + DeserializeOwned>(axum::Json(body): axum::Json<T>) 
 /// and JSON, and a tokenize that writes `KEYS` keys and `BYTES` bytes (the vault's
 /// per call, or the floor's; 16-byte keys scattered like token ids) to a RocksDB in
 /// `DIR` holding `RECORDS` records, and answers once the WAL is synced. The write is
-/// the vault
-/// server's: unsynced on the async worker, then awaited while one thread syncs the
-/// WAL for every write finished, first waiting the server's `sync_gather` when
-/// writes come from several callers (as `vault-core/src/durable.rs`).
+/// the vault server's: unsynced on the async worker, then awaited while one thread
+/// syncs the WAL for every write finished, first waiting the server's `sync_gather`
+/// when writes come from several callers (as `vault-core/src/durable.rs`).
 fn raw_role() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [cert, key, dir, keys, bytes, records] = args.as_slice() else {

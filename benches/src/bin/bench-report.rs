@@ -391,7 +391,8 @@ fn tokenize_rounds(out: &mut String, rounds: &Value, floor: &Value) {
             }
         }
     }
-    let [vault, raw, least, vault_raw] = ratios.map(median);
+    let medians = ratios.map(median);
+    let [vault, raw, least, _] = medians;
     // Failed requests are not in a rate: a round with failures cannot be judged.
     let judged = (errors == 0).then_some(vault >= HTTPS_GOAL);
     let mut judged_text = verdict(judged).to_owned();
@@ -408,20 +409,14 @@ fn tokenize_rounds(out: &mut String, rounds: &Value, floor: &Value) {
             );
         }
     }
+    let [vault, raw, least, vault_raw] = medians.map(ratio_cell);
     let _ = writeln!(
         out,
-        "| median | | | | | {} | {} | {} | {} |\n\nThe median of the rounds' vault ÷ bare \
-         axum against the target (≥ {HTTPS_GOAL}): {judged_text}. The median of their \
-         RocksDB alone ÷ bare axum, RocksDB doing only the vault's writes: {}; of the \
-         floor's, a record and its index entry only: {}; of their vault ÷ RocksDB alone: \
-         {}.{}",
-        ratio_cell(vault),
-        ratio_cell(raw),
-        ratio_cell(least),
-        ratio_cell(vault_raw),
-        ratio_cell(raw),
-        ratio_cell(least),
-        ratio_cell(vault_raw),
+        "| median | | | | | {vault} | {raw} | {least} | {vault_raw} |\n\nThe median of the \
+         rounds' vault ÷ bare axum against the target (≥ {HTTPS_GOAL}): {judged_text}. The \
+         median of their RocksDB alone ÷ bare axum, RocksDB doing only the vault's writes: \
+         {raw}; of the floor's, a record and its index entry only: {least}; of their vault \
+         ÷ RocksDB alone: {vault_raw}.{}",
         if errors > 0 {
             format!(" {errors} requests failed in these rounds: not judged.")
         } else {

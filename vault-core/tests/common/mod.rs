@@ -59,7 +59,6 @@ pub fn open(dir: &Path) -> Vault {
     Vault::open(dir, &root(), options()).expect("open vault")
 }
 
-/// The subject reference (hex storage id) of an existing subject.
 /// One token of each kind a read can meet.
 pub struct TokenKinds {
     /// Live: field "email", value "a@x.io".
@@ -88,6 +87,7 @@ pub fn token_kinds(vault: &Vault, other: &Vault) -> Result<TokenKinds, vault_cor
     })
 }
 
+/// The subject reference (hex storage id) of an existing subject.
 pub fn subject_ref(vault: &Vault, subject: &str) -> String {
     vault
         .export(subject)
