@@ -1308,7 +1308,7 @@ impl Raw {
     /// Opens the database (`raw_db`'s options, with the server's block cache) and
     /// writes `records` records of the vault's stored record size under random keys.
     fn load(dir: &Path, shape: WriteShape, records: usize) -> Raw {
-        let db = vault_benches::raw_db_with_cache(dir, vault_core::SERVER_BLOCK_CACHE);
+        let db = vault_benches::raw_db_with_cache(dir, vault_core::internal::SERVER_BLOCK_CACHE);
         vault_benches::load_raw_records(&db, records);
         db.flush().expect("raw flush");
         // Measured settled, as the vault is after its load and earlier measurements.

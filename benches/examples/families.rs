@@ -15,7 +15,8 @@
 use std::time::Instant;
 
 use vault_benches::{Pick, WriteShape, raw_db, raw_options};
-use vault_core::{DEFAULT_BLOCK_CACHE, SCATTERED_WRITE_BUFFER, SMALL_ENTRY_WRITE_BUFFER};
+use vault_core::DEFAULT_BLOCK_CACHE;
+use vault_core::internal::{SCATTERED_WRITE_BUFFER, SMALL_ENTRY_WRITE_BUFFER};
 
 /// The raw baseline's options with a memtable of `bytes`, and a memtable bloom
 /// filter of `prefix`-byte prefixes where the vault scans by prefix.

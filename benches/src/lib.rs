@@ -29,7 +29,7 @@ pub fn raw_options(cache_bytes: usize) -> rocksdb::Options {
     opts.set_bytes_per_sync(1 << 20);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     opts.set_bottommost_compression_type(rocksdb::DBCompressionType::Lz4);
-    opts.set_write_buffer_size(vault_core::SCATTERED_WRITE_BUFFER);
+    opts.set_write_buffer_size(vault_core::internal::SCATTERED_WRITE_BUFFER);
     let cache = rocksdb::Cache::new_lru_cache(cache_bytes);
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_block_cache(&cache);

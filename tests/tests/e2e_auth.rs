@@ -351,6 +351,58 @@ fn misconfiguration_ends_before_anything_listens() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_vault_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let base = dir.path().canonicalize()?;
+    let data = base.join("data");
+    let spec = [KeySpec {
+        name: "svc",
+        scopes: &["tokenize", "detokenize"],
+        purposes: &["support"],
+    }];
+    let (config, ca, keys) = write_config(&base, &spec, "")?;
+    let first = Server::start(Launch::config(&data, &config, &ca))?;
+    let client = first.client(&keys["svc"])?;
+    let token = client
+        .tokenize_one("s-1", "email", "first@example.com")
+        .await?;
+
+    // Named through a symlink (the server resolves --data-dir; the vault's lock
+    // does not depend on it).
+    let link = base.join("link");
+    std::os::unix::fs::symlink(&data, &link)?;
+    let (code, err) = refused(&link, &["--config", &config.display().to_string()], &[])?;
+    assert_one_line_already_open(code, &err);
+
+    // In --dev mode too, with no development banner before the refusal.
+    let dev_data = base.join("dev-data");
+    let dev = Server::start_dev(&dev_data)?;
+    let (code, err) = refused(&dev_data, &["--dev"], &[])?;
+    assert_one_line_already_open(code, &err);
+
+    // The first servers never noticed.
+    let answer = client.detokenize(&[token], "support").await?;
+    assert!(
+        matches!(&answer[0], vault_client::api::DetokenizeResult::Value { value, .. }
+            if value.expose() == "first@example.com"),
+        "{answer:?}"
+    );
+    dev.admin()?
+        .tokenize_one("s-2", "email", "dev@example.com")
+        .await?;
+    Ok(())
+}
+
+fn assert_one_line_already_open(code: i32, err: &str) {
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("vault-server: ") && err.trim_end().lines().count() == 1,
+        "one line: {err}"
+    );
+    assert!(err.contains("already open"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_key_from_env_or_passphrase_and_plain_http_only_when_named_insecure() -> TestResult {
     let dir = tempfile::tempdir()?;
     let spec = [KeySpec {

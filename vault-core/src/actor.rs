@@ -61,7 +61,8 @@ impl Actor<'_> {
         value: impl AsRef<[u8]>,
     ) -> Result<Token, Error> {
         let request = TokenizeRequest::new(subject, field, value.as_ref());
-        Ok(self.one_token(self.tokenize_batch(&[request])?))
+        let tokens = self.tokenize_batch(&[request]).map_err(Error::single)?;
+        Ok(self.one_token(tokens))
     }
 
     /// [`Vault::tokenize_deterministic`].
@@ -72,7 +73,8 @@ impl Actor<'_> {
         value: impl AsRef<[u8]>,
     ) -> Result<Token, Error> {
         let request = TokenizeRequest::new(subject, field, value.as_ref()).deterministic();
-        Ok(self.one_token(self.tokenize_batch(&[request])?))
+        let tokens = self.tokenize_batch(&[request]).map_err(Error::single)?;
+        Ok(self.one_token(tokens))
     }
 
     fn one_token(&self, mut tokens: Vec<Token>) -> Token {

@@ -132,7 +132,11 @@ pub enum PurgeState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ErasureReceipt {
-    /// The erased subject instance, or `None` when no subject had this id.
+    /// The erased subject instance, or `None` when no subject had this id: its
+    /// storage id, which [`Vault::erasure_receipt`] looks the erasure up by. It is
+    /// not the `subject` of the subject's audit events (a MAC under the subject's
+    /// key, now destroyed), so a receipt kept with the person's id does not lead
+    /// back to their history.
     pub subject_ref: Option<SubjectRef>,
     /// When the key was destroyed, in milliseconds since the Unix epoch.
     pub erased_at: u64,
@@ -141,6 +145,9 @@ pub struct ErasureReceipt {
     /// Whether the bytes have been purged from disk yet.
     pub purge: PurgeState,
     /// The audit event that records the erasure: proof of it that names nobody.
+    /// Set in the receipt [`Vault::erase`] returns; `None` in one looked up later
+    /// with [`Vault::erasure_receipt`] (the erasure is stored in the same write as
+    /// its event, before the journal numbers the event), and when nothing was erased.
     pub audit_event: Option<u64>,
 }
 
@@ -276,7 +283,9 @@ impl Vault {
         self.inner.pending()
     }
 
-    /// The receipt of an earlier erasure, by its subject reference.
+    /// The receipt of an earlier erasure, by its subject reference
+    /// ([`ErasureReceipt::subject_ref`]). It does not name the audit event
+    /// (`audit_event` is `None`); keep the receipt `erase` returned for that.
     pub fn erasure_receipt(
         &self,
         subject_ref: &SubjectRef,

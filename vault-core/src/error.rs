@@ -8,12 +8,40 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// Everything that can go wrong in the vault.
+///
+/// The outcomes of a read are distinct variants, so a caller can tell a token that
+/// never existed from one whose subject was erased:
+///
+/// ```
+/// use vault_core::{Error, RootKey, Vault, VaultOptions};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path().join("vault");
+/// # let vault = Vault::open(&dir, &RootKey::generate()?, VaultOptions::default())?;
+/// # let token = vault.tokenize("customer-42", "email", "alice@example.com")?.to_string();
+/// # vault.erase("customer-42")?;
+/// match vault.detokenize(&token) {
+///     Ok(record) => println!("{} is {} bytes", record.field, record.value.as_bytes().len()),
+///     Err(Error::Erased) => println!("the person was erased: forget the token"),
+///     Err(Error::NotFound) => println!("no such record (deleted)"),
+///     Err(Error::InvalidToken) => println!("not a token of this vault"),
+///     Err(e) => return Err(e.into()),
+/// }
+/// // Bad input names the argument and the problem, never the content.
+/// let refused = vault.tokenize("", "email", "alice@example.com").unwrap_err();
+/// assert_eq!(refused.to_string(), "invalid input: subject id is empty");
+/// # vault.close()?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An argument was rejected before anything was read or written.
+    /// An argument was rejected before anything was read or written. Displayed in
+    /// full ("invalid input: item 2: field name is empty"); not chained as a
+    /// `source()`, which would print it twice.
     #[error("invalid input: {0}")]
-    InvalidInput(#[from] InputError),
+    InvalidInput(InputError),
     /// The text is not a token of this vault (malformed, or issued by another vault).
     #[error("invalid token")]
     InvalidToken,
@@ -27,7 +55,9 @@ pub enum Error {
     /// purged.
     #[error("expired")]
     Expired,
-    /// The purpose was not declared in the vault's options.
+    /// The purpose was not declared in the options the vault was opened with
+    /// ([`VaultOptions::purpose`](crate::VaultOptions::purpose); purposes are not
+    /// stored, so they must be declared at every open).
     #[error("unknown purpose")]
     UnknownPurpose,
     /// Consent was recorded for a purpose whose lawful basis is not consent.
@@ -70,6 +100,18 @@ pub enum Error {
         /// The directory that was opened.
         path: PathBuf,
     },
+    /// The vault directory is already open, in this process or another (through any
+    /// spelling of its path: a symlink, `dir/.`, a relative path). A vault directory
+    /// has one owner at a time; share one [`Vault`](crate::Vault) through an `Arc`
+    /// instead of opening it twice. Nothing was read or changed.
+    #[error(
+        "the vault in {} is already open (by this process or another); a vault directory has one owner at a time",
+        path.display()
+    )]
+    AlreadyOpen {
+        /// The directory, canonicalized.
+        path: PathBuf,
+    },
     /// The vault was written by a newer version of this software.
     #[error("vault format version {found} is newer than the {supported} this build reads")]
     UnsupportedFormat {
@@ -90,9 +132,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The storage engine reported an error.
-    #[error("storage error")]
-    Storage(#[source] StorageError),
+    /// The storage engine reported an error, displayed with its cause (RocksDB's
+    /// message names files and states, never stored values).
+    #[error("storage error: {0}")]
+    Storage(StorageError),
     /// The operating system's random generator failed.
     #[error("the operating system's random generator failed")]
     Random,
@@ -105,7 +148,22 @@ pub enum Error {
     Kdf,
 }
 
+impl From<InputError> for Error {
+    fn from(e: InputError) -> Error {
+        Error::InvalidInput(e)
+    }
+}
+
 impl Error {
+    /// The error of a call that took one item, made through a batch of one: no
+    /// "item 0" in the message.
+    pub(crate) fn single(self) -> Error {
+        match self {
+            Error::InvalidInput(e) => Error::InvalidInput(InputError { item: None, ..e }),
+            other => other,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io {
             path: path.into(),
@@ -234,5 +292,38 @@ impl fmt::Display for Problem {
             Problem::BadCharacter => f.write_str("contains a character that is not allowed"),
             Problem::NotAToken => f.write_str("is not a token of this vault"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    /// What `anyhow`'s `{:#}` prints: the error and each source, joined by ": ".
+    fn chain(e: &Error) -> String {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        text
+    }
+
+    #[test]
+    fn a_storage_error_shows_its_cause_once() {
+        let e = Error::Storage(StorageError("IO error: No space left on device".into()));
+        assert_eq!(
+            chain(&e),
+            "storage error: IO error: No space left on device"
+        );
+    }
+
+    #[test]
+    fn an_input_error_shows_its_argument_and_item_once() {
+        let e = Error::from(InputError::new(Argument::Field, Problem::Empty).at(2));
+        assert_eq!(chain(&e), "invalid input: item 2: field name is empty");
+        assert_eq!(chain(&e.single()), "invalid input: field name is empty");
     }
 }

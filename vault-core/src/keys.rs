@@ -32,7 +32,13 @@ enum RootKeyInner {
 }
 
 impl RootKey {
-    /// A passphrase, stretched with Argon2id. The string is wiped on drop.
+    /// The fewest characters a passphrase may have to create a vault or become its
+    /// new root key. (Vaults made before this minimum still open with theirs.)
+    pub const MIN_PASSPHRASE_CHARS: usize = 12;
+
+    /// A passphrase, stretched with Argon2id. The string is wiped on drop. A new
+    /// vault refuses one shorter than [`MIN_PASSPHRASE_CHARS`](Self::MIN_PASSPHRASE_CHARS)
+    /// ([`Error::InvalidOption`]).
     pub fn passphrase(passphrase: impl Into<String>) -> RootKey {
         RootKey(RootKeyInner::Passphrase(SecretString::from(
             passphrase.into(),
@@ -127,9 +133,23 @@ pub(crate) enum KdfRecord {
 }
 
 impl KdfRecord {
-    pub(crate) fn for_key(root: &RootKey, params: &KdfParams) -> Result<KdfRecord, Error> {
-        if root.is_passphrase() {
+    /// Whether `root` may become the key of a new vault (or a vault's new key):
+    /// a passphrase must be long enough and its Argon2id parameters strong enough.
+    pub(crate) fn check_new(root: &RootKey, params: &KdfParams) -> Result<(), Error> {
+        if let RootKeyInner::Passphrase(p) = &root.0 {
+            if p.expose_secret().chars().count() < RootKey::MIN_PASSPHRASE_CHARS {
+                return Err(Error::InvalidOption(
+                    "a new passphrase must be at least 12 characters (RootKey::MIN_PASSPHRASE_CHARS)",
+                ));
+            }
             params.validate()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn for_key(root: &RootKey, params: &KdfParams) -> Result<KdfRecord, Error> {
+        KdfRecord::check_new(root, params)?;
+        if root.is_passphrase() {
             Ok(KdfRecord::Argon2id {
                 memory_kib: params.memory_kib,
                 iterations: params.iterations,
@@ -141,6 +161,9 @@ impl KdfRecord {
         }
     }
 }
+
+// `check_new`'s message names the minimum.
+const _: () = assert!(RootKey::MIN_PASSPHRASE_CHARS == 12);
 
 /// The root secret, ready to check the commitment and open the keyring.
 pub(crate) struct RootSecret {
@@ -507,12 +530,38 @@ mod tests {
 
     #[test]
     fn argon2id_passphrase() -> Result<(), Error> {
-        let kdf = KdfRecord::for_key(&RootKey::passphrase("p"), &KdfParams::MINIMUM)?;
-        let a = RootSecret::derive(&RootKey::passphrase("p"), &kdf)?;
-        let b = RootSecret::derive(&RootKey::passphrase("q"), &kdf)?;
+        let kdf = KdfRecord::for_key(&RootKey::passphrase("pass phrase p"), &KdfParams::MINIMUM)?;
+        let a = RootSecret::derive(&RootKey::passphrase("pass phrase p"), &kdf)?;
+        let b = RootSecret::derive(&RootKey::passphrase("pass phrase q"), &kdf)?;
         let id = [3u8; 16];
         assert!(b.check(&id, &a.commitment(&id)).is_err());
         a.check(&id, &a.commitment(&id))?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_new_passphrase_needs_the_minimum_length() -> Result<(), Error> {
+        for short in ["", "eleven char"] {
+            let refused = KdfRecord::for_key(&RootKey::passphrase(short), &KdfParams::MINIMUM);
+            assert!(
+                matches!(refused, Err(Error::InvalidOption(m)) if m.contains("at least 12")),
+                "{refused:?}"
+            );
+        }
+        // Counted in characters, not bytes: twelve of them, 24 bytes.
+        KdfRecord::for_key(&RootKey::passphrase("éééééééééééé"), &KdfParams::MINIMUM)?;
+        KdfRecord::for_key(&RootKey::passphrase("twelve chars"), &KdfParams::MINIMUM)?;
+        // A vault made before the minimum existed still opens with its passphrase:
+        // deriving for an existing record checks no length.
+        let old = KdfRecord::Argon2id {
+            memory_kib: KdfParams::MINIMUM.memory_kib,
+            iterations: KdfParams::MINIMUM.iterations,
+            parallelism: KdfParams::MINIMUM.parallelism,
+            salt: [4; 16],
+        };
+        RootSecret::derive(&RootKey::passphrase("p"), &old)?;
+        // A raw key has no length to check beyond its 32 bytes.
+        KdfRecord::check_new(&RootKey::from_bytes(&[1; 32])?, &KdfParams::MINIMUM)?;
         Ok(())
     }
 }

@@ -27,48 +27,87 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+// Declared in the order rustdoc lists `Vault`'s methods: opening and the everyday
+// calls first, then purposes and consent, the data subject's rights, and the
+// operations for ops people.
+mod vault;
+
 mod access;
-mod actor;
-mod audit;
-mod codec;
 mod consent;
+mod export;
+
+mod actor;
+mod erase;
+
+mod audit;
+mod retention;
+mod rotate;
+mod status;
+
+mod codec;
 mod crypto;
 mod durable;
-mod erase;
 mod error;
-mod export;
 mod header;
 mod keys;
 mod mapped;
 mod options;
+mod owner;
 mod purposes;
 mod records;
-mod retention;
-mod rotate;
 mod staged;
 mod store;
 mod subjects;
 mod token;
-mod vault;
 mod worker;
 
+// --- Opening a vault ---
+pub use keys::RootKey;
+pub use options::{Clock, Durability, KdfParams, Limits, PurgePolicy, SystemClock, VaultOptions};
+pub use vault::{TokenizeRequest, Vault};
+
+// --- Tokens and values ---
+pub use durable::{Synced, Unsynced};
+pub use records::{Detokenized, ExportedRecord, Plaintext};
+pub use token::{TOKEN_TEXT_LEN, Token};
+
+// --- Purposes and consent ---
+pub use consent::{ConsentEvent, ConsentStatus, MAX_SOURCE_LEN};
+pub use purposes::{Access, LawfulBasis, Mask, Purpose, valid_purpose_name};
+
+// --- The data subject's rights: export and erasure ---
+pub use erase::{ErasureReceipt, PendingPurge, PurgeReport, PurgeState, SubjectRef};
+pub use export::SubjectExport;
+
+// --- Accountability: actors and the audit trail ---
 pub use actor::Actor;
 pub use audit::{AuditAction, AuditEvent, AuditOutcome, AuditVerification};
-pub use consent::{ConsentEvent, ConsentStatus, MAX_SOURCE_LEN};
-pub use durable::{Synced, Unsynced};
-pub use erase::{ErasureReceipt, PendingPurge, PurgeReport, PurgeState, SubjectRef};
-pub use error::{Argument, Error, InputError, Problem, StorageError};
-pub use export::SubjectExport;
-pub use keys::RootKey;
-pub use options::{
-    Clock, DEFAULT_ACTOR, DEFAULT_BLOCK_CACHE, DEFAULT_SYNC_GATHER, Durability, KdfParams, Limits,
-    MAX_PURGE_DELAY, MAX_SYNC_GATHER, MIN_BLOCK_CACHE, PurgePolicy, SCATTERED_WRITE_BUFFER,
-    SERVER_BLOCK_CACHE, SMALL_ENTRY_WRITE_BUFFER, SystemClock, VaultOptions, valid_actor,
-};
-pub use purposes::{Access, LawfulBasis, Mask, Purpose, valid_purpose_name};
-pub use records::{Detokenized, ExportedRecord, Plaintext};
+pub use options::{DEFAULT_ACTOR, valid_actor};
 pub use retention::RETENTION_ACTOR;
+
+// --- Keys and storage, for ops ---
 pub use rotate::{KekVersionStatus, KeyStatus};
 pub use store::StorageCounters;
-pub use token::{TOKEN_TEXT_LEN, Token};
-pub use vault::{TokenizeRequest, Vault};
+
+// --- Errors ---
+pub use error::{Argument, Error, InputError, Problem, StorageError};
+
+// --- Limits and defaults of the options ---
+pub use options::{
+    DEFAULT_BLOCK_CACHE, DEFAULT_SYNC_GATHER, MAX_PURGE_DELAY, MAX_SYNC_GATHER, MIN_BLOCK_CACHE,
+};
+
+/// Tuning constants the server and the benchmarks share with the vault. Not part of
+/// the API: they change with measurements.
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::options::{
+        SCATTERED_WRITE_BUFFER, SERVER_BLOCK_CACHE, SMALL_ENTRY_WRITE_BUFFER,
+    };
+}
+
+// Every Rust block of the README is compiled and run as a doctest, so that the
+// embedding examples there cannot stop compiling unnoticed.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -75,7 +75,8 @@ impl Mapped {
             // `pwrite` to grow it, and `truncate`, which sets `len` to 0 first (the
             // kernel then drops the pages past the new end from the map). The file is
             // the vault's own, created 0600 in its data directory, which one vault
-            // opens at a time (RocksDB's lock); it is closed after the store, with no
+            // opens at a time (its `flock` on the directory, `owner.rs`, released only
+            // after this file is closed); it is closed after the store, with no
             // write in between. Nothing ever reads through the map (the entries are
             // read back with `read` when the vault opens, and MAC'd), so bytes changed
             // by another process alter only what the file holds; a file shortened by

@@ -182,6 +182,27 @@ impl Clock for SystemClock {
 
 /// Options for [`Vault::open`](crate::Vault::open). Every field has a documented
 /// default; build with [`VaultOptions::default`] and the setters.
+///
+/// The options are not stored in the vault: give the same purposes, masks and
+/// retention periods at every open.
+///
+/// ```
+/// use std::time::Duration;
+/// use vault_core::{LawfulBasis, Mask, Purpose, PurgePolicy, VaultOptions};
+///
+/// let options = VaultOptions::default()
+///     // Erasures purge their bytes from disk within an hour (default: 15 minutes).
+///     .purge_policy(PurgePolicy::Within(Duration::from_secs(3600)))
+///     // Reads name one of these purposes (`Vault::detokenize_for`).
+///     .purpose(Purpose::new("billing", LawfulBasis::Contract).fields(["email", "iban"]))
+///     .purpose(Purpose::new("analytics", LawfulBasis::LegitimateInterests).masked(true))
+///     .field_mask("email", Mask::Email)
+///     // IP addresses expire after 30 days, then are purged.
+///     .retention("ip_address", Duration::from_secs(30 * 86_400))
+///     // The audit trail names this service as the actor of direct calls.
+///     .actor("checkout-service");
+/// # let _ = options;
+/// ```
 #[derive(Debug, Clone)]
 pub struct VaultOptions {
     pub(crate) create_if_missing: bool,
@@ -301,7 +322,10 @@ impl VaultOptions {
     }
 
     /// Declares a purpose of processing (a later one with the same name replaces it).
-    /// Purpose-bound detokenization names one; undeclared purposes are refused.
+    /// Purpose-bound detokenization names one; undeclared purposes are refused
+    /// ([`Error::UnknownPurpose`](crate::Error::UnknownPurpose)). Purposes are not
+    /// stored in the vault: declare them at every open, or every
+    /// `detokenize_for` after a reopen without them is refused.
     pub fn purpose(mut self, purpose: Purpose) -> Self {
         self.policy.add_purpose(purpose);
         self
@@ -381,13 +405,12 @@ impl VaultOptions {
 
     /// Memory for RocksDB's cache of table-file blocks, shared by every column
     /// family, in bytes. Default 64 MiB ([`DEFAULT_BLOCK_CACHE`]); at least 1 MiB
-    /// ([`MIN_BLOCK_CACHE`]); the server's default is [`SERVER_BLOCK_CACHE`]. A read
-    /// whose block is not cached reads it from its file (from the OS page cache at
-    /// best) and caches it, evicting another; once the blocks read are many times
-    /// the cache, most reads miss it. It bounds only cached data blocks: memtables
-    /// (RocksDB's 64 MiB each, [`SCATTERED_WRITE_BUFFER`] and
-    /// [`SMALL_ENTRY_WRITE_BUFFER`] for the four families written at scattered keys;
-    /// up to two per family while one is flushed) and the files' index and filter
+    /// ([`MIN_BLOCK_CACHE`]); the server's default is 256 MiB. A read whose block is
+    /// not cached reads it from its file (from the OS page cache at best) and caches
+    /// it, evicting another; once the blocks read are many times the cache, most
+    /// reads miss it. It bounds only cached data blocks: memtables (RocksDB's 64 MiB
+    /// each; 16 MiB for records and 4 MiB for the three small families written at
+    /// scattered keys; up to two per family while one is flushed) and the files' index and filter
     /// blocks (a few MiB per million keys) come on top.
     pub fn block_cache_bytes(mut self, bytes: usize) -> Self {
         self.block_cache_bytes = bytes;

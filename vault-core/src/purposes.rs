@@ -66,7 +66,43 @@ impl fmt::Display for LawfulBasis {
     }
 }
 
-/// A declared purpose.
+/// A declared purpose: why a value may be read, under which lawful basis (GDPR
+/// Art. 6), which fields it may reveal, and whether only masked.
+///
+/// Purposes are declared in [`VaultOptions::purpose`](crate::VaultOptions::purpose)
+/// at every open (they are not stored); [`Vault::detokenize_for`](crate::Vault::detokenize_for)
+/// checks each token against the one named in its [`Access`], and for a consent
+/// basis, against the subject's consent at that moment.
+///
+/// ```
+/// use vault_core::{Access, Error, LawfulBasis, Purpose, RootKey, Vault, VaultOptions};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path().join("vault");
+/// let options = VaultOptions::default()
+///     .purpose(Purpose::new("newsletter", LawfulBasis::Consent).fields(["email"]));
+/// let vault = Vault::open(&dir, &RootKey::generate()?, options)?;
+/// let email = vault.tokenize("customer-42", "email", "alice@example.com")?.to_string();
+/// let phone = vault.tokenize("customer-42", "phone", "+33 1 23 45 67 89")?.to_string();
+///
+/// let mailer = Access::new("newsletter", "mailer-service");
+/// vault.record_consent("customer-42", "newsletter", true, Some("signup-form"))?;
+/// let mut results = vault.detokenize_for(&[&email, &phone], &mailer)?;
+/// assert!(matches!(results[1], Err(Error::Forbidden))); // phone is not covered
+/// assert_eq!(results.remove(0)?.value.as_str(), Some("alice@example.com"));
+///
+/// // A withdrawal applies to the very next read.
+/// vault.record_consent("customer-42", "newsletter", false, Some("unsubscribe-link"))?;
+/// let results = vault.detokenize_for(&[&email], &mailer)?;
+/// assert!(matches!(results[0], Err(Error::NoConsent)));
+///
+/// // A purpose nobody declared is refused as a whole.
+/// let unknown = vault.detokenize_for(&[&email], &Access::new("profiling", "ads"));
+/// assert!(matches!(unknown, Err(Error::UnknownPurpose)));
+/// # vault.close()?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Purpose {
     name: String,

@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::header::{Header, sync_dir};
 use crate::keys::{DekSlot, IndexKeys, KdfRecord, Keyring, RootKey, RootSecret};
 use crate::options::VaultOptions;
+use crate::owner::Owner;
 use crate::purposes::Purpose;
 use crate::records::{
     Detokenized, LiveRecord, RECORD_FORMAT, RecordPlace, StoredRecord, expired_outcome, index_key,
@@ -23,7 +24,7 @@ use crate::records::{
 };
 use crate::retention::expiry_key;
 use crate::staged::Staging;
-use crate::store::{Batch, Cf, StorageCounters, Store, StoreOptions};
+use crate::store::{Batch, Cf, Store, StoreOptions};
 use crate::subjects::{
     Dek, DekCache, KEY_FORMAT, KeyEntry, KnownSubject, SUBJECT_FORMAT, Sid, Stripes, SubjectCache,
     SubjectEntry, SubjectHash, dek_counter,
@@ -122,6 +123,9 @@ pub(crate) struct Inner {
     pub unsynced_events: AtomicBool,
     /// Unsynced writes awaiting the syncer (see [`crate::durable`]).
     pub wal_sync: Arc<SyncState>,
+    /// The directory's lock. Last, so that it is released only after the store
+    /// and the staging files are closed.
+    _owner: Owner,
 }
 
 impl std::fmt::Debug for Inner {
@@ -133,7 +137,31 @@ impl std::fmt::Debug for Inner {
 }
 
 /// An open vault. `Send + Sync`: share it through an `Arc`. Closing (drop or
-/// [`Vault::close`]) stops the background worker and closes the storage.
+/// [`Vault::close`]) stops the background worker, closes the storage and lets the
+/// directory be opened again.
+///
+/// A vault directory has one owner at a time ([`Vault::open`]). Every call that
+/// touches personal data is recorded in the audit trail, under
+/// [`VaultOptions::actor`] or the name given to [`Vault::as_actor`].
+///
+/// ```
+/// use vault_core::{Error, RootKey, Vault, VaultOptions};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let tmp = tempfile::tempdir()?;
+/// # let dir = tmp.path().join("vault");
+/// let vault = Vault::open(&dir, &RootKey::generate()?, VaultOptions::default())?;
+/// let token = vault.tokenize("customer-42", "email", "alice@example.com")?;
+/// // Services keep `token.to_string()`, a fixed-length text that names nobody.
+/// let record = vault.detokenize(&token.to_string())?;
+/// assert_eq!(record.value.as_str(), Some("alice@example.com"));
+///
+/// let receipt = vault.erase("customer-42")?;
+/// assert_eq!(receipt.records, 1);
+/// assert!(matches!(vault.detokenize(&token.to_string()), Err(Error::Erased)));
+/// # vault.close()?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Vault {
     pub(crate) inner: Arc<Inner>,
@@ -146,13 +174,60 @@ impl Vault {
     /// Opens the vault in `dir`, creating it when the directory is missing or empty
     /// (unless [`VaultOptions::create_if_missing`] is off).
     ///
+    /// **One owner per vault directory.** The open vault holds an exclusive lock on
+    /// the directory until it is closed or dropped: a second open of the same
+    /// directory, in this process or another and however its path is spelled (a
+    /// symlink, `dir/.`, a relative path), is refused with [`Error::AlreadyOpen`].
+    /// Share one `Vault` through an [`Arc`](std::sync::Arc) instead; a process that
+    /// dies releases the lock with it. (A held lock is waited for 200 ms before the
+    /// open is refused: a process spawned by this one holds a copy of it until it
+    /// execs. A child forked without an exec holds it for its life. On NFS, Linux
+    /// emulates the lock per process: keep a vault on a local disk.)
+    ///
+    /// The options are not stored: declared [purposes](VaultOptions::purpose),
+    /// masks and retention periods must be given at every open (a vault reopened
+    /// without its purposes answers [`Error::UnknownPurpose`] to every
+    /// [`detokenize_for`](Self::detokenize_for)).
+    ///
     /// A directory that holds something else, a vault of a newer format, or a wrong
     /// root key is refused before the storage engine opens: nothing is decrypted and
-    /// nothing on disk changes.
+    /// nothing on disk changes. A new vault refuses a passphrase shorter than
+    /// [`RootKey::MIN_PASSPHRASE_CHARS`].
+    ///
+    /// ```
+    /// use vault_core::{Error, RootKey, Vault, VaultOptions};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let tmp = tempfile::tempdir()?;
+    /// # let dir = tmp.path();
+    /// let root = RootKey::generate()?; // in production: from ops, the same at every open
+    /// let vault = Vault::open(dir, &root, VaultOptions::default())?;
+    ///
+    /// // The same directory through another spelling is still the same vault.
+    /// let again = Vault::open(dir.join("."), &root, VaultOptions::default());
+    /// assert!(matches!(again, Err(Error::AlreadyOpen { .. })));
+    ///
+    /// vault.close()?; // or drop it: then it can be opened again
+    /// let vault = Vault::open(dir, &root, VaultOptions::default())?;
+    /// # drop(vault);
+    /// # Ok(()) }
+    /// ```
     pub fn open(dir: impl AsRef<Path>, root: &RootKey, opts: VaultOptions) -> Result<Vault, Error> {
         opts.validate()?;
         let dir = dir.as_ref();
-        let (header, secret, ring) = if is_missing_or_empty(dir)? {
+        // The lock is on the directory, so a missing one is created first, once the
+        // options allow it and the root key is fit for a new vault.
+        if !dir.exists() {
+            if !opts.create_if_missing {
+                return Err(Error::NoVault { path: dir.into() });
+            }
+            KdfRecord::check_new(root, &opts.kdf)?;
+            create_private_dir(dir)?;
+        }
+        // Before anything in the directory is read: a second open would see a
+        // creation or a header replacement half-done.
+        let owner = Owner::acquire(dir)?;
+        let (header, secret, ring) = if is_empty(dir)? {
             if !opts.create_if_missing {
                 return Err(Error::NoVault { path: dir.into() });
             }
@@ -200,6 +275,7 @@ impl Vault {
             unsynced_events: AtomicBool::new(false),
             wal_sync: Arc::default(),
             opts,
+            _owner: owner,
         });
         // Read events a killed process staged are committed before anything else
         // (a damaged trail takes none: they stay staged, and reads are refused).
@@ -276,6 +352,39 @@ impl Vault {
     /// the vault syncs the WAL for every write awaited (see the README's server
     /// section). This call itself may still wait, as a synced one does, for
     /// other writes of the same subjects and for the journal.
+    ///
+    /// In async code: try [`try_tokenize_batch_unsynced`](Self::try_tokenize_batch_unsynced)
+    /// on the executor's thread, fall back to this on the blocking pool, and await
+    /// the sync without holding a thread:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vault_core::{Token, TokenizeRequest, Vault};
+    ///
+    /// async fn store_email(vault: Arc<Vault>, customer: String, email: String)
+    ///     -> Result<Token, Box<dyn std::error::Error + Send + Sync>> {
+    ///     let request = [TokenizeRequest::new(&customer, "email", email.as_bytes())];
+    ///     let unsynced = match vault.try_tokenize_batch_unsynced(&request)? {
+    ///         Some(unsynced) => unsynced,
+    ///         None => tokio::task::spawn_blocking(move || {
+    ///             let request = [TokenizeRequest::new(&customer, "email", email.as_bytes())];
+    ///             vault.tokenize_batch_unsynced(&request)
+    ///         })
+    ///         .await??,
+    ///     };
+    ///     let mut tokens = unsynced.await?; // durable now: hand the token out
+    ///     Ok(tokens.remove(0))
+    /// }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// # let tmp = tempfile::tempdir()?;
+    /// # let dir = tmp.path().join("vault");
+    /// # let vault = Arc::new(Vault::open(&dir, &vault_core::RootKey::generate()?, Default::default())?);
+    /// # let runtime = tokio::runtime::Runtime::new()?;
+    /// # let token = runtime.block_on(store_email(vault.clone(), "c-1".into(), "a@b.example".into()))?;
+    /// # assert_eq!(vault.detokenize(&token.to_string())?.value.as_str(), Some("a@b.example"));
+    /// # drop(vault);
+    /// # Ok(()) }
+    /// ```
     pub fn tokenize_batch_unsynced(
         &self,
         items: &[TokenizeRequest<'_>],
@@ -639,42 +748,6 @@ impl Vault {
             Ok(())
         })
     }
-
-    /// Whether a read may have to wait now: for the disk when each read's audit
-    /// event is synced ([`VaultOptions::sync_read_events`] with synced durability),
-    /// or for a commit of the staged read events when the background worker has
-    /// fallen behind. Otherwise a short read does a few point reads, decryption and
-    /// a copy into a mapped file (or one `write`), and can run where blocking is not
-    /// allowed for long (an async executor's thread).
-    pub fn reads_may_wait(&self) -> bool {
-        (self.inner.synced() && self.inner.opts.sync_read_events) || self.inner.staging.filling()
-    }
-
-    /// Storage-engine counters (zero unless [`VaultOptions::statistics`] is on), and
-    /// the block cache's capacity and use.
-    pub fn storage_counters(&self) -> StorageCounters {
-        self.inner.store.counters()
-    }
-
-    /// Number of subject keys in the DEK cache: at most its capacity rounded up to a
-    /// multiple of 16 (it has 16 shards).
-    pub fn cached_keys(&self) -> usize {
-        self.inner.cache.len()
-    }
-
-    /// Number of recently written subjects kept in memory with their keys, for
-    /// tokenizations that then read neither: at most the DEK cache's capacity rounded
-    /// up to a multiple of 16. Unwrapped keys in memory are at most
-    /// `cached_keys() + cached_subjects()` (a key in both caches counts twice), plus
-    /// those of calls under way.
-    pub fn cached_subjects(&self) -> usize {
-        self.inner.subjects.len()
-    }
-
-    /// The vault's directory.
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
-    }
 }
 
 impl Drop for Vault {
@@ -924,12 +997,12 @@ impl Inner {
     }
 }
 
-fn is_missing_or_empty(dir: &Path) -> Result<bool, Error> {
-    match fs::read_dir(dir) {
-        Ok(mut entries) => Ok(entries.next().is_none()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(Error::io(dir, e)),
-    }
+/// Whether the (locked) directory is empty. Missing is an error: the lock was taken
+/// on a directory that has since been removed or renamed, and a vault created in a
+/// new one at that path would have no lock.
+fn is_empty(dir: &Path) -> Result<bool, Error> {
+    let mut entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    Ok(entries.next().is_none())
 }
 
 /// Writes the header of a new vault; the database is created after it.
@@ -949,7 +1022,6 @@ fn create_header(
         commitment: secret.commitment(&vault_id),
         keyring: secret.seal_keyring(&vault_id, &ring)?,
     };
-    create_private_dir(dir)?;
     header.write(dir)?;
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         sync_dir(parent)?;

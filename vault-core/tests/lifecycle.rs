@@ -419,11 +419,38 @@ fn weak_kdf_parameters_are_refused() -> TestResult {
     };
     let result = Vault::open(
         dir.path(),
-        &RootKey::passphrase("p"),
+        &RootKey::passphrase("long enough passphrase"),
         options().kdf_params(weak),
     );
     assert!(matches!(result, Err(Error::InvalidOption(_))));
     assert!(all_files(dir.path()).is_empty(), "nothing created");
+    Ok(())
+}
+
+#[test]
+fn a_short_passphrase_is_refused_for_a_new_vault_and_a_new_root_key() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let missing = tmp.path().join("vault");
+    for short in ["", "short"] {
+        let result = Vault::open(&missing, &RootKey::passphrase(short), options());
+        assert!(
+            matches!(&result, Err(Error::InvalidOption(m)) if m.contains("at least 12 characters")),
+            "{:?}",
+            result.map(|_| ())
+        );
+        assert!(!missing.exists(), "no directory created");
+    }
+    // The same into an empty directory: nothing written.
+    let result = Vault::open(tmp.path(), &RootKey::passphrase(""), options());
+    assert!(matches!(result, Err(Error::InvalidOption(_))));
+    assert!(all_files(tmp.path()).is_empty(), "nothing created");
+
+    let vault = Vault::open(&missing, &RootKey::passphrase("twelve chars"), options())?;
+    let result = vault.change_root_key(&RootKey::passphrase("eleven char"));
+    assert!(matches!(result, Err(Error::InvalidOption(_))));
+    vault.close()?;
+    // The passphrase it was made with still opens it.
+    Vault::open(&missing, &RootKey::passphrase("twelve chars"), options())?.close()?;
     Ok(())
 }
 

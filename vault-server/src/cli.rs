@@ -144,29 +144,34 @@ fn prepare(args: &Args) -> Result<Prepared, ConfigError> {
             ));
         }
     };
-    if dev_info.is_some() {
-        warn_dev_mode(data_dir);
-    }
     let tls = match &config.transport {
         config::Transport::Tls { cert_pem, key_pem } => {
             Some(Arc::new(crate::serve::tls_config(cert_pem, key_pem)?))
         }
-        config::Transport::InsecurePlainHttp => {
-            tracing::warn!(
-                "INSECURE: serving plain HTTP (insecure_plain_http = true); values and API keys cross the network in the clear"
-            );
-            None
-        }
+        config::Transport::InsecurePlainHttp => None,
     };
     let vault =
         Vault::open(&config.vault_dir, &config.root_key, config.vault_options()).map_err(|e| {
-            ConfigError::new(format!(
-                "cannot open the vault in {}: {e}",
-                config.vault_dir.display()
-            ))
+            match e {
+                // Names the directory itself; most likely another vault-server.
+                vault_core::Error::AlreadyOpen { .. } => ConfigError::new(e.to_string()),
+                e => ConfigError::new(format!(
+                    "cannot open the vault in {}: {e}",
+                    config.vault_dir.display()
+                )),
+            }
         })?;
     let listener = TcpListener::bind(args.listen)
         .map_err(|e| ConfigError::new(format!("cannot listen on {}: {e}", args.listen)))?;
+    // Warnings only once nothing can refuse the start: a refused start says one line.
+    if dev_info.is_some() {
+        warn_dev_mode(data_dir);
+    }
+    if tls.is_none() {
+        tracing::warn!(
+            "INSECURE: serving plain HTTP (insecure_plain_http = true); values and API keys cross the network in the clear"
+        );
+    }
     Ok(Prepared {
         config,
         dev_info,

@@ -170,7 +170,7 @@ pub struct VaultConfig {
     /// lone writer waits at most once, after concurrent ones.
     pub sync_gather_us: Option<u64>,
     /// Memory for RocksDB's cache of the vault's file blocks, in MiB (1-1 048 576;
-    /// [`vault_core::SERVER_BLOCK_CACHE`] if unset).
+    /// `vault_core::internal::SERVER_BLOCK_CACHE`, 256 MiB, if unset).
     pub block_cache_mib: Option<u64>,
 }
 
@@ -356,7 +356,7 @@ pub fn resolve(
         block_cache_bytes: file
             .vault
             .block_cache_mib
-            .map_or(Ok(vault_core::SERVER_BLOCK_CACHE), block_cache)?,
+            .map_or(Ok(vault_core::internal::SERVER_BLOCK_CACHE), block_cache)?,
     })
 }
 
@@ -576,9 +576,10 @@ fn read_root_key(source: &RootKeySource, base: &Path) -> Result<RootKey, ConfigE
     }
     if let Some(var) = &source.passphrase_env {
         let passphrase = env_var(var)?;
-        if passphrase.chars().count() < 12 {
+        let min = RootKey::MIN_PASSPHRASE_CHARS;
+        if passphrase.chars().count() < min {
             return Err(ConfigError::new(format!(
-                "the passphrase in {var} is shorter than 12 characters"
+                "the passphrase in {var} is shorter than {min} characters"
             )));
         }
         return Ok(RootKey::passphrase(passphrase));
@@ -731,7 +732,10 @@ mod tests {
         assert_eq!(config.api_keys.len(), 1);
         assert_eq!(config.limits.max_batch, 1000);
         assert_eq!(config.sync_gather, vault_core::DEFAULT_SYNC_GATHER);
-        assert_eq!(config.block_cache_bytes, vault_core::SERVER_BLOCK_CACHE);
+        assert_eq!(
+            config.block_cache_bytes,
+            vault_core::internal::SERVER_BLOCK_CACHE
+        );
         Ok(())
     }
 

@@ -102,7 +102,7 @@ pub fn prepare(data_dir: &Path) -> Result<(ServerConfig, DevInfo), ConfigError> 
         sync_gather: vault_core::DEFAULT_SYNC_GATHER,
         // As a configured server's (a cap, filled as blocks are read): the HTTPS
         // benchmark runs this server and must measure what production runs.
-        block_cache_bytes: vault_core::SERVER_BLOCK_CACHE,
+        block_cache_bytes: vault_core::internal::SERVER_BLOCK_CACHE,
     };
     let ca_cert = fs::canonicalize(&cert_path).unwrap_or(cert_path);
     Ok((config, DevInfo { ca_cert, api_key }))
