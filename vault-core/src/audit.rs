@@ -31,11 +31,10 @@ use subtle::ConstantTimeEq;
 use crate::codec::{decode, encode};
 use crate::crypto::{Key, domain};
 use crate::error::{Error, StorageError};
-use rocksdb::WriteBatch;
 
 use crate::retention::RETENTION_ACTOR;
 use crate::staged::{self, STAGED, Staged};
-use crate::store::{Batch, Cf, Store, concat_batches};
+use crate::store::{Batch, Cf, RawBatch, Store, concat_batches};
 use crate::vault::{Inner, Vault};
 
 const AUDIT_FORMAT: u8 = 1;
@@ -425,7 +424,7 @@ type GroupOutcome = (Vec<(u64, Result<Vec<u64>, String>)>, u64, [u8; 32]);
 
 struct Request {
     ticket: u64,
-    batch: WriteBatch,
+    batch: RawBatch,
     events: Vec<AuditEvent>,
     sync: bool,
     /// The caller, parked until its group is written or it is to lead the next one.

@@ -185,12 +185,6 @@ impl fmt::Display for StorageError {
 
 impl std::error::Error for StorageError {}
 
-impl From<rocksdb::Error> for Error {
-    fn from(e: rocksdb::Error) -> Error {
-        Error::Storage(StorageError(e.into_string()))
-    }
-}
-
 /// Why an argument was rejected: which argument, in which batch item, and what is
 /// wrong with it, never its content.
 #[derive(Debug, Clone, PartialEq, Eq)]

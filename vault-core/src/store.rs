@@ -18,7 +18,7 @@ use rocksdb::{
     Options, ReadOptions, SliceTransform, WaitForCompactOptions, WriteBatch, WriteOptions,
 };
 
-use crate::error::Error;
+use crate::error::{Error, StorageError};
 use crate::options::{Durability, SCATTERED_WRITE_BUFFER, SMALL_ENTRY_WRITE_BUFFER};
 
 /// The column families. Keys and values of each are described beside the variant.
@@ -144,24 +144,37 @@ const BATCH_HEADER: usize = 12;
 /// key in the families of bigger entries.
 const MEMTABLE_BLOOM_RATIO: f64 = 0.02;
 
+/// A batch detached from the store (no borrow of it), so the audit journal can hold
+/// callers' batches in its queue, add to them with [`Store::put_raw`], join them
+/// with [`concat_batches`] and write them with [`Store::write_raw`]. Opaque: the
+/// engine's type stays in this module.
+#[derive(Default)]
+pub(crate) struct RawBatch(WriteBatch);
+
 /// Joins engine batches into one, in order, as RocksDB's own `WriteBatch` append
 /// does: one header whose count is the sum, then every batch's records.
-pub(crate) fn concat_batches(mut batches: Vec<WriteBatch>) -> WriteBatch {
+pub(crate) fn concat_batches(mut batches: Vec<RawBatch>) -> RawBatch {
     if batches.len() == 1 {
         return batches.pop().unwrap_or_default();
     }
     let records: usize = batches
         .iter()
-        .map(|b| b.data().len().saturating_sub(BATCH_HEADER))
+        .map(|b| b.0.data().len().saturating_sub(BATCH_HEADER))
         .sum();
-    let count: usize = batches.iter().map(WriteBatch::len).sum();
+    let count: usize = batches.iter().map(|b| b.0.len()).sum();
     let mut rep = Vec::with_capacity(BATCH_HEADER + records);
     rep.extend_from_slice(&[0u8; 8]);
     rep.extend_from_slice(&(count as u32).to_le_bytes());
     for b in &batches {
-        rep.extend_from_slice(b.data().get(BATCH_HEADER..).unwrap_or_default());
+        rep.extend_from_slice(b.0.data().get(BATCH_HEADER..).unwrap_or_default());
     }
-    WriteBatch::from_data(&rep)
+    RawBatch(WriteBatch::from_data(&rep))
+}
+
+/// RocksDB's error as the vault's: its message names files and states, never
+/// stored values. (No `From`: RocksDB's types stay out of the public API.)
+fn engine(e: rocksdb::Error) -> Error {
+    Error::Storage(StorageError(e.into_string()))
 }
 
 /// A stored key and its value.
@@ -253,7 +266,9 @@ pub(crate) fn decode_i64(bytes: &[u8]) -> i64 {
 impl Store {
     /// Opens the database in `dir`; creates it (and its column families) if `create`.
     pub(crate) fn open(dir: &Path, create: bool, so: StoreOptions) -> Result<Store, Error> {
-        let mut opts = Options::default().get_options_from_string(MANIFEST_OPTIONS)?;
+        let mut opts = Options::default()
+            .get_options_from_string(MANIFEST_OPTIONS)
+            .map_err(engine)?;
         opts.create_if_missing(create);
         // Families added by newer versions are created in existing vaults too.
         opts.create_missing_column_families(true);
@@ -304,7 +319,7 @@ impl Store {
             }
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
-        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(engine)?;
         let mut write = WriteOptions::default();
         write.set_sync(so.durability == Durability::Synced);
         Ok(Store {
@@ -338,7 +353,7 @@ impl Store {
         key: &[u8],
         f: impl FnOnce(Option<&[u8]>) -> T,
     ) -> Result<T, Error> {
-        let value = self.db.get_pinned_cf(self.cf(cf), key)?;
+        let value = self.db.get_pinned_cf(self.cf(cf), key).map_err(engine)?;
         Ok(f(value.as_deref()))
     }
 
@@ -355,7 +370,7 @@ impl Store {
         self.db
             .batched_multi_get_cf(handle, keys.iter().map(AsRef::as_ref), false)
             .into_iter()
-            .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(Error::from))
+            .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(engine))
             .collect()
     }
 
@@ -368,7 +383,7 @@ impl Store {
 
     pub(crate) fn write(&self, batch: Batch<'_>) -> Result<(), Error> {
         let _syncing = self.sync_by_default.then(|| Syncing::start(&self.syncing));
-        Ok(self.db.write_opt(batch.inner, &self.write)?)
+        self.db.write_opt(batch.inner, &self.write).map_err(engine)
     }
 
     /// Whether a synced write is under way (a write now could wait for its sync).
@@ -383,16 +398,16 @@ impl Store {
         Syncing::start(&self.syncing)
     }
 
-    pub(crate) fn put_raw(&self, batch: &mut WriteBatch, cf: Cf, key: &[u8], value: &[u8]) {
-        batch.put_cf(self.cf(cf), key, value);
+    pub(crate) fn put_raw(&self, batch: &mut RawBatch, cf: Cf, key: &[u8], value: &[u8]) {
+        batch.0.put_cf(self.cf(cf), key, value);
     }
 
-    /// Writes an engine batch with a synced WAL or not, as `sync` says.
-    pub(crate) fn write_raw(&self, batch: WriteBatch, sync: bool) -> Result<(), Error> {
+    /// Writes a detached batch with a synced WAL or not, as `sync` says.
+    pub(crate) fn write_raw(&self, batch: RawBatch, sync: bool) -> Result<(), Error> {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         let _syncing = sync.then(|| Syncing::start(&self.syncing));
-        Ok(self.db.write_opt(batch, &opts)?)
+        self.db.write_opt(batch.0, &opts).map_err(engine)
     }
 
     /// Writes with a synced WAL whatever the configured durability.
@@ -400,7 +415,7 @@ impl Store {
         let mut synced = WriteOptions::default();
         synced.set_sync(true);
         let _syncing = Syncing::start(&self.syncing);
-        Ok(self.db.write_opt(batch.inner, &synced)?)
+        self.db.write_opt(batch.inner, &synced).map_err(engine)
     }
 
     /// Calls `f` on every key/value whose key starts with `prefix`, in key order,
@@ -424,7 +439,7 @@ impl Store {
             }
             it.next();
         }
-        Ok(it.status()?)
+        it.status().map_err(engine)
     }
 
     /// The last key of a column family, if it has any.
@@ -434,7 +449,7 @@ impl Store {
             .raw_iterator_cf_opt(self.cf(cf), iterate_options(cf, &[]));
         it.seek_to_last();
         let key = it.key().map(<[u8]>::to_vec);
-        it.status()?;
+        it.status().map_err(engine)?;
         Ok(key)
     }
 
@@ -454,7 +469,7 @@ impl Store {
             .db
             .iterator_cf_opt(self.cf(cf), iterate_options(cf, &[]), mode)
         {
-            let (k, v) = item?;
+            let (k, v) = item.map_err(engine)?;
             if after.is_some_and(|a| a == &*k) {
                 continue;
             }
@@ -515,7 +530,7 @@ impl Store {
     pub(crate) fn sync_wal(&self) -> Result<(), Error> {
         #[cfg(test)]
         let _disk = self.hold_wal_syncs();
-        Ok(self.db.flush_wal(true)?)
+        self.db.flush_wal(true).map_err(engine)
     }
 
     /// Makes every WAL sync wait until the value is dropped, for tests that need
@@ -548,8 +563,8 @@ impl Store {
         let handles: Vec<&ColumnFamily> = Cf::ALL.iter().map(|&cf| self.cf(cf)).collect();
         let mut fo = FlushOptions::default();
         fo.set_wait(true);
-        self.db.flush_cfs_opt(&handles, &fo)?;
-        self.db.flush_wal(true)?;
+        self.db.flush_cfs_opt(&handles, &fo).map_err(engine)?;
+        self.db.flush_wal(true).map_err(engine)?;
 
         let mut co = CompactOptions::default();
         co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
@@ -582,7 +597,7 @@ impl Store {
     fn old_files_gone(&self, before: u64) -> Result<bool, Error> {
         let subject_cfs: HashSet<&str> = Cf::SUBJECT_DATA.iter().map(|c| c.name()).collect();
         let mut live = HashSet::new();
-        for file in self.db.live_files()? {
+        for file in self.db.live_files().map_err(engine)? {
             let number = file_number(&file.name).unwrap_or(0);
             if subject_cfs.contains(file.column_family_name.as_str()) && number <= before {
                 return Ok(false);
@@ -683,8 +698,8 @@ impl Batch<'_> {
 
     /// The engine's batch, to be finished and written by [`Store::put_raw`] and
     /// [`Store::write_raw`] (the audit journal writes batches it did not build).
-    pub(crate) fn into_raw(self) -> WriteBatch {
-        self.inner
+    pub(crate) fn into_raw(self) -> RawBatch {
+        RawBatch(self.inner)
     }
 }
 
@@ -861,15 +876,15 @@ mod tests {
     fn concatenated_batches_apply_every_write_in_order() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let store = open(dir.path())?;
-        let mut first = WriteBatch::default();
+        let mut first = RawBatch::default();
         store.put_raw(&mut first, Cf::Records, b"a", b"1");
         store.put_raw(&mut first, Cf::Index, b"b", b"2");
-        let mut second = WriteBatch::default();
+        let mut second = RawBatch::default();
         store.put_raw(&mut second, Cf::Records, b"a", b"3");
-        second.delete_cf(store.cf(Cf::Index), b"b");
+        second.0.delete_cf(store.cf(Cf::Index), b"b");
         store.put_raw(&mut second, Cf::Meta, b"c", b"4");
-        let joined = concat_batches(vec![first, WriteBatch::default(), second]);
-        assert_eq!(joined.len(), 5);
+        let joined = concat_batches(vec![first, RawBatch::default(), second]);
+        assert_eq!(joined.0.len(), 5);
         store.write_raw(joined, false)?;
         assert_eq!(store.get(Cf::Records, b"a")?.as_deref(), Some(&b"3"[..]));
         assert_eq!(store.get(Cf::Index, b"b")?, None);
