@@ -4,6 +4,10 @@
 //! [`VaultOptions::actor`](crate::VaultOptions::actor) (default `embedded`); a service
 //! that acts for several callers (the HTTP server, per API key) names each through
 //! [`Vault::as_actor`]. Purpose-bound reads name theirs in [`Access`](crate::Access).
+//!
+//! Every operation has one implementation, `Vault::<op>_by(actor, …)` in its own
+//! module; the methods of [`Actor`] call it with their name, and those of [`Vault`]
+//! go through [`Vault::default_actor`], so both take the same route.
 
 use crate::durable::Unsynced;
 use crate::erase::ErasureReceipt;

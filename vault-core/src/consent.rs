@@ -161,7 +161,8 @@ impl Vault {
         granted: bool,
         source: Option<&str>,
     ) -> Result<ConsentEvent, Error> {
-        self.record_consent_by(&self.inner.opts.actor, subject, purpose, granted, source)
+        self.default_actor()
+            .record_consent(subject, purpose, granted, source)
     }
 
     pub(crate) fn record_consent_by(
@@ -270,7 +271,7 @@ impl Vault {
     /// read by the subject's prefix. Empty for a subject the vault does not know.
     /// The read is recorded in the audit trail.
     pub fn consents(&self, subject: &str) -> Result<Vec<ConsentStatus>, Error> {
-        self.consents_by(&self.inner.opts.actor, subject)
+        self.default_actor().consents(subject)
     }
 
     pub(crate) fn consents_by(

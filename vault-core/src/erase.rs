@@ -183,7 +183,7 @@ impl Vault {
     /// says [`PurgeState::NotNeeded`]. The id can be used again afterwards; it then
     /// names a new subject with a new key.
     pub fn erase(&self, subject: &str) -> Result<ErasureReceipt, Error> {
-        self.erase_by(&self.inner.opts.actor, subject)
+        self.default_actor().erase(subject)
     }
 
     pub(crate) fn erase_by(&self, actor: &str, subject: &str) -> Result<ErasureReceipt, Error> {

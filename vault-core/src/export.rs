@@ -35,7 +35,7 @@ impl Vault {
     /// stored, or erased) exports as empty.
     /// The export is recorded in the audit trail before it is returned.
     pub fn export(&self, subject: &str) -> Result<SubjectExport, Error> {
-        self.export_by(&self.inner.opts.actor, subject)
+        self.default_actor().export(subject)
     }
 
     pub(crate) fn export_by(&self, actor: &str, subject: &str) -> Result<SubjectExport, Error> {

@@ -342,7 +342,7 @@ impl Vault {
     /// token returned for each (in order), or nothing is stored. An invalid item fails
     /// the whole call with an [`InputError`](crate::InputError) naming its index.
     pub fn tokenize_batch(&self, items: &[TokenizeRequest<'_>]) -> Result<Vec<Token>, Error> {
-        self.tokenize_by(&self.inner.opts.actor, items)
+        self.default_actor().tokenize_batch(items)
     }
 
     /// [`tokenize_batch`](Self::tokenize_batch) for callers that must not block
@@ -389,7 +389,7 @@ impl Vault {
         &self,
         items: &[TokenizeRequest<'_>],
     ) -> Result<Unsynced<Vec<Token>>, Error> {
-        self.tokenize_unsynced_by(&self.inner.opts.actor, items)
+        self.default_actor().tokenize_batch_unsynced(items)
     }
 
     /// [`tokenize_batch_unsynced`](Self::tokenize_batch_unsynced) if it does not
@@ -404,7 +404,7 @@ impl Vault {
         &self,
         items: &[TokenizeRequest<'_>],
     ) -> Result<Option<Unsynced<Vec<Token>>>, Error> {
-        self.try_tokenize_unsynced_by(&self.inner.opts.actor, items)
+        self.default_actor().try_tokenize_batch_unsynced(items)
     }
 
     /// [`tokenize_batch`](Self::tokenize_batch), recorded under `actor`.
@@ -637,7 +637,7 @@ impl Vault {
     /// The read is recorded in the audit trail (no purpose) before it returns; text
     /// that is not a token is not.
     pub fn detokenize(&self, token: &str) -> Result<Detokenized, Error> {
-        self.detokenize_one_by(&self.inner.opts.actor, token)
+        self.default_actor().detokenize(token)
     }
 
     /// [`detokenize_by`](Self::detokenize_by) of one token, without its vectors: a
@@ -660,7 +660,7 @@ impl Vault {
         &self,
         tokens: &[S],
     ) -> Result<Vec<Result<Detokenized, Error>>, Error> {
-        self.detokenize_by(&self.inner.opts.actor, tokens)
+        self.default_actor().detokenize_batch(tokens)
     }
 
     pub(crate) fn detokenize_by<S: AsRef<str>>(
@@ -695,7 +695,7 @@ impl Vault {
 
     /// Replaces the value behind `token`; the token stays valid and keeps its field.
     pub fn rectify(&self, token: &str, value: impl AsRef<[u8]>) -> Result<(), Error> {
-        self.rectify_by(&self.inner.opts.actor, token, value.as_ref())
+        self.default_actor().rectify(token, value)
     }
 
     pub(crate) fn rectify_by(&self, actor: &str, token: &str, value: &[u8]) -> Result<(), Error> {
@@ -731,7 +731,7 @@ impl Vault {
     /// The ciphertext stays in older storage files until compaction reaches them; it is
     /// still under the subject's key. Erasure is what removes bytes provably.
     pub fn delete(&self, token: &str) -> Result<(), Error> {
-        self.delete_by(&self.inner.opts.actor, token)
+        self.default_actor().delete(token)
     }
 
     pub(crate) fn delete_by(&self, actor: &str, token: &str) -> Result<(), Error> {
