@@ -49,6 +49,7 @@ mod crypto;
 mod durable;
 mod error;
 mod header;
+mod journal;
 mod keys;
 mod mapped;
 mod options;

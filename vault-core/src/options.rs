@@ -323,7 +323,7 @@ impl VaultOptions {
 
     /// Declares a purpose of processing (a later one with the same name replaces it).
     /// Purpose-bound detokenization names one; undeclared purposes are refused
-    /// ([`Error::UnknownPurpose`](crate::Error::UnknownPurpose)). Purposes are not
+    /// ([`Error::UnknownPurpose`]). Purposes are not
     /// stored in the vault: declare them at every open, or every
     /// `detokenize_for` after a reopen without them is refused.
     pub fn purpose(mut self, purpose: Purpose) -> Self {

@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, TryLockError};
 
-use crate::audit::{AuditAction, AuditEvent, AuditOutcome, Journal, ReadEvent};
+use crate::audit::{AuditAction, AuditEvent, AuditOutcome, ReadEvent};
 use crate::codec::{decode, encode};
 use crate::crypto::{Key, random_bytes};
 use crate::durable::{SyncState, Syncer, Unsynced};
 use crate::error::Error;
 use crate::header::{Header, sync_dir};
+use crate::journal::Journal;
 use crate::keys::{DekSlot, IndexKeys, KdfRecord, Keyring, RootKey, RootSecret};
 use crate::options::VaultOptions;
 use crate::owner::Owner;
@@ -178,7 +179,7 @@ impl Vault {
     /// the directory until it is closed or dropped: a second open of the same
     /// directory, in this process or another and however its path is spelled (a
     /// symlink, `dir/.`, a relative path), is refused with [`Error::AlreadyOpen`].
-    /// Share one `Vault` through an [`Arc`](std::sync::Arc) instead; a process that
+    /// Share one `Vault` through an [`Arc`] instead; a process that
     /// dies releases the lock with it. (A held lock is waited for 200 ms before the
     /// open is refused: a process spawned by this one holds a copy of it until it
     /// execs. A child forked without an exec holds it for its life. On NFS, Linux
