@@ -7,7 +7,8 @@
 //! 2. `guard`: API key and scope (401/403), the concurrency limit (429) and the
 //!    request timeout (503).
 //! 3. the handler: parses the body (413 over the body limit, 400 when malformed),
-//!    runs the vault call on the blocking pool and maps the outcome.
+//!    makes the vault call (where it runs is [`crate::work`]'s to decide) and maps
+//!    the outcome.
 //!
 //! Subject ids and values travel only in bodies; tokens (opaque) may be in paths.
 
@@ -26,25 +27,27 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use vault_client::api::{
     AuditCheck, AuditEventInfo, AuditEvents, Consent, ConsentChange, ConsentRequest,
     DetokenizeRequest, DetokenizeResponse, DetokenizeResult, ErasureReceipt, ExportedRecord,
     ItemError, KekVersion, KeyStatus, Purge, PurposeInfo, Purposes, RectifyRequest, Sensitive,
     SubjectConsents, SubjectExport, SubjectRequest, TokenizeRequest, TokenizeResponse,
 };
-use vault_core::{Actor, Vault};
+use vault_core::Vault;
 
 use crate::access_log;
 use crate::auth::{self, ApiKey, ApiKeys, Scope};
 use crate::config::LimitsConfig;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::{ApiError, Cause, ErrorCode};
 use crate::metrics::{self, Metrics};
+use crate::request_id::{self, RequestId, request_id};
+use crate::work::{Permit, Work};
 
 /// What the handlers share.
 #[derive(Debug)]
 pub struct AppState {
-    vault: Arc<Vault>,
+    pub(crate) vault: Arc<Vault>,
     keys: ApiKeys,
     limits: LimitsConfig,
     permits: Arc<Semaphore>,
@@ -161,14 +164,15 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     // carries its id.
     // The guard is called here rather than as a layer of its own: each layer costs
     // every request a boxed service and a boxed future.
-    let mut response = REQUEST_ID
-        .scope(request_id, guard(&state, route, req, next))
-        .await;
+    let mut response = request_id::scope(request_id, guard(&state, route, req, next)).await;
     let took = started.elapsed();
     let status = response.status().as_u16();
     state.metrics.record(route, method, status, took);
 
     let extensions = response.extensions();
+    if let Some(cause) = extensions.get::<Cause>() {
+        tracing::error!(request_id = %request_id, error = %cause.error, "{}", cause.what);
+    }
     let key = extensions.get::<Caller>();
     let purpose = extensions.get::<PurposeNote>();
     access_log::request(&access_log::RequestLine {
@@ -188,55 +192,6 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     // Answers carry personal data: no cache may keep them.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-/// A request's id: 16 random hex digits (`-` if the system's randomness failed). It
-/// is in the request's `x-request-id` header and access log line, and in every event
-/// logged while the request is served ([`request_id`]).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RequestId(Option<[u8; 16]>);
-
-impl RequestId {
-    fn new() -> RequestId {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut raw = [0u8; 8];
-        if getrandom::fill(&mut raw).is_err() {
-            return RequestId(None);
-        }
-        let mut hex = [0u8; 16];
-        for (pair, b) in hex.chunks_exact_mut(2).zip(raw) {
-            pair[0] = HEX[usize::from(b >> 4)];
-            pair[1] = HEX[usize::from(b & 0xf)];
-        }
-        RequestId(Some(hex))
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        self.0
-            .as_ref()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .unwrap_or("-")
-    }
-}
-
-impl std::fmt::Display for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-tokio::task_local! {
-    /// The id of the request being served. A task-local instead of a `tracing`
-    /// span: entering and leaving a span on every poll, and formatting its fields
-    /// at creation, cost 4 % of the server's CPU under load, for a field only the
-    /// rare events logged inside a request need.
-    static REQUEST_ID: RequestId;
-}
-
-/// The id of the request being served, for the events logged while serving it
-/// (`-` outside a request).
-pub(crate) fn request_id() -> RequestId {
-    REQUEST_ID.try_with(|id| *id).unwrap_or(RequestId(None))
 }
 
 /// What a route needs from its caller.
@@ -391,125 +346,6 @@ impl ItemsProbe for RectifyRequest {}
 impl ItemsProbe for ConsentRequest {}
 impl ItemsProbe for SubjectRequest {}
 
-/// A request's concurrency slot.
-#[derive(Debug, Clone)]
-struct Permit(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
-
-/// The vault, for a request's call: on the blocking pool, so RocksDB and the crypto
-/// do not hold up the async runtime, except for short calls that wait for nobody
-/// ([`Work::run_short`]). The call holds the request's concurrency slot and knows
-/// the request's id ([`request_id`]).
-struct Work {
-    vault: Arc<Vault>,
-    permit: Option<Permit>,
-    /// The API key that authenticated the request (none on public routes).
-    key: Option<Arc<ApiKey>>,
-}
-
-impl FromRequestParts<Arc<AppState>> for Work {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(Work {
-            vault: state.vault.clone(),
-            permit: parts.extensions.get::<Permit>().cloned(),
-            key: parts.extensions.get::<Arc<ApiKey>>().cloned(),
-        })
-    }
-}
-
-/// A vault call's answer, or a generic error when it did not complete (`Err(true)`:
-/// it panicked; the panic's message may not be shown to anyone).
-fn vault_answer<T>(finished: Result<Result<T, vault_core::Error>, bool>) -> Result<T, ApiError> {
-    match finished {
-        Ok(result) => result.map_err(ApiError::from_vault),
-        Err(panicked) => {
-            tracing::error!(request_id = %request_id(), panicked, "a vault call did not complete");
-            Err(ApiError::internal())
-        }
-    }
-}
-
-/// Detokenizations of at most this many tokens run on the async worker (see
-/// [`Work::run_short`]).
-const SHORT_READ_TOKENS: usize = 16;
-/// Tokenizations of at most this many values, and bytes of values, are tried on the
-/// async worker (a value costs about as much as a few reads).
-const SHORT_WRITE_ITEMS: usize = 4;
-const SHORT_WRITE_BYTES: usize = 4 << 10;
-/// How often a short tokenization is tried on the async worker before it goes to the
-/// blocking pool. What is in its way is most often the other worker's write, a few
-/// tens of microseconds; every yield serves other tasks meanwhile. With 4 tries a
-/// quarter of the server's CPU under the tokenize load was on blocking-pool threads,
-/// whose callers park in the journal and make the next ones wait too (2.5 futex
-/// calls a request, against 0.8 with 64 tries).
-const SHORT_WRITE_TRIES: usize = 64;
-
-impl Work {
-    /// A short call that waits for nobody (a few point reads, decryption, one
-    /// `write` of staged audit events; or a small write without a sync, made only if
-    /// no other write is in its way): run on the async worker. The hop to the
-    /// blocking pool and back (a thread wake-up each way, a shared queue) costs more
-    /// than such a call; under load a third of the server's CPU was in the kernel's
-    /// scheduler and futexes. Anything that can wait for a sync, a lock or the disk
-    /// for long stays on the blocking pool ([`run`](Self::run)).
-    fn run_short<T, F>(&self, call: F) -> Result<T, ApiError>
-    where
-        F: FnOnce(&Vault) -> Result<T, vault_core::Error>,
-    {
-        let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&self.vault)));
-        vault_answer(finished.map_err(|_| true))
-    }
-
-    async fn run<T, F>(self, call: F) -> Result<T, ApiError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Vault) -> Result<T, vault_core::Error> + Send + 'static,
-    {
-        let Work { vault, permit, .. } = self;
-        let request_id = request_id();
-        let joined = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            REQUEST_ID.sync_scope(request_id, || call(&vault))
-        })
-        .await;
-        vault_answer(joined.map_err(|join| join.is_panic()))
-    }
-}
-
-impl Work {
-    /// The request's API key, which audited calls act as: the audit trail names it.
-    fn actor_key(&self) -> Result<Arc<ApiKey>, ApiError> {
-        self.key.clone().ok_or_else(|| {
-            tracing::error!(request_id = %request_id(), "an audited route ran without an API key");
-            ApiError::internal()
-        })
-    }
-
-    /// Like [`run`](Self::run), acting as the request's API key.
-    async fn run_as<T, F>(self, call: F) -> Result<T, ApiError>
-    where
-        T: Send + 'static,
-        F: FnOnce(Actor<'_>) -> Result<T, vault_core::Error> + Send + 'static,
-    {
-        let key = self.actor_key()?;
-        self.run(move |vault| call(vault.as_actor(&key.name)?))
-            .await
-    }
-
-    /// Like [`run_short`](Self::run_short), acting as the request's API key.
-    fn run_short_as<T, F>(&self, call: F) -> Result<T, ApiError>
-    where
-        F: FnOnce(Actor<'_>) -> Result<T, vault_core::Error>,
-    {
-        let key = self.actor_key()?;
-        self.run_short(move |vault| call(vault.as_actor(&key.name)?))
-    }
-}
-
 /// The `{token}` of a path; a path that does not decode is an invalid token.
 struct TokenPath(String);
 
@@ -534,50 +370,7 @@ async fn tokenize(
     work: Work,
     JsonBody(body): JsonBody<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
-    fn requests(items: &[vault_client::api::TokenizeItem]) -> Vec<vault_core::TokenizeRequest<'_>> {
-        items
-            .iter()
-            .map(|item| {
-                let request = vault_core::TokenizeRequest::new(
-                    item.subject.expose(),
-                    &item.field,
-                    item.value.expose().as_bytes(),
-                );
-                if item.deterministic {
-                    request.deterministic()
-                } else {
-                    request
-                }
-            })
-            .collect()
-    }
-    // Written without a sync: on the async worker when short and nobody else's
-    // write is in the way, else on the blocking pool. Then the WAL sync that covers
-    // the write is awaited, with no thread held for it.
-    let bytes: usize = body.items.iter().map(|i| i.value.expose().len()).sum();
-    let short = body.items.len() <= SHORT_WRITE_ITEMS && bytes <= SHORT_WRITE_BYTES;
-    let mut written = None;
-    if short {
-        let requests = requests(&body.items);
-        // Another write under way (most often the other async worker's) ends within
-        // tens of microseconds: let this worker serve other tasks meanwhile, then
-        // try again, rather than hop to the blocking pool and back.
-        for _ in 0..SHORT_WRITE_TRIES {
-            written = work.run_short_as(|actor| actor.try_tokenize_batch_unsynced(&requests))?;
-            if written.is_some() {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    }
-    let unsynced = match written {
-        Some(unsynced) => unsynced,
-        None => {
-            work.run_as(move |actor| actor.tokenize_batch_unsynced(&requests(&body.items)))
-                .await?
-        }
-    };
-    let tokens = unsynced.await.map_err(ApiError::from_vault)?;
+    let tokens = work.tokenize(body.items).await?;
     Ok(Json(TokenizeResponse {
         tokens: tokens.iter().map(ToString::to_string).collect(),
     }))
@@ -616,12 +409,7 @@ async fn detokenize(
         let outcomes = vault.detokenize_for(&tokens, &access)?;
         Ok((tokens, purpose, outcomes))
     };
-    let short = body_tokens <= SHORT_READ_TOKENS && !work.vault.reads_may_wait();
-    let (tokens, purpose, outcomes) = if short {
-        work.run_short(call)?
-    } else {
-        work.run(call).await?
-    };
+    let (tokens, purpose, outcomes) = work.read(body_tokens, call).await?;
     let mut results = Vec::with_capacity(tokens.len());
     for (i, (token, outcome)) in tokens.into_iter().zip(outcomes).enumerate() {
         let result = match outcome {
@@ -1064,6 +852,70 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_server_side_failure_is_logged_by_the_middleware_not_the_conversion() -> TestResult {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || sink.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let log = || -> Result<String, Box<dyn std::error::Error>> {
+            Ok(String::from_utf8(
+                captured.0.lock().map_err(|_| "poisoned")?.clone(),
+            )?)
+        };
+
+        // The conversion alone logs nothing: it only carries the cause.
+        let response = ApiError::from_vault(vault_core::Error::Integrity).into_response();
+        assert_eq!(log()?, "");
+        let cause = response.extensions().get::<Cause>().ok_or("no cause")?;
+        assert_eq!(cause.error, "integrity");
+        let quiet = ApiError::from_vault(vault_core::Error::NotFound).into_response();
+        assert!(quiet.extensions().get::<Cause>().is_none());
+
+        // Through the middleware: one line, with the request's id and the cause, and
+        // the client gets the generic message only.
+        let dir = tempfile::tempdir()?;
+        let vault = Vault::open(
+            dir.path(),
+            &RootKey::from_bytes(&[7; 32])?,
+            VaultOptions::default(),
+        )?;
+        let key = ApiKey {
+            name: "test".into(),
+            hash: KeyHash::of(KEY),
+            scopes: Scope::ALL.iter().copied().collect(),
+            purposes: Purposes::Only(BTreeSet::new()),
+            masked: false,
+        };
+        let state = AppState::new(
+            Arc::new(vault),
+            ApiKeys::new(vec![key]),
+            LimitsConfig::default(),
+        );
+        let failing = || async { Err::<(), _>(ApiError::from_vault(vault_core::Error::Random)) };
+        let app = Router::new()
+            .route("/v1/admin/keys", get(failing))
+            .layer(middleware::from_fn_with_state(state.clone(), observe))
+            .with_state(state);
+        let (status, headers, body) = call(&app, "GET", "/v1/admin/keys", Some(KEY), "").await?;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!body.to_string().contains("random"), "{body}");
+        let id = headers["x-request-id"].to_str()?;
+        let text = log()?;
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("vault error")).collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let event: serde_json::Value = serde_json::from_str(lines[0])?;
+        assert_eq!(event["fields"]["request_id"], id);
+        assert_eq!(
+            event["fields"]["error"],
+            "the operating system's random generator failed"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
     async fn events_logged_while_serving_a_request_carry_its_id() -> TestResult {
         let captured = Captured::default();
         let sink = captured.clone();
@@ -1107,8 +959,7 @@ mod tests {
             key: None,
         };
         let id = RequestId::new();
-        let seen = REQUEST_ID
-            .scope(id, work.run(|_| Ok(request_id().to_string())))
+        let seen = request_id::scope(id, work.run(|_| Ok(request_id().to_string())))
             .await
             .map_err(|_| "the call failed")?;
         assert_eq!(seen, id.as_str());

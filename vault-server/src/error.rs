@@ -3,7 +3,9 @@
 //! Messages are written here, from the kind of failure, never copied from a parser
 //! or the storage engine: those can quote the input (a serde error quotes the value
 //! it did not expect). Details of a server-side failure go to the log, as the error's
-//! kind, never to the client.
+//! kind, never to the client: the conversion has no side effects; it puts the cause
+//! in the response's extensions ([`Cause`]), and the request's middleware logs it
+//! with the request's id.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode};
@@ -18,6 +20,17 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     item: Option<usize>,
+    /// For the log, never the client.
+    cause: Option<Cause>,
+}
+
+/// Why a request failed on the server's side, for the log line the middleware
+/// writes: the error's kind (a vault error's text names files and kinds, never
+/// stored values) and what it means.
+#[derive(Debug, Clone)]
+pub(crate) struct Cause {
+    pub(crate) error: String,
+    pub(crate) what: &'static str,
 }
 
 impl ApiError {
@@ -27,7 +40,17 @@ impl ApiError {
             code,
             message: message.into(),
             item: None,
+            cause: None,
         }
+    }
+
+    /// The same answer, with a cause for the log.
+    pub(crate) fn because(mut self, error: impl Into<String>, what: &'static str) -> Self {
+        self.cause = Some(Cause {
+            error: error.into(),
+            what,
+        });
+        self
     }
 
     pub(crate) fn at(mut self, item: Option<usize>) -> Self {
@@ -167,36 +190,24 @@ impl ApiError {
                 "deterministic_token",
                 "a deterministic token cannot be rectified: tokenize the new value and delete this token",
             ),
-            E::Integrity => {
-                tracing::error!(
-                    request_id = %crate::api::request_id(),
-                    error = "integrity",
-                    "stored data failed authentication"
-                );
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "integrity",
-                    "stored data failed an integrity check",
-                )
-            }
-            E::AuditDamaged => {
-                tracing::error!(
-                    request_id = %crate::api::request_id(),
-                    error = "audit_damaged",
-                    "the audit trail's checkpoint did not authenticate at start-up: audited operations are refused (POST /v1/audit/verify)"
-                );
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "audit_damaged",
-                    "the audit trail is damaged: operations on personal data are refused until it is restored",
-                )
-            }
-            other => {
-                // Vault errors name files and kinds, never stored values (vault-core's
-                // contract), so they may be logged.
-                tracing::error!(request_id = %crate::api::request_id(), error = %other, "vault error");
-                ApiError::internal()
-            }
+            E::Integrity => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "integrity",
+                "stored data failed an integrity check",
+            )
+            .because("integrity", "stored data failed authentication"),
+            E::AuditDamaged => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "audit_damaged",
+                "the audit trail is damaged: operations on personal data are refused until it is restored",
+            )
+            .because(
+                "audit_damaged",
+                "the audit trail's checkpoint did not authenticate at start-up: audited operations are refused (POST /v1/audit/verify)",
+            ),
+            // Vault errors name files and kinds, never stored values (vault-core's
+            // contract), so they may be logged.
+            other => ApiError::internal().because(other.to_string(), "vault error"),
         }
     }
 
@@ -231,6 +242,9 @@ impl IntoResponse for ApiError {
             .headers_mut()
             .insert("x-vault-error", HeaderValue::from_static(self.code));
         response.extensions_mut().insert(ErrorCode(self.code));
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(cause);
+        }
         response
     }
 }

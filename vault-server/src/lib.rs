@@ -1,7 +1,8 @@
 //! `vault-server`: the vault over HTTPS (axum + tokio), with API keys and scopes.
 //!
 //! The server adds no storage logic of its own: every route is one `vault-core` call,
-//! run on the blocking pool. What it adds is the boundary: TLS, API keys with scopes
+//! on the blocking pool, or on the async worker when it is short and waits for
+//! nobody (`work`). What it adds is the boundary: TLS, API keys with scopes
 //! and purposes, request limits, load shedding, a request timeout, metrics, logs
 //! without personal data, and a graceful shutdown that closes the vault.
 //!
@@ -19,7 +20,9 @@ pub mod dev;
 mod error;
 mod metrics;
 mod openapi;
+mod request_id;
 mod serve;
+mod work;
 
 pub use error::ApiError;
 pub use serve::serve;

@@ -228,7 +228,7 @@ pub(crate) fn render_vault(vault: &vault_core::Vault, out: &mut String) {
             gauge(out, "vault_up", "1 when the vault answered this scrape.", 1);
         }
         Err(e) => {
-            tracing::error!(request_id = %crate::api::request_id(), error = %e, "key status for metrics failed");
+            tracing::error!(request_id = %crate::request_id::request_id(), error = %e, "key status for metrics failed");
             gauge(out, "vault_up", "1 when the vault answered this scrape.", 0);
         }
     }
