@@ -7,7 +7,7 @@
 //! 2. `guard`: API key and scope (401/403), the concurrency limit (429) and the
 //!    request timeout (503).
 //! 3. the handler: parses the body (413 over the body limit, 400 when malformed),
-//!    makes the vault call (where it runs is [`crate::work`]'s to decide) and maps
+//!    makes the vault call (where it runs is the `work` module's to decide) and maps
 //!    the outcome.
 //!
 //! Subject ids and values travel only in bodies; tokens (opaque) may be in paths.
