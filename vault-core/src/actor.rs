@@ -16,7 +16,8 @@ use crate::export::SubjectExport;
 use crate::options::valid_actor;
 use crate::records::Detokenized;
 use crate::token::Token;
-use crate::vault::{TokenizeRequest, Vault};
+use crate::tokenize::TokenizeRequest;
+use crate::vault::Vault;
 use crate::{ConsentEvent, ConsentStatus};
 
 /// The vault, acting for a named caller: the same operations as on [`Vault`], each

@@ -32,6 +32,12 @@
 // operations for ops people.
 mod vault;
 
+mod tokenize;
+
+mod read;
+
+mod update;
+
 mod access;
 mod consent;
 mod export;
@@ -65,7 +71,8 @@ mod worker;
 // --- Opening a vault ---
 pub use keys::RootKey;
 pub use options::{Clock, Durability, KdfParams, Limits, PurgePolicy, SystemClock, VaultOptions};
-pub use vault::{TokenizeRequest, Vault};
+pub use tokenize::TokenizeRequest;
+pub use vault::Vault;
 
 // --- Tokens and values ---
 pub use durable::{Synced, Unsynced};

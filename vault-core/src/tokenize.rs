@@ -1,0 +1,441 @@
+//! Tokenization: values in, tokens out. One atomic write per call, with one audit
+//! event per subject, committed by the journal; a new subject gets its key in the
+//! same write.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{MutexGuard, PoisonError, RwLockReadGuard, TryLockError};
+
+use crate::audit::{AuditAction, AuditEvent, AuditOutcome};
+use crate::codec::encode;
+use crate::crypto::random_bytes;
+use crate::durable::Unsynced;
+use crate::error::Error;
+use crate::records::{LiveRecord, RECORD_FORMAT, RecordPlace, StoredRecord, index_key};
+use crate::retention::expiry_key;
+use crate::store::{Batch, Cf};
+use crate::subjects::{KnownSubject, SUBJECT_FORMAT, SubjectHash};
+use crate::token::{Token, TokenId};
+use crate::vault::{Inner, Vault};
+
+/// How a tokenization commits.
+#[derive(Debug, Clone, Copy)]
+enum Commit {
+    /// Waits for the locks and the journal; synced as `sync` says.
+    Wait { sync: bool },
+    /// Unsynced, and only if nobody holds a lock it needs or is writing.
+    IfFree,
+}
+
+/// A subject a tokenization writes to: its entry as it will be stored and its key,
+/// whether this write creates it, and how many records it stores for it.
+struct SubjectWrite {
+    hash: SubjectHash,
+    known: KnownSubject,
+    created: bool,
+    stored: u64,
+}
+
+/// One value to tokenize, for [`Vault::tokenize_batch`].
+#[derive(Clone, Copy)]
+pub struct TokenizeRequest<'a> {
+    /// The data subject the value belongs to (e.g. a customer id).
+    pub subject: &'a str,
+    /// The field name, e.g. `email` (ASCII letters, digits, `_`, `-`, `.`).
+    pub field: &'a str,
+    /// The value.
+    pub value: &'a [u8],
+    /// Issue the deterministic token of (subject, field, value) instead of a random one.
+    pub deterministic: bool,
+}
+
+impl<'a> TokenizeRequest<'a> {
+    /// A request for a random token.
+    pub fn new(subject: &'a str, field: &'a str, value: &'a [u8]) -> Self {
+        TokenizeRequest {
+            subject,
+            field,
+            value,
+            deterministic: false,
+        }
+    }
+
+    /// Asks for the deterministic token instead.
+    pub fn deterministic(mut self) -> Self {
+        self.deterministic = true;
+        self
+    }
+}
+
+impl std::fmt::Debug for TokenizeRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenizeRequest")
+            .field("field", &self.field)
+            .field("deterministic", &self.deterministic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    /// Tokenizes one value with a random token.
+    pub fn tokenize(
+        &self,
+        subject: &str,
+        field: &str,
+        value: impl AsRef<[u8]>,
+    ) -> Result<Token, Error> {
+        self.default_actor().tokenize(subject, field, value)
+    }
+
+    /// Tokenizes one value with its deterministic token: the same (subject, field,
+    /// value) always gives the same token, derived from the subject's key, so it
+    /// cannot be recomputed once the subject is erased.
+    pub fn tokenize_deterministic(
+        &self,
+        subject: &str,
+        field: &str,
+        value: impl AsRef<[u8]>,
+    ) -> Result<Token, Error> {
+        self.default_actor()
+            .tokenize_deterministic(subject, field, value)
+    }
+
+    /// Tokenizes many values in one atomic write: either every value is stored and a
+    /// token returned for each (in order), or nothing is stored. An invalid item fails
+    /// the whole call with an [`InputError`](crate::InputError) naming its index.
+    pub fn tokenize_batch(&self, items: &[TokenizeRequest<'_>]) -> Result<Vec<Token>, Error> {
+        self.default_actor().tokenize_batch(items)
+    }
+
+    /// [`tokenize_batch`](Self::tokenize_batch) for callers that must not block
+    /// while the write is synced (an async server): returns once the records are
+    /// written, before they are durable. Await the [`Unsynced`] (or
+    /// [`wait`](Unsynced::wait) for it) before handing the tokens out: a thread of
+    /// the vault syncs the WAL for every write awaited (see the README's server
+    /// section). This call itself may still wait, as a synced one does, for
+    /// other writes of the same subjects and for the journal.
+    ///
+    /// In async code: try [`try_tokenize_batch_unsynced`](Self::try_tokenize_batch_unsynced)
+    /// on the executor's thread, fall back to this on the blocking pool, and await
+    /// the sync without holding a thread:
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use vault_core::{Token, TokenizeRequest, Vault};
+    ///
+    /// async fn store_email(vault: Arc<Vault>, customer: String, email: String)
+    ///     -> Result<Token, Box<dyn std::error::Error + Send + Sync>> {
+    ///     let request = [TokenizeRequest::new(&customer, "email", email.as_bytes())];
+    ///     let unsynced = match vault.try_tokenize_batch_unsynced(&request)? {
+    ///         Some(unsynced) => unsynced,
+    ///         None => tokio::task::spawn_blocking(move || {
+    ///             let request = [TokenizeRequest::new(&customer, "email", email.as_bytes())];
+    ///             vault.tokenize_batch_unsynced(&request)
+    ///         })
+    ///         .await??,
+    ///     };
+    ///     let mut tokens = unsynced.await?; // durable now: hand the token out
+    ///     Ok(tokens.remove(0))
+    /// }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// # let tmp = tempfile::tempdir()?;
+    /// # let dir = tmp.path().join("vault");
+    /// # let vault = Arc::new(Vault::open(&dir, &vault_core::RootKey::generate()?, Default::default())?);
+    /// # let runtime = tokio::runtime::Runtime::new()?;
+    /// # let token = runtime.block_on(store_email(vault.clone(), "c-1".into(), "a@b.example".into()))?;
+    /// # assert_eq!(vault.detokenize(&token.to_string())?.value.as_str(), Some("a@b.example"));
+    /// # drop(vault);
+    /// # Ok(()) }
+    /// ```
+    pub fn tokenize_batch_unsynced(
+        &self,
+        items: &[TokenizeRequest<'_>],
+    ) -> Result<Unsynced<Vec<Token>>, Error> {
+        self.default_actor().tokenize_batch_unsynced(items)
+    }
+
+    /// [`tokenize_batch_unsynced`](Self::tokenize_batch_unsynced) if it does not
+    /// have to wait for anyone: no other write holds a lock it needs, is being
+    /// written or is being synced (a purge's synced write included; RocksDB can
+    /// still delay a write itself when compactions fall behind). `Ok(None)`, with
+    /// nothing written, when it would have to; call
+    /// `tokenize_batch_unsynced` where blocking is allowed then. Meant for an async
+    /// executor's thread, where waiting for another caller's sync would stall
+    /// every task.
+    pub fn try_tokenize_batch_unsynced(
+        &self,
+        items: &[TokenizeRequest<'_>],
+    ) -> Result<Option<Unsynced<Vec<Token>>>, Error> {
+        self.default_actor().try_tokenize_batch_unsynced(items)
+    }
+
+    /// [`tokenize_batch`](Self::tokenize_batch), recorded under `actor`.
+    pub(crate) fn tokenize_by(
+        &self,
+        actor: &str,
+        items: &[TokenizeRequest<'_>],
+    ) -> Result<Vec<Token>, Error> {
+        let sync = self.inner.synced();
+        self.tokenize_with(actor, items, Commit::Wait { sync })?
+            .ok_or(Error::Integrity) // `Commit::Wait` always writes
+    }
+
+    /// [`tokenize_batch_unsynced`](Self::tokenize_batch_unsynced), recorded under
+    /// `actor`.
+    pub(crate) fn tokenize_unsynced_by(
+        &self,
+        actor: &str,
+        items: &[TokenizeRequest<'_>],
+    ) -> Result<Unsynced<Vec<Token>>, Error> {
+        let tokens = self
+            .tokenize_with(actor, items, Commit::Wait { sync: false })?
+            .ok_or(Error::Integrity)?; // `Commit::Wait` always writes
+        Ok(self.unsynced(tokens))
+    }
+
+    /// [`try_tokenize_batch_unsynced`](Self::try_tokenize_batch_unsynced), recorded
+    /// under `actor`.
+    pub(crate) fn try_tokenize_unsynced_by(
+        &self,
+        actor: &str,
+        items: &[TokenizeRequest<'_>],
+    ) -> Result<Option<Unsynced<Vec<Token>>>, Error> {
+        Ok(self
+            .tokenize_with(actor, items, Commit::IfFree)?
+            .map(|tokens| self.unsynced(tokens)))
+    }
+
+    /// A value written without a sync, to await the sync that covers it. Counted
+    /// after the write returned: the sync that covers the ticket starts after it.
+    fn unsynced<T>(&self, value: T) -> Unsynced<T> {
+        let ticket = self.inner.synced().then(|| self.inner.wal_sync.written());
+        Unsynced::new(value, ticket)
+    }
+
+    /// Tokenizes `items` under `actor`: one audit event per subject, committed with
+    /// the records as `commit` says; `None` (nothing written) when `Commit::IfFree`
+    /// would have had to wait.
+    fn tokenize_with(
+        &self,
+        actor: &str,
+        items: &[TokenizeRequest<'_>],
+        commit: Commit,
+    ) -> Result<Option<Vec<Token>>, Error> {
+        let inner = &*self.inner;
+        inner.check_items(items)?;
+        let hashes: Vec<SubjectHash> = items
+            .iter()
+            .map(|it| inner.index.subject_hash(it.subject))
+            .collect();
+        let Some(_locks) = inner.lock_subjects(&hashes, commit) else {
+            return Ok(None);
+        };
+        let now = inner.now();
+        let (distinct, slots) = distinct_subjects(&hashes);
+        let mut batch = inner.store.batch();
+        let mut subjects = inner.subjects_for_tokenize(&distinct, &mut batch, now)?;
+        let tokens = inner.seal_items(items, &slots, &mut subjects, &mut batch, now)?;
+        for subject in subjects.iter().filter(|s| s.stored > 0) {
+            batch.put(
+                Cf::Subjects,
+                &subject.hash,
+                &encode(SUBJECT_FORMAT, &subject.known.entry),
+            );
+        }
+        let events = subjects
+            .iter()
+            .map(|s| {
+                AuditEvent::new(actor, AuditAction::Tokenize, AuditOutcome::Ok)
+                    .about(Some(s.known.dek.audit_ref), s.stored)
+            })
+            .collect();
+        match commit {
+            Commit::Wait { sync } => {
+                inner.commit_audited(batch, events, sync)?;
+            }
+            Commit::IfFree => {
+                if inner.commit_audited_if_free(batch, events)?.is_none() {
+                    return Ok(None);
+                }
+            }
+        }
+        inner.keep_subjects(subjects);
+        Ok(Some(tokens))
+    }
+}
+
+/// The subjects' stripe locks, and the key lock for reading (so that no KEK
+/// rotation batch runs meanwhile).
+type SubjectLocks<'a> = (Vec<MutexGuard<'a, ()>>, RwLockReadGuard<'a, ()>);
+
+/// The distinct subjects, in the order first named, and each item's among them.
+fn distinct_subjects(hashes: &[SubjectHash]) -> (Vec<SubjectHash>, Vec<usize>) {
+    let mut distinct: Vec<SubjectHash> = Vec::new();
+    let mut position: HashMap<&SubjectHash, usize> = HashMap::with_capacity(hashes.len());
+    let slots = hashes
+        .iter()
+        .map(|h| {
+            *position.entry(h).or_insert_with(|| {
+                distinct.push(*h);
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    (distinct, slots)
+}
+
+impl Inner {
+    /// Every item within the limits, or an error naming the first that is not.
+    fn check_items(&self, items: &[TokenizeRequest<'_>]) -> Result<(), Error> {
+        let limits = &self.opts.limits;
+        limits.check_batch(items.len())?;
+        for (i, item) in items.iter().enumerate() {
+            limits.check_subject(item.subject).map_err(|e| e.at(i))?;
+            limits.check_field(item.field).map_err(|e| e.at(i))?;
+            limits.check_value(item.value).map_err(|e| e.at(i))?;
+        }
+        Ok(())
+    }
+
+    /// The locks a tokenization of these subjects holds; `None` when `IfFree` would
+    /// have to wait for them, or for another write under way.
+    fn lock_subjects<'a>(
+        &'a self,
+        hashes: &'a [SubjectHash],
+        commit: Commit,
+    ) -> Option<SubjectLocks<'a>> {
+        match commit {
+            Commit::Wait { .. } => Some((
+                self.stripes.lock_all(hashes.iter()),
+                self.key_writes
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner),
+            )),
+            Commit::IfFree => {
+                let stripes = self.stripes.try_lock_all(hashes.iter())?;
+                let keys = match self.key_writes.try_read() {
+                    Ok(keys) => keys,
+                    Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                    Err(TryLockError::WouldBlock) => return None,
+                };
+                (!self.writes_in_the_way()).then_some((stripes, keys))
+            }
+        }
+    }
+
+    /// Each subject's entry and key, for writing: known subjects from the cache
+    /// (taken out: they go back only once the write is committed), the others read,
+    /// and new ones created in `batch`.
+    fn subjects_for_tokenize(
+        &self,
+        distinct: &[SubjectHash],
+        batch: &mut Batch<'_>,
+        now: u64,
+    ) -> Result<Vec<SubjectWrite>, Error> {
+        let cached: Vec<Option<KnownSubject>> =
+            distinct.iter().map(|h| self.subjects.remove(h)).collect();
+        let unknown: Vec<SubjectHash> = distinct
+            .iter()
+            .zip(&cached)
+            .filter(|(_, known)| known.is_none())
+            .map(|(h, _)| *h)
+            .collect();
+        let mut found = if unknown.is_empty() {
+            Vec::new()
+        } else {
+            self.store.multi_get(Cf::Subjects, &unknown)?
+        }
+        .into_iter();
+        let ring = self.ring();
+        let mut subjects = Vec::with_capacity(distinct.len());
+        for (h, known) in distinct.iter().zip(cached) {
+            let (known, created) = match known {
+                Some(known) => (known, false),
+                None => {
+                    let found = found.next().flatten();
+                    let (entry, dek, created) =
+                        self.subject_for_write(h, found.as_deref(), &ring, batch, now)?;
+                    (KnownSubject { entry, dek }, created)
+                }
+            };
+            subjects.push(SubjectWrite {
+                hash: *h,
+                known,
+                created,
+                stored: 0,
+            });
+        }
+        Ok(subjects)
+    }
+
+    /// Seals each item under its subject's key into `batch` (record, index entry,
+    /// expiry entry), and its token. A deterministic token already stored, or issued
+    /// earlier in the batch, is handed out again without a write.
+    fn seal_items(
+        &self,
+        items: &[TokenizeRequest<'_>],
+        slots: &[usize],
+        subjects: &mut [SubjectWrite],
+        batch: &mut Batch<'_>,
+        now: u64,
+    ) -> Result<Vec<Token>, Error> {
+        let mut tokens = Vec::with_capacity(items.len());
+        // Deterministic ids issued by this batch (random ones cannot repeat).
+        let mut issued: HashSet<TokenId> = HashSet::new();
+        for (item, &slot) in items.iter().zip(slots) {
+            let SubjectWrite {
+                known: KnownSubject { entry, dek },
+                stored,
+                ..
+            } = &mut subjects[slot];
+            let id: TokenId = if item.deterministic {
+                let id = dek.deterministic_id(item.field, item.value);
+                if issued.contains(&id) || self.store.get(Cf::Records, &id)?.is_some() {
+                    tokens.push(Token::new(id, &self.index.token_tag_key));
+                    continue;
+                }
+                issued.insert(id);
+                id
+            } else {
+                random_bytes()?
+            };
+            let place = RecordPlace {
+                vault_id: &self.vault_id,
+                sid: &entry.sid,
+                id: &id,
+            };
+            let record = StoredRecord::Live(LiveRecord::seal(
+                &self.index,
+                &place,
+                item.field,
+                now,
+                item.deterministic,
+                &dek.aead,
+                item.value,
+            )?);
+            batch.put(Cf::Records, &id, &encode(RECORD_FORMAT, &record));
+            batch.put(Cf::Index, &index_key(&entry.sid, &id), b"");
+            if let Some(at) = self.opts.policy.expires_at(item.field, now) {
+                batch.put(Cf::Expiry, &expiry_key(at, &id), &entry.sid);
+            }
+            entry.records += 1;
+            *stored += 1;
+            tokens.push(Token::new(id, &self.index.token_tag_key));
+        }
+        Ok(tokens)
+    }
+
+    /// After the commit: the subjects back into the cache as stored, and a new
+    /// subject's key into the key cache.
+    fn keep_subjects(&self, subjects: Vec<SubjectWrite>) {
+        for subject in subjects {
+            if subject.created {
+                let known = &subject.known;
+                self.cache.insert(known.entry.sid, known.dek.clone());
+            }
+            // Cached as stored: a new subject's entry is written only with a record.
+            if !subject.created || subject.stored > 0 {
+                self.subjects.insert(subject.hash, subject.known);
+            }
+        }
+    }
+}

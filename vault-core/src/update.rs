@@ -1,0 +1,106 @@
+//! Changes to one record: rectify (a new value behind the same token) and delete.
+//! Both run under the subject's stripe lock, on a record checked again under it.
+
+use crate::audit::{AuditAction, AuditEvent, AuditOutcome};
+use crate::codec::{decode, encode};
+use crate::error::Error;
+use crate::records::{
+    LiveRecord, RECORD_FORMAT, StoredRecord, expired_outcome, index_key, stub_outcome,
+};
+use crate::store::Cf;
+use crate::subjects::{Dek, Sid};
+use crate::token::TokenId;
+use crate::vault::{Inner, Vault};
+
+impl Vault {
+    /// Replaces the value behind `token`; the token stays valid and keeps its field.
+    pub fn rectify(&self, token: &str, value: impl AsRef<[u8]>) -> Result<(), Error> {
+        self.default_actor().rectify(token, value)
+    }
+
+    pub(crate) fn rectify_by(&self, actor: &str, token: &str, value: &[u8]) -> Result<(), Error> {
+        let inner = &*self.inner;
+        inner.opts.limits.check_value(value)?;
+        let id = inner.token_id(token)?;
+        inner.with_live_record(&id, |_, dek, record| {
+            if inner
+                .opts
+                .policy
+                .expired(&record.field, record.created_at, inner.now())
+            {
+                return Err(Error::Expired);
+            }
+            if record.deterministic {
+                // Checked on authenticated data: open before trusting the flag.
+                record.open(&inner.vault_id, &id, &dek.aead)?;
+                return Err(Error::DeterministicToken);
+            }
+            let updated =
+                StoredRecord::Live(record.reseal(&inner.vault_id, &id, &dek.aead, value)?);
+            let mut batch = inner.store.batch();
+            batch.put(Cf::Records, &id, &encode(RECORD_FORMAT, &updated));
+            let event = AuditEvent::new(actor, AuditAction::Rectify, AuditOutcome::Ok)
+                .about(Some(dek.audit_ref), 1);
+            inner.commit_audited(batch, vec![event], inner.synced())?;
+            Ok(())
+        })
+    }
+
+    /// Deletes the record behind `token`; the token then answers [`Error::NotFound`].
+    ///
+    /// The ciphertext stays in older storage files until compaction reaches them; it is
+    /// still under the subject's key. Erasure is what removes bytes provably.
+    pub fn delete(&self, token: &str) -> Result<(), Error> {
+        self.default_actor().delete(token)
+    }
+
+    pub(crate) fn delete_by(&self, actor: &str, token: &str) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let id = inner.token_id(token)?;
+        inner.with_live_record(&id, |sid, dek, _| {
+            let mut batch = inner.store.batch();
+            batch.delete(Cf::Records, &id);
+            batch.delete(Cf::Index, &index_key(sid, &id));
+            inner.count_removed_record(&dek.subject_hash, sid, &mut batch)?;
+            let event = AuditEvent::new(actor, AuditAction::Delete, AuditOutcome::Ok)
+                .about(Some(dek.audit_ref), 1);
+            inner.commit_audited(batch, vec![event], inner.synced())?;
+            Ok(())
+        })
+    }
+}
+
+impl Inner {
+    /// Runs `f` on a live record under its subject's stripe lock, after checking again
+    /// under the lock that the record is live and its subject not erased.
+    fn with_live_record<T>(
+        &self,
+        id: &TokenId,
+        f: impl FnOnce(&Sid, &Dek, LiveRecord) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let read = |id: &TokenId| -> Result<LiveRecord, Error> {
+            let bytes = self.store.get(Cf::Records, id)?.ok_or(Error::NotFound)?;
+            match decode(RECORD_FORMAT, &bytes)? {
+                StoredRecord::Shredded { tag } => Err(stub_outcome(&self.index, id, &tag)),
+                StoredRecord::Expired { tag } => Err(expired_outcome(&self.index, id, &tag)),
+                StoredRecord::Live(record) => Ok(record),
+            }
+        };
+        let first = read(id)?;
+        let sid = first.sid;
+        let dek = self
+            .dek(&sid)?
+            .ok_or_else(|| self.missing_key(&sid, id, &first.link))?;
+        let _stripe = self.stripes.lock(&dek.subject_hash);
+        // Under the lock: an erasure has either finished (key gone, cache entry
+        // dropped) or not begun.
+        let record = read(id)?;
+        if record.sid != sid {
+            return Err(Error::Integrity);
+        }
+        let dek = self
+            .dek(&sid)?
+            .ok_or_else(|| self.missing_key(&sid, id, &record.link))?;
+        f(&sid, &dek, record)
+    }
+}
