@@ -14,7 +14,7 @@ use crate::audit::{AuditAction, AuditOutcome, ReadEvent};
 use crate::error::{Argument, Error, InputError, Problem};
 use crate::purposes::{Access, LawfulBasis};
 use crate::records::Detokenized;
-use crate::store::Cf;
+use crate::store::{Cf, Storage};
 use crate::subjects::Sid;
 use crate::token::TokenId;
 use crate::vault::Vault;

@@ -31,7 +31,7 @@ use crate::error::Error;
 
 use crate::retention::RETENTION_ACTOR;
 use crate::staged::{self, STAGED};
-use crate::store::{Cf, Store};
+use crate::store::{Cf, Storage, Store, WriteSet};
 use crate::vault::{Inner, Vault};
 
 pub(crate) const AUDIT_FORMAT: u8 = 1;

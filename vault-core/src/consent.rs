@@ -14,7 +14,7 @@ use crate::audit::{AuditAction, AuditEvent, AuditOutcome, ReadEvent};
 use crate::codec::{decode, encode};
 use crate::crypto::{aad, domain};
 use crate::error::{Argument, Error, InputError, Problem};
-use crate::store::Cf;
+use crate::store::{Cf, Storage, WriteSet};
 use crate::subjects::{Dek, SUBJECT_FORMAT, Sid, SubjectEntry};
 use crate::vault::{Inner, Vault};
 

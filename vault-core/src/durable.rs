@@ -36,6 +36,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, JoinHandle, Thread};
 
 use crate::error::{Error, StorageError};
+use crate::store::Storage;
 use crate::vault::Inner;
 
 /// What the syncer and the writers share.
@@ -343,6 +344,7 @@ mod tests {
     use std::time::Duration;
 
     use crate::error::Error;
+    use crate::store::Storage;
     use crate::{KdfParams, RootKey, TokenizeRequest, Vault, VaultOptions};
 
     #[test]

@@ -23,7 +23,7 @@ use crate::error::Error;
 use crate::keys::IndexKeys;
 use crate::options::PurgePolicy;
 use crate::records::{RECORD_FORMAT, StoredRecord, link_ok, shredded_tag};
-use crate::store::Cf;
+use crate::store::{Cf, Storage, WriteSet};
 use crate::subjects::{KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, SubjectEntry, dek_counter};
 use crate::token::TokenId;
 use crate::vault::{Inner, Vault};

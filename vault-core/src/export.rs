@@ -7,7 +7,7 @@ use crate::consent::ConsentStatus;
 use crate::erase::SubjectRef;
 use crate::error::Error;
 use crate::records::{ExportedRecord, Plaintext, RECORD_FORMAT, StoredRecord, stub_outcome};
-use crate::store::Cf;
+use crate::store::{Cf, Storage};
 use crate::subjects::{SUBJECT_FORMAT, SubjectEntry};
 use crate::token::{Token, TokenId};
 use crate::vault::Vault;

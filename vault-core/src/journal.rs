@@ -22,7 +22,7 @@ use crate::codec::encode;
 use crate::crypto::Key;
 use crate::error::{Error, StorageError};
 use crate::staged::{self, STAGED, Staged};
-use crate::store::{Batch, Cf, RawBatch, Store, concat_batches};
+use crate::store::{Batch, Cf, RawBatch, Storage, Store, WriteSet};
 use crate::vault::Inner;
 
 /// The ticket of the staged read events a leader puts first in its group (callers'
@@ -262,7 +262,7 @@ impl Inner {
         );
         Some(Request {
             ticket: STAGED_TICKET,
-            batch: batch.into_raw(),
+            batch: Store::detach(batch),
             events: staged.iter().map(|(_, e)| e.clone()).collect(),
             sync: false,
             caller: thread::current(),
@@ -358,7 +358,7 @@ impl Inner {
         for e in events.iter_mut().filter(|e| e.at == 0) {
             e.at = now;
         }
-        let batch = batch.into_raw();
+        let batch = Store::detach(batch);
         let mut state = self
             .journal
             .state
@@ -473,7 +473,7 @@ impl Inner {
                     index_keys.push(index_key(subject, s));
                 }
                 let stored = StoredEvent { event, mac: m };
-                self.store.put_raw(
+                self.store.put_detached(
                     &mut request.batch,
                     Cf::Audit,
                     &s.to_be_bytes(),
@@ -518,13 +518,13 @@ impl Inner {
             if let Some(last_batch) = batches.last_mut() {
                 index_keys.sort_unstable();
                 for k in &index_keys {
-                    self.store.put_raw(last_batch, Cf::AuditIndex, k, b"");
+                    self.store.put_detached(last_batch, Cf::AuditIndex, k, b"");
                 }
                 self.store
-                    .put_raw(last_batch, Cf::Meta, HEAD, &encode(HEAD_FORMAT, &head));
+                    .put_detached(last_batch, Cf::Meta, HEAD, &encode(HEAD_FORMAT, &head));
             }
         }
-        match self.store.write_raw(concat_batches(batches), sync) {
+        match self.store.write_detached(Store::join(batches), sync) {
             Ok(()) => (outcomes, seq, mac),
             Err(e) => {
                 let message = e.to_string();

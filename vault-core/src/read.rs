@@ -5,7 +5,7 @@
 use crate::audit::{AuditAction, AuditOutcome, ReadEvent};
 use crate::error::Error;
 use crate::records::Detokenized;
-use crate::store::Cf;
+use crate::store::{Cf, Storage};
 use crate::token::TokenId;
 use crate::vault::{Inner, Vault};
 

@@ -13,7 +13,7 @@ use crate::codec::{decode, encode};
 use crate::erase::PurgeReport;
 use crate::error::Error;
 use crate::records::{RECORD_FORMAT, StoredRecord, expired_tag, index_key};
-use crate::store::Cf;
+use crate::store::{Cf, Storage, WriteSet};
 use crate::subjects::Sid;
 use crate::token::TokenId;
 use crate::vault::{Inner, Vault};

@@ -13,7 +13,7 @@ use std::sync::PoisonError;
 use crate::codec::{decode, encode};
 use crate::error::Error;
 use crate::keys::{DekSlot, KdfRecord, RootKey, RootSecret};
-use crate::store::{Cf, decode_i64};
+use crate::store::{Cf, Storage, WriteSet};
 use crate::subjects::{KEY_FORMAT, KeyEntry, Sid, dek_counter};
 use crate::vault::{Inner, Vault};
 
@@ -100,11 +100,7 @@ impl Vault {
         let ring = inner.ring();
         let mut versions = Vec::new();
         for version in ring.versions() {
-            let deks = inner
-                .store
-                .get(Cf::Counters, &dek_counter(version))?
-                .map(|v| decode_i64(&v).max(0) as u64)
-                .unwrap_or(0);
+            let deks = inner.store.counter(&dek_counter(version))?.max(0) as u64;
             versions.push(KekVersionStatus {
                 version,
                 active: version == ring.active(),

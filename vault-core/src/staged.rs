@@ -37,7 +37,7 @@ use crate::codec::{decode, encode, encode_into};
 use crate::crypto::{Key, domain};
 use crate::error::Error;
 use crate::mapped::Mapped;
-use crate::store::{Cf, Store};
+use crate::store::{Cf, Storage, Store};
 
 const FILES: [&str; 2] = ["AUDIT-STAGED-0", "AUDIT-STAGED-1"];
 /// Where the trail records the last staging sequence number it committed.

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::store::StorageCounters;
+use crate::store::{Storage, StorageCounters};
 use crate::vault::Vault;
 
 impl Vault {

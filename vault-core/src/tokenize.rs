@@ -12,7 +12,7 @@ use crate::durable::Unsynced;
 use crate::error::Error;
 use crate::records::{LiveRecord, RECORD_FORMAT, RecordPlace, StoredRecord, index_key};
 use crate::retention::expiry_key;
-use crate::store::{Batch, Cf};
+use crate::store::{Batch, Cf, Storage, WriteSet};
 use crate::subjects::{KnownSubject, SUBJECT_FORMAT, SubjectHash};
 use crate::token::{Token, TokenId};
 use crate::vault::{Inner, Vault};

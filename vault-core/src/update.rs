@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::records::{
     LiveRecord, RECORD_FORMAT, StoredRecord, expired_outcome, index_key, stub_outcome,
 };
-use crate::store::Cf;
+use crate::store::{Cf, Storage, WriteSet};
 use crate::subjects::{Dek, Sid};
 use crate::token::TokenId;
 use crate::vault::{Inner, Vault};

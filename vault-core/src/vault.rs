@@ -20,7 +20,7 @@ use crate::owner::Owner;
 use crate::purposes::Purpose;
 use crate::records::{LiveRecord, RECORD_FORMAT, StoredRecord, expired_outcome, stub_outcome};
 use crate::staged::Staging;
-use crate::store::{Batch, Cf, Store, StoreOptions};
+use crate::store::{Batch, Cf, Storage, Store, StoreOptions, WriteSet};
 use crate::subjects::{
     Dek, DekCache, KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, Stripes, SubjectCache, SubjectEntry,
     SubjectHash, dek_counter,

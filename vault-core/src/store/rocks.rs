@@ -1,11 +1,7 @@
-//! The storage layer: RocksDB behind a narrow interface (get, multi-get, atomic batch,
-//! prefix scan, range scan, physical purge). Nothing above this module names a
-//! RocksDB type, so a second backend can replace it.
-//!
-//! One column family per kind of thing. Every multi-key change is one [`Batch`]. The
-//! write options follow the vault's [`Durability`]: synced by default, which RocksDB
-//! turns into group commit when writers are concurrent.
-
+//! The storage seam's one implementation: RocksDB, embedded, one column family per
+//! [`Cf`]. Write options follow the vault's [`Durability`]: synced by default, which
+//! RocksDB turns into group commit when writers are concurrent. The purge flushes,
+//! compacts and then checks the directory itself (see `purge_files`).
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,62 +14,11 @@ use rocksdb::{
     Options, ReadOptions, SliceTransform, WaitForCompactOptions, WriteBatch, WriteOptions,
 };
 
+use super::{Cf, KeyValue, Storage, StorageCounters, StoreOptions, WriteSet};
 use crate::error::{Error, StorageError};
 use crate::options::{Durability, SCATTERED_WRITE_BUFFER, SMALL_ENTRY_WRITE_BUFFER};
 
-/// The column families. Keys and values of each are described beside the variant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum Cf {
-    /// Vault-wide state: the rotation cursor.
-    Meta,
-    /// subject hash (32) → subject entry (storage id, counts).
-    Subjects,
-    /// storage id (16) → wrapped DEK.
-    Keys,
-    /// token id (16) → record (live, or a stub once its subject is purged).
-    Records,
-    /// storage id (16) || token id (16) → empty: a subject's records, by prefix.
-    Index,
-    /// storage id (16) → erasure entry (time, records, purge time). No personal data.
-    Erasures,
-    /// storage id (16) → purge deadline: erasures whose bytes are still on disk.
-    PurgeQueue,
-    /// counter name → i64, merged by addition (DEKs per KEK version).
-    Counters,
-    /// storage id (16) || purpose id (16) → current consent; with || sequence (8) →
-    /// one event of the history. Sealed under the subject's key.
-    Consents,
-    /// expiry time (8, big-endian) || token id (16) → storage id: records with a
-    /// retention period, in the order they expire.
-    Expiry,
-    /// sequence number (8, big-endian) → audit event and its chained MAC.
-    Audit,
-    /// subject reference (16) || sequence number (8) → empty: a subject's audit
-    /// events, by prefix. The reference is in the events too; it says nothing once
-    /// the subject's key is gone.
-    AuditIndex,
-}
-
 impl Cf {
-    pub(crate) const ALL: [Cf; 12] = [
-        Cf::Meta,
-        Cf::Subjects,
-        Cf::Keys,
-        Cf::Records,
-        Cf::Index,
-        Cf::Erasures,
-        Cf::PurgeQueue,
-        Cf::Counters,
-        Cf::Consents,
-        Cf::Expiry,
-        Cf::Audit,
-        Cf::AuditIndex,
-    ];
-
-    /// The column families that hold a subject's key or data, and so are compacted by a purge.
-    pub(crate) const SUBJECT_DATA: [Cf; 5] =
-        [Cf::Subjects, Cf::Keys, Cf::Records, Cf::Index, Cf::Consents];
-
     fn name(self) -> &'static str {
         match self {
             Cf::Meta => "meta",
@@ -153,7 +98,7 @@ pub(crate) struct RawBatch(WriteBatch);
 
 /// Joins engine batches into one, in order, as RocksDB's own `WriteBatch` append
 /// does: one header whose count is the sum, then every batch's records.
-pub(crate) fn concat_batches(mut batches: Vec<RawBatch>) -> RawBatch {
+fn concat_batches(mut batches: Vec<RawBatch>) -> RawBatch {
     if batches.len() == 1 {
         return batches.pop().unwrap_or_default();
     }
@@ -175,41 +120,6 @@ pub(crate) fn concat_batches(mut batches: Vec<RawBatch>) -> RawBatch {
 /// stored values. (No `From`: RocksDB's types stay out of the public API.)
 fn engine(e: rocksdb::Error) -> Error {
     Error::Storage(StorageError(e.into_string()))
-}
-
-/// A stored key and its value.
-pub(crate) type KeyValue = (Vec<u8>, Vec<u8>);
-
-/// Storage-engine counters, for tests and monitoring: how much work an operation did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StorageCounters {
-    /// Keys read by point lookups (get and multi-get).
-    pub keys_read: u64,
-    /// Keys written (puts, deletes and merges).
-    pub keys_written: u64,
-    /// Iterator seeks.
-    pub seeks: u64,
-    /// Iterator steps.
-    pub iterator_steps: u64,
-    /// Write-ahead-log syncs (fsync or fdatasync).
-    pub wal_syncs: u64,
-    /// Bytes written (keys and values, before compression).
-    pub bytes_written: u64,
-    /// Flushes and compactions running or pending now (not a counter).
-    pub background_work: u64,
-    /// The block cache's capacity in bytes (read with or without statistics).
-    pub block_cache_capacity: u64,
-    /// Bytes in the block cache now (read with or without statistics).
-    pub block_cache_usage: u64,
-}
-
-/// Storage options taken from the vault's options.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct StoreOptions {
-    pub durability: Durability,
-    pub compression: bool,
-    pub statistics: bool,
-    pub block_cache_bytes: usize,
 }
 
 pub(crate) struct Store {
@@ -259,7 +169,7 @@ fn add_i64(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Op
     Some(total.to_le_bytes().to_vec())
 }
 
-pub(crate) fn decode_i64(bytes: &[u8]) -> i64 {
+fn decode_i64(bytes: &[u8]) -> i64 {
     bytes.try_into().map(i64::from_le_bytes).unwrap_or(0)
 }
 
@@ -341,160 +251,11 @@ impl Store {
             .expect("column family opened with the database")
     }
 
-    pub(crate) fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        self.with_value(cf, key, |v| v.map(<[u8]>::to_vec))
-    }
-
-    /// `f` of the value under `key` (`None` if there is none), read in place: the
-    /// value is not copied out of the block cache or memtable.
-    pub(crate) fn with_value<T>(
-        &self,
-        cf: Cf,
-        key: &[u8],
-        f: impl FnOnce(Option<&[u8]>) -> T,
-    ) -> Result<T, Error> {
-        let value = self.db.get_pinned_cf(self.cf(cf), key).map_err(engine)?;
-        Ok(f(value.as_deref()))
-    }
-
-    pub(crate) fn multi_get<K: AsRef<[u8]>>(
-        &self,
-        cf: Cf,
-        keys: &[K],
-    ) -> Result<Vec<Option<Vec<u8>>>, Error> {
-        // RocksDB's multi-get sets up batches and sorts: for one key a get is cheaper.
-        if let [key] = keys {
-            return Ok(vec![self.get(cf, key.as_ref())?]);
-        }
-        let handle = self.cf(cf);
-        self.db
-            .batched_multi_get_cf(handle, keys.iter().map(AsRef::as_ref), false)
-            .into_iter()
-            .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(engine))
-            .collect()
-    }
-
-    pub(crate) fn batch(&self) -> Batch<'_> {
-        Batch {
-            store: self,
-            inner: WriteBatch::default(),
-        }
-    }
-
-    pub(crate) fn write(&self, batch: Batch<'_>) -> Result<(), Error> {
-        let _syncing = self.sync_by_default.then(|| Syncing::start(&self.syncing));
-        self.db.write_opt(batch.inner, &self.write).map_err(engine)
-    }
-
-    /// Whether a synced write is under way (a write now could wait for its sync).
-    pub(crate) fn syncing(&self) -> bool {
-        self.syncing.load(Ordering::Acquire) > 0
-    }
-
     /// Counts a synced write as under way until the value is dropped, for tests of
     /// callers that must not wait for one.
     #[cfg(test)]
     pub(crate) fn pretend_syncing(&self) -> impl Drop + '_ {
         Syncing::start(&self.syncing)
-    }
-
-    pub(crate) fn put_raw(&self, batch: &mut RawBatch, cf: Cf, key: &[u8], value: &[u8]) {
-        batch.0.put_cf(self.cf(cf), key, value);
-    }
-
-    /// Writes a detached batch with a synced WAL or not, as `sync` says.
-    pub(crate) fn write_raw(&self, batch: RawBatch, sync: bool) -> Result<(), Error> {
-        let mut opts = WriteOptions::default();
-        opts.set_sync(sync);
-        let _syncing = sync.then(|| Syncing::start(&self.syncing));
-        self.db.write_opt(batch.0, &opts).map_err(engine)
-    }
-
-    /// Writes with a synced WAL whatever the configured durability.
-    pub(crate) fn write_synced(&self, batch: Batch<'_>) -> Result<(), Error> {
-        let mut synced = WriteOptions::default();
-        synced.set_sync(true);
-        let _syncing = Syncing::start(&self.syncing);
-        self.db.write_opt(batch.inner, &synced).map_err(engine)
-    }
-
-    /// Calls `f` on every key/value whose key starts with `prefix`, in key order,
-    /// stopping when `f` returns `false`. Reads only that prefix's keys.
-    pub(crate) fn scan_prefix(
-        &self,
-        cf: Cf,
-        prefix: &[u8],
-        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, Error>,
-    ) -> Result<(), Error> {
-        let mut it = self
-            .db
-            .raw_iterator_cf_opt(self.cf(cf), iterate_options(cf, prefix));
-        it.seek(prefix);
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if !k.starts_with(prefix) || !f(k, v)? {
-                break;
-            }
-            it.next();
-        }
-        it.status().map_err(engine)
-    }
-
-    /// The last key of a column family, if it has any.
-    pub(crate) fn last_key(&self, cf: Cf) -> Result<Option<Vec<u8>>, Error> {
-        let mut it = self
-            .db
-            .raw_iterator_cf_opt(self.cf(cf), iterate_options(cf, &[]));
-        it.seek_to_last();
-        let key = it.key().map(<[u8]>::to_vec);
-        it.status().map_err(engine)?;
-        Ok(key)
-    }
-
-    /// Up to `limit` key/values with keys strictly after `after` (from the start if `None`).
-    pub(crate) fn scan_after(
-        &self,
-        cf: Cf,
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, Error> {
-        let mode = match after {
-            Some(k) => IteratorMode::From(k, Direction::Forward),
-            None => IteratorMode::Start,
-        };
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf_opt(self.cf(cf), iterate_options(cf, &[]), mode)
-        {
-            let (k, v) = item.map_err(engine)?;
-            if after.is_some_and(|a| a == &*k) {
-                continue;
-            }
-            out.push((k.to_vec(), v.to_vec()));
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    pub(crate) fn counters(&self) -> StorageCounters {
-        use rocksdb::statistics::Ticker;
-        let t = |ticker| self.opts.get_ticker_count(ticker);
-        StorageCounters {
-            keys_read: t(Ticker::NumberKeysRead) + t(Ticker::NumberMultigetKeysRead),
-            keys_written: t(Ticker::NumberKeysWritten),
-            seeks: t(Ticker::NumberDbSeek),
-            iterator_steps: t(Ticker::NumberDbNext) + t(Ticker::NumberDbPrev),
-            wal_syncs: t(Ticker::WalFileSynced),
-            bytes_written: t(Ticker::BytesWritten),
-            background_work: self.background_work(),
-            block_cache_capacity: self.property(Cf::Records, "rocksdb.block-cache-capacity"),
-            block_cache_usage: self.property(Cf::Records, "rocksdb.block-cache-usage"),
-        }
     }
 
     /// An integer property of a column family (0 if RocksDB has none to give).
@@ -526,13 +287,6 @@ impl Store {
             + pending
     }
 
-    /// Syncs the write-ahead log (for [`Durability::Relaxed`] callers that want a barrier).
-    pub(crate) fn sync_wal(&self) -> Result<(), Error> {
-        #[cfg(test)]
-        let _disk = self.hold_wal_syncs();
-        self.db.flush_wal(true).map_err(engine)
-    }
-
     /// Makes every WAL sync wait until the value is dropped, for tests that need
     /// writes to pile up behind a sync.
     #[cfg(test)]
@@ -540,56 +294,6 @@ impl Store {
         self.slow_disk
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Removes deleted and overwritten bytes of the subject-data column families from
-    /// every file (ERASURE.md, "a purge that works"): flush every column family so no
-    /// WAL holding old writes stays alive, compact the subject-data families to the
-    /// bottom level over their whole range (no bounds, so none reach the info LOG),
-    /// wait for background work, then verify on the directory itself that no file
-    /// older than the purge remains for those families and no older WAL exists.
-    ///
-    /// Must be called after the deletes/overwrites were written. Returns whether the
-    /// verification passed within `timeout` (an open iterator elsewhere can pin an
-    /// old file for a while; the caller retries later).
-    pub(crate) fn purge_files(&self, timeout: Duration) -> Result<bool, Error> {
-        // A write, so that the flush below always switches to a new WAL: with every
-        // memtable empty there would be no switch, and the current WAL (numbered
-        // `before` or lower) would stay live and fail the check forever.
-        let mut marker = self.batch();
-        marker.put(Cf::Meta, PURGE_MARKER, &[]);
-        self.write(marker)?;
-        let before = self.max_file_number()?;
-        let handles: Vec<&ColumnFamily> = Cf::ALL.iter().map(|&cf| self.cf(cf)).collect();
-        let mut fo = FlushOptions::default();
-        fo.set_wait(true);
-        self.db.flush_cfs_opt(&handles, &fo).map_err(engine)?;
-        self.db.flush_wal(true).map_err(engine)?;
-
-        let mut co = CompactOptions::default();
-        co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
-        co.set_exclusive_manual_compaction(true);
-        for cf in Cf::SUBJECT_DATA {
-            self.db
-                .compact_range_cf_opt(self.cf(cf), None::<&[u8]>, None::<&[u8]>, &co);
-        }
-        let mut wo = WaitForCompactOptions::default();
-        wo.set_flush(true);
-        wo.set_timeout(timeout.as_micros() as u64);
-        // A timeout here is not fatal: the check below then fails, and the purge is
-        // retried later.
-        let _ = self.db.wait_for_compact(&wo);
-
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.old_files_gone(before)? {
-                return Ok(true);
-            }
-            if Instant::now() >= deadline {
-                return Ok(false);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// True when no live file of a subject-data family, no WAL and no MANIFEST is
@@ -638,6 +342,205 @@ impl Store {
     }
 }
 
+impl Storage for Store {
+    type Batch<'a> = Batch<'a>;
+    type Detached = RawBatch;
+
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        self.with_value(cf, key, |v| v.map(<[u8]>::to_vec))
+    }
+
+    fn with_value<T>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> T,
+    ) -> Result<T, Error> {
+        let value = self.db.get_pinned_cf(self.cf(cf), key).map_err(engine)?;
+        Ok(f(value.as_deref()))
+    }
+
+    fn multi_get<K: AsRef<[u8]>>(&self, cf: Cf, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        // RocksDB's multi-get sets up batches and sorts: for one key a get is cheaper.
+        if let [key] = keys {
+            return Ok(vec![self.get(cf, key.as_ref())?]);
+        }
+        let handle = self.cf(cf);
+        self.db
+            .batched_multi_get_cf(handle, keys.iter().map(AsRef::as_ref), false)
+            .into_iter()
+            .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(engine))
+            .collect()
+    }
+
+    fn batch(&self) -> Batch<'_> {
+        Batch {
+            store: self,
+            inner: WriteBatch::default(),
+        }
+    }
+
+    fn write(&self, batch: Batch<'_>) -> Result<(), Error> {
+        let _syncing = self.sync_by_default.then(|| Syncing::start(&self.syncing));
+        self.db.write_opt(batch.inner, &self.write).map_err(engine)
+    }
+
+    fn syncing(&self) -> bool {
+        self.syncing.load(Ordering::Acquire) > 0
+    }
+
+    fn put_detached(&self, batch: &mut RawBatch, cf: Cf, key: &[u8], value: &[u8]) {
+        batch.0.put_cf(self.cf(cf), key, value);
+    }
+
+    fn write_detached(&self, batch: RawBatch, sync: bool) -> Result<(), Error> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        let _syncing = sync.then(|| Syncing::start(&self.syncing));
+        self.db.write_opt(batch.0, &opts).map_err(engine)
+    }
+
+    fn write_synced(&self, batch: Batch<'_>) -> Result<(), Error> {
+        let mut synced = WriteOptions::default();
+        synced.set_sync(true);
+        let _syncing = Syncing::start(&self.syncing);
+        self.db.write_opt(batch.inner, &synced).map_err(engine)
+    }
+
+    fn scan_prefix(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        let mut it = self
+            .db
+            .raw_iterator_cf_opt(self.cf(cf), iterate_options(cf, prefix));
+        it.seek(prefix);
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !k.starts_with(prefix) || !f(k, v)? {
+                break;
+            }
+            it.next();
+        }
+        it.status().map_err(engine)
+    }
+
+    fn last_key(&self, cf: Cf) -> Result<Option<Vec<u8>>, Error> {
+        let mut it = self
+            .db
+            .raw_iterator_cf_opt(self.cf(cf), iterate_options(cf, &[]));
+        it.seek_to_last();
+        let key = it.key().map(<[u8]>::to_vec);
+        it.status().map_err(engine)?;
+        Ok(key)
+    }
+
+    fn scan_after(
+        &self,
+        cf: Cf,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, Error> {
+        let mode = match after {
+            Some(k) => IteratorMode::From(k, Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf_opt(self.cf(cf), iterate_options(cf, &[]), mode)
+        {
+            let (k, v) = item.map_err(engine)?;
+            if after.is_some_and(|a| a == &*k) {
+                continue;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn counters(&self) -> StorageCounters {
+        use rocksdb::statistics::Ticker;
+        let t = |ticker| self.opts.get_ticker_count(ticker);
+        StorageCounters {
+            keys_read: t(Ticker::NumberKeysRead) + t(Ticker::NumberMultigetKeysRead),
+            keys_written: t(Ticker::NumberKeysWritten),
+            seeks: t(Ticker::NumberDbSeek),
+            iterator_steps: t(Ticker::NumberDbNext) + t(Ticker::NumberDbPrev),
+            wal_syncs: t(Ticker::WalFileSynced),
+            bytes_written: t(Ticker::BytesWritten),
+            background_work: self.background_work(),
+            block_cache_capacity: self.property(Cf::Records, "rocksdb.block-cache-capacity"),
+            block_cache_usage: self.property(Cf::Records, "rocksdb.block-cache-usage"),
+        }
+    }
+
+    fn sync_wal(&self) -> Result<(), Error> {
+        #[cfg(test)]
+        let _disk = self.hold_wal_syncs();
+        self.db.flush_wal(true).map_err(engine)
+    }
+
+    fn purge_files(&self, timeout: Duration) -> Result<bool, Error> {
+        // A write, so that the flush below always switches to a new WAL: with every
+        // memtable empty there would be no switch, and the current WAL (numbered
+        // `before` or lower) would stay live and fail the check forever.
+        let mut marker = self.batch();
+        marker.put(Cf::Meta, PURGE_MARKER, &[]);
+        self.write(marker)?;
+        let before = self.max_file_number()?;
+        let handles: Vec<&ColumnFamily> = Cf::ALL.iter().map(|&cf| self.cf(cf)).collect();
+        let mut fo = FlushOptions::default();
+        fo.set_wait(true);
+        self.db.flush_cfs_opt(&handles, &fo).map_err(engine)?;
+        self.db.flush_wal(true).map_err(engine)?;
+
+        let mut co = CompactOptions::default();
+        co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        co.set_exclusive_manual_compaction(true);
+        for cf in Cf::SUBJECT_DATA {
+            self.db
+                .compact_range_cf_opt(self.cf(cf), None::<&[u8]>, None::<&[u8]>, &co);
+        }
+        let mut wo = WaitForCompactOptions::default();
+        wo.set_flush(true);
+        wo.set_timeout(timeout.as_micros() as u64);
+        // A timeout here is not fatal: the check below then fails, and the purge is
+        // retried later.
+        let _ = self.db.wait_for_compact(&wo);
+
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.old_files_gone(before)? {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn counter(&self, key: &[u8]) -> Result<i64, Error> {
+        Ok(self.get(Cf::Counters, key)?.map_or(0, |v| decode_i64(&v)))
+    }
+
+    fn detach(batch: Batch<'_>) -> RawBatch {
+        RawBatch(batch.inner)
+    }
+
+    fn join(batches: Vec<RawBatch>) -> RawBatch {
+        concat_batches(batches)
+    }
+}
+
 /// The number in a RocksDB table or WAL file name (`/000123.sst`, `000124.log`).
 fn file_number(name: &str) -> Option<u64> {
     let name = name.rsplit('/').next()?;
@@ -681,25 +584,19 @@ pub(crate) struct Batch<'a> {
     inner: WriteBatch,
 }
 
-impl Batch<'_> {
-    pub(crate) fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+impl WriteSet for Batch<'_> {
+    fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
         self.inner.put_cf(self.store.cf(cf), key, value);
     }
 
-    pub(crate) fn delete(&mut self, cf: Cf, key: &[u8]) {
+    fn delete(&mut self, cf: Cf, key: &[u8]) {
         self.inner.delete_cf(self.store.cf(cf), key);
     }
 
     /// Adds `delta` to the counter `key` of [`Cf::Counters`].
-    pub(crate) fn add(&mut self, key: &[u8], delta: i64) {
+    fn add(&mut self, key: &[u8], delta: i64) {
         self.inner
             .merge_cf(self.store.cf(Cf::Counters), key, delta.to_le_bytes());
-    }
-
-    /// The engine's batch, to be finished and written by [`Store::put_raw`] and
-    /// [`Store::write_raw`] (the audit journal writes batches it did not build).
-    pub(crate) fn into_raw(self) -> RawBatch {
-        RawBatch(self.inner)
     }
 }
 
@@ -877,15 +774,15 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let store = open(dir.path())?;
         let mut first = RawBatch::default();
-        store.put_raw(&mut first, Cf::Records, b"a", b"1");
-        store.put_raw(&mut first, Cf::Index, b"b", b"2");
+        store.put_detached(&mut first, Cf::Records, b"a", b"1");
+        store.put_detached(&mut first, Cf::Index, b"b", b"2");
         let mut second = RawBatch::default();
-        store.put_raw(&mut second, Cf::Records, b"a", b"3");
+        store.put_detached(&mut second, Cf::Records, b"a", b"3");
         second.0.delete_cf(store.cf(Cf::Index), b"b");
-        store.put_raw(&mut second, Cf::Meta, b"c", b"4");
+        store.put_detached(&mut second, Cf::Meta, b"c", b"4");
         let joined = concat_batches(vec![first, RawBatch::default(), second]);
         assert_eq!(joined.0.len(), 5);
-        store.write_raw(joined, false)?;
+        store.write_detached(joined, false)?;
         assert_eq!(store.get(Cf::Records, b"a")?.as_deref(), Some(&b"3"[..]));
         assert_eq!(store.get(Cf::Index, b"b")?, None);
         assert_eq!(store.get(Cf::Meta, b"c")?.as_deref(), Some(&b"4"[..]));

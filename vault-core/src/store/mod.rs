@@ -1,0 +1,212 @@
+//! The storage seam: what the vault needs from an ordered key-value engine, as one
+//! trait ([`Storage`]) and its write batches ([`WriteSet`]), and the column
+//! families the vault keeps (each one a kind of thing). RocksDB, embedded, is its
+//! implementation (`rocks`); nothing outside this folder names a RocksDB type. The
+//! README's design section maps each operation to PostgreSQL, the planned second
+//! backend.
+//!
+//! Every multi-key change is one batch, applied atomically. `write` follows the
+//! vault's durability (synced by default); erasures and consent use
+//! `write_synced`. The audit journal detaches callers' batches from the store, adds
+//! its events to them and writes them as one.
+
+mod rocks;
+
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::options::Durability;
+
+pub(crate) use rocks::Store;
+
+/// The write batch of the vault's store.
+pub(crate) type Batch<'a> = <Store as Storage>::Batch<'a>;
+/// A batch detached from the vault's store (the journal's queue holds these).
+pub(crate) type RawBatch = <Store as Storage>::Detached;
+
+/// The column families. Keys and values of each are described beside the variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Cf {
+    /// Vault-wide state: the rotation cursor.
+    Meta,
+    /// subject hash (32) → subject entry (storage id, counts).
+    Subjects,
+    /// storage id (16) → wrapped DEK.
+    Keys,
+    /// token id (16) → record (live, or a stub once its subject is purged).
+    Records,
+    /// storage id (16) || token id (16) → empty: a subject's records, by prefix.
+    Index,
+    /// storage id (16) → erasure entry (time, records, purge time). No personal data.
+    Erasures,
+    /// storage id (16) → purge deadline: erasures whose bytes are still on disk.
+    PurgeQueue,
+    /// counter name → i64, merged by addition (DEKs per KEK version).
+    Counters,
+    /// storage id (16) || purpose id (16) → current consent; with || sequence (8) →
+    /// one event of the history. Sealed under the subject's key.
+    Consents,
+    /// expiry time (8, big-endian) || token id (16) → storage id: records with a
+    /// retention period, in the order they expire.
+    Expiry,
+    /// sequence number (8, big-endian) → audit event and its chained MAC.
+    Audit,
+    /// subject reference (16) || sequence number (8) → empty: a subject's audit
+    /// events, by prefix. The reference is in the events too; it says nothing once
+    /// the subject's key is gone.
+    AuditIndex,
+}
+
+impl Cf {
+    pub(crate) const ALL: [Cf; 12] = [
+        Cf::Meta,
+        Cf::Subjects,
+        Cf::Keys,
+        Cf::Records,
+        Cf::Index,
+        Cf::Erasures,
+        Cf::PurgeQueue,
+        Cf::Counters,
+        Cf::Consents,
+        Cf::Expiry,
+        Cf::Audit,
+        Cf::AuditIndex,
+    ];
+
+    /// The column families that hold a subject's key or data, and so are compacted by a purge.
+    pub(crate) const SUBJECT_DATA: [Cf; 5] =
+        [Cf::Subjects, Cf::Keys, Cf::Records, Cf::Index, Cf::Consents];
+}
+
+/// A stored key and its value.
+pub(crate) type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// Storage-engine counters, for tests and monitoring: how much work an operation did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageCounters {
+    /// Keys read by point lookups (get and multi-get).
+    pub keys_read: u64,
+    /// Keys written (puts, deletes and merges).
+    pub keys_written: u64,
+    /// Iterator seeks.
+    pub seeks: u64,
+    /// Iterator steps.
+    pub iterator_steps: u64,
+    /// Write-ahead-log syncs (fsync or fdatasync).
+    pub wal_syncs: u64,
+    /// Bytes written (keys and values, before compression).
+    pub bytes_written: u64,
+    /// Flushes and compactions running or pending now (not a counter).
+    pub background_work: u64,
+    /// The block cache's capacity in bytes (read with or without statistics).
+    pub block_cache_capacity: u64,
+    /// Bytes in the block cache now (read with or without statistics).
+    pub block_cache_usage: u64,
+}
+
+/// Storage options taken from the vault's options.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoreOptions {
+    pub durability: Durability,
+    pub compression: bool,
+    pub statistics: bool,
+    pub block_cache_bytes: usize,
+}
+
+/// What the vault needs from its storage engine: point and multi gets, reads in
+/// place, prefix and range scans, atomic batches with a sync choice, counters,
+/// engine statistics, and the physical purge that proves erased bytes gone.
+pub(crate) trait Storage: Send + Sync {
+    /// An atomic batch of writes, built against the store.
+    type Batch<'a>: WriteSet
+    where
+        Self: 'a;
+    /// A batch that no longer borrows the store, so that it can wait in a queue.
+    type Detached: Default + Send;
+
+    /// The value under `key`.
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error>;
+
+    /// `f` of the value under `key` (`None` if there is none), read in place: the
+    /// value is not copied out of the engine's cache.
+    fn with_value<T>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> T,
+    ) -> Result<T, Error>;
+
+    /// The values under `keys`, in order.
+    fn multi_get<K: AsRef<[u8]>>(&self, cf: Cf, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, Error>;
+
+    /// Calls `f` on every key/value whose key starts with `prefix`, in key order,
+    /// stopping when `f` returns `false`. Reads only that prefix's keys.
+    fn scan_prefix(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        f: impl FnMut(&[u8], &[u8]) -> Result<bool, Error>,
+    ) -> Result<(), Error>;
+
+    /// Up to `limit` key/values with keys strictly after `after` (from the start
+    /// if `None`), in key order.
+    fn scan_after(
+        &self,
+        cf: Cf,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, Error>;
+
+    /// The last key of a column family, if it has any.
+    fn last_key(&self, cf: Cf) -> Result<Option<Vec<u8>>, Error>;
+
+    /// The value of a counter of [`Cf::Counters`] (0 if never added to).
+    fn counter(&self, key: &[u8]) -> Result<i64, Error>;
+
+    /// A new, empty batch.
+    fn batch(&self) -> Self::Batch<'_>;
+
+    /// Writes `batch` atomically, synced as the vault's [`Durability`] says.
+    fn write(&self, batch: Self::Batch<'_>) -> Result<(), Error>;
+
+    /// Writes `batch` atomically with a synced log, whatever the durability.
+    fn write_synced(&self, batch: Self::Batch<'_>) -> Result<(), Error>;
+
+    /// Whether a synced write is under way (a write now could wait for its sync).
+    fn syncing(&self) -> bool;
+
+    /// Syncs the log (a barrier for [`Durability::Relaxed`] writes).
+    fn sync_wal(&self) -> Result<(), Error>;
+
+    /// `batch`, no longer tied to the store.
+    fn detach(batch: Self::Batch<'_>) -> Self::Detached;
+
+    /// Adds a put to a detached batch.
+    fn put_detached(&self, batch: &mut Self::Detached, cf: Cf, key: &[u8], value: &[u8]);
+
+    /// Detached batches joined into one, in order.
+    fn join(batches: Vec<Self::Detached>) -> Self::Detached;
+
+    /// Writes a detached batch atomically, with a synced log or not as `sync` says.
+    fn write_detached(&self, batch: Self::Detached, sync: bool) -> Result<(), Error>;
+
+    /// What the engine has done, for tests and metrics.
+    fn counters(&self) -> StorageCounters;
+
+    /// Makes the deletes and overwrites already written physical: once this returns
+    /// `true`, no file of the store holds the bytes they replaced (erased subjects'
+    /// keys, records, index entries and consents). `false` when that could not be
+    /// verified within `timeout` (something pinned an old file); the caller
+    /// retries later.
+    fn purge_files(&self, timeout: Duration) -> Result<bool, Error>;
+}
+
+/// The writes of one batch.
+pub(crate) trait WriteSet {
+    /// Sets `key` to `value`.
+    fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]);
+    /// Removes `key`.
+    fn delete(&mut self, cf: Cf, key: &[u8]);
+    /// Adds `delta` to the counter `key` of [`Cf::Counters`].
+    fn add(&mut self, key: &[u8], delta: i64);
+}
