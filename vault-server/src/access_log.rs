@@ -525,7 +525,19 @@ mod tests {
         let log = AccessLog::start(Box::new(sink.clone()))?;
         // Hold the sink: the writer thread's next write waits, and the buffer fills.
         let waiting = lock(&sink.0);
-        let mut before = 0;
+        // Once the writer thread has taken this line it is stuck writing it, holding
+        // the output: the lines below stay pending. (Filling first could let it take
+        // the full buffer late, under load, and the lines past the cap find it empty.)
+        log.log(&line("first", "k", "-"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !lock(&log.pending).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer thread never took the first line"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut before = 1;
         let filler = "x".repeat(1000);
         while lock(&log.pending).len() + 2000 < CAP {
             log.log(&line("f", &filler, "-"));
