@@ -5,9 +5,10 @@
 //! that acts for several callers (the HTTP server, per API key) names each through
 //! [`Vault::as_actor`]. Purpose-bound reads name theirs in [`Access`](crate::Access).
 //!
-//! Every operation has one implementation, `Vault::<op>_by(actor, …)` in its own
-//! module; the methods of [`Actor`] call it with their name, and those of [`Vault`]
-//! go through [`Vault::default_actor`], so both take the same route.
+//! The operations take their actor as an argument (`Vault::<op>_by(actor, …)`, in
+//! their own modules; a purpose-bound read takes it in its `Access`). The methods
+//! of [`Actor`] call them with their name, and those of [`Vault`] go through
+//! [`Vault::default_actor`], so both take the same route.
 
 use crate::durable::Unsynced;
 use crate::erase::ErasureReceipt;

@@ -226,7 +226,7 @@ impl Vault {
             .iter()
             .map(|it| inner.index.subject_hash(it.subject))
             .collect();
-        let Some(_locks) = inner.lock_subjects(&hashes, commit) else {
+        let Some((_stripes, _keys)) = inner.lock_subjects(&hashes, commit) else {
             return Ok(None);
         };
         let now = inner.now();

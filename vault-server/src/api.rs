@@ -47,7 +47,7 @@ use crate::work::{Permit, Work};
 /// What the handlers share.
 #[derive(Debug)]
 pub struct AppState {
-    pub(crate) vault: Arc<Vault>,
+    vault: Arc<Vault>,
     keys: ApiKeys,
     limits: LimitsConfig,
     permits: Arc<Semaphore>,
@@ -171,7 +171,13 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
 
     let extensions = response.extensions();
     if let Some(cause) = extensions.get::<Cause>() {
-        tracing::error!(request_id = %request_id, error = %cause.error, "{}", cause.what);
+        tracing::error!(
+            target: "vault_server::error",
+            request_id = %request_id,
+            error = %cause.error,
+            "{}",
+            cause.what
+        );
     }
     let key = extensions.get::<Caller>();
     let purpose = extensions.get::<PurposeNote>();
@@ -345,6 +351,22 @@ impl ItemsProbe for DetokenizeRequest {
 impl ItemsProbe for RectifyRequest {}
 impl ItemsProbe for ConsentRequest {}
 impl ItemsProbe for SubjectRequest {}
+
+/// A request's vault call: the vault, the request's concurrency slot and API key.
+impl FromRequestParts<Arc<AppState>> for Work {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Work {
+            vault: state.vault.clone(),
+            permit: parts.extensions.get::<Permit>().cloned(),
+            key: parts.extensions.get::<Arc<ApiKey>>().cloned(),
+        })
+    }
+}
 
 /// The `{token}` of a path; a path that does not decode is an invalid token.
 struct TokenPath(String);

@@ -5,13 +5,10 @@
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use tokio::sync::OwnedSemaphorePermit;
 use vault_client::api::TokenizeItem;
 use vault_core::{Actor, Token, TokenizeRequest, Vault};
 
-use crate::api::AppState;
 use crate::auth::ApiKey;
 use crate::error::ApiError;
 use crate::request_id::{self, request_id};
@@ -30,21 +27,6 @@ pub(crate) struct Work {
     pub(crate) permit: Option<Permit>,
     /// The API key that authenticated the request (none on public routes).
     pub(crate) key: Option<Arc<ApiKey>>,
-}
-
-impl FromRequestParts<Arc<AppState>> for Work {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(Work {
-            vault: state.vault.clone(),
-            permit: parts.extensions.get::<Permit>().cloned(),
-            key: parts.extensions.get::<Arc<ApiKey>>().cloned(),
-        })
-    }
 }
 
 /// A vault call's answer, or a generic error when it did not complete (`Err(true)`:

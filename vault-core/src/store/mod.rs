@@ -6,9 +6,11 @@
 //! backend.
 //!
 //! Every multi-key change is one batch, applied atomically. `write` follows the
-//! vault's durability (synced by default); erasures and consent use
-//! `write_synced`. The audit journal detaches callers' batches from the store, adds
-//! its events to them and writes them as one.
+//! vault's durability (synced by default); `write_synced` syncs whatever it says
+//! (rotation batches, the purge's bookkeeping). Audited writes (erasures and
+//! consent, synced; tokenizations as the durability says) go through the journal,
+//! which detaches callers' batches from the store, adds its events to them and
+//! writes them as one.
 
 mod rocks;
 
@@ -175,7 +177,9 @@ pub(crate) trait Storage: Send + Sync {
     /// Whether a synced write is under way (a write now could wait for its sync).
     fn syncing(&self) -> bool;
 
-    /// Syncs the log (a barrier for [`Durability::Relaxed`] writes).
+    /// Makes every write that returned before this call durable, whether it was
+    /// synced or not: the barrier that unsynced writes (awaited tokenizations,
+    /// staged read events, [`Durability::Relaxed`]) are acknowledged after.
     fn sync_wal(&self) -> Result<(), Error>;
 
     /// `batch`, no longer tied to the store.
@@ -193,11 +197,12 @@ pub(crate) trait Storage: Send + Sync {
     /// What the engine has done, for tests and metrics.
     fn counters(&self) -> StorageCounters;
 
-    /// Makes the deletes and overwrites already written physical: once this returns
-    /// `true`, no file of the store holds the bytes they replaced (erased subjects'
-    /// keys, records, index entries and consents). `false` when that could not be
-    /// verified within `timeout` (something pinned an old file); the caller
-    /// retries later.
+    /// Makes the deletes and overwrites already written to the subject-data
+    /// families ([`Cf::SUBJECT_DATA`]: subject entries, keys, records, index
+    /// entries, consents) physical: once this returns `true`, no file of the store
+    /// holds the bytes they replaced, and no log older than the call remains.
+    /// `false` when that could not be verified within `timeout` (something pinned
+    /// an old file); the caller retries later.
     fn purge_files(&self, timeout: Duration) -> Result<bool, Error>;
 }
 
