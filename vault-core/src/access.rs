@@ -10,8 +10,8 @@ use std::collections::HashMap;
 
 use zeroize::Zeroizing;
 
-use crate::audit::{AuditAction, AuditOutcome, ReadEvent};
 use crate::error::{Argument, Error, InputError, Problem};
+use crate::events::{AuditAction, AuditOutcome, ReadEvent};
 use crate::purposes::{Access, LawfulBasis};
 use crate::records::Detokenized;
 use crate::store::{Cf, Storage};

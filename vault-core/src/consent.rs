@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::{AuditAction, AuditEvent, AuditOutcome, ReadEvent};
 use crate::codec::{decode, encode};
 use crate::crypto::{aad, domain};
 use crate::error::{Argument, Error, InputError, Problem};
+use crate::events::{AuditAction, AuditEvent, AuditOutcome, ReadEvent};
 use crate::store::{Cf, Storage, WriteSet};
 use crate::subjects::{Dek, SUBJECT_FORMAT, Sid, SubjectEntry};
 use crate::vault::{Inner, Vault};

@@ -16,10 +16,10 @@ use std::time::Duration;
 
 use subtle::ConstantTimeEq;
 
-use crate::audit::{AuditAction, AuditEvent, AuditOutcome};
 use crate::codec::{decode, encode};
 use crate::crypto::domain;
 use crate::error::Error;
+use crate::events::{AuditAction, AuditEvent, AuditOutcome};
 use crate::keys::IndexKeys;
 use crate::options::PurgePolicy;
 use crate::records::{RECORD_FORMAT, StoredRecord, link_ok, shredded_tag};

@@ -1,11 +1,11 @@
 //! Export (GDPR Art. 15 and 20): every record of one subject, read through the
 //! subject's index prefix and a multi-get of its records, never a scan of others.
 
-use crate::audit::{AuditAction, AuditEvent, AuditOutcome, ReadEvent};
 use crate::codec::decode;
 use crate::consent::ConsentStatus;
 use crate::erase::SubjectRef;
 use crate::error::Error;
+use crate::events::{AuditAction, AuditEvent, AuditOutcome, ReadEvent};
 use crate::records::{ExportedRecord, Plaintext, RECORD_FORMAT, StoredRecord, stub_outcome};
 use crate::store::{Cf, Storage};
 use crate::subjects::{SUBJECT_FORMAT, SubjectEntry};

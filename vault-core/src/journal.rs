@@ -14,14 +14,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread::{self, Thread};
 
-use crate::audit::{
-    AUDIT_FORMAT, AuditEvent, HEAD, HEAD_FORMAT, Head, ReadEvent, StoredEvent, chain_mac, head_tag,
-    index_key, read_head,
-};
 use crate::codec::encode;
 use crate::crypto::Key;
 use crate::error::{Error, StorageError};
-use crate::staged::{self, STAGED, Staged};
+use crate::events::{
+    AUDIT_FORMAT, AuditEvent, HEAD, HEAD_FORMAT, Head, ReadEvent, StoredEvent, chain_mac, head_tag,
+    index_key, read_head,
+};
+use crate::events::{STAGED, mark_value, read_mark};
+use crate::staged::Staged;
 use crate::store::{Batch, Cf, RawBatch, Storage, Store, WriteSet};
 use crate::vault::Inner;
 
@@ -144,7 +145,7 @@ impl Journal {
         if staged_done == 0 {
             // No usable checkpoint: the mark alone (none on a new vault). A damaged
             // trail still needs it, to tell which staged events it has taken.
-            match staged::read_mark(store, key)? {
+            match read_mark(store, key)? {
                 Ok(seq) => staged_done = seq,
                 Err(problem) => damaged = damaged.or(Some(problem)),
             }
@@ -255,11 +256,7 @@ impl Inner {
     fn staged_request(&self, staged: &[Staged]) -> Option<Request> {
         let &(last, _) = staged.last()?;
         let mut batch = self.store.batch();
-        batch.put(
-            Cf::Meta,
-            STAGED,
-            &staged::mark_value(&self.index.audit_key, last),
-        );
+        batch.put(Cf::Meta, STAGED, &mark_value(&self.index.audit_key, last));
         Some(Request {
             ticket: STAGED_TICKET,
             batch: Store::detach(batch),

@@ -54,6 +54,7 @@ mod codec;
 mod crypto;
 mod durable;
 mod error;
+mod events;
 mod header;
 mod journal;
 mod keys;
@@ -89,9 +90,9 @@ pub use export::SubjectExport;
 
 // --- Accountability: actors and the audit trail ---
 pub use actor::Actor;
-pub use audit::{AuditAction, AuditEvent, AuditOutcome, AuditVerification};
+pub use audit::AuditVerification;
+pub use events::{AuditAction, AuditEvent, AuditOutcome, RETENTION_ACTOR};
 pub use options::{DEFAULT_ACTOR, valid_actor};
-pub use retention::RETENTION_ACTOR;
 
 // --- Keys and storage, for ops ---
 pub use rotate::{KekVersionStatus, KeyStatus};

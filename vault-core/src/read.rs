@@ -2,8 +2,8 @@
 //! controller's own processing. Each read is recorded in the audit trail before its
 //! value is returned. (Purpose-bound reads are in `access`.)
 
-use crate::audit::{AuditAction, AuditOutcome, ReadEvent};
 use crate::error::Error;
+use crate::events::{AuditAction, AuditOutcome, ReadEvent};
 use crate::records::Detokenized;
 use crate::store::{Cf, Storage};
 use crate::token::TokenId;

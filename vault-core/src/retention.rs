@@ -8,10 +8,10 @@
 //! the storage layer flush, compact and verify the directory exactly as the erasure
 //! purge does, so the value's ciphertext leaves every file.
 
-use crate::audit::{AuditAction, AuditEvent, AuditOutcome};
 use crate::codec::{decode, encode};
 use crate::erase::PurgeReport;
 use crate::error::Error;
+use crate::events::{AuditAction, AuditEvent, AuditOutcome, RETENTION_ACTOR};
 use crate::records::{RECORD_FORMAT, StoredRecord, expired_tag, index_key};
 use crate::store::{Cf, Storage, WriteSet};
 use crate::subjects::Sid;
@@ -20,8 +20,6 @@ use crate::vault::{Inner, Vault};
 
 /// Set while expired records have been stubbed but the file check has not yet passed.
 const UNVERIFIED: &[u8] = b"retention/unverified";
-/// The actor the audit trail names for records expired by the retention purge.
-pub const RETENTION_ACTOR: &str = "retention";
 /// Expired records handled per run.
 const RUN_LIMIT: usize = 10_000;
 

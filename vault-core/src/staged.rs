@@ -29,20 +29,16 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use subtle::ConstantTimeEq;
 
-use crate::audit::{AuditAction, AuditEvent, AuditOutcome, ReadEvent};
-use crate::codec::{decode, encode, encode_into};
+use crate::codec::{decode, encode_into};
 use crate::crypto::{Key, domain};
 use crate::error::Error;
+use crate::events::{AuditAction, AuditEvent, AuditOutcome, ReadEvent};
 use crate::mapped::Mapped;
-use crate::store::{Cf, Storage, Store};
 
 const FILES: [&str; 2] = ["AUDIT-STAGED-0", "AUDIT-STAGED-1"];
-/// Where the trail records the last staging sequence number it committed.
-pub(crate) const STAGED: &[u8] = b"audit/staged";
-const STAGED_FORMAT: u8 = 1;
 const EVENT_FORMAT: u8 = 1;
 /// A file this full is committed by the appender itself, not left for the worker.
 const FLUSH_AT: u64 = 4 << 20;
@@ -200,47 +196,6 @@ fn read_entries(bytes: &[u8], key: &Key) -> Vec<Staged> {
         at += HEADER + len + MAC;
     }
     out
-}
-
-/// The mark the trail keeps with the staged events it takes: the last staging
-/// number, authenticated like the checkpoint (an altered one would have staged
-/// events dropped, or committed twice, at the next open).
-#[derive(Serialize, Deserialize)]
-struct Mark {
-    seq: u64,
-    tag: [u8; 32],
-}
-
-fn mark_tag(key: &Key, seq: u64) -> [u8; 32] {
-    key.mac_parts(&[domain::AUDIT_STAGED_MARK, &seq.to_be_bytes()])
-}
-
-/// The stored mark of the staged events in the trail (0: none yet); `Err` with
-/// what is wrong when it does not authenticate.
-pub(crate) fn read_mark(store: &Store, key: &Key) -> Result<Result<u64, &'static str>, Error> {
-    Ok(parse_mark(key, store.get(Cf::Meta, STAGED)?.as_deref()))
-}
-
-/// The mark from its stored form (`None`: not stored, 0).
-pub(crate) fn parse_mark(key: &Key, bytes: Option<&[u8]>) -> Result<u64, &'static str> {
-    let Some(bytes) = bytes else {
-        return Ok(0);
-    };
-    match decode::<Mark>(STAGED_FORMAT, bytes) {
-        Ok(mark) if bool::from(mark_tag(key, mark.seq).ct_eq(&mark.tag)) => Ok(mark.seq),
-        _ => Err("the mark of the staged read events was altered"),
-    }
-}
-
-/// The stored form of the mark for staging number `seq`.
-pub(crate) fn mark_value(key: &Key, seq: u64) -> Vec<u8> {
-    encode(
-        STAGED_FORMAT,
-        &Mark {
-            seq,
-            tag: mark_tag(key, seq),
-        },
-    )
 }
 
 impl Staging {
@@ -433,7 +388,8 @@ impl Staging {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{AuditAction, AuditOutcome};
+    use crate::codec::encode;
+    use crate::events::{AuditAction, AuditOutcome};
 
     fn key() -> Key {
         Key::fill_with(|k| *k = [7; 32])

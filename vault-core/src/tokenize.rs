@@ -5,11 +5,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{MutexGuard, PoisonError, RwLockReadGuard, TryLockError};
 
-use crate::audit::{AuditAction, AuditEvent, AuditOutcome};
 use crate::codec::encode;
 use crate::crypto::random_bytes;
 use crate::durable::Unsynced;
 use crate::error::Error;
+use crate::events::{AuditAction, AuditEvent, AuditOutcome};
 use crate::records::{LiveRecord, RECORD_FORMAT, RecordPlace, StoredRecord, index_key};
 use crate::retention::expiry_key;
 use crate::store::{Batch, Cf, Storage, WriteSet};

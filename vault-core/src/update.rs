@@ -1,9 +1,9 @@
 //! Changes to one record: rectify (a new value behind the same token) and delete.
 //! Both run under the subject's stripe lock, on a record checked again under it.
 
-use crate::audit::{AuditAction, AuditEvent, AuditOutcome};
 use crate::codec::{decode, encode};
 use crate::error::Error;
+use crate::events::{AuditAction, AuditEvent, AuditOutcome};
 use crate::records::{
     LiveRecord, RECORD_FORMAT, StoredRecord, expired_outcome, index_key, stub_outcome,
 };
