@@ -34,10 +34,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, JoinHandle, Thread};
+use std::time::Duration;
 
 use crate::error::{Error, StorageError};
-use crate::store::Storage;
-use crate::vault::Inner;
 
 /// What the syncer and the writers share.
 #[derive(Debug, Default)]
@@ -107,11 +106,17 @@ pub(crate) struct Syncer {
 }
 
 impl Syncer {
-    pub(crate) fn start(inner: Arc<Inner>) -> Result<Syncer, Error> {
-        let shared = inner.wal_sync.clone();
+    /// Starts the thread that syncs, with `sync`, the writes counted in `shared`;
+    /// `gather` is how long it waits for concurrent writers to share a sync.
+    pub(crate) fn start(
+        shared: Arc<SyncState>,
+        gather: Duration,
+        sync: impl FnMut() -> Result<(), Error> + Send + 'static,
+    ) -> Result<Syncer, Error> {
+        let thread_shared = shared.clone();
         let handle = std::thread::Builder::new()
             .name("vault-sync".into())
-            .spawn(move || run(&inner))
+            .spawn(move || run(&thread_shared, gather, sync))
             .map_err(|e| Error::io("vault-sync thread", e))?;
         Ok(Syncer {
             shared,
@@ -168,10 +173,8 @@ fn gathers(pending: u64, last_covered: u64) -> bool {
     pending > 1 || last_covered > 1
 }
 
-fn run(inner: &Inner) {
-    let shared = &inner.wal_sync;
+fn run(shared: &SyncState, gather: Duration, mut sync: impl FnMut() -> Result<(), Error>) {
     let _exit = Exit(shared);
-    let gather = inner.opts.sync_gather;
     // Writes the last sync covered.
     let mut last_covered = 0;
     let mut state = shared.lock();
@@ -199,7 +202,7 @@ fn run(inner: &Inner) {
         // and this sync covers it.
         let target = state.written;
         drop(state);
-        let outcome = inner.store.sync_wal();
+        let outcome = sync();
         state = shared.lock();
         match outcome {
             Ok(()) => {

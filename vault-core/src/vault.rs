@@ -224,7 +224,12 @@ impl Vault {
         // The syncer first: it stops when dropped, should the worker fail to start.
         let syncer = inner
             .synced()
-            .then(|| Syncer::start(inner.clone()))
+            .then(|| {
+                let owner = inner.clone();
+                Syncer::start(inner.wal_sync.clone(), inner.opts.sync_gather, move || {
+                    owner.store.sync_wal()
+                })
+            })
             .transpose()?;
         let worker = inner
             .opts
