@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Lines};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout};
 use std::sync::Arc;
 
 use common::*;
@@ -20,21 +20,9 @@ fn spawn_child(test: &str, dir: &Path) -> std::io::Result<Child> {
 
 /// [`spawn_child`] with more environment variables for the child.
 fn spawn_child_with(test: &str, dir: &Path, env: &[(&str, &str)]) -> std::io::Result<Child> {
-    Command::new(std::env::current_exe()?)
-        .args([
-            "--ignored",
-            "--exact",
-            test,
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    child_test(test)?
         .env(DIR_VAR, dir)
         .envs(env.iter().copied())
-        // Kept open by the parent: a child that waits for its kill reads it to the
-        // end, which comes if the parent goes away instead.
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
         .spawn()
 }
 

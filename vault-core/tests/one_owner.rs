@@ -13,7 +13,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use vault_core::{Error, Vault};
@@ -172,19 +172,8 @@ fn owner_child_hold() {
 }
 
 fn child(test: &str, var: &str) -> std::io::Result<Command> {
-    let mut command = Command::new(std::env::current_exe()?);
-    command
-        .args([
-            "--ignored",
-            "--exact",
-            test,
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(DIR_VAR, var)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    let mut command = child_test(test)?;
+    command.env(DIR_VAR, var);
     Ok(command)
 }
 

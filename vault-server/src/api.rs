@@ -761,7 +761,7 @@ mod tests {
 
     const KEY: &str = "pvk_router-test-key";
 
-    fn app(dir: &std::path::Path, scopes: &[Scope]) -> Result<Router, vault_core::Error> {
+    fn state(dir: &std::path::Path, scopes: &[Scope]) -> Result<Arc<AppState>, vault_core::Error> {
         let vault = Vault::open(
             dir,
             &RootKey::from_bytes(&[7; 32])?,
@@ -779,12 +779,15 @@ mod tests {
             purposes: Purposes::Only(BTreeSet::from(["support".to_owned()])),
             masked: false,
         };
-        let state = AppState::new(
+        Ok(AppState::new(
             Arc::new(vault),
             ApiKeys::new(vec![key]),
             LimitsConfig::default(),
-        );
-        Ok(router(state))
+        ))
+    }
+
+    fn app(dir: &std::path::Path, scopes: &[Scope]) -> Result<Router, vault_core::Error> {
+        Ok(router(state(dir, scopes)?))
     }
 
     async fn call(
@@ -873,20 +876,30 @@ mod tests {
         }
     }
 
+    impl Captured {
+        /// Captures this thread's events (the tests' runtime runs every task on
+        /// it) until the guard is dropped.
+        fn start() -> (Captured, tracing::subscriber::DefaultGuard) {
+            let captured = Captured::default();
+            let sink = captured.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .json()
+                .with_writer(move || sink.clone())
+                .finish();
+            (captured, tracing::subscriber::set_default(subscriber))
+        }
+
+        fn text(&self) -> Result<String, Box<dyn std::error::Error>> {
+            Ok(String::from_utf8(
+                self.0.lock().map_err(|_| "poisoned")?.clone(),
+            )?)
+        }
+    }
+
     #[tokio::test]
     async fn a_server_side_failure_is_logged_by_the_middleware_not_the_conversion() -> TestResult {
-        let captured = Captured::default();
-        let sink = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_writer(move || sink.clone())
-            .finish();
-        let _default = tracing::subscriber::set_default(subscriber);
-        let log = || -> Result<String, Box<dyn std::error::Error>> {
-            Ok(String::from_utf8(
-                captured.0.lock().map_err(|_| "poisoned")?.clone(),
-            )?)
-        };
+        let (captured, _default) = Captured::start();
+        let log = || captured.text();
 
         // The conversion alone logs nothing: it only carries the cause.
         let response = ApiError::from_vault(vault_core::Error::Integrity).into_response();
@@ -899,23 +912,7 @@ mod tests {
         // Through the middleware: one line, with the request's id and the cause, and
         // the client gets the generic message only.
         let dir = tempfile::tempdir()?;
-        let vault = Vault::open(
-            dir.path(),
-            &RootKey::from_bytes(&[7; 32])?,
-            VaultOptions::default(),
-        )?;
-        let key = ApiKey {
-            name: "test".into(),
-            hash: KeyHash::of(KEY),
-            scopes: Scope::ALL.iter().copied().collect(),
-            purposes: Purposes::Only(BTreeSet::new()),
-            masked: false,
-        };
-        let state = AppState::new(
-            Arc::new(vault),
-            ApiKeys::new(vec![key]),
-            LimitsConfig::default(),
-        );
+        let state = state(dir.path(), &Scope::ALL)?;
         let failing = || async { Err::<(), _>(ApiError::from_vault(vault_core::Error::Random)) };
         let app = Router::new()
             .route("/v1/admin/keys", get(failing))
@@ -939,14 +936,7 @@ mod tests {
 
     #[tokio::test]
     async fn events_logged_while_serving_a_request_carry_its_id() -> TestResult {
-        let captured = Captured::default();
-        let sink = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_writer(move || sink.clone())
-            .finish();
-        // The test's runtime runs every task on this thread.
-        let _default = tracing::subscriber::set_default(subscriber);
+        let (captured, _default) = Captured::start();
         let dir = tempfile::tempdir()?;
         let app = app(dir.path(), &Scope::ALL)?;
         // A rotation is logged in the request's task, after its call on the
@@ -959,7 +949,7 @@ mod tests {
             .to_str()?
             .to_owned();
         assert_eq!(id.len(), 16);
-        let log = String::from_utf8(captured.0.lock().map_err(|_| "poisoned")?.clone())?;
+        let log = captured.text()?;
         let line = log
             .lines()
             .find(|l| l.contains("KEK rotation started"))
