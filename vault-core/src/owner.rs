@@ -32,7 +32,7 @@ use rustix::io::Errno;
 use crate::error::Error;
 
 /// How long a held lock is waited for: longer than a forked child takes to exec.
-pub(crate) const HANDOVER: Duration = Duration::from_millis(200);
+const HANDOVER: Duration = Duration::from_millis(200);
 const RETRY: Duration = Duration::from_millis(5);
 
 /// The exclusive hold on a vault directory; released when dropped.

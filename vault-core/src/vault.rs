@@ -225,9 +225,10 @@ impl Vault {
         let syncer = inner
             .synced()
             .then(|| {
-                let owner = inner.clone();
+                // Keeps the store open for as long as the syncer runs.
+                let state = inner.clone();
                 Syncer::start(inner.wal_sync.clone(), inner.opts.sync_gather, move || {
-                    owner.store.sync_wal()
+                    state.store.sync_wal()
                 })
             })
             .transpose()?;
