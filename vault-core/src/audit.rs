@@ -68,9 +68,9 @@ impl Inner {
         // Staged read events are part of the trail: commit them first, if the trail
         // takes them (a damaged one is reported below).
         if self.journal.damaged.is_none() {
-            self.flush_staged()?;
+            self.journal.flush_staged()?;
         }
-        let key = &self.index.audit_key;
+        let key = self.journal.audit_key();
         let _prune = self.journal.prune_lock();
         // The checkpoint first: events appended while we scan come after it, and
         // are checked by the chain like the rest.
@@ -191,7 +191,7 @@ impl Inner {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<AuditEvent>, Error> {
-        self.flush_staged()?;
+        self.journal.flush_staged()?;
         let mut out = Vec::new();
         let start = after.map(|a| a.saturating_add(1)).unwrap_or(0);
         let after_key = start.checked_sub(1).map(u64::to_be_bytes);
@@ -209,8 +209,8 @@ impl Inner {
     pub(crate) fn events_about(&self, subject: &[u8; 16]) -> Result<Vec<AuditEvent>, Error> {
         // Staged events about the subject go into the trail first; other subjects'
         // are left to the next group (a damaged trail refuses either way).
-        if self.journal.damaged.is_some() || self.staging.holds_about(subject) {
-            self.flush_staged()?;
+        if self.journal.damaged.is_some() || self.journal.staging.holds_about(subject) {
+            self.journal.flush_staged()?;
         }
         let mut keys = Vec::new();
         self.store.scan_prefix(Cf::AuditIndex, subject, |k, _| {
@@ -240,8 +240,8 @@ impl Inner {
         let Some(period) = self.opts.audit_retention else {
             return Ok(0);
         };
-        self.flush_staged()?;
-        let key = &self.index.audit_key;
+        self.journal.flush_staged()?;
+        let key = self.journal.audit_key();
         let cutoff = self
             .now()
             .saturating_sub(u64::try_from(period.as_millis()).unwrap_or(u64::MAX));
@@ -293,7 +293,7 @@ impl Inner {
             let event =
                 AuditEvent::new(RETENTION_ACTOR, AuditAction::AuditPruned, AuditOutcome::Ok)
                     .about(None, count);
-            self.commit_audited(batch, vec![event], true)?;
+            self.journal.commit_audited(batch, vec![event], true)?;
             pruned += count;
         }
     }

@@ -260,7 +260,7 @@ impl Vault {
             .purpose(purpose)
             .about(Some(dek.audit_ref), 0);
         // Synced whatever the durability: a withdrawal must not come undone.
-        inner.commit_audited(batch, vec![audit], true)?;
+        inner.journal.commit_audited(batch, vec![audit], true)?;
         if created {
             inner.cache.insert(entry.sid, dek);
         }

@@ -419,7 +419,7 @@ mod tests {
     }
 
     fn gathered(vault: &Vault) -> u64 {
-        vault.inner.wal_sync.lock().gathered
+        vault.inner.journal.wal_sync.lock().gathered
     }
 
     #[test]

@@ -241,7 +241,7 @@ impl Vault {
                 .about(None, entry.records);
             // Synced whatever the vault's durability: an acknowledged erasure must not
             // come undone after a machine crash.
-            let seqs = inner.commit_audited(batch, vec![event], true)?;
+            let seqs = inner.journal.commit_audited(batch, vec![event], true)?;
             inner.cache.remove(&sid);
             (sid, entry.records, due_by, seqs.first().copied())
         };

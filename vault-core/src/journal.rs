@@ -10,21 +10,23 @@
 //! read events go first in the next group, with the mark of the last one taken.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, Thread};
 
 use crate::codec::encode;
 use crate::crypto::Key;
+use crate::durable::SyncState;
 use crate::error::{Error, StorageError};
 use crate::events::{
     AUDIT_FORMAT, AuditEvent, HEAD, HEAD_FORMAT, Head, ReadEvent, StoredEvent, chain_mac, head_tag,
     index_key, read_head,
 };
 use crate::events::{STAGED, mark_value, read_mark};
-use crate::staged::Staged;
+use crate::options::{Clock, Durability, VaultOptions};
+use crate::staged::{Staged, Staging};
 use crate::store::{Batch, Cf, RawBatch, Storage, Store, WriteSet};
-use crate::vault::Inner;
 
 /// The ticket of the staged read events a leader puts first in its group (callers'
 /// tickets count up from 0 and never reach it).
@@ -96,7 +98,8 @@ impl Drop for Abandoned<'_> {
     }
 }
 
-/// The audit journal: orders and commits audited writes.
+/// The audit journal: orders and commits audited writes. It owns what the write
+/// path needs, so that it is a component of the vault and not a view of all of it.
 pub(crate) struct Journal {
     state: Mutex<State>,
     /// Set when the checkpoint did not authenticate at open: nothing is appended to a
@@ -104,6 +107,23 @@ pub(crate) struct Journal {
     pub(crate) damaged: Option<&'static str>,
     /// Held by pruning and verification, so a verification sees no half-pruned trail.
     prune: Mutex<()>,
+    /// The vault's store, shared with the rest of the vault.
+    store: Arc<Store>,
+    /// Chains and authenticates the audit trail (the one copy: see
+    /// [`Keyring::audit_key`](crate::keys::Keyring::audit_key)).
+    audit_key: Key,
+    /// Read events on their way into the audit trail.
+    pub(crate) staging: Staging,
+    /// Set when staged read events were committed without syncing the WAL.
+    unsynced_events: AtomicBool,
+    /// Unsynced writes awaiting the syncer (see [`crate::durable`]).
+    pub(crate) wal_sync: Arc<SyncState>,
+    /// Times the events, as the vault's clock says.
+    clock: Arc<dyn Clock>,
+    /// Whether writes are synced ([`Durability::Synced`]).
+    synced: bool,
+    /// [`VaultOptions::sync_read_events`](crate::VaultOptions::sync_read_events).
+    sync_read_events: bool,
 }
 
 impl std::fmt::Debug for Journal {
@@ -113,10 +133,17 @@ impl std::fmt::Debug for Journal {
 }
 
 impl Journal {
-    /// Reads the checkpoint. One that does not authenticate leaves the journal
-    /// refusing writes, so the damage is reported (by verification) and not
+    /// Reads the checkpoint, then opens the staging files in `dir` (which need its
+    /// mark of the staged events). A checkpoint that does not authenticate leaves the
+    /// journal refusing writes, so the damage is reported (by verification) and not
     /// overwritten by the next event's checkpoint.
-    pub(crate) fn open(store: &Store, key: &Key) -> Result<Journal, Error> {
+    pub(crate) fn open(
+        store: Arc<Store>,
+        dir: &Path,
+        audit_key: Key,
+        opts: &VaultOptions,
+    ) -> Result<Journal, Error> {
+        let key = &audit_key;
         let mut state = State::default();
         // The checkpoint must name the last stored event: a missing or older one
         // would have the next event overwrite the trail.
@@ -127,7 +154,7 @@ impl Journal {
             None => None,
         };
         let mut staged_done = 0;
-        let mut damaged = match (read_head(store, key)?, last) {
+        let mut damaged = match (read_head(&store, key)?, last) {
             (Err(problem), _) => Some(problem),
             (Ok(None), None) => None,
             (Ok(None), Some(_)) => Some("the checkpoint is missing"),
@@ -145,26 +172,36 @@ impl Journal {
         if staged_done == 0 {
             // No usable checkpoint: the mark alone (none on a new vault). A damaged
             // trail still needs it, to tell which staged events it has taken.
-            match read_mark(store, key)? {
+            match read_mark(&store, key)? {
                 Ok(seq) => staged_done = seq,
                 Err(problem) => damaged = damaged.or(Some(problem)),
             }
         }
         state.staged_done = staged_done;
+        let staging = Staging::open(dir, staged_done, key)?;
         Ok(Journal {
             state: Mutex::new(state),
             damaged,
             prune: Mutex::new(()),
+            store,
+            audit_key,
+            staging,
+            unsynced_events: AtomicBool::new(false),
+            wal_sync: Arc::default(),
+            clock: opts.clock.clone(),
+            synced: opts.durability == Durability::Synced,
+            sync_read_events: opts.sync_read_events,
         })
     }
 
-    /// The mark of the staged read events in the trail: the last staging number it
-    /// took.
-    pub(crate) fn staged_done(&self) -> u64 {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .staged_done
+    /// The key that chains and authenticates the audit trail, for the queries over
+    /// it (verification and pruning, in `audit`).
+    pub(crate) fn audit_key(&self) -> &Key {
+        &self.audit_key
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_millis()
     }
 
     /// Pretends a group is being written (or ends the pretence), for tests of
@@ -182,44 +219,50 @@ impl Journal {
     pub(crate) fn prune_lock(&self) -> MutexGuard<'_, ()> {
         self.prune.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
 
-impl Inner {
     /// Whether writes are synced: as the vault's durability says. (Erasures and
     /// consent changes are synced whatever it says.)
     pub(crate) fn synced(&self) -> bool {
-        self.opts.durability == crate::options::Durability::Synced
+        self.synced
+    }
+
+    /// Whether a read may wait for the disk or for a commit of the staged events
+    /// (see [`Vault::reads_may_wait`](crate::Vault::reads_may_wait)).
+    pub(crate) fn reads_may_wait(&self) -> bool {
+        (self.synced && self.sync_read_events) || self.staging.filling()
     }
 
     /// Records the audit events of a read before its value is returned: staged (copied
     /// into a staging file, committed to the trail by the worker within 100 ms, see
     /// [`crate::staged`]), or committed and synced at once when
     /// [`VaultOptions::sync_read_events`](crate::VaultOptions::sync_read_events) is on.
-    pub(crate) fn commit_read_events(&self, events: &[ReadEvent<'_>]) -> Result<(), Error> {
-        if self.journal.damaged.is_some() {
+    ///
+    /// `Ok(Some(error))`: the events are staged, so the read stands, but the full
+    /// staging file they filled could not be committed; the caller reports it (the
+    /// journal knows no background error), and the worker retries.
+    pub(crate) fn commit_read_events(
+        &self,
+        events: &[ReadEvent<'_>],
+    ) -> Result<Option<Error>, Error> {
+        if self.damaged.is_some() {
             return Err(Error::AuditDamaged);
         }
-        if self.synced() && self.opts.sync_read_events {
+        if self.synced && self.sync_read_events {
             let events = events.iter().map(|e| e.to_event()).collect();
             self.commit_audited(self.store.batch(), events, true)?;
-            return Ok(());
+            return Ok(None);
         }
         if self.staging.backlogged() {
             // Commits have been failing: refuse reads rather than pile up events.
             self.flush_staged()?;
         }
-        if self
-            .staging
-            .append(&self.index.audit_key, self.now(), events)?
-        {
+        if self.staging.append(&self.audit_key, self.now(), events)? {
             // The staging file is full: commit it now rather than let it grow. The
             // events are staged, so the read stands even if this fails (the worker
-            // retries and reports it).
-            if let Err(e) = self.flush_staged() {
-                self.set_background_error(Some(e));
-            }
+            // retries, and the caller reports it).
+            return Ok(self.flush_staged().err());
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Commits the staged read events to the trail (unsynced: the worker syncs), or
@@ -230,7 +273,7 @@ impl Inner {
         if self.staging.settled() {
             return Ok(());
         }
-        if self.journal.damaged.is_some() {
+        if self.damaged.is_some() {
             return Err(Error::AuditDamaged);
         }
         // The journal's leader takes the staged events into its group.
@@ -256,7 +299,7 @@ impl Inner {
     fn staged_request(&self, staged: &[Staged]) -> Option<Request> {
         let &(last, _) = staged.last()?;
         let mut batch = self.store.batch();
-        batch.put(Cf::Meta, STAGED, &mark_value(&self.index.audit_key, last));
+        batch.put(Cf::Meta, STAGED, &mark_value(&self.audit_key, last));
         Some(Request {
             ticket: STAGED_TICKET,
             batch: Store::detach(batch),
@@ -289,11 +332,7 @@ impl Inner {
             }
             drop(state);
             thread::park();
-            state = self
-                .journal
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         }
     }
 
@@ -329,11 +368,7 @@ impl Inner {
         if self.store.syncing() {
             return true;
         }
-        let state = self
-            .journal
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.leader || !state.queue.is_empty()
     }
 
@@ -344,7 +379,7 @@ impl Inner {
         mut events: Vec<AuditEvent>,
         sync: bool,
     ) -> Result<(MutexGuard<'_, State>, u64), Error> {
-        if self.journal.damaged.is_some() {
+        if self.damaged.is_some() {
             return Err(Error::AuditDamaged);
         }
         // After a failed WAL sync, a later sync would not prove the earlier writes
@@ -356,11 +391,7 @@ impl Inner {
             e.at = now;
         }
         let batch = Store::detach(batch);
-        let mut state = self
-            .journal
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let ticket = state.next_ticket;
         state.next_ticket += 1;
         state.queue.push_back(Request {
@@ -377,12 +408,11 @@ impl Inner {
     /// as one batch; every caller in it is woken, and the first one still queued, to
     /// lead the next. Called with the state locked and no leader; returns it locked.
     fn lead<'a>(&'a self, mut state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        let journal = &self.journal;
         state.leader = true;
         let mut group: Vec<Request> = state.queue.drain(..).collect();
         let callers: Vec<Thread> = group.iter().map(|r| r.caller.clone()).collect();
         let abandoned = Abandoned {
-            journal,
+            journal: self,
             tickets: group.iter().map(|r| r.ticket).collect(),
             callers: callers.clone(),
             armed: true,
@@ -412,7 +442,7 @@ impl Inner {
         // The group is written (or failed): past here the leader only updates the
         // state, under its lock, which the guard would need.
         abandoned.defuse();
-        state = journal.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.next_seq = next_seq;
         state.last_mac = last_mac;
         if staged_committed {
@@ -427,7 +457,7 @@ impl Inner {
                 caller.unpark();
             }
         }
-        journal.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Writes a group as one batch (the callers' batches in order, each with its
@@ -442,7 +472,7 @@ impl Inner {
         (staged_before, staged_after): (u64, u64),
     ) -> GroupOutcome {
         let sync = group.iter().any(|r| r.sync);
-        let key = &self.index.audit_key;
+        let key = &self.audit_key;
         let (mut seq, mut mac) = (next_seq, last_mac);
         let mut outcomes = Vec::with_capacity(group.len());
         let mut batches = Vec::with_capacity(group.len() + 1);

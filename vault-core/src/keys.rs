@@ -298,8 +298,13 @@ impl Keyring {
             subject_hash_key: self.index_key.derive(label::SUBJECT_HASH),
             token_tag_key: self.index_key.derive(label::TOKEN_TAG),
             tombstone_key: self.index_key.derive(label::TOMBSTONE_MAC),
-            audit_key: self.index_key.derive(label::AUDIT_MAC),
         }
+    }
+
+    /// The key that chains and authenticates the audit trail, derived from the index
+    /// key like [`IndexKeys`]. Made once, for the journal, which holds the only copy.
+    pub(crate) fn audit_key(&self) -> Key {
+        self.index_key.derive(label::AUDIT_MAC)
     }
 
     /// A deep copy, made through the zeroizing serialised form (keys are not `Clone`).
@@ -383,7 +388,8 @@ impl fmt::Debug for Keyring {
     }
 }
 
-/// Keys derived from the permanent index key.
+/// Keys derived from the permanent index key (but the audit trail's, which is the
+/// journal's: see [`Keyring::audit_key`]).
 pub(crate) struct IndexKeys {
     /// Hashes subject ids into storage keys.
     subject_hash_key: Key,
@@ -392,8 +398,6 @@ pub(crate) struct IndexKeys {
     /// Authenticates what an erasure leaves behind (record stubs, erasure entries),
     /// so that tampering cannot make live data look erased.
     pub(crate) tombstone_key: Key,
-    /// Chains and authenticates the audit trail.
-    pub(crate) audit_key: Key,
 }
 
 impl IndexKeys {

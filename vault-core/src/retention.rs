@@ -166,7 +166,7 @@ impl Inner {
         batch.put(Cf::Meta, UNVERIFIED, b"");
         let event = AuditEvent::new(RETENTION_ACTOR, AuditAction::Expire, AuditOutcome::Ok)
             .about(Some(dek.audit_ref), 1);
-        self.commit_audited(batch, vec![event], true)?;
+        self.journal.commit_audited(batch, vec![event], true)?;
         Ok(true)
     }
 }

@@ -14,7 +14,7 @@ impl Vault {
     /// a copy into a mapped file (or one `write`), and can run where blocking is not
     /// allowed for long (an async executor's thread).
     pub fn reads_may_wait(&self) -> bool {
-        (self.inner.synced() && self.inner.opts.sync_read_events) || self.inner.staging.filling()
+        self.inner.journal.reads_may_wait()
     }
 
     /// Storage-engine counters (zero unless [`VaultOptions::statistics`](crate::VaultOptions::statistics) is on), and

@@ -108,8 +108,8 @@ pub(crate) type DekCache = ShardedLru<Sid, Arc<Dek>>;
 /// use of this cache: under that lock, an entry cached here is the stored one. A
 /// tokenization takes its subjects' entries out and puts them back, updated, only
 /// once its write is committed; an erasure and a write that removes a record
-/// ([`Inner::count_removed_record`](crate::vault::Inner)) remove the subject's entry
-/// before they write.
+/// (through the vault's `count_removed_record`) remove the subject's entry before
+/// they write.
 pub(crate) type SubjectCache = ShardedLru<SubjectHash, KnownSubject>;
 
 /// A subject as stored, with its unwrapped key.

@@ -174,7 +174,7 @@ impl Vault {
         actor: &str,
         items: &[TokenizeRequest<'_>],
     ) -> Result<Vec<Token>, Error> {
-        let sync = self.inner.synced();
+        let sync = self.inner.journal.synced();
         self.tokenize_with(actor, items, Commit::Wait { sync })?
             .ok_or(Error::Integrity) // `Commit::Wait` always writes
     }
@@ -207,7 +207,11 @@ impl Vault {
     /// A value written without a sync, to await the sync that covers it. Counted
     /// after the write returned: the sync that covers the ticket starts after it.
     fn unsynced<T>(&self, value: T) -> Unsynced<T> {
-        let ticket = self.inner.synced().then(|| self.inner.wal_sync.written());
+        let ticket = self
+            .inner
+            .journal
+            .synced()
+            .then(|| self.inner.journal.wal_sync.written());
         Unsynced::new(value, ticket)
     }
 
@@ -250,10 +254,14 @@ impl Vault {
             .collect();
         match commit {
             Commit::Wait { sync } => {
-                inner.commit_audited(batch, events, sync)?;
+                inner.journal.commit_audited(batch, events, sync)?;
             }
             Commit::IfFree => {
-                if inner.commit_audited_if_free(batch, events)?.is_none() {
+                if inner
+                    .journal
+                    .commit_audited_if_free(batch, events)?
+                    .is_none()
+                {
                     return Ok(None);
                 }
             }
@@ -317,7 +325,7 @@ impl Inner {
                     Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
                     Err(TryLockError::WouldBlock) => return None,
                 };
-                (!self.writes_in_the_way()).then_some((stripes, keys))
+                (!self.journal.writes_in_the_way()).then_some((stripes, keys))
             }
         }
     }

@@ -41,7 +41,9 @@ impl Vault {
             batch.put(Cf::Records, &id, &encode(RECORD_FORMAT, &updated));
             let event = AuditEvent::new(actor, AuditAction::Rectify, AuditOutcome::Ok)
                 .about(Some(dek.audit_ref), 1);
-            inner.commit_audited(batch, vec![event], inner.synced())?;
+            inner
+                .journal
+                .commit_audited(batch, vec![event], inner.journal.synced())?;
             Ok(())
         })
     }
@@ -64,7 +66,9 @@ impl Vault {
             inner.count_removed_record(&dek.subject_hash, sid, &mut batch)?;
             let event = AuditEvent::new(actor, AuditAction::Delete, AuditOutcome::Ok)
                 .about(Some(dek.audit_ref), 1);
-            inner.commit_audited(batch, vec![event], inner.synced())?;
+            inner
+                .journal
+                .commit_audited(batch, vec![event], inner.journal.synced())?;
             Ok(())
         })
     }

@@ -2,16 +2,21 @@
 //! closing, and the state every operation shares (`Inner`). Each operation is an
 //! `impl Vault` block in a module of its own: `tokenize`, `read`, `update`,
 //! `access`, `consent`, `export`, `erase`, `retention`, `rotate`, `audit`.
+//!
+//! The components below the operations know nothing of `Inner`: the write path is
+//! the `Journal` it holds (sharing the store), and the background worker runs
+//! `Inner` through the worker's `Chores`, implemented here. So no module that
+//! `vault` imports imports it back.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use crate::codec::{decode, encode};
 use crate::crypto::{Key, random_bytes};
-use crate::durable::{SyncState, Syncer};
+use crate::durable::Syncer;
 use crate::error::Error;
+use crate::events::ReadEvent;
 use crate::header::{Header, sync_dir};
 use crate::journal::Journal;
 use crate::keys::{DekSlot, IndexKeys, KdfRecord, Keyring, RootKey, RootSecret};
@@ -19,14 +24,13 @@ use crate::options::VaultOptions;
 use crate::owner::Owner;
 use crate::purposes::Purpose;
 use crate::records::{LiveRecord, RECORD_FORMAT, StoredRecord, expired_outcome, stub_outcome};
-use crate::staged::Staging;
 use crate::store::{Batch, Cf, Storage, Store, StoreOptions, WriteSet};
 use crate::subjects::{
     Dek, DekCache, KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, Stripes, SubjectCache, SubjectEntry,
     SubjectHash, dek_counter,
 };
 use crate::token::{Token, TokenId};
-use crate::worker::Worker;
+use crate::worker::{Chores, Worker};
 
 /// The header and the root secret that seals the keyring in it.
 pub(crate) struct HeaderState {
@@ -34,12 +38,15 @@ pub(crate) struct HeaderState {
     pub root: RootSecret,
 }
 
-/// Shared state of an open vault; the background worker holds it too.
+/// Shared state of an open vault; the background worker holds it too (as its
+/// [`Chores`]).
 pub(crate) struct Inner {
+    /// The write path: audited writes, staged read events, awaited syncs.
     pub journal: Journal,
     pub dir: PathBuf,
     pub vault_id: [u8; 16],
-    pub store: Store,
+    /// Shared with the journal.
+    pub store: Arc<Store>,
     pub opts: VaultOptions,
     pub index: IndexKeys,
     /// The current keyring. Readers clone the `Arc` and let go at once.
@@ -55,14 +62,8 @@ pub(crate) struct Inner {
     pub purge_lock: Mutex<()>,
     /// What the background worker's last run failed with, if it did.
     background_error: Mutex<Option<String>>,
-    /// Read events on their way into the audit trail.
-    pub staging: Staging,
-    /// Set when staged read events were committed without syncing the WAL.
-    pub unsynced_events: AtomicBool,
-    /// Unsynced writes awaiting the syncer (see [`crate::durable`]).
-    pub wal_sync: Arc<SyncState>,
     /// The directory's lock. Last, so that it is released only after the store
-    /// and the staging files are closed.
+    /// and the staging files (the journal's) are closed.
     _owner: Owner,
 }
 
@@ -179,7 +180,7 @@ impl Vault {
         };
         // A header without a database is a creation that stopped half-way: finish it.
         let create = !dir.join("CURRENT").exists();
-        let store = Store::open(
+        let store = Arc::new(Store::open(
             dir,
             create,
             StoreOptions {
@@ -188,10 +189,9 @@ impl Vault {
                 statistics: opts.statistics,
                 block_cache_bytes: opts.block_cache_bytes,
             },
-        )?;
+        )?);
         let index = ring.index_keys();
-        let journal = Journal::open(&store, &index.audit_key)?;
-        let staging = Staging::open(dir, journal.staged_done(), &index.audit_key)?;
+        let journal = Journal::open(store.clone(), dir, ring.audit_key(), &opts)?;
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             vault_id: header.vault_id,
@@ -209,27 +209,27 @@ impl Vault {
             stripes: Stripes::new(),
             purge_lock: Mutex::new(()),
             background_error: Mutex::new(None),
-            staging,
-            unsynced_events: AtomicBool::new(false),
-            wal_sync: Arc::default(),
             opts,
             _owner: owner,
         });
         // Read events a killed process staged are committed before anything else
         // (a damaged trail takes none: they stay staged, and reads are refused).
         if inner.journal.damaged.is_none() {
-            inner.flush_staged()?;
-            inner.sync_read_events()?;
+            inner.journal.flush_staged()?;
+            inner.journal.sync_read_events()?;
         }
         // The syncer first: it stops when dropped, should the worker fail to start.
         let syncer = inner
+            .journal
             .synced()
             .then(|| {
                 // Keeps the store open for as long as the syncer runs.
                 let state = inner.clone();
-                Syncer::start(inner.wal_sync.clone(), inner.opts.sync_gather, move || {
-                    state.store.sync_wal()
-                })
+                Syncer::start(
+                    inner.journal.wal_sync.clone(),
+                    inner.opts.sync_gather,
+                    move || state.store.sync_wal(),
+                )
             })
             .transpose()?;
         let worker = inner
@@ -254,7 +254,7 @@ impl Vault {
         }
         // A damaged trail takes no staged events: they stay for the next open.
         if self.inner.journal.damaged.is_none() {
-            self.inner.flush_staged()?;
+            self.inner.journal.flush_staged()?;
         }
         self.inner.store.sync_wal()
     }
@@ -274,7 +274,7 @@ impl Drop for Vault {
             syncer.stop();
         }
         // Best effort: what stays staged is committed at the next open.
-        let _ = self.inner.flush_staged();
+        let _ = self.inner.journal.flush_staged();
     }
 }
 
@@ -295,6 +295,16 @@ impl Inner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Records a read's audit events ([`Journal::commit_read_events`]). A full
+    /// staging file that could not be committed does not fail the read (its events
+    /// are staged): it is reported like the worker's errors, and the worker retries.
+    pub(crate) fn commit_read_events(&self, events: &[ReadEvent<'_>]) -> Result<(), Error> {
+        if let Some(e) = self.journal.commit_read_events(events)? {
+            self.set_background_error(Some(e));
+        }
+        Ok(())
     }
 
     pub(crate) fn ring(&self) -> Arc<Keyring> {
@@ -443,6 +453,40 @@ impl Inner {
             return Err(Error::Expired);
         }
         Ok(())
+    }
+}
+
+/// The worker's chores are the operations' own methods (`erase`, `retention`,
+/// `audit`, `rotate`): implemented here, so that the worker knows nothing of them.
+impl Chores for Inner {
+    fn flush_read_events(&self) -> Result<(), Error> {
+        self.journal.flush_staged()?;
+        self.journal.sync_read_events()
+    }
+
+    fn purge_erasures_due(&self) -> Result<bool, Error> {
+        Ok(self.purge_due()?.verified)
+    }
+
+    fn purge_expired_due(&self) -> Result<bool, Error> {
+        if self.expiry_due()? {
+            Ok(self.purge_expired()?.verified)
+        } else {
+            Ok(true)
+        }
+    }
+
+    fn prune_audit_trail(&self) -> Result<(), Error> {
+        self.journal.staging.trim();
+        self.prune_audit().map(drop)
+    }
+
+    fn resume_rotation(&self) -> Result<bool, Error> {
+        self.rotation_step()
+    }
+
+    fn report(&self, error: Option<Error>) {
+        self.set_background_error(error);
     }
 }
 
