@@ -148,15 +148,10 @@ fn shape_of(vault: &Vault, mut f: impl FnMut(u64)) -> WriteShape {
     }
 }
 
-/// Flushes and compacts what the vault holds (an erasure's purge flushes every
-/// family and compacts the subject data), so a measurement's writes start with empty
-/// memtables, as the raw database's do.
+/// Flushes and compacts what the vault holds, so a measurement's writes start with
+/// empty memtables and its reads with settled files, as the raw database's do.
 fn compact(vault: &Vault) {
-    vault
-        .tokenize("compaction-trigger", "email", VALUE)
-        .expect("tokenize");
-    vault.erase("compaction-trigger").expect("erase");
-    vault.purge_now().expect("purge");
+    assert!(vault_core::internal::compact(vault).expect("compact"));
 }
 
 /// Tokenizes one value for every loaded subject, in batches of 1 000, so that each is

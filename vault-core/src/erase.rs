@@ -5,14 +5,14 @@
 //!    and queues the purge. Its cost does not depend on the subject's record count.
 //!    The cached DEK is dropped before it returns; from then on every token of the
 //!    subject answers [`Error::Erased`].
-//! 2. The purge replaces each record with a stub, deletes the index entries, then has
-//!    the storage layer flush, compact to the bottom level and verify on the directory
-//!    that no file older than the purge survives (see `Store::purge_files`).
+//! 2. The purge ([`crate::purge`]) makes it physical: it has the storage engine
+//!    rewrite only the files that hold the subject's key ranges, turning its records
+//!    into stubs and dropping the rest ([`crate::retire`]), and verify that no older
+//!    file and no older log holding them is left.
 //! 3. Only after the verification passed is the erasure marked purged.
 
 use std::fmt;
 use std::sync::PoisonError;
-use std::time::Duration;
 
 use subtle::ConstantTimeEq;
 
@@ -22,27 +22,53 @@ use crate::error::Error;
 use crate::events::{AuditAction, AuditEvent, AuditOutcome};
 use crate::keys::IndexKeys;
 use crate::options::PurgePolicy;
-use crate::records::{RECORD_FORMAT, StoredRecord, link_ok, shredded_tag};
+use crate::records::link_ok;
 use crate::store::{Cf, Storage, WriteSet};
-use crate::subjects::{KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, SubjectEntry, dek_counter};
+use crate::subjects::{
+    KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, SubjectEntry, SubjectHash, dek_counter,
+};
 use crate::token::TokenId;
 use crate::vault::{Inner, Vault};
 
-const ERASURE_FORMAT: u8 = 1;
-const QUEUE_FORMAT: u8 = 1;
-/// Records stubbed per write batch during a purge.
-const PURGE_CHUNK: usize = 10_000;
-/// How long a purge waits for pinned files (an export's iterator) to be released.
-pub(crate) const PURGE_VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const ERASURE_FORMAT: u8 = 1;
+/// Format 1 held only the time the purge is due.
+const QUEUE_FORMAT_1: u8 = 1;
+const QUEUE_FORMAT: u8 = 2;
+
+/// `purge_queue` column family: sid → this, while the erasure's purge is pending.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct QueueEntry {
+    pub(crate) due_by: u64,
+    /// The erased subject's hash (the key of its subject entry), until the first
+    /// purge attempt takes it: the purge compacts that key alone, and then no
+    /// stored copy of the hash may remain. Without it a purge compacts the whole
+    /// subjects family.
+    pub(crate) subject_hash: Option<SubjectHash>,
+}
+
+impl QueueEntry {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<QueueEntry, Error> {
+        decode(QUEUE_FORMAT, bytes).or_else(|_| {
+            decode(QUEUE_FORMAT_1, bytes).map(|due_by| QueueEntry {
+                due_by,
+                subject_hash: None,
+            })
+        })
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        encode(QUEUE_FORMAT, self)
+    }
+}
 
 /// `erasures` column family: sid → this. No personal data. The tag (keyed by the
 /// vault, over the sid and the immutable fields) stops an erasure being forged to
 /// make a live subject's records look erased.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct ErasureEntry {
+pub(crate) struct ErasureEntry {
     erased_at: u64,
     records: u64,
-    purged_at: Option<u64>,
+    pub(crate) purged_at: Option<u64>,
     tag: [u8; 16],
 }
 
@@ -64,7 +90,7 @@ impl ErasureEntry {
     }
 
     /// Reads and authenticates the erasure entry of `sid`, if there is one.
-    fn load(inner: &Inner, sid: &Sid) -> Result<Option<ErasureEntry>, Error> {
+    pub(crate) fn load(inner: &Inner, sid: &Sid) -> Result<Option<ErasureEntry>, Error> {
         let Some(bytes) = inner.store.get(Cf::Erasures, sid)? else {
             return Ok(None);
         };
@@ -233,7 +259,11 @@ impl Vault {
                 PurgePolicy::Immediate => now,
                 PurgePolicy::Within(delay) => now.saturating_add(delay.as_millis() as u64),
             };
-            batch.put(Cf::PurgeQueue, &sid, &encode(QUEUE_FORMAT, &due_by));
+            let queued = QueueEntry {
+                due_by,
+                subject_hash: Some(hash),
+            };
+            batch.put(Cf::PurgeQueue, &sid, &queued.encode());
             // No subject reference: the receipt names this event, and a reference
             // here would let whoever keeps the receipt with the subject id find the
             // subject's earlier events again.
@@ -297,8 +327,8 @@ impl Vault {
         let purge = match entry.purged_at {
             Some(at) => PurgeState::Done { at },
             None => match inner.store.get(Cf::PurgeQueue, &subject_ref.0)? {
-                Some(due) => PurgeState::Pending {
-                    due_by: decode(QUEUE_FORMAT, &due)?,
+                Some(queued) => PurgeState::Pending {
+                    due_by: QueueEntry::decode(&queued)?.due_by,
                 },
                 None => PurgeState::Pending {
                     due_by: entry.erased_at,
@@ -335,120 +365,11 @@ impl Inner {
             let sid: Sid = k.try_into().map_err(|_| Error::Integrity)?;
             out.push(PendingPurge {
                 subject_ref: SubjectRef(sid),
-                due_by: decode(QUEUE_FORMAT, v)?,
+                due_by: QueueEntry::decode(v)?.due_by,
             });
             Ok(true)
         })?;
         Ok(out)
-    }
-
-    pub(crate) fn purge_due(&self) -> Result<PurgeReport, Error> {
-        let now = self.now();
-        if self.pending()?.iter().any(|p| p.due_by <= now) {
-            self.purge_pending()
-        } else {
-            Ok(PurgeReport {
-                verified: true,
-                ..PurgeReport::default()
-            })
-        }
-    }
-
-    /// Purges every queued erasure in one run (one flush and compaction for all).
-    pub(crate) fn purge_pending(&self) -> Result<PurgeReport, Error> {
-        let _purge = self
-            .purge_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let pending = self.pending()?;
-        if pending.is_empty() {
-            return Ok(PurgeReport {
-                verified: true,
-                ..PurgeReport::default()
-            });
-        }
-        let mut records = 0u64;
-        // Only genuine erasures are purged: the key is gone and an authentic erasure
-        // entry exists. A forged queue entry must not shred a live subject.
-        let mut genuine = Vec::with_capacity(pending.len());
-        let mut forged = Vec::new();
-        for p in &pending {
-            let sid = p.subject_ref.0;
-            let erased = self.store.get(Cf::Keys, &sid)?.is_none()
-                && matches!(ErasureEntry::load(self, &sid), Ok(Some(_)));
-            if erased {
-                genuine.push(p);
-            } else {
-                forged.push(sid);
-            }
-        }
-        if !forged.is_empty() {
-            let mut batch = self.store.batch();
-            for sid in &forged {
-                batch.delete(Cf::PurgeQueue, sid);
-            }
-            self.store.write_synced(batch)?;
-        }
-        if genuine.is_empty() {
-            return Ok(PurgeReport {
-                verified: true,
-                ..PurgeReport::default()
-            });
-        }
-        for p in &genuine {
-            let sid = p.subject_ref.0;
-            let mut ids = Vec::new();
-            self.store.scan_prefix(Cf::Index, &sid, |k, _| {
-                ids.push(k.to_vec());
-                Ok(true)
-            })?;
-            for chunk in ids.chunks(PURGE_CHUNK) {
-                let mut batch = self.store.batch();
-                for key in chunk {
-                    let id: TokenId = key[16..].try_into().map_err(|_| Error::Integrity)?;
-                    let stub = StoredRecord::Shredded {
-                        tag: shredded_tag(&self.index, &id),
-                    };
-                    batch.put(Cf::Records, &id, &encode(RECORD_FORMAT, &stub));
-                    batch.delete(Cf::Index, key);
-                }
-                self.store.write(batch)?;
-            }
-            records += ids.len() as u64;
-            // The consent ledger: sealed under the destroyed key, now deleted too.
-            let mut consents = Vec::new();
-            self.store.scan_prefix(Cf::Consents, &sid, |k, _| {
-                consents.push(k.to_vec());
-                Ok(true)
-            })?;
-            for chunk in consents.chunks(PURGE_CHUNK) {
-                let mut batch = self.store.batch();
-                for key in chunk {
-                    batch.delete(Cf::Consents, key);
-                }
-                self.store.write(batch)?;
-            }
-        }
-        let verified = self.store.purge_files(PURGE_VERIFY_TIMEOUT)?;
-        if verified {
-            let now = self.now();
-            let mut batch = self.store.batch();
-            for p in &genuine {
-                let sid = p.subject_ref.0;
-                batch.delete(Cf::PurgeQueue, &sid);
-                // Checked just above; a failure here only skips the purge time.
-                if let Ok(Some(mut entry)) = ErasureEntry::load(self, &sid) {
-                    entry.purged_at = Some(now);
-                    batch.put(Cf::Erasures, &sid, &encode(ERASURE_FORMAT, &entry));
-                }
-            }
-            self.store.write_synced(batch)?;
-        }
-        Ok(PurgeReport {
-            subjects: genuine.len(),
-            records,
-            verified,
-        })
     }
 }
 

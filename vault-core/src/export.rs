@@ -9,7 +9,7 @@ use crate::events::{AuditAction, AuditEvent, AuditOutcome, ReadEvent};
 use crate::records::{ExportedRecord, Plaintext, RECORD_FORMAT, StoredRecord, stub_outcome};
 use crate::store::{Cf, Storage};
 use crate::subjects::{SUBJECT_FORMAT, SubjectEntry};
-use crate::token::{Token, TokenId};
+use crate::token::TokenId;
 use crate::vault::Vault;
 
 /// Everything the vault holds about one subject.
@@ -96,7 +96,7 @@ impl Vault {
                     }
                     let plain = record.open(&inner.vault_id, id, &dek.aead)?;
                     records.push(ExportedRecord {
-                        token: Token::new(*id, &inner.index.token_tag_key),
+                        token: inner.index.tokens.token(id),
                         field: record.field,
                         value: Plaintext::new(plain),
                         created_at: record.created_at,

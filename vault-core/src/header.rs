@@ -13,12 +13,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::keys::KdfRecord;
+use crate::token::Layout;
 
 /// The file name of the header inside a vault directory.
 pub(crate) const HEADER_FILE: &str = "VAULT";
 const MAGIC: &[u8; 8] = b"PIIVAULT";
-/// The newest on-disk format this build reads and writes.
-pub(crate) const FORMAT_VERSION: u16 = 1;
+/// The on-disk format of new vaults, the newest this build reads: 2 stores a
+/// subject's records as one key range ([`Layout::BySubject`]).
+pub(crate) const FORMAT_VERSION: u16 = 2;
+/// The oldest format this build reads: 1, records under random keys.
+const OLDEST_FORMAT: u16 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Header {
@@ -28,6 +32,9 @@ pub(crate) struct Header {
     pub commitment: [u8; 32],
     /// The keyring, sealed under the root secret.
     pub keyring: Vec<u8>,
+    /// The format the vault was created in (the version in front of the fields).
+    #[serde(skip)]
+    pub format: u16,
 }
 
 impl Header {
@@ -57,19 +64,32 @@ impl Header {
                 supported: FORMAT_VERSION,
             });
         }
-        if found != FORMAT_VERSION {
+        if found < OLDEST_FORMAT {
             return Err(not_a_vault());
         }
-        match postcard::take_from_bytes(&rest[2..]) {
-            Ok((header, [])) => Ok(header),
+        match postcard::take_from_bytes::<Header>(&rest[2..]) {
+            Ok((header, [])) => Ok(Header {
+                format: found,
+                ..header
+            }),
             _ => Err(Error::Integrity),
+        }
+    }
+
+    /// Where the vault's records live, as its format says. (Formats differ in
+    /// nothing else, so a vault keeps its format for life.)
+    pub(crate) fn layout(&self) -> Layout {
+        if self.format >= 2 {
+            Layout::BySubject
+        } else {
+            Layout::Scattered
         }
     }
 
     /// Replaces the header atomically and durably.
     pub(crate) fn write(&self, dir: &Path) -> Result<(), Error> {
         let mut bytes = MAGIC.to_vec();
-        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&self.format.to_le_bytes());
         let bytes = postcard::to_extend(self, bytes)
             .map_err(|_| Error::InvalidOption("header does not serialise"))?;
         let tmp = dir.join(format!("{HEADER_FILE}.tmp"));
@@ -112,6 +132,7 @@ mod tests {
             kdf: KdfRecord::Raw,
             commitment: [2; 32],
             keyring: vec![3; 40],
+            format: FORMAT_VERSION,
         }
     }
 
@@ -124,6 +145,7 @@ mod tests {
         ));
         header().write(dir.path())?;
         assert_eq!(Header::read(dir.path())?.keyring, vec![3; 40]);
+        assert_eq!(Header::read(dir.path())?.layout(), Layout::BySubject);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -131,15 +153,31 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
 
+        // A vault of the first format keeps its layout when its header is rewritten.
+        let first = Header {
+            format: 1,
+            ..header()
+        };
+        first.write(dir.path())?;
+        assert_eq!(Header::read(dir.path())?.layout(), Layout::Scattered);
+        Header::read(dir.path())?.write(dir.path())?;
+        assert_eq!(Header::read(dir.path())?.format, 1);
+
         let mut bytes = fs::read(Header::path(dir.path()))?;
-        bytes[8] = 2; // a newer format version
+        bytes[8] = 3; // a newer format version
         fs::write(Header::path(dir.path()), &bytes)?;
         assert!(matches!(
             Header::read(dir.path()),
             Err(Error::UnsupportedFormat {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             })
+        ));
+        bytes[8] = 0;
+        fs::write(Header::path(dir.path()), &bytes)?;
+        assert!(matches!(
+            Header::read(dir.path()),
+            Err(Error::NotAVault { .. })
         ));
         fs::write(Header::path(dir.path()), b"something else entirely")?;
         assert!(matches!(

@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 use crate::crypto::{Aead256, KEY_LEN, Key, aad, domain, label, random_bytes};
 use crate::error::Error;
 use crate::options::KdfParams;
+use crate::token::{Layout, TokenCodec};
 
 /// The key that opens a vault. Never stored by the vault; wiped on drop.
 pub struct RootKey(RootKeyInner);
@@ -293,10 +294,14 @@ impl Keyring {
     }
 
     /// The keys derived from the index key; they never change for a vault.
-    pub(crate) fn index_keys(&self) -> IndexKeys {
+    pub(crate) fn index_keys(&self, layout: Layout) -> IndexKeys {
         IndexKeys {
             subject_hash_key: self.index_key.derive(label::SUBJECT_HASH),
-            token_tag_key: self.index_key.derive(label::TOKEN_TAG),
+            tokens: TokenCodec::new(
+                layout,
+                self.index_key.derive(label::TOKEN_TAG),
+                &self.index_key.derive(label::TOKEN_CIPHER),
+            ),
             tombstone_key: self.index_key.derive(label::TOMBSTONE_MAC),
         }
     }
@@ -393,8 +398,8 @@ impl fmt::Debug for Keyring {
 pub(crate) struct IndexKeys {
     /// Hashes subject ids into storage keys.
     subject_hash_key: Key,
-    /// Tags tokens as this vault's.
-    pub(crate) token_tag_key: Key,
+    /// Turns storage keys into this vault's tokens and back.
+    pub(crate) tokens: TokenCodec,
     /// Authenticates what an erasure leaves behind (record stubs, erasure entries),
     /// so that tampering cannot make live data look erased.
     pub(crate) tombstone_key: Key,
@@ -472,12 +477,12 @@ mod tests {
         assert_eq!(back.active(), 2);
         assert_eq!(back.versions().collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(
-            back.index_keys().subject_hash("a"),
-            ring.index_keys().subject_hash("a")
+            back.index_keys(Layout::BySubject).subject_hash("a"),
+            ring.index_keys(Layout::BySubject).subject_hash("a")
         );
         assert_ne!(
-            ring.index_keys().subject_hash("a"),
-            ring.index_keys().subject_hash("b")
+            ring.index_keys(Layout::BySubject).subject_hash("a"),
+            ring.index_keys(Layout::BySubject).subject_hash("b")
         );
         assert!(secret.open_keyring(&[2u8; 16], &sealed).is_err());
 

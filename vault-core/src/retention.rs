@@ -95,7 +95,10 @@ impl Inner {
                 ..PurgeReport::default()
             });
         }
-        let verified = self.store.purge_files(crate::erase::PURGE_VERIFY_TIMEOUT)?;
+        let verified = self.store.purge_files(
+            &crate::store::PurgeScope::everything(),
+            crate::purge::PURGE_VERIFY_TIMEOUT,
+        )?;
         if verified {
             let mut batch = self.store.batch();
             batch.delete(Cf::Meta, UNVERIFIED);

@@ -1,14 +1,22 @@
 //! Tokens: what the rest of the company stores instead of personal data.
 //!
-//! A token is 128 random bits (or, for deterministic tokens, 128 bits derived from the
-//! subject's key) followed by a 32-bit tag keyed by the vault, in a fixed-length text
-//! form: `tok_` and 32 lowercase base32 characters. The tag lets the vault reject
-//! typos and other vaults' tokens without a lookup; the token says nothing about the
-//! subject or the value.
+//! A token is a 128-bit identifier followed by a 32-bit tag keyed by the vault, in a
+//! fixed-length text form: `tok_` and 32 lowercase base32 characters. The tag lets
+//! the vault reject typos and other vaults' tokens without a lookup; the token says
+//! nothing about the subject or the value.
+//!
+//! The identifier is the record's storage key encrypted with a block cipher under a
+//! vault key ([`TokenCodec`]). The storage key starts with the subject's storage id
+//! (then 64 random bits, or 64 bits derived from the subject's key for deterministic
+//! tokens), so that a subject's records are one key range, which a purge compacts
+//! alone; encrypted, two tokens of one subject look unrelated. Vaults of the first
+//! format ([`Layout::Scattered`]) keep 128 random bits as both.
 
 use std::fmt;
 use std::str::FromStr;
 
+use aes::Aes256;
+use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use subtle::ConstantTimeEq;
 
 use crate::crypto::Key;
@@ -23,8 +31,75 @@ const PREFIX: &str = "tok_";
 pub const TOKEN_TEXT_LEN: usize = PREFIX.len() + RAW_LEN * 8 / 5;
 const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
-/// The identifier part of a token: the record's storage key.
+/// A record's storage key, which its token encrypts.
 pub(crate) type TokenId = [u8; ID_LEN];
+
+/// Bytes of a storage key that name the subject (a prefix of its storage id).
+pub(crate) const SUBJECT_PREFIX_LEN: usize = 8;
+
+/// Where a vault stores records, as its format says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// Format 1: under random keys, the same as the tokens' identifiers.
+    Scattered,
+    /// Under keys that start with the subject's storage id: one range per subject.
+    BySubject,
+}
+
+/// Turns storage keys into tokens and back, for one vault.
+pub(crate) struct TokenCodec {
+    tag_key: Key,
+    /// `None` in the scattered layout, where a token's identifier is the key.
+    cipher: Option<Aes256>,
+}
+
+impl TokenCodec {
+    pub(crate) fn new(layout: Layout, tag_key: Key, cipher_key: &Key) -> TokenCodec {
+        let cipher =
+            (layout == Layout::BySubject).then(|| Aes256::new(&(*cipher_key.expose()).into()));
+        TokenCodec { tag_key, cipher }
+    }
+
+    /// The storage key of a new record of subject `sid`; `unique` is random, or
+    /// derived from the value for a deterministic token.
+    pub(crate) fn record_key(&self, sid: &[u8; ID_LEN], unique: &[u8; ID_LEN]) -> TokenId {
+        if self.cipher.is_none() {
+            return *unique;
+        }
+        let mut key = [0u8; ID_LEN];
+        key[..SUBJECT_PREFIX_LEN].copy_from_slice(&sid[..SUBJECT_PREFIX_LEN]);
+        key[SUBJECT_PREFIX_LEN..].copy_from_slice(&unique[..ID_LEN - SUBJECT_PREFIX_LEN]);
+        key
+    }
+
+    /// The first and last storage key a record of subject `sid` can have, when
+    /// they are one range.
+    pub(crate) fn subject_range(&self, sid: &[u8; ID_LEN]) -> Option<(TokenId, TokenId)> {
+        self.cipher.as_ref()?;
+        let (mut first, mut last) = ([0u8; ID_LEN], [u8::MAX; ID_LEN]);
+        first[..SUBJECT_PREFIX_LEN].copy_from_slice(&sid[..SUBJECT_PREFIX_LEN]);
+        last[..SUBJECT_PREFIX_LEN].copy_from_slice(&sid[..SUBJECT_PREFIX_LEN]);
+        Some((first, last))
+    }
+
+    /// The token of the record stored under `key`.
+    pub(crate) fn token(&self, key: &TokenId) -> Token {
+        let mut id = *key;
+        if let Some(cipher) = &self.cipher {
+            cipher.encrypt_block((&mut id).into());
+        }
+        Token::new(id, &self.tag_key)
+    }
+
+    /// The storage key a token names, once its tag shows it is this vault's.
+    pub(crate) fn key(&self, token: &Token) -> Result<TokenId, Error> {
+        let mut key = token.verify(&self.tag_key)?;
+        if let Some(cipher) = &self.cipher {
+            cipher.decrypt_block((&mut key).into());
+        }
+        Ok(key)
+    }
+}
 
 /// An opaque token, as issued by [`Vault::tokenize`](crate::Vault::tokenize).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -396,15 +396,18 @@ impl Inner {
                 ..
             } = &mut subjects[slot];
             let id: TokenId = if item.deterministic {
-                let id = dek.deterministic_id(item.field, item.value);
+                let id = self
+                    .index
+                    .tokens
+                    .record_key(&entry.sid, &dek.deterministic_id(item.field, item.value));
                 if issued.contains(&id) || self.store.get(Cf::Records, &id)?.is_some() {
-                    tokens.push(Token::new(id, &self.index.token_tag_key));
+                    tokens.push(self.index.tokens.token(&id));
                     continue;
                 }
                 issued.insert(id);
                 id
             } else {
-                random_bytes()?
+                self.index.tokens.record_key(&entry.sid, &random_bytes()?)
             };
             let place = RecordPlace {
                 vault_id: &self.vault_id,
@@ -427,7 +430,7 @@ impl Inner {
             }
             entry.records += 1;
             *stored += 1;
-            tokens.push(Token::new(id, &self.index.token_tag_key));
+            tokens.push(self.index.tokens.token(&id));
         }
         Ok(tokens)
     }

@@ -17,13 +17,14 @@ use crate::crypto::{Key, random_bytes};
 use crate::durable::Syncer;
 use crate::error::Error;
 use crate::events::ReadEvent;
-use crate::header::{Header, sync_dir};
+use crate::header::{FORMAT_VERSION, Header, sync_dir};
 use crate::journal::Journal;
 use crate::keys::{DekSlot, IndexKeys, KdfRecord, Keyring, RootKey, RootSecret};
 use crate::options::VaultOptions;
 use crate::owner::Owner;
 use crate::purposes::Purpose;
 use crate::records::{LiveRecord, RECORD_FORMAT, StoredRecord, expired_outcome, stub_outcome};
+use crate::retire::{Doomed, retire_rule};
 use crate::store::{Batch, Cf, Storage, Store, StoreOptions, WriteSet};
 use crate::subjects::{
     Dek, DekCache, KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, Stripes, SubjectCache, SubjectEntry,
@@ -60,6 +61,8 @@ pub(crate) struct Inner {
     pub subjects: SubjectCache,
     pub stripes: Stripes,
     pub purge_lock: Mutex<()>,
+    /// The subjects a purge under way retires (the store's retirement rule reads it).
+    pub doomed: Arc<Doomed>,
     /// What the background worker's last run failed with, if it did.
     background_error: Mutex<Option<String>>,
     /// The directory's lock. Last, so that it is released only after the store
@@ -180,6 +183,7 @@ impl Vault {
         };
         // A header without a database is a creation that stopped half-way: finish it.
         let create = !dir.join("CURRENT").exists();
+        let doomed = Arc::new(Doomed::default());
         let store = Arc::new(Store::open(
             dir,
             create,
@@ -189,8 +193,13 @@ impl Vault {
                 statistics: opts.statistics,
                 block_cache_bytes: opts.block_cache_bytes,
             },
+            retire_rule(
+                doomed.clone(),
+                ring.index_keys(header.layout()),
+                header.layout(),
+            ),
         )?);
-        let index = ring.index_keys();
+        let index = ring.index_keys(header.layout());
         let journal = Journal::open(store.clone(), dir, ring.audit_key(), &opts)?;
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
@@ -208,6 +217,7 @@ impl Vault {
             subjects: SubjectCache::new(opts.dek_cache_capacity),
             stripes: Stripes::new(),
             purge_lock: Mutex::new(()),
+            doomed,
             background_error: Mutex::new(None),
             opts,
             _owner: owner,
@@ -396,7 +406,7 @@ impl Inner {
     }
 
     pub(crate) fn token_id(&self, token: &str) -> Result<TokenId, Error> {
-        token.parse::<Token>()?.verify(&self.index.token_tag_key)
+        self.index.tokens.key(&token.parse::<Token>()?)
     }
 
     /// The subject's DEK: from the cache, else unwrapped from the `keys` family.
@@ -514,6 +524,7 @@ fn create_header(
         kdf,
         commitment: secret.commitment(&vault_id),
         keyring: secret.seal_keyring(&vault_id, &ring)?,
+        format: FORMAT_VERSION,
     };
     header.write(dir)?;
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {

@@ -478,7 +478,7 @@ fn foreign_directories_and_newer_formats_are_refused_untouched() -> TestResult {
         open_result(dir.path()),
         Err(Error::UnsupportedFormat {
             found: 0xff,
-            supported: 1
+            supported: 2
         })
     ));
     assert_eq!(snapshot(dir.path()), before);
@@ -594,5 +594,35 @@ fn secrets_stay_out_of_debug_output() -> TestResult {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains("7, 7, 7"), "{shown}");
     }
+    Ok(())
+}
+
+/// A vault of the first format (records under random keys, the tokens' own ids)
+/// keeps working as one: tokens round-trip, erasure and its purge (whole families,
+/// verified) work, and the header stays in that format when it is rewritten.
+#[test]
+fn a_vault_of_the_first_format_keeps_its_layout() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    open(dir.path()).close()?;
+    let header = dir.path().join("VAULT");
+    let mut bytes = std::fs::read(&header)?;
+    assert_eq!(bytes[8], 2, "new vaults are of format 2");
+    bytes[8] = 1;
+    std::fs::write(&header, &bytes)?;
+
+    let vault = open(dir.path());
+    let kept = vault.tokenize("kept", "email", "k@x.io")?.to_string();
+    let gone = vault.tokenize("gone", "email", "g@x.io")?.to_string();
+    vault.rotate_kek()?;
+    assert_eq!(vault.detokenize(&kept)?.value.as_bytes(), b"k@x.io");
+    vault.erase("gone")?;
+    let report = vault.purge_now()?;
+    assert!(report.verified, "{report:?}");
+    assert!(matches!(vault.detokenize(&gone), Err(Error::Erased)));
+    vault.close()?;
+    assert_eq!(std::fs::read(&header)?[8], 1, "the format is kept");
+    let vault = open(dir.path());
+    assert_eq!(vault.detokenize(&kept)?.value.as_bytes(), b"k@x.io");
+    assert!(matches!(vault.detokenize(&gone), Err(Error::Erased)));
     Ok(())
 }

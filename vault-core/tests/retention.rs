@@ -19,9 +19,11 @@ fn retention_options(clock: &Arc<ManualClock>) -> VaultOptions {
 /// The stored ciphertext of a record (the tail of its stored value).
 fn stored_ciphertext(
     dir: &std::path::Path,
+    vault: &Vault,
     token: &str,
 ) -> Result<Vec<u8>, Box<dyn std::error::Error>> {
-    let stored = raw_get(dir, "records", &token_id(token)).ok_or("no record")?;
+    let key = vault_core::internal::record_key(vault, token)?;
+    let stored = raw_get(dir, "records", &key).ok_or("no record")?;
     // The sealed value is `nonce || ciphertext || tag` near the end of the record,
     // followed by the 16-byte link tag; 32 bytes before the link are ciphertext/tag.
     let end = stored.len() - 16;
@@ -39,8 +41,8 @@ fn expired_values_answer_expired_and_leave_the_disk() -> TestResult {
     let email = vault
         .tokenize("s1", "email", "kept@example.com")?
         .to_string();
-    let ip_cipher = stored_ciphertext(dir.path(), &ip)?;
-    let email_cipher = stored_ciphertext(dir.path(), &email)?;
+    let ip_cipher = stored_ciphertext(dir.path(), &vault, &ip)?;
+    let email_cipher = stored_ciphertext(dir.path(), &vault, &email)?;
     assert!(
         !files_containing(dir.path(), &ip_cipher).is_empty(),
         "positive control"
@@ -111,7 +113,7 @@ fn the_background_worker_purges_expired_records() -> TestResult {
     let ip = vault
         .tokenize("s2", "ip_address", "192.0.2.10")?
         .to_string();
-    let cipher = stored_ciphertext(dir.path(), &ip)?;
+    let cipher = stored_ciphertext(dir.path(), &vault, &ip)?;
     clock.advance_days(31);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !files_containing(dir.path(), &cipher).is_empty() {
@@ -147,8 +149,8 @@ fn a_forged_expired_stub_is_an_integrity_error() -> TestResult {
         vault.close()?;
         t
     };
-    let stub = raw_get(dir.path(), "records", &token_id(&other)).ok_or("no stub")?;
-    common::raw_put(dir.path(), "records", &token_id(&token), &stub);
+    let stub = raw_get(dir.path(), "records", &token_id(dir.path(), &other)).ok_or("no stub")?;
+    common::raw_put(dir.path(), "records", &token_id(dir.path(), &token), &stub);
     let vault = Vault::open(dir.path(), &root(), retention_options(&clock))?;
     assert!(matches!(vault.detokenize(&token), Err(Error::Integrity)));
     assert!(matches!(vault.detokenize(&other), Err(Error::Expired)));

@@ -16,7 +16,7 @@ fn flipped_bytes_in_a_record_are_detected() -> TestResult {
         vault.close()?;
         t
     };
-    let id = token_id(&token);
+    let id = token_id(dir.path(), &token);
     let original = raw_get(dir.path(), "records", &id).expect("record");
     // Flip each byte in turn (the ciphertext, the tag, the nonce, the field, the
     // framing): every variant must be refused, none may decrypt to something else.
@@ -56,15 +56,15 @@ fn a_ciphertext_copied_onto_another_record_is_refused() -> TestResult {
         vault.close()?;
         (a, b, c)
     };
-    let value_b = raw_get(dir.path(), "records", &token_id(&b)).expect("b");
-    let value_c = raw_get(dir.path(), "records", &token_id(&c)).expect("c");
-    raw_put(dir.path(), "records", &token_id(&a), &value_b);
+    let value_b = raw_get(dir.path(), "records", &token_id(dir.path(), &b)).expect("b");
+    let value_c = raw_get(dir.path(), "records", &token_id(dir.path(), &c)).expect("c");
+    raw_put(dir.path(), "records", &token_id(dir.path(), &a), &value_b);
     {
         let vault = open(dir.path());
         assert!(matches!(vault.detokenize(&a), Err(Error::Integrity)));
         assert_eq!(vault.detokenize(&b)?.value.as_bytes(), b"b@x.io");
     }
-    raw_put(dir.path(), "records", &token_id(&a), &value_c);
+    raw_put(dir.path(), "records", &token_id(dir.path(), &a), &value_c);
     let vault = open(dir.path());
     assert!(matches!(vault.detokenize(&a), Err(Error::Integrity)));
     assert_eq!(vault.detokenize(&c)?.value.as_bytes(), b"c@x.io");
@@ -192,15 +192,20 @@ fn forged_erasure_traces_are_refused() -> TestResult {
         (live, erased, live_ref, erased_ref)
     };
     // carol's token is a stub now; copy it over alice's live record.
-    let stub = raw_get(dir.path(), "records", &token_id(&erased)).expect("stub");
-    let original = raw_get(dir.path(), "records", &token_id(&live)).expect("live");
-    raw_put(dir.path(), "records", &token_id(&live), &stub);
+    let stub = raw_get(dir.path(), "records", &token_id(dir.path(), &erased)).expect("stub");
+    let original = raw_get(dir.path(), "records", &token_id(dir.path(), &live)).expect("live");
+    raw_put(dir.path(), "records", &token_id(dir.path(), &live), &stub);
     {
         let vault = open(dir.path());
         assert!(matches!(vault.detokenize(&erased), Err(Error::Erased)));
         assert!(matches!(vault.detokenize(&live), Err(Error::Integrity)));
     }
-    raw_put(dir.path(), "records", &token_id(&live), &original);
+    raw_put(
+        dir.path(),
+        "records",
+        &token_id(dir.path(), &live),
+        &original,
+    );
 
     // Delete alice's key and copy carol's erasure entry onto alice's storage id.
     let erasure = raw_get(dir.path(), "erasures", &hex_decode(&erased_ref)).expect("erasure");
@@ -260,14 +265,19 @@ fn a_record_repointed_at_an_erased_subject_is_refused() -> TestResult {
         vault.close()?;
         (t, live, erased)
     };
-    let mut record = raw_get(dir.path(), "records", &token_id(&token)).expect("record");
+    let mut record = raw_get(dir.path(), "records", &token_id(dir.path(), &token)).expect("record");
     let (from, to) = (hex_decode(&live_ref), hex_decode(&erased_ref));
     let at = record
         .windows(16)
         .position(|w| w == from.as_slice())
         .expect("sid in record");
     record[at..at + 16].copy_from_slice(&to);
-    raw_put(dir.path(), "records", &token_id(&token), &record);
+    raw_put(
+        dir.path(),
+        "records",
+        &token_id(dir.path(), &token),
+        &record,
+    );
     let vault = open(dir.path());
     assert!(matches!(vault.detokenize(&token), Err(Error::Integrity)));
     assert!(matches!(vault.rectify(&token, "x"), Err(Error::Integrity)));

@@ -298,6 +298,46 @@ fn main() -> Result<()> {
             rate(p.per_second())
         );
     }
+    // The purge bench (`--bench purge`): one subject at two sizes of vault.
+    let small = criterion(t, "purge_one_subject", "records_100000");
+    let large = criterion(t, "purge_one_subject", "records_2000000");
+    for (name, m) in [("100 000", small), ("2 000 000", large)] {
+        if let Some(m) = m {
+            let _ = writeln!(
+                out,
+                "| erase + purge of one settled subject of 10 records, vault of {name} records | {} | | | |",
+                time(m.median_ns)
+            );
+        }
+    }
+    for (name, f) in [
+        ("100 000", "records_100000_fresh_subject"),
+        ("2 000 000", "records_2000000_fresh_subject"),
+    ] {
+        if let Some(m) = criterion(t, "purge_one_subject", f) {
+            let _ = writeln!(
+                out,
+                "| erase + purge of one just-written subject of 10 records, vault of {name} records | {} | | | |",
+                time(m.median_ns)
+            );
+        }
+    }
+    if let (Some(small), Some(large)) = (small, large) {
+        let r = large.median_ns / small.median_ns;
+        let _ = writeln!(
+            out,
+            "| purge at 2 000 000 / purge at 100 000 (time ratio) | {r:.2} | | ≤ 2 | {} |",
+            verdict(Some(r <= 2.0))
+        );
+    }
+    if let Some(p) = criterion(t, "purge_batch", "subjects_1000_of_records_2000000") {
+        let _ = writeln!(
+            out,
+            "| purge of 1 000 erased subjects × 10 records, vault of 2 000 000 records | {} per purge, {} records | | | |",
+            time(p.median_ns),
+            rate(p.per_second())
+        );
+    }
     if let Some(k) = criterion(t, "kek_rotation", "vault_with_tokenize_traffic") {
         let r = k.per_second();
         let _ = writeln!(

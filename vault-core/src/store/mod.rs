@@ -14,6 +14,7 @@
 
 mod rocks;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::Error;
@@ -98,6 +99,8 @@ pub struct StorageCounters {
     pub wal_syncs: u64,
     /// Bytes written (keys and values, before compression).
     pub bytes_written: u64,
+    /// Bytes compactions read from table files (a purge's work is most of it).
+    pub compaction_bytes_read: u64,
     /// Flushes and compactions running or pending now (not a counter).
     pub background_work: u64,
     /// The block cache's capacity in bytes (read with or without statistics).
@@ -197,13 +200,91 @@ pub(crate) trait Storage: Send + Sync {
     /// What the engine has done, for tests and metrics.
     fn counters(&self) -> StorageCounters;
 
-    /// Makes the deletes and overwrites already written to the subject-data
-    /// families ([`Cf::SUBJECT_DATA`]: subject entries, keys, records, index
-    /// entries, consents) physical: once this returns `true`, no file of the store
-    /// holds the bytes they replaced, and no log older than the call remains.
-    /// `false` when that could not be verified within `timeout` (something pinned
-    /// an old file); the caller retries later.
-    fn purge_files(&self, timeout: Duration) -> Result<bool, Error>;
+    /// Makes physical, within `scope`, the deletes and overwrites already written
+    /// and the versions the store's [`RetireRule`] retires: once this returns
+    /// `true`, no file of the store holds a replaced or retired version of a key in
+    /// `scope`, and no log older than the call remains. Its work follows the scope,
+    /// not the size of the store. `false` when that could not be verified within
+    /// `timeout` (something pinned an old file); the caller retries later.
+    fn purge_files(&self, scope: &PurgeScope, timeout: Duration) -> Result<bool, Error>;
+}
+
+/// What the vault's retirement rule says of one stored version.
+pub(crate) enum Retired {
+    Keep,
+    Remove,
+    /// Keep the key with this value instead.
+    Replace(Vec<u8>),
+}
+
+/// The vault's rule for versions that a purge retires, given to the store at open
+/// and applied to every stored version the engine rewrites (on RocksDB: in every
+/// compaction, as a compaction filter). It must keep whatever is not being purged.
+pub(crate) type RetireRule = Arc<dyn Fn(Cf, &[u8], &[u8]) -> Retired + Send + Sync>;
+
+/// A retirement rule that retires nothing.
+#[cfg(test)]
+pub(crate) fn retire_nothing() -> RetireRule {
+    Arc::new(|_, _, _| Retired::Keep)
+}
+
+/// Where a purge makes versions physical: whole column families, or inclusive key
+/// ranges of them. (No `Debug`: its keys are subject hashes and storage ids.)
+#[derive(Default, Clone)]
+pub(crate) struct PurgeScope {
+    pub(crate) spans: Vec<Span>,
+}
+
+/// One column family of a [`PurgeScope`], all of it or one key range.
+#[derive(Clone)]
+pub(crate) struct Span {
+    pub(crate) cf: Cf,
+    /// The first and last key (inclusive); `None` for the whole family.
+    pub(crate) range: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl PurgeScope {
+    /// Every subject-data family, whole.
+    pub(crate) fn everything() -> PurgeScope {
+        let mut scope = PurgeScope::default();
+        for cf in Cf::SUBJECT_DATA {
+            scope.whole(cf);
+        }
+        scope
+    }
+
+    pub(crate) fn whole(&mut self, cf: Cf) {
+        self.spans.push(Span { cf, range: None });
+    }
+
+    /// Whether every subject-data family is in the scope whole.
+    pub(crate) fn is_whole(&self) -> bool {
+        Cf::SUBJECT_DATA.iter().all(|&cf| {
+            self.spans
+                .iter()
+                .any(|span| span.cf == cf && span.range.is_none())
+        })
+    }
+
+    /// One key.
+    pub(crate) fn key(&mut self, cf: Cf, key: &[u8]) {
+        self.range(cf, key, key);
+    }
+
+    /// Every key from `first` to `last`.
+    pub(crate) fn range(&mut self, cf: Cf, first: &[u8], last: &[u8]) {
+        self.spans.push(Span {
+            cf,
+            range: Some((first.to_vec(), last.to_vec())),
+        });
+    }
+
+    /// Every key that starts with `prefix` (and is at most 64 bytes longer).
+    pub(crate) fn prefix(&mut self, cf: Cf, prefix: &[u8]) {
+        let mut last = prefix.to_vec();
+        last.extend_from_slice(&[u8::MAX; 64]);
+        self.range(cf, prefix, &last);
+    }
 }
 
 /// The writes of one batch.

@@ -2,19 +2,26 @@
 //! [`Cf`]. Write options follow the vault's [`Durability`]: synced by default, which
 //! RocksDB turns into group commit when writers are concurrent. The purge flushes,
 //! compacts and then checks the directory itself (see `purge_files`).
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use rocksdb::compaction_filter::{CompactionFilter, Decision};
+use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
 use rocksdb::statistics::StatsLevel;
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
-    CompactOptions, DB, DBCompressionType, Direction, FlushOptions, IteratorMode, MergeOperands,
-    Options, ReadOptions, SliceTransform, WaitForCompactOptions, WriteBatch, WriteOptions,
+    CompactOptions, DB, DBCompressionType, Direction, FlushOptions, IteratorMode, LogLevel,
+    MergeOperands, Options, ReadOptions, SliceTransform, WaitForCompactOptions, WriteBatch,
+    WriteOptions,
 };
 
-use super::{Cf, KeyValue, Storage, StorageCounters, StoreOptions, WriteSet};
+use super::{
+    Cf, KeyValue, PurgeScope, RetireRule, Retired, Span, Storage, StorageCounters, StoreOptions,
+    WriteSet,
+};
 use crate::error::{Error, StorageError};
 use crate::options::{Durability, SCATTERED_WRITE_BUFFER, SMALL_ENTRY_WRITE_BUFFER};
 
@@ -59,6 +66,18 @@ impl Cf {
         }
     }
 
+    /// The size of this family's table files: a purge rewrites the files that hold
+    /// an erased subject's ranges, so subject data lives in small ones (RocksDB's
+    /// 64 MiB made a purge of ten records rewrite 130 MB at two million records).
+    /// `None` for RocksDB's default.
+    fn table_file_size(self) -> Option<u64> {
+        match self {
+            Cf::Records | Cf::Index | Cf::Consents => Some(8 << 20),
+            Cf::Keys | Cf::Subjects => Some(2 << 20),
+            _ => None,
+        }
+    }
+
     /// The length of the prefix this family's keys are scanned by (a storage id or
     /// an audit reference), for families read only by such scans and point gets.
     /// RocksDB keeps bloom filters of these prefixes, so that a scan skips the
@@ -72,6 +91,10 @@ impl Cf {
 }
 
 const PURGE_MARKER: &[u8] = b"purge/marker";
+/// Above this many key ranges in one family, a purge compacts the whole family:
+/// each range costs a compaction of the files that hold it, and a whole-family
+/// compaction rewrites each file once.
+const MAX_PURGE_RANGES: usize = 64;
 /// A new MANIFEST at every version edit (flush, compaction): an older MANIFEST keeps
 /// the smallest and largest key of each table file it lists, which can be subject
 /// hashes. Rewriting it costs a few KiB per edit at the vault's file counts.
@@ -175,10 +198,20 @@ fn decode_i64(bytes: &[u8]) -> i64 {
 
 impl Store {
     /// Opens the database in `dir`; creates it (and its column families) if `create`.
-    pub(crate) fn open(dir: &Path, create: bool, so: StoreOptions) -> Result<Store, Error> {
+    /// `retire` is applied to the subject-data families' versions in every
+    /// compaction ([`Storage::purge_files`]).
+    pub(crate) fn open(
+        dir: &Path,
+        create: bool,
+        so: StoreOptions,
+        retire: RetireRule,
+    ) -> Result<Store, Error> {
         let mut opts = Options::default()
             .get_options_from_string(MANIFEST_OPTIONS)
             .map_err(engine)?;
+        // At info level RocksDB's LOG prints the bounds of every manual compaction,
+        // and the purge's bounds are subject hashes and storage ids.
+        opts.set_log_level(LogLevel::Warn);
         opts.create_if_missing(create);
         // Families added by newer versions are created in existing vaults too.
         opts.create_missing_column_families(true);
@@ -217,6 +250,9 @@ impl Store {
             if let Some(bytes) = cf.write_buffer() {
                 o.set_write_buffer_size(bytes);
             }
+            if let Some(bytes) = cf.table_file_size() {
+                o.set_target_file_size_base(bytes);
+            }
             if cf.memtable_bloom() {
                 o.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
                 o.set_memtable_whole_key_filtering(true);
@@ -226,6 +262,14 @@ impl Store {
             }
             if let Some(len) = cf.scan_prefix_len() {
                 o.set_prefix_extractor(SliceTransform::create_fixed_prefix(len));
+            }
+            if Cf::SUBJECT_DATA.contains(&cf) {
+                o.set_compaction_filter_factory(RetireFilters {
+                    cf,
+                    rule: retire.clone(),
+                    name: CString::new(format!("vault-retire-{}", cf.name()))
+                        .expect("family names have no NUL"),
+                });
             }
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
@@ -296,17 +340,40 @@ impl Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// True when no live file of a subject-data family, no WAL and no MANIFEST is
-    /// numbered `before` or lower, and no obsolete table file is left on disk.
-    fn old_files_gone(&self, before: u64) -> Result<bool, Error> {
-        let subject_cfs: HashSet<&str> = Cf::SUBJECT_DATA.iter().map(|c| c.name()).collect();
-        let mut live = HashSet::new();
+    /// The live table files.
+    fn tables(&self) -> Result<Vec<TableFile>, Error> {
+        let mut out = Vec::new();
         for file in self.db.live_files().map_err(engine)? {
-            let number = file_number(&file.name).unwrap_or(0);
-            if subject_cfs.contains(file.column_family_name.as_str()) && number <= before {
-                return Ok(false);
-            }
-            live.insert(number);
+            let Some(cf) = Cf::ALL
+                .into_iter()
+                .find(|cf| cf.name() == file.column_family_name)
+            else {
+                continue;
+            };
+            out.push(TableFile {
+                number: file_number(&file.name).unwrap_or(0),
+                cf,
+                level: file.level,
+                first: file.start_key.unwrap_or_default(),
+                last: file.end_key.unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// True when every span's compaction left none of the table files `old` that
+    /// could hold its keys (see [`span_purged`]), no WAL and no MANIFEST is
+    /// numbered `before` or lower, and no obsolete table file is left on disk.
+    fn purged(&self, spans: &[Span], old: &[TableFile], before: u64) -> Result<bool, Error> {
+        let live: HashSet<u64> = self
+            .db
+            .live_files()
+            .map_err(engine)?
+            .iter()
+            .filter_map(|f| file_number(&f.name))
+            .collect();
+        if !spans.iter().all(|span| span_purged(span, old, &live)) {
+            return Ok(false);
         }
         for entry in std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
             let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
@@ -476,6 +543,7 @@ impl Storage for Store {
             iterator_steps: t(Ticker::NumberDbNext) + t(Ticker::NumberDbPrev),
             wal_syncs: t(Ticker::WalFileSynced),
             bytes_written: t(Ticker::BytesWritten),
+            compaction_bytes_read: t(Ticker::CompactReadBytes),
             background_work: self.background_work(),
             block_cache_capacity: self.property(Cf::Records, "rocksdb.block-cache-capacity"),
             block_cache_usage: self.property(Cf::Records, "rocksdb.block-cache-usage"),
@@ -488,7 +556,7 @@ impl Storage for Store {
         self.db.flush_wal(true).map_err(engine)
     }
 
-    fn purge_files(&self, timeout: Duration) -> Result<bool, Error> {
+    fn purge_files(&self, scope: &PurgeScope, timeout: Duration) -> Result<bool, Error> {
         // A write, so that the flush below always switches to a new WAL: with every
         // memtable empty there would be no switch, and the current WAL (numbered
         // `before` or lower) would stay live and fail the check forever.
@@ -502,12 +570,27 @@ impl Storage for Store {
         self.db.flush_cfs_opt(&handles, &fo).map_err(engine)?;
         self.db.flush_wal(true).map_err(engine)?;
 
+        // The tables as they are now, the flushed ones included: the purge must
+        // leave none of those that could hold a key of its scope.
+        let old = self.tables()?;
+        let spans = plan(scope);
         let mut co = CompactOptions::default();
         co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         co.set_exclusive_manual_compaction(true);
-        for cf in Cf::SUBJECT_DATA {
-            self.db
-                .compact_range_cf_opt(self.cf(cf), None::<&[u8]>, None::<&[u8]>, &co);
+        for span in &spans {
+            let handle = self.cf(span.cf);
+            match &span.range {
+                None => self
+                    .db
+                    .compact_range_cf_opt(handle, None::<&[u8]>, None::<&[u8]>, &co),
+                // RocksDB starts at the first level that holds a key of the range
+                // and rewrites, level by level down to the last, the files that
+                // overlap it: a few files, whatever the size of the store.
+                Some((first, last)) => {
+                    self.db
+                        .compact_range_cf_opt(handle, Some(first), Some(last), &co)
+                }
+            }
         }
         let mut wo = WaitForCompactOptions::default();
         wo.set_flush(true);
@@ -518,7 +601,7 @@ impl Storage for Store {
 
         let deadline = Instant::now() + timeout;
         loop {
-            if self.old_files_gone(before)? {
+            if self.purged(&spans, &old, before)? {
                 return Ok(true);
             }
             if Instant::now() >= deadline {
@@ -548,6 +631,140 @@ fn file_number(name: &str) -> Option<u64> {
         .strip_suffix(".sst")
         .or_else(|| name.strip_suffix(".log"))?;
     stem.parse().ok()
+}
+
+/// A live table file, as a purge sees it.
+struct TableFile {
+    number: u64,
+    cf: Cf,
+    level: i32,
+    first: Vec<u8>,
+    last: Vec<u8>,
+}
+
+impl TableFile {
+    fn overlaps(&self, span: &Span) -> bool {
+        self.cf == span.cf
+            && span.range.as_ref().is_none_or(|(first, last)| {
+                self.first.as_slice() <= last.as_slice() && first.as_slice() <= self.last.as_slice()
+            })
+    }
+}
+
+/// The scope as compactions: one per range, or one of the whole family where a
+/// family has many ranges (or is asked for whole).
+fn plan(scope: &PurgeScope) -> Vec<Span> {
+    let mut ranges: HashMap<Cf, usize> = HashMap::new();
+    for span in &scope.spans {
+        *ranges.entry(span.cf).or_default() += 1;
+    }
+    let whole: HashSet<Cf> = scope
+        .spans
+        .iter()
+        .filter(|s| s.range.is_none() || ranges[&s.cf] > MAX_PURGE_RANGES)
+        .map(|s| s.cf)
+        .collect();
+    let mut spans: Vec<Span> = whole.iter().map(|&cf| Span { cf, range: None }).collect();
+    spans.extend(
+        scope
+            .spans
+            .iter()
+            .filter(|s| !whole.contains(&s.cf))
+            .cloned(),
+    );
+    spans
+}
+
+/// Whether a span's compaction is done with the tables `old` (those live before
+/// it) that could hold its keys. A whole family: every old table is gone. A range:
+/// RocksDB compacted from the first level that held a key of it down to the last,
+/// so from the shallowest level where an old overlapping table is gone, every old
+/// overlapping table is gone; the old tables that overlap it above that level
+/// held no key of it (that is how RocksDB chose where to start). A range no old
+/// table overlaps, or whose old tables are all still there, held no key (a
+/// compaction that did not run is caught by the vault's own check of what is
+/// left to read).
+fn span_purged(span: &Span, old: &[TableFile], live: &HashSet<u64>) -> bool {
+    let overlapping: Vec<&TableFile> = old.iter().filter(|t| t.overlaps(span)).collect();
+    if overlapping.is_empty() {
+        return true;
+    }
+    if span.range.is_none() {
+        return overlapping.iter().all(|t| !live.contains(&t.number));
+    }
+    let Some(from) = overlapping
+        .iter()
+        .filter(|t| !live.contains(&t.number))
+        .map(|t| t.level)
+        .min()
+    else {
+        // Nothing was rewritten: RocksDB found no key of the range in any table
+        // (another range's compaction may have taken it).
+        return true;
+    };
+    overlapping
+        .iter()
+        .filter(|t| t.level >= from)
+        .all(|t| !live.contains(&t.number))
+}
+
+/// The compaction filter of a subject-data family: the vault's [`RetireRule`].
+struct RetireFilters {
+    cf: Cf,
+    rule: RetireRule,
+    name: CString,
+}
+
+impl CompactionFilterFactory for RetireFilters {
+    type Filter = RetireFilter;
+
+    fn create(&mut self, _: CompactionFilterContext) -> RetireFilter {
+        RetireFilter {
+            cf: self.cf,
+            rule: self.rule.clone(),
+            name: self.name.clone(),
+            replacement: Vec::new(),
+        }
+    }
+
+    fn name(&self) -> &CStr {
+        &self.name
+    }
+}
+
+/// One compaction's filter (a compaction runs on one thread).
+struct RetireFilter {
+    cf: Cf,
+    rule: RetireRule,
+    name: CString,
+    /// The last replacement value, handed to RocksDB by reference.
+    replacement: Vec<u8>,
+}
+
+impl CompactionFilter for RetireFilter {
+    fn filter(&mut self, _level: u32, key: &[u8], value: &[u8]) -> Decision {
+        match (self.rule)(self.cf, key, value) {
+            Retired::Keep => Decision::Keep,
+            Retired::Remove => Decision::Remove,
+            Retired::Replace(new) => {
+                self.replacement = new;
+                Decision::Change(replacement_ref(&self.replacement))
+            }
+        }
+    }
+
+    fn name(&self) -> &CStr {
+        &self.name
+    }
+}
+
+/// The binding's `Decision::Change` asks for a `'static` value; RocksDB's C shim
+/// copies it as soon as the filter returns (`new_value->assign`, db/c.cc), before
+/// the filter, which owns the buffer, runs again or is dropped.
+#[allow(unsafe_code)]
+fn replacement_ref(value: &[u8]) -> &'static [u8] {
+    // SAFETY: see above: the reference is read only before the buffer changes.
+    unsafe { std::slice::from_raw_parts(value.as_ptr(), value.len()) }
 }
 
 /// Read options for an iterator over the keys that start with `prefix` (all keys
@@ -614,6 +831,7 @@ mod tests {
                 statistics: true,
                 block_cache_bytes: crate::options::DEFAULT_BLOCK_CACHE,
             },
+            super::super::retire_nothing(),
         )
     }
 
@@ -641,6 +859,7 @@ mod tests {
                 statistics: false,
                 block_cache_bytes: 3 << 20,
             },
+            super::super::retire_nothing(),
         )?;
         for cf in Cf::ALL {
             let capacity = store

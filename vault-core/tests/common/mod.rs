@@ -98,26 +98,13 @@ pub fn subject_ref(vault: &Vault, subject: &str) -> String {
         .to_string()
 }
 
-/// The 16-byte record id inside a token's text form (`tok_` + base32 of id || tag).
-pub fn token_id(token: &str) -> Vec<u8> {
-    let body = token.strip_prefix("tok_").expect("token prefix");
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u64, 0);
-    for c in body.bytes() {
-        let v = match c {
-            b'a'..=b'z' => c - b'a',
-            b'2'..=b'7' => c - b'2' + 26,
-            _ => panic!("not base32"),
-        };
-        acc = (acc << 5) | u64::from(v);
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out.truncate(16);
-    out
+/// The storage key of the record `token` names, read from the vault in `dir`
+/// (opened for the purpose: a token encrypts its record's key).
+pub fn token_id(dir: &Path, token: &str) -> Vec<u8> {
+    let vault = Vault::open(dir, &root(), options().background_worker(false)).expect("open");
+    let key = vault_core::internal::record_key(&vault, token).expect("this vault's token");
+    vault.close().expect("close");
+    key.to_vec()
 }
 
 pub fn hex_decode(s: &str) -> Vec<u8> {
@@ -242,6 +229,36 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
                 .any(|p| bytes.windows(p.len()).any(|w| w == p.as_slice()))
         })
         .collect()
+}
+
+/// For each needle, the files under `dir` that contain any 16-byte window of it:
+/// one pass over each file, for scans of large directories.
+pub fn holders_of_each(dir: &Path, needles: &[Vec<u8>]) -> Vec<Vec<PathBuf>> {
+    let mut pieces: std::collections::HashMap<Vec<u8>, Vec<usize>> = Default::default();
+    for (i, needle) in needles.iter().enumerate() {
+        assert!(needle.len() >= 16, "needles of 16 bytes or more");
+        for piece in windows(needle) {
+            pieces.entry(piece).or_default().push(i);
+        }
+    }
+    let mut out = vec![Vec::new(); needles.len()];
+    for path in all_files(dir) {
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let mut found = vec![false; needles.len()];
+        for w in bytes.windows(16) {
+            if let Some(owners) = pieces.get(w) {
+                for &i in owners {
+                    found[i] = true;
+                }
+            }
+        }
+        for (i, hit) in found.into_iter().enumerate() {
+            if hit {
+                out[i].push(path.clone());
+            }
+        }
+    }
+    out
 }
 
 /// (name, full content) of every file, to prove an operation changed nothing.

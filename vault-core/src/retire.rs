@@ -1,0 +1,112 @@
+//! What a purge retires: the subjects whose purge is under way ([`Doomed`]) and the
+//! rule the storage engine applies to every stored version it rewrites
+//! ([`retire_rule`]). The engine rewrites only the files that hold a purged key
+//! range, so the purge writes nothing into those ranges itself: a write there would
+//! land in a new file that overlaps every key, and make the compaction rewrite all.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::codec::{decode, encode};
+use crate::keys::IndexKeys;
+use crate::records::{RECORD_FORMAT, StoredRecord, shredded_tag};
+use crate::store::{Cf, RetireRule, Retired};
+use crate::subjects::{SUBJECT_FORMAT, Sid, SubjectEntry};
+use crate::token::{Layout, SUBJECT_PREFIX_LEN, TokenId};
+
+/// The erased subjects whose data a purge is making physical.
+#[derive(Debug, Default)]
+pub(crate) struct Doomed {
+    /// Whether `sids` has any: most compactions run with none, and skip the lock.
+    any: AtomicBool,
+    sids: RwLock<HashSet<Sid>>,
+    /// The first bytes of each: a record's key starts with them (in the current
+    /// layout), so most records are kept without being decoded.
+    prefixes: RwLock<HashSet<[u8; SUBJECT_PREFIX_LEN]>>,
+}
+
+impl Doomed {
+    /// Retires these subjects' data from now on, until [`clear`](Self::clear).
+    pub(crate) fn add(&self, sids: impl IntoIterator<Item = Sid>) {
+        let mut set = self.sids.write().unwrap_or_else(PoisonError::into_inner);
+        let mut prefixes = self
+            .prefixes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for sid in sids {
+            prefixes.insert(prefix_of(&sid));
+            set.insert(sid);
+        }
+        self.any.store(!set.is_empty(), Ordering::Release);
+    }
+
+    pub(crate) fn clear(&self) {
+        let mut set = self.sids.write().unwrap_or_else(PoisonError::into_inner);
+        set.clear();
+        self.prefixes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.any.store(false, Ordering::Release);
+    }
+
+    /// Whether a record stored under `key` may be a doomed subject's.
+    fn may_hold(&self, key: &[u8], layout: Layout) -> bool {
+        layout == Layout::Scattered
+            || key.get(..SUBJECT_PREFIX_LEN).is_some_and(|p| {
+                self.prefixes
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .contains(p)
+            })
+    }
+
+    fn holds(&self, sid: &[u8]) -> bool {
+        let Ok(sid) = <Sid>::try_from(sid) else {
+            return false;
+        };
+        self.sids
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&sid)
+    }
+}
+
+/// The rule for the subject-data families: a doomed subject's live records become
+/// stubs (its tokens still answer *erased*), and its key, subject entry, index
+/// entries and consents are removed, in whatever version and file they are found.
+/// Everything else is kept, as is anything that does not decode.
+fn prefix_of(sid: &Sid) -> [u8; SUBJECT_PREFIX_LEN] {
+    let mut prefix = [0; SUBJECT_PREFIX_LEN];
+    prefix.copy_from_slice(&sid[..SUBJECT_PREFIX_LEN]);
+    prefix
+}
+
+pub(crate) fn retire_rule(doomed: Arc<Doomed>, index: IndexKeys, layout: Layout) -> RetireRule {
+    Arc::new(move |cf, key, value| {
+        if !doomed.any.load(Ordering::Acquire) {
+            return Retired::Keep;
+        }
+        let doomed_if = |yes: bool| if yes { Retired::Remove } else { Retired::Keep };
+        match cf {
+            Cf::Keys => doomed_if(doomed.holds(key)),
+            Cf::Index | Cf::Consents => doomed_if(key.len() >= 16 && doomed.holds(&key[..16])),
+            Cf::Subjects => match decode::<SubjectEntry>(SUBJECT_FORMAT, value) {
+                Ok(entry) => doomed_if(doomed.holds(&entry.sid)),
+                Err(_) => Retired::Keep,
+            },
+            Cf::Records if !doomed.may_hold(key, layout) => Retired::Keep,
+            Cf::Records => match (decode(RECORD_FORMAT, value), TokenId::try_from(key)) {
+                (Ok(StoredRecord::Live(record)), Ok(id)) if doomed.holds(&record.sid) => {
+                    let stub = StoredRecord::Shredded {
+                        tag: shredded_tag(&index, &id),
+                    };
+                    Retired::Replace(encode(RECORD_FORMAT, &stub))
+                }
+                _ => Retired::Keep,
+            },
+            _ => Retired::Keep,
+        }
+    })
+}
