@@ -287,6 +287,63 @@ fn background_worker_purges_within_the_delay() -> TestResult {
     Ok(())
 }
 
+/// A purge of subjects erased amid new writes (so the flushed files span every key)
+/// stays targeted: it verifies, reads well under what a whole compaction of the
+/// same vault reads, and the erased tokens answer *erased* while the others read.
+#[test]
+fn a_purge_of_subjects_erased_amid_writes_stays_targeted() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = Vault::open(dir.path(), &root(), relaxed())?;
+    let names: Vec<String> = (0..300_000)
+        .map(|i| format!("subject-{:06}", i / 10))
+        .collect();
+    let mut tokens = Vec::new();
+    for chunk in names.chunks(5_000) {
+        let items: Vec<TokenizeRequest> = chunk
+            .iter()
+            .map(|s| TokenizeRequest::new(s, "email", b"someone@example.com"))
+            .collect();
+        tokens.extend(vault.tokenize_batch(&items)?);
+    }
+    let before = vault.storage_counters();
+    assert!(vault_core::internal::compact(&vault)?);
+    let settled = vault.storage_counters();
+    let whole = settled.compaction_bytes_read - before.compaction_bytes_read;
+    let mut erased = Vec::new();
+    for k in 0..2 {
+        let i = 7 + k * 15_000;
+        assert_eq!(vault.erase(&format!("subject-{i:06}"))?.records, 10);
+        erased.push(tokens[i * 10].to_string());
+        // New subjects between the erasures, as in a vault in use.
+        let fresh: Vec<String> = (0..2_000).map(|j| format!("new-{k}-{j}")).collect();
+        let items: Vec<TokenizeRequest> = fresh
+            .iter()
+            .map(|s| TokenizeRequest::new(s, "email", b"new@example.com"))
+            .collect();
+        vault.tokenize_batch(&items)?;
+    }
+    let report = vault.purge_now()?;
+    let read = vault.storage_counters().compaction_bytes_read - settled.compaction_bytes_read;
+    assert!(report.verified, "{report:?}");
+    assert_eq!((report.subjects, report.records), (2, 20));
+    assert!(
+        read * 2 < whole,
+        "the purge's compactions read {read} bytes, a whole compaction {whole}"
+    );
+    for t in &erased {
+        assert!(matches!(
+            vault.detokenize(t),
+            Err(vault_core::Error::Erased)
+        ));
+    }
+    assert_eq!(
+        vault.detokenize(&tokens[5].to_string())?.value.as_bytes(),
+        b"someone@example.com"
+    );
+    assert!(vault.pending_purges()?.is_empty());
+    Ok(())
+}
+
 /// Erasure does the same storage work whatever the subject's record count: the
 /// records are the purge's business.
 #[test]

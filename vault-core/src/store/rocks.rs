@@ -2,7 +2,7 @@
 //! [`Cf`]. Write options follow the vault's [`Durability`]: synced by default, which
 //! RocksDB turns into group commit when writers are concurrent. The purge flushes,
 //! compacts and then checks the directory itself (see `purge_files`).
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -261,6 +261,9 @@ impl Store {
             if let Some(bytes) = cf.table_file_size() {
                 o.set_target_file_size_base(bytes);
             }
+            if cf == Cf::Records {
+                o.set_optimize_filters_for_hits(true);
+            }
             if cf.memtable_bloom() {
                 o.set_memtable_prefix_bloom_ratio(MEMTABLE_BLOOM_RATIO);
                 o.set_memtable_whole_key_filtering(true);
@@ -362,6 +365,7 @@ impl Store {
                 number: file_number(&file.name).unwrap_or(0),
                 cf,
                 level: file.level,
+                size: file.size as u64,
                 first: file.start_key.unwrap_or_default(),
                 last: file.end_key.unwrap_or_default(),
             });
@@ -581,7 +585,7 @@ impl Storage for Store {
         // The tables as they are now, the flushed ones included: the purge must
         // leave none of those that could hold a key of its scope.
         let old = self.tables()?;
-        let spans = plan(scope);
+        let spans = plan(scope, &old);
         let mut co = CompactOptions::default();
         co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         co.set_exclusive_manual_compaction(true);
@@ -646,6 +650,7 @@ struct TableFile {
     number: u64,
     cf: Cf,
     level: i32,
+    size: u64,
     first: Vec<u8>,
     last: Vec<u8>,
 }
@@ -653,33 +658,69 @@ struct TableFile {
 impl TableFile {
     fn overlaps(&self, span: &Span) -> bool {
         self.cf == span.cf
-            && span.range.as_ref().is_none_or(|(first, last)| {
-                self.first.as_slice() <= last.as_slice() && first.as_slice() <= self.last.as_slice()
-            })
+            && span
+                .range
+                .as_ref()
+                .is_none_or(|(first, last)| self.overlaps_range(first, last))
+    }
+
+    fn overlaps_range(&self, first: &[u8], last: &[u8]) -> bool {
+        self.first.as_slice() <= last && first <= self.last.as_slice()
     }
 }
 
-/// The scope as compactions: one per range, or one of the whole family where a
-/// family has many ranges (or is asked for whole).
-fn plan(scope: &PurgeScope) -> Vec<Span> {
-    let mut ranges: HashMap<Cf, usize> = HashMap::new();
-    for span in &scope.spans {
-        *ranges.entry(span.cf).or_default() += 1;
-    }
-    let whole: HashSet<Cf> = scope
-        .spans
-        .iter()
-        .filter(|s| s.range.is_none() || ranges[&s.cf] > MAX_PURGE_RANGES)
-        .map(|s| s.cf)
-        .collect();
-    let mut spans: Vec<Span> = whole.iter().map(|&cf| Span { cf, range: None }).collect();
-    spans.extend(
-        scope
-            .spans
+/// The scope as compactions. A compaction rewrites the files that hold its range,
+/// so ranges of a family that share a file (below L0, whose files span every key)
+/// become one compaction, and the file is rewritten once. A family whose ranges
+/// would rewrite half of its bytes or more, or that has more than
+/// [`MAX_PURGE_RANGES`] of them, is compacted whole, once.
+fn plan(scope: &PurgeScope, old: &[TableFile]) -> Vec<Span> {
+    let mut spans = Vec::new();
+    for cf in Cf::ALL {
+        let asked: Vec<&Span> = scope.spans.iter().filter(|s| s.cf == cf).collect();
+        if asked.is_empty() {
+            continue;
+        }
+        let mut ranges: Vec<(Vec<u8>, Vec<u8>)> =
+            asked.iter().filter_map(|s| s.range.clone()).collect();
+        if ranges.len() < asked.len() || ranges.len() > MAX_PURGE_RANGES {
+            spans.push(Span { cf, range: None });
+            continue;
+        }
+        let tables: Vec<&TableFile> = old.iter().filter(|t| t.cf == cf).collect();
+        let leveled: Vec<&&TableFile> = tables.iter().filter(|t| t.level > 0).collect();
+        ranges.sort();
+        let mut merged: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for (first, last) in ranges {
+            if let Some((_, m_last)) = merged.last_mut() {
+                let shared = first <= *m_last
+                    || leveled.iter().any(|t| {
+                        t.overlaps_range(&first, &last) && t.overlaps_range(m_last, m_last)
+                    });
+                if shared {
+                    if last > *m_last {
+                        *m_last = last;
+                    }
+                    continue;
+                }
+            }
+            merged.push((first, last));
+        }
+        let total: u64 = tables.iter().map(|t| t.size).sum();
+        let rewritten: u64 = leveled
             .iter()
-            .filter(|s| !whole.contains(&s.cf))
-            .cloned(),
-    );
+            .filter(|t| merged.iter().any(|(f, l)| t.overlaps_range(f, l)))
+            .map(|t| t.size)
+            .sum();
+        if rewritten * 2 >= total {
+            spans.push(Span { cf, range: None });
+        } else {
+            spans.extend(merged.into_iter().map(|range| Span {
+                cf,
+                range: Some(range),
+            }));
+        }
+    }
     spans
 }
 
