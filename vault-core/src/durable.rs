@@ -24,7 +24,7 @@
 //! [`Vault::try_tokenize_batch_unsynced`](crate::Vault::try_tokenize_batch_unsynced)
 //! writes only if no lock it needs is held, no journal group is being written or
 //! waiting, and no synced write outside the journal (a purge, a rotation batch) is
-//! under way; otherwise it writes nothing and says so. (RocksDB itself can still
+//! under way; otherwise it writes nothing and says so. (The storage engine itself can still
 //! delay a write when flushes and compactions fall behind.)
 
 use std::collections::BTreeMap;

@@ -132,7 +132,7 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The storage engine reported an error, displayed with its cause (RocksDB's
+    /// The storage engine reported an error, displayed with its cause (the engine's
     /// message names files and states, never stored values).
     #[error("storage error: {0}")]
     Storage(StorageError),
@@ -172,7 +172,7 @@ impl Error {
     }
 }
 
-/// An error reported by the storage engine. Its message comes from RocksDB and names
+/// An error reported by the storage engine. Its message comes from the engine and names
 /// files and states, never stored values.
 #[derive(Debug)]
 pub struct StorageError(pub(crate) String);

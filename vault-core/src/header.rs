@@ -1,7 +1,7 @@
 //! The header file `VAULT`: what identifies a vault directory and opens its keys.
 //!
 //! It holds the format version, the vault id, the KDF record, the root-key commitment
-//! and the sealed keyring. It lives outside RocksDB so that a wrong root key, a foreign
+//! and the sealed keyring. It lives outside the storage engine so that a wrong root key, a foreign
 //! directory or a newer format is refused before the storage engine touches a file.
 //! It is replaced atomically (write, fsync, rename, fsync the directory).
 

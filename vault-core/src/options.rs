@@ -403,15 +403,16 @@ impl VaultOptions {
         self
     }
 
-    /// Memory for RocksDB's cache of table-file blocks, shared by every column
-    /// family, in bytes. Default 64 MiB ([`DEFAULT_BLOCK_CACHE`]); at least 1 MiB
-    /// ([`MIN_BLOCK_CACHE`]); the server's default is 256 MiB. A read whose block is
-    /// not cached reads it from its file (from the OS page cache at best) and caches
-    /// it, evicting another; once the blocks read are many times the cache, most
-    /// reads miss it. It bounds only cached data blocks: memtables (RocksDB's 64 MiB
-    /// each; 16 MiB for records and 4 MiB for the three small families written at
-    /// scattered keys; up to two per family while one is flushed) and the files' index and filter
-    /// blocks (a few MiB per million keys) come on top.
+    /// Memory for the storage engine's cache of table-file blocks (data, index and
+    /// filter blocks), shared by every column family, in bytes. Default 64 MiB
+    /// ([`DEFAULT_BLOCK_CACHE`]); at least 1 MiB ([`MIN_BLOCK_CACHE`]); the server's
+    /// default is 256 MiB. A read whose block is not cached reads it from its file
+    /// (from the OS page cache at best) and caches it, evicting another; once the
+    /// blocks read are many times the cache, most reads miss it. The vault's memory
+    /// is this cache plus a fixed allowance, whatever the number of records:
+    /// memtables (64 MiB each; 16 MiB for records and 4 MiB for the three small
+    /// families written at scattered keys; up to two per family while one is
+    /// flushed), the key caches and the staging files' pages.
     pub fn block_cache_bytes(mut self, bytes: usize) -> Self {
         self.block_cache_bytes = bytes;
         self
@@ -497,9 +498,9 @@ pub const MIN_BLOCK_CACHE: usize = 1 << 20;
 
 /// The memtable (write buffer) size of `records`, which every tokenization writes
 /// at a scattered key. Each such insert searches its memtable's skip list from the
-/// top, and in RocksDB's default 64 MiB list nearly every step is a cache miss; in a
-/// quarter of that, fewer are. The families no tokenization writes at scattered keys
-/// keep RocksDB's 64 MiB (BENCHMARKS.md has the measurements).
+/// top, and in the engine's default 64 MiB list nearly every step is a cache miss;
+/// in a quarter of that, fewer are. The families no tokenization writes at scattered
+/// keys keep the default 64 MiB (BENCHMARKS.md has the measurements).
 pub const SCATTERED_WRITE_BUFFER: usize = 16 << 20;
 
 /// The memtable size of the families every tokenization also writes at scattered

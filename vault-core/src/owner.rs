@@ -1,9 +1,9 @@
 //! One owner per vault directory: an exclusive `flock` on the directory itself, taken
 //! before anything in it is read and held by the open vault for its whole life.
 //!
-//! RocksDB's own lock does not give this. It is a POSIX record lock on its `LOCK`
+//! The storage engine's own lock does not give this. It is a POSIX record lock on its `LOCK`
 //! file, which belongs to the process: closing *any* descriptor of that file drops
-//! it, and RocksDB refuses a second open in one process only for the identical path
+//! it, and the engine refuses a second open in one process only for the identical path
 //! string. A second open through another spelling (`dir/.`, a symlink, a relative
 //! path) was let in, and dropping it released the first handle's lock, so another
 //! process could open the vault under it and acknowledged writes were lost. A

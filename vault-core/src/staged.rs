@@ -2,7 +2,7 @@
 //!
 //! Every read is audited before its value is returned, and the event must survive
 //! the process being killed right after. Writing it through the journal costs a
-//! RocksDB write per read (three memtable inserts and a WAL `write`): more than the
+//! storage write per read (three memtable inserts and a WAL `write`): more than the
 //! read itself. Instead a read appends its events to a staging file: a copy into
 //! the file's pages through a shared map where the filesystem allows, else one
 //! positional `write` (see [`Mapped`]). Either way they are in the page cache once

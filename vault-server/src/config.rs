@@ -169,7 +169,7 @@ pub struct VaultConfig {
     /// microseconds (0-100 000; [`vault_core::DEFAULT_SYNC_GATHER`] if unset); a
     /// lone writer waits at most once, after concurrent ones.
     pub sync_gather_us: Option<u64>,
-    /// Memory for RocksDB's cache of the vault's file blocks, in MiB (1-1 048 576;
+    /// Memory for the storage engine's cache of the vault's file blocks, in MiB (1-1 048 576;
     /// `vault_core::internal::SERVER_BLOCK_CACHE`, 256 MiB, if unset).
     pub block_cache_mib: Option<u64>,
 }
@@ -247,7 +247,7 @@ pub struct ServerConfig {
     pub sync_read_events: bool,
     /// How long concurrent writes wait for more to share a WAL sync.
     pub sync_gather: Duration,
-    /// Memory for RocksDB's block cache, in bytes.
+    /// Memory for the storage engine's block cache, in bytes.
     pub block_cache_bytes: usize,
 }
 

@@ -1,4 +1,4 @@
-//! The vault call of a request, and where it runs: on the blocking pool, so RocksDB
+//! The vault call of a request, and where it runs: on the blocking pool, so the storage engine
 //! and the crypto do not hold up the async runtime, except short calls that wait for
 //! nobody, which run on the async worker. The policy for short writes (how often one
 //! is tried there before it goes to the blocking pool) lives here, beside the calls.
@@ -18,7 +18,7 @@ use crate::request_id::{self, request_id};
 #[derive(Debug, Clone)]
 pub(crate) struct Permit(#[allow(dead_code)] pub(crate) Arc<OwnedSemaphorePermit>);
 
-/// The vault, for a request's call: on the blocking pool, so RocksDB and the crypto
+/// The vault, for a request's call: on the blocking pool, so the storage engine and the crypto
 /// do not hold up the async runtime, except for short calls that wait for nobody
 /// ([`Work::run_short`]). The call holds the request's concurrency slot and knows
 /// the request's id ([`request_id`]).
