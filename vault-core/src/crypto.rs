@@ -27,6 +27,7 @@ pub(crate) mod label {
     pub const SUBJECT_HASH: &str = "pii-vault 2026-11 index key -> subject id hash";
     pub const TOKEN_TAG: &str = "pii-vault 2026-11 index key -> token tag";
     pub const TOKEN_CIPHER: &str = "pii-vault 2026-12 index key -> token id cipher";
+    pub const RECORD_GROUP: &str = "pii-vault 2026-12 DEK -> record key group";
     pub const DETERMINISTIC_TOKEN: &str = "pii-vault 2026-11 DEK -> deterministic token";
     pub const TOMBSTONE_MAC: &str =
         "pii-vault 2026-11 index key -> shredded records and erasure entries";

@@ -5,9 +5,9 @@
 //!    and queues the purge. Its cost does not depend on the subject's record count.
 //!    The cached DEK is dropped before it returns; from then on every token of the
 //!    subject answers [`Error::Erased`].
-//! 2. The purge ([`crate::purge`]) makes it physical: it has the storage engine
+//! 2. The purge ((`purge.rs`)) makes it physical: it has the storage engine
 //!    rewrite only the files that hold the subject's key ranges, turning its records
-//!    into stubs and dropping the rest ([`crate::retire`]), and verify that no older
+//!    into stubs and dropping the rest (`retire.rs`), and verify that no older
 //!    file and no older log holding them is left.
 //! 3. Only after the verification passed is the erasure marked purged.
 
@@ -27,7 +27,7 @@ use crate::store::{Cf, Storage, WriteSet};
 use crate::subjects::{
     KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, SubjectEntry, SubjectHash, dek_counter,
 };
-use crate::token::TokenId;
+use crate::token::{RecordGroup, TokenId};
 use crate::vault::{Inner, Vault};
 
 pub(crate) const ERASURE_FORMAT: u8 = 1;
@@ -36,14 +36,15 @@ const QUEUE_FORMAT_1: u8 = 1;
 const QUEUE_FORMAT: u8 = 2;
 
 /// `purge_queue` column family: sid → this, while the erasure's purge is pending.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// (No `Debug`: it holds the subject hash.)
+#[derive(serde::Serialize, serde::Deserialize)]
 pub(crate) struct QueueEntry {
     pub(crate) due_by: u64,
-    /// The erased subject's hash (the key of its subject entry), until the first
-    /// purge attempt takes it: the purge compacts that key alone, and then no
-    /// stored copy of the hash may remain. Without it a purge compacts the whole
-    /// subjects family.
-    pub(crate) subject_hash: Option<SubjectHash>,
+    /// The erased subject's hash (the key of its subject entry) and its records'
+    /// group (derived from the destroyed key), until the first purge attempt takes
+    /// them: the purge compacts those ranges alone, and then nothing stored may
+    /// link them to the storage id. Without them a purge compacts whole families.
+    pub(crate) subject: Option<(SubjectHash, RecordGroup)>,
 }
 
 impl QueueEntry {
@@ -51,7 +52,7 @@ impl QueueEntry {
         decode(QUEUE_FORMAT, bytes).or_else(|_| {
             decode(QUEUE_FORMAT_1, bytes).map(|due_by| QueueEntry {
                 due_by,
-                subject_hash: None,
+                subject: None,
             })
         })
     }
@@ -259,9 +260,12 @@ impl Vault {
                 PurgePolicy::Immediate => now,
                 PurgePolicy::Within(delay) => now.saturating_add(delay.as_millis() as u64),
             };
+            // The records' group, for the purge: derived from the key, which is
+            // gone once this batch is written.
+            let group = inner.dek(&sid)?.ok_or(Error::Integrity)?.record_group;
             let queued = QueueEntry {
                 due_by,
-                subject_hash: Some(hash),
+                subject: Some((hash, group)),
             };
             batch.put(Cf::PurgeQueue, &sid, &queued.encode());
             // No subject reference: the receipt names this event, and a reference

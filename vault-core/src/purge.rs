@@ -1,31 +1,31 @@
 //! The purge: makes pending erasures physical, many at a time.
 //!
 //! A subject's data is a few key ranges: its key and its subject entry (one key
-//! each), and in a vault of the current format its records and consents (each one
-//! range, keyed by its storage id). The purge marks the subjects
+//! each), and in a vault of the current format its index entries and consents
+//! (keyed by its storage id) and its records (keyed by its record group). The purge marks the subjects
 //! doomed ([`crate::retire`]) and has the storage engine compact those ranges only,
 //! so its work follows the erased data, not the size of the vault. Older vaults,
 //! whose records are scattered, and a purge that lost its first attempt's subject
 //! hashes compact whole families instead, as every purge once did.
 //!
-//! The erasure's subject hash waits in the purge queue until the first attempt, which
-//! rewrites the queue without it before anything is compacted: once the purge is
-//! verified, no stored copy of it is left.
+//! The erasure's subject hash and record group wait in the purge queue until the
+//! first attempt, which rewrites the queue without them before anything is
+//! compacted: once the purge is verified, nothing stored links them to the
+//! subject's storage id.
 
 use std::collections::HashMap;
 use std::sync::PoisonError;
 use std::time::Duration;
 
-use crate::codec::encode;
+use crate::codec::{decode, encode};
 use crate::erase::{ERASURE_FORMAT, ErasureEntry, PurgeReport, QueueEntry};
 use crate::error::Error;
 use crate::records::{RECORD_FORMAT, StoredRecord};
 use crate::store::{Cf, PurgeScope, Storage, WriteSet};
-use crate::subjects::Sid;
+use crate::subjects::{Sid, SubjectHash};
+use crate::token::RecordGroup;
 use crate::vault::Inner;
 
-/// Index entries deleted per write batch during a purge.
-const PURGE_CHUNK: usize = 10_000;
 /// How long a purge waits for pinned files (an export's iterator) to be released.
 pub(crate) const PURGE_VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -94,29 +94,23 @@ impl Inner {
         if genuine.is_empty() {
             return Ok(done);
         }
-        // The index entries go by delete, not by compaction: their bytes (the storage
-        // id and the records' keys) stay on disk anyway, as the erasure entry's key
-        // and the record stubs' keys, so compacting them away would hide nothing.
         let mut records = 0u64;
         for (sid, _) in &genuine {
-            let mut keys = Vec::new();
-            self.store.scan_prefix(Cf::Index, sid, |k, _| {
-                keys.push(k.to_vec());
+            self.store.scan_prefix(Cf::Index, sid, |_, _| {
+                records += 1;
                 Ok(true)
             })?;
-            records += keys.len() as u64;
-            for chunk in keys.chunks(PURGE_CHUNK) {
-                let mut batch = self.store.batch();
-                for key in chunk {
-                    batch.delete(Cf::Index, key);
-                }
-                self.store.write(batch)?;
-            }
         }
-        let scope = self.scope(&genuine)?;
-
-        self.doomed.add(genuine.iter().map(|(sid, _)| *sid));
-        let verified = self.purge_files(&scope, &genuine);
+        let taken = self.take_subjects(&genuine)?;
+        let scope = self.scope(&genuine, &taken);
+        // The records' groups say which records may be doomed, without decoding
+        // the others; a subject without one has every record decoded.
+        let groups = genuine
+            .iter()
+            .map(|(sid, _)| taken.get(sid).map(|&(_, group)| group))
+            .collect();
+        self.doomed.add(genuine.iter().map(|(sid, _)| *sid), groups);
+        let verified = self.purge_files(&scope, &genuine, &taken);
         self.doomed.clear();
         if verified? {
             let now = self.now();
@@ -146,68 +140,78 @@ impl Inner {
     /// Compacts the scope and checks that nothing of the subjects is left. A
     /// targeted purge that cannot show it (a range's files rewritten by another
     /// range's compaction can look half-done) compacts the subject-data families
-    /// whole, as every purge once did, and checks again.
+    /// and the purge queue whole, as every purge once did, and checks again.
     fn purge_files(
         &self,
         scope: &PurgeScope,
         subjects: &[(Sid, QueueEntry)],
+        taken: &Taken,
     ) -> Result<bool, Error> {
-        if self.store.purge_files(scope, PURGE_VERIFY_TIMEOUT)? && self.nothing_left(subjects)? {
+        if self.store.purge_files(scope, PURGE_VERIFY_TIMEOUT)?
+            && self.nothing_left(subjects, taken)?
+        {
             return Ok(true);
         }
         if scope.is_whole() {
             return Ok(false);
         }
-        Ok(self
-            .store
-            .purge_files(&PurgeScope::everything(), PURGE_VERIFY_TIMEOUT)?
-            && self.nothing_left(subjects)?)
+        let mut whole = PurgeScope::everything();
+        whole.whole(Cf::PurgeQueue);
+        Ok(self.store.purge_files(&whole, PURGE_VERIFY_TIMEOUT)?
+            && self.nothing_left(subjects, taken)?)
     }
 
-    /// The key ranges that hold the subjects' data, with the purge queue (whole: it
-    /// is small, and its older versions hold the subject hashes, which are taken
-    /// out of it here).
-    fn scope(&self, subjects: &[(Sid, QueueEntry)]) -> Result<PurgeScope, Error> {
-        let mut scope = PurgeScope::default();
-        scope.whole(Cf::PurgeQueue);
+    /// Takes each subject's hash and record group out of its queue entry, for this
+    /// attempt only: once the purge is verified, nothing stored may link them to
+    /// the storage id (the queue's older versions are compacted away with it).
+    fn take_subjects(&self, subjects: &[(Sid, QueueEntry)]) -> Result<Taken, Error> {
+        let mut taken = Taken::new();
         let mut batch = self.store.batch();
-        let mut hashes = HashMap::new();
         for (sid, entry) in subjects {
-            if let Some(hash) = entry.subject_hash {
-                hashes.insert(*sid, hash);
+            if let Some(subject) = entry.subject {
+                taken.insert(*sid, subject);
                 let kept = QueueEntry {
                     due_by: entry.due_by,
-                    subject_hash: None,
+                    subject: None,
                 };
                 batch.put(Cf::PurgeQueue, sid, &kept.encode());
             }
         }
-        if !hashes.is_empty() {
+        if !taken.is_empty() {
             self.store.write_synced(batch)?;
         }
-        let grouped = subjects.iter().all(|(sid, _)| {
-            hashes.contains_key(sid) && self.index.tokens.subject_range(sid).is_some()
-        });
-        if !grouped {
+        Ok(taken)
+    }
+
+    /// The key ranges that hold the subjects' data, with the purge queue (whole: it
+    /// is small, and its older versions hold what [`take_subjects`](Self::take_subjects)
+    /// took out). Whole families where a subject's hash or group is not known (an
+    /// attempt after the first) or its records are scattered (format 1).
+    fn scope(&self, subjects: &[(Sid, QueueEntry)], taken: &Taken) -> PurgeScope {
+        let mut scope = PurgeScope::default();
+        scope.whole(Cf::PurgeQueue);
+        let targeted =
+            self.index.tokens.grouped() && subjects.iter().all(|(sid, _)| taken.contains_key(sid));
+        if !targeted {
             for cf in Cf::SUBJECT_DATA {
                 scope.whole(cf);
             }
-            return Ok(scope);
+            return scope;
         }
         for (sid, _) in subjects {
+            let (hash, group) = &taken[sid];
             scope.key(Cf::Keys, sid);
-            scope.key(Cf::Subjects, &hashes[sid]);
+            scope.key(Cf::Subjects, hash);
+            scope.prefix(Cf::Index, sid);
             scope.prefix(Cf::Consents, sid);
-            if let Some((first, last)) = self.index.tokens.subject_range(sid) {
-                scope.range(Cf::Records, &first, &last);
-            }
+            scope.prefix(Cf::Records, group);
         }
-        Ok(scope)
+        scope
     }
 
     /// After the compactions: no live record, index entry or consent of the subjects
     /// is left to read (what the files held is the storage layer's check).
-    fn nothing_left(&self, subjects: &[(Sid, QueueEntry)]) -> Result<bool, Error> {
+    fn nothing_left(&self, subjects: &[(Sid, QueueEntry)], taken: &Taken) -> Result<bool, Error> {
         let mut clean = true;
         for (sid, _) in subjects {
             for cf in [Cf::Index, Cf::Consents] {
@@ -216,10 +220,10 @@ impl Inner {
                     Ok(false)
                 })?;
             }
-            if let Some((first, _)) = self.index.tokens.subject_range(sid) {
-                let prefix = &first[..crate::token::SUBJECT_PREFIX_LEN];
-                self.store.scan_prefix(Cf::Records, prefix, |_, v| {
-                    if let Ok(StoredRecord::Live(record)) = crate::codec::decode(RECORD_FORMAT, v)
+            // Format 1 has no groups: there the whole compaction's check stands.
+            if let Some((_, group)) = taken.get(sid).filter(|_| self.index.tokens.grouped()) {
+                self.store.scan_prefix(Cf::Records, group, |_, v| {
+                    if let Ok(StoredRecord::Live(record)) = decode(RECORD_FORMAT, v)
                         && record.sid == *sid
                     {
                         clean = false;
@@ -231,3 +235,6 @@ impl Inner {
         Ok(clean)
     }
 }
+
+/// What a purge attempt took out of the queue: each subject's hash and record group.
+type Taken = HashMap<Sid, (SubjectHash, RecordGroup)>;

@@ -13,7 +13,7 @@ use crate::keys::IndexKeys;
 use crate::records::{RECORD_FORMAT, StoredRecord, shredded_tag};
 use crate::store::{Cf, RetireRule, Retired};
 use crate::subjects::{SUBJECT_FORMAT, Sid, SubjectEntry};
-use crate::token::{Layout, SUBJECT_PREFIX_LEN, TokenId};
+use crate::token::{Layout, RECORD_GROUP_LEN, RecordGroup, TokenId};
 
 /// The erased subjects whose data a purge is making physical.
 #[derive(Debug, Default)]
@@ -21,45 +21,45 @@ pub(crate) struct Doomed {
     /// Whether `sids` has any: most compactions run with none, and skip the lock.
     any: AtomicBool,
     sids: RwLock<HashSet<Sid>>,
-    /// The first bytes of each: a record's key starts with them (in the current
-    /// layout), so most records are kept without being decoded.
-    prefixes: RwLock<HashSet<[u8; SUBJECT_PREFIX_LEN]>>,
+    /// Their records' groups: a record's key starts with its group (in the current
+    /// layout), so most records are kept without being decoded. `None`: decode
+    /// every record (a subject's group is not known).
+    groups: RwLock<Option<HashSet<RecordGroup>>>,
 }
 
 impl Doomed {
     /// Retires these subjects' data from now on, until [`clear`](Self::clear).
-    pub(crate) fn add(&self, sids: impl IntoIterator<Item = Sid>) {
+    /// `groups` are their records' groups, where known.
+    pub(crate) fn add(
+        &self,
+        sids: impl IntoIterator<Item = Sid>,
+        groups: Vec<Option<RecordGroup>>,
+    ) {
         let mut set = self.sids.write().unwrap_or_else(PoisonError::into_inner);
-        let mut prefixes = self
-            .prefixes
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        for sid in sids {
-            prefixes.insert(prefix_of(&sid));
-            set.insert(sid);
-        }
+        set.extend(sids);
+        let known: Option<HashSet<RecordGroup>> = groups.into_iter().collect();
+        *self.groups.write().unwrap_or_else(PoisonError::into_inner) = known;
         self.any.store(!set.is_empty(), Ordering::Release);
     }
 
     pub(crate) fn clear(&self) {
         let mut set = self.sids.write().unwrap_or_else(PoisonError::into_inner);
         set.clear();
-        self.prefixes
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        *self.groups.write().unwrap_or_else(PoisonError::into_inner) = Some(HashSet::new());
         self.any.store(false, Ordering::Release);
     }
 
     /// Whether a record stored under `key` may be a doomed subject's.
     fn may_hold(&self, key: &[u8], layout: Layout) -> bool {
-        layout == Layout::Scattered
-            || key.get(..SUBJECT_PREFIX_LEN).is_some_and(|p| {
-                self.prefixes
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .contains(p)
-            })
+        if layout == Layout::Scattered {
+            return true;
+        }
+        match &*self.groups.read().unwrap_or_else(PoisonError::into_inner) {
+            Some(groups) => key
+                .get(..RECORD_GROUP_LEN)
+                .is_some_and(|g| groups.contains(g)),
+            None => true,
+        }
     }
 
     fn holds(&self, sid: &[u8]) -> bool {
@@ -77,12 +77,6 @@ impl Doomed {
 /// stubs (its tokens still answer *erased*), and its key, subject entry, index
 /// entries and consents are removed, in whatever version and file they are found.
 /// Everything else is kept, as is anything that does not decode.
-fn prefix_of(sid: &Sid) -> [u8; SUBJECT_PREFIX_LEN] {
-    let mut prefix = [0; SUBJECT_PREFIX_LEN];
-    prefix.copy_from_slice(&sid[..SUBJECT_PREFIX_LEN]);
-    prefix
-}
-
 pub(crate) fn retire_rule(doomed: Arc<Doomed>, index: IndexKeys, layout: Layout) -> RetireRule {
     Arc::new(move |cf, key, value| {
         if !doomed.any.load(Ordering::Acquire) {

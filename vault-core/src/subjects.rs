@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::{Aead256, Key, label};
 use crate::error::Error;
-use crate::token::TokenId;
+use crate::token::{RECORD_GROUP_LEN, RecordGroup, TokenId};
 
 /// A subject instance's random storage id.
 pub(crate) type Sid = [u8; 16];
@@ -57,6 +57,10 @@ pub(crate) struct Dek {
     /// The subject's reference in audit events: derived from the key, so nothing
     /// links events to the subject once the key is destroyed.
     pub audit_ref: [u8; 16],
+    /// The first bytes of the subject's records' storage keys: derived from the key
+    /// too, so that once it is destroyed nothing links those keys (nor the tokens
+    /// that encrypt them) to the subject's storage id.
+    pub record_group: RecordGroup,
 }
 
 impl Dek {
@@ -64,11 +68,15 @@ impl Dek {
         let mac = key.derive(label::AUDIT_SUBJECT).mac(b"subject reference");
         let mut audit_ref = [0u8; 16];
         audit_ref.copy_from_slice(&mac[..16]);
+        let mac = key.derive(label::RECORD_GROUP).mac(b"record group");
+        let mut record_group = [0u8; RECORD_GROUP_LEN];
+        record_group.copy_from_slice(&mac[..RECORD_GROUP_LEN]);
         Dek {
             aead: key.aead(),
             deterministic: key.derive(label::DETERMINISTIC_TOKEN),
             subject_hash,
             audit_ref,
+            record_group,
         }
     }
 

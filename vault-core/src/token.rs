@@ -6,11 +6,13 @@
 //! nothing about the subject or the value.
 //!
 //! The identifier is the record's storage key encrypted with a block cipher under a
-//! vault key ([`TokenCodec`]). The storage key starts with the subject's storage id
-//! (then 64 random bits, or 64 bits derived from the subject's key for deterministic
-//! tokens), so that a subject's records are one key range, which a purge compacts
-//! alone; encrypted, two tokens of one subject look unrelated. Vaults of the first
-//! format ([`Layout::Scattered`]) keep 128 random bits as both.
+//! vault key ([`TokenCodec`]). The storage key starts with 64 bits derived from the
+//! subject's key (its record group: the same for all its records), then 64 random
+//! bits, or 64 derived from the value for deterministic tokens. So a subject's
+//! records are one key range, which a purge compacts alone; encrypted, two tokens of
+//! one subject look unrelated; and once the subject's key is destroyed, nothing
+//! links the group to the subject. Vaults of the first format
+//! ([`Layout::Scattered`]) keep 128 random bits as both.
 
 use std::fmt;
 use std::str::FromStr;
@@ -34,8 +36,11 @@ const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 /// A record's storage key, which its token encrypts.
 pub(crate) type TokenId = [u8; ID_LEN];
 
-/// Bytes of a storage key that name the subject (a prefix of its storage id).
-pub(crate) const SUBJECT_PREFIX_LEN: usize = 8;
+/// Bytes of a record's storage key that group a subject's records.
+pub(crate) const RECORD_GROUP_LEN: usize = 8;
+/// The first bytes of the storage keys of one subject's records, derived from its
+/// key ([`Dek`](crate::subjects::Dek)).
+pub(crate) type RecordGroup = [u8; RECORD_GROUP_LEN];
 
 /// Where a vault stores records, as its format says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,31 +60,28 @@ pub(crate) struct TokenCodec {
 
 impl TokenCodec {
     pub(crate) fn new(layout: Layout, tag_key: Key, cipher_key: &Key) -> TokenCodec {
-        let cipher =
-            (layout == Layout::BySubject).then(|| Aes256::new(&(*cipher_key.expose()).into()));
+        // From the slice: no copy of the key on the stack (the cipher wipes its own).
+        let cipher = (layout == Layout::BySubject).then(|| {
+            Aes256::new_from_slice(cipher_key.expose()).expect("a 256-bit key is AES-256's")
+        });
         TokenCodec { tag_key, cipher }
     }
 
-    /// The storage key of a new record of subject `sid`; `unique` is random, or
-    /// derived from the value for a deterministic token.
-    pub(crate) fn record_key(&self, sid: &[u8; ID_LEN], unique: &[u8; ID_LEN]) -> TokenId {
+    /// The storage key of a new record of the subject whose records are `group`;
+    /// `unique` is random, or derived from the value for a deterministic token.
+    pub(crate) fn record_key(&self, group: &RecordGroup, unique: &[u8; ID_LEN]) -> TokenId {
         if self.cipher.is_none() {
             return *unique;
         }
         let mut key = [0u8; ID_LEN];
-        key[..SUBJECT_PREFIX_LEN].copy_from_slice(&sid[..SUBJECT_PREFIX_LEN]);
-        key[SUBJECT_PREFIX_LEN..].copy_from_slice(&unique[..ID_LEN - SUBJECT_PREFIX_LEN]);
+        key[..RECORD_GROUP_LEN].copy_from_slice(group);
+        key[RECORD_GROUP_LEN..].copy_from_slice(&unique[..ID_LEN - RECORD_GROUP_LEN]);
         key
     }
 
-    /// The first and last storage key a record of subject `sid` can have, when
-    /// they are one range.
-    pub(crate) fn subject_range(&self, sid: &[u8; ID_LEN]) -> Option<(TokenId, TokenId)> {
-        self.cipher.as_ref()?;
-        let (mut first, mut last) = ([0u8; ID_LEN], [u8::MAX; ID_LEN]);
-        first[..SUBJECT_PREFIX_LEN].copy_from_slice(&sid[..SUBJECT_PREFIX_LEN]);
-        last[..SUBJECT_PREFIX_LEN].copy_from_slice(&sid[..SUBJECT_PREFIX_LEN]);
-        Some((first, last))
+    /// Whether a subject's records are one key range (its group's).
+    pub(crate) fn grouped(&self) -> bool {
+        self.cipher.is_some()
     }
 
     /// The token of the record stored under `key`.

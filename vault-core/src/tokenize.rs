@@ -396,10 +396,10 @@ impl Inner {
                 ..
             } = &mut subjects[slot];
             let id: TokenId = if item.deterministic {
-                let id = self
-                    .index
-                    .tokens
-                    .record_key(&entry.sid, &dek.deterministic_id(item.field, item.value));
+                let id = self.index.tokens.record_key(
+                    &dek.record_group,
+                    &dek.deterministic_id(item.field, item.value),
+                );
                 if issued.contains(&id) || self.store.get(Cf::Records, &id)?.is_some() {
                     tokens.push(self.index.tokens.token(&id));
                     continue;
@@ -407,7 +407,9 @@ impl Inner {
                 issued.insert(id);
                 id
             } else {
-                self.index.tokens.record_key(&entry.sid, &random_bytes()?)
+                self.index
+                    .tokens
+                    .record_key(&dek.record_group, &random_bytes()?)
             };
             let place = RecordPlace {
                 vault_id: &self.vault_id,

@@ -347,6 +347,55 @@ fn a_purge_of_subjects_erased_amid_writes_stays_targeted() -> TestResult {
     Ok(())
 }
 
+/// A token names its record by a storage key whose first 8 bytes (the record group)
+/// are derived from the subject's key, not its storage id: before the purge, the
+/// index links the two (a positive control finds the storage id's tail next to
+/// the group); after it, no file does, so a token of an erased subject, decrypted
+/// with the vault's keys, leads to no erasure receipt.
+#[test]
+fn purged_tokens_cannot_be_linked_to_the_storage_id() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (sid, group) = {
+        let vault = open(dir.path());
+        let mut keys = Vec::new();
+        for i in 0..5 {
+            let t = vault.tokenize("linked@example.com", &format!("f{i}"), "v")?;
+            keys.push(vault_core::internal::record_key(&vault, &t.to_string())?);
+        }
+        vault.tokenize("someone-else", "email", "w")?;
+        let sid = hex_decode(&subject_ref(&vault, "linked@example.com"));
+        vault.close()?;
+        let group = keys[0][..8].to_vec();
+        assert!(
+            keys.iter().all(|k| k[..8] == group[..]),
+            "one group per subject"
+        );
+        assert_ne!(group[..], sid[..8], "the group is not the storage id");
+        (sid, group)
+    };
+    let mut link = sid[8..].to_vec();
+    link.extend_from_slice(&group);
+    assert!(found(dir.path(), &link), "control: the index links them");
+
+    let vault = Vault::open(
+        dir.path(),
+        &root(),
+        options().purge_policy(PurgePolicy::Immediate),
+    )?;
+    let receipt = vault.erase("linked@example.com")?;
+    assert!(
+        matches!(receipt.purge, PurgeState::Done { .. }),
+        "{receipt:?}"
+    );
+    vault.close()?;
+    let holders = files_containing(dir.path(), &link);
+    assert!(
+        holders.is_empty(),
+        "storage id and group still linked in {holders:?}"
+    );
+    Ok(())
+}
+
 /// Erasure does the same storage work whatever the subject's record count: the
 /// records are the purge's business.
 #[test]

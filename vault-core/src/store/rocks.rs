@@ -72,8 +72,9 @@ impl Cf {
     /// `None` for RocksDB's default.
     fn table_file_size(self) -> Option<u64> {
         match self {
-            Cf::Records | Cf::Index | Cf::Consents => Some(8 << 20),
-            Cf::Keys | Cf::Subjects => Some(2 << 20),
+            Cf::Records | Cf::Consents => Some(8 << 20),
+            // Small entries: a file of them is many keys for the filter to judge.
+            Cf::Index | Cf::Keys | Cf::Subjects => Some(2 << 20),
             _ => None,
         }
     }
@@ -317,6 +318,15 @@ impl Store {
     fn property(&self, cf: Cf, name: &str) -> u64 {
         self.db
             .property_int_value_cf(self.cf(cf), name)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
+    /// Background errors (failed flushes and compactions) since the store opened.
+    fn background_errors(&self) -> u64 {
+        self.db
+            .property_int_value("rocksdb.background-errors")
             .ok()
             .flatten()
             .unwrap_or(0)
@@ -586,6 +596,9 @@ impl Storage for Store {
         // leave none of those that could hold a key of its scope.
         let old = self.tables()?;
         let spans = plan(scope, &old);
+        // RocksDB's C API drops a manual compaction's status; a compaction that
+        // failed is counted here.
+        let errors_before = self.background_errors();
         let mut co = CompactOptions::default();
         co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         co.set_exclusive_manual_compaction(true);
@@ -610,6 +623,9 @@ impl Storage for Store {
         // A timeout here is not fatal: the check below then fails, and the purge is
         // retried later.
         let _ = self.db.wait_for_compact(&wo);
+        if self.background_errors() != errors_before {
+            return Ok(false);
+        }
 
         let deadline = Instant::now() + timeout;
         loop {
