@@ -261,11 +261,12 @@ impl Vault {
                 PurgePolicy::Within(delay) => now.saturating_add(delay.as_millis() as u64),
             };
             // The records' group, for the purge: derived from the key, which is
-            // gone once this batch is written.
-            let group = inner.dek(&sid)?.ok_or(Error::Integrity)?.record_group;
+            // gone once this batch is written. A key that cannot be unwrapped does
+            // not stop the erasure: its purge then compacts whole families.
+            let group = inner.dek(&sid).ok().flatten().map(|dek| dek.record_group);
             let queued = QueueEntry {
                 due_by,
-                subject: Some((hash, group)),
+                subject: group.map(|group| (hash, group)),
             };
             batch.put(Cf::PurgeQueue, &sid, &queued.encode());
             // No subject reference: the receipt names this event, and a reference

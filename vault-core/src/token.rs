@@ -39,7 +39,7 @@ pub(crate) type TokenId = [u8; ID_LEN];
 /// Bytes of a record's storage key that group a subject's records.
 pub(crate) const RECORD_GROUP_LEN: usize = 8;
 /// The first bytes of the storage keys of one subject's records, derived from its
-/// key ([`Dek`](crate::subjects::Dek)).
+/// key (the subject's DEK).
 pub(crate) type RecordGroup = [u8; RECORD_GROUP_LEN];
 
 /// Where a vault stores records, as its format says.

@@ -311,3 +311,31 @@ fn a_key_entry_relabelled_to_another_subject_does_not_open() -> TestResult {
     assert_eq!(vault.detokenize(&b)?.value.as_bytes(), b"b@x.io");
     Ok(())
 }
+
+/// A subject whose wrapped key no longer unwraps can still be erased: the erasure
+/// does not need the key, and its purge (without the records' group, derived from
+/// the key) compacts whole families and verifies.
+#[test]
+fn a_subject_whose_key_is_damaged_can_still_be_erased() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (token, sid) = {
+        let vault = open(dir.path());
+        let t = vault.tokenize("damaged", "email", "d@x.io")?.to_string();
+        let sid = common::hex_decode(&common::subject_ref(&vault, "damaged"));
+        vault.close()?;
+        (t, sid)
+    };
+    let mut entry = raw_get(dir.path(), "keys", &sid).expect("key entry");
+    let last = entry.len() - 1;
+    entry[last] ^= 0x01; // the wrapped key's tag
+    raw_put(dir.path(), "keys", &sid, &entry);
+
+    let vault = open(dir.path());
+    assert!(matches!(vault.detokenize(&token), Err(Error::Integrity)));
+    let receipt = vault.erase("damaged")?;
+    assert_eq!(receipt.records, 1);
+    let report = vault.purge_now()?;
+    assert!(report.verified, "{report:?}");
+    assert!(matches!(vault.detokenize(&token), Err(Error::Erased)));
+    Ok(())
+}
