@@ -321,7 +321,7 @@ impl Vault {
             return Ok(Vec::new());
         };
         let entry: crate::subjects::SubjectEntry = decode(crate::subjects::SUBJECT_FORMAT, &bytes)?;
-        let Some(dek) = inner.dek(&entry.sid)? else {
+        let Some(dek) = inner.keys.dek(&entry.sid)? else {
             return Ok(Vec::new());
         };
         inner.events_about(&dek.audit_ref)

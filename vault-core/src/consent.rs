@@ -199,10 +199,11 @@ impl Vault {
         let h = inner.index.subject_hash(subject);
         let _stripe = inner.stripes.lock(&h);
         let _keys = inner
-            .key_writes
+            .keys
+            .writes()
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let ring = inner.ring();
+        let ring = inner.keys.ring();
         let now = inner.now();
         let found = inner.store.get(Cf::Subjects, &h)?;
         let mut batch = inner.store.batch();
@@ -262,7 +263,7 @@ impl Vault {
         // Synced whatever the durability: a withdrawal must not come undone.
         inner.journal.commit_audited(batch, vec![audit], true)?;
         if created {
-            inner.cache.insert(entry.sid, dek);
+            inner.keys.remember(entry.sid, dek);
         }
         Ok(event)
     }
@@ -291,7 +292,7 @@ impl Vault {
             return Ok(Vec::new());
         };
         let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
-        let dek = inner.dek(&entry.sid)?.ok_or(Error::Integrity)?;
+        let dek = inner.keys.dek(&entry.sid)?.ok_or(Error::Integrity)?;
         if dek.subject_hash != h {
             return Err(Error::Integrity);
         }

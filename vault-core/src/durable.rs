@@ -372,7 +372,8 @@ mod tests {
         // The key lock, held by a KEK rotation batch.
         {
             let _held = inner
-                .key_writes
+                .keys
+                .writes()
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
             assert!(vault.try_tokenize_batch_unsynced(&request)?.is_none());

@@ -221,7 +221,8 @@ impl Vault {
         let (sid, records, due_by, audit_event) = {
             let _stripe = inner.stripes.lock(&hash);
             let _keys = inner
-                .key_writes
+                .keys
+                .writes()
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
             // Out of the cache before anything is written: a tokenization after this
@@ -263,7 +264,12 @@ impl Vault {
             // The records' group, for the purge: derived from the key, which is
             // gone once this batch is written. A key that cannot be unwrapped does
             // not stop the erasure: its purge then compacts whole families.
-            let group = inner.dek(&sid).ok().flatten().map(|dek| dek.record_group);
+            let group = inner
+                .keys
+                .dek(&sid)
+                .ok()
+                .flatten()
+                .map(|dek| dek.record_group);
             let queued = QueueEntry {
                 due_by,
                 subject: group.map(|group| (hash, group)),
@@ -277,7 +283,7 @@ impl Vault {
             // Synced whatever the vault's durability: an acknowledged erasure must not
             // come undone after a machine crash.
             let seqs = inner.journal.commit_audited(batch, vec![event], true)?;
-            inner.cache.remove(&sid);
+            inner.keys.forget(&sid);
             (sid, entry.records, due_by, seqs.first().copied())
         };
         // The key is gone: from here on the caller gets a receipt, never an error. A

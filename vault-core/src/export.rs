@@ -71,7 +71,7 @@ impl Vault {
             Ok(true)
         })?;
         // Erased between the two reads: the subject is gone.
-        let dek = inner.dek(&sid)?.ok_or(Error::Erased)?;
+        let dek = inner.keys.dek(&sid)?.ok_or(Error::Erased)?;
         if dek.subject_hash != hash {
             return Err(Error::Integrity);
         }

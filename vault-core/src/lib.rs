@@ -58,6 +58,7 @@ mod error;
 mod events;
 mod header;
 mod journal;
+mod key_state;
 mod keys;
 mod mapped;
 mod options;

@@ -117,7 +117,7 @@ impl Inner {
     fn expire_record(&self, key: &[u8], id: &TokenId, sid: &Sid, now: u64) -> Result<bool, Error> {
         // The subject's key gives its hash, for the subject's stripe lock. No key: the
         // subject is erased, and its own purge shreds the record.
-        let Some(dek) = self.dek(sid)? else {
+        let Some(dek) = self.keys.dek(sid)? else {
             let mut batch = self.store.batch();
             batch.delete(Cf::Expiry, key);
             self.store.write(batch)?;
@@ -128,7 +128,7 @@ impl Inner {
         batch.delete(Cf::Expiry, key);
         // Under the lock: an erasure of the subject has either finished (key gone:
         // its purge shreds the record) or not begun.
-        let Some(dek) = self.dek(sid)? else {
+        let Some(dek) = self.keys.dek(sid)? else {
             self.store.write(batch)?;
             return Ok(false);
         };

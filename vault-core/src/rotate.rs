@@ -56,10 +56,11 @@ impl Vault {
         let inner = &*self.inner;
         {
             let _keys = inner
-                .key_writes
+                .keys
+                .writes()
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
-            let ring = inner.ring();
+            let ring = inner.keys.ring();
             if ring.versions().count() == 1 {
                 // A cursor left by a rotation that finished just before a crash.
                 let mut batch = inner.store.batch();
@@ -69,7 +70,7 @@ impl Vault {
                 inner.store.write_synced(batch)?;
                 let mut next = ring.duplicate()?;
                 next.add_active()?;
-                inner.persist_ring(next)?;
+                inner.keys.persist_ring(next)?;
             }
         }
         self.key_status()
@@ -97,7 +98,7 @@ impl Vault {
     /// Versions, DEKs per version, rotation and purge progress.
     pub fn key_status(&self) -> Result<KeyStatus, Error> {
         let inner = &*self.inner;
-        let ring = inner.ring();
+        let ring = inner.keys.ring();
         let mut versions = Vec::new();
         for version in ring.versions() {
             let deks = inner.store.counter(&dek_counter(version))?.max(0) as u64;
@@ -124,11 +125,12 @@ impl Vault {
         let kdf = KdfRecord::for_key(new_root, &inner.opts.kdf)?;
         let secret = RootSecret::derive(new_root, &kdf)?;
         let _keys = inner
-            .key_writes
+            .keys
+            .writes()
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let ring = inner.ring();
-        let mut state = inner.header.lock().unwrap_or_else(PoisonError::into_inner);
+        let ring = inner.keys.ring();
+        let mut state = inner.keys.header();
         let mut header = state.header.clone();
         header.kdf = kdf;
         header.commitment = secret.commitment(&inner.vault_id);
@@ -143,14 +145,15 @@ impl Vault {
 impl Inner {
     pub(crate) fn rotation_step(&self) -> Result<bool, Error> {
         // The common case, no rotation, without taking the writers' lock.
-        if self.ring().versions().count() <= 1 {
+        if self.keys.ring().versions().count() <= 1 {
             return Ok(false);
         }
         let _keys = self
-            .key_writes
+            .keys
+            .writes()
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let ring = self.ring();
+        let ring = self.keys.ring();
         if ring.versions().count() <= 1 {
             return Ok(false);
         }
@@ -215,7 +218,7 @@ impl Inner {
         }
         let mut next = ring.duplicate()?;
         let retired = next.retain_active_only();
-        self.persist_ring(next)?;
+        self.keys.persist_ring(next)?;
         let mut batch = self.store.batch();
         batch.delete(Cf::Meta, ROTATION_CURSOR);
         for version in retired {

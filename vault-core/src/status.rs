@@ -26,7 +26,7 @@ impl Vault {
     /// Number of subject keys in the DEK cache: at most its capacity rounded up to a
     /// multiple of 16 (it has 16 shards).
     pub fn cached_keys(&self) -> usize {
-        self.inner.cache.len()
+        self.inner.keys.cached()
     }
 
     /// Number of recently written subjects kept in memory with their keys, for

@@ -314,13 +314,14 @@ impl Inner {
         match commit {
             Commit::Wait { .. } => Some((
                 self.stripes.lock_all(hashes.iter()),
-                self.key_writes
+                self.keys
+                    .writes()
                     .read()
                     .unwrap_or_else(PoisonError::into_inner),
             )),
             Commit::IfFree => {
                 let stripes = self.stripes.try_lock_all(hashes.iter())?;
-                let keys = match self.key_writes.try_read() {
+                let keys = match self.keys.writes().try_read() {
                     Ok(keys) => keys,
                     Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
                     Err(TryLockError::WouldBlock) => return None,
@@ -353,7 +354,7 @@ impl Inner {
             self.store.multi_get(Cf::Subjects, &unknown)?
         }
         .into_iter();
-        let ring = self.ring();
+        let ring = self.keys.ring();
         let mut subjects = Vec::with_capacity(distinct.len());
         for (h, known) in distinct.iter().zip(cached) {
             let (known, created) = match known {
@@ -443,7 +444,7 @@ impl Inner {
         for subject in subjects {
             if subject.created {
                 let known = &subject.known;
-                self.cache.insert(known.entry.sid, known.dek.clone());
+                self.keys.remember(known.entry.sid, known.dek.clone());
             }
             // Cached as stored: a new subject's entry is written only with a record.
             if !subject.created || subject.stored > 0 {

@@ -93,6 +93,7 @@ impl Inner {
         let first = read(id)?;
         let sid = first.sid;
         let dek = self
+            .keys
             .dek(&sid)?
             .ok_or_else(|| self.missing_key(&sid, id, &first.link))?;
         let _stripe = self.stripes.lock(&dek.subject_hash);
@@ -103,6 +104,7 @@ impl Inner {
             return Err(Error::Integrity);
         }
         let dek = self
+            .keys
             .dek(&sid)?
             .ok_or_else(|| self.missing_key(&sid, id, &record.link))?;
         f(&sid, &dek, record)

@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::codec::{decode, encode};
 use crate::crypto::{Key, random_bytes};
@@ -19,6 +19,7 @@ use crate::error::Error;
 use crate::events::ReadEvent;
 use crate::header::{FORMAT_VERSION, Header, sync_dir};
 use crate::journal::Journal;
+use crate::key_state::{HeaderState, KeyState};
 use crate::keys::{DekSlot, IndexKeys, KdfRecord, Keyring, RootKey, RootSecret};
 use crate::options::VaultOptions;
 use crate::owner::Owner;
@@ -27,17 +28,11 @@ use crate::records::{LiveRecord, RECORD_FORMAT, StoredRecord, expired_outcome, s
 use crate::retire::{Doomed, retire_rule};
 use crate::store::{Batch, Cf, Storage, Store, StoreOptions, WriteSet};
 use crate::subjects::{
-    Dek, DekCache, KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, Stripes, SubjectCache, SubjectEntry,
+    Dek, KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, Stripes, SubjectCache, SubjectEntry,
     SubjectHash, dek_counter,
 };
 use crate::token::{Token, TokenId};
 use crate::worker::{Chores, Worker};
-
-/// The header and the root secret that seals the keyring in it.
-pub(crate) struct HeaderState {
-    pub header: Header,
-    pub root: RootSecret,
-}
 
 /// Shared state of an open vault; the background worker holds it too (as its
 /// [`Chores`]).
@@ -50,13 +45,8 @@ pub(crate) struct Inner {
     pub store: Arc<Store>,
     pub opts: VaultOptions,
     pub index: IndexKeys,
-    /// The current keyring. Readers clone the `Arc` and let go at once.
-    ring: RwLock<Arc<Keyring>>,
-    /// Taken (shared) by every write of the `keys` column family and exclusively by
-    /// key rotation, so a rotation batch never races an erasure or a new subject.
-    pub key_writes: RwLock<()>,
-    pub header: Mutex<HeaderState>,
-    pub cache: DekCache,
+    /// The keyring, the header that seals it, and the cache of subjects' keys.
+    pub keys: KeyState,
     /// Recently written subjects' entries and keys; see [`SubjectCache`].
     pub subjects: SubjectCache,
     pub stripes: Stripes,
@@ -204,16 +194,19 @@ impl Vault {
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             vault_id: header.vault_id,
-            store,
+            store: store.clone(),
             index,
-            ring: RwLock::new(Arc::new(ring)),
-            key_writes: RwLock::new(()),
-            header: Mutex::new(HeaderState {
-                header,
-                root: secret,
-            }),
+            keys: KeyState::new(
+                dir.to_path_buf(),
+                store,
+                HeaderState {
+                    header,
+                    root: secret,
+                },
+                ring,
+                opts.dek_cache_capacity,
+            ),
             journal,
-            cache: DekCache::new(opts.dek_cache_capacity),
             subjects: SubjectCache::new(opts.dek_cache_capacity),
             stripes: Stripes::new(),
             purge_lock: Mutex::new(()),
@@ -317,25 +310,6 @@ impl Inner {
         Ok(())
     }
 
-    pub(crate) fn ring(&self) -> Arc<Keyring> {
-        self.ring
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Seals `ring` into the header, writes it durably, then makes it current.
-    /// Callers hold `key_writes` exclusively.
-    pub(crate) fn persist_ring(&self, ring: Keyring) -> Result<(), Error> {
-        let mut state = self.header.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut header = state.header.clone();
-        header.keyring = state.root.seal_keyring(&self.vault_id, &ring)?;
-        header.write(&self.dir)?;
-        state.header = header;
-        *self.ring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
-        Ok(())
-    }
-
     /// The subject entry and key of `h` for a write, from its stored entry (`found`),
     /// or a new subject (storage id, key wrapped under the active KEK) whose key and
     /// counter are added to `batch`; `true` when new. The caller holds the subject's
@@ -352,7 +326,10 @@ impl Inner {
             let entry: SubjectEntry = decode(SUBJECT_FORMAT, bytes)?;
             // A subject entry without its key is damage, not an erasure (erasure
             // removes both in one batch).
-            let dek = self.dek_with(ring, &entry.sid)?.ok_or(Error::Integrity)?;
+            let dek = self
+                .keys
+                .dek_with(ring, &entry.sid)?
+                .ok_or(Error::Integrity)?;
             // The key is bound to its subject hash: a subject entry pointed at another
             // subject's key is refused, not written under that key.
             if dek.subject_hash != *h {
@@ -409,32 +386,6 @@ impl Inner {
         self.index.tokens.key(&token.parse::<Token>()?)
     }
 
-    /// The subject's DEK: from the cache, else unwrapped from the `keys` family.
-    /// `None` when the key does not exist (erased, or never existed).
-    pub(crate) fn dek(&self, sid: &Sid) -> Result<Option<Arc<Dek>>, Error> {
-        self.cache
-            .get_or_load(sid, || self.load_dek(&self.ring(), sid))
-    }
-
-    /// Like [`dek`](Self::dek), with a keyring the caller already holds.
-    pub(crate) fn dek_with(&self, ring: &Keyring, sid: &Sid) -> Result<Option<Arc<Dek>>, Error> {
-        self.cache.get_or_load(sid, || self.load_dek(ring, sid))
-    }
-
-    fn load_dek(&self, ring: &Keyring, sid: &Sid) -> Result<Option<Arc<Dek>>, Error> {
-        let Some(bytes) = self.store.get(Cf::Keys, sid)? else {
-            return Ok(None);
-        };
-        let entry: KeyEntry = decode(KEY_FORMAT, &bytes)?;
-        let slot = DekSlot {
-            vault_id: &self.vault_id,
-            sid,
-            subject_hash: &entry.subject_hash,
-        };
-        let key = ring.unwrap_dek(entry.kek_version, &slot, &entry.wrapped)?;
-        Ok(Some(Arc::new(Dek::new(&key, entry.subject_hash))))
-    }
-
     /// A stored record as a live record and its subject's key: stubs answer
     /// *erased* or *expired* (if genuine), a missing key *erased* or `Integrity`.
     pub(crate) fn live_record(
@@ -448,6 +399,7 @@ impl Inner {
             StoredRecord::Live(record) => record,
         };
         let dek = self
+            .keys
             .dek(&record.sid)?
             .ok_or_else(|| self.missing_key(&record.sid, id, &record.link))?;
         Ok((record, dek))
