@@ -42,6 +42,7 @@ pub(crate) mod domain {
     pub const RECORD: &[u8] = b"pii-vault/record/v1";
     pub const SHREDDED: &[u8] = b"pii-vault/shredded/v1";
     pub const ERASURE: &[u8] = b"pii-vault/erasure/v1";
+    pub const PURGE_SCOPE: &[u8] = b"pii-vault/purge-scope/v1";
     pub const LINK: &[u8] = b"pii-vault/record-link/v1";
     pub const PURPOSE_ID: &[u8] = b"pii-vault/purpose-id/v1";
     pub const CONSENT: &[u8] = b"pii-vault/consent/v1";

@@ -45,6 +45,9 @@ pub(crate) struct QueueEntry {
     /// them: the purge compacts those ranges alone, and then nothing stored may
     /// link them to the storage id. Without them a purge compacts whole families.
     pub(crate) subject: Option<(SubjectHash, RecordGroup)>,
+    /// A tag keyed by the vault over the storage id, hash and group: a queue entry
+    /// altered to point the purge at other keys is purged as if it had none.
+    pub(crate) tag: [u8; 16],
 }
 
 impl QueueEntry {
@@ -53,12 +56,46 @@ impl QueueEntry {
             decode(QUEUE_FORMAT_1, bytes).map(|due_by| QueueEntry {
                 due_by,
                 subject: None,
+                tag: [0; 16],
             })
         })
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
         encode(QUEUE_FORMAT, self)
+    }
+
+    pub(crate) fn new(
+        index: &IndexKeys,
+        sid: &Sid,
+        due_by: u64,
+        subject: Option<(SubjectHash, RecordGroup)>,
+    ) -> QueueEntry {
+        let tag = subject.map_or([0; 16], |s| Self::expected_tag(index, sid, &s));
+        QueueEntry {
+            due_by,
+            subject,
+            tag,
+        }
+    }
+
+    /// The subject's hash and group, if present and authentic.
+    pub(crate) fn subject(
+        &self,
+        index: &IndexKeys,
+        sid: &Sid,
+    ) -> Option<(SubjectHash, RecordGroup)> {
+        let subject = self.subject?;
+        let expected = Self::expected_tag(index, sid, &subject);
+        bool::from(expected.ct_eq(&self.tag)).then_some(subject)
+    }
+
+    fn expected_tag(
+        index: &IndexKeys,
+        sid: &Sid,
+        (hash, group): &(SubjectHash, RecordGroup),
+    ) -> [u8; 16] {
+        index.tombstone_tag(domain::PURGE_SCOPE, &[sid, hash, group])
     }
 }
 
@@ -270,10 +307,8 @@ impl Vault {
                 .ok()
                 .flatten()
                 .map(|dek| dek.record_group);
-            let queued = QueueEntry {
-                due_by,
-                subject: group.map(|group| (hash, group)),
-            };
+            let queued =
+                QueueEntry::new(&inner.index, &sid, due_by, group.map(|group| (hash, group)));
             batch.put(Cf::PurgeQueue, &sid, &queued.encode());
             // No subject reference: the receipt names this event, and a reference
             // here would let whoever keeps the receipt with the subject id find the

@@ -167,17 +167,18 @@ impl Inner {
     fn take_subjects(&self, subjects: &[(Sid, QueueEntry)]) -> Result<Taken, Error> {
         let mut taken = Taken::new();
         let mut batch = self.store.batch();
+        let mut rewritten = false;
         for (sid, entry) in subjects {
-            if let Some(subject) = entry.subject {
-                taken.insert(*sid, subject);
-                let kept = QueueEntry {
-                    due_by: entry.due_by,
-                    subject: None,
-                };
+            if entry.subject.is_some() {
+                rewritten = true;
+                if let Some(subject) = entry.subject(&self.index, sid) {
+                    taken.insert(*sid, subject);
+                }
+                let kept = QueueEntry::new(&self.index, sid, entry.due_by, None);
                 batch.put(Cf::PurgeQueue, sid, &kept.encode());
             }
         }
-        if !taken.is_empty() {
+        if rewritten {
             self.store.write_synced(batch)?;
         }
         Ok(taken)

@@ -339,3 +339,53 @@ fn a_subject_whose_key_is_damaged_can_still_be_erased() -> TestResult {
     assert!(matches!(vault.detokenize(&token), Err(Error::Erased)));
     Ok(())
 }
+
+/// A purge-queue entry altered to point the purge at other keys (its tag no longer
+/// matches) is purged as if it named none: whole families, verified, and the real
+/// subject hash is gone from every file (compression off).
+#[test]
+fn an_altered_purge_queue_entry_is_purged_whole() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (token, sid) = {
+        // Enough subjects that their entries fill several table files, so that a
+        // purge pointed at the wrong key would compact the wrong one.
+        let vault = Vault::open(dir.path(), &root(), relaxed())?;
+        let names: Vec<String> = (0..100_000).map(|i| format!("other-{i}")).collect();
+        for chunk in names.chunks(5_000) {
+            let items: Vec<vault_core::TokenizeRequest> = chunk
+                .iter()
+                .map(|s| vault_core::TokenizeRequest::new(s, "email", b"o@x.io"))
+                .collect();
+            vault.tokenize_batch(&items)?;
+        }
+        let t = vault.tokenize("altered", "email", "a@x.io")?.to_string();
+        let sid = common::hex_decode(&common::subject_ref(&vault, "altered"));
+        assert!(vault_core::internal::compact(&vault)?);
+        vault.close()?;
+        (t, sid)
+    };
+    // The key entry starts with the format byte and the subject hash.
+    let hash = raw_get(dir.path(), "keys", &sid).expect("key entry")[1..33].to_vec();
+    {
+        let vault = open(dir.path());
+        vault.erase("altered")?;
+        vault.close()?;
+    }
+    let mut entry = raw_get(dir.path(), "purge_queue", &sid).expect("queue entry");
+    // format (1) || due (varint) || Some (1) || hash (32) || group (8) || tag (16):
+    // move the hash to the other half of the key space.
+    let at = entry.len() - 16 - 8 - 32;
+    entry[at] ^= 0x80;
+    raw_put(dir.path(), "purge_queue", &sid, &entry);
+    assert!(!files_containing(dir.path(), &hash).is_empty(), "control");
+
+    let vault = open(dir.path());
+    let report = vault.purge_now()?;
+    assert!(report.verified, "{report:?}");
+    assert!(matches!(vault.detokenize(&token), Err(Error::Erased)));
+    assert!(vault.pending_purges()?.is_empty());
+    vault.close()?;
+    let holders = files_containing(dir.path(), &hash);
+    assert!(holders.is_empty(), "subject hash still in {holders:?}");
+    Ok(())
+}
