@@ -49,6 +49,17 @@ impl Doomed {
         self.any.store(false, Ordering::Release);
     }
 
+    /// Whether `key` is in the group of a doomed subject whose group is known.
+    fn group_holds(&self, key: &[u8], layout: Layout) -> bool {
+        layout == Layout::BySubject
+            && match &*self.groups.read().unwrap_or_else(PoisonError::into_inner) {
+                Some(groups) => key
+                    .get(..RECORD_GROUP_LEN)
+                    .is_some_and(|g| groups.contains(g)),
+                None => false,
+            }
+    }
+
     /// Whether a record stored under `key` may be a doomed subject's.
     fn may_hold(&self, key: &[u8], layout: Layout) -> bool {
         if layout == Layout::Scattered {
@@ -93,14 +104,23 @@ pub(crate) fn retire_rule(doomed: Arc<Doomed>, index: IndexKeys, layout: Layout)
             Cf::Records if !doomed.may_hold(key, layout) => Retired::Keep,
             Cf::Records => match (decode(RECORD_FORMAT, value), TokenId::try_from(key)) {
                 (Ok(StoredRecord::Live(record)), Ok(id)) if doomed.holds(&record.sid) => {
-                    let stub = StoredRecord::Shredded {
-                        tag: shredded_tag(&index, &id),
-                    };
-                    Retired::Replace(encode(RECORD_FORMAT, &stub))
+                    Retired::Replace(stub(&index, &id))
+                }
+                // A damaged record in a doomed subject's group is its: shredded too
+                // (the purge that listed records by the index stubbed them unread).
+                (Err(_), Ok(id)) if doomed.group_holds(key, layout) => {
+                    Retired::Replace(stub(&index, &id))
                 }
                 _ => Retired::Keep,
             },
             _ => Retired::Keep,
         }
     })
+}
+
+fn stub(index: &IndexKeys, id: &TokenId) -> Vec<u8> {
+    let stub = StoredRecord::Shredded {
+        tag: shredded_tag(index, id),
+    };
+    encode(RECORD_FORMAT, &stub)
 }

@@ -389,3 +389,36 @@ fn an_altered_purge_queue_entry_is_purged_whole() -> TestResult {
     assert!(holders.is_empty(), "subject hash still in {holders:?}");
     Ok(())
 }
+
+/// A record of an erased subject that no longer decodes is shredded by the purge
+/// like the others (it is in the subject's key range), not left on disk.
+#[test]
+fn a_damaged_record_of_an_erased_subject_is_shredded_too() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (damaged, kept) = {
+        let vault = open(dir.path());
+        let damaged = vault.tokenize("victim", "email", "v@x.io")?.to_string();
+        vault.tokenize("victim", "phone", "+100")?;
+        let kept = vault.tokenize("bystander", "email", "b@x.io")?.to_string();
+        vault.close()?;
+        (damaged, kept)
+    };
+    let key = token_id(dir.path(), &damaged);
+    let original = raw_get(dir.path(), "records", &key).expect("record");
+    raw_put(dir.path(), "records", &key, &original[..original.len() / 2]);
+
+    let vault = open(dir.path());
+    assert!(matches!(vault.detokenize(&damaged), Err(Error::Integrity)));
+    vault.erase("victim")?;
+    let report = vault.purge_now()?;
+    assert!(report.verified, "{report:?}");
+    assert!(matches!(vault.detokenize(&damaged), Err(Error::Erased)));
+    assert_eq!(vault.detokenize(&kept)?.value.as_bytes(), b"b@x.io");
+    vault.close()?;
+    let half = &original[original.len() / 2 - 16..original.len() / 2];
+    assert!(
+        files_containing(dir.path(), half).is_empty(),
+        "damaged bytes left"
+    );
+    Ok(())
+}
