@@ -13,7 +13,7 @@ use crate::keys::IndexKeys;
 use crate::records::{RECORD_FORMAT, StoredRecord, shredded_tag};
 use crate::store::{Cf, RetireRule, Retired};
 use crate::subjects::{SUBJECT_FORMAT, Sid, SubjectEntry};
-use crate::token::{Layout, RECORD_GROUP_LEN, RecordGroup, TokenId};
+use crate::token::{RECORD_GROUP_LEN, RecordGroup, TokenId};
 
 /// The erased subjects whose data a purge is making physical.
 #[derive(Debug, Default)]
@@ -49,28 +49,19 @@ impl Doomed {
         self.any.store(false, Ordering::Release);
     }
 
-    /// Whether `key` is in the group of a doomed subject whose group is known.
-    fn group_holds(&self, key: &[u8], layout: Layout) -> bool {
-        layout == Layout::BySubject
-            && match &*self.groups.read().unwrap_or_else(PoisonError::into_inner) {
-                Some(groups) => key
-                    .get(..RECORD_GROUP_LEN)
-                    .is_some_and(|g| groups.contains(g)),
-                None => false,
-            }
-    }
-
-    /// Whether a record stored under `key` may be a doomed subject's.
-    fn may_hold(&self, key: &[u8], layout: Layout) -> bool {
-        if layout == Layout::Scattered {
-            return true;
+    /// Whether `key` is in a doomed subject's record group: `Some(true)` or
+    /// `Some(false)`, or `None` where that cannot be told (records scattered, or a
+    /// subject's group unknown).
+    fn in_group(&self, key: &[u8], grouped: bool) -> Option<bool> {
+        if !grouped {
+            return None;
         }
-        match &*self.groups.read().unwrap_or_else(PoisonError::into_inner) {
-            Some(groups) => key
-                .get(..RECORD_GROUP_LEN)
+        let groups = self.groups.read().unwrap_or_else(PoisonError::into_inner);
+        let groups = groups.as_ref()?;
+        Some(
+            key.get(..RECORD_GROUP_LEN)
                 .is_some_and(|g| groups.contains(g)),
-            None => true,
-        }
+        )
     }
 
     fn holds(&self, sid: &[u8]) -> bool {
@@ -88,7 +79,8 @@ impl Doomed {
 /// stubs (its tokens still answer *erased*), and its key, subject entry, index
 /// entries and consents are removed, in whatever version and file they are found.
 /// Everything else is kept, as is anything that does not decode.
-pub(crate) fn retire_rule(doomed: Arc<Doomed>, index: IndexKeys, layout: Layout) -> RetireRule {
+pub(crate) fn retire_rule(doomed: Arc<Doomed>, index: IndexKeys) -> RetireRule {
+    let grouped = index.tokens.grouped();
     Arc::new(move |cf, key, value| {
         if !doomed.any.load(Ordering::Acquire) {
             return Retired::Keep;
@@ -101,14 +93,15 @@ pub(crate) fn retire_rule(doomed: Arc<Doomed>, index: IndexKeys, layout: Layout)
                 Ok(entry) => doomed_if(doomed.holds(&entry.sid)),
                 Err(_) => Retired::Keep,
             },
-            Cf::Records if !doomed.may_hold(key, layout) => Retired::Keep,
+            // Records outside every doomed group are kept without being decoded.
+            Cf::Records if doomed.in_group(key, grouped) == Some(false) => Retired::Keep,
             Cf::Records => match (decode(RECORD_FORMAT, value), TokenId::try_from(key)) {
                 (Ok(StoredRecord::Live(record)), Ok(id)) if doomed.holds(&record.sid) => {
                     Retired::Replace(stub(&index, &id))
                 }
                 // A damaged record in a doomed subject's group is its: shredded too
                 // (the purge that listed records by the index stubbed them unread).
-                (Err(_), Ok(id)) if doomed.group_holds(key, layout) => {
+                (Err(_), Ok(id)) if doomed.in_group(key, grouped) == Some(true) => {
                     Retired::Replace(stub(&index, &id))
                 }
                 _ => Retired::Keep,

@@ -183,11 +183,7 @@ impl Vault {
                 statistics: opts.statistics,
                 block_cache_bytes: opts.block_cache_bytes,
             },
-            retire_rule(
-                doomed.clone(),
-                ring.index_keys(header.layout()),
-                header.layout(),
-            ),
+            retire_rule(doomed.clone(), ring.index_keys(header.layout())),
         )?);
         let index = ring.index_keys(header.layout());
         let journal = Journal::open(store.clone(), dir, ring.audit_key(), &opts)?;

@@ -43,6 +43,28 @@ fn traces(dir: &Path, subject_ref: &str, tokens: &[String]) -> Traces {
     }
 }
 
+/// `count` records of `victim@example.com` holding `value`: the first under the
+/// clear-text canary field name, the others under `f1`, `f2`, …; their tokens.
+fn victim_records(
+    vault: &Vault,
+    count: usize,
+    canary_field: &str,
+    value: &str,
+) -> Result<Vec<String>, vault_core::Error> {
+    (0..count)
+        .map(|i| {
+            let field = if i == 0 {
+                canary_field.to_string()
+            } else {
+                format!("f{i}")
+            };
+            Ok(vault
+                .tokenize("victim@example.com", &field, value)?
+                .to_string())
+        })
+        .collect()
+}
+
 fn found(dir: &Path, needle: &[u8]) -> bool {
     !files_containing(dir, needle).is_empty()
 }
@@ -54,19 +76,7 @@ fn erasure_removes_key_and_ciphertexts_from_every_file() -> TestResult {
     let value = "erasure-canary-3f1d9a@example.com";
     let (victim, bystander) = {
         let vault = open(dir.path());
-        let mut victim_tokens = Vec::new();
-        for i in 0..50 {
-            let field = if i == 0 {
-                canary_field.to_string()
-            } else {
-                format!("f{i}")
-            };
-            victim_tokens.push(
-                vault
-                    .tokenize("victim@example.com", &field, value)?
-                    .to_string(),
-            );
-        }
+        let victim_tokens = victim_records(&vault, 50, canary_field, value)?;
         let bystander_tokens = vec![vault.tokenize("bystander", "email", "b@x.io")?.to_string()];
         let victim_ref = subject_ref(&vault, "victim@example.com");
         let bystander_ref = subject_ref(&vault, "bystander");
@@ -174,19 +184,7 @@ fn erasure_in_a_larger_vault_purges_only_the_subjects_files() -> TestResult {
     }
     let canary_field = "canary_field_w4k2m";
     let value = "larger-canary-8c2e71@example.com";
-    let mut victim_tokens = Vec::new();
-    for i in 0..10 {
-        let field = if i == 0 {
-            canary_field.to_string()
-        } else {
-            format!("f{i}")
-        };
-        victim_tokens.push(
-            vault
-                .tokenize("victim@example.com", &field, value)?
-                .to_string(),
-        );
-    }
+    let victim_tokens = victim_records(&vault, 10, canary_field, value)?;
     let bystander = vault.tokenize("bystander", "email", "b@x.io")?.to_string();
     let victim_ref = subject_ref(&vault, "victim@example.com");
     let bystander_ref = subject_ref(&vault, "bystander");
