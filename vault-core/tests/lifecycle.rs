@@ -612,7 +612,14 @@ fn a_vault_of_the_first_format_keeps_its_layout() -> TestResult {
 
     let vault = open(dir.path());
     let kept = vault.tokenize("kept", "email", "k@x.io")?.to_string();
+    let also = vault.tokenize("kept", "phone", "+100")?.to_string();
     let gone = vault.tokenize("gone", "email", "g@x.io")?.to_string();
+    // Scattered: two records of one subject share no record group.
+    let (a, b) = (
+        vault_core::internal::record_key(&vault, &kept)?,
+        vault_core::internal::record_key(&vault, &also)?,
+    );
+    assert_ne!(a[..8], b[..8], "format 1 stores records under random keys");
     vault.rotate_kek()?;
     assert_eq!(vault.detokenize(&kept)?.value.as_bytes(), b"k@x.io");
     vault.erase("gone")?;

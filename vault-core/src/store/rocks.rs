@@ -685,11 +685,13 @@ impl TableFile {
     }
 }
 
-/// The scope as compactions. A compaction rewrites the files that hold its range,
-/// so ranges of a family that share a file (below L0, whose files span every key)
-/// become one compaction, and the file is rewritten once. A family whose ranges
-/// would rewrite half of its bytes or more, or that has more than
-/// [`MAX_PURGE_RANGES`] of them, is compacted whole, once.
+/// The scope as compactions: one per range, each rewriting the files below L0 that
+/// overlap it (L0's span every key; RocksDB starts below them unless they hold a key
+/// of the range). Ranges are not merged: a merged range would take in other
+/// subjects' keys between them, and with those the newest files. A family whose
+/// ranges would rewrite half of its bytes or more (a file counted once for each
+/// range that rewrites it), or that has more than [`MAX_PURGE_RANGES`] of them, is
+/// compacted whole, once.
 fn plan(scope: &PurgeScope, old: &[TableFile]) -> Vec<Span> {
     let mut spans = Vec::new();
     for cf in Cf::ALL {
@@ -697,44 +699,27 @@ fn plan(scope: &PurgeScope, old: &[TableFile]) -> Vec<Span> {
         if asked.is_empty() {
             continue;
         }
-        let mut ranges: Vec<(Vec<u8>, Vec<u8>)> =
-            asked.iter().filter_map(|s| s.range.clone()).collect();
+        let ranges: Vec<&(Vec<u8>, Vec<u8>)> =
+            asked.iter().filter_map(|s| s.range.as_ref()).collect();
         if ranges.len() < asked.len() || ranges.len() > MAX_PURGE_RANGES {
             spans.push(Span { cf, range: None });
             continue;
         }
         let tables: Vec<&TableFile> = old.iter().filter(|t| t.cf == cf).collect();
-        let leveled: Vec<&&TableFile> = tables.iter().filter(|t| t.level > 0).collect();
-        ranges.sort();
-        let mut merged: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        for (first, last) in ranges {
-            if let Some((_, m_last)) = merged.last_mut() {
-                let shared = first <= *m_last
-                    || leveled.iter().any(|t| {
-                        t.overlaps_range(&first, &last) && t.overlaps_range(m_last, m_last)
-                    });
-                if shared {
-                    if last > *m_last {
-                        *m_last = last;
-                    }
-                    continue;
-                }
-            }
-            merged.push((first, last));
-        }
         let total: u64 = tables.iter().map(|t| t.size).sum();
-        let rewritten: u64 = leveled
+        let rewritten: u64 = ranges
             .iter()
-            .filter(|t| merged.iter().any(|(f, l)| t.overlaps_range(f, l)))
+            .flat_map(|(first, last)| {
+                tables
+                    .iter()
+                    .filter(move |t| t.level > 0 && t.overlaps_range(first, last))
+            })
             .map(|t| t.size)
             .sum();
         if rewritten * 2 >= total {
             spans.push(Span { cf, range: None });
         } else {
-            spans.extend(merged.into_iter().map(|range| Span {
-                cf,
-                range: Some(range),
-            }));
+            spans.extend(asked.into_iter().cloned());
         }
     }
     spans
