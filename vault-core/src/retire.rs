@@ -15,8 +15,9 @@ use crate::store::{Cf, RetireRule, Retired};
 use crate::subjects::{SUBJECT_FORMAT, Sid, SubjectEntry};
 use crate::token::{RECORD_GROUP_LEN, RecordGroup, TokenId};
 
-/// The erased subjects whose data a purge is making physical.
-#[derive(Debug, Default)]
+/// The erased subjects whose data a purge is making physical. (No `Debug`: it pairs
+/// storage ids with record groups, the link the purge exists to remove.)
+#[derive(Default)]
 pub(crate) struct Doomed {
     /// Whether `sids` has any: most compactions run with none, and skip the lock.
     any: AtomicBool,
