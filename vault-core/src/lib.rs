@@ -51,6 +51,7 @@ mod retention;
 mod rotate;
 mod status;
 
+mod cache;
 mod codec;
 mod crypto;
 mod durable;

@@ -6,15 +6,12 @@
 //! the sid, and erasure deletes the hash → sid link, so a subject id used again after
 //! an erasure is a new subject with a new key and nothing links it to the old one.
 
-use std::hash::Hash;
-use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
-use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
+use crate::cache::ShardedCache;
 use crate::crypto::{Aead256, Key, label};
-use crate::error::Error;
 use crate::token::{RECORD_GROUP_LEN, RecordGroup, TokenId};
 
 /// A subject instance's random storage id.
@@ -95,19 +92,11 @@ impl std::fmt::Debug for Dek {
     }
 }
 
-const SHARDS: usize = 16;
-
-/// A bounded LRU cache in 16 shards, by keys whose first byte is random (sids and
-/// subject hashes). Evicted values are dropped (a DEK is wiped once no call still
-/// uses it).
-pub(crate) struct ShardedLru<K, V> {
-    shards: Vec<Mutex<LruCache<K, V>>>,
-}
-
 /// Unwrapped DEKs by sid. A miss loads *while holding the shard lock*, so an
-/// erasure's [`remove`](ShardedLru::remove) (after its write) cannot be overtaken by
-/// a load that read the key before the write.
-pub(crate) type DekCache = ShardedLru<Sid, Arc<Dek>>;
+/// erasure's [`remove`](ShardedCache::remove) (after its write) cannot be overtaken
+/// by a load that read the key before the write. Evicted values are dropped (a DEK
+/// is wiped once no call still uses it).
+pub(crate) type DekCache = ShardedCache<Sid, Arc<Dek>>;
 
 /// The subject entries and keys of recently written subjects, by subject hash, so a
 /// tokenization of a known subject reads neither its entry nor its key.
@@ -118,73 +107,13 @@ pub(crate) type DekCache = ShardedLru<Sid, Arc<Dek>>;
 /// once its write is committed; an erasure and a write that removes a record
 /// (through the vault's `count_removed_record`) remove the subject's entry before
 /// they write.
-pub(crate) type SubjectCache = ShardedLru<SubjectHash, KnownSubject>;
+pub(crate) type SubjectCache = ShardedCache<SubjectHash, KnownSubject>;
 
 /// A subject as stored, with its unwrapped key.
 #[derive(Debug)]
 pub(crate) struct KnownSubject {
     pub entry: SubjectEntry,
     pub dek: Arc<Dek>,
-}
-
-impl<K, V> std::fmt::Debug for ShardedLru<K, V> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShardedLru").finish_non_exhaustive()
-    }
-}
-
-impl<K: AsRef<[u8]> + Hash + Eq, V> ShardedLru<K, V> {
-    pub(crate) fn new(capacity: usize) -> ShardedLru<K, V> {
-        let per_shard =
-            NonZeroUsize::new(capacity.div_ceil(SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
-        ShardedLru {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(LruCache::new(per_shard)))
-                .collect(),
-        }
-    }
-
-    fn shard(&self, key: &K) -> MutexGuard<'_, LruCache<K, V>> {
-        let first = key.as_ref().first().copied().unwrap_or(0);
-        self.shards[usize::from(first) % SHARDS]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub(crate) fn insert(&self, key: K, value: V) {
-        self.shard(&key).put(key, value);
-    }
-
-    /// Removes and returns the cached value.
-    pub(crate) fn remove(&self, key: &K) -> Option<V> {
-        self.shard(key).pop(key)
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
-    }
-}
-
-impl<K: AsRef<[u8]> + Hash + Eq + Clone, V: Clone> ShardedLru<K, V> {
-    /// The cached value, or the result of `load` (cached when `Some`).
-    pub(crate) fn get_or_load(
-        &self,
-        key: &K,
-        load: impl FnOnce() -> Result<Option<V>, Error>,
-    ) -> Result<Option<V>, Error> {
-        let mut shard = self.shard(key);
-        if let Some(value) = shard.get(key) {
-            return Ok(Some(value.clone()));
-        }
-        let Some(value) = load()? else {
-            return Ok(None);
-        };
-        shard.put(key.clone(), value.clone());
-        Ok(Some(value))
-    }
 }
 
 const STRIPES: usize = 1024;
@@ -259,23 +188,7 @@ impl Stripes {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cache_is_bounded_and_removal_sticks() -> Result<(), Error> {
-        let cache = DekCache::new(32);
-        for i in 0..=255u8 {
-            let key = Key::random()?;
-            cache.insert([i; 16], Arc::new(Dek::new(&key, [0; 32])));
-        }
-        assert!(cache.len() <= 32, "{}", cache.len());
-        let key = Key::random()?;
-        let loaded = cache.get_or_load(&[1; 16], || Ok(Some(Arc::new(Dek::new(&key, [1; 32])))))?;
-        assert!(loaded.is_some());
-        cache.remove(&[1; 16]);
-        let again = cache.get_or_load(&[1; 16], || Ok(None))?;
-        assert!(again.is_none());
-        Ok(())
-    }
+    use crate::error::Error;
 
     #[test]
     fn deterministic_ids_depend_on_key_field_and_value() -> Result<(), Error> {
