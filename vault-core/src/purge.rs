@@ -14,7 +14,6 @@
 //! subject's storage id.
 
 use std::collections::HashMap;
-use std::sync::PoisonError;
 use std::time::Duration;
 
 use crate::codec::{decode, encode};
@@ -44,20 +43,14 @@ impl Inner {
 
     /// Flushes and compacts every subject-data family whole.
     pub(crate) fn compact_all(&self) -> Result<bool, Error> {
-        let _purge = self
-            .purge_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let _turn = self.retirement.turn();
         self.store
             .purge_files(&PurgeScope::everything(), PURGE_VERIFY_TIMEOUT)
     }
 
     /// Purges every queued erasure in one run (one flush and set of compactions).
     pub(crate) fn purge_pending(&self) -> Result<PurgeReport, Error> {
-        let _purge = self
-            .purge_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let turn = self.retirement.turn();
         let mut queued: Vec<(Sid, QueueEntry)> = Vec::new();
         self.store.scan_prefix(Cf::PurgeQueue, &[], |k, v| {
             let sid: Sid = k.try_into().map_err(|_| Error::Integrity)?;
@@ -109,9 +102,9 @@ impl Inner {
             .iter()
             .map(|(sid, _)| taken.get(sid).map(|&(_, group)| group))
             .collect();
-        self.doomed.add(genuine.iter().map(|(sid, _)| *sid), groups);
+        let doomed = turn.doom(genuine.iter().map(|(sid, _)| *sid), groups);
         let verified = self.purge_files(&scope, &genuine, &taken);
-        self.doomed.clear();
+        drop(doomed);
         if verified? {
             let now = self.now();
             let mut batch = self.store.batch();

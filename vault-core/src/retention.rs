@@ -59,10 +59,7 @@ impl Inner {
     }
 
     pub(crate) fn purge_expired(&self) -> Result<PurgeReport, Error> {
-        let _purge = self
-            .purge_lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _turn = self.retirement.turn();
         let now = self.now();
         let mut due: Vec<(Vec<u8>, TokenId, Sid)> = Vec::new();
         self.store.scan_prefix(Cf::Expiry, &[], |key, value| {

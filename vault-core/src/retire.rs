@@ -1,12 +1,12 @@
-//! What a purge retires: the subjects whose purge is under way ([`Doomed`]) and the
-//! rule the storage engine applies to every stored version it rewrites
-//! ([`retire_rule`]). The engine rewrites only the files that hold a purged key
+//! What a purge retires: the purges' turn and the subjects whose purge is under way
+//! ([`Retirement`]), and the rule the storage engine applies to every stored version
+//! it rewrites ([`retire_rule`]). The engine rewrites only the files that hold a purged key
 //! range, so the purge writes nothing into those ranges itself: a write there would
 //! land in a new file that overlaps every key, and make the compaction rewrite all.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::codec::{decode, encode};
 use crate::keys::IndexKeys;
@@ -15,10 +15,72 @@ use crate::store::{Cf, RetireRule, Retired};
 use crate::subjects::{SUBJECT_FORMAT, Sid, SubjectEntry};
 use crate::token::{RECORD_GROUP_LEN, RecordGroup, TokenId};
 
+/// The purges' shared state: one purge (or expiry run) at a time, and the subjects
+/// the one under way retires, which the store's retirement rule reads.
+pub(crate) struct Retirement {
+    turn: Mutex<()>,
+    doomed: Arc<Doomed>,
+}
+
+impl std::fmt::Debug for Retirement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Retirement")
+    }
+}
+
+impl Retirement {
+    /// The vault's retirement, and the rule the store applies for it.
+    pub(crate) fn new(index: IndexKeys) -> (Retirement, RetireRule) {
+        let doomed = Arc::new(Doomed::default());
+        let rule = retire_rule(doomed.clone(), index);
+        let retirement = Retirement {
+            turn: Mutex::new(()),
+            doomed,
+        };
+        (retirement, rule)
+    }
+
+    /// Waits until no other purge runs, and holds the turn until dropped.
+    pub(crate) fn turn(&self) -> Turn<'_> {
+        Turn {
+            _turn: self.turn.lock().unwrap_or_else(PoisonError::into_inner),
+            doomed: &self.doomed,
+        }
+    }
+}
+
+/// A purge's turn: the only one that may doom subjects.
+pub(crate) struct Turn<'a> {
+    _turn: MutexGuard<'a, ()>,
+    doomed: &'a Doomed,
+}
+
+impl Turn<'_> {
+    /// Retires these subjects' data until the returned guard is dropped. `groups`
+    /// are their records' groups, where known.
+    pub(crate) fn doom(
+        &self,
+        sids: impl IntoIterator<Item = Sid>,
+        groups: Vec<Option<RecordGroup>>,
+    ) -> DoomedNow<'_> {
+        self.doomed.add(sids, groups);
+        DoomedNow(self.doomed)
+    }
+}
+
+/// Subjects doomed for as long as this lives.
+pub(crate) struct DoomedNow<'a>(&'a Doomed);
+
+impl Drop for DoomedNow<'_> {
+    fn drop(&mut self) {
+        self.0.clear();
+    }
+}
+
 /// The erased subjects whose data a purge is making physical. (No `Debug`: it pairs
 /// storage ids with record groups, the link the purge exists to remove.)
 #[derive(Default)]
-pub(crate) struct Doomed {
+struct Doomed {
     /// Whether `sids` has any: most compactions run with none, and skip the lock.
     any: AtomicBool,
     sids: RwLock<HashSet<Sid>>,
@@ -29,13 +91,7 @@ pub(crate) struct Doomed {
 }
 
 impl Doomed {
-    /// Retires these subjects' data from now on, until [`clear`](Self::clear).
-    /// `groups` are their records' groups, where known.
-    pub(crate) fn add(
-        &self,
-        sids: impl IntoIterator<Item = Sid>,
-        groups: Vec<Option<RecordGroup>>,
-    ) {
+    fn add(&self, sids: impl IntoIterator<Item = Sid>, groups: Vec<Option<RecordGroup>>) {
         let mut set = self.sids.write().unwrap_or_else(PoisonError::into_inner);
         set.extend(sids);
         let known: Option<HashSet<RecordGroup>> = groups.into_iter().collect();
@@ -43,7 +99,7 @@ impl Doomed {
         self.any.store(!set.is_empty(), Ordering::Release);
     }
 
-    pub(crate) fn clear(&self) {
+    fn clear(&self) {
         let mut set = self.sids.write().unwrap_or_else(PoisonError::into_inner);
         set.clear();
         *self.groups.write().unwrap_or_else(PoisonError::into_inner) = Some(HashSet::new());
@@ -80,7 +136,7 @@ impl Doomed {
 /// stubs (its tokens still answer *erased*), and its key, subject entry, index
 /// entries and consents are removed, in whatever version and file they are found.
 /// Everything else is kept, as is anything that does not decode.
-pub(crate) fn retire_rule(doomed: Arc<Doomed>, index: IndexKeys) -> RetireRule {
+fn retire_rule(doomed: Arc<Doomed>, index: IndexKeys) -> RetireRule {
     let grouped = index.tokens.grouped();
     Arc::new(move |cf, key, value| {
         if !doomed.any.load(Ordering::Acquire) {

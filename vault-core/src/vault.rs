@@ -25,7 +25,7 @@ use crate::options::VaultOptions;
 use crate::owner::Owner;
 use crate::purposes::Purpose;
 use crate::records::{LiveRecord, RECORD_FORMAT, StoredRecord, expired_outcome, stub_outcome};
-use crate::retire::{Doomed, retire_rule};
+use crate::retire::Retirement;
 use crate::store::{Batch, Cf, Storage, Store, StoreOptions, WriteSet};
 use crate::subjects::{
     Dek, KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, Stripes, SubjectCache, SubjectEntry,
@@ -50,9 +50,8 @@ pub(crate) struct Inner {
     /// Recently written subjects' entries and keys; see [`SubjectCache`].
     pub subjects: SubjectCache,
     pub stripes: Stripes,
-    pub purge_lock: Mutex<()>,
-    /// The subjects a purge under way retires (the store's retirement rule reads it).
-    pub doomed: Arc<Doomed>,
+    /// One purge at a time, and the subjects it retires.
+    pub retirement: Retirement,
     /// What the background worker's last run failed with, if it did.
     background_error: Mutex<Option<String>>,
     /// The directory's lock. Last, so that it is released only after the store
@@ -173,7 +172,7 @@ impl Vault {
         };
         // A header without a database is a creation that stopped half-way: finish it.
         let create = !dir.join("CURRENT").exists();
-        let doomed = Arc::new(Doomed::default());
+        let (retirement, retire_rule) = Retirement::new(ring.index_keys(header.layout()));
         let store = Arc::new(Store::open(
             dir,
             create,
@@ -183,7 +182,7 @@ impl Vault {
                 statistics: opts.statistics,
                 block_cache_bytes: opts.block_cache_bytes,
             },
-            retire_rule(doomed.clone(), ring.index_keys(header.layout())),
+            retire_rule,
         )?);
         let index = ring.index_keys(header.layout());
         let journal = Journal::open(store.clone(), dir, ring.audit_key(), &opts)?;
@@ -205,8 +204,7 @@ impl Vault {
             journal,
             subjects: SubjectCache::new(opts.dek_cache_capacity),
             stripes: Stripes::new(),
-            purge_lock: Mutex::new(()),
-            doomed,
+            retirement,
             background_error: Mutex::new(None),
             opts,
             _owner: owner,
