@@ -33,6 +33,8 @@ pub(crate) mod label {
         "pii-vault 2026-11 index key -> shredded records and erasure entries";
     pub const AUDIT_MAC: &str = "pii-vault 2026-11 index key -> audit trail chain";
     pub const AUDIT_SUBJECT: &str = "pii-vault 2026-11 DEK -> audit subject reference";
+    pub const BACKUP_MAC: &str =
+        "pii-vault 2026-12 index key -> backup manifests and the erasure journal";
 }
 
 /// AAD domain tags: one per kind of ciphertext.
@@ -52,6 +54,8 @@ pub(crate) mod domain {
     pub const AUDIT_BASE: &[u8] = b"pii-vault/audit-base/v1";
     pub const AUDIT_STAGED: &[u8] = b"pii-vault/audit-staged/v1";
     pub const AUDIT_STAGED_MARK: &[u8] = b"pii-vault/audit-staged-mark/v1";
+    pub const BACKUP_MANIFEST: &[u8] = b"pii-vault/backup-manifest/v1";
+    pub const ERASURE_JOURNAL: &[u8] = b"pii-vault/erasure-journal/v1";
 }
 
 /// A 256-bit secret key on the heap, wiped on drop, never `Clone`, `Copy` or `Debug`-printed.

@@ -16,10 +16,11 @@ use std::sync::PoisonError;
 
 use subtle::ConstantTimeEq;
 
+use crate::backup::Destroyed;
 use crate::codec::{decode, encode};
 use crate::crypto::domain;
 use crate::error::Error;
-use crate::events::{AuditAction, AuditEvent, AuditOutcome};
+use crate::events::{AuditAction, AuditEvent, AuditOutcome, RESTORE_ACTOR};
 use crate::keys::IndexKeys;
 use crate::options::PurgePolicy;
 use crate::records::link_ok;
@@ -275,51 +276,7 @@ impl Vault {
                 });
             };
             let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
-            let sid = entry.sid;
-            let mut batch = inner.store.batch();
-            // The key must authenticate as this subject's: an entry pointed at another
-            // subject's key must not destroy that key. (A missing key is cleaned up.)
-            // The key must be this subject's: a subject entry pointed at another
-            // subject's key must not destroy it. The stored subject hash is what the
-            // key's AAD binds, so a key whose hash was rewritten to match is already
-            // unusable, and destroying it costs nothing. A subject entry without a
-            // key is damage: nothing is erased or recorded for an unproven id.
-            let key = inner.store.get(Cf::Keys, &sid)?.ok_or(Error::Integrity)?;
-            let key: KeyEntry = decode(KEY_FORMAT, &key)?;
-            if key.subject_hash != hash {
-                return Err(Error::Integrity);
-            }
-            batch.add(&dek_counter(key.kek_version), -1);
-            batch.delete(Cf::Subjects, &hash);
-            batch.delete(Cf::Keys, &sid);
-            let erasure = ErasureEntry::new(&inner.index, &sid, now, entry.records);
-            batch.put(Cf::Erasures, &sid, &encode(ERASURE_FORMAT, &erasure));
-            let due_by = match inner.opts.purge {
-                PurgePolicy::Immediate => now,
-                PurgePolicy::Within(delay) => now.saturating_add(delay.as_millis() as u64),
-            };
-            // The records' group, for the purge: derived from the key, which is
-            // gone once this batch is written. A key that cannot be unwrapped does
-            // not stop the erasure: its purge then compacts whole families.
-            let group = inner
-                .keys
-                .dek(&sid)
-                .ok()
-                .flatten()
-                .map(|dek| dek.record_group);
-            let queued =
-                QueueEntry::new(&inner.index, &sid, due_by, group.map(|group| (hash, group)));
-            batch.put(Cf::PurgeQueue, &sid, &queued.encode());
-            // No subject reference: the receipt names this event, and a reference
-            // here would let whoever keeps the receipt with the subject id find the
-            // subject's earlier events again.
-            let event = AuditEvent::new(actor, AuditAction::Erase, AuditOutcome::Ok)
-                .about(None, entry.records);
-            // Synced whatever the vault's durability: an acknowledged erasure must not
-            // come undone after a machine crash.
-            let seqs = inner.journal.commit_audited(batch, vec![event], true)?;
-            inner.keys.forget(&sid);
-            (sid, entry.records, due_by, seqs.first().copied())
+            inner.destroy(actor, &hash, entry, now, true)?
         };
         // The key is gone: from here on the caller gets a receipt, never an error. A
         // purge that fails leaves the erasure pending, for the worker or `purge_now`.
@@ -392,6 +349,97 @@ impl Vault {
 }
 
 impl Inner {
+    /// Destroys the key of the subject instance `entry` names (subject hash `hash`)
+    /// and queues its purge, in one synced write with its audit event, recorded
+    /// first in the erasure journal if `journal`. Callers hold the subject's stripe
+    /// and the key-write lock, and have dropped the subject from the cache.
+    /// Returns the storage id, the records, the purge deadline and the event.
+    fn destroy(
+        &self,
+        actor: &str,
+        hash: &SubjectHash,
+        entry: SubjectEntry,
+        now: u64,
+        journal: bool,
+    ) -> Result<(Sid, u64, u64, Option<u64>), Error> {
+        let sid = entry.sid;
+        let mut batch = self.store.batch();
+        // The key must be this subject's: a subject entry pointed at another
+        // subject's key must not destroy it. The stored subject hash is what the
+        // key's AAD binds, so a key whose hash was rewritten to match is already
+        // unusable, and destroying it costs nothing. A subject entry without a
+        // key is damage: nothing is erased or recorded for an unproven id.
+        let key = self.store.get(Cf::Keys, &sid)?.ok_or(Error::Integrity)?;
+        let key: KeyEntry = decode(KEY_FORMAT, &key)?;
+        if key.subject_hash != *hash {
+            return Err(Error::Integrity);
+        }
+        batch.add(&dek_counter(key.kek_version), -1);
+        batch.delete(Cf::Subjects, hash);
+        batch.delete(Cf::Keys, &sid);
+        let erasure = ErasureEntry::new(&self.index, &sid, now, entry.records);
+        batch.put(Cf::Erasures, &sid, &encode(ERASURE_FORMAT, &erasure));
+        let due_by = match self.opts.purge {
+            PurgePolicy::Immediate => now,
+            PurgePolicy::Within(delay) => now.saturating_add(delay.as_millis() as u64),
+        };
+        // The records' group, for the purge: derived from the key, which is
+        // gone once this batch is written. A key that cannot be unwrapped does
+        // not stop the erasure: its purge then compacts whole families.
+        let group = self
+            .keys
+            .dek(&sid)
+            .ok()
+            .flatten()
+            .map(|dek| dek.record_group);
+        let queued = QueueEntry::new(&self.index, &sid, due_by, group.map(|group| (*hash, group)));
+        batch.put(Cf::PurgeQueue, &sid, &queued.encode());
+        // No subject reference: the receipt names this event, and a reference
+        // here would let whoever keeps the receipt with the subject id find the
+        // subject's earlier events again.
+        let event =
+            AuditEvent::new(actor, AuditAction::Erase, AuditOutcome::Ok).about(None, entry.records);
+        // In the erasure journal first, synced: a backup restored later destroys
+        // the key again. (A replay is already there.)
+        let _journaled = match &self.backups {
+            Some(backups) if journal => {
+                Some(backups.record(now, &[(sid, Destroyed::Subject)], &mut batch)?)
+            }
+            _ => None,
+        };
+        // Synced whatever the vault's durability: an acknowledged erasure must not
+        // come undone after a machine crash.
+        let seqs = self.journal.commit_audited(batch, vec![event], true)?;
+        self.keys.forget(&sid);
+        Ok((sid, entry.records, due_by, seqs.first().copied()))
+    }
+
+    /// Erases the subject instance `sid` again if its key is still stored, as a
+    /// restore replays the erasure journal: exactly as an erasure, without a new
+    /// journal entry. Returns whether it destroyed a key.
+    pub(crate) fn replay_erasure(&self, sid: &Sid) -> Result<bool, Error> {
+        let Some(key) = self.store.get(Cf::Keys, sid)? else {
+            return Ok(false);
+        };
+        let hash = decode::<KeyEntry>(KEY_FORMAT, &key)?.subject_hash;
+        let _stripe = self.stripes.lock(&hash);
+        let _keys = self
+            .keys
+            .writes()
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.subjects.remove(&hash);
+        let entry: SubjectEntry = match self.store.get(Cf::Subjects, &hash)? {
+            Some(bytes) => decode(SUBJECT_FORMAT, &bytes)?,
+            None => return Err(Error::Integrity),
+        };
+        if entry.sid != *sid {
+            return Err(Error::Integrity);
+        }
+        self.destroy(RESTORE_ACTOR, &hash, entry, self.now(), false)?;
+        Ok(true)
+    }
+
     /// Why a live record's key is missing: its subject was erased (the record's link
     /// and an erasure entry are authentic), or the data is damaged.
     pub(crate) fn missing_key(&self, sid: &Sid, id: &TokenId, link: &[u8; 16]) -> Error {

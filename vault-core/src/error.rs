@@ -146,6 +146,83 @@ pub enum Error {
     /// Deriving the root key from the passphrase failed.
     #[error("key derivation failed")]
     Kdf,
+    /// A backup, a restore or the erasure journal beside the backups was refused.
+    /// Nothing was changed.
+    #[error("{0}")]
+    Backup(BackupProblem),
+}
+
+/// Why a backup, a restore or the erasure journal was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupProblem {
+    /// The vault was opened without a backup directory.
+    #[error("no backup directory is configured")]
+    NotConfigured,
+    /// The directory holds no backup manifest.
+    #[error("{} is not a backup", path.display())]
+    NotABackup {
+        /// The directory given.
+        path: PathBuf,
+    },
+    /// The backup's header does not open with this root key: it is another vault's,
+    /// or the root key was changed since (an old backup needs the old root key).
+    #[error("the backup in {} is not of this vault, or was made under another root key", path.display())]
+    NotOfThisVault {
+        /// The backup's directory.
+        path: PathBuf,
+    },
+    /// A file of the backup is missing, truncated or altered, or its manifest does
+    /// not authenticate.
+    #[error("the backup in {} is damaged: {file} is missing, truncated or altered", path.display())]
+    Damaged {
+        /// The backup's directory.
+        path: PathBuf,
+        /// The file that failed its check.
+        file: String,
+    },
+    /// The erasure journal is missing: a restore cannot replay the erasures made
+    /// since the backup.
+    #[error("the erasure journal {} is missing", path.display())]
+    JournalMissing {
+        /// Where it should be.
+        path: PathBuf,
+    },
+    /// The erasure journal is another vault's, or its header was altered.
+    #[error("the erasure journal {} is not this vault's", path.display())]
+    JournalNotOfThisVault {
+        /// The journal file.
+        path: PathBuf,
+    },
+    /// An entry of the erasure journal failed authentication.
+    #[error("the erasure journal {} is damaged from entry {entry} on", path.display())]
+    JournalDamaged {
+        /// The journal file.
+        path: PathBuf,
+        /// The first entry that failed, counted from 1.
+        entry: u64,
+    },
+    /// The erasure journal holds fewer entries than the vault recorded: it was
+    /// rolled back, cut or replaced.
+    #[error("the erasure journal {} lost entries the vault recorded ({found} of {expected})", path.display())]
+    JournalBehind {
+        /// The journal file.
+        path: PathBuf,
+        /// Entries found.
+        found: u64,
+        /// Entries the vault recorded.
+        expected: u64,
+    },
+    /// The vault recorded its erasures in a journal for backups, and was opened
+    /// without the backup directory: erasures made now would come back with a restore.
+    #[error("this vault journals its erasures for its backups; open it with its backup directory")]
+    JournalNotAttached,
+    /// The restore's target directory holds something, and replacing it was not asked for.
+    #[error("{} is not empty; pass replace to restore over it", path.display())]
+    TargetNotEmpty {
+        /// The target directory.
+        path: PathBuf,
+    },
 }
 
 impl From<InputError> for Error {

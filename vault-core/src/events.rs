@@ -13,6 +13,8 @@ use crate::store::{Cf, Storage, Store};
 
 /// The actor the audit trail names for records expired by the retention purge.
 pub const RETENTION_ACTOR: &str = "retention";
+/// The actor of the erasures a restore replays from the erasure journal.
+pub const RESTORE_ACTOR: &str = "restore";
 
 pub(crate) const AUDIT_FORMAT: u8 = 1;
 pub(crate) const HEAD: &[u8] = b"audit/head";

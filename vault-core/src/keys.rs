@@ -312,6 +312,13 @@ impl Keyring {
         self.index_key.derive(label::AUDIT_MAC)
     }
 
+    /// The key that authenticates backup manifests and the erasure journal. Derived
+    /// from the index key, which no rotation or root-key change alters, so a journal
+    /// stays one chain across both.
+    pub(crate) fn backup_key(&self) -> Key {
+        self.index_key.derive(label::BACKUP_MAC)
+    }
+
     /// A deep copy, made through the zeroizing serialised form (keys are not `Clone`).
     pub(crate) fn duplicate(&self) -> Result<Keyring, Error> {
         Keyring::from_bytes(&self.to_bytes())

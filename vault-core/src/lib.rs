@@ -51,6 +51,7 @@ mod retention;
 mod rotate;
 mod status;
 
+mod backup;
 mod cache;
 mod codec;
 mod crypto;
@@ -95,15 +96,21 @@ pub use export::SubjectExport;
 // --- Accountability: actors and the audit trail ---
 pub use actor::Actor;
 pub use audit::AuditVerification;
-pub use events::{AuditAction, AuditEvent, AuditOutcome, RETENTION_ACTOR};
+pub use events::{AuditAction, AuditEvent, AuditOutcome, RESTORE_ACTOR, RETENTION_ACTOR};
 pub use options::{DEFAULT_ACTOR, valid_actor};
+
+// --- Backups and restores ---
+pub use backup::{
+    BackupInfo, BackupList, BackupOptions, DEFAULT_BACKUPS_KEPT, RestoreOptions, RestoreReport,
+    restore,
+};
 
 // --- Keys and storage, for ops ---
 pub use rotate::{KekVersionStatus, KeyStatus};
 pub use store::StorageCounters;
 
 // --- Errors ---
-pub use error::{Argument, Error, InputError, Problem, StorageError};
+pub use error::{Argument, BackupProblem, Error, InputError, Problem, StorageError};
 
 // --- Limits and defaults of the options ---
 pub use options::{

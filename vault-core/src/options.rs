@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::backup::BackupOptions;
 use crate::error::{Argument, Error, InputError, Problem};
 use crate::purposes::{Mask, Policy, Purpose};
 
@@ -222,6 +223,9 @@ pub struct VaultOptions {
     pub(crate) sync_read_events: bool,
     pub(crate) sync_gather: Duration,
     pub(crate) block_cache_bytes: usize,
+    pub(crate) backups: Option<BackupOptions>,
+    /// Opened by a restore to replay erasures: no journal attached, no worker.
+    pub(crate) restoring: bool,
 }
 
 impl Default for VaultOptions {
@@ -244,6 +248,8 @@ impl Default for VaultOptions {
             sync_read_events: false,
             sync_gather: Duration::ZERO,
             block_cache_bytes: DEFAULT_BLOCK_CACHE,
+            backups: None,
+            restoring: false,
         }
     }
 }
@@ -400,6 +406,24 @@ impl VaultOptions {
     /// are made ([`tokenize_batch`](crate::Vault::tokenize_batch)) do not use it.
     pub fn sync_gather(mut self, wait: Duration) -> Self {
         self.sync_gather = wait;
+        self
+    }
+
+    /// Take backups into a directory ([`Vault::backup`](crate::Vault::backup)) and
+    /// record every erasure and expired record in the erasure journal there, which
+    /// a [`restore`](crate::restore) replays. Once a vault has journaled an
+    /// erasure, it refuses to open without its backup directory (erasures made then
+    /// would come back with a restore). Default: no backups.
+    pub fn backups(mut self, backups: BackupOptions) -> Self {
+        self.backups = Some(backups);
+        self
+    }
+
+    /// These options, for the vault a restore opens to replay erasures in.
+    pub(crate) fn restoring(mut self) -> Self {
+        self.restoring = true;
+        self.background_worker = false;
+        self.create_if_missing = false;
         self
     }
 

@@ -8,10 +8,11 @@
 //! the storage layer flush, compact and verify the directory exactly as the erasure
 //! purge does, so the value's ciphertext leaves every file.
 
+use crate::backup::Destroyed;
 use crate::codec::{decode, encode};
 use crate::erase::PurgeReport;
 use crate::error::Error;
-use crate::events::{AuditAction, AuditEvent, AuditOutcome, RETENTION_ACTOR};
+use crate::events::{AuditAction, AuditEvent, AuditOutcome, RESTORE_ACTOR, RETENTION_ACTOR};
 use crate::records::{RECORD_FORMAT, StoredRecord, expired_tag, index_key};
 use crate::store::{Cf, Storage, WriteSet};
 use crate::subjects::Sid;
@@ -165,6 +166,46 @@ impl Inner {
         self.count_removed_record(&dek.subject_hash, sid, &mut batch)?;
         batch.put(Cf::Meta, UNVERIFIED, b"");
         let event = AuditEvent::new(RETENTION_ACTOR, AuditAction::Expire, AuditOutcome::Ok)
+            .about(Some(dek.audit_ref), 1);
+        // In the erasure journal first: a restored backup expires it again.
+        let _journaled = match &self.backups {
+            Some(backups) => {
+                Some(backups.record(now, &[(*sid, Destroyed::Record(*id))], &mut batch)?)
+            }
+            None => None,
+        };
+        self.journal.commit_audited(batch, vec![event], true)?;
+        Ok(true)
+    }
+
+    /// Expires the record `id` of subject instance `sid` again if it is still live,
+    /// as a restore replays the erasure journal (whatever the retention period says
+    /// now). Returns whether it stubbed a record.
+    pub(crate) fn replay_expiry(&self, sid: &Sid, id: &TokenId) -> Result<bool, Error> {
+        let Some(dek) = self.keys.dek(sid)? else {
+            // Erased since: its own purge shreds the record.
+            return Ok(false);
+        };
+        let _stripe = self.stripes.lock(&dek.subject_hash);
+        let live = match self.store.get(Cf::Records, id)? {
+            Some(bytes) => matches!(
+                decode(RECORD_FORMAT, &bytes)?,
+                StoredRecord::Live(record) if record.sid == *sid
+            ),
+            None => false,
+        };
+        if !live {
+            return Ok(false);
+        }
+        let mut batch = self.store.batch();
+        let stub = StoredRecord::Expired {
+            tag: expired_tag(&self.index, id),
+        };
+        batch.put(Cf::Records, id, &encode(RECORD_FORMAT, &stub));
+        batch.delete(Cf::Index, &index_key(sid, id));
+        self.count_removed_record(&dek.subject_hash, sid, &mut batch)?;
+        batch.put(Cf::Meta, UNVERIFIED, b"");
+        let event = AuditEvent::new(RESTORE_ACTOR, AuditAction::Expire, AuditOutcome::Ok)
             .about(Some(dek.audit_ref), 1);
         self.journal.commit_audited(batch, vec![event], true)?;
         Ok(true)

@@ -12,10 +12,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::backup::{Backups, JOURNAL_SEQ};
 use crate::codec::{decode, encode};
 use crate::crypto::{Key, random_bytes};
 use crate::durable::Syncer;
-use crate::error::Error;
+use crate::error::{BackupProblem, Error};
 use crate::events::ReadEvent;
 use crate::header::{FORMAT_VERSION, Header, sync_dir};
 use crate::journal::Journal;
@@ -52,6 +53,8 @@ pub(crate) struct Inner {
     pub stripes: Stripes,
     /// One purge at a time, and the subjects it retires.
     pub retirement: Retirement,
+    /// The backup directory and its erasure journal, if backups are configured.
+    pub backups: Option<Backups>,
     /// What the background worker's last run failed with, if it did.
     background_error: Mutex<Option<String>>,
     /// The directory's lock. Last, so that it is released only after the store
@@ -184,6 +187,24 @@ impl Vault {
             },
             retire_rule,
         )?);
+        let recorded = store
+            .get(Cf::Meta, JOURNAL_SEQ)?
+            .map(|b| b.try_into().map(u64::from_be_bytes))
+            .transpose()
+            .map_err(|_| Error::Integrity)?;
+        let backups = match (&opts.backups, opts.restoring, recorded) {
+            (_, true, _) => None,
+            (Some(backups), false, recorded) => Some(Backups::open(
+                backups.clone(),
+                header.vault_id,
+                &ring,
+                recorded.unwrap_or(0),
+            )?),
+            (None, false, Some(_)) => {
+                return Err(Error::Backup(BackupProblem::JournalNotAttached));
+            }
+            (None, false, None) => None,
+        };
         let index = ring.index_keys(header.layout());
         let journal = Journal::open(store.clone(), dir, ring.audit_key(), &opts)?;
         let inner = Arc::new(Inner {
@@ -205,6 +226,7 @@ impl Vault {
             subjects: SubjectCache::new(opts.dek_cache_capacity),
             stripes: Stripes::new(),
             retirement,
+            backups,
             background_error: Mutex::new(None),
             opts,
             _owner: owner,

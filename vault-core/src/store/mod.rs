@@ -199,6 +199,9 @@ pub(crate) trait Storage: Send + Sync {
     /// Writes a detached batch atomically, with a synced log or not as `sync` says.
     fn write_detached(&self, batch: Self::Detached, sync: bool) -> Result<(), Error>;
 
+    /// The engine's estimate of the keys in a column family (cheap: no scan).
+    fn estimate_keys(&self, cf: Cf) -> u64;
+
     /// What the engine has done, for tests and metrics.
     fn counters(&self) -> StorageCounters;
 
@@ -207,7 +210,6 @@ pub(crate) trait Storage: Send + Sync {
     /// hard links: a copy costs little and shares unchanged files with the store and
     /// with earlier copies. The copy opens as a store of its own. (Backups are made of
     /// these; the copy holds erased subjects' bytes that were not purged yet.)
-    #[cfg_attr(not(test), expect(dead_code, reason = "the backups of issue 23 use it"))]
     fn checkpoint(&self, dir: &Path) -> Result<(), Error>;
 
     /// Makes physical, within `scope`, the deletes and overwrites already written

@@ -640,6 +640,10 @@ impl Storage for Store {
         }
     }
 
+    fn estimate_keys(&self, cf: Cf) -> u64 {
+        self.property(cf, "rocksdb.estimate-num-keys")
+    }
+
     fn checkpoint(&self, dir: &Path) -> Result<(), Error> {
         // Flushes the memtables first (no log size is small enough to skip it), so
         // the copy's data is in table files and its logs are short.

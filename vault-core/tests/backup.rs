@@ -1,0 +1,475 @@
+//! Backups and restores: a restore brings back what the backup held, minus every
+//! erasure (and expiry) recorded in the erasure journal since; a backup or journal
+//! that is damaged, foreign or missing is refused before anything is written.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use vault_core::{
+    BackupOptions, BackupProblem, Error, PurgePolicy, RestoreOptions, RootKey, Vault, VaultOptions,
+    restore,
+};
+
+fn with_backups(dir: &Path) -> VaultOptions {
+    options().backups(BackupOptions::new(dir))
+}
+
+/// Tokens of `subject`: `count` records, the first under a clear-text canary field.
+fn records(vault: &Vault, subject: &str, count: usize, value: &str) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let field = if i == 0 {
+                "canary_field_b4k".to_owned()
+            } else {
+                format!("f{i}")
+            };
+            vault
+                .tokenize(subject, &field, value)
+                .expect("tokenize")
+                .to_string()
+        })
+        .collect()
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    live: PathBuf,
+    backups: PathBuf,
+    backup: PathBuf,
+    a_tokens: Vec<String>,
+    b_tokens: Vec<String>,
+    /// A's wrapped key and one record's stored bytes, read before the erasure.
+    a_traces: Vec<Vec<u8>>,
+}
+
+/// A and B tokenized, a backup taken, then A erased and purged; the vault closed.
+fn erased_after_backup() -> Result<Setup, Box<dyn std::error::Error>> {
+    let tmp = tempfile::tempdir()?;
+    let live = tmp.path().join("live");
+    let backups = tmp.path().join("backups");
+    let vault = Vault::open(&live, &root(), with_backups(&backups))?;
+    let a_tokens = records(&vault, "subject-a", 20, "a-value-7d1e@example.com");
+    let b_tokens = records(&vault, "subject-b", 5, "b-value-2c9f@example.com");
+    let a_ref = subject_ref(&vault, "subject-a");
+    let info = vault.backup()?;
+    assert_eq!(info.path, backups.join(&info.id));
+    assert!(info.bytes > 0);
+    vault.close()?;
+    let sid = hex_decode(&a_ref);
+    let key = raw_get(&live, "keys", &sid).ok_or("A's key")?;
+    let record = raw_get(&live, "records", &token_id(&live, &a_tokens[3])).ok_or("A's record")?;
+    let a_traces = vec![
+        key[key.len() - 72..].to_vec(),
+        record[record.len() - 40..].to_vec(),
+    ];
+
+    let vault = Vault::open(
+        &live,
+        &root(),
+        with_backups(&backups).purge_policy(PurgePolicy::Immediate),
+    )?;
+    vault.erase("subject-a")?;
+    vault.close()?;
+    Ok(Setup {
+        _tmp: tmp,
+        live,
+        backup: info.path,
+        backups,
+        a_tokens,
+        b_tokens,
+        a_traces,
+    })
+}
+
+#[test]
+fn a_restore_keeps_erasures_made_after_the_backup_erased() -> TestResult {
+    let s = erased_after_backup()?;
+    // Positive control: the backup itself still holds A (until `keep` deletes it).
+    for trace in &s.a_traces {
+        assert!(!files_containing(&s.backups, trace).is_empty(), "control");
+    }
+    let target = s.live.with_file_name("restored");
+    let report = restore(
+        &s.backup,
+        &target,
+        &root(),
+        options(),
+        RestoreOptions::new(),
+    )?;
+    assert_eq!(report.erasures_replayed, 1);
+    assert_eq!(report.journal_entries, 1);
+    assert_eq!(report.journal_entries_skipped, 0);
+    assert_eq!(report.data_dir, target);
+    assert!(!target.with_file_name("restored.restoring").exists());
+    assert!(!target.with_file_name("restored.restored").exists());
+
+    for trace in &s.a_traces {
+        let holders = files_containing(&target, trace);
+        assert!(holders.is_empty(), "A's bytes restored in {holders:?}");
+    }
+    let vault = Vault::open(&target, &root(), with_backups(&s.backups))?;
+    for token in &s.a_tokens {
+        assert!(
+            matches!(vault.detokenize(token), Err(Error::Erased)),
+            "{token}"
+        );
+    }
+    assert!(vault.export("subject-a")?.records.is_empty());
+    for token in &s.b_tokens {
+        assert_eq!(
+            vault.detokenize(token)?.value.as_bytes(),
+            b"b-value-2c9f@example.com"
+        );
+    }
+    assert!(vault.verify_audit()?.ok);
+    vault.close()?;
+    Ok(())
+}
+
+#[test]
+fn a_missing_or_altered_journal_refuses_the_restore_unless_told() -> TestResult {
+    let s = erased_after_backup()?;
+    let journal = s.backups.join("erasures.journal");
+    let good = std::fs::read(&journal)?;
+    let target = s.live.with_file_name("restored");
+
+    std::fs::remove_file(&journal)?;
+    let refused = restore(
+        &s.backup,
+        &target,
+        &root(),
+        options(),
+        RestoreOptions::new(),
+    );
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Backup(BackupProblem::JournalMissing { .. }))
+        ),
+        "{refused:?}"
+    );
+    assert!(!target.exists());
+
+    let mut altered = good.clone();
+    let last = altered.len() - 40;
+    altered[last] ^= 1;
+    std::fs::write(&journal, &altered)?;
+    let refused = restore(
+        &s.backup,
+        &target,
+        &root(),
+        options(),
+        RestoreOptions::new(),
+    );
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Backup(BackupProblem::JournalDamaged {
+                entry: 1,
+                ..
+            }))
+        ),
+        "{refused:?}"
+    );
+    assert!(!target.exists());
+
+    // Told to go on: restored, and the report says what was skipped.
+    let report = restore(
+        &s.backup,
+        &target,
+        &root(),
+        options(),
+        RestoreOptions::new().danger_skip_erasure_journal(true),
+    )?;
+    assert_eq!(report.erasures_replayed, 0);
+    assert_eq!(report.journal_entries_skipped, 1);
+    assert!(report.journal_unverified);
+    // A came back, as the option warns.
+    std::fs::write(&journal, &good)?;
+    let vault = Vault::open(&target, &root(), with_backups(&s.backups))?;
+    assert!(vault.detokenize(&s.a_tokens[0]).is_ok());
+    vault.close()?;
+    Ok(())
+}
+
+#[test]
+fn damaged_foreign_or_non_backups_are_refused_and_nothing_is_written() -> TestResult {
+    let s = erased_after_backup()?;
+    let target = s.live.with_file_name("restored");
+
+    let not_a_backup = restore(&s.live, &target, &root(), options(), RestoreOptions::new());
+    assert!(
+        matches!(
+            not_a_backup,
+            Err(Error::Backup(BackupProblem::NotABackup { .. }))
+        ),
+        "{not_a_backup:?}"
+    );
+    let other_key = RootKey::from_bytes(&[9; 32])?;
+    let foreign = restore(
+        &s.backup,
+        &target,
+        &other_key,
+        options(),
+        RestoreOptions::new(),
+    );
+    assert!(
+        matches!(
+            foreign,
+            Err(Error::Backup(BackupProblem::NotOfThisVault { .. }))
+        ),
+        "{foreign:?}"
+    );
+
+    // One byte of one shared table file.
+    let table = std::fs::read_dir(s.backups.join("tables"))?
+        .next()
+        .ok_or("a table file")??
+        .path();
+    let good = std::fs::read(&table)?;
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 0x40;
+    std::fs::write(&table, &bad)?;
+    let damaged = restore(
+        &s.backup,
+        &target,
+        &root(),
+        options(),
+        RestoreOptions::new(),
+    );
+    assert!(
+        matches!(damaged, Err(Error::Backup(BackupProblem::Damaged { .. }))),
+        "{damaged:?}"
+    );
+    // Truncated.
+    std::fs::write(&table, &good[..good.len() - 1])?;
+    let truncated = restore(
+        &s.backup,
+        &target,
+        &root(),
+        options(),
+        RestoreOptions::new(),
+    );
+    assert!(matches!(
+        truncated,
+        Err(Error::Backup(BackupProblem::Damaged { .. }))
+    ));
+    std::fs::write(&table, &good)?;
+    // The manifest altered.
+    let manifest = s.backup.join("MANIFEST");
+    let mut bytes = std::fs::read(&manifest)?;
+    bytes[10] ^= 1;
+    std::fs::write(&manifest, &bytes)?;
+    let altered = restore(
+        &s.backup,
+        &target,
+        &root(),
+        options(),
+        RestoreOptions::new(),
+    );
+    assert!(matches!(
+        altered,
+        Err(Error::Backup(BackupProblem::Damaged { .. }))
+    ));
+    assert!(!target.exists());
+    assert!(!target.with_file_name("restored.restoring").exists());
+    Ok(())
+}
+
+#[test]
+fn a_restore_over_a_vault_needs_replace_and_leaves_no_leftovers() -> TestResult {
+    let s = erased_after_backup()?;
+    let refused = restore(
+        &s.backup,
+        &s.live,
+        &root(),
+        options(),
+        RestoreOptions::new(),
+    );
+    assert!(matches!(
+        refused,
+        Err(Error::Backup(BackupProblem::TargetNotEmpty { .. }))
+    ));
+    // Open elsewhere: refused too.
+    let open = Vault::open(&s.live, &root(), with_backups(&s.backups))?;
+    let busy = restore(
+        &s.backup,
+        &s.live,
+        &root(),
+        options(),
+        RestoreOptions::new().replace(true),
+    );
+    assert!(matches!(busy, Err(Error::AlreadyOpen { .. })), "{busy:?}");
+    open.close()?;
+
+    let report = restore(
+        &s.backup,
+        &s.live,
+        &root(),
+        options(),
+        RestoreOptions::new().replace(true),
+    )?;
+    assert_eq!(report.erasures_replayed, 1);
+    let names: Vec<String> = std::fs::read_dir(s.live.parent().ok_or("parent")?)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    assert!(
+        names.iter().all(|n| n == "live" || n == "backups"),
+        "{names:?}"
+    );
+    let vault = Vault::open(&s.live, &root(), with_backups(&s.backups))?;
+    assert!(matches!(
+        vault.detokenize(&s.a_tokens[0]),
+        Err(Error::Erased)
+    ));
+    assert!(vault.detokenize(&s.b_tokens[0]).is_ok());
+    vault.close()?;
+    Ok(())
+}
+
+#[test]
+fn backups_inside_the_data_directory_survive_a_replacing_restore() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let live = tmp.path().join("data");
+    let backups = live.join("backups");
+    let vault = Vault::open(&live, &root(), with_backups(&backups))?;
+    let a = vault.tokenize("a", "email", "a@example.com")?.to_string();
+    let info = vault.backup()?;
+    vault.erase("a")?;
+    vault.close()?;
+    let report = restore(
+        &info.path,
+        &live,
+        &root(),
+        options(),
+        RestoreOptions::new().replace(true),
+    )?;
+    assert_eq!(report.erasures_replayed, 1);
+    assert!(backups.join("erasures.journal").exists());
+    assert!(backups.join(&info.id).join("MANIFEST").exists());
+    let vault = Vault::open(&live, &root(), with_backups(&backups))?;
+    assert!(matches!(vault.detokenize(&a), Err(Error::Erased)));
+    assert_eq!(vault.backups()?.backups.len(), 1);
+    vault.close()?;
+    Ok(())
+}
+
+#[test]
+fn backups_share_unchanged_tables_and_only_the_newest_are_kept() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let backups = tmp.path().join("backups");
+    let vault = Vault::open(
+        tmp.path().join("live"),
+        &root(),
+        options().backups(BackupOptions::new(&backups).keep(2)),
+    )?;
+    for i in 0..200 {
+        vault.tokenize(&format!("s{i}"), "email", "x@example.com")?;
+    }
+    let tables = |dir: &Path| -> std::io::Result<usize> {
+        Ok(std::fs::read_dir(dir.join("tables"))?.count())
+    };
+    let first = vault.backup()?;
+    let after_first = tables(&backups)?;
+    let second = vault.backup()?;
+    // Nothing written in between: the flush made no table, so none is added.
+    assert_eq!(tables(&backups)?, after_first);
+    assert_eq!(first.bytes, second.bytes);
+    vault.tokenize("late", "email", "y@example.com")?;
+    let third = vault.backup()?;
+    let list = vault.backups()?;
+    let ids: Vec<_> = list.backups.iter().map(|b| b.id.clone()).collect();
+    assert_eq!(ids, vec![second.id.clone(), third.id.clone()]);
+    assert!(!backups.join(&first.id).exists());
+    assert_eq!(list.holding_erased, 0);
+    assert_eq!(list.erasures_in_backups_until, None);
+
+    vault.erase("s1")?;
+    let list = vault.backups()?;
+    assert_eq!(list.holding_erased, 2);
+    assert_eq!(list.backups_until_clean, 2);
+    vault.close()?;
+    Ok(())
+}
+
+#[test]
+fn a_vault_refuses_to_open_without_its_journal() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let live = tmp.path().join("live");
+    let backups = tmp.path().join("backups");
+    let vault = Vault::open(&live, &root(), with_backups(&backups))?;
+    vault.tokenize("a", "email", "a@example.com")?;
+    vault.erase("a")?;
+    vault.close()?;
+
+    let detached = Vault::open(&live, &root(), options());
+    assert!(
+        matches!(
+            detached,
+            Err(Error::Backup(BackupProblem::JournalNotAttached))
+        ),
+        "{detached:?}"
+    );
+    std::fs::remove_file(backups.join("erasures.journal"))?;
+    let behind = Vault::open(&live, &root(), with_backups(&backups));
+    assert!(
+        matches!(
+            behind,
+            Err(Error::Backup(BackupProblem::JournalBehind {
+                found: 0,
+                expected: 1,
+                ..
+            }))
+        ),
+        "{behind:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_restore_expires_again_what_expired_since_the_backup() -> TestResult {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let tmp = tempfile::tempdir()?;
+    let live = tmp.path().join("live");
+    let backups = tmp.path().join("backups");
+    let clock = Arc::new(ManualClock::starting());
+    let opts = || {
+        with_backups(&backups)
+            .clock(clock.clone())
+            .retention("ip", Duration::from_secs(86_400))
+    };
+    let vault = Vault::open(&live, &root(), opts())?;
+    let ip = vault.tokenize("a", "ip", "192.0.2.1")?.to_string();
+    let email = vault.tokenize("a", "email", "a@example.com")?.to_string();
+    let info = vault.backup()?;
+    clock.advance_days(2);
+    assert_eq!(vault.purge_expired()?.records, 1);
+    vault.close()?;
+
+    // Restored under a policy without the period: the journal still expires it.
+    let target = tmp.path().join("restored");
+    let report = restore(
+        &info.path,
+        &target,
+        &root(),
+        with_backups(&backups).clock(clock.clone()),
+        RestoreOptions::new(),
+    )?;
+    assert_eq!(report.erasures_replayed, 1);
+    let vault = Vault::open(
+        &target,
+        &root(),
+        with_backups(&backups).clock(clock.clone()),
+    )?;
+    assert!(
+        matches!(vault.detokenize(&ip), Err(Error::Expired)),
+        "{:?}",
+        vault.detokenize(&ip)
+    );
+    assert!(vault.detokenize(&email).is_ok());
+    vault.close()?;
+    Ok(())
+}
