@@ -335,6 +335,44 @@ pub struct ExportedRecord {
     pub created_at: u64,
 }
 
+/// One backup, as `POST /v1/admin/backups` and `GET /v1/admin/backups` describe it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backup {
+    /// Its name in the backup directory.
+    pub id: String,
+    /// When it was taken, in milliseconds since the Unix epoch.
+    pub created_at: u64,
+    /// Its directory on the server (what `vault-server restore --from` takes).
+    pub path: String,
+    /// Records stored when it was taken, stubs included (the engine's estimate).
+    pub records: u64,
+    /// The size of its files, shared table files included.
+    pub bytes: u64,
+}
+
+/// Answer to `POST /v1/admin/backups`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupCreated {
+    /// The backup just taken.
+    pub backup: Backup,
+}
+
+/// Answer to `GET /v1/admin/backups`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backups {
+    /// The kept backups, oldest first.
+    pub backups: Vec<Backup>,
+    /// When the last kept backup that may hold a subject erased since it was taken
+    /// is deleted, in milliseconds since the Unix epoch (with `[backup] every_hours`
+    /// configured); `null` when none holds one, or without a schedule.
+    pub erasures_in_backups_until: Option<u64>,
+    /// How many kept backups may hold subjects erased since they were taken (a
+    /// restore replays those erasures).
+    pub holding_erased: usize,
+    /// How many more backups must be taken before none does.
+    pub backups_until_clean: usize,
+}
+
 /// Answer to `POST /v1/admin/rotate` and `GET /v1/admin/keys`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyStatus {

@@ -147,12 +147,23 @@ enum Command {
     Rotate,
     /// Show key versions, rotation and purge progress.
     Keys,
+    /// Take or list backups.
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Check that the server is live and ready.
     Health,
     /// Print the server's Prometheus metrics.
     Metrics,
     /// Print the server's OpenAPI document.
     Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Take a backup now (the server keeps serving); prints it.
+    Create,
+    /// List the kept backups and how long erased subjects live on in them.
+    List,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -325,6 +336,8 @@ async fn run(command: Command, allow_plain_http: bool) -> Result<(), Failure> {
         }
         Command::Rotate => print(&client.rotate().await?),
         Command::Keys => print(&client.keys().await?),
+        Command::Backup(BackupCommand::Create) => print(&client.create_backup().await?),
+        Command::Backup(BackupCommand::List) => print(&client.backups().await?),
         Command::Metrics => {
             print!("{}", client.metrics().await?);
             Ok(())

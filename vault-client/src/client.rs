@@ -8,10 +8,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    AuditCheck, AuditEvents, ConsentRequest, DetokenizeRequest, DetokenizeResponse,
-    DetokenizeResult, ErasureReceipt, ErrorBody, KeyStatus, Purposes, RectifyRequest, Sensitive,
-    SubjectConsents, SubjectExport, SubjectRequest, TokenizeItem, TokenizeRequest,
-    TokenizeResponse,
+    AuditCheck, AuditEvents, BackupCreated, Backups, ConsentRequest, DetokenizeRequest,
+    DetokenizeResponse, DetokenizeResult, ErasureReceipt, ErrorBody, KeyStatus, Purposes,
+    RectifyRequest, Sensitive, SubjectConsents, SubjectExport, SubjectRequest, TokenizeItem,
+    TokenizeRequest, TokenizeResponse,
 };
 
 /// What can go wrong with a call. Carries no personal data: the server's messages
@@ -428,6 +428,21 @@ impl Client {
     /// Key versions, subject keys per version, rotation and purge progress.
     pub async fn keys(&self) -> Result<KeyStatus, Error> {
         self.call::<(), _>(Method::GET, "/v1/admin/keys", None, Idempotent::Yes)
+            .await?
+            .ok_or(Error::Decode { status: 204 })
+    }
+
+    /// Takes a backup now. Not retried: after a lost answer, a second attempt
+    /// would take a second backup.
+    pub async fn create_backup(&self) -> Result<BackupCreated, Error> {
+        self.call::<(), _>(Method::POST, "/v1/admin/backups", None, Idempotent::No)
+            .await?
+            .ok_or(Error::Decode { status: 204 })
+    }
+
+    /// The kept backups, and how long erased subjects live on in them.
+    pub async fn backups(&self) -> Result<Backups, Error> {
+        self.call::<(), _>(Method::GET, "/v1/admin/backups", None, Idempotent::Yes)
             .await?
             .ok_or(Error::Decode { status: 204 })
     }

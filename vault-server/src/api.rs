@@ -29,7 +29,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use vault_client::api::{
-    AuditCheck, AuditEventInfo, AuditEvents, Consent, ConsentChange, ConsentRequest,
+    self, AuditCheck, AuditEventInfo, AuditEvents, Consent, ConsentChange, ConsentRequest,
     DetokenizeRequest, DetokenizeResponse, DetokenizeResult, ErasureReceipt, ExportedRecord,
     ItemError, KekVersion, KeyStatus, Purge, PurposeInfo, Purposes, RectifyRequest, Sensitive,
     SubjectConsents, SubjectExport, SubjectRequest, TokenizeRequest, TokenizeResponse,
@@ -75,7 +75,7 @@ impl AppState {
 }
 
 /// Every route, as its template: the only route names that reach logs and metrics.
-pub const ROUTES: [&str; 15] = [
+pub const ROUTES: [&str; 16] = [
     "/v1/tokenize",
     "/v1/detokenize",
     "/v1/tokens/{token}",
@@ -88,6 +88,7 @@ pub const ROUTES: [&str; 15] = [
     "/v1/audit/verify",
     "/v1/admin/rotate",
     "/v1/admin/keys",
+    "/v1/admin/backups",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -109,6 +110,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audit/verify", post(verify_audit))
         .route("/v1/admin/rotate", post(rotate))
         .route("/v1/admin/keys", get(keys))
+        .route("/v1/admin/backups", post(create_backup).get(list_backups))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -218,7 +220,7 @@ fn access(route: &str, method: &Method) -> Access {
         ("/v1/subjects/export", &Method::POST) => Scope::Export,
         ("/v1/subjects/consent" | "/v1/subjects/consents", &Method::POST) => Scope::Consent,
         ("/v1/audit", &Method::GET) | ("/v1/audit/verify", &Method::POST) => Scope::Audit,
-        ("/v1/admin/rotate" | "/v1/admin/keys", _) => Scope::Admin,
+        ("/v1/admin/rotate" | "/v1/admin/keys" | "/v1/admin/backups", _) => Scope::Admin,
         ("/healthz" | "/readyz" | "/metrics" | OPENAPI_ROUTE, _) => return Access::Public,
         _ => return Access::Key(None),
     };
@@ -701,6 +703,40 @@ async fn rotate(work: Work) -> Result<Json<KeyStatus>, ApiError> {
 async fn keys(work: Work) -> Result<Json<KeyStatus>, ApiError> {
     let status = work.run(|vault| vault.key_status()).await?;
     Ok(Json(key_status(status)))
+}
+
+fn backup(info: vault_core::BackupInfo) -> api::Backup {
+    api::Backup {
+        id: info.id,
+        created_at: info.created_at,
+        path: info.path.display().to_string(),
+        records: info.records,
+        bytes: info.bytes,
+    }
+}
+
+async fn create_backup(work: Work) -> Result<(StatusCode, Json<api::BackupCreated>), ApiError> {
+    let info = work.run(|vault| vault.backup()).await?;
+    tracing::info!(
+        request_id = %request_id(),
+        backup = %info.id,
+        bytes = info.bytes,
+        "backup taken"
+    );
+    let created = api::BackupCreated {
+        backup: backup(info),
+    };
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn list_backups(work: Work) -> Result<Json<api::Backups>, ApiError> {
+    let list = work.run(|vault| vault.backups()).await?;
+    Ok(Json(api::Backups {
+        backups: list.backups.into_iter().map(backup).collect(),
+        erasures_in_backups_until: list.erasures_in_backups_until,
+        holding_erased: list.holding_erased,
+        backups_until_clean: list.backups_until_clean,
+    }))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

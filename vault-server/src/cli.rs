@@ -3,6 +3,8 @@
 //! ```text
 //! vault-server --data-dir DIR [--listen ADDR] (--config FILE | --dev)
 //! vault-server new-api-key
+//! vault-server restore --from BACKUP --data-dir DIR (--config FILE | --dev)
+//!     [--replace] [--danger-skip-erasure-journal]
 //! ```
 //!
 //! Everything is checked (configuration, TLS files, root key, the vault itself)
@@ -51,6 +53,33 @@ pub struct Args {
 enum Command {
     /// Prints a new random API key and the hash to put in the configuration.
     NewApiKey,
+    /// Restores a backup into the data directory (the server stopped), replaying
+    /// every erasure made since from the erasure journal beside the backups, and
+    /// prints one JSON line.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RestoreArgs {
+    /// The backup's directory (`path` in `GET /v1/admin/backups`).
+    #[arg(long, value_name = "BACKUP")]
+    from: PathBuf,
+    /// The data directory the server runs with.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// The server's configuration file (root key, purposes, retention).
+    #[arg(long, value_name = "FILE", conflicts_with = "dev")]
+    config: Option<PathBuf>,
+    /// The development set-up under DATA_DIR/dev.
+    #[arg(long)]
+    dev: bool,
+    /// Replace the vault the data directory holds.
+    #[arg(long)]
+    replace: bool,
+    /// Restore even if the erasure journal is missing or fails authentication:
+    /// subjects erased since the backup may come back.
+    #[arg(long)]
+    danger_skip_erasure_journal: bool,
 }
 
 /// Runs the command line; the return value is the process's exit code.
@@ -60,8 +89,10 @@ pub fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let args = Args::parse();
-    if let Some(Command::NewApiKey) = args.command {
-        return new_api_key();
+    match &args.command {
+        Some(Command::NewApiKey) => return new_api_key(),
+        Some(Command::Restore(restore)) => return restore_backup(restore),
+        None => {}
     }
     init_logging();
     match prepare(&args) {
@@ -99,6 +130,54 @@ fn new_api_key() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn restore_backup(args: &RestoreArgs) -> ExitCode {
+    match restore_with(args) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vault-server: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn restore_with(args: &RestoreArgs) -> Result<serde_json::Value, ConfigError> {
+    let data_dir = &args.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| ConfigError::new(format!("cannot create {}: {e}", data_dir.display())))?;
+    let config = match (&args.config, args.dev) {
+        (Some(path), false) => config::load(path, data_dir)?,
+        (None, true) => dev::prepare(data_dir)?.0,
+        _ => {
+            return Err(ConfigError::new(
+                "either --config FILE or --dev is required (see vault-server restore --help)",
+            ));
+        }
+    };
+    let options = vault_core::RestoreOptions::new()
+        .replace(args.replace)
+        .danger_skip_erasure_journal(args.danger_skip_erasure_journal);
+    let report = vault_core::restore(
+        &args.from,
+        &config.vault_dir,
+        &config.root_key,
+        config.vault_options(),
+        options,
+    )
+    .map_err(|e| ConfigError::new(format!("restore refused: {e}")))?;
+    Ok(serde_json::json!({
+        "backup": report.backup,
+        "backup_created_at": report.backup_created_at,
+        "erasures_replayed": report.erasures_replayed,
+        "erasure_journal_entries": report.journal_entries,
+        "erasure_journal_entries_skipped": report.journal_entries_skipped,
+        "erasure_journal_unverified": report.journal_unverified,
+        "data_dir": data_dir.display().to_string(),
+    }))
 }
 
 /// Structured JSON logs on stderr; the level from `RUST_LOG` (default `info`).

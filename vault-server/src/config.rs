@@ -39,7 +39,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
-use vault_core::{LawfulBasis, Limits, Mask, PurgePolicy, Purpose, RootKey, VaultOptions};
+use vault_core::{
+    BackupOptions, LawfulBasis, Limits, Mask, PurgePolicy, Purpose, RootKey, VaultOptions,
+};
 use zeroize::Zeroizing;
 
 use crate::auth::{self, ApiKey, ApiKeys, KeyHash, Purposes, Scope};
@@ -85,6 +87,21 @@ pub struct FileConfig {
     /// Retention period per field, in days.
     #[serde(default)]
     pub retention_days: BTreeMap<String, u64>,
+    /// Backups and the erasure journal.
+    pub backup: Option<BackupConfig>,
+}
+
+/// `[backup]`, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// The backup directory (relative to the configuration file's directory).
+    pub dir: PathBuf,
+    /// Backups kept (1-1000; 7 if unset).
+    pub keep: Option<usize>,
+    /// How often backups are taken (by cron or a timer calling the API), in hours:
+    /// it dates when erased subjects leave the backups.
+    pub every_hours: Option<u64>,
 }
 
 /// A purpose of processing, as written.
@@ -249,6 +266,8 @@ pub struct ServerConfig {
     pub sync_gather: Duration,
     /// Memory for the storage engine's block cache, in bytes.
     pub block_cache_bytes: usize,
+    /// Backups and the erasure journal, if configured.
+    pub backups: Option<BackupOptions>,
 }
 
 impl ServerConfig {
@@ -286,6 +305,9 @@ impl ServerConfig {
         }
         if let Some(period) = self.audit_retention {
             options = options.audit_retention(period);
+        }
+        if let Some(backups) = &self.backups {
+            options = options.backups(backups.clone());
         }
         options
             .sync_read_events(self.sync_read_events)
@@ -357,7 +379,28 @@ pub fn resolve(
             .vault
             .block_cache_mib
             .map_or(Ok(vault_core::internal::SERVER_BLOCK_CACHE), block_cache)?,
+        backups: file
+            .backup
+            .map(|backup| check_backup(&backup, base))
+            .transpose()?,
     })
+}
+
+fn check_backup(config: &BackupConfig, base: &Path) -> Result<BackupOptions, ConfigError> {
+    let mut options = BackupOptions::new(base.join(&config.dir));
+    if let Some(keep) = config.keep {
+        if !(1..=1000).contains(&keep) {
+            return Err(ConfigError::new("backup.keep must be 1-1000"));
+        }
+        options = options.keep(keep);
+    }
+    if let Some(hours) = config.every_hours {
+        if !(1..=24 * 366).contains(&hours) {
+            return Err(ConfigError::new("backup.every_hours must be 1-8784"));
+        }
+        options = options.every(Duration::from_secs(hours * 3600));
+    }
+    Ok(options)
 }
 
 /// The most `block_cache_mib` takes: 1 TiB.

@@ -103,6 +103,7 @@ pub fn prepare(data_dir: &Path) -> Result<(ServerConfig, DevInfo), ConfigError> 
         // As a configured server's (a cap, filled as blocks are read): the HTTPS
         // benchmark runs this server and must measure what production runs.
         block_cache_bytes: vault_core::internal::SERVER_BLOCK_CACHE,
+        backups: Some(vault_core::BackupOptions::new(data_dir.join("backups"))),
     };
     let ca_cert = fs::canonicalize(&cert_path).unwrap_or(cert_path);
     Ok((config, DevInfo { ca_cert, api_key }))

@@ -207,6 +207,11 @@ impl ApiError {
             ),
             // Vault errors name files and kinds, never stored values (vault-core's
             // contract), so they may be logged.
+            E::Backup(vault_core::BackupProblem::NotConfigured) => ApiError::new(
+                StatusCode::CONFLICT,
+                "backups_not_configured",
+                "no backup directory is configured ([backup] dir)",
+            ),
             other => ApiError::internal().because(other.to_string(), "vault error"),
         }
     }

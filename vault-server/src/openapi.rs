@@ -120,6 +120,16 @@ pub fn document() -> Value {
                 "summary": "Key versions, subject keys per version, rotation and purge progress. Scope: admin.",
                 "responses": with_errors(json!({ "200": answer("Key status.", "KeyStatus") }), &[401, 403, 405, 429, 500, 503])
             }},
+            "/v1/admin/backups": {
+                "post": {
+                    "summary": "Take a backup now, while serving; older ones past `keep` are deleted. Scope: admin.",
+                    "responses": with_errors(json!({ "201": answer("The backup.", "BackupCreated") }), &[401, 403, 405, 409, 429, 500, 503])
+                },
+                "get": {
+                    "summary": "The kept backups, and how long erased subjects live on in them. Scope: admin.",
+                    "responses": with_errors(json!({ "200": answer("The backups.", "Backups") }), &[401, 403, 405, 409, 429, 500, 503])
+                }
+            },
             "/healthz": { "get": {
                 "summary": "Liveness.", "security": [],
                 "responses": { "200": { "description": "The process serves requests." } }
@@ -252,6 +262,22 @@ pub fn document() -> Value {
                     "rotation_in_progress": { "type": "boolean" },
                     "pending_purges": { "type": "integer" },
                     "background_error": { "type": ["string", "null"] }
+                })),
+                "Backup": object(&["id", "created_at", "path", "records", "bytes"], json!({
+                    "id": { "type": "string" },
+                    "created_at": { "type": "integer", "description": "Milliseconds since the Unix epoch." },
+                    "path": { "type": "string", "description": "The backup's directory on the server: what `vault-server restore --from` takes." },
+                    "records": { "type": "integer" },
+                    "bytes": { "type": "integer" }
+                })),
+                "BackupCreated": object(&["backup"], json!({
+                    "backup": { "$ref": "#/components/schemas/Backup" }
+                })),
+                "Backups": object(&["backups", "erasures_in_backups_until", "holding_erased", "backups_until_clean"], json!({
+                    "backups": { "type": "array", "items": { "$ref": "#/components/schemas/Backup" } },
+                    "erasures_in_backups_until": { "type": ["integer", "null"], "description": "When the last kept backup that may hold a subject erased since it was taken is deleted (ms since the epoch; needs [backup] every_hours); null when none holds one or without a schedule." },
+                    "holding_erased": { "type": "integer" },
+                    "backups_until_clean": { "type": "integer" }
                 })),
                 "Error": object(&["error"], json!({
                     "error": object(&["code", "message"], json!({
