@@ -43,8 +43,10 @@ mod consent;
 mod export;
 
 mod actor;
+mod backups;
 mod erase;
 mod purge;
+mod restore;
 
 mod audit;
 mod retention;
@@ -100,10 +102,9 @@ pub use events::{AuditAction, AuditEvent, AuditOutcome, RESTORE_ACTOR, RETENTION
 pub use options::{DEFAULT_ACTOR, valid_actor};
 
 // --- Backups and restores ---
-pub use backup::{
-    BackupInfo, BackupList, BackupOptions, DEFAULT_BACKUPS_KEPT, RestoreOptions, RestoreReport,
-    restore,
-};
+pub use backup::{BackupInfo, BackupList};
+pub use options::{BackupOptions, DEFAULT_BACKUPS_KEPT};
+pub use restore::{RestoreOptions, RestoreReport, restore};
 
 // --- Keys and storage, for ops ---
 pub use rotate::{KekVersionStatus, KeyStatus};

@@ -1,10 +1,10 @@
 //! Options for opening a vault, with their documented defaults, and the clock.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::backup::BackupOptions;
 use crate::error::{Argument, Error, InputError, Problem};
 use crate::purposes::{Mask, Policy, Purpose};
 
@@ -411,7 +411,7 @@ impl VaultOptions {
 
     /// Take backups into a directory ([`Vault::backup`](crate::Vault::backup)) and
     /// record every erasure and expired record in the erasure journal there, which
-    /// a [`restore`](crate::restore) replays. Once a vault has journaled an
+    /// a restore (`vault_core::restore`) replays. Once a vault has journaled an
     /// erasure, it refuses to open without its backup directory (erasures made then
     /// would come back with a restore). Default: no backups.
     pub fn backups(mut self, backups: BackupOptions) -> Self {
@@ -543,6 +543,46 @@ pub fn valid_actor(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
+}
+
+/// Backups kept when the options do not say.
+pub const DEFAULT_BACKUPS_KEPT: usize = 7;
+
+/// Where a vault's backups go and how many are kept
+/// ([`VaultOptions::backups`](crate::VaultOptions::backups)).
+///
+/// With backups configured, every erasure and every expired record is first
+/// recorded in the erasure journal in this directory (synced), which a
+/// restore (`vault_core::restore`) replays.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub(crate) dir: PathBuf,
+    pub(crate) keep: usize,
+    pub(crate) every: Option<Duration>,
+}
+
+impl BackupOptions {
+    /// Backups in `dir` (created if missing), keeping [`DEFAULT_BACKUPS_KEPT`].
+    pub fn new(dir: impl Into<PathBuf>) -> BackupOptions {
+        BackupOptions {
+            dir: dir.into(),
+            keep: DEFAULT_BACKUPS_KEPT,
+            every: None,
+        }
+    }
+
+    /// Keep the `n` newest backups (at least 1); a new backup deletes the older ones.
+    pub fn keep(mut self, n: usize) -> BackupOptions {
+        self.keep = n.max(1);
+        self
+    }
+
+    /// How often backups are taken (by whatever schedules them), so that the time a
+    /// backup is deleted can be told ([`BackupList::erasures_in_backups_until`](crate::BackupList::erasures_in_backups_until)).
+    pub fn every(mut self, interval: Duration) -> BackupOptions {
+        self.every = Some(interval);
+        self
+    }
 }
 
 #[cfg(test)]

@@ -1039,7 +1039,7 @@ mod tests {
                 assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
             }
         }
-        assert_eq!(described, 17, "every route and method");
+        assert_eq!(described, 19, "every route and method");
         Ok(())
     }
 

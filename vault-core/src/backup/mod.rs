@@ -18,17 +18,15 @@
 //!
 //! A backup is published by renaming its finished directory into place, so a crash
 //! leaves either no backup or a whole one; a later backup removes the leftovers.
+//! Taking and listing backups is `backups.rs`; restoring is `restore.rs`.
 
 mod journal;
-mod restore;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
-use std::time::Duration;
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -38,60 +36,20 @@ use crate::crypto::{Key, domain};
 use crate::error::{BackupProblem, Error};
 use crate::header::{HEADER_FILE, sync_dir};
 use crate::keys::Keyring;
-use crate::store::{Cf, Storage, WriteSet};
+use crate::options::BackupOptions;
+use crate::store::{Cf, WriteSet};
 use crate::subjects::Sid;
-use crate::vault::{Inner, Vault};
 
-pub(crate) use journal::{Destroyed, ErasureJournal};
-pub use restore::{RestoreOptions, RestoreReport, restore};
+pub(crate) use journal::{Destroyed, ErasureJournal, JOURNAL_FILE, read as read_journal};
 
-const MANIFEST_FILE: &str = "MANIFEST";
+pub(crate) const MANIFEST_FILE: &str = "MANIFEST";
 const MANIFEST_FORMAT: u8 = 1;
-const TABLES: &str = "tables";
-const PARTIAL: &str = ".partial-";
-const DB: &str = "db";
+pub(crate) const TABLES: &str = "tables";
+pub(crate) const PARTIAL: &str = ".partial-";
+pub(crate) const DB: &str = "db";
 /// `meta` key: the erasure journal's length after the last erasure written, so that
 /// a journal rolled back or replaced is noticed when the vault opens.
 pub(crate) const JOURNAL_SEQ: &[u8] = b"backup/journal-seq";
-/// Backups kept when the options do not say.
-pub const DEFAULT_BACKUPS_KEPT: usize = 7;
-
-/// Where a vault's backups go and how many are kept
-/// ([`VaultOptions::backups`](crate::VaultOptions::backups)).
-///
-/// With backups configured, every erasure and every expired record is first
-/// recorded in the erasure journal in this directory (synced), which a
-/// [`restore`] replays.
-#[derive(Debug, Clone)]
-pub struct BackupOptions {
-    pub(crate) dir: PathBuf,
-    pub(crate) keep: usize,
-    pub(crate) every: Option<Duration>,
-}
-
-impl BackupOptions {
-    /// Backups in `dir` (created if missing), keeping [`DEFAULT_BACKUPS_KEPT`].
-    pub fn new(dir: impl Into<PathBuf>) -> BackupOptions {
-        BackupOptions {
-            dir: dir.into(),
-            keep: DEFAULT_BACKUPS_KEPT,
-            every: None,
-        }
-    }
-
-    /// Keep the `n` newest backups (at least 1); a new backup deletes the older ones.
-    pub fn keep(mut self, n: usize) -> BackupOptions {
-        self.keep = n.max(1);
-        self
-    }
-
-    /// How often backups are taken (by whatever schedules them), so that the time a
-    /// backup is deleted can be told ([`BackupList::erasures_in_backups_until`]).
-    pub fn every(mut self, interval: Duration) -> BackupOptions {
-        self.every = Some(interval);
-        self
-    }
-}
 
 /// One backup. Carries no personal data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,27 +85,27 @@ pub struct BackupList {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Manifest {
-    vault_id: [u8; 16],
-    id: String,
-    created_at: u64,
+pub(crate) struct Manifest {
+    pub(crate) vault_id: [u8; 16],
+    pub(crate) id: String,
+    pub(crate) created_at: u64,
     /// Entries of the erasure journal when the copy was made: any later entry may
     /// be of a subject the backup holds.
-    journal_seq: u64,
+    pub(crate) journal_seq: u64,
     /// Erasures not yet purged when the copy was made: their bytes are in it.
-    unpurged: u64,
-    records: u64,
-    files: Vec<FileEntry>,
+    pub(crate) unpurged: u64,
+    pub(crate) records: u64,
+    pub(crate) files: Vec<FileEntry>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct FileEntry {
+pub(crate) struct FileEntry {
     /// The name in the vault directory.
-    name: String,
-    size: u64,
-    hash: [u8; 32],
+    pub(crate) name: String,
+    pub(crate) size: u64,
+    pub(crate) hash: [u8; 32],
     /// Stored in `tables/` under its hash rather than in the backup's directory.
-    shared: bool,
+    pub(crate) shared: bool,
 }
 
 impl Manifest {
@@ -155,7 +113,7 @@ impl Manifest {
         self.files.iter().map(|f| f.size).sum()
     }
 
-    fn info(&self, dir: &Path) -> BackupInfo {
+    pub(crate) fn info(&self, dir: &Path) -> BackupInfo {
         BackupInfo {
             id: self.id.clone(),
             created_at: self.created_at,
@@ -166,7 +124,7 @@ impl Manifest {
     }
 
     /// Where a listed file is kept, inside the backup directory `dir`.
-    fn stored_at(&self, dir: &Path, file: &FileEntry) -> PathBuf {
+    pub(crate) fn stored_at(&self, dir: &Path, file: &FileEntry) -> PathBuf {
         if file.shared {
             dir.join(TABLES).join(table_name(&file.hash))
         } else if file.name == HEADER_FILE {
@@ -176,7 +134,7 @@ impl Manifest {
         }
     }
 
-    fn seal(&self, key: &Key) -> Vec<u8> {
+    pub(crate) fn seal(&self, key: &Key) -> Vec<u8> {
         let mut bytes = encode(MANIFEST_FORMAT, self);
         let mac = key.mac_parts(&[domain::BACKUP_MANIFEST, &self.vault_id, &bytes]);
         bytes.extend_from_slice(&mac);
@@ -184,7 +142,7 @@ impl Manifest {
     }
 
     /// Reads and authenticates the manifest of the backup in `backup`.
-    fn open(backup: &Path, vault_id: &[u8; 16], key: &Key) -> Result<Manifest, Error> {
+    pub(crate) fn open(backup: &Path, vault_id: &[u8; 16], key: &Key) -> Result<Manifest, Error> {
         let path = backup.join(MANIFEST_FILE);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
@@ -215,14 +173,14 @@ impl Manifest {
     }
 }
 
-fn table_name(hash: &[u8; 32]) -> String {
+pub(crate) fn table_name(hash: &[u8; 32]) -> String {
     let mut name: String = hash.iter().map(|b| format!("{b:02x}")).collect();
     name.push_str(".sst");
     name
 }
 
 /// BLAKE3 of a file's bytes, and how many there were.
-fn hash_file(path: &Path) -> Result<([u8; 32], u64), Error> {
+pub(crate) fn hash_file(path: &Path) -> Result<([u8; 32], u64), Error> {
     let mut file = fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -237,14 +195,14 @@ fn hash_file(path: &Path) -> Result<([u8; 32], u64), Error> {
     }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let mut file = fs::File::create(path).map_err(|e| Error::io(path, e))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| Error::io(path, e))
 }
 
-fn remove_dir(path: &Path) -> Result<(), Error> {
+pub(crate) fn remove_dir(path: &Path) -> Result<(), Error> {
     match fs::remove_dir_all(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
         _ => Ok(()),
@@ -254,9 +212,9 @@ fn remove_dir(path: &Path) -> Result<(), Error> {
 /// The vault's backup state: the options, the erasure journal, and the locks that
 /// order a backup against erasures and other backups.
 pub(crate) struct Backups {
-    opts: BackupOptions,
+    pub(crate) opts: BackupOptions,
     vault_id: [u8; 16],
-    key: Key,
+    pub(crate) key: Key,
     pub(crate) journal: ErasureJournal,
     /// Held shared from an erasure's journal entry until its write is in the
     /// store; a backup takes it exclusively to read where the journal stands.
@@ -315,7 +273,18 @@ impl Backups {
         Ok(guard)
     }
 
-    fn manifests(&self) -> Result<Vec<Manifest>, Error> {
+    /// One backup at a time: held for the whole of one.
+    pub(crate) fn one_at_a_time(&self) -> MutexGuard<'_, ()> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Held while reading where the journal stands: no erasure is then between
+    /// its journal entry and its write.
+    pub(crate) fn no_erasure_in_flight(&self) -> RwLockWriteGuard<'_, ()> {
+        self.erasing.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn manifests(&self) -> Result<Vec<Manifest>, Error> {
         let dir = &self.opts.dir;
         let mut out = Vec::new();
         for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
@@ -331,7 +300,7 @@ impl Backups {
     }
 
     /// Deletes the backups past `keep`, then the table files no kept backup lists.
-    fn expire(&self) -> Result<(), Error> {
+    pub(crate) fn expire(&self) -> Result<(), Error> {
         let manifests = self.manifests()?;
         let excess = manifests.len().saturating_sub(self.opts.keep);
         for old in &manifests[..excess] {
@@ -353,176 +322,7 @@ impl Backups {
     }
 }
 
-impl Vault {
-    /// Takes a backup now, while the vault keeps serving, then deletes the backups
-    /// past [`BackupOptions::keep`]. Fails with [`BackupProblem::NotConfigured`]
-    /// when the vault was opened without [`VaultOptions::backups`](crate::VaultOptions::backups).
-    pub fn backup(&self) -> Result<BackupInfo, Error> {
-        self.inner.backup()
-    }
-
-    /// The kept backups, oldest first, and how long erased subjects live on in them.
-    pub fn backups(&self) -> Result<BackupList, Error> {
-        self.inner.backup_list()
-    }
-}
-
-impl Inner {
-    fn backups(&self) -> Result<&Backups, Error> {
-        self.backups
-            .as_ref()
-            .ok_or(Error::Backup(BackupProblem::NotConfigured))
-    }
-
-    pub(crate) fn backup(&self) -> Result<BackupInfo, Error> {
-        let backups = self.backups()?;
-        let _one = backups
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let dir = &backups.opts.dir;
-        let tables = dir.join(TABLES);
-        fs::create_dir_all(&tables).map_err(|e| Error::io(&tables, e))?;
-        // What a backup that stopped half-way left.
-        for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-            let entry = entry.map_err(|e| Error::io(dir, e))?;
-            if entry.file_name().to_string_lossy().starts_with(PARTIAL) {
-                remove_dir(&entry.path())?;
-            }
-        }
-        let created_at = self.now();
-        let mut suffix = [0u8; 4];
-        getrandom::fill(&mut suffix).map_err(|_| Error::Random)?;
-        let id = format!("{created_at:013}-{:08x}", u32::from_be_bytes(suffix));
-        let partial = dir.join(format!("{PARTIAL}{id}"));
-        fs::create_dir(&partial).map_err(|e| Error::io(&partial, e))?;
-
-        // The read events staged in files outside the store go into the trail first.
-        self.journal.flush_staged()?;
-        let (journal_seq, unpurged) = {
-            let _no_erasure_in_flight = backups
-                .erasing
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            (backups.journal.seq(), self.pending()?.len() as u64)
-        };
-        let records = self.store.estimate_keys(Cf::Records);
-        let header = {
-            // No rotation step and no header change between the header and the copy.
-            let _keys = self
-                .keys
-                .writes()
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            let header = self.dir.join(HEADER_FILE);
-            let bytes = fs::read(&header).map_err(|e| Error::io(&header, e))?;
-            self.store.checkpoint(&partial.join(DB))?;
-            bytes
-        };
-        write_synced(&partial.join(HEADER_FILE), &header)?;
-
-        let mut files = vec![FileEntry {
-            name: HEADER_FILE.to_owned(),
-            size: header.len() as u64,
-            hash: *blake3::hash(&header).as_bytes(),
-            shared: false,
-        }];
-        // Table files already kept, by inode: a hard link to one of them has its
-        // hash without being read again.
-        let mut known: HashMap<(u64, u64), [u8; 32]> = HashMap::new();
-        for entry in fs::read_dir(&tables).map_err(|e| Error::io(&tables, e))? {
-            let entry = entry.map_err(|e| Error::io(&tables, e))?;
-            let meta = entry.metadata().map_err(|e| Error::io(entry.path(), e))?;
-            if let Some(hash) = parse_table_name(&entry.file_name().to_string_lossy()) {
-                known.insert((meta.dev(), meta.ino()), hash);
-            }
-        }
-        let db = partial.join(DB);
-        for entry in fs::read_dir(&db).map_err(|e| Error::io(&db, e))? {
-            let entry = entry.map_err(|e| Error::io(&db, e))?;
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let meta = entry.metadata().map_err(|e| Error::io(&path, e))?;
-            let shared = name.ends_with(".sst");
-            let (hash, size) = match known.get(&(meta.dev(), meta.ino())) {
-                Some(hash) if shared => (*hash, meta.len()),
-                _ => hash_file(&path)?,
-            };
-            if shared {
-                let kept = tables.join(table_name(&hash));
-                if kept.exists() {
-                    fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-                } else {
-                    fs::rename(&path, &kept).map_err(|e| Error::io(&kept, e))?;
-                }
-            }
-            files.push(FileEntry {
-                name,
-                size,
-                hash,
-                shared,
-            });
-        }
-        let manifest = Manifest {
-            vault_id: self.vault_id,
-            id: id.clone(),
-            created_at,
-            journal_seq,
-            unpurged,
-            records,
-            files,
-        };
-        write_synced(&partial.join(MANIFEST_FILE), &manifest.seal(&backups.key))?;
-        sync_dir(&tables)?;
-        sync_dir(&db)?;
-        sync_dir(&partial)?;
-        let done = dir.join(&id);
-        fs::rename(&partial, &done).map_err(|e| Error::io(&done, e))?;
-        sync_dir(dir)?;
-        backups.expire()?;
-        Ok(manifest.info(dir))
-    }
-
-    pub(crate) fn backup_list(&self) -> Result<BackupList, Error> {
-        let backups = self.backups()?;
-        let manifests = backups.manifests()?;
-        let seq = backups.journal.seq();
-        let holding: Vec<usize> = manifests
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.journal_seq < seq || m.unpurged > 0)
-            .map(|(i, _)| i)
-            .collect();
-        // The newest backup holding erased data goes when `keep` newer ones exist.
-        let (until_clean, until) = match holding.last() {
-            None => (0, None),
-            Some(&i) => {
-                let newer = manifests.len() - 1 - i;
-                let more = backups.opts.keep.saturating_sub(newer);
-                let until = backups
-                    .opts
-                    .every
-                    .zip(manifests.last())
-                    .map(|(every, last)| {
-                        last.created_at
-                            .saturating_add((every.as_millis() as u64).saturating_mul(more as u64))
-                    });
-                (more, until)
-            }
-        };
-        Ok(BackupList {
-            backups: manifests
-                .iter()
-                .map(|m| m.info(&backups.opts.dir))
-                .collect(),
-            holding_erased: holding.len(),
-            backups_until_clean: until_clean,
-            erasures_in_backups_until: until,
-        })
-    }
-}
-
-fn parse_table_name(name: &str) -> Option<[u8; 32]> {
+pub(crate) fn parse_table_name(name: &str) -> Option<[u8; 32]> {
     let hex = name.strip_suffix(".sst")?;
     if hex.len() != 64 {
         return None;

@@ -17,8 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::journal::{self, Destroyed, JOURNAL_FILE};
-use super::{Manifest, remove_dir};
+use crate::backup::{Destroyed, JOURNAL_FILE, Manifest, read_journal, remove_dir};
 use crate::codec::{decode, encode};
 use crate::error::{BackupProblem, Error};
 use crate::header::{Header, sync_dir};
@@ -186,7 +185,7 @@ pub fn restore(
     let journal_path = backup_dir.join(JOURNAL_FILE);
     let mut skipped = 0;
     let mut unverified = false;
-    let entries = match journal::read(&journal_path, &header.vault_id, &key) {
+    let entries = match read_journal(&journal_path, &header.vault_id, &key) {
         Ok(Some(read)) => match read.damaged {
             None => read.entries,
             Some((entry, _)) if !restore.skip_erasure_journal => {

@@ -1,0 +1,179 @@
+//! Taking and listing backups of a live vault (the backup directory, manifests and
+//! the erasure journal are `backup/`).
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::sync::PoisonError;
+
+use crate::backup::{
+    BackupInfo, BackupList, Backups, DB, FileEntry, MANIFEST_FILE, Manifest, PARTIAL, TABLES,
+    hash_file, parse_table_name, remove_dir, table_name, write_synced,
+};
+use crate::error::{BackupProblem, Error};
+use crate::header::{HEADER_FILE, sync_dir};
+use crate::store::{Cf, Storage};
+use crate::vault::{Inner, Vault};
+
+impl Vault {
+    /// Takes a backup now, while the vault keeps serving, then deletes the backups
+    /// past [`BackupOptions::keep`](crate::BackupOptions::keep). Fails with [`BackupProblem::NotConfigured`]
+    /// when the vault was opened without [`VaultOptions::backups`](crate::VaultOptions::backups).
+    pub fn backup(&self) -> Result<BackupInfo, Error> {
+        self.inner.backup()
+    }
+
+    /// The kept backups, oldest first, and how long erased subjects live on in them.
+    pub fn backups(&self) -> Result<BackupList, Error> {
+        self.inner.backup_list()
+    }
+}
+
+impl Inner {
+    fn backups(&self) -> Result<&Backups, Error> {
+        self.backups
+            .as_ref()
+            .ok_or(Error::Backup(BackupProblem::NotConfigured))
+    }
+
+    pub(crate) fn backup(&self) -> Result<BackupInfo, Error> {
+        let backups = self.backups()?;
+        let _one = backups.one_at_a_time();
+        let dir = &backups.opts.dir;
+        let tables = dir.join(TABLES);
+        fs::create_dir_all(&tables).map_err(|e| Error::io(&tables, e))?;
+        // What a backup that stopped half-way left.
+        for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            if entry.file_name().to_string_lossy().starts_with(PARTIAL) {
+                remove_dir(&entry.path())?;
+            }
+        }
+        let created_at = self.now();
+        let mut suffix = [0u8; 4];
+        getrandom::fill(&mut suffix).map_err(|_| Error::Random)?;
+        let id = format!("{created_at:013}-{:08x}", u32::from_be_bytes(suffix));
+        let partial = dir.join(format!("{PARTIAL}{id}"));
+        fs::create_dir(&partial).map_err(|e| Error::io(&partial, e))?;
+
+        // The read events staged in files outside the store go into the trail first.
+        self.journal.flush_staged()?;
+        let (journal_seq, unpurged) = {
+            let _no_erasure_in_flight = backups.no_erasure_in_flight();
+            (backups.journal.seq(), self.pending()?.len() as u64)
+        };
+        let records = self.store.estimate_keys(Cf::Records);
+        let header = {
+            // No rotation step and no header change between the header and the copy.
+            let _keys = self
+                .keys
+                .writes()
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            let header = self.dir.join(HEADER_FILE);
+            let bytes = fs::read(&header).map_err(|e| Error::io(&header, e))?;
+            self.store.checkpoint(&partial.join(DB))?;
+            bytes
+        };
+        write_synced(&partial.join(HEADER_FILE), &header)?;
+
+        let mut files = vec![FileEntry {
+            name: HEADER_FILE.to_owned(),
+            size: header.len() as u64,
+            hash: *blake3::hash(&header).as_bytes(),
+            shared: false,
+        }];
+        // Table files already kept, by inode: a hard link to one of them has its
+        // hash without being read again.
+        let mut known: HashMap<(u64, u64), [u8; 32]> = HashMap::new();
+        for entry in fs::read_dir(&tables).map_err(|e| Error::io(&tables, e))? {
+            let entry = entry.map_err(|e| Error::io(&tables, e))?;
+            let meta = entry.metadata().map_err(|e| Error::io(entry.path(), e))?;
+            if let Some(hash) = parse_table_name(&entry.file_name().to_string_lossy()) {
+                known.insert((meta.dev(), meta.ino()), hash);
+            }
+        }
+        let db = partial.join(DB);
+        for entry in fs::read_dir(&db).map_err(|e| Error::io(&db, e))? {
+            let entry = entry.map_err(|e| Error::io(&db, e))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let meta = entry.metadata().map_err(|e| Error::io(&path, e))?;
+            let shared = name.ends_with(".sst");
+            let (hash, size) = match known.get(&(meta.dev(), meta.ino())) {
+                Some(hash) if shared => (*hash, meta.len()),
+                _ => hash_file(&path)?,
+            };
+            if shared {
+                let kept = tables.join(table_name(&hash));
+                if kept.exists() {
+                    fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+                } else {
+                    fs::rename(&path, &kept).map_err(|e| Error::io(&kept, e))?;
+                }
+            }
+            files.push(FileEntry {
+                name,
+                size,
+                hash,
+                shared,
+            });
+        }
+        let manifest = Manifest {
+            vault_id: self.vault_id,
+            id: id.clone(),
+            created_at,
+            journal_seq,
+            unpurged,
+            records,
+            files,
+        };
+        write_synced(&partial.join(MANIFEST_FILE), &manifest.seal(&backups.key))?;
+        sync_dir(&tables)?;
+        sync_dir(&db)?;
+        sync_dir(&partial)?;
+        let done = dir.join(&id);
+        fs::rename(&partial, &done).map_err(|e| Error::io(&done, e))?;
+        sync_dir(dir)?;
+        backups.expire()?;
+        Ok(manifest.info(dir))
+    }
+
+    pub(crate) fn backup_list(&self) -> Result<BackupList, Error> {
+        let backups = self.backups()?;
+        let manifests = backups.manifests()?;
+        let seq = backups.journal.seq();
+        let holding: Vec<usize> = manifests
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.journal_seq < seq || m.unpurged > 0)
+            .map(|(i, _)| i)
+            .collect();
+        // The newest backup holding erased data goes when `keep` newer ones exist.
+        let (until_clean, until) = match holding.last() {
+            None => (0, None),
+            Some(&i) => {
+                let newer = manifests.len() - 1 - i;
+                let more = backups.opts.keep.saturating_sub(newer);
+                let until = backups
+                    .opts
+                    .every
+                    .zip(manifests.last())
+                    .map(|(every, last)| {
+                        last.created_at
+                            .saturating_add((every.as_millis() as u64).saturating_mul(more as u64))
+                    });
+                (more, until)
+            }
+        };
+        Ok(BackupList {
+            backups: manifests
+                .iter()
+                .map(|m| m.info(&backups.opts.dir))
+                .collect(),
+            holding_erased: holding.len(),
+            backups_until_clean: until_clean,
+            erasures_in_backups_until: until,
+        })
+    }
+}
