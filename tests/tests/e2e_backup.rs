@@ -86,3 +86,56 @@ async fn a_restored_backup_keeps_later_erasures_erased() -> TestResult {
     assert_eq!(client.backups().await?.backups.len(), 1);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_retire_old_keys_and_change_the_root_key() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let mut server = Server::start_dev(&data)?;
+    let client = server.admin()?;
+    let token = client.tokenize_one("c-1", "email", "c@example.com").await?;
+    client.rotate().await?;
+    let output = Command::new(VAULTCTL)
+        .args(["keys", "retire"])
+        .env("VAULT_ADDR", &server.url)
+        .env("VAULT_API_KEY", &server.api_key)
+        .env("VAULT_CACERT", &server.ca_cert)
+        .output()?;
+    assert!(output.status.success(), "{output:?}");
+    let retirement: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(retirement["retired"], serde_json::json!([1]));
+    assert_eq!(retirement["keys"]["active_version"], 2);
+    tokio::task::block_in_place(|| server.terminate())?;
+
+    let old_key = std::fs::read(data.join("dev/root.key"))?;
+    let new_key = dir.path().join("new.key");
+    std::fs::write(&new_key, "ab".repeat(32))?;
+    let change = || -> std::io::Result<std::process::Output> {
+        Command::new(SERVER)
+            .args(["change-root-key", "--dev", "--new-key-file"])
+            .arg(&new_key)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+    };
+    let changed = change()?;
+    assert!(changed.status.success(), "{changed:?}");
+    let line: serde_json::Value = serde_json::from_slice(&changed.stdout)?;
+    assert_eq!(line["root_key_changed"], true);
+    assert_eq!(line["already_changed"], false);
+    assert_ne!(std::fs::read(data.join("dev/root.key"))?, old_key);
+    // Run again: nothing more to do, and it says so.
+    let again = change()?;
+    assert!(again.status.success(), "{again:?}");
+    let line: serde_json::Value = serde_json::from_slice(&again.stdout)?;
+    assert_eq!(line["already_changed"], true);
+
+    let server = Server::start_dev(&data)?;
+    let read = server
+        .admin()?
+        .detokenize(std::slice::from_ref(&token), "support")
+        .await?;
+    assert!(!erased(&read[0]));
+    assert!(matches!(read[0], DetokenizeResult::Value { .. }));
+    Ok(())
+}

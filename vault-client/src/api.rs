@@ -211,6 +211,14 @@ pub struct ErasureReceipt {
     /// The audit event that records the erasure (proof of it that names nobody).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_event: Option<u64>,
+    /// The kept backups that may still hold the subject (a restore of one erases it
+    /// again); empty without backups.
+    #[serde(default)]
+    pub backups: Vec<String>,
+    /// When the last of them is deleted by `keep`, in milliseconds since the Unix
+    /// epoch (with `[backup] every_hours`); `null` otherwise.
+    #[serde(default)]
+    pub in_backups_until: Option<u64>,
 }
 
 /// Where the physical removal of an erased subject's bytes stands.
@@ -371,6 +379,15 @@ pub struct Backups {
     pub holding_erased: usize,
     /// How many more backups must be taken before none does.
     pub backups_until_clean: usize,
+}
+
+/// Answer to `POST /v1/admin/keys/retire`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRetirement {
+    /// The KEK versions retired now (gone from the keyring and the header).
+    pub retired: Vec<u32>,
+    /// The key status after.
+    pub keys: KeyStatus,
 }
 
 /// Answer to `POST /v1/admin/rotate` and `GET /v1/admin/keys`.

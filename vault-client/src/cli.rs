@@ -145,8 +145,12 @@ enum Command {
     AuditVerify,
     /// Start a key-encryption-key rotation.
     Rotate,
-    /// Show key versions, rotation and purge progress.
-    Keys,
+    /// Show key versions, rotation and purge progress; `keys retire` finishes the
+    /// rotation under way and retires the old versions.
+    Keys {
+        #[command(subcommand)]
+        action: Option<KeysCommand>,
+    },
     /// Take or list backups.
     #[command(subcommand)]
     Backup(BackupCommand),
@@ -156,6 +160,12 @@ enum Command {
     Metrics,
     /// Print the server's OpenAPI document.
     Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Finish the rotation under way and retire the old KEK versions.
+    Retire,
 }
 
 #[derive(Debug, Subcommand)]
@@ -335,7 +345,10 @@ async fn run(command: Command, allow_plain_http: bool) -> Result<(), Failure> {
             }
         }
         Command::Rotate => print(&client.rotate().await?),
-        Command::Keys => print(&client.keys().await?),
+        Command::Keys { action: None } => print(&client.keys().await?),
+        Command::Keys {
+            action: Some(KeysCommand::Retire),
+        } => print(&client.retire_keys().await?),
         Command::Backup(BackupCommand::Create) => print(&client.create_backup().await?),
         Command::Backup(BackupCommand::List) => print(&client.backups().await?),
         Command::Metrics => {

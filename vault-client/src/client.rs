@@ -9,9 +9,9 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{
     AuditCheck, AuditEvents, BackupCreated, Backups, ConsentRequest, DetokenizeRequest,
-    DetokenizeResponse, DetokenizeResult, ErasureReceipt, ErrorBody, KeyStatus, Purposes,
-    RectifyRequest, Sensitive, SubjectConsents, SubjectExport, SubjectRequest, TokenizeItem,
-    TokenizeRequest, TokenizeResponse,
+    DetokenizeResponse, DetokenizeResult, ErasureReceipt, ErrorBody, KeyRetirement, KeyStatus,
+    Purposes, RectifyRequest, Sensitive, SubjectConsents, SubjectExport, SubjectRequest,
+    TokenizeItem, TokenizeRequest, TokenizeResponse,
 };
 
 /// What can go wrong with a call. Carries no personal data: the server's messages
@@ -428,6 +428,14 @@ impl Client {
     /// Key versions, subject keys per version, rotation and purge progress.
     pub async fn keys(&self) -> Result<KeyStatus, Error> {
         self.call::<(), _>(Method::GET, "/v1/admin/keys", None, Idempotent::Yes)
+            .await?
+            .ok_or(Error::Decode { status: 204 })
+    }
+
+    /// Finishes the rotation under way and retires the old KEK versions. Retried
+    /// safely: a second call retires nothing more.
+    pub async fn retire_keys(&self) -> Result<KeyRetirement, Error> {
+        self.call::<(), _>(Method::POST, "/v1/admin/keys/retire", None, Idempotent::Yes)
             .await?
             .ok_or(Error::Decode { status: 204 })
     }

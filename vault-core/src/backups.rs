@@ -149,23 +149,7 @@ impl Inner {
             .filter(|(_, m)| m.journal_seq < seq || m.unpurged > 0)
             .map(|(i, _)| i)
             .collect();
-        // The newest backup holding erased data goes when `keep` newer ones exist.
-        let (until_clean, until) = match holding.last() {
-            None => (0, None),
-            Some(&i) => {
-                let newer = manifests.len() - 1 - i;
-                let more = backups.opts.keep.saturating_sub(newer);
-                let until = backups
-                    .opts
-                    .every
-                    .zip(manifests.last())
-                    .map(|(every, last)| {
-                        last.created_at
-                            .saturating_add((every.as_millis() as u64).saturating_mul(more as u64))
-                    });
-                (more, until)
-            }
-        };
+        let (until_clean, until) = backups.deleted_after(&manifests, holding.last().copied());
         Ok(BackupList {
             backups: manifests
                 .iter()
@@ -175,5 +159,30 @@ impl Inner {
             backups_until_clean: until_clean,
             erasures_in_backups_until: until,
         })
+    }
+
+    /// The kept backups that may hold a subject erased at `erased_at` whose purge
+    /// finished at `purged_at` (every backup taken before the purge: its copy holds
+    /// the bytes), and when the last of them is deleted by `keep` (with a schedule).
+    /// Nothing when no backups are configured.
+    pub(crate) fn backups_holding(
+        &self,
+        purged_at: Option<u64>,
+    ) -> Result<(Vec<String>, Option<u64>), Error> {
+        let Some(backups) = &self.backups else {
+            return Ok((Vec::new(), None));
+        };
+        let manifests = backups.manifests()?;
+        let holding: Vec<usize> = manifests
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| purged_at.is_none_or(|at| m.created_at <= at))
+            .map(|(i, _)| i)
+            .collect();
+        let (_, until) = backups.deleted_after(&manifests, holding.last().copied());
+        Ok((
+            holding.iter().map(|&i| manifests[i].id.clone()).collect(),
+            until,
+        ))
     }
 }

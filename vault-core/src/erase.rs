@@ -214,6 +214,14 @@ pub struct ErasureReceipt {
     /// with [`Vault::erasure_receipt`] (the erasure is stored in the same write as
     /// its event, before the journal numbers the event), and when nothing was erased.
     pub audit_event: Option<u64>,
+    /// The kept backups that may still hold the subject (every one taken before its
+    /// purge finished). A restore of one erases the subject again, from the erasure
+    /// journal. Empty without backups.
+    pub backups: Vec<String>,
+    /// When the last of [`backups`](Self::backups) is deleted by
+    /// [`keep`](crate::BackupOptions::keep), in milliseconds since the Unix epoch,
+    /// if backups are taken [`every`](crate::BackupOptions::every) interval.
+    pub in_backups_until: Option<u64>,
 }
 
 /// An erasure whose purge has not completed.
@@ -237,6 +245,13 @@ pub struct PurgeReport {
     /// Whether the file check passed; if not, the erasures stay pending and the purge
     /// is retried.
     pub verified: bool,
+}
+
+fn purged_at(purge: PurgeState) -> Option<u64> {
+    match purge {
+        PurgeState::Done { at } => Some(at),
+        _ => None,
+    }
 }
 
 impl Vault {
@@ -273,6 +288,8 @@ impl Vault {
                     records: 0,
                     purge: PurgeState::NotNeeded,
                     audit_event: None,
+                    backups: Vec::new(),
+                    in_backups_until: None,
                 });
             };
             let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
@@ -291,12 +308,21 @@ impl Vault {
             },
             PurgePolicy::Within(_) => PurgeState::Pending { due_by },
         };
+        // Still a receipt, never an error: a backup directory that cannot be read
+        // is reported where the worker's errors are.
+        let (backups, in_backups_until) =
+            inner.backups_holding(purged_at(purge)).unwrap_or_else(|e| {
+                inner.set_background_error(Some(e));
+                (Vec::new(), None)
+            });
         Ok(ErasureReceipt {
             subject_ref: Some(SubjectRef(sid)),
             erased_at: now,
             records,
             purge,
             audit_event,
+            backups,
+            in_backups_until,
         })
     }
 
@@ -338,12 +364,15 @@ impl Vault {
                 },
             },
         };
+        let (backups, in_backups_until) = inner.backups_holding(purged_at(purge))?;
         Ok(Some(ErasureReceipt {
             subject_ref: Some(subject_ref.clone()),
             erased_at: entry.erased_at,
             records: entry.records,
             purge,
             audit_event: None,
+            backups,
+            in_backups_until,
         }))
     }
 }

@@ -89,6 +89,22 @@ impl Vault {
         self.resume_kek_rotation()
     }
 
+    /// Finishes the rotation under way, if any, and returns the KEK versions it
+    /// retired with the key status after. A retired version is gone from the
+    /// keyring and the header: no subject key wrapped under it can be unwrapped
+    /// again, from this directory or from bytes recovered from its disk. (An old
+    /// copy of the directory keeps its own header: changing the root key and
+    /// destroying the old one is what makes that unreadable.)
+    pub fn retire_old_keks(&self) -> Result<(Vec<u32>, KeyStatus), Error> {
+        let before: Vec<u32> = self.inner.keys.ring().versions().collect();
+        let status = self.resume_kek_rotation()?;
+        let retired = before
+            .into_iter()
+            .filter(|v| status.versions.iter().all(|s| s.version != *v))
+            .collect();
+        Ok((retired, status))
+    }
+
     /// Runs one checkpointed batch of the rotation in progress; `false` when there
     /// is nothing (left) to do.
     pub fn kek_rotation_step(&self) -> Result<bool, Error> {

@@ -473,3 +473,57 @@ fn a_restore_expires_again_what_expired_since_the_backup() -> TestResult {
     vault.close()?;
     Ok(())
 }
+
+#[test]
+fn receipts_name_the_backups_that_still_hold_the_subject() -> TestResult {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let tmp = tempfile::tempdir()?;
+    let backups = tmp.path().join("backups");
+    let clock = Arc::new(ManualClock::starting());
+    let hour = Duration::from_secs(3600);
+    let vault = Vault::open(
+        tmp.path().join("live"),
+        &root(),
+        options()
+            .clock(clock.clone())
+            .purge_policy(PurgePolicy::Immediate)
+            .backups(BackupOptions::new(&backups).keep(2).every(hour)),
+    )?;
+    vault.tokenize("a", "email", "a@example.com")?;
+    vault.tokenize("b", "email", "b@example.com")?;
+    let first = vault.backup()?;
+    clock.advance_days(1);
+    let second = vault.backup()?;
+    clock.advance_days(1);
+
+    let receipt = vault.erase("a")?;
+    assert_eq!(receipt.backups, vec![first.id.clone(), second.id.clone()]);
+    // The second goes once two newer ones exist: two intervals after it.
+    let two_hours = 2 * 3_600_000;
+    assert_eq!(
+        receipt.in_backups_until,
+        Some(second.created_at + two_hours)
+    );
+    let list = vault.backups()?;
+    assert_eq!(list.holding_erased, 2);
+    assert_eq!(list.erasures_in_backups_until, receipt.in_backups_until);
+
+    // A backup taken after the purge does not hold it; the receipt looked up later
+    // still names the two before.
+    clock.advance_days(1);
+    vault.backup()?;
+    let later = vault
+        .erasure_receipt(receipt.subject_ref.as_ref().ok_or("a subject")?)?
+        .ok_or("a receipt")?;
+    assert_eq!(
+        later.backups,
+        vec![second.id.clone()],
+        "the first was deleted by keep"
+    );
+    // Without backups: none.
+    let none = vault.erase("nobody")?;
+    assert!(none.backups.is_empty());
+    vault.close()?;
+    Ok(())
+}

@@ -75,7 +75,7 @@ impl AppState {
 }
 
 /// Every route, as its template: the only route names that reach logs and metrics.
-pub const ROUTES: [&str; 16] = [
+pub const ROUTES: [&str; 17] = [
     "/v1/tokenize",
     "/v1/detokenize",
     "/v1/tokens/{token}",
@@ -88,6 +88,7 @@ pub const ROUTES: [&str; 16] = [
     "/v1/audit/verify",
     "/v1/admin/rotate",
     "/v1/admin/keys",
+    "/v1/admin/keys/retire",
     "/v1/admin/backups",
     "/healthz",
     "/readyz",
@@ -110,6 +111,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audit/verify", post(verify_audit))
         .route("/v1/admin/rotate", post(rotate))
         .route("/v1/admin/keys", get(keys))
+        .route("/v1/admin/keys/retire", post(retire_keys))
         .route("/v1/admin/backups", post(create_backup).get(list_backups))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -220,7 +222,10 @@ fn access(route: &str, method: &Method) -> Access {
         ("/v1/subjects/export", &Method::POST) => Scope::Export,
         ("/v1/subjects/consent" | "/v1/subjects/consents", &Method::POST) => Scope::Consent,
         ("/v1/audit", &Method::GET) | ("/v1/audit/verify", &Method::POST) => Scope::Audit,
-        ("/v1/admin/rotate" | "/v1/admin/keys" | "/v1/admin/backups", _) => Scope::Admin,
+        (
+            "/v1/admin/rotate" | "/v1/admin/keys" | "/v1/admin/keys/retire" | "/v1/admin/backups",
+            _,
+        ) => Scope::Admin,
         ("/healthz" | "/readyz" | "/metrics" | OPENAPI_ROUTE, _) => return Access::Public,
         _ => return Access::Key(None),
     };
@@ -635,6 +640,8 @@ async fn erase(
         records: receipt.records,
         purge,
         audit_event: receipt.audit_event,
+        backups: receipt.backups,
+        in_backups_until: receipt.in_backups_until,
     }))
 }
 
@@ -736,6 +743,19 @@ async fn list_backups(work: Work) -> Result<Json<api::Backups>, ApiError> {
         erasures_in_backups_until: list.erasures_in_backups_until,
         holding_erased: list.holding_erased,
         backups_until_clean: list.backups_until_clean,
+    }))
+}
+
+async fn retire_keys(work: Work) -> Result<Json<api::KeyRetirement>, ApiError> {
+    let (retired, status) = work.run(|vault| vault.retire_old_keks()).await?;
+    tracing::info!(
+        request_id = %request_id(),
+        retired = ?retired,
+        "old KEK versions retired"
+    );
+    Ok(Json(api::KeyRetirement {
+        retired,
+        keys: key_status(status),
     }))
 }
 
@@ -1039,7 +1059,7 @@ mod tests {
                 assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
             }
         }
-        assert_eq!(described, 19, "every route and method");
+        assert_eq!(described, 20, "every route and method");
         Ok(())
     }
 

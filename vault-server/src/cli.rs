@@ -5,6 +5,7 @@
 //! vault-server new-api-key
 //! vault-server restore --from BACKUP --data-dir DIR (--config FILE | --dev)
 //!     [--replace] [--danger-skip-erasure-journal]
+//! vault-server change-root-key --data-dir DIR (--config FILE | --dev) --new-key-file FILE
 //! ```
 //!
 //! Everything is checked (configuration, TLS files, root key, the vault itself)
@@ -57,6 +58,25 @@ enum Command {
     /// every erasure made since from the erasure journal beside the backups, and
     /// prints one JSON line.
     Restore(RestoreArgs),
+    /// Reseals the keyring under a new root key (the server stopped). Old copies
+    /// of the data directory and old backups then open only with the old key.
+    ChangeRootKey(ChangeRootKeyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ChangeRootKeyArgs {
+    /// The data directory the server runs with.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// The server's configuration file (it names the current root key).
+    #[arg(long, value_name = "FILE", conflicts_with = "dev")]
+    config: Option<PathBuf>,
+    /// The development set-up under DATA_DIR/dev (its key file is replaced).
+    #[arg(long)]
+    dev: bool,
+    /// The new root key: 32 bytes or 64 hex digits. Never on the command line.
+    #[arg(long, value_name = "FILE")]
+    new_key_file: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -92,6 +112,7 @@ pub fn main() -> ExitCode {
     match &args.command {
         Some(Command::NewApiKey) => return new_api_key(),
         Some(Command::Restore(restore)) => return restore_backup(restore),
+        Some(Command::ChangeRootKey(change)) => return report_line(change_root_key(change)),
         None => {}
     }
     init_logging();
@@ -133,7 +154,12 @@ fn new_api_key() -> ExitCode {
 }
 
 fn restore_backup(args: &RestoreArgs) -> ExitCode {
-    match restore_with(args) {
+    report_line(restore_with(args))
+}
+
+/// One JSON line on stdout, or one line on stderr and exit code 2.
+fn report_line(result: Result<serde_json::Value, ConfigError>) -> ExitCode {
+    match result {
         Ok(line) => {
             println!("{line}");
             ExitCode::SUCCESS
@@ -143,6 +169,69 @@ fn restore_backup(args: &RestoreArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn change_root_key(args: &ChangeRootKeyArgs) -> Result<serde_json::Value, ConfigError> {
+    let data_dir = &args.data_dir;
+    let config = match (&args.config, args.dev) {
+        (Some(path), false) => config::load(path, data_dir)?,
+        (None, true) => dev::prepare(data_dir)?.0,
+        _ => {
+            return Err(ConfigError::new(
+                "either --config FILE or --dev is required (see vault-server change-root-key --help)",
+            ));
+        }
+    };
+    let new = config::read_root_key_file(&args.new_key_file)?;
+    let options = config
+        .vault_options()
+        .create_if_missing(false)
+        .background_worker(false);
+    // Already done (a rerun, or a change whose key-file update was cut short): the
+    // vault opens with the new key.
+    let changed = match Vault::open(&config.vault_dir, &new, options.clone()) {
+        Ok(vault) => {
+            vault
+                .close()
+                .map_err(|e| ConfigError::new(format!("cannot close the vault: {e}")))?;
+            false
+        }
+        Err(vault_core::Error::WrongRootKey) => {
+            let vault = Vault::open(&config.vault_dir, &config.root_key, options).map_err(|e| {
+                ConfigError::new(format!(
+                    "cannot open the vault in {}: {e}",
+                    config.vault_dir.display()
+                ))
+            })?;
+            vault
+                .change_root_key(&new)
+                .map_err(|e| ConfigError::new(format!("cannot change the root key: {e}")))?;
+            vault
+                .close()
+                .map_err(|e| ConfigError::new(format!("cannot close the vault: {e}")))?;
+            true
+        }
+        Err(e) => {
+            return Err(ConfigError::new(format!(
+                "cannot open the vault in {}: {e}",
+                config.vault_dir.display()
+            )));
+        }
+    };
+    if args.dev {
+        dev::replace_root_key(data_dir, &new)?;
+    } else {
+        eprintln!(
+            "vault-server: the vault now opens only with the new root key: point [root_key] \
+             in the configuration at it before starting the server, and destroy the old key \
+             once no old copy or backup must be readable"
+        );
+    }
+    Ok(serde_json::json!({
+        "root_key_changed": true,
+        "already_changed": !changed,
+        "data_dir": data_dir.display().to_string(),
+    }))
 }
 
 fn restore_with(args: &RestoreArgs) -> Result<serde_json::Value, ConfigError> {

@@ -121,6 +121,31 @@ fn dev_purposes() -> Vec<Purpose> {
     ]
 }
 
+/// Makes `new` the development root key (after the vault's header was resealed
+/// under it): written beside the old file, synced, then renamed over it.
+pub fn replace_root_key(data_dir: &Path, new: &RootKey) -> Result<(), ConfigError> {
+    let dir = data_dir.join("dev");
+    let path = dir.join("root.key");
+    let tmp = dir.join("root.key.new");
+    let bytes = new
+        .expose_bytes()
+        .ok_or_else(|| ConfigError::new("the new root key must be a key, not a passphrase"))?;
+    let hex = Zeroizing::new(hex(bytes));
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(ConfigError::new(format!(
+                "cannot remove {}: {e}",
+                tmp.display()
+            )));
+        }
+        _ => {}
+    }
+    write_private(&tmp, hex.as_bytes())?;
+    fs::rename(&tmp, &path)
+        .and_then(|()| fs::File::open(&dir)?.sync_all())
+        .map_err(|e| ConfigError::new(format!("cannot replace {}: {e}", path.display())))
+}
+
 /// Writes a new file readable by its owner only.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
     write_file(path, bytes, 0o600)

@@ -120,6 +120,10 @@ pub fn document() -> Value {
                 "summary": "Key versions, subject keys per version, rotation and purge progress. Scope: admin.",
                 "responses": with_errors(json!({ "200": answer("Key status.", "KeyStatus") }), &[401, 403, 405, 429, 500, 503])
             }},
+            "/v1/admin/keys/retire": { "post": {
+                "summary": "Finish the rotation under way (rewrapping every subject key) and retire the old KEK versions: removed from the keyring and the header. Scope: admin.",
+                "responses": with_errors(json!({ "200": answer("The versions retired and the key status.", "KeyRetirement") }), &[401, 403, 405, 429, 500, 503])
+            }},
             "/v1/admin/backups": {
                 "post": {
                     "summary": "Take a backup now, while serving; older ones past `keep` are deleted. Scope: admin.",
@@ -234,11 +238,13 @@ pub fn document() -> Value {
                     }))}
                 })),
                 "SubjectRequest": object(&["subject"], json!({ "subject": { "type": "string" } })),
-                "ErasureReceipt": object(&["subject_ref", "erased_at", "records", "purge"], json!({
+                "ErasureReceipt": object(&["subject_ref", "erased_at", "records", "purge", "backups", "in_backups_until"], json!({
                     "subject_ref": { "type": ["string", "null"], "description": "Says nothing about who the subject was." },
                     "erased_at": { "type": "integer", "description": "Milliseconds since the Unix epoch." },
                     "records": { "type": "integer" },
                     "audit_event": { "type": "integer", "description": "The audit event recording the erasure." },
+                    "backups": { "type": "array", "items": { "type": "string" }, "description": "Kept backups that may still hold the subject; a restore of one erases it again." },
+                    "in_backups_until": { "type": ["integer", "null"], "description": "When the last of them is deleted by keep (ms since the epoch; needs [backup] every_hours)." },
                     "purge": { "type": "object", "properties": {
                         "state": { "enum": ["done", "pending", "not_needed"] },
                         "at": { "type": "integer" }, "due_by": { "type": "integer" }
@@ -262,6 +268,10 @@ pub fn document() -> Value {
                     "rotation_in_progress": { "type": "boolean" },
                     "pending_purges": { "type": "integer" },
                     "background_error": { "type": ["string", "null"] }
+                })),
+                "KeyRetirement": object(&["retired", "keys"], json!({
+                    "retired": { "type": "array", "items": { "type": "integer" } },
+                    "keys": { "$ref": "#/components/schemas/KeyStatus" }
                 })),
                 "Backup": object(&["id", "created_at", "path", "records", "bytes"], json!({
                     "id": { "type": "string" },

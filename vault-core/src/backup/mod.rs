@@ -284,6 +284,26 @@ impl Backups {
         self.erasing.write().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// For the backup at `index` of `manifests` (oldest first): how many more
+    /// backups delete it (`keep` newer ones must exist), and when, if backups are
+    /// taken every configured interval. `(0, None)` for no backup.
+    pub(crate) fn deleted_after(
+        &self,
+        manifests: &[Manifest],
+        index: Option<usize>,
+    ) -> (usize, Option<u64>) {
+        let Some(i) = index else {
+            return (0, None);
+        };
+        let newer = manifests.len().saturating_sub(i + 1);
+        let more = self.opts.keep.saturating_sub(newer);
+        let when = self.opts.every.zip(manifests.last()).map(|(every, last)| {
+            let wait = (every.as_millis() as u64).saturating_mul(more as u64);
+            last.created_at.saturating_add(wait)
+        });
+        (more, when)
+    }
+
     pub(crate) fn manifests(&self) -> Result<Vec<Manifest>, Error> {
         let dir = &self.opts.dir;
         let mut out = Vec::new();
