@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::PoisonError;
 
 use crate::backup::{
@@ -55,7 +56,26 @@ impl Inner {
         let id = format!("{created_at:013}-{:08x}", u32::from_be_bytes(suffix));
         let partial = dir.join(format!("{PARTIAL}{id}"));
         fs::create_dir(&partial).map_err(|e| Error::io(&partial, e))?;
+        let taken = self.fill_backup(backups, &partial, id, created_at);
+        if taken.is_err() {
+            // A full disk, say: give the space back now, not at the next backup, and
+            // drop the table files no manifest lists. The first error is the answer.
+            let _ = remove_dir(&partial);
+            let _ = backups.expire();
+        }
+        taken
+    }
 
+    /// Fills the backup directory `partial` and publishes it as `id`.
+    fn fill_backup(
+        &self,
+        backups: &Backups,
+        partial: &Path,
+        id: String,
+        created_at: u64,
+    ) -> Result<BackupInfo, Error> {
+        let dir = &backups.opts.dir;
+        let tables = dir.join(TABLES);
         // The read events staged in files outside the store go into the trail first.
         self.journal.flush_staged()?;
         let (journal_seq, unpurged) = {
@@ -131,9 +151,9 @@ impl Inner {
         write_synced(&partial.join(MANIFEST_FILE), &manifest.seal(&backups.key))?;
         sync_dir(&tables)?;
         sync_dir(&db)?;
-        sync_dir(&partial)?;
+        sync_dir(partial)?;
         let done = dir.join(&id);
-        fs::rename(&partial, &done).map_err(|e| Error::io(&done, e))?;
+        fs::rename(partial, &done).map_err(|e| Error::io(&done, e))?;
         sync_dir(dir)?;
         backups.expire()?;
         Ok(manifest.info(dir))

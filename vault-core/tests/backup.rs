@@ -527,3 +527,82 @@ fn receipts_name_the_backups_that_still_hold_the_subject() -> TestResult {
     vault.close()?;
     Ok(())
 }
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> std::io::Result<Tmpfs> {
+        std::fs::create_dir_all(at)?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!("mount failed: {status}")));
+        }
+        Ok(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_backup_disk_fails_the_backup_cleanly_and_harms_nothing() -> TestResult {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self")?.uid() != 0 {
+        // Mounting a small filesystem needs root, as the CI runs it.
+        eprintln!("SKIPPED: not root, cannot mount a tmpfs");
+        return Ok(());
+    }
+    let tmp = tempfile::tempdir()?;
+    let live = tmp.path().join("live");
+    let disk = Tmpfs::mount(&tmp.path().join("small"), "1m")?;
+    let backups = disk.0.join("backups");
+    let vault = Vault::open(&live, &root(), with_backups(&backups))?;
+    let value = "v".repeat(200);
+    let mut tokens = Vec::new();
+    for i in 0..20_000 {
+        tokens.push(
+            vault
+                .tokenize(&format!("s{i}"), "email", &value)?
+                .to_string(),
+        );
+    }
+    let full = vault.backup();
+    // From the engine copying table files, or from the vault's own writes.
+    let no_space = match &full {
+        Err(Error::Io { source, .. }) => source.raw_os_error() == Some(libc::ENOSPC),
+        Err(Error::Storage(e)) => e.to_string().contains("No space left on device"),
+        _ => false,
+    };
+    assert!(no_space, "{full:?}");
+    // Nothing left behind: no partial backup, no unlisted table file.
+    let left: Vec<_> = std::fs::read_dir(&backups)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    assert!(
+        left.iter()
+            .all(|n| n == "erasures.journal" || n == "tables"),
+        "{left:?}"
+    );
+    assert_eq!(std::fs::read_dir(backups.join("tables"))?.count(), 0);
+    assert!(vault.backups()?.backups.is_empty());
+    // The live vault is unharmed: it reads, writes and erases (journaled).
+    assert_eq!(
+        vault.detokenize(&tokens[7])?.value.as_str(),
+        Some(value.as_str())
+    );
+    vault.tokenize("after", "email", "after@example.com")?;
+    vault.erase("s7")?;
+    assert!(matches!(vault.detokenize(&tokens[7]), Err(Error::Erased)));
+    vault.close()?;
+    let vault = Vault::open(&live, &root(), with_backups(&backups))?;
+    assert!(vault.detokenize(&tokens[8]).is_ok());
+    vault.close()?;
+    Ok(())
+}
