@@ -293,7 +293,7 @@ impl Vault {
                 });
             };
             let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
-            inner.destroy(actor, &hash, entry, now, true)?
+            inner.destroy(actor, &hash, entry, now, false)?
         };
         // The key is gone: from here on the caller gets a receipt, never an error. A
         // purge that fails leaves the erasure pending, for the worker or `purge_now`.
@@ -380,8 +380,10 @@ impl Vault {
 impl Inner {
     /// Destroys the key of the subject instance `entry` names (subject hash `hash`)
     /// and queues its purge, in one synced write with its audit event, recorded
-    /// first in the erasure journal if `journal`. Callers hold the subject's stripe
-    /// and the key-write lock, and have dropped the subject from the cache.
+    /// first in the erasure journal. A restore `replaying` the journal writes no new
+    /// entry and does not sync (it syncs once, before the restored vault is swapped
+    /// in). Callers hold the subject's stripe and the key-write lock, and have
+    /// dropped the subject from the cache.
     /// Returns the storage id, the records, the purge deadline and the event.
     fn destroy(
         &self,
@@ -389,7 +391,7 @@ impl Inner {
         hash: &SubjectHash,
         entry: SubjectEntry,
         now: u64,
-        journal: bool,
+        replaying: bool,
     ) -> Result<(Sid, u64, u64, Option<u64>), Error> {
         let sid = entry.sid;
         let mut batch = self.store.batch();
@@ -431,14 +433,16 @@ impl Inner {
         // In the erasure journal first, synced: a backup restored later destroys
         // the key again. (A replay is already there.)
         let _journaled = match &self.backups {
-            Some(backups) if journal => {
+            Some(backups) if !replaying => {
                 Some(backups.record(now, &[(sid, Destroyed::Subject)], &mut batch)?)
             }
             _ => None,
         };
         // Synced whatever the vault's durability: an acknowledged erasure must not
         // come undone after a machine crash.
-        let seqs = self.journal.commit_audited(batch, vec![event], true)?;
+        let seqs = self
+            .journal
+            .commit_audited(batch, vec![event], !replaying)?;
         self.keys.forget(&sid);
         Ok((sid, entry.records, due_by, seqs.first().copied()))
     }
@@ -465,7 +469,7 @@ impl Inner {
         if entry.sid != *sid {
             return Err(Error::Integrity);
         }
-        self.destroy(RESTORE_ACTOR, &hash, entry, self.now(), false)?;
+        self.destroy(RESTORE_ACTOR, &hash, entry, self.now(), true)?;
         Ok(true)
     }
 

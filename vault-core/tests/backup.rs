@@ -606,3 +606,64 @@ fn a_full_backup_disk_fails_the_backup_cleanly_and_harms_nothing() -> TestResult
     vault.close()?;
     Ok(())
 }
+
+#[test]
+fn a_backup_taken_amid_tokenizations_holds_every_one_acknowledged_before_it() -> TestResult {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::tempdir()?;
+    let backups = tmp.path().join("backups");
+    let vault = Vault::open(tmp.path().join("live"), &root(), with_backups(&backups))?;
+    let acknowledged = Mutex::new(Vec::new());
+    let stop = AtomicBool::new(false);
+    let (info, before) = std::thread::scope(|scope| -> Result<_, Error> {
+        for t in 0..4 {
+            let (vault, acknowledged, stop) = (&vault, &acknowledged, &stop);
+            scope.spawn(move || {
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let token = vault
+                        .tokenize(
+                            &format!("t{t}-{i}"),
+                            "email",
+                            format!("v{t}-{i}@example.com"),
+                        )
+                        .expect("tokenize");
+                    acknowledged
+                        .lock()
+                        .expect("lock")
+                        .push((token.to_string(), format!("v{t}-{i}@example.com")));
+                }
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // Everything acknowledged before the backup starts must be in it.
+        let before = acknowledged.lock().expect("lock").clone();
+        let info = vault.backup()?;
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        stop.store(true, Ordering::Relaxed);
+        Ok((info, before))
+    })?;
+    vault.close()?;
+    assert!(before.len() > 100, "only {} tokenizations", before.len());
+    let target = tmp.path().join("restored");
+    restore(
+        &info.path,
+        &target,
+        &root(),
+        options(),
+        RestoreOptions::new(),
+    )?;
+    let restored = Vault::open(&target, &root(), with_backups(&backups))?;
+    for (token, value) in &before {
+        assert_eq!(
+            restored.detokenize(token)?.value.as_str(),
+            Some(value.as_str())
+        );
+    }
+    assert!(restored.verify_audit()?.ok);
+    restored.close()?;
+    Ok(())
+}
