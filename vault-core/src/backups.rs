@@ -166,7 +166,11 @@ impl Inner {
         let done = dir.join(&id);
         fs::rename(partial, &done).map_err(|e| Error::io(&done, e))?;
         sync_dir(dir)?;
-        backups.expire()?;
+        // The backup is taken: a failure to delete older ones is reported where the
+        // worker's errors are, and retried by the next backup.
+        if let Err(e) = backups.expire() {
+            self.set_background_error(Some(e));
+        }
         Ok(manifest.info(dir))
     }
 

@@ -217,6 +217,13 @@ pub enum BackupProblem {
     /// without the backup directory: erasures made now would come back with a restore.
     #[error("this vault journals its erasures for its backups; open it with its backup directory")]
     JournalNotAttached,
+    /// A restore into this directory stopped after its copy was ready and before it
+    /// was swapped in: run the same restore again to finish it.
+    #[error("a restore into this directory is unfinished ({} exists): run it again", path.display())]
+    RestoreUnfinished {
+        /// The restore's mark.
+        path: PathBuf,
+    },
     /// The restore's target directory holds something, and replacing it was not asked for.
     #[error("{} is not empty; pass replace to restore over it", path.display())]
     TargetNotEmpty {

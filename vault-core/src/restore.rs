@@ -17,14 +17,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backup::{Destroyed, JOURNAL_FILE, Manifest, read_journal, remove_dir};
+use crate::backup::{
+    Destroyed, Entry, JOURNAL_FILE, JOURNAL_SEQ, Manifest, read_journal, remove_dir,
+};
 use crate::codec::{decode, encode};
 use crate::error::{BackupProblem, Error};
 use crate::header::{Header, sync_dir};
 use crate::keys::{RootKey, RootSecret};
 use crate::options::VaultOptions;
 use crate::owner::Owner;
-use crate::vault::Vault;
+use crate::store::{Cf, Storage, WriteSet};
+use crate::vault::{Inner, Vault, restore_marker};
 
 const REPORT_FORMAT: u8 = 1;
 
@@ -99,9 +102,18 @@ impl Places {
         Ok(Places {
             to: to.to_path_buf(),
             staging: beside("restoring"),
-            done: beside("restored"),
+            done: restore_marker(to).unwrap_or_else(|| beside("restored")),
             old: beside("replaced"),
         })
+    }
+
+    /// The locks of the target and of the restored copy, where they exist.
+    fn lock(&self) -> Result<Vec<Owner>, Error> {
+        [&self.to, &self.staging]
+            .into_iter()
+            .filter(|dir| dir.exists())
+            .map(|dir| Owner::acquire(dir))
+            .collect()
     }
 
     fn parent(&self) -> PathBuf {
@@ -115,8 +127,8 @@ impl Places {
 #[derive(Serialize, Deserialize)]
 struct Done {
     report: RestoreReport,
-    /// The backup directory, relative to the target, when it lives inside it (as
-    /// `--dev` puts it): moved into the restored directory rather than deleted.
+    /// The backup directory, relative to the target, when it lives inside it:
+    /// moved into the restored directory rather than deleted with the old one.
     backups_inside: Option<PathBuf>,
 }
 
@@ -133,6 +145,8 @@ pub fn restore(
 ) -> Result<RestoreReport, Error> {
     let places = Places::new(to)?;
     if places.done.exists() {
+        // Neither directory is open while the swap is finished.
+        let _locks = places.lock()?;
         return finish(&places);
     }
     remove_dir(&places.staging)?;
@@ -181,6 +195,10 @@ pub fn restore(
         .map_err(|_| foreign())?;
     let key = ring.backup_key();
     let manifest = Manifest::open(from, &header.vault_id, &key)?;
+    // Over a vault, only a backup of that vault.
+    if occupied && Header::read(to).is_ok_and(|target| target.vault_id != header.vault_id) {
+        return Err(foreign());
+    }
 
     let journal_path = backup_dir.join(JOURNAL_FILE);
     let mut skipped = 0;
@@ -212,6 +230,27 @@ pub fn restore(
         }
     };
 
+    // The journal must reach as far as every kept backup saw it: a shorter one was
+    // cut or rolled back, and lost erasures a restore must replay.
+    let required = backup_manifests(&backup_dir, &header.vault_id, &key)
+        .into_iter()
+        .map(|m| m.journal_seq)
+        .chain([manifest.journal_seq])
+        .max()
+        .unwrap_or(0);
+    let found = entries.len() as u64;
+    if found < required && !unverified {
+        if !restore.skip_erasure_journal {
+            return Err(Error::Backup(BackupProblem::JournalBehind {
+                path: journal_path,
+                found,
+                expected: required,
+            }));
+        }
+        skipped = required - found;
+        unverified = true;
+    }
+
     // Copy, checking every byte against the manifest on the way.
     fs::create_dir(&places.staging).map_err(|e| Error::io(&places.staging, e))?;
     for file in &manifest.files {
@@ -239,19 +278,21 @@ pub fn restore(
         let vault = Vault::open(&places.staging, root, options.restoring())?;
         let inner = &vault.inner;
         for entry in &entries {
-            let destroyed = match entry.what {
-                Destroyed::Subject => inner.replay_erasure(&entry.sid)?,
-                Destroyed::Record(id) => inner.replay_expiry(&entry.sid, &id)?,
-            };
-            if destroyed {
+            if inner.replay_entry(entry)? {
                 replayed += 1;
             }
         }
         if !inner.purge_pending()?.verified || !inner.purge_expired()?.verified {
             return Err(Error::PurgeUnverified);
         }
+        // How far the journal is replayed: a later open replays what follows.
+        let mut batch = inner.store.batch();
+        batch.put(Cf::Meta, JOURNAL_SEQ, &found.to_be_bytes());
+        inner.store.write_synced(batch)?;
         vault.close()?;
     }
+    // No vault opens the restored copy before it is swapped in.
+    let _restored = Owner::acquire(&places.staging)?;
 
     let report = RestoreReport {
         backup: manifest.id.clone(),
@@ -274,8 +315,56 @@ pub fn restore(
         .map_err(|e| Error::io(&tmp, e))?;
     fs::rename(&tmp, &places.done).map_err(|e| Error::io(&places.done, e))?;
     sync_dir(&places.parent())?;
-    drop(_owner);
     finish(&places)
+}
+
+/// The manifests of the backups in `dir` that authenticate (others are ignored
+/// here: the backup being restored was checked on its own).
+fn backup_manifests(dir: &Path, vault_id: &[u8; 16], key: &crate::crypto::Key) -> Vec<Manifest> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| Manifest::open(&e.path(), vault_id, key).ok())
+        .collect()
+}
+
+impl Inner {
+    /// Destroys again what one journal entry destroyed, if the store still holds
+    /// it; whether it did.
+    pub(crate) fn replay_entry(&self, entry: &Entry) -> Result<bool, Error> {
+        match entry.what {
+            Destroyed::Subject => self.replay_erasure(&entry.sid),
+            Destroyed::Record(id) => self.replay_expiry(&entry.sid, &id),
+        }
+    }
+
+    /// At open, with backups attached: replays the journal's entries after
+    /// `recorded` (how far this store says it is replayed), then records the
+    /// journal's length. An old copy of the directory, or a store that lost
+    /// erasures in a crash after their journal entry, catches up before anything
+    /// is served. Returns how many entries destroyed something.
+    pub(crate) fn catch_up_erasures(&self, recorded: Option<u64>) -> Result<u64, Error> {
+        let Some(backups) = &self.backups else {
+            return Ok(0);
+        };
+        let seq = backups.journal.seq();
+        if recorded == Some(seq) {
+            return Ok(0);
+        }
+        let after = recorded.unwrap_or(0);
+        let mut replayed = 0;
+        for entry in backups.journal.entries()?.iter().filter(|e| e.seq > after) {
+            if self.replay_entry(entry)? {
+                replayed += 1;
+            }
+        }
+        let mut batch = self.store.batch();
+        batch.put(Cf::Meta, JOURNAL_SEQ, &seq.to_be_bytes());
+        self.store.write_synced(batch)?;
+        Ok(replayed)
+    }
 }
 
 /// Moves the restored directory into place; every step can be rerun after a crash.
@@ -291,6 +380,9 @@ fn finish(places: &Places) -> Result<RestoreReport, Error> {
                         fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
                     }
                     fs::rename(&from, &to).map_err(|e| Error::io(&to, e))?;
+                    for dir in [from.parent(), to.parent()].into_iter().flatten() {
+                        sync_dir(dir)?;
+                    }
                 }
             }
             remove_dir(&places.old)?;

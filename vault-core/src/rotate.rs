@@ -91,10 +91,11 @@ impl Vault {
 
     /// Finishes the rotation under way, if any, and returns the KEK versions it
     /// retired with the key status after. A retired version is gone from the
-    /// keyring and the header: no subject key wrapped under it can be unwrapped
-    /// again, from this directory or from bytes recovered from its disk. (An old
-    /// copy of the directory keeps its own header: changing the root key and
-    /// destroying the old one is what makes that unreadable.)
+    /// keyring and the current header: a subject key wrapped under it (bytes
+    /// recovered from the disk, say) unwraps with nothing this vault holds. Old
+    /// headers (an old copy, a backup, freed blocks) still hold it and open with
+    /// the same root key: changing the root key and destroying the old one is what
+    /// makes them unreadable.
     pub fn retire_old_keks(&self) -> Result<(Vec<u32>, KeyStatus), Error> {
         let before: Vec<u32> = self.inner.keys.ring().versions().collect();
         let status = self.resume_kek_rotation()?;

@@ -70,6 +70,13 @@ impl std::fmt::Debug for Inner {
     }
 }
 
+/// The mark a restore into `dir` leaves beside it between its copy being ready and
+/// being swapped in (see `restore.rs`).
+pub(crate) fn restore_marker(dir: &Path) -> Option<PathBuf> {
+    let name = dir.file_name()?.to_string_lossy().into_owned();
+    Some(dir.with_file_name(format!("{name}.restored")))
+}
+
 /// An open vault. `Send + Sync`: share it through an `Arc`. Closing (drop or
 /// [`Vault::close`]) stops the background worker, closes the storage and lets the
 /// directory be opened again.
@@ -161,6 +168,11 @@ impl Vault {
         // Before anything in the directory is read: a second open would see a
         // creation or a header replacement half-done.
         let owner = Owner::acquire(dir)?;
+        if let Some(marker) = restore_marker(dir).filter(|m| m.exists()) {
+            return Err(Error::Backup(BackupProblem::RestoreUnfinished {
+                path: marker,
+            }));
+        }
         let (header, secret, ring) = if is_empty(dir)? {
             if !opts.create_if_missing {
                 return Err(Error::NoVault { path: dir.into() });
@@ -236,6 +248,9 @@ impl Vault {
         if inner.journal.damaged.is_none() {
             inner.journal.flush_staged()?;
             inner.journal.sync_read_events()?;
+            // Erasures in the journal this store has not seen (an old copy of the
+            // directory, say) are made before anything is served.
+            inner.catch_up_erasures(recorded)?;
         }
         // The syncer first: it stops when dropped, should the worker fail to start.
         let syncer = inner

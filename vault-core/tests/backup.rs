@@ -59,7 +59,13 @@ fn erased_after_backup() -> Result<Setup, Box<dyn std::error::Error>> {
     vault.close()?;
     let sid = hex_decode(&a_ref);
     let key = raw_get(&live, "keys", &sid).ok_or("A's key")?;
-    let record = raw_get(&live, "records", &token_id(&live, &a_tokens[3])).ok_or("A's record")?;
+    let record_key = {
+        let vault = Vault::open(&live, &root(), with_backups(&backups))?;
+        let key = vault_core::internal::record_key(&vault, &a_tokens[3])?;
+        vault.close()?;
+        key
+    };
+    let record = raw_get(&live, "records", &record_key).ok_or("A's record")?;
     let a_traces = vec![
         key[key.len() - 72..].to_vec(),
         record[record.len() - 40..].to_vec(),
@@ -133,6 +139,13 @@ fn a_missing_or_altered_journal_refuses_the_restore_unless_told() -> TestResult 
     let s = erased_after_backup()?;
     let journal = s.backups.join("erasures.journal");
     let good = std::fs::read(&journal)?;
+    let record_key = {
+        let vault = Vault::open(&s.live, &root(), with_backups(&s.backups))?;
+        let key = vault_core::internal::record_key(&vault, &s.a_tokens[0])?;
+        vault.close()?;
+        key
+    };
+
     let target = s.live.with_file_name("restored");
 
     std::fs::remove_file(&journal)?;
@@ -186,10 +199,21 @@ fn a_missing_or_altered_journal_refuses_the_restore_unless_told() -> TestResult 
     assert_eq!(report.erasures_replayed, 0);
     assert_eq!(report.journal_entries_skipped, 1);
     assert!(report.journal_unverified);
-    // A came back, as the option warns.
+    // A came back, as the option warns: read without the journal, it is there.
+    assert!(raw_get(&target, "records", &record_key).is_some());
+    // The vault will not serve with that journal; with the whole one back, it
+    // catches up as it opens and A is erased again.
+    let damaged = Vault::open(&target, &root(), with_backups(&s.backups));
+    assert!(matches!(
+        damaged,
+        Err(Error::Backup(BackupProblem::JournalDamaged { .. }))
+    ));
     std::fs::write(&journal, &good)?;
     let vault = Vault::open(&target, &root(), with_backups(&s.backups))?;
-    assert!(vault.detokenize(&s.a_tokens[0]).is_ok());
+    assert!(matches!(
+        vault.detokenize(&s.a_tokens[0]),
+        Err(Error::Erased)
+    ));
     vault.close()?;
     Ok(())
 }
@@ -665,5 +689,94 @@ fn a_backup_taken_amid_tokenizations_holds_every_one_acknowledged_before_it() ->
     }
     assert!(restored.verify_audit()?.ok);
     restored.close()?;
+    Ok(())
+}
+
+#[test]
+fn an_old_copy_opened_with_the_journal_catches_up_on_its_erasures() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let live = tmp.path().join("live");
+    let copy = tmp.path().join("copy");
+    let backups = tmp.path().join("backups");
+    let vault = Vault::open(&live, &root(), with_backups(&backups))?;
+    let a = vault.tokenize("a", "email", "a@example.com")?.to_string();
+    let b = vault.tokenize("b", "email", "b@example.com")?.to_string();
+    vault.close()?;
+    std::fs::create_dir(&copy)?;
+    for entry in std::fs::read_dir(&live)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), copy.join(entry.file_name()))?;
+    }
+    let vault = Vault::open(&live, &root(), with_backups(&backups))?;
+    vault.erase("a")?;
+    // One vault per backup directory: a second one is refused.
+    let second = Vault::open(&copy, &root(), with_backups(&backups));
+    assert!(
+        matches!(second, Err(Error::AlreadyOpen { .. })),
+        "{second:?}"
+    );
+    vault.close()?;
+
+    // The copy (a disk snapshot from before the erasure) opened as the vault.
+    let old = Vault::open(&copy, &root(), with_backups(&backups))?;
+    assert!(matches!(old.detokenize(&a), Err(Error::Erased)));
+    assert!(old.detokenize(&b).is_ok());
+    old.close()?;
+    Ok(())
+}
+
+#[test]
+fn a_journal_shorter_than_a_backup_saw_refuses_the_restore() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let live = tmp.path().join("live");
+    let backups = tmp.path().join("backups");
+    let vault = Vault::open(&live, &root(), with_backups(&backups))?;
+    vault.tokenize("a", "email", "a@example.com")?;
+    vault.tokenize("b", "email", "b@example.com")?;
+    vault.erase("a")?;
+    vault.erase("b")?;
+    let info = vault.backup()?;
+    vault.close()?;
+    // The journal rolled back to one entry: whole and authentic, but short.
+    let journal = backups.join("erasures.journal");
+    let bytes = std::fs::read(&journal)?;
+    let entry = (bytes.len() - 56) / 2;
+    std::fs::write(&journal, &bytes[..bytes.len() - entry])?;
+    let target = tmp.path().join("restored");
+    let refused = restore(
+        &info.path,
+        &target,
+        &root(),
+        options(),
+        RestoreOptions::new(),
+    );
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Backup(BackupProblem::JournalBehind {
+                found: 1,
+                expected: 2,
+                ..
+            }))
+        ),
+        "{refused:?}"
+    );
+    assert!(!target.exists());
+    Ok(())
+}
+
+#[test]
+fn a_vault_with_an_unfinished_restore_beside_it_does_not_open() -> TestResult {
+    let s = erased_after_backup()?;
+    let marker = s.live.with_file_name("live.restored");
+    std::fs::write(&marker, b"")?;
+    let refused = Vault::open(&s.live, &root(), with_backups(&s.backups));
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Backup(BackupProblem::RestoreUnfinished { .. }))
+        ),
+        "{refused:?}"
+    );
     Ok(())
 }

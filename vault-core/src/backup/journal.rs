@@ -129,6 +129,7 @@ pub(crate) fn read(path: &Path, vault_id: &[u8; 16], key: &Key) -> Result<Option
     let rest = &bytes[HEADER_LEN..];
     let whole = rest.len() / ENTRY_LEN;
     let mut damaged = None;
+    let mut zeroed = false;
     for (i, chunk) in rest.chunks_exact(ENTRY_LEN).enumerate() {
         let (body, mac) = chunk.split_at(BODY_LEN);
         let entry = Entry::parse(body).filter(|e| e.seq == i as u64 + 1);
@@ -137,6 +138,10 @@ pub(crate) fn read(path: &Path, vault_id: &[u8; 16], key: &Key) -> Result<Option
                 head.copy_from_slice(mac);
                 entries.push(entry);
             }
+            // A last entry of zeros is one whose length reached the disk before its
+            // bytes did (a power cut during an append): never acknowledged. No
+            // entry is zeros otherwise: it has a MAC.
+            _ if i + 1 == whole && chunk.iter().all(|&b| b == 0) => zeroed = true,
             _ => {
                 damaged = Some((i as u64 + 1, (whole - i) as u64));
                 break;
@@ -145,7 +150,7 @@ pub(crate) fn read(path: &Path, vault_id: &[u8; 16], key: &Key) -> Result<Option
     }
     Ok(Some(Journal {
         len: (HEADER_LEN + entries.len() * ENTRY_LEN) as u64,
-        torn: damaged.is_none() && rest.len() % ENTRY_LEN != 0,
+        torn: damaged.is_none() && (zeroed || rest.len() % ENTRY_LEN != 0),
         entries,
         head,
         damaged,
@@ -155,6 +160,7 @@ pub(crate) fn read(path: &Path, vault_id: &[u8; 16], key: &Key) -> Result<Option
 /// The live journal, appended to by erasures and the retention purge.
 pub(crate) struct ErasureJournal {
     path: PathBuf,
+    vault_id: [u8; 16],
     key: Key,
     tail: Mutex<Tail>,
 }
@@ -213,8 +219,24 @@ impl ErasureJournal {
                 broken: false,
             }),
             path,
+            vault_id: *vault_id,
             key,
         })
+    }
+
+    /// Every entry, read again from the file and authenticated.
+    pub(crate) fn entries(&self) -> Result<Vec<Entry>, Error> {
+        // Under the tail's lock: no append is half-written meanwhile.
+        let _tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        let journal = read(&self.path, &self.vault_id, &self.key)?
+            .ok_or_else(|| Error::io(&self.path, std::io::ErrorKind::NotFound.into()))?;
+        match journal.damaged {
+            None => Ok(journal.entries),
+            Some((entry, _)) => Err(Error::Backup(BackupProblem::JournalDamaged {
+                path: self.path.clone(),
+                entry,
+            })),
+        }
     }
 
     /// The number of entries so far.
@@ -322,6 +344,28 @@ mod tests {
             ]
         );
         assert!(found.damaged.is_none() && !found.torn);
+        Ok(())
+    }
+
+    #[test]
+    fn a_last_entry_of_zeros_is_cut_as_never_written() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let journal = ErasureJournal::open(dir.path(), &[1; 16], key())?;
+        journal.append(1, &[([2; 16], Destroyed::Subject)])?;
+        drop(journal);
+        let path = dir.path().join(JOURNAL_FILE);
+        let mut file = OpenOptions::new().append(true).open(&path)?;
+        file.write_all(&[0; ENTRY_LEN])?;
+        drop(file);
+        let journal = ErasureJournal::open(dir.path(), &[1; 16], key())?;
+        assert_eq!(journal.seq(), 1);
+        assert_eq!(journal.append(2, &[([3; 16], Destroyed::Subject)])?, 2);
+        assert_eq!(journal.entries()?.len(), 2);
+        // Zeros anywhere but at the end are damage.
+        let mut bytes = std::fs::read(&path)?;
+        bytes[HEADER_LEN..HEADER_LEN + ENTRY_LEN].fill(0);
+        std::fs::write(&path, &bytes)?;
+        assert!(ErasureJournal::open(dir.path(), &[1; 16], key()).is_err());
         Ok(())
     }
 

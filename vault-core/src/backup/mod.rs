@@ -37,10 +37,11 @@ use crate::error::{BackupProblem, Error};
 use crate::header::{HEADER_FILE, sync_dir};
 use crate::keys::Keyring;
 use crate::options::BackupOptions;
+use crate::owner::Owner;
 use crate::store::{Cf, WriteSet};
 use crate::subjects::Sid;
 
-pub(crate) use journal::{Destroyed, ErasureJournal, JOURNAL_FILE, read as read_journal};
+pub(crate) use journal::{Destroyed, Entry, ErasureJournal, JOURNAL_FILE, read as read_journal};
 
 pub(crate) const MANIFEST_FILE: &str = "MANIFEST";
 const MANIFEST_FORMAT: u8 = 1;
@@ -221,6 +222,9 @@ pub(crate) struct Backups {
     erasing: RwLock<()>,
     /// One backup at a time.
     running: Mutex<()>,
+    /// The backup directory's lock: two vaults appending to one journal would
+    /// overwrite each other's entries.
+    _lock: Owner,
 }
 
 impl std::fmt::Debug for Backups {
@@ -240,6 +244,8 @@ impl Backups {
         ring: &Keyring,
         recorded: u64,
     ) -> Result<Backups, Error> {
+        std::fs::create_dir_all(&opts.dir).map_err(|e| Error::io(&opts.dir, e))?;
+        let lock = Owner::acquire(&opts.dir)?;
         let journal = ErasureJournal::open(&opts.dir, &vault_id, ring.backup_key())?;
         if journal.seq() < recorded {
             return Err(Error::Backup(BackupProblem::JournalBehind {
@@ -255,6 +261,7 @@ impl Backups {
             journal,
             erasing: RwLock::new(()),
             running: Mutex::new(()),
+            _lock: lock,
         })
     }
 
@@ -310,7 +317,10 @@ impl Backups {
         for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
             let entry = entry.map_err(|e| Error::io(dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || name == TABLES || !entry.path().is_dir() {
+            // Only directories with a manifest are backups (not `lost+found`, say);
+            // a manifest that does not authenticate is an error.
+            if name.starts_with('.') || name == TABLES || !entry.path().join(MANIFEST_FILE).exists()
+            {
                 continue;
             }
             out.push(Manifest::open(&entry.path(), &self.vault_id, &self.key)?);
