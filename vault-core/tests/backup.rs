@@ -780,3 +780,33 @@ fn a_vault_with_an_unfinished_restore_beside_it_does_not_open() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn a_backup_of_another_vault_is_not_restored_over_a_vault() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (x, y) = (tmp.path().join("x"), tmp.path().join("y"));
+    // Same root key, two vaults.
+    let vault = Vault::open(&x, &root(), with_backups(&tmp.path().join("bx")))?;
+    vault.tokenize("a", "email", "a@example.com")?;
+    vault.close()?;
+    let vault = Vault::open(&y, &root(), with_backups(&tmp.path().join("by")))?;
+    let info = vault.backup()?;
+    vault.close()?;
+    let before = snapshot(&x);
+    let refused = restore(
+        &info.path,
+        &x,
+        &root(),
+        options(),
+        RestoreOptions::new().replace(true),
+    );
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Backup(BackupProblem::NotOfThisVault { .. }))
+        ),
+        "{refused:?}"
+    );
+    assert!(snapshot(&x) == before, "the vault was changed");
+    Ok(())
+}
