@@ -340,6 +340,11 @@ fn misconfiguration_ends_before_anything_listens() -> TestResult {
     // A vault made with one root key refuses another, before listening.
     let other = good.replace("file = \"root.key\"", "file = \"other.key\"");
     std::fs::write(dir.path().join("other.key"), "77".repeat(32))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::Permissions::from_mode(0o600);
+        std::fs::set_permissions(dir.path().join("other.key"), private)?;
+    }
     let first = Server::start(Launch::config(&data, &config, dir.path()))?;
     drop(first);
     let path = dir.path().join("other.toml");

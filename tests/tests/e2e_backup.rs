@@ -110,6 +110,19 @@ async fn ops_retire_old_keys_and_change_the_root_key() -> TestResult {
     let old_key = std::fs::read(data.join("dev/root.key"))?;
     let new_key = dir.path().join("new.key");
     std::fs::write(&new_key, "ab".repeat(32))?;
+    // Refused while others may read it.
+    let open = Command::new(SERVER)
+        .args(["change-root-key", "--dev", "--new-key-file"])
+        .arg(&new_key)
+        .arg("--data-dir")
+        .arg(&data)
+        .output()?;
+    assert_eq!(open.status.code(), Some(2), "{open:?}");
+    assert!(String::from_utf8_lossy(&open.stderr).contains("chmod 600"));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&new_key, std::fs::Permissions::from_mode(0o600))?;
+    }
     let change = || -> std::io::Result<std::process::Output> {
         Command::new(SERVER)
             .args(["change-root-key", "--dev", "--new-key-file"])

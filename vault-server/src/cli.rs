@@ -182,6 +182,7 @@ fn change_root_key(args: &ChangeRootKeyArgs) -> Result<serde_json::Value, Config
             ));
         }
     };
+    config::check_private(&args.new_key_file)?;
     let new = config::read_root_key_file(&args.new_key_file)?;
     let options = config
         .vault_options()
@@ -280,6 +281,18 @@ fn init_logging() {
         .try_init();
 }
 
+/// Removes the variables the root key came from, so that nothing started later (a
+/// child process, a crash reporter) inherits or prints them.
+#[allow(unsafe_code)]
+fn forget_root_key_variables(config: &ServerConfig) {
+    for var in &config.root_key_variables {
+        // SAFETY: called from `prepare` on the main thread, before the vault, the
+        // runtime or the log writer start a thread: nothing reads the environment
+        // concurrently.
+        unsafe { std::env::remove_var(var) };
+    }
+}
+
 /// Everything checked and opened, ready to serve.
 struct Prepared {
     config: ServerConfig,
@@ -312,6 +325,7 @@ fn prepare(args: &Args) -> Result<Prepared, ConfigError> {
             ));
         }
     };
+    forget_root_key_variables(&config);
     let tls = match &config.transport {
         config::Transport::Tls { cert_pem, key_pem } => {
             Some(Arc::new(crate::serve::tls_config(cert_pem, key_pem)?))

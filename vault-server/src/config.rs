@@ -140,6 +140,10 @@ pub struct RootKeySource {
     pub env: Option<String>,
     /// The name of an environment variable holding a passphrase.
     pub passphrase_env: Option<String>,
+    /// Accept a key file that others than its owner may read. Insecure: any
+    /// process of those users can read the root key.
+    #[serde(default)]
+    pub insecure_key_file_readable_by_others: bool,
 }
 
 /// Request limits (see [`Limits`] for the vault's own).
@@ -221,8 +225,8 @@ pub struct ApiKeyConfig {
     pub masked: bool,
 }
 
-/// How the server listens.
-#[derive(Debug, Clone)]
+/// How the server listens. (`Debug` shows no key.)
+#[derive(Clone)]
 pub enum Transport {
     /// HTTPS with this certificate chain and key (PEM bytes).
     Tls {
@@ -233,6 +237,19 @@ pub enum Transport {
     },
     /// Plain HTTP (chosen explicitly, insecure).
     InsecurePlainHttp,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Tls { cert_pem, .. } => f
+                .debug_struct("Tls")
+                .field("cert_pem_bytes", &cert_pem.len())
+                .field("key_pem", &"[REDACTED]")
+                .finish(),
+            Transport::InsecurePlainHttp => f.write_str("InsecurePlainHttp"),
+        }
+    }
 }
 
 /// Everything the server needs, checked.
@@ -268,6 +285,9 @@ pub struct ServerConfig {
     pub block_cache_bytes: usize,
     /// Backups and the erasure journal, if configured.
     pub backups: Option<BackupOptions>,
+    /// The environment variables the root key came from, to be removed from the
+    /// process environment.
+    pub root_key_variables: Vec<String>,
 }
 
 impl ServerConfig {
@@ -347,8 +367,8 @@ pub fn resolve(
             ));
         }
     };
-    let root_key = match file.root_key {
-        Some(source) => read_root_key(&source, base)?,
+    let (root_key, root_key_variables) = match file.root_key {
+        Some(source) => (read_root_key(&source, base)?, root_key_variables(&source)),
         None => return Err(ConfigError::new("no [root_key] section")),
     };
     let purposes = check_purposes(&file.purposes)?;
@@ -383,6 +403,7 @@ pub fn resolve(
             .backup
             .map(|backup| check_backup(&backup, base))
             .transpose()?,
+        root_key_variables,
     })
 }
 
@@ -605,7 +626,11 @@ fn read_root_key(source: &RootKeySource, base: &Path) -> Result<RootKey, ConfigE
         ));
     }
     if let Some(file) = &source.file {
-        return read_root_key_file(&base.join(file));
+        let path = base.join(file);
+        if !source.insecure_key_file_readable_by_others {
+            check_private(&path)?;
+        }
+        return read_root_key_file(&path);
     }
     if let Some(var) = &source.env {
         let text = Zeroizing::new(env_var(var)?);
@@ -638,6 +663,36 @@ fn env_var(var: &str) -> Result<String, ConfigError> {
             "environment variable {var} (the root key source) is not set or not UTF-8"
         ))
     })
+}
+
+/// Refuses a key file that its group or others may read.
+pub fn check_private(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| {
+            ConfigError::new(format!("cannot read root key file {}: {e}", path.display()))
+        })?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(ConfigError::new(format!(
+            "root key file {} may be read by others than its owner (mode {:o}): chmod 600 it \
+             (or set insecure_key_file_readable_by_others = true in [root_key])",
+            path.display(),
+            mode & 0o777
+        )));
+    }
+    Ok(())
+}
+
+/// The environment variables the root key was read from: the caller removes them
+/// from the process environment once nothing else runs (see `cli`).
+pub fn root_key_variables(source: &RootKeySource) -> Vec<String> {
+    [&source.env, &source.passphrase_env]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
 }
 
 /// Reads a root key file: 32 raw bytes, or 64 hex digits (whitespace around allowed).
@@ -752,8 +807,16 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<ServerConfig, ConfigError> {
+        parse_with_mode(text, 0o600)
+    }
+
+    /// `text` resolved next to a root key file `root.key` of this mode.
+    fn parse_with_mode(text: &str, mode: u32) -> Result<ServerConfig, ConfigError> {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().map_err(|e| ConfigError::new(e.to_string()))?;
-        std::fs::write(dir.path().join("root.key"), "ab".repeat(32))
+        let key = dir.path().join("root.key");
+        std::fs::write(&key, "ab".repeat(32))
+            .and_then(|()| std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)))
             .map_err(|e| ConfigError::new(e.to_string()))?;
         let file: FileConfig =
             toml::from_str(text).map_err(|e| ConfigError::new(e.message().to_owned()))?;
@@ -762,6 +825,28 @@ mod tests {
 
     fn hash() -> String {
         KeyHash::of("pvk_test").to_string()
+    }
+
+    #[test]
+    fn a_root_key_file_others_may_read_is_refused_unless_told() -> Result<(), ConfigError> {
+        let text = |extra: &str| {
+            format!(
+                "insecure_plain_http = true\n[root_key]\nfile = \"root.key\"\n{extra}\
+                 [[api_keys]]\nname = \"svc\"\nhash = \"{}\"\nscopes = [\"tokenize\"]\n",
+                hash()
+            )
+        };
+        for mode in [0o644, 0o640, 0o604] {
+            let refused = parse_with_mode(&text(""), mode);
+            let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(message.contains("chmod 600"), "mode {mode:o}: {message}");
+        }
+        parse_with_mode(
+            &text("insecure_key_file_readable_by_others = true\n"),
+            0o644,
+        )?;
+        parse_with_mode(&text(""), 0o400)?;
+        Ok(())
     }
 
     #[test]

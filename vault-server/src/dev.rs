@@ -16,8 +16,7 @@ use zeroize::Zeroizing;
 use crate::auth::{self, ApiKey, ApiKeys, KeyHash, Purposes, Scope};
 use crate::config::{self, ConfigError, LimitsConfig, ServerConfig};
 
-/// What `--dev` prints for scripts (one JSON line on stdout).
-#[derive(Debug)]
+/// What `--dev` prints for scripts (one JSON line on stdout). (`Debug` shows no key.)
 pub struct DevInfo {
     /// The certificate a client must trust.
     pub ca_cert: PathBuf,
@@ -25,12 +24,27 @@ pub struct DevInfo {
     pub api_key: Zeroizing<String>,
 }
 
+impl std::fmt::Debug for DevInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevInfo")
+            .field("ca_cert", &self.ca_cert)
+            .field("api_key", &"[REDACTED]")
+            .finish()
+    }
+}
+
 /// Sets up (or reuses) the development files and returns the configuration.
 pub fn prepare(data_dir: &Path) -> Result<(ServerConfig, DevInfo), ConfigError> {
     let dir = data_dir.join("dev");
     fs::create_dir_all(&dir)
         .map_err(|e| ConfigError::new(format!("cannot create {}: {e}", dir.display())))?;
-    let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
+    // The directory holds the root key: refuse to go on if it cannot be private.
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+        ConfigError::new(format!(
+            "cannot make {} private (mode 700): {e}",
+            dir.display()
+        ))
+    })?;
 
     let root_path = dir.join("root.key");
     if !root_path.exists() {
@@ -104,6 +118,7 @@ pub fn prepare(data_dir: &Path) -> Result<(ServerConfig, DevInfo), ConfigError> 
         // benchmark runs this server and must measure what production runs.
         block_cache_bytes: vault_core::internal::SERVER_BLOCK_CACHE,
         backups: Some(vault_core::BackupOptions::new(data_dir.join("backups"))),
+        root_key_variables: Vec::new(),
     };
     let ca_cert = fs::canonicalize(&cert_path).unwrap_or(cert_path);
     Ok((config, DevInfo { ca_cert, api_key }))
@@ -166,4 +181,40 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ConfigError> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every configuration type, formatted with `Debug`, shows none of the secrets
+    /// it holds: the admin API key, the TLS private key, the root key.
+    #[test]
+    fn no_secret_in_debug() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let (config, info) = prepare(dir.path())?;
+        let dev = dir.path().join("dev");
+        let root_hex = fs::read_to_string(dev.join("root.key"))?;
+        let key_pem = fs::read_to_string(dev.join("tls-key.pem"))?;
+        // The base64 body of the private key, a line of it at least.
+        let key_line = key_pem
+            .lines()
+            .find(|l| !l.starts_with("-----") && l.len() > 20)
+            .ok_or("a PEM body")?;
+        // Bytes print as a list of numbers: look for those too.
+        let key_numbers = format!("{:?}", &key_line.as_bytes()[..16]);
+        let key_numbers = key_numbers.trim_matches(|c| c == '[' || c == ']');
+        let shown = format!("{config:?} {config:#?} {info:?} {:?}", config.transport);
+        for secret in [
+            info.api_key.as_str(),
+            root_hex.trim(),
+            key_line,
+            key_numbers,
+        ] {
+            assert!(!shown.contains(secret), "a secret in Debug output");
+        }
+        // The control: the formatted text holds the rest.
+        assert!(shown.contains("ca_cert") && shown.contains("cert_pem_bytes"));
+        Ok(())
+    }
 }

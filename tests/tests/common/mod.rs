@@ -273,6 +273,10 @@ pub fn write_config(
 ) -> TestResult<(PathBuf, PathBuf, BTreeMap<String, String>)> {
     let (cert, key) = write_tls(dir)?;
     fs::write(dir.join("root.key"), "5a".repeat(32))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir.join("root.key"), fs::Permissions::from_mode(0o600))?;
+    }
     let mut text = format!(
         "[tls]\ncert = \"{}\"\nkey = \"{}\"\n[root_key]\nfile = \"root.key\"\n",
         cert.display(),
