@@ -460,3 +460,69 @@ async fn vaultctl_runs_the_lifecycle_with_exit_codes() -> TestResult {
     assert_eq!(output.status.code(), Some(3));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_head_is_logged_and_checked_against_the_trail() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start_dev(&dir.path().join("data"))?;
+    let key = server.api_key.clone();
+    server
+        .admin()?
+        .tokenize_one("c-1", "email", "one@example.com")
+        .await?;
+    let (code, head, err) = vaultctl(&server, &key, &["audit-head"])?;
+    assert_eq!(code, 0, "{err}");
+    let (seq, mac) = (
+        head["seq"].as_u64().ok_or("seq")?,
+        head["mac"].as_str().ok_or("mac")?.to_owned(),
+    );
+    assert_eq!(mac.len(), 64);
+    let seq_text = seq.to_string();
+    let (code, check, err) = vaultctl(
+        &server,
+        &key,
+        &[
+            "audit-verify",
+            "--expected-seq",
+            &seq_text,
+            "--expected-mac",
+            &mac,
+        ],
+    )?;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(check["anchor"], "contained");
+    // A head this trail never had: another history (rolled back).
+    let other = "0".repeat(64);
+    let (code, check, _) = vaultctl(
+        &server,
+        &key,
+        &[
+            "audit-verify",
+            "--expected-seq",
+            &seq_text,
+            "--expected-mac",
+            &other,
+        ],
+    )?;
+    assert_eq!(code, 1);
+    assert_eq!(check["anchor"], "rolled_back");
+    // Beyond its end: truncated.
+    let beyond = (seq + 1000).to_string();
+    let (code, check, _) = vaultctl(
+        &server,
+        &key,
+        &[
+            "audit-verify",
+            "--expected-seq",
+            &beyond,
+            "--expected-mac",
+            &mac,
+        ],
+    )?;
+    assert_eq!(code, 1);
+    assert_eq!(check["anchor"], "truncated");
+    // The server logged a head when it started, for a log shipper to keep.
+    let log = server.log_text_once(|text| text.contains("audit head"));
+    assert!(log.contains("audit_head_seq"), "{log}");
+    Ok(())
+}

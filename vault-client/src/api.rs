@@ -445,6 +445,35 @@ pub struct AuditEventInfo {
     pub subject: Option<String>,
 }
 
+/// The audit trail's end (`GET /v1/audit/head`): keep it outside the vault, and
+/// give it to `POST /v1/audit/verify` later. Both `null` while the trail is empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditHead {
+    /// The last event's sequence number.
+    pub seq: Option<u64>,
+    /// Its chained MAC, 64 hex digits.
+    pub mac: Option<String>,
+}
+
+/// Body of `POST /v1/audit/verify` (optional: no body checks the trail alone).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// A head taken earlier: the answer says whether the trail still holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_head: Option<ExpectedHead>,
+}
+
+/// A head taken earlier with `GET /v1/audit/head`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectedHead {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its MAC, 64 hex digits.
+    pub mac: String,
+}
+
 /// Answer to `POST /v1/audit/verify`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditCheck {
@@ -458,6 +487,11 @@ pub struct AuditCheck {
     /// What is wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// With an expected head: `contained`, `truncated` (the trail ends before it),
+    /// `rolled_back` (the trail holds another event there) or `pruned` (older than
+    /// the first event kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<String>,
 }
 
 /// Every error response: `{"error": {...}}`.

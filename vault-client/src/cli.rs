@@ -141,8 +141,18 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Check the whole audit trail; exits 1 if it was tampered with.
-    AuditVerify,
+    /// Check the whole audit trail; exits 1 if it was tampered with, or if it no
+    /// longer holds the head given (taken earlier with `audit-head`).
+    AuditVerify {
+        /// The expected head's sequence number.
+        #[arg(long, requires = "expected_mac")]
+        expected_seq: Option<u64>,
+        /// The expected head's MAC (64 hex digits).
+        #[arg(long, requires = "expected_seq")]
+        expected_mac: Option<String>,
+    },
+    /// Print the audit trail's head (sequence number and MAC), to keep elsewhere.
+    AuditHead,
     /// Start a key-encryption-key rotation.
     Rotate,
     /// Show key versions, rotation and purge progress; `keys retire` finishes the
@@ -330,8 +340,19 @@ async fn run(command: Command, allow_plain_http: bool) -> Result<(), Failure> {
         Command::Consents { subject } => print(&client.consents(subject.read()?).await?),
         Command::Purposes => print(&client.purposes().await?),
         Command::Audit { after, limit } => print(&client.audit_events(after, limit).await?),
-        Command::AuditVerify => {
-            let check = client.verify_audit().await?;
+        Command::AuditHead => print(&client.audit_head().await?),
+        Command::AuditVerify {
+            expected_seq,
+            expected_mac,
+        } => {
+            let check = match expected_seq.zip(expected_mac) {
+                Some((seq, mac)) => {
+                    client
+                        .verify_audit_against(crate::api::ExpectedHead { seq, mac })
+                        .await?
+                }
+                None => client.verify_audit().await?,
+            };
             print(&check)?;
             if check.ok {
                 Ok(())

@@ -8,10 +8,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::api::{
-    AuditCheck, AuditEvents, BackupCreated, Backups, ConsentRequest, DetokenizeRequest,
-    DetokenizeResponse, DetokenizeResult, ErasureReceipt, ErrorBody, KeyRetirement, KeyStatus,
-    Purposes, RectifyRequest, Sensitive, SubjectConsents, SubjectExport, SubjectRequest,
-    TokenizeItem, TokenizeRequest, TokenizeResponse,
+    AuditCheck, AuditEvents, AuditHead, BackupCreated, Backups, ConsentRequest, DetokenizeRequest,
+    DetokenizeResponse, DetokenizeResult, ErasureReceipt, ErrorBody, ExpectedHead, KeyRetirement,
+    KeyStatus, Purposes, RectifyRequest, Sensitive, SubjectConsents, SubjectExport, SubjectRequest,
+    TokenizeItem, TokenizeRequest, TokenizeResponse, VerifyRequest,
 };
 
 /// What can go wrong with a call. Carries no personal data: the server's messages
@@ -413,6 +413,29 @@ impl Client {
     /// Checks the whole audit trail; the answer names the first bad event.
     pub async fn verify_audit(&self) -> Result<AuditCheck, Error> {
         self.call::<(), _>(Method::POST, "/v1/audit/verify", None, Idempotent::Yes)
+            .await?
+            .ok_or(Error::Decode { status: 204 })
+    }
+
+    /// [`verify_audit`](Self::verify_audit), and whether the trail still holds a
+    /// head taken earlier (`anchor` in the answer).
+    pub async fn verify_audit_against(&self, expected: ExpectedHead) -> Result<AuditCheck, Error> {
+        let body = VerifyRequest {
+            expected_head: Some(expected),
+        };
+        self.call(
+            Method::POST,
+            "/v1/audit/verify",
+            Some(&body),
+            Idempotent::Yes,
+        )
+        .await?
+        .ok_or(Error::Decode { status: 204 })
+    }
+
+    /// The trail's end now, to keep outside the vault.
+    pub async fn audit_head(&self) -> Result<AuditHead, Error> {
+        self.call::<(), _>(Method::GET, "/v1/audit/head", None, Idempotent::Yes)
             .await?
             .ok_or(Error::Decode { status: 204 })
     }

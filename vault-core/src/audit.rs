@@ -42,7 +42,8 @@ const PRUNE_CHUNK: usize = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AuditVerification {
-    /// Whether the whole trail is intact.
+    /// Whether the whole trail is intact (and holds the expected head, if one was
+    /// given).
     pub ok: bool,
     /// Events checked.
     pub events: u64,
@@ -50,6 +51,9 @@ pub struct AuditVerification {
     pub first_bad: Option<u64>,
     /// What is wrong, if anything.
     pub problem: Option<String>,
+    /// What became of the expected head given to
+    /// [`Vault::verify_audit_against`]; `None` without one.
+    pub anchor: Option<AnchorCheck>,
 }
 
 impl AuditVerification {
@@ -59,8 +63,37 @@ impl AuditVerification {
             events,
             first_bad,
             problem: Some(problem),
+            anchor: None,
         }
     }
+}
+
+/// The end of the audit trail: the last event's sequence number and chained MAC.
+/// Kept outside the vault (a log shipper, a ticket), it later shows whether the
+/// trail still holds everything it held then. Names nobody.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditHead {
+    /// The last event's sequence number.
+    pub seq: u64,
+    /// Its MAC, which chains every event before it.
+    pub mac: [u8; 32],
+}
+
+/// Whether the trail still holds an expected head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AnchorCheck {
+    /// The event is there with that MAC: nothing up to it was lost or rewritten.
+    Contained,
+    /// The trail ends before that event: its tail was cut off (and the checkpoint
+    /// put back to match).
+    Truncated,
+    /// The trail holds that event with another MAC: it was replaced by another
+    /// history (an older copy, continued).
+    RolledBack,
+    /// The event is older than the first one kept (pruned by the audit retention):
+    /// it cannot be checked.
+    Pruned,
 }
 
 impl Inner {
@@ -183,7 +216,65 @@ impl Inner {
             events: checked,
             first_bad: None,
             problem: None,
+            anchor: None,
         })
+    }
+
+    pub(crate) fn audit_head(&self) -> Result<Option<AuditHead>, Error> {
+        if self.journal.damaged.is_none() {
+            self.journal.flush_staged()?;
+        }
+        match read_head(&self.store, self.journal.audit_key())? {
+            Ok(head) => Ok(head.map(|h| AuditHead {
+                seq: h.seq,
+                mac: h.mac,
+            })),
+            Err(_) => Err(Error::AuditDamaged),
+        }
+    }
+
+    pub(crate) fn verify_audit_against(
+        &self,
+        expected: &AuditHead,
+    ) -> Result<AuditVerification, Error> {
+        let mut check = self.verify_audit()?;
+        if !check.ok {
+            return Ok(check);
+        }
+        // The chain is intact, so every stored MAC is the one the vault wrote.
+        let key = self.journal.audit_key();
+        let (first, _) = read_base(&self.store, key)?.map_err(|_| Error::AuditDamaged)?;
+        let anchor = if expected.seq < first {
+            AnchorCheck::Pruned
+        } else {
+            match self.store.get(Cf::Audit, &expected.seq.to_be_bytes())? {
+                None => AnchorCheck::Truncated,
+                Some(bytes) => {
+                    let stored: StoredEvent = decode(AUDIT_FORMAT, &bytes)?;
+                    if bool::from(stored.mac.ct_eq(&expected.mac)) {
+                        AnchorCheck::Contained
+                    } else {
+                        AnchorCheck::RolledBack
+                    }
+                }
+            }
+        };
+        if matches!(anchor, AnchorCheck::Truncated | AnchorCheck::RolledBack) {
+            check.ok = false;
+            check.first_bad = Some(expected.seq);
+            check.problem = Some(match anchor {
+                AnchorCheck::Truncated => format!(
+                    "the trail ends before event {}, the expected head (truncated)",
+                    expected.seq
+                ),
+                _ => format!(
+                    "event {} is not the expected head (the trail was rolled back or replaced)",
+                    expected.seq
+                ),
+            });
+        }
+        check.anchor = Some(anchor);
+        Ok(check)
     }
 
     pub(crate) fn audit_events(
@@ -304,6 +395,20 @@ impl Vault {
     /// checkpoint against the last event. Reports the first bad event.
     pub fn verify_audit(&self) -> Result<AuditVerification, Error> {
         self.inner.verify_audit()
+    }
+
+    /// The end of the trail now (staged read events included), to keep outside the
+    /// vault; `None` while the trail is empty. [`Error::AuditDamaged`] if its
+    /// checkpoint does not authenticate.
+    pub fn audit_head(&self) -> Result<Option<AuditHead>, Error> {
+        self.inner.audit_head()
+    }
+
+    /// [`verify_audit`](Self::verify_audit), and whether the trail still holds
+    /// `expected`, a head taken earlier: a trail whose tail was cut off with an
+    /// older checkpoint put back verifies on its own, and fails this.
+    pub fn verify_audit_against(&self, expected: &AuditHead) -> Result<AuditVerification, Error> {
+        self.inner.verify_audit_against(expected)
     }
 
     /// Up to `limit` events after sequence number `after` (from the start if `None`).

@@ -97,7 +97,7 @@ pub use export::SubjectExport;
 
 // --- Accountability: actors and the audit trail ---
 pub use actor::Actor;
-pub use audit::AuditVerification;
+pub use audit::{AnchorCheck, AuditHead, AuditVerification};
 pub use events::{AuditAction, AuditEvent, AuditOutcome, RESTORE_ACTOR, RETENTION_ACTOR};
 pub use options::{DEFAULT_ACTOR, valid_actor};
 

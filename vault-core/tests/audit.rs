@@ -795,3 +795,78 @@ fn a_trail_wiped_with_its_checkpoint_is_found_by_the_mark_left_behind() -> TestR
     ));
     Ok(())
 }
+
+/// Someone with the disk cuts the trail's tail and puts the older checkpoint (and
+/// the mark of staged events that went with it) back: the trail verifies on its
+/// own, and only a head kept outside the vault shows what was lost.
+#[test]
+fn a_head_kept_outside_finds_a_cut_tail_and_a_rolled_back_trail() -> TestResult {
+    use vault_core::AnchorCheck;
+    let dir = tempfile::tempdir()?;
+    let copy = tempfile::tempdir()?;
+    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    vault.tokenize("ivan", "email", "ivan@example.com")?;
+    let older = vault.audit_head()?.ok_or("a head")?;
+    vault.close()?;
+    let saved: Vec<(&[u8], Option<Vec<u8>>)> = [&b"audit/head"[..], b"audit/staged"]
+        .into_iter()
+        .map(|k| (k, common::raw_get(dir.path(), "meta", k)))
+        .collect();
+    for entry in std::fs::read_dir(dir.path())? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), copy.path().join(entry.file_name()))?;
+    }
+    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    vault.tokenize("judy", "email", "judy@example.com")?;
+    vault.erase("judy")?;
+    let anchor = vault.audit_head()?.ok_or("a head")?;
+    assert!(anchor.seq > older.seq);
+    assert_eq!(
+        vault.verify_audit_against(&anchor)?.anchor,
+        Some(AnchorCheck::Contained)
+    );
+    vault.close()?;
+
+    // The cut: every event after the older head removed, its checkpoint put back.
+    {
+        let db = raw_db(dir.path());
+        let audit = db.cf_handle("audit").ok_or("audit")?;
+        for seq in older.seq + 1..=anchor.seq {
+            db.delete_cf(audit, seq.to_be_bytes())?;
+        }
+        let meta = db.cf_handle("meta").ok_or("meta")?;
+        for (key, value) in &saved {
+            match value {
+                Some(v) => db.put_cf(meta, key, v)?,
+                None => db.delete_cf(meta, key)?,
+            }
+        }
+        db.flush_wal(true)?;
+    }
+    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    assert!(
+        vault.verify_audit()?.ok,
+        "the cut trail verifies on its own"
+    );
+    let check = vault.verify_audit_against(&anchor)?;
+    assert!(!check.ok);
+    assert_eq!(check.anchor, Some(AnchorCheck::Truncated));
+    assert_eq!(
+        vault.verify_audit_against(&older)?.anchor,
+        Some(AnchorCheck::Contained)
+    );
+    vault.close()?;
+
+    // The rollback: an older copy of the directory, continued.
+    let vault = Vault::open(copy.path(), &root(), audit_options())?;
+    vault.tokenize("karl", "email", "karl@example.com")?;
+    vault.tokenize("lena", "email", "lena@example.com")?;
+    vault.erase("karl")?;
+    assert!(vault.audit_head()?.ok_or("a head")?.seq >= anchor.seq);
+    assert!(vault.verify_audit()?.ok);
+    let check = vault.verify_audit_against(&anchor)?;
+    assert!(!check.ok);
+    assert_eq!(check.anchor, Some(AnchorCheck::RolledBack));
+    vault.close()?;
+    Ok(())
+}

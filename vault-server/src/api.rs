@@ -75,7 +75,7 @@ impl AppState {
 }
 
 /// Every route, as its template: the only route names that reach logs and metrics.
-pub const ROUTES: [&str; 17] = [
+pub const ROUTES: [&str; 18] = [
     "/v1/tokenize",
     "/v1/detokenize",
     "/v1/tokens/{token}",
@@ -86,6 +86,7 @@ pub const ROUTES: [&str; 17] = [
     "/v1/purposes",
     "/v1/audit",
     "/v1/audit/verify",
+    "/v1/audit/head",
     "/v1/admin/rotate",
     "/v1/admin/keys",
     "/v1/admin/keys/retire",
@@ -109,6 +110,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/purposes", get(purposes))
         .route("/v1/audit", get(audit_events))
         .route("/v1/audit/verify", post(verify_audit))
+        .route("/v1/audit/head", get(audit_head))
         .route("/v1/admin/rotate", post(rotate))
         .route("/v1/admin/keys", get(keys))
         .route("/v1/admin/keys/retire", post(retire_keys))
@@ -221,7 +223,9 @@ fn access(route: &str, method: &Method) -> Access {
         ("/v1/subjects/erase", &Method::POST) => Scope::Erase,
         ("/v1/subjects/export", &Method::POST) => Scope::Export,
         ("/v1/subjects/consent" | "/v1/subjects/consents", &Method::POST) => Scope::Consent,
-        ("/v1/audit", &Method::GET) | ("/v1/audit/verify", &Method::POST) => Scope::Audit,
+        ("/v1/audit" | "/v1/audit/head", &Method::GET) | ("/v1/audit/verify", &Method::POST) => {
+            Scope::Audit
+        }
         (
             "/v1/admin/rotate" | "/v1/admin/keys" | "/v1/admin/keys/retire" | "/v1/admin/backups",
             _,
@@ -570,8 +574,27 @@ fn audit_event_info(e: vault_core::AuditEvent) -> AuditEventInfo {
     }
 }
 
-async fn verify_audit(work: Work) -> Result<Json<AuditCheck>, ApiError> {
-    let check = work.run(|vault| vault.verify_audit()).await?;
+async fn verify_audit(work: Work, body: Bytes) -> Result<Json<AuditCheck>, ApiError> {
+    // No body: the trail alone. A body may name a head taken earlier.
+    let request: api::VerifyRequest = if body.is_empty() {
+        api::VerifyRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| describe_json_error(&e, None))?
+    };
+    let expected = match request.expected_head {
+        None => None,
+        Some(head) => Some(vault_core::AuditHead {
+            seq: head.seq,
+            mac: auth::decode_hex32(&head.mac)
+                .ok_or_else(|| ApiError::malformed("expected_head.mac must be 64 hex digits"))?,
+        }),
+    };
+    let check = work
+        .run(move |vault| match &expected {
+            Some(head) => vault.verify_audit_against(head),
+            None => vault.verify_audit(),
+        })
+        .await?;
     if !check.ok {
         tracing::error!(request_id = %request_id(), first_bad = ?check.first_bad, "the audit trail failed verification");
     }
@@ -580,6 +603,23 @@ async fn verify_audit(work: Work) -> Result<Json<AuditCheck>, ApiError> {
         events: check.events,
         first_bad: check.first_bad,
         problem: check.problem,
+        anchor: check.anchor.map(|a| {
+            match a {
+                vault_core::AnchorCheck::Contained => "contained",
+                vault_core::AnchorCheck::Truncated => "truncated",
+                vault_core::AnchorCheck::RolledBack => "rolled_back",
+                _ => "pruned",
+            }
+            .to_owned()
+        }),
+    }))
+}
+
+async fn audit_head(work: Work) -> Result<Json<api::AuditHead>, ApiError> {
+    let head = work.run(|vault| vault.audit_head()).await?;
+    Ok(Json(api::AuditHead {
+        seq: head.map(|h| h.seq),
+        mac: head.map(|h| h.mac.iter().map(|b| format!("{b:02x}")).collect()),
     }))
 }
 
@@ -1059,7 +1099,7 @@ mod tests {
                 assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
             }
         }
-        assert_eq!(described, 20, "every route and method");
+        assert_eq!(described, 21, "every route and method");
         Ok(())
     }
 

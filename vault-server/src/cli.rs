@@ -425,9 +425,19 @@ fn run(prepared: Prepared) -> ExitCode {
     };
     println!("{line}");
     let ServerConfig {
-        api_keys, limits, ..
+        api_keys,
+        limits,
+        audit_head_every,
+        ..
     } = config;
-    let served = runtime.block_on(crate::serve::serve(vault, api_keys, limits, tls, listener));
+    let served = runtime.block_on(crate::serve::serve(
+        vault,
+        api_keys,
+        limits,
+        tls,
+        listener,
+        audit_head_every,
+    ));
     // Requests still running when the grace period ended may finish and log while
     // the runtime shuts down, after `serve`'s flush of the access log.
     drop(runtime);

@@ -193,6 +193,9 @@ pub struct VaultConfig {
     /// Memory for the storage engine's cache of the vault's file blocks, in MiB (1-1 048 576;
     /// `vault_core::internal::SERVER_BLOCK_CACHE`, 256 MiB, if unset).
     pub block_cache_mib: Option<u64>,
+    /// How often the server logs the audit trail's head (sequence number and MAC),
+    /// in seconds, for a log shipper to keep outside the vault; 0: never.
+    pub audit_head_log_secs: u64,
 }
 
 impl Default for VaultConfig {
@@ -203,9 +206,13 @@ impl Default for VaultConfig {
             sync_read_events: false,
             sync_gather_us: None,
             block_cache_mib: None,
+            audit_head_log_secs: DEFAULT_AUDIT_HEAD_LOG_SECS,
         }
     }
 }
+
+/// The audit head is logged every 5 minutes unless configured.
+pub const DEFAULT_AUDIT_HEAD_LOG_SECS: u64 = 300;
 
 /// One API key, as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -288,6 +295,8 @@ pub struct ServerConfig {
     /// The environment variables the root key came from, to be removed from the
     /// process environment.
     pub root_key_variables: Vec<String>,
+    /// How often the audit head is logged (`None`: never).
+    pub audit_head_every: Option<Duration>,
 }
 
 impl ServerConfig {
@@ -404,6 +413,8 @@ pub fn resolve(
             .map(|backup| check_backup(&backup, base))
             .transpose()?,
         root_key_variables,
+        audit_head_every: (file.vault.audit_head_log_secs > 0)
+            .then(|| Duration::from_secs(file.vault.audit_head_log_secs)),
     })
 }
 

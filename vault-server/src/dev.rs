@@ -119,6 +119,9 @@ pub fn prepare(data_dir: &Path) -> Result<(ServerConfig, DevInfo), ConfigError> 
         block_cache_bytes: vault_core::internal::SERVER_BLOCK_CACHE,
         backups: Some(vault_core::BackupOptions::new(data_dir.join("backups"))),
         root_key_variables: Vec::new(),
+        audit_head_every: Some(std::time::Duration::from_secs(
+            config::DEFAULT_AUDIT_HEAD_LOG_SECS,
+        )),
     };
     let ca_cert = fs::canonicalize(&cert_path).unwrap_or(cert_path);
     Ok((config, DevInfo { ca_cert, api_key }))

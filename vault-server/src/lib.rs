@@ -12,6 +12,8 @@
 // One unsafe call, in `cli`: removing the root key's variable from the process
 // environment, on the main thread before any other thread exists.
 #![deny(unsafe_code)]
+// The OpenAPI document is one `json!` literal, deeper than the default limit.
+#![recursion_limit = "256"]
 
 mod access_log;
 pub mod api;

@@ -108,8 +108,13 @@ pub fn document() -> Value {
                 ],
                 "responses": with_errors(json!({ "200": answer("Events.", "AuditEvents") }), &[400, 401, 403, 405, 429, 500, 503])
             }},
+            "/v1/audit/head": { "get": {
+                "summary": "The trail's end (last sequence number and MAC), to keep outside the vault. Scope: audit.",
+                "responses": with_errors(json!({ "200": answer("The head.", "AuditHead") }), &[401, 403, 405, 429, 500, 503])
+            }},
             "/v1/audit/verify": { "post": {
-                "summary": "Check the whole audit trail: chain, order and checkpoint. Scope: audit.",
+                "summary": "Check the whole audit trail: chain, order and checkpoint; with expected_head, whether the trail still holds it. Scope: audit.",
+                "requestBody": { "required": false, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/VerifyRequest" } } } },
                 "responses": with_errors(json!({ "200": answer("The result, with the first bad event.", "AuditCheck") }), &[401, 403, 405, 429, 500, 503])
             }},
             "/v1/admin/rotate": { "post": {
@@ -208,8 +213,19 @@ pub fn document() -> Value {
                 })),
                 "AuditCheck": object(&["ok", "events"], json!({
                     "ok": { "type": "boolean" }, "events": { "type": "integer" },
-                    "first_bad": { "type": "integer" }, "problem": { "type": "string" }
+                    "first_bad": { "type": "integer" }, "problem": { "type": "string" },
+                    "anchor": { "enum": ["contained", "truncated", "rolled_back", "pruned"], "description": "With expected_head: whether the trail still holds it." }
                 })),
+                "AuditHead": object(&["seq", "mac"], json!({
+                    "seq": { "type": ["integer", "null"] },
+                    "mac": { "type": ["string", "null"], "pattern": "^[0-9a-f]{64}$" }
+                })),
+                "VerifyRequest": { "type": "object", "additionalProperties": false, "properties": {
+                    "expected_head": object(&["seq", "mac"], json!({
+                        "seq": { "type": "integer", "minimum": 0 },
+                        "mac": { "type": "string", "pattern": "^[0-9a-f]{64}$" }
+                    }))
+                }},
                 "RectifyRequest": object(&["value"], json!({ "value": { "type": "string" } })),
                 "ConsentRequest": object(&["subject", "purpose", "granted"], json!({
                     "subject": { "type": "string" },

@@ -52,8 +52,12 @@ pub async fn serve(
     limits: LimitsConfig,
     tls: Option<Arc<rustls::ServerConfig>>,
     listener: TcpListener,
+    audit_head_every: Option<Duration>,
 ) -> std::io::Result<()> {
     let vault = Arc::new(vault);
+    if let Some(every) = audit_head_every {
+        tokio::spawn(log_audit_head(Arc::downgrade(&vault), every));
+    }
     let state = AppState::new(vault.clone(), keys, limits);
     let app = api::router(state.clone());
     let handle: Handle<SocketAddr> = Handle::new();
@@ -86,6 +90,33 @@ pub async fn serve(
     close_vault(vault, CLOSE_WAIT).await;
     crate::access_log::flush();
     served
+}
+
+/// Logs the audit trail's head now and every `every`, for a log shipper to keep
+/// outside the vault (`POST /v1/audit/verify` then checks the trail still holds
+/// it). Stops when the vault is closed.
+async fn log_audit_head(vault: std::sync::Weak<Vault>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        let Some(vault) = vault.upgrade() else {
+            return;
+        };
+        match tokio::task::spawn_blocking(move || vault.audit_head()).await {
+            Ok(Ok(Some(head))) => tracing::info!(
+                audit_head_seq = head.seq,
+                audit_head_mac = %hex(&head.mac),
+                "audit head"
+            ),
+            Ok(Ok(None)) => tracing::info!(audit_head_seq = 0, "audit head: the trail is empty"),
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot read the audit head"),
+            Err(_) => return,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn shutdown_on_signal(state: Arc<AppState>, handle: Handle<SocketAddr>, grace: Duration) {
