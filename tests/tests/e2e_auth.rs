@@ -20,6 +20,14 @@ fn routes(token: &str) -> Vec<(&'static str, Method, String, Option<serde_json::
             Some(json!({"items":[{"subject":"s-1","field":"email","value":"v"}]})),
         ),
         (
+            "tokenize_deterministic",
+            Method::POST,
+            "/v1/tokenize".into(),
+            Some(
+                json!({"items":[{"subject":"s-1","field":"email","value":"d","deterministic":true}]}),
+            ),
+        ),
+        (
             "detokenize",
             Method::POST,
             "/v1/detokenize".into(),

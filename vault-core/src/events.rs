@@ -46,6 +46,9 @@ pub enum AuditAction {
     Expire,
     /// Audit events past their retention pruned (`records` of them).
     AuditPruned,
+    /// Deterministic tokens asked for (one event per subject of a call; `records`
+    /// of them). Such a call confirms whether a guessed value is stored.
+    TokenizeDeterministic,
 }
 
 impl AuditOutcome {
@@ -78,6 +81,7 @@ impl AuditAction {
             AuditAction::ConsentsRead => "consents_read",
             AuditAction::Expire => "expire",
             AuditAction::AuditPruned => "audit_pruned",
+            AuditAction::TokenizeDeterministic => "tokenize_deterministic",
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{MutexGuard, PoisonError, RwLockReadGuard, TryLockError};
 
-use crate::codec::encode;
+use crate::codec::{decode, encode};
 use crate::crypto::random_bytes;
 use crate::durable::Unsynced;
 use crate::error::Error;
@@ -32,7 +32,13 @@ struct SubjectWrite {
     hash: SubjectHash,
     known: KnownSubject,
     created: bool,
+    /// Records written.
     stored: u64,
+    /// Deterministic tokens asked for (written or handed out again): such calls
+    /// confirm a guessed value, so they are audited as their own action.
+    deterministic: u64,
+    /// Random tokens written.
+    random: u64,
 }
 
 /// One value to tokenize, for [`Vault::tokenize_batch`].
@@ -245,13 +251,25 @@ impl Vault {
                 &encode(SUBJECT_FORMAT, &subject.known.entry),
             );
         }
-        let events = subjects
-            .iter()
-            .map(|s| {
-                AuditEvent::new(actor, AuditAction::Tokenize, AuditOutcome::Ok)
-                    .about(Some(s.known.dek.audit_ref), s.stored)
-            })
-            .collect();
+        // One event per subject and kind: deterministic tokens (an equality check on
+        // a value) apart from the rest.
+        let mut events = Vec::with_capacity(subjects.len());
+        for s in &subjects {
+            let subject = Some(s.known.dek.audit_ref);
+            let random = s.random;
+            if s.deterministic > 0 {
+                events.push(
+                    AuditEvent::new(actor, AuditAction::TokenizeDeterministic, AuditOutcome::Ok)
+                        .about(subject, s.deterministic),
+                );
+            }
+            if s.deterministic == 0 || random > 0 {
+                events.push(
+                    AuditEvent::new(actor, AuditAction::Tokenize, AuditOutcome::Ok)
+                        .about(subject, random),
+                );
+            }
+        }
         match commit {
             Commit::Wait { sync } => {
                 inner.journal.commit_audited(batch, events, sync)?;
@@ -371,6 +389,8 @@ impl Inner {
                 known,
                 created,
                 stored: 0,
+                deterministic: 0,
+                random: 0,
             });
         }
         Ok(subjects)
@@ -394,14 +414,32 @@ impl Inner {
             let SubjectWrite {
                 known: KnownSubject { entry, dek },
                 stored,
+                deterministic,
+                random,
                 ..
             } = &mut subjects[slot];
             let id: TokenId = if item.deterministic {
+                *deterministic += 1;
                 let id = self.index.tokens.record_key(
                     &dek.record_group,
                     &dek.deterministic_id(item.field, item.value),
                 );
-                if issued.contains(&id) || self.store.get(Cf::Records, &id)?.is_some() {
+                // Handed out again while its record is live and not past its
+                // retention period; otherwise (a stub, or expired) the value is
+                // stored afresh, with a new creation time.
+                let live = match self.store.get(Cf::Records, &id)? {
+                    Some(bytes) => match decode(RECORD_FORMAT, &bytes)? {
+                        StoredRecord::Live(record) => {
+                            !self
+                                .opts
+                                .policy
+                                .expired(&record.field, record.created_at, now)
+                        }
+                        _ => false,
+                    },
+                    None => false,
+                };
+                if issued.contains(&id) || live {
                     tokens.push(self.index.tokens.token(&id));
                     continue;
                 }
@@ -433,6 +471,9 @@ impl Inner {
             }
             entry.records += 1;
             *stored += 1;
+            if !item.deterministic {
+                *random += 1;
+            }
             tokens.push(self.index.tokens.token(&id));
         }
         Ok(tokens)

@@ -243,7 +243,7 @@ fn every_operation_on_personal_data_is_recorded_and_listed_for_its_subject() -> 
         summary,
         [
             ("crm", "tokenize", "-", 1),
-            ("crm", "tokenize", "-", 1),
+            ("crm", "tokenize_deterministic", "-", 1),
             ("crm", "rectify", "-", 1),
             ("crm", "detokenize", "-", 1),
             ("crm", "detokenize", "-", 1),
@@ -867,6 +867,37 @@ fn a_head_kept_outside_finds_a_cut_tail_and_a_rolled_back_trail() -> TestResult 
     let check = vault.verify_audit_against(&anchor)?;
     assert!(!check.ok);
     assert_eq!(check.anchor, Some(AnchorCheck::RolledBack));
+    vault.close()?;
+    Ok(())
+}
+
+#[test]
+fn deterministic_tokenizations_are_audited_as_such() -> TestResult {
+    use vault_core::AuditAction;
+    let dir = tempfile::tempdir()?;
+    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let crm = vault.as_actor("crm")?;
+    crm.tokenize_batch(&[
+        TokenizeRequest::new("alice", "email", b"a@example.com").deterministic(),
+        TokenizeRequest::new("alice", "phone", b"+1 555 0100"),
+    ])?;
+    // Handed out again without a write: still a deterministic call, recorded.
+    crm.tokenize_batch(
+        &[TokenizeRequest::new("alice", "email", b"a@example.com").deterministic()],
+    )?;
+    let kinds: Vec<(AuditAction, u64)> = vault
+        .audit_events(None, 100)?
+        .iter()
+        .map(|e| (e.action, e.records))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (AuditAction::TokenizeDeterministic, 1),
+            (AuditAction::Tokenize, 1),
+            (AuditAction::TokenizeDeterministic, 1),
+        ]
+    );
     vault.close()?;
     Ok(())
 }

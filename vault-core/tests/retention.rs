@@ -156,3 +156,38 @@ fn a_forged_expired_stub_is_an_integrity_error() -> TestResult {
     assert!(matches!(vault.detokenize(&other), Err(Error::Expired)));
     Ok(())
 }
+
+/// A deterministic token whose record expired (stubbed or not yet) is not handed
+/// back answering *expired*: the value is stored again, with a new creation time,
+/// under the same token.
+#[test]
+fn a_deterministic_tokenization_of_an_expired_value_stores_it_afresh() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let clock = Arc::new(ManualClock::starting());
+    let vault = Vault::open(dir.path(), &root(), retention_options(&clock))?;
+    let first = vault
+        .tokenize_deterministic("alice", "ip_address", "192.0.2.1")?
+        .to_string();
+    clock.advance_days(31);
+    // Expired but not purged yet.
+    assert!(matches!(vault.detokenize(&first), Err(Error::Expired)));
+    let again = vault
+        .tokenize_deterministic("alice", "ip_address", "192.0.2.1")?
+        .to_string();
+    assert_eq!(again, first);
+    let read = vault.detokenize(&again)?;
+    assert_eq!(read.value.as_str(), Some("192.0.2.1"));
+    assert_eq!(read.created_at, common::START + 31 * common::DAY);
+    // Expired and purged: a stub.
+    clock.advance_days(31);
+    assert_eq!(vault.purge_expired()?.records, 1);
+    assert!(matches!(vault.detokenize(&first), Err(Error::Expired)));
+    let third = vault
+        .tokenize_deterministic("alice", "ip_address", "192.0.2.1")?
+        .to_string();
+    assert_eq!(third, first);
+    assert_eq!(vault.detokenize(&third)?.value.as_str(), Some("192.0.2.1"));
+    assert_eq!(vault.export("alice")?.records.len(), 1);
+    vault.close()?;
+    Ok(())
+}

@@ -401,8 +401,13 @@ impl FromRequestParts<Arc<AppState>> for TokenPath {
 
 async fn tokenize(
     work: Work,
+    axum::Extension(key): axum::Extension<Arc<ApiKey>>,
     JsonBody(body): JsonBody<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
+    if body.items.iter().any(|item| item.deterministic) && !key.allows(Scope::TokenizeDeterministic)
+    {
+        return Err(ApiError::forbidden(Scope::TokenizeDeterministic.name()));
+    }
     let tokens = work.tokenize(body.items).await?;
     Ok(Json(TokenizeResponse {
         tokens: tokens.iter().map(ToString::to_string).collect(),
@@ -952,6 +957,30 @@ mod tests {
             (status, &answer["error"]["code"]),
             (StatusCode::NOT_FOUND, &"no_route".into())
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn deterministic_tokens_need_their_own_scope() -> TestResult {
+        let body = |deterministic: bool| {
+            format!(
+                r#"{{"items":[{{"subject":"s","field":"email","value":"v@example.com","deterministic":{deterministic}}}]}}"#
+            )
+        };
+        let dir = tempfile::tempdir()?;
+        let app = app(dir.path(), &[Scope::Tokenize])?;
+        let (status, _, _) = call(&app, "POST", "/v1/tokenize", Some(KEY), &body(false)).await?;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, answer) =
+            call(&app, "POST", "/v1/tokenize", Some(KEY), &body(true)).await?;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("tokenize_deterministic"), "{message}");
+        drop(app);
+        let dir = tempfile::tempdir()?;
+        let both = super::tests::app(dir.path(), &[Scope::Tokenize, Scope::TokenizeDeterministic])?;
+        let (status, _, _) = call(&both, "POST", "/v1/tokenize", Some(KEY), &body(true)).await?;
+        assert_eq!(status, StatusCode::OK);
         Ok(())
     }
 

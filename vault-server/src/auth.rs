@@ -21,6 +21,9 @@ const HASH_CONTEXT: &str = "pii-vault 2026-11 api key hash v1";
 pub enum Scope {
     /// `POST /v1/tokenize`.
     Tokenize,
+    /// Deterministic items in `POST /v1/tokenize` (with `tokenize`): a deterministic
+    /// token confirms whether a guessed value is stored, so it is granted apart.
+    TokenizeDeterministic,
     /// `POST /v1/detokenize`, for the key's purposes.
     Detokenize,
     /// `PUT /v1/tokens/{token}`.
@@ -41,8 +44,9 @@ pub enum Scope {
 
 impl Scope {
     /// Every scope.
-    pub const ALL: [Scope; 9] = [
+    pub const ALL: [Scope; 10] = [
         Scope::Tokenize,
+        Scope::TokenizeDeterministic,
         Scope::Detokenize,
         Scope::Rectify,
         Scope::Delete,
@@ -57,6 +61,7 @@ impl Scope {
     pub fn name(self) -> &'static str {
         match self {
             Scope::Tokenize => "tokenize",
+            Scope::TokenizeDeterministic => "tokenize_deterministic",
             Scope::Detokenize => "detokenize",
             Scope::Rectify => "rectify",
             Scope::Delete => "delete",

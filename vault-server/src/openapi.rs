@@ -205,7 +205,7 @@ pub fn document() -> Value {
                 })),
                 "AuditEvent": object(&["seq", "at", "actor", "action", "outcome", "records"], json!({
                     "seq": { "type": "integer" }, "at": { "type": "integer" }, "actor": { "type": "string" },
-                    "action": { "enum": ["tokenize", "detokenize", "rectify", "delete", "erase", "export", "consent_granted", "consent_withdrawn", "consents_read", "expire", "audit_pruned"] },
+                    "action": { "enum": ["tokenize", "tokenize_deterministic", "detokenize", "rectify", "delete", "erase", "export", "consent_granted", "consent_withdrawn", "consents_read", "expire", "audit_pruned"] },
                     "purpose": { "type": ["string", "null"] },
                     "outcome": { "enum": ["ok", "forbidden", "no_consent", "not_found", "erased", "expired", "integrity"] },
                     "records": { "type": "integer" },

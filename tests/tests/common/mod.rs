@@ -17,8 +17,9 @@ pub const SERVER: &str = env!("CARGO_BIN_EXE_e2e-vault-server");
 pub const VAULTCTL: &str = env!("CARGO_BIN_EXE_e2e-vaultctl");
 
 /// Every API key scope.
-pub const SCOPES: [&str; 9] = [
+pub const SCOPES: [&str; 10] = [
     "tokenize",
+    "tokenize_deterministic",
     "detokenize",
     "rectify",
     "delete",
