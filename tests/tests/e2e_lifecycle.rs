@@ -526,3 +526,96 @@ async fn the_audit_head_is_logged_and_checked_against_the_trail() -> TestResult 
     assert!(log.contains("audit_head_seq"), "{log}");
     Ok(())
 }
+
+/// `vaultctl` with `stdin` piped in.
+fn vaultctl_stdin(
+    server: &Server,
+    key: &str,
+    args: &[&str],
+    stdin: &str,
+) -> TestResult<(i32, serde_json::Value, String)> {
+    use std::io::Write;
+    let mut child = Command::new(VAULTCTL)
+        .args(args)
+        .env("VAULT_ADDR", &server.url)
+        .env("VAULT_API_KEY", key)
+        .env("VAULT_CACERT", &server.ca_cert)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or("stdin")?
+        .write_all(stdin.as_bytes())?;
+    let output = child.wait_with_output()?;
+    let stdout = String::from_utf8(output.stdout)?;
+    let json = if stdout.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&stdout)?
+    };
+    Ok((
+        output.status.code().unwrap_or(-1),
+        json,
+        String::from_utf8(output.stderr)?,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vaultctl_takes_every_personal_argument_from_stdin() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let server = Server::start_dev(&dir.path().join("data"))?;
+    let key = server.api_key.clone();
+    let (code, out, err) = vaultctl_stdin(
+        &server,
+        &key,
+        &[
+            "tokenize",
+            "--subject-stdin",
+            "--field",
+            "email",
+            "--value-stdin",
+        ],
+        "stdin-subject-7\nstdin@example.com\n",
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let token = out["tokens"][0].as_str().ok_or("a token")?.to_owned();
+    let client = server.admin()?;
+    let read = client
+        .detokenize(std::slice::from_ref(&token), "support")
+        .await?;
+    assert_eq!(value_of(&read[0]), Some("stdin@example.com"));
+    let export = client.export("stdin-subject-7").await?;
+    assert_eq!(export.records.len(), 1);
+
+    let (code, _, err) = vaultctl_stdin(
+        &server,
+        &key,
+        &[
+            "consent",
+            "--subject-stdin",
+            "--purpose",
+            "marketing",
+            "--grant",
+            "--source-stdin",
+        ],
+        "stdin-subject-7\nsignup-form-3\n",
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let consents = client.consents("stdin-subject-7").await?;
+    let history = serde_json::to_string(&consents)?;
+    assert!(history.contains("signup-form-3"), "{history}");
+    // One -stdin option alone takes the whole of stdin, lines and all.
+    let (code, _, err) = vaultctl_stdin(
+        &server,
+        &key,
+        &["rectify", &token, "--value-stdin"],
+        "line one\nline two\n",
+    )?;
+    assert_eq!(code, 0, "{err}");
+    let read = client.detokenize(&[token], "support").await?;
+    assert_eq!(value_of(&read[0]), Some("line one\nline two"));
+    Ok(())
+}

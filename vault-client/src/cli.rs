@@ -48,10 +48,52 @@ struct SubjectArgs {
 
 impl SubjectArgs {
     fn read(self) -> Result<Sensitive, Failure> {
+        self.read_from(&mut StdinParts::new(1))
+    }
+
+    /// Without `--subject`, the subject comes from stdin.
+    fn read_from(self, stdin: &mut StdinParts) -> Result<Sensitive, Failure> {
         match self.subject {
             Some(subject) => Ok(Sensitive::new(subject)),
-            None => read_stdin_line().map(Sensitive::new),
+            None => stdin.next("subject id").map(Sensitive::new),
         }
+    }
+
+    fn wants_stdin(&self) -> bool {
+        self.subject.is_none()
+    }
+}
+
+/// Standard input for the `--…-stdin` options, read once. With one such option the
+/// whole of it is the value (one trailing newline dropped); with several, each
+/// takes one line, in the order subject, value, source.
+struct StdinParts {
+    wanted: usize,
+    lines: Option<std::vec::IntoIter<String>>,
+}
+
+impl StdinParts {
+    fn new(wanted: usize) -> StdinParts {
+        StdinParts {
+            wanted,
+            lines: None,
+        }
+    }
+
+    fn next(&mut self, what: &str) -> Result<String, Failure> {
+        if self.lines.is_none() {
+            let text = read_stdin_line()?;
+            let parts: Vec<String> = if self.wanted > 1 {
+                text.lines().map(str::to_owned).collect()
+            } else {
+                vec![text]
+            };
+            self.lines = Some(parts.into_iter());
+        }
+        self.lines
+            .as_mut()
+            .and_then(Iterator::next)
+            .ok_or_else(|| Failure::Usage(format!("stdin holds no line for the {what}")))
     }
 }
 
@@ -122,8 +164,12 @@ enum Command {
         #[arg(long)]
         withdraw: bool,
         /// Where it was given or withdrawn (e.g. which form).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "source_stdin")]
         source: Option<String>,
+        /// Read the source from stdin (with the subject from stdin too: the second
+        /// line).
+        #[arg(long)]
+        source_stdin: bool,
     },
     /// Show a subject's consents: current state and history per purpose.
     Consents {
@@ -188,9 +234,16 @@ enum BackupCommand {
 
 #[derive(Debug, ClapArgs)]
 struct TokenizeArgs {
-    /// The subject id.
-    #[arg(long, required_unless_present = "batch", conflicts_with = "batch")]
+    /// The subject id (visible in the process list: prefer --subject-stdin).
+    #[arg(
+        long,
+        required_unless_present_any = ["batch", "subject_stdin"],
+        conflicts_with_all = ["batch", "subject_stdin"]
+    )]
     subject: Option<String>,
+    /// Read the subject id from stdin (with --value-stdin too: its first line).
+    #[arg(long, conflicts_with = "batch")]
+    subject_stdin: bool,
     /// The field name (e.g. email).
     #[arg(long, required_unless_present = "batch", conflicts_with = "batch")]
     field: Option<String>,
@@ -217,11 +270,15 @@ struct ValueArgs {
 
 impl ValueArgs {
     fn read(self) -> Result<Option<Sensitive>, Failure> {
+        self.read_from(&mut StdinParts::new(1))
+    }
+
+    fn read_from(self, stdin: &mut StdinParts) -> Result<Option<Sensitive>, Failure> {
         if let Some(value) = self.value {
             return Ok(Some(Sensitive::new(value)));
         }
         if self.value_stdin {
-            return read_stdin_line().map(|text| Some(Sensitive::new(text)));
+            return stdin.next("value").map(|text| Some(Sensitive::new(text)));
         }
         Ok(None)
     }
@@ -291,10 +348,22 @@ async fn run(command: Command, allow_plain_http: bool) -> Result<(), Failure> {
             let items = match args.batch {
                 Some(file) => read_batch(&file)?,
                 None => {
-                    let (Some(subject), Some(field)) = (args.subject, args.field) else {
-                        return Err(Failure::Usage("--subject and --field are required".into()));
+                    let mut stdin = StdinParts::new(
+                        usize::from(args.subject_stdin) + usize::from(args.value.value_stdin),
+                    );
+                    let subject = match args.subject {
+                        Some(subject) => subject,
+                        None if args.subject_stdin => stdin.next("subject id")?,
+                        None => {
+                            return Err(Failure::Usage(
+                                "--subject or --subject-stdin is required".into(),
+                            ));
+                        }
                     };
-                    let value = args.value.read()?.ok_or_else(|| {
+                    let Some(field) = args.field else {
+                        return Err(Failure::Usage("--field is required".into()));
+                    };
+                    let value = args.value.read_from(&mut stdin)?.ok_or_else(|| {
                         Failure::Usage("--value or --value-stdin is required".into())
                     })?;
                     let item = TokenizeItem::new(subject, field, value);
@@ -331,9 +400,18 @@ async fn run(command: Command, allow_plain_http: bool) -> Result<(), Failure> {
             grant,
             withdraw: _,
             source,
+            source_stdin,
         } => {
+            let mut stdin =
+                StdinParts::new(usize::from(subject.wants_stdin()) + usize::from(source_stdin));
+            let subject = subject.read_from(&mut stdin)?;
+            let source = match source {
+                Some(source) => Some(source),
+                None if source_stdin => Some(stdin.next("source")?),
+                None => None,
+            };
             client
-                .record_consent(subject.read()?, &purpose, grant, source.as_deref())
+                .record_consent(subject, &purpose, grant, source.as_deref())
                 .await?;
             print(&serde_json::json!({ "purpose": purpose, "granted": grant }))
         }
