@@ -424,6 +424,56 @@ async fn bad_input_on_every_route_changes_nothing() -> TestResult {
             body(json!({"subject": "customer-1\n"})),
             invalid,
         ),
+        // Subject ids that look like another: refused on every subject route, so
+        // that erasing the visible spelling cannot miss the data.
+        at(
+            case(
+                "trailing space in subject",
+                Method::POST,
+                "/v1/tokenize",
+                body(json!({"items": [item("customer-1 ", "f", "v")]})),
+                invalid,
+            ),
+            0,
+        ),
+        at(
+            case(
+                "decomposed accent in subject",
+                Method::POST,
+                "/v1/tokenize",
+                body(json!({"items": [item("jose\u{0301}", "f", "v")]})),
+                invalid,
+            ),
+            0,
+        ),
+        case(
+            "zero-width space in subject",
+            Method::POST,
+            "/v1/subjects/erase",
+            body(json!({"subject": "customer\u{200B}-1"})),
+            invalid,
+        ),
+        case(
+            "leading space in subject",
+            Method::POST,
+            "/v1/subjects/export",
+            body(json!({"subject": " customer-1"})),
+            invalid,
+        ),
+        case(
+            "byte-order mark in subject",
+            Method::POST,
+            "/v1/subjects/consents",
+            body(json!({"subject": "\u{FEFF}customer-1"})),
+            invalid,
+        ),
+        case(
+            "direction override in subject",
+            Method::POST,
+            "/v1/subjects/consent",
+            body(json!({"subject": "customer\u{202E}-1", "purpose": "support", "granted": true})),
+            invalid,
+        ),
         // routes and methods
         case(
             "unknown route",

@@ -360,6 +360,14 @@ pub enum Problem {
     /// It contains a character that is not allowed (control characters; for field
     /// names anything but ASCII letters, digits, `_`, `-` and `.`).
     BadCharacter,
+    /// A subject id not in Unicode NFC form: another spelling of the same text
+    /// would name another subject.
+    NotNormalized,
+    /// A subject id with whitespace at its start or end.
+    SurroundingWhitespace,
+    /// A subject id with a character that shows nothing (zero-width, a direction
+    /// mark, a soft hyphen…).
+    Invisible,
 }
 
 impl fmt::Display for Problem {
@@ -369,6 +377,9 @@ impl fmt::Display for Problem {
             Problem::TooLong { limit } => write!(f, "exceeds the limit of {limit}"),
             Problem::BadCharacter => f.write_str("contains a character that is not allowed"),
             Problem::NotAToken => f.write_str("is not a token of this vault"),
+            Problem::NotNormalized => f.write_str("is not in Unicode NFC form"),
+            Problem::SurroundingWhitespace => f.write_str("has whitespace at its start or end"),
+            Problem::Invisible => f.write_str("contains an invisible character"),
         }
     }
 }

@@ -71,10 +71,23 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// A subject id must look like one text only: ids that differ in what does not
+    /// show (a trailing space, a zero-width joiner, a decomposed accent) would name
+    /// different subjects, and erasing the visible spelling would miss the data.
     pub(crate) fn check_subject(&self, subject: &str) -> Result<(), InputError> {
         check_len(Argument::Subject, subject.len(), self.max_subject_len)?;
+        let refuse = |problem| Err(InputError::new(Argument::Subject, problem));
         if subject.chars().any(char::is_control) {
-            return Err(InputError::new(Argument::Subject, Problem::BadCharacter));
+            return refuse(Problem::BadCharacter);
+        }
+        if subject.starts_with(char::is_whitespace) || subject.ends_with(char::is_whitespace) {
+            return refuse(Problem::SurroundingWhitespace);
+        }
+        if subject.chars().any(invisible) {
+            return refuse(Problem::Invisible);
+        }
+        if !unicode_normalization::is_nfc(subject) {
+            return refuse(Problem::NotNormalized);
         }
         Ok(())
     }
@@ -545,6 +558,32 @@ pub fn valid_actor(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
 }
 
+/// Characters that show nothing: format characters (zero-width spaces and joiners,
+/// direction marks and embeddings, the word joiner, the byte-order mark, the soft
+/// hyphen), variation selectors, fillers and tags.
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
+}
+
 /// Backups kept when the options do not say.
 pub const DEFAULT_BACKUPS_KEPT: usize = 7;
 
@@ -588,6 +627,34 @@ impl BackupOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subject_ids_that_look_alike_are_refused() {
+        let l = Limits::default();
+        let problem = |id: &str| l.check_subject(id).err().map(|e| e.problem);
+        for (id, expected) in [
+            ("alice@x.com ", Problem::SurroundingWhitespace),
+            (" alice@x.com", Problem::SurroundingWhitespace),
+            ("\u{00A0}alice", Problem::SurroundingWhitespace),
+            ("ali\u{200B}ce", Problem::Invisible),
+            ("ali\u{200D}ce", Problem::Invisible),
+            ("\u{FEFF}alice", Problem::Invisible),
+            ("ali\u{00AD}ce", Problem::Invisible),
+            ("ali\u{202E}ce", Problem::Invisible),
+            // "é" as e + combining acute: NFD.
+            ("jose\u{0301}", Problem::NotNormalized),
+        ] {
+            assert_eq!(
+                problem(id),
+                Some(expected),
+                "{:?}",
+                id.escape_unicode().to_string()
+            );
+        }
+        for id in ["josé", "Zoë Ann", "山田太郎", "alice@x.com", "+49 30 1234"] {
+            assert_eq!(problem(id), None, "{id}");
+        }
+    }
 
     #[test]
     fn limits_reject_without_content() {
