@@ -20,9 +20,11 @@ use crate::codec::{decode, encode};
 use crate::erase::{ERASURE_FORMAT, ErasureEntry, PurgeReport, QueueEntry};
 use crate::error::Error;
 use crate::records::{RECORD_FORMAT, StoredRecord};
+use crate::retention::expiry_key;
 use crate::store::{Cf, PurgeScope, Storage, WriteSet};
 use crate::subjects::{Sid, SubjectHash};
 use crate::token::RecordGroup;
+use crate::token::TokenId;
 use crate::vault::Inner;
 
 /// How long a purge waits for pinned files (an export's iterator) to be released.
@@ -88,14 +90,25 @@ impl Inner {
             return Ok(done);
         }
         let mut records = 0u64;
+        let mut expiries = Vec::new();
         for (sid, _) in &genuine {
-            self.store.scan_prefix(Cf::Index, sid, |_, _| {
+            self.store.scan_prefix(Cf::Index, sid, |key, value| {
                 records += 1;
+                if let Some(at) = self.expiry_of(key, value)? {
+                    expiries.push(at);
+                }
                 Ok(true)
             })?;
         }
         let taken = self.take_subjects(&genuine)?;
-        let scope = self.scope(&genuine, &taken);
+        let mut scope = self.scope(&genuine, &taken);
+        // A record's expiry entry links its token to the storage id until its
+        // time comes, maybe decades: it goes with the rest.
+        if !scope.is_whole() {
+            for key in &expiries {
+                scope.key(Cf::Expiry, key);
+            }
+        }
         // The records' groups say which records may be doomed, without decoding
         // the others; a subject without one has every record decoded.
         let groups = genuine
@@ -103,7 +116,7 @@ impl Inner {
             .map(|(sid, _)| taken.get(sid).map(|&(_, group)| group))
             .collect();
         let doomed = turn.doom(genuine.iter().map(|(sid, _)| *sid), groups);
-        let verified = self.purge_files(&scope, &genuine, &taken);
+        let verified = self.purge_files(&scope, &genuine, &taken, &expiries);
         drop(doomed);
         if verified? {
             let now = self.now();
@@ -139,9 +152,10 @@ impl Inner {
         scope: &PurgeScope,
         subjects: &[(Sid, QueueEntry)],
         taken: &Taken,
+        expiries: &[[u8; 24]],
     ) -> Result<bool, Error> {
         if self.store.purge_files(scope, PURGE_VERIFY_TIMEOUT)?
-            && self.nothing_left(subjects, taken)?
+            && self.nothing_left(subjects, taken, expiries)?
         {
             return Ok(true);
         }
@@ -151,7 +165,7 @@ impl Inner {
         let mut whole = PurgeScope::everything();
         whole.whole(Cf::PurgeQueue);
         Ok(self.store.purge_files(&whole, PURGE_VERIFY_TIMEOUT)?
-            && self.nothing_left(subjects, taken)?)
+            && self.nothing_left(subjects, taken, expiries)?)
     }
 
     /// Takes each subject's hash and record group out of its queue entry, for this
@@ -205,7 +219,17 @@ impl Inner {
 
     /// After the compactions: no live record, index entry or consent of the subjects
     /// is left to read (what the files held is the storage layer's check).
-    fn nothing_left(&self, subjects: &[(Sid, QueueEntry)], taken: &Taken) -> Result<bool, Error> {
+    fn nothing_left(
+        &self,
+        subjects: &[(Sid, QueueEntry)],
+        taken: &Taken,
+        expiries: &[[u8; 24]],
+    ) -> Result<bool, Error> {
+        for key in expiries {
+            if self.store.get(Cf::Expiry, key)?.is_some() {
+                return Ok(false);
+            }
+        }
         let mut clean = true;
         for (sid, _) in subjects {
             for cf in [Cf::Index, Cf::Consents] {
@@ -227,6 +251,32 @@ impl Inner {
             }
         }
         Ok(clean)
+    }
+}
+
+impl Inner {
+    /// The `expiry` key of the record an index entry names, if it has one: the time
+    /// the entry carries, or for an entry written before it carried one, the time
+    /// the retention policy gives the record now.
+    fn expiry_of(&self, index_key: &[u8], value: &[u8]) -> Result<Option<[u8; 24]>, Error> {
+        let id: TokenId = index_key
+            .get(16..)
+            .and_then(|id| id.try_into().ok())
+            .ok_or(Error::Integrity)?;
+        if let Ok(at) = <[u8; 8]>::try_from(value) {
+            return Ok(Some(expiry_key(u64::from_be_bytes(at), &id)));
+        }
+        let Some(bytes) = self.store.get(Cf::Records, &id)? else {
+            return Ok(None);
+        };
+        Ok(match decode(RECORD_FORMAT, &bytes) {
+            Ok(StoredRecord::Live(record)) => self
+                .opts
+                .policy
+                .expires_at(&record.field, record.created_at)
+                .map(|at| expiry_key(at, &id)),
+            _ => None,
+        })
     }
 }
 

@@ -154,6 +154,7 @@ impl Inner {
                 .expires_at(&record.field, record.created_at)
             {
                 batch.put(Cf::Expiry, &expiry_key(at, id), sid);
+                batch.put(Cf::Index, &index_key(sid, id), &at.to_be_bytes());
             }
             self.store.write(batch)?;
             return Ok(false);

@@ -134,7 +134,7 @@ impl Doomed {
 
 /// The rule for the subject-data families: a doomed subject's live records become
 /// stubs (its tokens still answer *erased*), and its key, subject entry, index
-/// entries and consents are removed, in whatever version and file they are found.
+/// entries, expiry entries and consents are removed, in whatever version and file they are found.
 /// Everything else is kept, as is anything that does not decode.
 fn retire_rule(doomed: Arc<Doomed>, index: IndexKeys) -> RetireRule {
     let grouped = index.tokens.grouped();
@@ -146,6 +146,8 @@ fn retire_rule(doomed: Arc<Doomed>, index: IndexKeys) -> RetireRule {
         match cf {
             Cf::Keys => doomed_if(doomed.holds(key)),
             Cf::Index | Cf::Consents => doomed_if(key.len() >= 16 && doomed.holds(&key[..16])),
+            // expiry time ‖ token id → storage id.
+            Cf::Expiry => doomed_if(doomed.holds(value)),
             Cf::Subjects => match decode::<SubjectEntry>(SUBJECT_FORMAT, value) {
                 Ok(entry) => doomed_if(doomed.holds(&entry.sid)),
                 Err(_) => Retired::Keep,

@@ -465,8 +465,16 @@ impl Inner {
                 item.value,
             )?);
             batch.put(Cf::Records, &id, &encode(RECORD_FORMAT, &record));
-            batch.put(Cf::Index, &index_key(&entry.sid, &id), b"");
-            if let Some(at) = self.opts.policy.expires_at(item.field, now) {
+            // The index entry carries the record's expiry time, if it has one: the
+            // purge of an erased subject finds its expiry entries through it.
+            let expires = self.opts.policy.expires_at(item.field, now);
+            let at = expires.map(u64::to_be_bytes);
+            batch.put(
+                Cf::Index,
+                &index_key(&entry.sid, &id),
+                at.as_ref().map_or(&[][..], |at| &at[..]),
+            );
+            if let Some(at) = expires {
                 batch.put(Cf::Expiry, &expiry_key(at, &id), &entry.sid);
             }
             entry.records += 1;

@@ -191,3 +191,81 @@ fn a_deterministic_tokenization_of_an_expired_value_stores_it_afresh() -> TestRe
     vault.close()?;
     Ok(())
 }
+
+/// An erased subject's expiry entries (expiry time ‖ token id → storage id) link
+/// its tokens to its storage id until they fall due, maybe decades later: the purge
+/// removes them with the rest, from every file.
+#[test]
+fn an_erasure_purges_the_subjects_expiry_entries() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let clock = Arc::new(ManualClock::starting());
+    let vault = Vault::open(dir.path(), &root(), retention_options(&clock))?;
+    for i in 0..5 {
+        vault.tokenize("victim", "ip_address", format!("192.0.2.{i}"))?;
+    }
+    vault.tokenize("bystander", "ip_address", "198.51.100.1")?;
+    let victim = common::hex_decode(&common::subject_ref(&vault, "victim"));
+    let bystander = common::hex_decode(&common::subject_ref(&vault, "bystander"));
+    vault.close()?;
+    let expiry_values =
+        |dir: &std::path::Path| -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>> {
+            let db = common::raw_db(dir);
+            let cf = db.cf_handle("expiry").ok_or("expiry")?;
+            let mut values = Vec::new();
+            for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+                values.push(item?.1.to_vec());
+            }
+            Ok(values)
+        };
+    let before = expiry_values(dir.path())?;
+    assert_eq!(
+        before.iter().filter(|v| **v == victim).count(),
+        5,
+        "control"
+    );
+    // The files of the expiry family, and whether any holds `needle`. (The record
+    // stubs keep the token ids, and the erasure entry the storage id: only here
+    // are the two linked.)
+    let expiry_files_holding = |needle: &[u8]| -> Result<usize, Box<dyn std::error::Error>> {
+        let db = common::raw_db(dir.path());
+        let cf = db.cf_handle("expiry").ok_or("expiry")?;
+        db.flush_cf(cf)?;
+        let mut holding = 0;
+        for file in db.live_files()? {
+            if file.column_family_name == "expiry" {
+                let path = dir.path().join(file.name.trim_start_matches('/'));
+                let bytes = std::fs::read(path)?;
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    holding += 1;
+                }
+            }
+        }
+        Ok(holding)
+    };
+    assert!(
+        expiry_files_holding(&victim)? > 0,
+        "control: the storage id in an expiry file"
+    );
+
+    let vault = Vault::open(
+        dir.path(),
+        &root(),
+        retention_options(&clock).purge_policy(vault_core::PurgePolicy::Immediate),
+    )?;
+    vault.erase("victim")?;
+    vault.close()?;
+    let after = expiry_values(dir.path())?;
+    assert_eq!(
+        after.iter().filter(|v| **v == victim).count(),
+        0,
+        "an entry left"
+    );
+    assert_eq!(after.iter().filter(|v| **v == bystander).count(), 1);
+    assert_eq!(
+        expiry_files_holding(&victim)?,
+        0,
+        "the storage id is still in an expiry file"
+    );
+    assert!(expiry_files_holding(&bystander)? > 0);
+    Ok(())
+}

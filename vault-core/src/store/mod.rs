@@ -39,7 +39,8 @@ pub(crate) enum Cf {
     Keys,
     /// token id (16) → record (live, or a stub once its subject is purged).
     Records,
-    /// storage id (16) || token id (16) → empty: a subject's records, by prefix.
+    /// storage id (16) || token id (16) → the record's expiry time (8, big-endian)
+    /// if it has one, else empty: a subject's records, by prefix.
     Index,
     /// storage id (16) → erasure entry (time, records, purge time). No personal data.
     Erasures,
@@ -78,8 +79,14 @@ impl Cf {
     ];
 
     /// The column families that hold a subject's key or data, and so are compacted by a purge.
-    pub(crate) const SUBJECT_DATA: [Cf; 5] =
-        [Cf::Subjects, Cf::Keys, Cf::Records, Cf::Index, Cf::Consents];
+    pub(crate) const SUBJECT_DATA: [Cf; 6] = [
+        Cf::Subjects,
+        Cf::Keys,
+        Cf::Records,
+        Cf::Index,
+        Cf::Consents,
+        Cf::Expiry,
+    ];
 }
 
 /// A stored key and its value.

@@ -379,6 +379,7 @@ impl Store {
                 size: file.size as u64,
                 first: file.start_key.unwrap_or_default(),
                 last: file.end_key.unwrap_or_default(),
+                deletions: file.num_deletions,
             });
         }
         Ok(out)
@@ -396,6 +397,14 @@ impl Store {
             .filter_map(|f| file_number(&f.name))
             .collect();
         if !spans.iter().all(|span| span_purged(span, old, &live)) {
+            return Ok(false);
+        }
+        // What the compaction reported, as RocksDB lists the files now (the C API
+        // drops a manual compaction's status): a bottom file of the keys family
+        // that holds a purged key's range holds no delete marker, so neither the
+        // key nor its deletion is anywhere below. (Newer files above are writes
+        // made since.)
+        if keys_still_marked(&self.tables()?, spans) {
             return Ok(false);
         }
         for entry in std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
@@ -682,6 +691,8 @@ struct TableFile {
     size: u64,
     first: Vec<u8>,
     last: Vec<u8>,
+    /// Delete markers in the file.
+    deletions: u64,
 }
 
 impl TableFile {
@@ -747,6 +758,23 @@ fn plan(scope: &PurgeScope, old: &[TableFile]) -> Vec<Span> {
 /// table overlaps, or whose old tables are all still there, held no key (a
 /// compaction that did not run is caught by the vault's own check of what is
 /// left to read).
+/// Whether a bottom-level file of the keys family that holds one of `spans`'
+/// ranges still holds a delete marker: its compaction did not reach the bottom.
+fn keys_still_marked(tables: &[TableFile], spans: &[Span]) -> bool {
+    let bottom = tables
+        .iter()
+        .filter(|t| t.cf == Cf::Keys)
+        .map(|t| t.level)
+        .max();
+    tables.iter().any(|t| {
+        Some(t.level) == bottom
+            && t.deletions > 0
+            && spans
+                .iter()
+                .any(|span| span.cf == Cf::Keys && t.overlaps(span))
+    })
+}
+
 fn span_purged(span: &Span, old: &[TableFile], live: &HashSet<u64>) -> bool {
     let overlapping: Vec<&TableFile> = old.iter().filter(|t| t.overlaps(span)).collect();
     if overlapping.is_empty() {
@@ -896,6 +924,30 @@ mod tests {
             },
             super::super::retire_nothing(),
         )
+    }
+
+    #[test]
+    fn a_delete_marker_left_at_the_bottom_of_a_purged_key_range_fails_the_check() {
+        let file = |level, first: u8, last: u8, deletions| TableFile {
+            number: 1,
+            cf: Cf::Keys,
+            level,
+            size: 1,
+            first: vec![first; 16],
+            last: vec![last; 16],
+            deletions,
+        };
+        let mut scope = PurgeScope::default();
+        scope.key(Cf::Keys, &[5; 16]);
+        let spans = &scope.spans;
+        assert!(keys_still_marked(&[file(6, 1, 9, 1)], spans));
+        assert!(!keys_still_marked(&[file(6, 1, 9, 0)], spans));
+        // Above the bottom: a write made since. Elsewhere: another key's.
+        assert!(!keys_still_marked(
+            &[file(0, 1, 9, 3), file(6, 1, 9, 0)],
+            spans
+        ));
+        assert!(!keys_still_marked(&[file(6, 6, 9, 2)], spans));
     }
 
     #[test]
