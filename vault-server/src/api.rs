@@ -431,25 +431,56 @@ fn check_purpose(key: &ApiKey, purpose: &str) -> Result<(), ApiError> {
 }
 
 async fn detokenize(
+    State(state): State<Arc<AppState>>,
     work: Work,
     axum::Extension(key): axum::Extension<Arc<ApiKey>>,
     JsonBody(body): JsonBody<DetokenizeRequest>,
 ) -> Result<Response, ApiError> {
+    let state_limits = state.limits;
     check_purpose(&key, &body.purpose)?;
     let DetokenizeRequest { tokens, purpose } = body;
     let body_tokens = tokens.len();
+    // The batch limit counts what was asked, repeats included.
+    if body_tokens > state_limits.max_batch {
+        return Err(ApiError::from_vault(vault_core::Error::InvalidInput(
+            vault_core::InputError {
+                item: None,
+                argument: vault_core::Argument::Batch,
+                problem: vault_core::Problem::TooLong {
+                    limit: state_limits.max_batch,
+                },
+            },
+        )));
+    }
+    // A token asked for more than once is read, and audited, once; every position
+    // is answered.
+    let mut first_at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut unique: Vec<String> = Vec::new();
+    let mut slot: Vec<usize> = Vec::with_capacity(tokens.len());
+    let mut unique_at: Vec<usize> = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let next = unique.len();
+        let at = *first_at.entry(token.as_str()).or_insert(next);
+        if at == next {
+            unique.push(token.clone());
+            unique_at.push(i);
+        }
+        slot.push(at);
+    }
+    drop(first_at);
     let actor = key.clone();
     let call = move |vault: &Vault| {
         let mut access = vault_core::Access::new(&purpose, &actor.name);
         if actor.masked {
             access = access.masked();
         }
-        let outcomes = vault.detokenize_for(&tokens, &access)?;
-        Ok((tokens, purpose, outcomes))
+        let outcomes = vault.detokenize_for(&unique, &access)?;
+        Ok((unique, purpose, outcomes))
     };
-    let (tokens, purpose, outcomes) = work.read(body_tokens, call).await?;
-    let mut results = Vec::with_capacity(tokens.len());
-    for (i, (token, outcome)) in tokens.into_iter().zip(outcomes).enumerate() {
+    let (unique, purpose, outcomes) = work.read(body_tokens, call).await?;
+    // Each distinct token's answer, before it is repeated at its positions.
+    let mut answers: Vec<DetokenizeResult> = Vec::with_capacity(unique.len());
+    for ((token, outcome), &i) in unique.into_iter().zip(outcomes).zip(&unique_at) {
         let result = match outcome {
             Ok(record) => {
                 match String::from_utf8(std::mem::take(&mut *record.value.into_bytes())) {
@@ -474,8 +505,35 @@ async fn detokenize(
             Err(vault_core::Error::InvalidToken) => return Err(ApiError::invalid_token(Some(i))),
             Err(other) => return Err(ApiError::from_vault(other)),
         };
-        results.push(result);
+        answers.push(result);
     }
+    // The answer's size, before it is built: tokens, fields and values, and a
+    // little for the JSON around each.
+    let size: usize = slot
+        .iter()
+        .map(|&at| {
+            128 + match &answers[at] {
+                DetokenizeResult::Value {
+                    token,
+                    field,
+                    value,
+                    ..
+                } => token.len() + field.len() + value.expose().len() * 2,
+                DetokenizeResult::Error { token, .. } => token.len(),
+            }
+        })
+        .sum();
+    if size > state_limits.max_response_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "response_too_large",
+            format!(
+                "the answer would exceed {} bytes (limits.max_response_bytes): ask for fewer tokens at a time",
+                state_limits.max_response_bytes
+            ),
+        ));
+    }
+    let results: Vec<DetokenizeResult> = slot.iter().map(|&at| answers[at].clone()).collect();
     let mut response = Json(DetokenizeResponse { results }).into_response();
     // The vault accepted it, so it is a declared purpose: vocabulary, not caller text.
     response.extensions_mut().insert(PurposeNote(purpose));
@@ -863,6 +921,14 @@ mod tests {
     const KEY: &str = "pvk_router-test-key";
 
     fn state(dir: &std::path::Path, scopes: &[Scope]) -> Result<Arc<AppState>, vault_core::Error> {
+        state_with(dir, scopes, LimitsConfig::default())
+    }
+
+    fn state_with(
+        dir: &std::path::Path,
+        scopes: &[Scope],
+        limits: LimitsConfig,
+    ) -> Result<Arc<AppState>, vault_core::Error> {
         let vault = Vault::open(
             dir,
             &RootKey::from_bytes(&[7; 32])?,
@@ -883,7 +949,7 @@ mod tests {
         Ok(AppState::new(
             Arc::new(vault),
             ApiKeys::new(vec![key]),
-            LimitsConfig::default(),
+            limits,
         ))
     }
 
@@ -957,6 +1023,48 @@ mod tests {
             (status, &answer["error"]["code"]),
             (StatusCode::NOT_FOUND, &"no_route".into())
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_token_asked_for_many_times_is_read_once_and_the_answer_is_capped() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let limits = LimitsConfig {
+            max_response_bytes: 8 * 1024,
+            ..LimitsConfig::default()
+        };
+        let app = router(state_with(
+            dir.path(),
+            &[Scope::Tokenize, Scope::Detokenize, Scope::Audit],
+            limits,
+        )?);
+        let value = "v".repeat(1000);
+        let body =
+            format!(r#"{{"items":[{{"subject":"c-1","field":"email","value":"{value}"}}]}}"#);
+        let (_, _, answer) = call(&app, "POST", "/v1/tokenize", Some(KEY), &body).await?;
+        let token = answer["tokens"][0].as_str().ok_or("no token")?.to_owned();
+        let ask = |copies: usize| {
+            let tokens = vec![format!("\"{token}\""); copies].join(",");
+            format!(r#"{{"tokens":[{tokens}],"purpose":"support"}}"#)
+        };
+        let (status, _, answer) = call(&app, "POST", "/v1/detokenize", Some(KEY), &ask(3)).await?;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let results = answer["results"].as_array().ok_or("results")?;
+        assert_eq!(results.len(), 3);
+        assert!(results.iter().all(|r| r["value"] == value.as_str()));
+        // One read, so one audit event (with the tokenization's).
+        let (_, _, events) = call(&app, "GET", "/v1/audit", Some(KEY), "").await?;
+        let reads = events["events"]
+            .as_array()
+            .ok_or("events")?
+            .iter()
+            .filter(|e| e["action"] == "detokenize")
+            .count();
+        assert_eq!(reads, 1);
+        // Twenty copies of a 1 000-byte value pass 8 KiB.
+        let (status, _, answer) = call(&app, "POST", "/v1/detokenize", Some(KEY), &ask(20)).await?;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(answer["error"]["code"], "response_too_large");
         Ok(())
     }
 

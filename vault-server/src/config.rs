@@ -160,6 +160,9 @@ pub struct LimitsConfig {
     pub request_timeout_ms: u64,
     /// Requests served at once; beyond, requests are refused with 429.
     pub max_concurrent_requests: usize,
+    /// Largest detokenize answer, in bytes (estimated before it is encoded): beyond,
+    /// 413 `response_too_large`.
+    pub max_response_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -170,6 +173,7 @@ impl Default for LimitsConfig {
             max_batch: 1000,
             request_timeout_ms: 10_000,
             max_concurrent_requests: 512,
+            max_response_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -569,6 +573,12 @@ fn check_limits(limits: LimitsConfig) -> Result<LimitsConfig, ConfigError> {
             "limits.max_value_bytes",
         ),
         (limits.max_batch, 1, 100_000, "limits.max_batch"),
+        (
+            limits.max_response_bytes,
+            1024,
+            1 << 30,
+            "limits.max_response_bytes",
+        ),
         (
             limits.max_concurrent_requests,
             1,
