@@ -280,23 +280,7 @@ fn vaultctl(
     key: &str,
     args: &[&str],
 ) -> TestResult<(i32, serde_json::Value, String)> {
-    let output = Command::new(VAULTCTL)
-        .args(args)
-        .env("VAULT_ADDR", &server.url)
-        .env("VAULT_API_KEY", key)
-        .env("VAULT_CACERT", &server.ca_cert)
-        .output()?;
-    let stdout = String::from_utf8(output.stdout)?;
-    let json = if stdout.trim().is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(&stdout)?
-    };
-    Ok((
-        output.status.code().unwrap_or(-1),
-        json,
-        String::from_utf8(output.stderr)?,
-    ))
+    vaultctl_stdin(server, key, args, "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

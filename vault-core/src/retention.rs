@@ -14,8 +14,8 @@ use crate::erase::PurgeReport;
 use crate::error::Error;
 use crate::events::{AuditAction, AuditEvent, AuditOutcome, RESTORE_ACTOR, RETENTION_ACTOR};
 use crate::records::{RECORD_FORMAT, StoredRecord, expired_tag, index_key};
-use crate::store::{Cf, Storage, WriteSet};
-use crate::subjects::Sid;
+use crate::store::{Batch, Cf, Storage, WriteSet};
+use crate::subjects::{Dek, Sid};
 use crate::token::TokenId;
 use crate::vault::{Inner, Vault};
 
@@ -159,15 +159,7 @@ impl Inner {
             self.store.write(batch)?;
             return Ok(false);
         }
-        let stub = StoredRecord::Expired {
-            tag: expired_tag(&self.index, id),
-        };
-        batch.put(Cf::Records, id, &encode(RECORD_FORMAT, &stub));
-        batch.delete(Cf::Index, &index_key(sid, id));
-        self.count_removed_record(&dek.subject_hash, sid, &mut batch)?;
-        batch.put(Cf::Meta, UNVERIFIED, b"");
-        let event = AuditEvent::new(RETENTION_ACTOR, AuditAction::Expire, AuditOutcome::Ok)
-            .about(Some(dek.audit_ref), 1);
+        let event = self.stub_expired(&mut batch, sid, id, &dek, RETENTION_ACTOR)?;
         // In the erasure journal first: a restored backup expires it again.
         let _journaled = match &self.backups {
             Some(backups) => {
@@ -199,17 +191,32 @@ impl Inner {
             return Ok(false);
         }
         let mut batch = self.store.batch();
+        let event = self.stub_expired(&mut batch, sid, id, &dek, RESTORE_ACTOR)?;
+        // Not synced: the restore syncs once, before the vault is swapped in.
+        self.journal.commit_audited(batch, vec![event], false)?;
+        Ok(true)
+    }
+
+    /// Adds to `batch` the expiry of a live record: its *expired* stub, its index
+    /// entry gone, its subject's count, the file check owed; returns its event.
+    fn stub_expired(
+        &self,
+        batch: &mut Batch<'_>,
+        sid: &Sid,
+        id: &TokenId,
+        dek: &Dek,
+        actor: &str,
+    ) -> Result<AuditEvent, Error> {
         let stub = StoredRecord::Expired {
             tag: expired_tag(&self.index, id),
         };
         batch.put(Cf::Records, id, &encode(RECORD_FORMAT, &stub));
         batch.delete(Cf::Index, &index_key(sid, id));
-        self.count_removed_record(&dek.subject_hash, sid, &mut batch)?;
+        self.count_removed_record(&dek.subject_hash, sid, batch)?;
         batch.put(Cf::Meta, UNVERIFIED, b"");
-        let event = AuditEvent::new(RESTORE_ACTOR, AuditAction::Expire, AuditOutcome::Ok)
-            .about(Some(dek.audit_ref), 1);
-        // Not synced: the restore syncs once, before the vault is swapped in.
-        self.journal.commit_audited(batch, vec![event], false)?;
-        Ok(true)
+        Ok(
+            AuditEvent::new(actor, AuditAction::Expire, AuditOutcome::Ok)
+                .about(Some(dek.audit_ref), 1),
+        )
     }
 }

@@ -244,17 +244,3 @@ fn a_killed_restore_is_finished_or_undone_by_a_rerun() -> TestResult {
     assert!(interrupted > 0, "no kill interrupted a restore half-way");
     Ok(())
 }
-
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
-}

@@ -4,24 +4,8 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
 use vault_core::{Error, PurgePolicy, RootKey, Vault};
-
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
-}
 
 #[test]
 fn an_old_copy_opens_only_with_the_old_root_key_and_holds_only_what_it_held() -> TestResult {

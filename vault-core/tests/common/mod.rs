@@ -291,3 +291,18 @@ pub fn child_test(test: &str) -> std::io::Result<Command> {
         .stderr(Stdio::inherit());
     Ok(command)
 }
+
+/// A copy of a directory tree, as `cp -r` makes it (a disk snapshot, say).
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
