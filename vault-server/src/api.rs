@@ -454,20 +454,26 @@ async fn detokenize(
     }
     // A token asked for more than once is read, and audited, once; every position
     // is answered.
-    let mut first_at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    let mut unique: Vec<String> = Vec::new();
-    let mut slot: Vec<usize> = Vec::with_capacity(tokens.len());
-    let mut unique_at: Vec<usize> = Vec::new();
-    for (i, token) in tokens.iter().enumerate() {
-        let next = unique.len();
-        let at = *first_at.entry(token.as_str()).or_insert(next);
-        if at == next {
-            unique.push(token.clone());
-            unique_at.push(i);
-        }
-        slot.push(at);
-    }
+    // `slot[i]`: which distinct token position `i` asks for; `unique_at`: where
+    // each distinct token first appears.
+    let mut first_at = std::collections::HashMap::with_capacity(tokens.len());
+    let mut unique_at: Vec<usize> = Vec::with_capacity(tokens.len());
+    let slot: Vec<usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, token)| {
+            *first_at.entry(token.as_str()).or_insert_with(|| {
+                unique_at.push(i);
+                unique_at.len() - 1
+            })
+        })
+        .collect();
     drop(first_at);
+    let unique: Vec<String> = if unique_at.len() == tokens.len() {
+        tokens
+    } else {
+        unique_at.iter().map(|&i| tokens[i].clone()).collect()
+    };
     let actor = key.clone();
     let call = move |vault: &Vault| {
         let mut access = vault_core::Access::new(&purpose, &actor.name);
@@ -533,7 +539,12 @@ async fn detokenize(
             ),
         ));
     }
-    let results: Vec<DetokenizeResult> = slot.iter().map(|&at| answers[at].clone()).collect();
+    // Without repeats (the usual call), the answers are the results, uncopied.
+    let results: Vec<DetokenizeResult> = if answers.len() == slot.len() {
+        answers
+    } else {
+        slot.iter().map(|&at| answers[at].clone()).collect()
+    };
     let mut response = Json(DetokenizeResponse { results }).into_response();
     // The vault accepted it, so it is a declared purpose: vocabulary, not caller text.
     response.extensions_mut().insert(PurposeNote(purpose));

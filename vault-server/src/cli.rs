@@ -171,17 +171,31 @@ fn report_line(result: Result<serde_json::Value, ConfigError>) -> ExitCode {
     }
 }
 
+/// The configuration a command run with the server stopped needs: the file's, or
+/// the development set-up's.
+fn offline_config(
+    config: Option<&std::path::Path>,
+    dev: bool,
+    data_dir: &std::path::Path,
+    command: &str,
+) -> Result<ServerConfig, ConfigError> {
+    match (config, dev) {
+        (Some(path), false) => config::load(path, data_dir),
+        (None, true) => Ok(dev::prepare(data_dir)?.0),
+        _ => Err(ConfigError::new(format!(
+            "either --config FILE or --dev is required (see vault-server {command} --help)"
+        ))),
+    }
+}
+
 fn change_root_key(args: &ChangeRootKeyArgs) -> Result<serde_json::Value, ConfigError> {
     let data_dir = &args.data_dir;
-    let config = match (&args.config, args.dev) {
-        (Some(path), false) => config::load(path, data_dir)?,
-        (None, true) => dev::prepare(data_dir)?.0,
-        _ => {
-            return Err(ConfigError::new(
-                "either --config FILE or --dev is required (see vault-server change-root-key --help)",
-            ));
-        }
-    };
+    let config = offline_config(
+        args.config.as_deref(),
+        args.dev,
+        data_dir,
+        "change-root-key",
+    )?;
     config::check_private(&args.new_key_file)?;
     let new = config::read_root_key_file(&args.new_key_file)?;
     let options = config
@@ -239,15 +253,7 @@ fn restore_with(args: &RestoreArgs) -> Result<serde_json::Value, ConfigError> {
     let data_dir = &args.data_dir;
     std::fs::create_dir_all(data_dir)
         .map_err(|e| ConfigError::new(format!("cannot create {}: {e}", data_dir.display())))?;
-    let config = match (&args.config, args.dev) {
-        (Some(path), false) => config::load(path, data_dir)?,
-        (None, true) => dev::prepare(data_dir)?.0,
-        _ => {
-            return Err(ConfigError::new(
-                "either --config FILE or --dev is required (see vault-server restore --help)",
-            ));
-        }
-    };
+    let config = offline_config(args.config.as_deref(), args.dev, data_dir, "restore")?;
     let options = vault_core::RestoreOptions::new()
         .replace(args.replace)
         .danger_skip_erasure_journal(args.danger_skip_erasure_journal);
