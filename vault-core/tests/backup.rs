@@ -33,6 +33,15 @@ fn records(vault: &Vault, subject: &str, count: usize, value: &str) -> Vec<Strin
         .collect()
 }
 
+/// The storage key of a token's record, read from the vault in `live` (closed
+/// again after).
+fn record_key(live: &Path, backups: &Path, token: &str) -> Result<[u8; 16], Error> {
+    let vault = Vault::open(live, &root(), with_backups(backups))?;
+    let key = vault_core::internal::record_key(&vault, token)?;
+    vault.close()?;
+    Ok(key)
+}
+
 struct Setup {
     _tmp: tempfile::TempDir,
     live: PathBuf,
@@ -59,12 +68,7 @@ fn erased_after_backup() -> Result<Setup, Box<dyn std::error::Error>> {
     vault.close()?;
     let sid = hex_decode(&a_ref);
     let key = raw_get(&live, "keys", &sid).ok_or("A's key")?;
-    let record_key = {
-        let vault = Vault::open(&live, &root(), with_backups(&backups))?;
-        let key = vault_core::internal::record_key(&vault, &a_tokens[3])?;
-        vault.close()?;
-        key
-    };
+    let record_key = record_key(&live, &backups, &a_tokens[3])?;
     let record = raw_get(&live, "records", &record_key).ok_or("A's record")?;
     let a_traces = vec![
         key[key.len() - 72..].to_vec(),
@@ -139,12 +143,7 @@ fn a_missing_or_altered_journal_refuses_the_restore_unless_told() -> TestResult 
     let s = erased_after_backup()?;
     let journal = s.backups.join("erasures.journal");
     let good = std::fs::read(&journal)?;
-    let record_key = {
-        let vault = Vault::open(&s.live, &root(), with_backups(&s.backups))?;
-        let key = vault_core::internal::record_key(&vault, &s.a_tokens[0])?;
-        vault.close()?;
-        key
-    };
+    let record_key = record_key(&s.live, &s.backups, &s.a_tokens[0])?;
 
     let target = s.live.with_file_name("restored");
 

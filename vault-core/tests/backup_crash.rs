@@ -45,6 +45,27 @@ fn loaded(base: &Path) -> Result<Vault, Error> {
     Ok(vault)
 }
 
+/// Starts the child, waits for its `READY`, SIGKILLs it `delay_ms` later, and
+/// returns the rest of what it printed.
+fn kill_after(
+    command: &mut std::process::Command,
+    delay_ms: u64,
+) -> std::io::Result<std::io::Lines<BufReader<std::process::ChildStdout>>> {
+    let mut child = command.spawn()?;
+    let stdout = child.stdout.take().ok_or(std::io::ErrorKind::BrokenPipe)?;
+    let mut lines = BufReader::new(stdout).lines();
+    // The test harness prints its own lines first, and "test … " before the
+    // child's first line.
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.ends_with("READY"))),
+        "the child died"
+    );
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    child.kill()?; // SIGKILL
+    child.wait()?;
+    Ok(lines)
+}
+
 /// Child: takes backups forever, tokenizing between them, and prints `ACK <token>`
 /// for each tokenization acknowledged.
 #[test]
@@ -76,19 +97,10 @@ fn a_killed_backup_leaves_the_vault_and_earlier_backups_whole() -> TestResult {
     vault.close()?;
     let mut acknowledged = Vec::new();
     for delay_ms in [0, 3, 10, 30, 80, 200] {
-        let mut child = child_test("crash_child_backup")?
-            .env(DIR_VAR, base)
-            .spawn()?;
-        let mut lines = BufReader::new(child.stdout.take().ok_or("stdout")?).lines();
-        // The test harness prints its own lines first, and "test … " before the
-        // child's first line.
-        assert!(
-            lines.any(|l| l.is_ok_and(|l| l.ends_with("READY"))),
-            "the child died"
-        );
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        child.kill()?; // SIGKILL
-        child.wait()?;
+        let lines = kill_after(
+            child_test("crash_child_backup")?.env(DIR_VAR, base),
+            delay_ms,
+        )?;
         for line in lines {
             let line = line?;
             // A line cut by the kill is not an acknowledgement.
@@ -184,20 +196,12 @@ fn a_killed_restore_is_finished_or_undone_by_a_rerun() -> TestResult {
         // Start each round from the old vault.
         std::fs::remove_dir_all(base.join("live"))?;
         copy_dir(&pristine, &base.join("live"))?;
-        let mut child = child_test("crash_child_restore")?
-            .env(DIR_VAR, base)
-            .env(FROM_VAR, &backup.path)
-            .spawn()?;
-        let mut lines = BufReader::new(child.stdout.take().ok_or("stdout")?).lines();
-        // The test harness prints its own lines first, and "test … " before the
-        // child's first line.
-        assert!(
-            lines.any(|l| l.is_ok_and(|l| l.ends_with("READY"))),
-            "the child died"
-        );
-        std::thread::sleep(Duration::from_millis(delay_ms));
-        child.kill()?; // SIGKILL
-        child.wait()?;
+        kill_after(
+            child_test("crash_child_restore")?
+                .env(DIR_VAR, base)
+                .env(FROM_VAR, &backup.path),
+            delay_ms,
+        )?;
         if base.join("live.restoring").exists() {
             interrupted += 1;
         }
