@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::backup::{
-    Destroyed, Entry, JOURNAL_FILE, JOURNAL_SEQ, Manifest, read_journal, remove_dir,
+    Destroyed, Entry, JOURNAL_FILE, JOURNAL_SEQ, Manifest, backup_dirs, read_journal, remove_dir,
 };
 use crate::codec::{decode, encode};
 use crate::error::{BackupProblem, Error};
@@ -321,12 +321,10 @@ pub fn restore(
 /// The manifests of the backups in `dir` that authenticate (others are ignored
 /// here: the backup being restored was checked on its own).
 fn backup_manifests(dir: &Path, vault_id: &[u8; 16], key: &crate::crypto::Key) -> Vec<Manifest> {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|e| Manifest::open(&e.path(), vault_id, key).ok())
+    backup_dirs(dir)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|backup| Manifest::open(backup, vault_id, key).ok())
         .collect()
 }
 

@@ -312,18 +312,10 @@ impl Backups {
     }
 
     pub(crate) fn manifests(&self) -> Result<Vec<Manifest>, Error> {
-        let dir = &self.opts.dir;
         let mut out = Vec::new();
-        for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-            let entry = entry.map_err(|e| Error::io(dir, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            // Only directories with a manifest are backups (not `lost+found`, say);
-            // a manifest that does not authenticate is an error.
-            if name.starts_with('.') || name == TABLES || !entry.path().join(MANIFEST_FILE).exists()
-            {
-                continue;
-            }
-            out.push(Manifest::open(&entry.path(), &self.vault_id, &self.key)?);
+        // A manifest that does not authenticate is an error.
+        for backup in backup_dirs(&self.opts.dir)? {
+            out.push(Manifest::open(&backup, &self.vault_id, &self.key)?);
         }
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(out)
@@ -350,6 +342,24 @@ impl Backups {
         }
         sync_dir(&self.opts.dir)
     }
+}
+
+/// The backups' directories in the backup directory `dir`: those with a manifest
+/// (not `tables`, a partial backup or `lost+found`, say). Unread.
+pub(crate) fn backup_dirs(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name();
+        let path = entry.path();
+        if !name.to_string_lossy().starts_with('.')
+            && name != TABLES
+            && path.join(MANIFEST_FILE).exists()
+        {
+            out.push(path);
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) fn parse_table_name(name: &str) -> Option<[u8; 32]> {
