@@ -285,6 +285,8 @@ async fn run() -> Res<()> {
         data_dir.clone().into(),
         "--listen".into(),
         "127.0.0.1:0".into(),
+        "--metrics-listen".into(),
+        "127.0.0.1:0".into(),
         "--dev".into(),
     ];
     let (vault_child, info) =
@@ -334,7 +336,7 @@ async fn run() -> Res<()> {
         mib(rss_after_load),
         mib(rss_peak)
     );
-    let metrics = dek_metrics(&ca_pem, &vault_url).await?;
+    let metrics = dek_metrics(&ca_pem, &field("metrics_url")?).await?;
     for line in &metrics {
         println!("  metrics: {line}");
     }
@@ -801,9 +803,9 @@ fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
 
 /// The `/metrics` lines about keys and caches (DEK cache entries, recently written
 /// subjects cached with their keys, keys per KEK version).
-async fn dek_metrics(ca_pem: &[u8], base: &str) -> Res<Vec<String>> {
+async fn dek_metrics(ca_pem: &[u8], url: &str) -> Res<Vec<String>> {
     let client = https_client(ca_pem)?;
-    let response = client.get(format!("{base}/metrics")).send().await?;
+    let response = client.get(url).send().await?;
     if !response.status().is_success() {
         return Err(format!("/metrics answered {}", response.status()).into());
     }

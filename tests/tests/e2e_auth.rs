@@ -133,7 +133,9 @@ async fn every_route_needs_its_scope_and_a_valid_key() -> TestResult {
         purposes: &["support"],
     });
     // A consent-based purpose, so that the consent route has something to record.
-    let purposes = "[[purposes]]\nname = \"support\"\nbasis = \"consent\"\n";
+    // Thousands of wrong keys are sent on purpose: no address throttling here.
+    let purposes = "[[purposes]]\nname = \"support\"\nbasis = \"consent\"\n\
+                    [limits]\nfailed_auth_burst = 1000000\n";
     let (config, ca, secrets) = write_config(dir.path(), &specs, purposes)?;
     let data = dir.path().join("data");
     let server = Server::start(Launch::config(&data, &config, &ca))?;
@@ -235,10 +237,107 @@ async fn every_route_needs_its_scope_and_a_valid_key() -> TestResult {
     assert_eq!(answer["purposes"][0]["name"], "support");
 
     // Public routes need no key.
-    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+    for path in ["/healthz", "/readyz", "/openapi.json"] {
         let response = http.get(format!("{}{path}", server.url)).send().await?;
         assert_eq!(response.status().as_u16(), 200, "{path}");
     }
+    // The metrics (counts of subjects and erasures) are not on the API's listener,
+    // with or without a key, but on the metrics listener (loopback by default).
+    let url = format!("{}/metrics", server.url);
+    let anonymous = http.get(&url).send().await?;
+    assert_eq!(
+        anonymous.status().as_u16(),
+        401,
+        "an unknown path, to anyone"
+    );
+    let keyed = http
+        .get(&url)
+        .header("authorization", &only_admin)
+        .send()
+        .await?;
+    assert_eq!(keyed.status().as_u16(), 404);
+    assert!(server.metrics_url.starts_with("http://127.0.0.1:"));
+    let page = server.metrics_page(&http).await?;
+    assert!(page.contains("vault_deks{kek_version="), "{page}");
+    Ok(())
+}
+
+/// A key over its rate limit is answered 429 with `Retry-After`, a batch costs its
+/// items, and an address that keeps failing to authenticate is refused even with a
+/// good key until its budget refills; the access log names the client address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_per_key_and_failed_authentications_per_address() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let spec = [
+        KeySpec {
+            name: "slow",
+            scopes: &["tokenize"],
+            purposes: &[],
+        },
+        KeySpec {
+            name: "free",
+            scopes: &["tokenize"],
+            purposes: &[],
+        },
+    ];
+    let (config, ca, secrets) = write_config(
+        dir.path(),
+        &spec,
+        "[limits]\nfailed_auth_burst = 5\nfailed_auth_per_sec = 0.5\n",
+    )?;
+    let text = std::fs::read_to_string(&config)?.replace(
+        "name = \"slow\"\n",
+        "name = \"slow\"\nrate_per_sec = 1\nburst = 3\n",
+    );
+    std::fs::write(&config, text)?;
+    let server = Server::start(Launch::config(&dir.path().join("data"), &config, &ca))?;
+    let http = server.raw()?;
+    let item = serde_json::json!({"subject": "s-1", "field": "email", "value": "v"});
+    let tokenize = |key: &str, n: usize| {
+        let body = serde_json::json!({ "items": vec![item.clone(); n] });
+        http.post(format!("{}/v1/tokenize", server.url))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+    };
+    let (slow, free) = (&secrets["slow"], &secrets["free"]);
+
+    // The burst of 3: a batch of 2, then 1, then nothing.
+    assert_eq!(tokenize(slow, 2).await?.status().as_u16(), 200);
+    assert_eq!(tokenize(slow, 1).await?.status().as_u16(), 200);
+    let refused = tokenize(slow, 1).await?;
+    assert_eq!(refused.status().as_u16(), 429);
+    let retry: u64 = refused.headers()["retry-after"].to_str()?.parse()?;
+    assert!((1..=2).contains(&retry), "{retry}");
+    let body: serde_json::Value = refused.json().await?;
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Another key is not held back by it.
+    assert_eq!(tokenize(free, 50).await?.status().as_u16(), 200);
+    // Once the time it named has passed, the key is served again.
+    tokio::time::sleep(std::time::Duration::from_secs(retry)).await;
+    assert_eq!(tokenize(slow, 1).await?.status().as_u16(), 200);
+    assert_eq!(tokenize(slow, 1).await?.status().as_u16(), 429);
+
+    // Five wrong keys use this address's budget; the sixth request is refused
+    // before its key is looked at, even a good key.
+    for _ in 0..5 {
+        let wrong = tokenize("pvk_not-a-key", 1).await?;
+        assert_eq!(wrong.status().as_u16(), 401);
+    }
+    let blocked = tokenize(free, 1).await?;
+    assert_eq!(blocked.status().as_u16(), 429);
+    assert!(blocked.headers().contains_key("retry-after"));
+    // At 0.5 a second, one more attempt after two seconds.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(tokenize(free, 1).await?.status().as_u16(), 200);
+
+    let log = server.log_text_once(|log| log.matches("\"status\":429").count() >= 3);
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"status\":429") && l.contains("\"key\":\"slow\""))
+        .ok_or("no log line for the rate-limited request")?;
+    assert!(line.contains("\"client\":\"127.0.0.1\""), "{line}");
+    assert!(line.contains("\"error\":\"rate_limited\""), "{line}");
     Ok(())
 }
 

@@ -188,12 +188,28 @@ pub struct RectifyRequest {
     pub value: Sensitive,
 }
 
-/// `POST /v1/subjects/erase` and `POST /v1/subjects/export`.
+/// `POST /v1/subjects/erase`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubjectRequest {
     /// The data subject.
     pub subject: Sensitive,
+}
+
+/// `POST /v1/subjects/export`: one page of a subject's export.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {
+    /// The data subject.
+    pub subject: Sensitive,
+    /// Where the page starts: the previous page's `next_cursor`; absent for the
+    /// first page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// At most this many records and audit events in the page (the server's
+    /// `[limits] export_page` when absent, and never more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
 }
 
 /// Answer to `POST /v1/subjects/erase`. Carries no personal data.
@@ -258,6 +274,14 @@ pub struct SubjectExport {
     /// 15(1)(c)): the audit events about the subject still kept, oldest first.
     #[serde(default)]
     pub access_log: Vec<AuditEventInfo>,
+    /// The subject instance (as in an erasure receipt), `None` when the vault holds
+    /// nothing under this id. Every page of one export names the same instance.
+    #[serde(default)]
+    pub subject_ref: Option<String>,
+    /// Where the next page starts (send it as `cursor`); `None` on the last page.
+    /// Records come first, then the access log; consents are on the first page.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
 }
 
 /// `POST /v1/subjects/consent`: a grant or withdrawal.

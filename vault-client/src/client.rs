@@ -9,9 +9,9 @@ use serde::de::DeserializeOwned;
 
 use crate::api::{
     AuditCheck, AuditEvents, AuditHead, BackupCreated, Backups, ConsentRequest, DetokenizeRequest,
-    DetokenizeResponse, DetokenizeResult, ErasureReceipt, ErrorBody, ExpectedHead, KeyRetirement,
-    KeyStatus, Purposes, RectifyRequest, Sensitive, SubjectConsents, SubjectExport, SubjectRequest,
-    TokenizeItem, TokenizeRequest, TokenizeResponse, VerifyRequest,
+    DetokenizeResponse, DetokenizeResult, ErasureReceipt, ErrorBody, ExpectedHead, ExportRequest,
+    KeyRetirement, KeyStatus, Purposes, RectifyRequest, Sensitive, SubjectConsents, SubjectExport,
+    SubjectRequest, TokenizeItem, TokenizeRequest, TokenizeResponse, VerifyRequest,
 };
 
 /// What can go wrong with a call. Carries no personal data: the server's messages
@@ -47,6 +47,10 @@ pub enum Error {
     /// not a token where a token goes into a URL path).
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
+    /// The subject was erased and stored afresh between two pages of an export:
+    /// the pages do not describe one subject instance. Export again.
+    #[error("the subject changed during a paged export; export again")]
+    ExportChanged,
 }
 
 impl Error {
@@ -68,7 +72,8 @@ impl Error {
 }
 
 /// Retries of idempotent calls: on connection failures and on 429, 502, 503, 504,
-/// with exponential backoff and jitter.
+/// with exponential backoff and jitter. A `Retry-After` the server sends is waited
+/// for when it is within `max_backoff`; a longer one ends the call with the error.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     /// Retries after the first attempt (0: none).
@@ -332,10 +337,37 @@ impl Client {
         .ok_or(Error::Decode { status: 204 })
     }
 
-    /// Exports every record of a subject.
+    /// Exports everything the vault holds about a subject, following the pages the
+    /// server answers in; the answer has no `next_cursor`.
     pub async fn export(&self, subject: impl Into<Sensitive>) -> Result<SubjectExport, Error> {
-        let body = SubjectRequest {
+        let subject = subject.into();
+        let mut export = self.export_page(subject.clone(), None, None).await?;
+        while let Some(cursor) = export.next_cursor.take() {
+            let page = self
+                .export_page(subject.clone(), Some(cursor), None)
+                .await?;
+            if page.subject_ref != export.subject_ref {
+                return Err(Error::ExportChanged);
+            }
+            export.records.extend(page.records);
+            export.access_log.extend(page.access_log);
+            export.next_cursor = page.next_cursor;
+        }
+        Ok(export)
+    }
+
+    /// One page of a subject's export: from `cursor` (a previous page's
+    /// `next_cursor`, `None` for the first), at most `limit` records and events.
+    pub async fn export_page(
+        &self,
+        subject: impl Into<Sensitive>,
+        cursor: Option<String>,
+        limit: Option<u32>,
+    ) -> Result<SubjectExport, Error> {
+        let body = ExportRequest {
             subject: subject.into(),
+            cursor,
+            limit,
         };
         self.call(
             Method::POST,
@@ -541,7 +573,7 @@ impl Client {
             let outcome = match request.send().await {
                 Err(e) => {
                     if retries_left && (e.is_connect() || e.is_timeout() || e.is_request()) {
-                        Retry::After
+                        Retry::After(self.retry.backoff(attempt))
                     } else {
                         Retry::No(Err(Error::Transport(e.without_url())))
                     }
@@ -555,9 +587,17 @@ impl Client {
                             .headers()
                             .get("x-vault-error")
                             .is_some_and(|v| v == "timeout");
-                    let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504) && !timed_out;
+                    let retry_after = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                        .map(Duration::from_secs);
+                    let retryable = matches!(status.as_u16(), 429 | 502 | 503 | 504)
+                        && !timed_out
+                        && retry_after.is_none_or(|wait| wait <= self.retry.max_backoff);
                     if retryable && retries_left {
-                        Retry::After
+                        let backoff = self.retry.backoff(attempt);
+                        Retry::After(retry_after.map_or(backoff, |wait| wait.max(backoff)))
                     } else if status == StatusCode::NO_CONTENT {
                         Retry::No(Ok(None))
                     } else if status.is_success() {
@@ -578,8 +618,8 @@ impl Client {
             };
             match outcome {
                 Retry::No(result) => return result,
-                Retry::After => {
-                    tokio::time::sleep(self.retry.backoff(attempt)).await;
+                Retry::After(wait) => {
+                    tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
             }
@@ -589,7 +629,7 @@ impl Client {
 
 enum Retry<T> {
     No(Result<T, Error>),
-    After,
+    After(Duration),
 }
 
 fn transport(e: reqwest::Error) -> Error {

@@ -139,7 +139,17 @@ impl Actor<'_> {
 
     /// [`Vault::export`].
     pub fn export(&self, subject: &str) -> Result<SubjectExport, Error> {
-        self.vault.export_by(self.name, subject)
+        self.vault.export_by(self.name, subject, None, usize::MAX)
+    }
+
+    /// [`Vault::export_page`].
+    pub fn export_page(
+        &self,
+        subject: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<SubjectExport, Error> {
+        self.vault.export_by(self.name, subject, cursor, limit)
     }
 
     /// [`Vault::consents`].

@@ -298,16 +298,38 @@ impl Inner {
 
     /// The events about the subject with reference `subject`, through the index.
     pub(crate) fn events_about(&self, subject: &[u8; 16]) -> Result<Vec<AuditEvent>, Error> {
+        Ok(self.events_about_page(subject, None, usize::MAX)?.0)
+    }
+
+    /// Up to `limit` events about `subject` after sequence number `after`, and
+    /// whether more follow.
+    pub(crate) fn events_about_page(
+        &self,
+        subject: &[u8; 16],
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<AuditEvent>, bool), Error> {
         // Staged events about the subject go into the trail first; other subjects'
         // are left to the next group (a damaged trail refuses either way).
         if self.journal.damaged.is_some() || self.journal.staging.holds_about(subject) {
             self.journal.flush_staged()?;
         }
+        let from = after.map(|seq| index_key(subject, seq));
         let mut keys = Vec::new();
-        self.store.scan_prefix(Cf::AuditIndex, subject, |k, _| {
-            keys.push(k[16..].to_vec());
-            Ok(true)
-        })?;
+        let mut more = false;
+        let start = from.as_ref().map_or(&subject[..], |k| &k[..]);
+        self.store
+            .scan_prefix_from(Cf::AuditIndex, subject, start, |k, _| {
+                if from.is_some_and(|f| f[..] == *k) {
+                    return Ok(true);
+                }
+                if keys.len() == limit {
+                    more = true;
+                    return Ok(false);
+                }
+                keys.push(k[16..].to_vec());
+                Ok(true)
+            })?;
         let mut out = Vec::with_capacity(keys.len());
         // An event pruned between the two reads is simply no longer there.
         for bytes in self
@@ -322,7 +344,7 @@ impl Inner {
             }
             out.push(stored.event);
         }
-        Ok(out)
+        Ok((out, more))
     }
 
     /// Prunes events older than the audit retention period at `now`, checking their

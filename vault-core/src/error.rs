@@ -327,6 +327,8 @@ pub enum Argument {
     Token,
     /// The actor named for the audit trail.
     Actor,
+    /// Where a paged read goes on (an export's `next`).
+    Cursor,
 }
 
 impl fmt::Display for Argument {
@@ -340,6 +342,7 @@ impl fmt::Display for Argument {
             Argument::Source => "consent source",
             Argument::Token => "token",
             Argument::Actor => "actor",
+            Argument::Cursor => "cursor",
         })
     }
 }
@@ -368,6 +371,8 @@ pub enum Problem {
     /// A subject id with a character that shows nothing (zero-width, a direction
     /// mark, a soft hyphen…).
     Invisible,
+    /// It is not one this vault handed out.
+    Malformed,
 }
 
 impl fmt::Display for Problem {
@@ -380,6 +385,7 @@ impl fmt::Display for Problem {
             Problem::NotNormalized => f.write_str("is not in Unicode NFC form"),
             Problem::SurroundingWhitespace => f.write_str("has whitespace at its start or end"),
             Problem::Invisible => f.write_str("contains an invisible character"),
+            Problem::Malformed => f.write_str("is not one this vault handed out"),
         }
     }
 }

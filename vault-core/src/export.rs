@@ -4,42 +4,107 @@
 use crate::codec::decode;
 use crate::consent::ConsentStatus;
 use crate::erase::SubjectRef;
-use crate::error::Error;
+use crate::error::{Argument, Error, InputError, Problem};
 use crate::events::{AuditAction, AuditEvent, AuditOutcome, ReadEvent};
-use crate::records::{ExportedRecord, Plaintext, RECORD_FORMAT, StoredRecord, stub_outcome};
+use crate::records::{
+    ExportedRecord, Plaintext, RECORD_FORMAT, StoredRecord, index_key, stub_outcome,
+};
 use crate::store::{Cf, Storage};
 use crate::subjects::{SUBJECT_FORMAT, SubjectEntry};
 use crate::token::TokenId;
-use crate::vault::Vault;
+use crate::vault::{Inner, Vault};
 
-/// Everything the vault holds about one subject.
+/// Everything the vault holds about one subject, or one page of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SubjectExport {
     /// The subject instance, or `None` when the vault holds nothing under this id.
+    /// Pages of one export name the same instance: another means the subject was
+    /// erased and stored afresh between two pages.
     pub subject_ref: Option<SubjectRef>,
     /// When the export was made, in milliseconds since the Unix epoch.
     pub exported_at: u64,
-    /// The subject's records, in token order.
+    /// The subject's records, in storage order.
     pub records: Vec<ExportedRecord>,
-    /// The subject's consents: current state and history per purpose.
+    /// The subject's consents: current state and history per purpose (on the
+    /// first page).
     pub consents: Vec<ConsentStatus>,
     /// Who did what with the subject's data, when, and for which purpose (GDPR
     /// Art. 15(1)(c)): the audit events about the subject still kept, oldest first.
-    /// This export is recorded too, after it was made.
+    /// This export is recorded too, after it was made. Pages give the records first,
+    /// then the events.
     pub access_log: Vec<AuditEvent>,
+    /// Where the next page starts ([`Vault::export_page`]); `None` on the last page.
+    /// Opaque: it names a position, never a value.
+    pub next: Option<String>,
+}
+
+/// Where a page of an export starts: after a record (its token), or after an audit
+/// event (its sequence number; `None` before the first).
+#[derive(Debug, Clone, Copy)]
+enum Position {
+    Records(TokenId),
+    Events(Option<u64>),
+}
+
+impl Position {
+    fn parse(inner: &Inner, cursor: &str) -> Result<Position, Error> {
+        let malformed = || InputError::new(Argument::Cursor, Problem::Malformed);
+        if let Some(token) = cursor.strip_prefix('r') {
+            return inner
+                .token_id(token)
+                .map(Position::Records)
+                .map_err(|_| malformed().into());
+        }
+        match cursor.strip_prefix('e') {
+            Some("") => Ok(Position::Events(None)),
+            Some(seq) if seq.bytes().all(|b| b.is_ascii_digit()) => seq
+                .parse()
+                .map(|seq| Position::Events(Some(seq)))
+                .map_err(|_| malformed().into()),
+            _ => Err(malformed().into()),
+        }
+    }
+
+    fn text(self, inner: &Inner) -> String {
+        match self {
+            Position::Records(id) => format!("r{}", inner.index.tokens.token(&id)),
+            Position::Events(None) => "e".to_owned(),
+            Position::Events(Some(seq)) => format!("e{seq}"),
+        }
+    }
 }
 
 impl Vault {
-    /// Exports every record of `subject`. A subject the vault does not know (never
-    /// stored, or erased) exports as empty.
+    /// Exports every record of `subject`, in one answer. A subject the vault does not
+    /// know (never stored, or erased) exports as empty.
     /// The export is recorded in the audit trail before it is returned.
     pub fn export(&self, subject: &str) -> Result<SubjectExport, Error> {
         self.default_actor().export(subject)
     }
 
-    pub(crate) fn export_by(&self, actor: &str, subject: &str) -> Result<SubjectExport, Error> {
-        let export = self.export_unaudited(subject)?;
+    /// One page of [`export`](Self::export): up to `limit` records and audit
+    /// events (at least one), starting where `cursor` (a previous page's
+    /// [`next`](SubjectExport::next)) says, or at the start. Each page is recorded in
+    /// the audit trail. A cursor this vault did not hand out is refused
+    /// ([`Argument::Cursor`]).
+    pub fn export_page(
+        &self,
+        subject: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<SubjectExport, Error> {
+        self.default_actor().export_page(subject, cursor, limit)
+    }
+
+    pub(crate) fn export_by(
+        &self,
+        actor: &str,
+        subject: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<SubjectExport, Error> {
+        let export = self.export_unaudited(subject, cursor, limit)?;
         let inner = &*self.inner;
         let event = ReadEvent::new(actor, AuditAction::Export, AuditOutcome::Ok)
             .about(export.1, export.0.records.len() as u64);
@@ -47,10 +112,17 @@ impl Vault {
         Ok(export.0)
     }
 
-    /// The export and the subject's audit reference.
-    fn export_unaudited(&self, subject: &str) -> Result<(SubjectExport, Option<[u8; 16]>), Error> {
+    /// The export (or page) and the subject's audit reference.
+    fn export_unaudited(
+        &self,
+        subject: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(SubjectExport, Option<[u8; 16]>), Error> {
         let inner = &*self.inner;
         inner.opts.limits.check_subject(subject)?;
+        let position = cursor.map(|c| Position::parse(inner, c)).transpose()?;
+        let limit = limit.max(1);
         let hash = inner.index.subject_hash(subject);
         let exported_at = inner.now();
         let Some(bytes) = inner.store.get(Cf::Subjects, &hash)? else {
@@ -60,16 +132,35 @@ impl Vault {
                 records: Vec::new(),
                 consents: Vec::new(),
                 access_log: Vec::new(),
+                next: None,
             };
             return Ok((empty, None));
         };
         let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
         let sid = entry.sid;
         let mut ids: Vec<TokenId> = Vec::new();
-        inner.store.scan_prefix(Cf::Index, &sid, |key, _| {
-            ids.push(key[16..].try_into().map_err(|_| Error::Integrity)?);
-            Ok(true)
-        })?;
+        let mut next = None;
+        if let None | Some(Position::Records(_)) = position {
+            let from = match position {
+                Some(Position::Records(id)) => Some(index_key(&sid, &id)),
+                _ => None,
+            };
+            let start = from.as_ref().map_or(&sid[..], |k| &k[..]);
+            inner
+                .store
+                .scan_prefix_from(Cf::Index, &sid, start, |key, _| {
+                    if from.is_some_and(|f| f[..] == *key) {
+                        return Ok(true);
+                    }
+                    let id: TokenId = key[16..].try_into().map_err(|_| Error::Integrity)?;
+                    if ids.len() == limit {
+                        next = ids.last().map(|last| Position::Records(*last));
+                        return Ok(false);
+                    }
+                    ids.push(id);
+                    Ok(true)
+                })?;
+        }
         // Erased between the two reads: the subject is gone.
         let dek = inner.keys.dek(&sid)?.ok_or(Error::Erased)?;
         if dek.subject_hash != hash {
@@ -107,14 +198,31 @@ impl Vault {
                 }
             }
         }
-        let consents = inner.consents_of(&sid, &dek)?;
-        let access_log = inner.events_about(&dek.audit_ref)?;
+        let consents = if position.is_none() {
+            inner.consents_of(&sid, &dek)?
+        } else {
+            Vec::new()
+        };
+        let mut access_log = Vec::new();
+        if next.is_none() {
+            let after = match position {
+                Some(Position::Events(after)) => after,
+                _ => None,
+            };
+            let (events, more) =
+                inner.events_about_page(&dek.audit_ref, after, limit - ids.len())?;
+            if more {
+                next = Some(Position::Events(events.last().map(|e| e.seq).or(after)));
+            }
+            access_log = events;
+        }
         let export = SubjectExport {
             subject_ref: Some(SubjectRef(sid)),
             exported_at,
             records,
             consents,
             access_log,
+            next: next.map(|p| p.text(inner)),
         };
         Ok((export, Some(dek.audit_ref)))
     }

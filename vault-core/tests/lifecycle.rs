@@ -312,6 +312,85 @@ fn export_returns_exactly_the_subjects_records() -> TestResult {
     Ok(())
 }
 
+/// Pages of an export, followed by their cursors, give exactly the one-call export:
+/// every record once, then the access log, consents on the first page.
+#[test]
+fn export_pages_follow_their_cursor_to_the_whole_export() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = open(dir.path());
+    for i in 0..23 {
+        vault.tokenize("me", &format!("f{i}"), format!("value-{i}"))?;
+        vault.tokenize("someone-else", "email", format!("other-{i}"))?;
+    }
+    let tokens: Vec<String> = vault
+        .export("me")?
+        .records
+        .iter()
+        .map(|r| r.token.to_string())
+        .collect();
+    for t in tokens.iter().take(4) {
+        vault.detokenize(t)?;
+    }
+    let whole = vault.export("me")?;
+    assert!(whole.next.is_none());
+    // The whole export is in the access log now, as are 4 reads and 1 export.
+    let events_before = whole.access_log.len();
+
+    let mut records = Vec::new();
+    let mut events = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = vault.export_page("me", cursor.as_deref(), 5)?;
+        pages += 1;
+        assert!(page.records.len() + page.access_log.len() <= 5);
+        assert_eq!(page.subject_ref, whole.subject_ref);
+        assert_eq!(
+            page.consents.is_empty(),
+            pages > 1 || whole.consents.is_empty()
+        );
+        if !events.is_empty() {
+            assert!(page.records.is_empty(), "records come before events");
+        }
+        records.extend(page.records);
+        events.extend(page.access_log);
+        match page.next {
+            Some(next) => {
+                assert!(!next.contains("value"), "a cursor names a position only");
+                cursor = Some(next);
+            }
+            None => break,
+        }
+        assert!(pages < 100, "the cursor must move");
+    }
+    let paged: Vec<String> = records.iter().map(|r| r.token.to_string()).collect();
+    assert_eq!(paged, tokens, "every record once, in order");
+    // The paged export's own pages are logged as they are made: the first
+    // `events_before + 1` events are the same as before, in order.
+    assert!(events.len() > events_before);
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "each event once");
+    assert_eq!(
+        seqs[..events_before],
+        whole.access_log.iter().map(|e| e.seq).collect::<Vec<_>>()[..]
+    );
+
+    // A cursor the vault did not hand out is refused, naming no content.
+    let cut = format!("r{}", &tokens[0][..10]);
+    for bad in ["", "x", "rnot-a-token", "e-1", "e1x", "e+1", &cut] {
+        match vault.export_page("me", Some(bad), 5) {
+            Err(Error::InvalidInput(e)) => {
+                assert_eq!(
+                    (e.argument, e.problem),
+                    (Argument::Cursor, Problem::Malformed)
+                );
+            }
+            other => panic!("cursor {bad:?}: {other:?}"),
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn erase_receipt_and_reuse_of_subject_id() -> TestResult {
     let dir = tempfile::tempdir()?;

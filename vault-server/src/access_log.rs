@@ -33,6 +33,8 @@ const CAP: usize = 4 << 20;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RequestLine<'a> {
     pub request_id: &'a str,
+    /// The client's address (`-` when unknown, e.g. in tests without a socket).
+    pub client: Option<std::net::IpAddr>,
     pub method: &'static str,
     pub route: &'static str,
     pub status: u16,
@@ -180,6 +182,16 @@ fn write_line(out: &mut Vec<u8>, now: SystemTime, line: &RequestLine<'_>) {
         b"\",\"level\":\"INFO\",\"fields\":{\"message\":\"request\",\"request_id\":",
     );
     write_str(out, line.request_id);
+    write_name(out, "client");
+    match line.client {
+        Some(ip) => {
+            use std::io::Write as _;
+            out.push(b'"');
+            let _ = write!(out, "{ip}");
+            out.push(b'"');
+        }
+        None => write_str(out, "-"),
+    }
     for (name, value) in [("method", line.method), ("route", line.route)] {
         write_name(out, name);
         write_str(out, value);
@@ -334,6 +346,7 @@ mod tests {
     fn line<'a>(request_id: &'a str, key: &'a str, purpose: &'a str) -> RequestLine<'a> {
         RequestLine {
             request_id,
+            client: Some(std::net::IpAddr::from([192, 0, 2, 7])),
             method: "POST",
             route: "/v1/detokenize",
             status: 403,
@@ -364,6 +377,7 @@ mod tests {
                 "fields": {
                     "message": "request",
                     "request_id": "2257cb3e22a035d5",
+                    "client": "192.0.2.7",
                     "method": "POST",
                     "route": "/v1/detokenize",
                     "status": 403,

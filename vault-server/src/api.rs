@@ -12,13 +12,14 @@
 //!
 //! Subject ids and values travel only in bodies; tokens (opaque) may be in paths.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{
-    DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
+    ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Path, Request, State,
 };
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -30,9 +31,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use vault_client::api::{
     self, AuditCheck, AuditEventInfo, AuditEvents, Consent, ConsentChange, ConsentRequest,
-    DetokenizeRequest, DetokenizeResponse, DetokenizeResult, ErasureReceipt, ExportedRecord,
-    ItemError, KekVersion, KeyStatus, Purge, PurposeInfo, Purposes, RectifyRequest, Sensitive,
-    SubjectConsents, SubjectExport, SubjectRequest, TokenizeRequest, TokenizeResponse,
+    DetokenizeRequest, DetokenizeResponse, DetokenizeResult, ErasureReceipt, ExportRequest,
+    ExportedRecord, ItemError, KekVersion, KeyStatus, Purge, PurposeInfo, Purposes, RectifyRequest,
+    Sensitive, SubjectConsents, SubjectExport, SubjectRequest, TokenizeRequest, TokenizeResponse,
 };
 use vault_core::Vault;
 
@@ -42,6 +43,7 @@ use crate::config::LimitsConfig;
 use crate::error::{ApiError, Cause, ErrorCode};
 use crate::metrics::{self, Metrics};
 use crate::request_id::{self, RequestId, request_id};
+use crate::throttle::FailedAuth;
 use crate::work::{Permit, Work};
 
 /// What the handlers share.
@@ -53,6 +55,7 @@ pub struct AppState {
     permits: Arc<Semaphore>,
     metrics: Metrics,
     ready: AtomicBool,
+    failed_auth: FailedAuth,
 }
 
 impl AppState {
@@ -65,6 +68,7 @@ impl AppState {
             permits: Arc::new(Semaphore::new(limits.max_concurrent_requests)),
             metrics: Metrics::default(),
             ready: AtomicBool::new(true),
+            failed_auth: FailedAuth::new(limits.failed_auth_per_sec, limits.failed_auth_burst),
         })
     }
 
@@ -75,7 +79,7 @@ impl AppState {
 }
 
 /// Every route, as its template: the only route names that reach logs and metrics.
-pub const ROUTES: [&str; 18] = [
+pub const ROUTES: [&str; 17] = [
     "/v1/tokenize",
     "/v1/detokenize",
     "/v1/tokens/{token}",
@@ -93,7 +97,6 @@ pub const ROUTES: [&str; 18] = [
     "/v1/admin/backups",
     "/healthz",
     "/readyz",
-    "/metrics",
 ];
 const OPENAPI_ROUTE: &str = "/openapi.json";
 
@@ -117,7 +120,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/backups", post(create_backup).get(list_backups))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
         .route(OPENAPI_ROUTE, get(openapi))
         .fallback(|| async { ApiError::not_found_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
@@ -165,12 +167,16 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     let route = route_of(&req);
     let method = method_label(req.method());
     let request_id = RequestId::new();
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
     let _in_flight = state.metrics.in_flight();
     // Every event logged while serving the request, also on the blocking pool,
     // carries its id.
     // The guard is called here rather than as a layer of its own: each layer costs
     // every request a boxed service and a boxed future.
-    let mut response = request_id::scope(request_id, guard(&state, route, req, next)).await;
+    let mut response = request_id::scope(request_id, guard(&state, route, client, req, next)).await;
     let took = started.elapsed();
     let status = response.status().as_u16();
     state.metrics.record(route, method, status, took);
@@ -189,6 +195,7 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
     let purpose = extensions.get::<PurposeNote>();
     access_log::request(&access_log::RequestLine {
         request_id: request_id.as_str(),
+        client,
         method,
         route,
         status,
@@ -208,7 +215,7 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
 
 /// What a route needs from its caller.
 enum Access {
-    /// Health, readiness, metrics, API description: no key, no concurrency permit.
+    /// Health, readiness, API description: no key, no concurrency permit.
     Public,
     /// A valid key, with this scope when the method is one the route serves.
     Key(Option<Scope>),
@@ -230,7 +237,7 @@ fn access(route: &str, method: &Method) -> Access {
             "/v1/admin/rotate" | "/v1/admin/keys" | "/v1/admin/keys/retire" | "/v1/admin/backups",
             _,
         ) => Scope::Admin,
-        ("/healthz" | "/readyz" | "/metrics" | OPENAPI_ROUTE, _) => return Access::Public,
+        ("/healthz" | "/readyz" | OPENAPI_ROUTE, _) => return Access::Public,
         _ => return Access::Key(None),
     };
     Access::Key(Some(scope))
@@ -243,21 +250,38 @@ fn bearer(req: &Request) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
 }
 
-/// Authentication, scope, the concurrency permit and the request timeout, inside
-/// [`observe`].
-async fn guard(state: &AppState, route: &str, mut req: Request, next: Next) -> Response {
+/// Authentication (throttled per client address when it fails), scope, the key's
+/// rate limit, the concurrency permit and the request timeout, inside [`observe`].
+async fn guard(
+    state: &AppState,
+    route: &str,
+    client: Option<IpAddr>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let scope = match access(route, req.method()) {
         Access::Public => return next.run(req).await,
         Access::Key(scope) => scope,
     };
+    if let Some(wait) = client.and_then(|ip| state.failed_auth.blocked(ip)) {
+        return ApiError::rate_limited(wait, "too many failed authentications from this address")
+            .into_response();
+    }
     let Some(key) = bearer(&req).and_then(|presented| state.keys.find(presented)) else {
+        if let Some(ip) = client {
+            state.failed_auth.failed(ip);
+        }
         return ApiError::unauthenticated().into_response();
     };
     let key = Arc::clone(key);
     let caller = Caller(Arc::clone(&key));
-    let mut response = match scope {
-        Some(scope) if !key.allows(scope) => ApiError::forbidden(scope.name()).into_response(),
-        _ => match state.permits.clone().try_acquire_owned() {
+    let refused = match scope {
+        Some(scope) if !key.allows(scope) => Some(ApiError::forbidden(scope.name())),
+        _ => charge(&key, 1).err(),
+    };
+    let mut response = match refused {
+        Some(error) => error.into_response(),
+        None => match state.permits.clone().try_acquire_owned() {
             Err(_) => ApiError::overloaded().into_response(),
             Ok(permit) => {
                 // The vault call holds a clone: a request that times out keeps its
@@ -275,6 +299,16 @@ async fn guard(state: &AppState, route: &str, mut req: Request, next: Next) -> R
     };
     response.extensions_mut().insert(caller);
     response
+}
+
+/// Takes `cost` from the key's rate limit, if it has one.
+fn charge(key: &ApiKey, cost: usize) -> Result<(), ApiError> {
+    match &key.limit {
+        Some(limit) => limit
+            .take(cost as u64)
+            .map_err(|wait| ApiError::rate_limited(wait, "this API key is over its rate limit")),
+        None => Ok(()),
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -298,10 +332,7 @@ impl<T: DeserializeOwned + ItemsProbe + Send + 'static> FromRequest<Arc<AppState
             }
         })?;
         let bytes_len = bytes.len();
-        let parse = move || match serde_json::from_slice::<T>(&bytes) {
-            Ok(value) => Ok(JsonBody(value)),
-            Err(e) => Err(describe_json_error(&e, T::failing_item(&bytes))),
-        };
+        let parse = move || parse_json::<T>(&bytes).map(JsonBody);
         // Parsing megabytes takes milliseconds: not on an async worker.
         if bytes_len > LARGE_BODY {
             tokio::task::spawn_blocking(parse)
@@ -311,6 +342,11 @@ impl<T: DeserializeOwned + ItemsProbe + Send + 'static> FromRequest<Arc<AppState
             parse()
         }
     }
+}
+
+/// A request body as `T`, or the API's error for it.
+pub(crate) fn parse_json<T: DeserializeOwned + ItemsProbe>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice::<T>(bytes).map_err(|e| describe_json_error(&e, T::failing_item(bytes)))
 }
 
 /// serde's messages quote the input ("invalid type: string \"alice@…\""): only the
@@ -332,7 +368,7 @@ fn describe_json_error(e: &serde_json::Error, item: Option<usize>) -> ApiError {
 }
 
 /// For batch bodies: which item of a body that failed to parse is at fault.
-trait ItemsProbe {
+pub(crate) trait ItemsProbe {
     fn failing_item(_body: &[u8]) -> Option<usize> {
         None
     }
@@ -362,6 +398,7 @@ impl ItemsProbe for DetokenizeRequest {
 impl ItemsProbe for RectifyRequest {}
 impl ItemsProbe for ConsentRequest {}
 impl ItemsProbe for SubjectRequest {}
+impl ItemsProbe for ExportRequest {}
 
 /// A request's vault call: the vault, the request's concurrency slot and API key.
 impl FromRequestParts<Arc<AppState>> for Work {
@@ -408,6 +445,8 @@ async fn tokenize(
     {
         return Err(ApiError::forbidden(Scope::TokenizeDeterministic.name()));
     }
+    // The request took one item's worth at the door; a batch costs its items.
+    charge(&key, body.items.len().saturating_sub(1))?;
     let tokens = work.tokenize(body.items).await?;
     Ok(Json(TokenizeResponse {
         tokens: tokens.iter().map(ToString::to_string).collect(),
@@ -438,6 +477,8 @@ async fn detokenize(
 ) -> Result<Response, ApiError> {
     let state_limits = state.limits;
     check_purpose(&key, &body.purpose)?;
+    // The request took one item's worth at the door; a batch costs its items.
+    charge(&key, body.tokens.len().saturating_sub(1))?;
     let DetokenizeRequest { tokens, purpose } = body;
     let body_tokens = tokens.len();
     // The batch limit counts what was asked, repeats included.
@@ -605,7 +646,7 @@ async fn consents(
 }
 
 /// `after` and `limit` from the query string (`/v1/audit?after=SEQ&limit=N`).
-fn audit_query(query: Option<&str>) -> Result<(Option<u64>, usize), ApiError> {
+pub(crate) fn audit_query(query: Option<&str>) -> Result<(Option<u64>, usize), ApiError> {
     let bad = || ApiError::malformed("the query takes after=SEQ and limit=1..1000");
     let (mut after, mut limit) = (None, 100);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -760,16 +801,50 @@ async fn erase(
 }
 
 async fn export(
+    State(state): State<Arc<AppState>>,
     work: Work,
-    JsonBody(body): JsonBody<SubjectRequest>,
+    JsonBody(body): JsonBody<ExportRequest>,
 ) -> Result<Json<SubjectExport>, ApiError> {
-    let subject = body.subject;
+    let ExportRequest {
+        subject,
+        cursor,
+        limit,
+    } = body;
+    let page = state.limits.export_page;
+    let limit = match limit {
+        None => page,
+        Some(n) if (1..=page).contains(&(n as usize)) => n as usize,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_item",
+                format!("limit must be between 1 and {page} (limits.export_page)"),
+            ));
+        }
+    };
     let (subject, export) = work
         .run_as(move |actor| {
-            let export = actor.export(subject.expose())?;
+            let export = actor.export_page(subject.expose(), cursor.as_deref(), limit)?;
             Ok((subject, export))
         })
         .await?;
+    // Records are the page's bulk; the events and consents are small and bounded
+    // by the same page size.
+    let size: usize = export
+        .records
+        .iter()
+        .map(|r| 128 + r.field.len() + r.value.as_bytes().len() * 2)
+        .sum();
+    if size > state.limits.max_response_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "response_too_large",
+            format!(
+                "the page would exceed {} bytes (limits.max_response_bytes): ask for a smaller limit",
+                state.limits.max_response_bytes
+            ),
+        ));
+    }
     let records = export
         .records
         .into_iter()
@@ -790,6 +865,8 @@ async fn export(
             .into_iter()
             .map(audit_event_info)
             .collect(),
+        subject_ref: export.subject_ref.map(|r| r.to_string()),
+        next_cursor: export.next,
     }))
 }
 
@@ -889,26 +966,31 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn metrics_text(
-    State(state): State<Arc<AppState>>,
-    work: Work,
-) -> Result<Response, ApiError> {
+/// The metrics listener's application: `GET /metrics` only. It is served apart
+/// from the API (loopback by default) because the counts it gives (subjects per key
+/// version, erasures pending) are for operators, not for API clients.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { ApiError::not_found_route() })
+        .with_state(state)
+}
+
+/// A scrape reads counters the vault keeps in memory, on the async thread: no
+/// blocking-pool task and no concurrency permit, so scrapes neither wait behind
+/// requests nor take their place.
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     let mut out = String::new();
     state.metrics.render(&mut out);
-    let out = work
-        .run(move |vault| {
-            metrics::render_vault(vault, &mut out);
-            Ok(out)
-        })
-        .await?;
-    Ok((
+    metrics::render_vault(&state.vault, &mut out);
+    (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
         out,
     )
-        .into_response())
+        .into_response()
 }
 
 async fn openapi() -> Json<serde_json::Value> {
@@ -956,6 +1038,7 @@ mod tests {
             scopes: scopes.iter().copied().collect(),
             purposes: Purposes::Only(BTreeSet::from(["support".to_owned()])),
             masked: false,
+            limit: None,
         };
         Ok(AppState::new(
             Arc::new(vault),
@@ -1247,19 +1330,25 @@ mod tests {
                 assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
             }
         }
-        assert_eq!(described, 21, "every route and method");
+        assert_eq!(described, 20, "every route and method");
         Ok(())
     }
 
     #[tokio::test]
     async fn metrics_count_requests_by_route_template() -> TestResult {
         let dir = tempfile::tempdir()?;
-        let app = app(dir.path(), &Scope::ALL)?;
+        let state = state(dir.path(), &Scope::ALL)?;
+        let app = router(state.clone());
         let path = "/v1/tokens/tok_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
         let (status, _, _) = call(&app, "DELETE", path, Some(KEY), "").await?;
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        let response = app
-            .clone()
+        // Not on the API's listener (an unknown path: 401 without a key, 404 with
+        // one), but on the metrics listener's.
+        let (status, _, _) = call(&app, "GET", "/metrics", None, "").await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, _, _) = call(&app, "GET", "/metrics", Some(KEY), "").await?;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let response = metrics_router(state)
             .oneshot(HttpRequest::builder().uri("/metrics").body(Body::empty())?)
             .await?;
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await?;

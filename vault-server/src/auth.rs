@@ -10,6 +10,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+use crate::throttle::RateLimit;
 use zeroize::Zeroizing;
 
 const KEY_PREFIX: &str = "pvk_";
@@ -188,6 +190,8 @@ pub struct ApiKey {
     pub purposes: Purposes,
     /// Masked values only, whatever the purpose allows.
     pub masked: bool,
+    /// Items per second it may ask for (a batch of n costs n); `None`: unlimited.
+    pub limit: Option<Arc<RateLimit>>,
 }
 
 impl ApiKey {
@@ -253,6 +257,7 @@ mod tests {
             scopes: BTreeSet::from([Scope::Tokenize]),
             purposes: Purposes::Only(BTreeSet::new()),
             masked: false,
+            limit: None,
         }
     }
 

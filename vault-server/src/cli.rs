@@ -39,6 +39,10 @@ pub struct Args {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8200")]
     listen: SocketAddr,
+    /// Address of the Prometheus metrics listener (plain HTTP, no key: keep it on
+    /// loopback or a private network), or `off`.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:9464", value_parser = metrics_listen)]
+    metrics_listen: MetricsListen,
     /// Configuration file (TOML): TLS, root key source, API keys, limits.
     #[arg(long, value_name = "FILE", conflicts_with = "dev")]
     config: Option<PathBuf>,
@@ -48,6 +52,22 @@ pub struct Args {
     dev: bool,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// Where `/metrics` is served.
+#[derive(Debug, Clone, Copy)]
+enum MetricsListen {
+    At(SocketAddr),
+    Off,
+}
+
+fn metrics_listen(text: &str) -> Result<MetricsListen, String> {
+    if text == "off" {
+        return Ok(MetricsListen::Off);
+    }
+    text.parse()
+        .map(MetricsListen::At)
+        .map_err(|_| "an address (IP:PORT) or `off`".to_owned())
 }
 
 #[derive(Debug, Subcommand)]
@@ -306,6 +326,7 @@ struct Prepared {
     tls: Option<Arc<rustls::ServerConfig>>,
     vault: Vault,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
 }
 
 /// Configuration, vault, listener: everything that can fail on a misconfiguration.
@@ -351,6 +372,14 @@ fn prepare(args: &Args) -> Result<Prepared, ConfigError> {
         })?;
     let listener = TcpListener::bind(args.listen)
         .map_err(|e| ConfigError::new(format!("cannot listen on {}: {e}", args.listen)))?;
+    let metrics_listener = match args.metrics_listen {
+        MetricsListen::At(addr) => Some(TcpListener::bind(addr).map_err(|e| {
+            ConfigError::new(format!(
+                "cannot listen for metrics on {addr}: {e} (--metrics-listen ADDR|off)"
+            ))
+        })?),
+        MetricsListen::Off => None,
+    };
     // Warnings only once nothing can refuse the start: a refused start says one line.
     if dev_info.is_some() {
         warn_dev_mode(data_dir);
@@ -360,12 +389,21 @@ fn prepare(args: &Args) -> Result<Prepared, ConfigError> {
             "INSECURE: serving plain HTTP (insecure_plain_http = true); values and API keys cross the network in the clear"
         );
     }
+    if let MetricsListen::At(addr) = args.metrics_listen
+        && !addr.ip().is_loopback()
+    {
+        tracing::warn!(
+            %addr,
+            "metrics are served without TLS or API key to anyone who can reach this address"
+        );
+    }
     Ok(Prepared {
         config,
         dev_info,
         tls,
         vault,
         listener,
+        metrics_listener,
     })
 }
 
@@ -390,6 +428,7 @@ fn run(prepared: Prepared) -> ExitCode {
         tls,
         vault,
         listener,
+        metrics_listener,
     } = prepared;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -417,17 +456,22 @@ fn run(prepared: Prepared) -> ExitCode {
         IpAddr::V6(ip) => format!("[{ip}]"),
     };
     let url = format!("{scheme}://{host}:{}", addr.port());
-    tracing::info!(url = %url, api_keys = config.api_keys.len(), "vault-server listening");
+    let metrics_url = metrics_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|addr| format!("http://{addr}/metrics"));
+    tracing::info!(url = %url, metrics_url = metrics_url.as_deref(), api_keys = config.api_keys.len(), "vault-server listening");
     // One JSON line on stdout for scripts: where to connect, and in dev mode what
     // to trust and which key to use.
     let line = match &dev_info {
         Some(info) => serde_json::json!({
             "url": url,
+            "metrics_url": metrics_url,
             "ca_cert": info.ca_cert,
             "api_key": info.api_key.as_str(),
             "data_dir": config.vault_dir.parent(),
         }),
-        None => serde_json::json!({ "url": url }),
+        None => serde_json::json!({ "url": url, "metrics_url": metrics_url }),
     };
     println!("{line}");
     let ServerConfig {
@@ -442,6 +486,7 @@ fn run(prepared: Prepared) -> ExitCode {
         limits,
         tls,
         listener,
+        metrics_listener,
         audit_head_every,
     ));
     // Requests still running when the grace period ended may finish and log while

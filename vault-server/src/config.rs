@@ -15,6 +15,10 @@
 //! max_batch = 1000
 //! request_timeout_ms = 10000
 //! max_concurrent_requests = 512
+//! max_response_bytes = 33554432
+//! export_page = 256                         # records and events per export page
+//! failed_auth_per_sec = 1.0                 # failed authentications per client address…
+//! failed_auth_burst = 20                    # …and at once; then 429 for that address
 //!
 //! [vault]                                   # optional
 //! purge_delay_secs = 900                    # 0 purges at once on erase
@@ -28,6 +32,8 @@
 //! hash = "blake3:…"                         # from `vault-server new-api-key`
 //! scopes = ["tokenize", "detokenize"]
 //! purposes = ["invoicing"]
+//! rate_per_sec = 200                        # optional: items a second (a batch of n costs n)
+//! burst = 1000                              # optional: items at once (default: rate_per_sec)
 //! ```
 //!
 //! The root key is never a command-line argument: a file (32 raw bytes, or 64 hex
@@ -45,6 +51,7 @@ use vault_core::{
 use zeroize::Zeroizing;
 
 use crate::auth::{self, ApiKey, ApiKeys, KeyHash, Purposes, Scope};
+use crate::throttle::RateLimit;
 
 /// A configuration problem, reported before the server starts.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +170,14 @@ pub struct LimitsConfig {
     /// Largest detokenize answer, in bytes (estimated before it is encoded): beyond,
     /// 413 `response_too_large`.
     pub max_response_bytes: usize,
+    /// Most records and audit events in one page of an export (a request's `limit`
+    /// may ask for fewer).
+    pub export_page: usize,
+    /// Failed authentications a client address may make per second on average…
+    pub failed_auth_per_sec: f64,
+    /// …and at once; beyond, its requests are refused with 429 before any key is
+    /// looked at.
+    pub failed_auth_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -174,6 +189,9 @@ impl Default for LimitsConfig {
             request_timeout_ms: 10_000,
             max_concurrent_requests: 512,
             max_response_bytes: 32 * 1024 * 1024,
+            export_page: 256,
+            failed_auth_per_sec: 1.0,
+            failed_auth_burst: 20,
         }
     }
 }
@@ -234,6 +252,13 @@ pub struct ApiKeyConfig {
     /// Masked values only, whatever the purpose allows.
     #[serde(default)]
     pub masked: bool,
+    /// Items (values to tokenize, tokens to detokenize; other requests count one)
+    /// per second on average; unlimited when absent.
+    #[serde(default)]
+    pub rate_per_sec: Option<f64>,
+    /// Items at once above the average (default: one second's worth, at least 1).
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
 
 /// How the server listens. (`Debug` shows no key.)
@@ -573,6 +598,7 @@ fn check_limits(limits: LimitsConfig) -> Result<LimitsConfig, ConfigError> {
             "limits.max_value_bytes",
         ),
         (limits.max_batch, 1, 100_000, "limits.max_batch"),
+        (limits.export_page, 1, 100_000, "limits.export_page"),
         (
             limits.max_response_bytes,
             1024,
@@ -592,6 +618,16 @@ fn check_limits(limits: LimitsConfig) -> Result<LimitsConfig, ConfigError> {
                 "{name} must be between {min} and {max}"
             )));
         }
+    }
+    if !(limits.failed_auth_per_sec > 0.0 && limits.failed_auth_per_sec <= 1e6) {
+        return Err(ConfigError::new(
+            "limits.failed_auth_per_sec must be above 0 and at most 1000000",
+        ));
+    }
+    if !(1..=1_000_000).contains(&limits.failed_auth_burst) {
+        return Err(ConfigError::new(
+            "limits.failed_auth_burst must be between 1 and 1000000",
+        ));
     }
     if !(100..=3_600_000).contains(&limits.request_timeout_ms) {
         return Err(ConfigError::new(
@@ -812,12 +848,35 @@ fn check_api_keys(configs: &[ApiKeyConfig], declared: &[Purpose]) -> Result<ApiK
                 "API key {name} is masked but has the export scope, which shows full values"
             )));
         }
+        let limit = match (config.rate_per_sec, config.burst) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(ConfigError::new(format!(
+                    "API key {name}: burst needs rate_per_sec"
+                )));
+            }
+            (Some(rate), burst) => {
+                if !(rate > 0.0 && rate <= 1e9) {
+                    return Err(ConfigError::new(format!(
+                        "API key {name}: rate_per_sec must be above 0 and at most 1000000000"
+                    )));
+                }
+                let burst = burst.unwrap_or(rate.ceil().min(f64::from(u32::MAX)) as u32);
+                if burst == 0 {
+                    return Err(ConfigError::new(format!(
+                        "API key {name}: burst must be at least 1"
+                    )));
+                }
+                Some(std::sync::Arc::new(RateLimit::new(rate, burst)))
+            }
+        };
         keys.push(ApiKey {
             name: name.clone(),
             hash,
             scopes,
             purposes,
             masked: config.masked,
+            limit,
         });
     }
     Ok(ApiKeys::new(keys))
@@ -1014,6 +1073,29 @@ mod tests {
             format!("insecure_plain_http = true\n{root}{key}[vault]\nblock_cache_mib = 1\n");
         let config = parse(&cache).expect("a 1 MiB block cache is accepted");
         assert_eq!(config.block_cache_bytes, 1 << 20);
+        // Rate limits: a burst needs a rate, a rate is positive; a valid one is kept.
+        for (limit, expected) in [
+            ("burst = 10\n", "burst needs rate_per_sec"),
+            ("rate_per_sec = 0\n", "rate_per_sec must be"),
+            ("rate_per_sec = -1\n", "rate_per_sec must be"),
+            ("rate_per_sec = 5\nburst = 0\n", "burst must be"),
+        ] {
+            let text = format!("insecure_plain_http = true\n{root}{key}{limit}");
+            assert!(
+                parse(&text).is_err_and(|e| e.to_string().contains(expected)),
+                "{limit}"
+            );
+        }
+        let text = format!("insecure_plain_http = true\n{root}{key}rate_per_sec = 2.5\n");
+        let limited = parse(&text).expect("a rate alone is accepted");
+        let keys = format!("{:?}", limited.api_keys);
+        assert!(
+            keys.contains("limit: Some(RateLimit { per_sec: 2.5, burst: 3.0, .. })"),
+            "the burst defaults to a second's worth: {keys}"
+        );
+        let text =
+            format!("insecure_plain_http = true\n{root}{key}[limits]\nfailed_auth_per_sec = 0\n");
+        assert!(parse(&text).is_err_and(|e| e.to_string().contains("failed_auth_per_sec")));
         // And the vault opened with the config's options has it.
         let dir = tempfile::tempdir().expect("a temporary directory");
         let options = config

@@ -95,6 +95,7 @@ pub fn prepare(data_dir: &Path) -> Result<(ServerConfig, DevInfo), ConfigError> 
         scopes: Scope::ALL.into_iter().collect(),
         purposes: Purposes::Any,
         masked: false,
+        limit: None,
     };
     let config = ServerConfig {
         vault_dir: config::vault_dir(data_dir),

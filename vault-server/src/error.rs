@@ -22,6 +22,8 @@ pub struct ApiError {
     item: Option<usize>,
     /// For the log, never the client.
     cause: Option<Cause>,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u64>,
 }
 
 /// Why a request failed on the server's side, for the log line the middleware
@@ -41,6 +43,7 @@ impl ApiError {
             message: message.into(),
             item: None,
             cause: None,
+            retry_after: None,
         }
     }
 
@@ -110,6 +113,18 @@ impl ApiError {
             "overloaded",
             "the server is at its concurrency limit; retry later",
         )
+    }
+
+    /// 429 with `Retry-After`: the key's rate limit, or this address's failed
+    /// authentications.
+    pub(crate) fn rate_limited(wait: std::time::Duration, what: &str) -> Self {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("{what}; retry after the time in Retry-After"),
+        );
+        error.retry_after = Some(crate::throttle::retry_after_secs(wait));
+        error
     }
 
     pub(crate) fn timeout() -> Self {
@@ -246,6 +261,11 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert("x-vault-error", HeaderValue::from_static(self.code));
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response.extensions_mut().insert(ErrorCode(self.code));
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(cause);

@@ -82,8 +82,8 @@ pub fn document() -> Value {
                 "responses": with_errors(json!({ "200": answer("Erasure receipt; no personal data.", "ErasureReceipt") }), &KEYED)
             }},
             "/v1/subjects/export": { "post": {
-                "summary": "Export every record of a subject (access and portability). Scope: export.",
-                "requestBody": body("SubjectRequest"),
+                "summary": "Export a subject's records, consents and access log (access and portability), one page at a time: send each answer's next_cursor back as cursor until it is null. Scope: export.",
+                "requestBody": body("ExportRequest"),
                 "responses": with_errors(json!({ "200": answer("The subject's records.", "SubjectExport") }), &KEYED)
             }},
             "/v1/subjects/consent": { "post": {
@@ -146,10 +146,6 @@ pub fn document() -> Value {
             "/readyz": { "get": {
                 "summary": "Readiness: 503 once shutdown has begun.", "security": [],
                 "responses": { "200": { "description": "Ready." }, "503": { "description": "Shutting down." } }
-            }},
-            "/metrics": { "get": {
-                "summary": "Prometheus metrics; no personal data.", "security": [],
-                "responses": { "200": { "description": "Prometheus text format.", "content": { "text/plain": {} } } }
             }},
             "/openapi.json": { "get": {
                 "summary": "This document.", "security": [],
@@ -254,6 +250,11 @@ pub fn document() -> Value {
                     }))}
                 })),
                 "SubjectRequest": object(&["subject"], json!({ "subject": { "type": "string" } })),
+                "ExportRequest": object(&["subject"], json!({
+                    "subject": { "type": "string" },
+                    "cursor": { "type": "string", "description": "The previous page's next_cursor; absent for the first page." },
+                    "limit": { "type": "integer", "minimum": 1, "description": "Most records and events in the page; at most, and by default, [limits] export_page." }
+                })),
                 "ErasureReceipt": object(&["subject_ref", "erased_at", "records", "purge", "backups", "in_backups_until"], json!({
                     "subject_ref": { "type": ["string", "null"], "description": "Says nothing about who the subject was." },
                     "erased_at": { "type": "integer", "description": "Milliseconds since the Unix epoch." },
@@ -266,8 +267,10 @@ pub fn document() -> Value {
                         "at": { "type": "integer" }, "due_by": { "type": "integer" }
                     }, "required": ["state"] }
                 })),
-                "SubjectExport": object(&["subject", "exported_at", "records", "consents", "access_log"], json!({
+                "SubjectExport": object(&["subject", "exported_at", "records", "consents", "access_log", "subject_ref", "next_cursor"], json!({
                     "subject": { "type": "string" },
+                    "subject_ref": { "type": ["string", "null"], "description": "The subject instance; every page of one export names the same one." },
+                    "next_cursor": { "type": ["string", "null"], "description": "Where the next page starts; null on the last page. Records come first, then the access log; consents are on the first page." },
                     "exported_at": { "type": "integer" },
                     "consents": { "type": "array", "items": { "$ref": "#/components/schemas/Consent" } },
                     "access_log": { "type": "array", "description": "The audit events about the subject still kept (GDPR Art. 15(1)(c)).", "items": { "$ref": "#/components/schemas/AuditEvent" } },

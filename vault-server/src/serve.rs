@@ -52,6 +52,7 @@ pub async fn serve(
     limits: LimitsConfig,
     tls: Option<Arc<rustls::ServerConfig>>,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     audit_head_every: Option<Duration>,
 ) -> std::io::Result<()> {
     let vault = Arc::new(vault);
@@ -60,6 +61,19 @@ pub async fn serve(
     }
     let state = AppState::new(vault.clone(), keys, limits);
     let app = api::router(state.clone());
+    let metrics = match metrics_listener {
+        Some(listener) => {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let app = api::metrics_router(state.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            }))
+        }
+        None => None,
+    };
     let handle: Handle<SocketAddr> = Handle::new();
     // In-flight requests get their whole timeout to finish, and a little more.
     let grace = Duration::from_millis(limits.request_timeout_ms) + Duration::from_secs(5);
@@ -81,11 +95,20 @@ pub async fn serve(
                 .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(
                     RustlsConfig::from_config(config),
                 ))
-                .serve(app.into_make_service())
+                .serve(app.into_make_service_with_connect_info::<SocketAddr>())
                 .await
         }
-        None => server.serve(app.into_make_service()).await,
+        None => {
+            server
+                .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+                .await
+        }
     };
+    // The metrics listener holds the vault too: it stops before the vault closes.
+    if let Some(metrics) = metrics {
+        metrics.abort();
+        let _ = metrics.await;
+    }
     drop(state);
     close_vault(vault, CLOSE_WAIT).await;
     crate::access_log::flush();

@@ -35,6 +35,8 @@ pub struct Server {
     child: Option<Child>,
     /// The base URL it printed.
     pub url: String,
+    /// Its metrics page (plain HTTP on loopback).
+    pub metrics_url: String,
     /// The certificate to trust.
     pub ca_cert: PathBuf,
     /// The dev admin key (dev mode only).
@@ -98,7 +100,7 @@ impl Server {
         command
             .arg("--data-dir")
             .arg(launch.data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(&launch.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -133,6 +135,10 @@ impl Server {
         };
         let info: serde_json::Value = serde_json::from_str(line.trim())?;
         let url = info["url"].as_str().ok_or("no url")?.to_owned();
+        let metrics_url = info["metrics_url"]
+            .as_str()
+            .ok_or("no metrics_url")?
+            .to_owned();
         let ca_cert = match (info["ca_cert"].as_str(), launch.ca_cert) {
             (Some(path), _) => PathBuf::from(path),
             (None, Some(path)) => path,
@@ -141,6 +147,7 @@ impl Server {
         Ok(Server {
             child: Some(child),
             url,
+            metrics_url,
             ca_cert,
             api_key: info["api_key"].as_str().unwrap_or_default().to_owned(),
             log: launch.log,
@@ -178,10 +185,13 @@ impl Server {
         Ok(builder.build()?)
     }
 
-    /// The `/metrics` page, fetched with `http` (a client from [`raw`](Self::raw)).
+    /// The `/metrics` page of the metrics listener, fetched with `http`.
     pub async fn metrics_page(&self, http: &reqwest::Client) -> TestResult<String> {
-        let url = format!("{}/metrics", self.url);
-        Ok(http.get(url).send().await?.text().await?)
+        let response = http.get(&self.metrics_url).send().await?;
+        if !response.status().is_success() {
+            return Err(format!("/metrics answered {}", response.status()).into());
+        }
+        Ok(response.text().await?)
     }
 
     pub fn pid(&self) -> u32 {

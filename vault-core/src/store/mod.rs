@@ -160,6 +160,18 @@ pub(crate) trait Storage: Send + Sync {
         cf: Cf,
         prefix: &[u8],
         f: impl FnMut(&[u8], &[u8]) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        self.scan_prefix_from(cf, prefix, prefix, f)
+    }
+
+    /// [`scan_prefix`](Self::scan_prefix) from the first key at or after `from`
+    /// (which starts with `prefix`): where a paged read left off.
+    fn scan_prefix_from(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        from: &[u8],
+        f: impl FnMut(&[u8], &[u8]) -> Result<bool, Error>,
     ) -> Result<(), Error>;
 
     /// Up to `limit` key/values with keys strictly after `after` (from the start

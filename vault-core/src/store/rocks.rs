@@ -506,16 +506,18 @@ impl Storage for Store {
         self.db.write_opt(batch.inner, &synced).map_err(engine)
     }
 
-    fn scan_prefix(
+    fn scan_prefix_from(
         &self,
         cf: Cf,
         prefix: &[u8],
+        from: &[u8],
         mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, Error>,
     ) -> Result<(), Error> {
+        debug_assert!(from.starts_with(prefix));
         let mut it = self
             .db
             .raw_iterator_cf_opt(self.cf(cf), iterate_options(cf, prefix));
-        it.seek(prefix);
+        it.seek(from);
         while it.valid() {
             let (Some(k), Some(v)) = (it.key(), it.value()) else {
                 break;
