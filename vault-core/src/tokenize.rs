@@ -418,6 +418,9 @@ impl Inner {
                 random,
                 ..
             } = &mut subjects[slot];
+            // Whether a live record past its period is stored under the id: it is
+            // counted in the subject's entry already, and replaced.
+            let mut replaced = false;
             let id: TokenId = if item.deterministic {
                 *deterministic += 1;
                 let id = self.index.tokens.record_key(
@@ -430,6 +433,7 @@ impl Inner {
                 let live = match self.store.get(Cf::Records, &id)? {
                     Some(bytes) => match decode(RECORD_FORMAT, &bytes)? {
                         StoredRecord::Live(record) => {
+                            replaced = true;
                             !self
                                 .opts
                                 .policy
@@ -477,7 +481,9 @@ impl Inner {
             if let Some(at) = expires {
                 batch.put(Cf::Expiry, &expiry_key(at, &id), &entry.sid);
             }
-            entry.records += 1;
+            if !replaced {
+                entry.records += 1;
+            }
             *stored += 1;
             if !item.deterministic {
                 *random += 1;
