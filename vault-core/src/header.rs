@@ -110,7 +110,9 @@ impl Header {
         file.write_all(&bytes).map_err(|e| Error::io(&tmp, e))?;
         file.sync_all().map_err(|e| Error::io(&tmp, e))?;
         drop(file);
+        crate::failpoints::hit(dir, "header.written")?;
         fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        crate::failpoints::hit(dir, "header.renamed")?;
         sync_dir(dir)
     }
 }

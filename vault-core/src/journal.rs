@@ -463,7 +463,9 @@ impl Journal {
     /// Writes a group as one batch (the callers' batches in order, each with its
     /// events, and the checkpoint once), synced if any caller asked for it: one WAL
     /// write and at most one sync per group. All or nothing: a failed write fails
-    /// every caller of the group and leaves the chain where it was.
+    /// every caller of the group and leaves the chain where it was. The group may
+    /// still be in the log (its sync failed, say), so the store then refuses every
+    /// later write: a next group would number its events as this one's.
     fn write_group(
         &self,
         group: Vec<Request>,

@@ -73,10 +73,19 @@ impl KeyState {
         let mut state = self.header();
         let mut header = state.header.clone();
         header.keyring = state.root.seal_keyring(&self.vault_id, &ring)?;
-        header.write(&self.dir)?;
+        self.write_header(&header)?;
         state.header = header;
         *self.ring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
         Ok(())
+    }
+
+    /// Replaces the header file. A failure leaves the file old or new, which this
+    /// vault cannot tell: it then refuses writes until reopened (as after a failed
+    /// write of the store), and the reopened vault reads what is on disk.
+    pub(crate) fn write_header(&self, header: &Header) -> Result<(), Error> {
+        header
+            .write(&self.dir)
+            .inspect_err(|e| self.store.refuse_writes(e))
     }
 
     /// The subject's DEK: from the cache, else unwrapped from the `keys` family.

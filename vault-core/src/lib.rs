@@ -60,6 +60,7 @@ mod crypto;
 mod durable;
 mod error;
 mod events;
+mod failpoints;
 mod header;
 mod journal;
 mod key_state;
@@ -138,6 +139,10 @@ pub mod internal {
     pub fn compact(vault: &crate::Vault) -> Result<bool, crate::Error> {
         vault.inner.compact_all()
     }
+
+    /// Injected faults for the fault-injection tests (feature `failpoints`).
+    #[cfg(feature = "failpoints")]
+    pub use crate::failpoints::{Fault, arm as arm_fault, disarm as disarm_faults};
 }
 
 // Every Rust block of the README is compiled and run as a doctest, so that the

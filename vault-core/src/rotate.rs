@@ -152,7 +152,7 @@ impl Vault {
         header.kdf = kdf;
         header.commitment = secret.commitment(&inner.vault_id);
         header.keyring = secret.seal_keyring(&inner.vault_id, &ring)?;
-        header.write(&inner.dir)?;
+        inner.keys.write_header(&header)?;
         state.header = header;
         state.root = secret;
         Ok(())

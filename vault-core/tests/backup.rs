@@ -551,29 +551,6 @@ fn receipts_name_the_backups_that_still_hold_the_subject() -> TestResult {
     Ok(())
 }
 
-/// A small tmpfs, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> std::io::Result<Tmpfs> {
-        std::fs::create_dir_all(at)?;
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()?;
-        if !status.success() {
-            return Err(std::io::Error::other(format!("mount failed: {status}")));
-        }
-        Ok(Tmpfs(at.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_full_backup_disk_fails_the_backup_cleanly_and_harms_nothing() -> TestResult {
     use std::os::unix::fs::MetadataExt;

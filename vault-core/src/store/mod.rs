@@ -10,7 +10,10 @@
 //! (rotation batches, the purge's bookkeeping). Audited writes (erasures and
 //! consent, synced; tokenizations as the durability says) go through the journal,
 //! which detaches callers' batches from the store, adds its events to them and
-//! writes them as one.
+//! writes them as one. After a failed write or log sync the store refuses every
+//! later write until it is reopened: what reached the disk is then what the
+//! reopened store finds, and nothing written after the failure is acknowledged on
+//! top of data that may be lost.
 
 mod rocks;
 
@@ -197,6 +200,13 @@ pub(crate) trait Storage: Send + Sync {
 
     /// Writes `batch` atomically with a synced log, whatever the durability.
     fn write_synced(&self, batch: Self::Batch<'_>) -> Result<(), Error>;
+
+    /// Refuses every later write and log sync with a [`StorageError`](crate::error::StorageError)
+    /// naming `cause`, until the store is reopened. Called by the store itself when a
+    /// write, a sync or a purge's flush fails (after a failed fsync, a later one would not prove
+    /// that the earlier data reached the disk), and by the vault when its header
+    /// could not be written.
+    fn refuse_writes(&self, cause: &Error);
 
     /// Whether a synced write is under way (a write now could wait for its sync).
     fn syncing(&self) -> bool;

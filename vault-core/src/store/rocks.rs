@@ -24,6 +24,7 @@ use super::{
     WriteSet,
 };
 use crate::error::{Error, StorageError};
+use crate::failpoints;
 use crate::options::{Durability, SCATTERED_WRITE_BUFFER, SMALL_ENTRY_WRITE_BUFFER};
 
 impl Cf {
@@ -157,6 +158,9 @@ pub(crate) struct Store {
     /// and wait for their sync.
     syncing: AtomicUsize,
     dir: PathBuf,
+    /// Why a write, a log sync or a purge's flush failed, once one has: no write
+    /// is made after it (see [`Storage::refuse_writes`]).
+    failed: std::sync::OnceLock<String>,
     /// Held by a test to stand for a slow disk: a WAL sync waits until it is free.
     #[cfg(test)]
     slow_disk: std::sync::Mutex<()>,
@@ -296,6 +300,7 @@ impl Store {
             sync_by_default: so.durability == Durability::Synced,
             syncing: AtomicUsize::new(0),
             dir: dir.to_path_buf(),
+            failed: std::sync::OnceLock::new(),
             #[cfg(test)]
             slow_disk: std::sync::Mutex::default(),
         })
@@ -439,6 +444,39 @@ impl Store {
         }
         Ok(max)
     }
+
+    /// Writes `batch`, unless an earlier write or sync failed; a failure here makes
+    /// this store refuse every later write.
+    fn apply(&self, batch: WriteBatch, opts: &WriteOptions, sync: bool) -> Result<(), Error> {
+        self.writable()?;
+        let result = self.apply_now(batch, opts, sync);
+        if let Err(e) = &result {
+            self.refuse_writes(e);
+        }
+        result
+    }
+
+    fn apply_now(&self, batch: WriteBatch, opts: &WriteOptions, sync: bool) -> Result<(), Error> {
+        failpoints::hit(&self.dir, "write")?;
+        if sync && let Err(e) = failpoints::hit(&self.dir, "sync") {
+            // The batch reaches the log and its sync fails, as with an fsync error.
+            self.db
+                .write_opt(batch, &WriteOptions::default())
+                .map_err(engine)?;
+            return Err(e);
+        }
+        self.db.write_opt(batch, opts).map_err(engine)
+    }
+
+    /// An error once a write or sync has failed.
+    fn writable(&self) -> Result<(), Error> {
+        match self.failed.get() {
+            None => Ok(()),
+            Some(why) => Err(Error::Storage(StorageError(format!(
+                "an earlier write failed ({why}): no write is made until the vault is reopened"
+            )))),
+        }
+    }
 }
 
 impl Storage for Store {
@@ -481,7 +519,7 @@ impl Storage for Store {
 
     fn write(&self, batch: Batch<'_>) -> Result<(), Error> {
         let _syncing = self.sync_by_default.then(|| Syncing::start(&self.syncing));
-        self.db.write_opt(batch.inner, &self.write).map_err(engine)
+        self.apply(batch.inner, &self.write, self.sync_by_default)
     }
 
     fn syncing(&self) -> bool {
@@ -496,14 +534,18 @@ impl Storage for Store {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         let _syncing = sync.then(|| Syncing::start(&self.syncing));
-        self.db.write_opt(batch.0, &opts).map_err(engine)
+        self.apply(batch.0, &opts, sync)
     }
 
     fn write_synced(&self, batch: Batch<'_>) -> Result<(), Error> {
         let mut synced = WriteOptions::default();
         synced.set_sync(true);
         let _syncing = Syncing::start(&self.syncing);
-        self.db.write_opt(batch.inner, &synced).map_err(engine)
+        self.apply(batch.inner, &synced, true)
+    }
+
+    fn refuse_writes(&self, cause: &Error) {
+        let _ = self.failed.set(cause.to_string());
     }
 
     fn scan_prefix_from(
@@ -587,7 +629,13 @@ impl Storage for Store {
     fn sync_wal(&self) -> Result<(), Error> {
         #[cfg(test)]
         let _disk = self.hold_wal_syncs();
-        self.db.flush_wal(true).map_err(engine)
+        self.writable()?;
+        let result = failpoints::hit(&self.dir, "sync")
+            .and_then(|()| self.db.flush_wal(true).map_err(engine));
+        if let Err(e) = &result {
+            self.refuse_writes(e);
+        }
+        result
     }
 
     fn purge_files(&self, scope: &PurgeScope, timeout: Duration) -> Result<bool, Error> {
@@ -598,11 +646,16 @@ impl Storage for Store {
         marker.put(Cf::Meta, PURGE_MARKER, &[]);
         self.write(marker)?;
         let before = self.max_file_number()?;
+        failpoints::hit(&self.dir, "purge.flush")?;
         let handles: Vec<&ColumnFamily> = Cf::ALL.iter().map(|&cf| self.cf(cf)).collect();
         let mut fo = FlushOptions::default();
         fo.set_wait(true);
-        self.db.flush_cfs_opt(&handles, &fo).map_err(engine)?;
-        self.db.flush_wal(true).map_err(engine)?;
+        // A flush that fails is a failed write like any other (a full disk, say).
+        self.db
+            .flush_cfs_opt(&handles, &fo)
+            .map_err(engine)
+            .inspect_err(|e| self.refuse_writes(e))?;
+        self.sync_wal()?;
 
         // The tables as they are now, the flushed ones included: the purge must
         // leave none of those that could hold a key of its scope.
@@ -642,6 +695,7 @@ impl Storage for Store {
         let deadline = Instant::now() + timeout;
         loop {
             if self.purged(&spans, &old, before)? {
+                failpoints::hit(&self.dir, "purge.verified")?;
                 return Ok(true);
             }
             if Instant::now() >= deadline {

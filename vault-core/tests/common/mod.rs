@@ -306,3 +306,27 @@ pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// A small tmpfs (a disk that fills up for real), unmounted when dropped. Mounting
+/// needs root, as the CI runs the tests.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path, size: &str) -> std::io::Result<Tmpfs> {
+        std::fs::create_dir_all(at)?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!("mount failed: {status}")));
+        }
+        Ok(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
