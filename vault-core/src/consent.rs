@@ -18,7 +18,7 @@ use crate::store::{Cf, Storage, WriteSet};
 use crate::subjects::{Dek, SUBJECT_FORMAT, Sid, SubjectEntry};
 use crate::vault::{Inner, Vault};
 
-const CONSENT_FORMAT: u8 = 1;
+pub(crate) const CONSENT_FORMAT: u8 = 1;
 /// Longest consent source, in bytes.
 pub const MAX_SOURCE_LEN: usize = 256;
 
@@ -63,7 +63,7 @@ pub struct ConsentStatus {
 
 /// The current state of one (subject, purpose).
 #[derive(Debug, Serialize, Deserialize)]
-struct Current {
+pub(crate) struct Current {
     purpose: String,
     granted: bool,
     at: u64,

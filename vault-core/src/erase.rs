@@ -33,8 +33,8 @@ use crate::vault::{Inner, Vault};
 
 pub(crate) const ERASURE_FORMAT: u8 = 1;
 /// Format 1 held only the time the purge is due.
-const QUEUE_FORMAT_1: u8 = 1;
-const QUEUE_FORMAT: u8 = 2;
+pub(crate) const QUEUE_FORMAT_1: u8 = 1;
+pub(crate) const QUEUE_FORMAT: u8 = 2;
 
 /// `purge_queue` column family: sid → this, while the erasure's purge is pending.
 /// (No `Debug`: it holds the subject hash.)
@@ -152,7 +152,8 @@ pub struct SubjectRef(pub(crate) Sid);
 impl SubjectRef {
     /// Parses the hex form.
     pub fn parse(text: &str) -> Option<SubjectRef> {
-        if text.len() != 32 {
+        // Digits only: `from_str_radix` also takes a sign ("+f").
+        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let mut sid = [0u8; 16];
@@ -510,5 +511,7 @@ mod tests {
         assert_eq!(SubjectRef::parse(&r.to_string()), Some(r));
         assert_eq!(SubjectRef::parse("zz"), None);
         assert_eq!(SubjectRef::parse(&"g".repeat(32)), None);
+        // Found by the `stored` fuzz target: a sign made a second spelling.
+        assert_eq!(SubjectRef::parse(&format!("+3{}", "0".repeat(30))), None);
     }
 }

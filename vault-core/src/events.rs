@@ -271,7 +271,7 @@ pub(crate) struct Head {
 
 /// The checkpoint as written before read events were staged (format 1).
 #[derive(Deserialize)]
-struct HeadV1 {
+pub(crate) struct HeadV1 {
     seq: u64,
     mac: [u8; 32],
     tag: [u8; 32],

@@ -52,6 +52,11 @@ impl Header {
             }
             Err(e) => return Err(Error::io(path, e)),
         };
+        Header::parse(&bytes, dir)
+    }
+
+    /// The header from the bytes of the file in `dir` (named in errors).
+    pub(crate) fn parse(bytes: &[u8], dir: &Path) -> Result<Header, Error> {
         let not_a_vault = || Error::NotAVault { path: dir.into() };
         let rest = bytes.strip_prefix(MAGIC).ok_or_else(not_a_vault)?;
         if rest.len() < 2 {
@@ -86,12 +91,17 @@ impl Header {
         }
     }
 
-    /// Replaces the header atomically and durably.
-    pub(crate) fn write(&self, dir: &Path) -> Result<(), Error> {
+    /// The file's bytes: what [`Header::parse`] reads.
+    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>, Error> {
         let mut bytes = MAGIC.to_vec();
         bytes.extend_from_slice(&self.format.to_le_bytes());
-        let bytes = postcard::to_extend(self, bytes)
-            .map_err(|_| Error::InvalidOption("header does not serialise"))?;
+        postcard::to_extend(self, bytes)
+            .map_err(|_| Error::InvalidOption("header does not serialise"))
+    }
+
+    /// Replaces the header atomically and durably.
+    pub(crate) fn write(&self, dir: &Path) -> Result<(), Error> {
+        let bytes = self.to_bytes()?;
         let tmp = dir.join(format!("{HEADER_FILE}.tmp"));
         let path = Header::path(dir);
         // A leftover temporary file would keep its mode; start from none.

@@ -265,7 +265,7 @@ impl Keyring {
         out
     }
 
-    fn from_bytes(bytes: &[u8]) -> Result<Keyring, Error> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Keyring, Error> {
         let mut r = Reader(bytes);
         if r.take(1)? != [KEYRING_FORMAT] {
             return Err(Error::Integrity);

@@ -145,6 +145,12 @@ pub mod internal {
     pub use crate::failpoints::{Fault, arm as arm_fault, disarm as disarm_faults};
 }
 
+/// The decoders of untrusted bytes, for the fuzz targets in `fuzz/` (feature
+/// `fuzzing`) and the tests that replay their corpus. Not part of the API.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
+
 // Every Rust block of the README is compiled and run as a doctest, so that the
 // embedding examples there cannot stop compiling unnoticed.
 #[cfg(doctest)]

@@ -29,7 +29,7 @@ use crate::owner::Owner;
 use crate::store::{Cf, Storage, WriteSet};
 use crate::vault::{Inner, Vault, restore_marker};
 
-const REPORT_FORMAT: u8 = 1;
+pub(crate) const REPORT_FORMAT: u8 = 1;
 
 /// How a [`restore`] treats the target and the erasure journal.
 #[derive(Debug, Clone, Default)]
@@ -125,7 +125,7 @@ impl Places {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Done {
+pub(crate) struct Done {
     report: RestoreReport,
     /// The backup directory, relative to the target, when it lives inside it:
     /// moved into the restored directory rather than deleted with the old one.

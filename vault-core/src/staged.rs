@@ -39,7 +39,7 @@ use crate::events::{AuditAction, AuditEvent, AuditOutcome, ReadEvent};
 use crate::mapped::Mapped;
 
 const FILES: [&str; 2] = ["AUDIT-STAGED-0", "AUDIT-STAGED-1"];
-const EVENT_FORMAT: u8 = 1;
+pub(crate) const EVENT_FORMAT: u8 = 1;
 /// A file this full is committed by the appender itself, not left for the worker.
 const FLUSH_AT: u64 = 4 << 20;
 /// How much of each file is mapped: the appends up to `FLUSH_AT`, and the one that
@@ -49,7 +49,7 @@ const FLUSH_AT: u64 = 4 << 20;
 const MAPPED: usize = (FLUSH_AT + (1 << 20)) as usize;
 /// No event encodes to more (actor and purpose names are bounded far below).
 const MAX_ENTRY: usize = 64 << 10;
-const HEADER: usize = 4 + 8;
+pub(crate) const HEADER: usize = 4 + 8;
 const MAC: usize = 32;
 
 /// One staging sequence number and its event.
@@ -149,7 +149,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn entry_mac(key: &Key, seq: u64, body: &[u8]) -> [u8; 32] {
+pub(crate) fn entry_mac(key: &Key, seq: u64, body: &[u8]) -> [u8; 32] {
     key.mac_parts(&[domain::AUDIT_STAGED, &seq.to_le_bytes(), body])
 }
 
@@ -169,7 +169,7 @@ fn put_entry(out: &mut Vec<u8>, key: &Key, seq: u64, event: &impl Serialize) {
 
 /// The entries of one file, from its start to the first that is torn, altered, or
 /// not numbered above the one before.
-fn read_entries(bytes: &[u8], key: &Key) -> Vec<Staged> {
+pub(crate) fn read_entries(bytes: &[u8], key: &Key) -> Vec<Staged> {
     let mut out: Vec<Staged> = Vec::new();
     let mut at = 0;
     while let Some(head) = bytes.get(at..at + HEADER) {

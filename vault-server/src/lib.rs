@@ -29,5 +29,11 @@ mod serve;
 pub mod throttle;
 mod work;
 
+/// The server's parsers of untrusted bytes, for the fuzz targets in `fuzz/`
+/// (feature `fuzzing`) and the tests that replay their corpus. Not part of the API.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use error::ApiError;
 pub use serve::serve;

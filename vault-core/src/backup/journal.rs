@@ -65,7 +65,7 @@ impl Entry {
         body
     }
 
-    fn parse(body: &[u8]) -> Option<Entry> {
+    pub(crate) fn parse(body: &[u8]) -> Option<Entry> {
         let seq = u64::from_be_bytes(body.get(..8)?.try_into().ok()?);
         let at = u64::from_be_bytes(body.get(8..16)?.try_into().ok()?);
         let sid: Sid = body.get(33..49)?.try_into().ok()?;

@@ -20,7 +20,7 @@
 //! leaves either no backup or a whole one; a later backup removes the leftovers.
 //! Taking and listing backups is `backups.rs`; restoring is `restore.rs`.
 
-mod journal;
+pub(crate) mod journal;
 
 use std::collections::HashSet;
 use std::fs;
@@ -44,7 +44,7 @@ use crate::subjects::Sid;
 pub(crate) use journal::{Destroyed, Entry, ErasureJournal, JOURNAL_FILE, read as read_journal};
 
 pub(crate) const MANIFEST_FILE: &str = "MANIFEST";
-const MANIFEST_FORMAT: u8 = 1;
+pub(crate) const MANIFEST_FORMAT: u8 = 1;
 pub(crate) const TABLES: &str = "tables";
 pub(crate) const PARTIAL: &str = ".partial-";
 pub(crate) const DB: &str = "db";
@@ -364,7 +364,8 @@ pub(crate) fn backup_dirs(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 
 pub(crate) fn parse_table_name(name: &str) -> Option<[u8; 32]> {
     let hex = name.strip_suffix(".sst")?;
-    if hex.len() != 64 {
+    // Digits only: `from_str_radix` also takes a sign ("+f").
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let mut hash = [0u8; 32];
@@ -372,4 +373,23 @@ pub(crate) fn parse_table_name(name: &str) -> Option<[u8; 32]> {
         *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_round_trip_and_only_hex_parses() {
+        let hash = [0x5c; 32];
+        assert_eq!(parse_table_name(&table_name(&hash)), Some(hash));
+        assert_eq!(
+            parse_table_name(&format!("{}.sst", "0".repeat(64))),
+            Some([0; 32])
+        );
+        assert_eq!(parse_table_name(&format!("{}.sst", "0".repeat(63))), None);
+        assert_eq!(parse_table_name(&format!("{}.sst", "g".repeat(64))), None);
+        // Found by the `stored` fuzz target: a sign made a second name.
+        assert_eq!(parse_table_name(&format!("+5{}.sst", "c".repeat(62))), None);
+    }
 }
