@@ -5,8 +5,8 @@
 //! and for the tests that replay the corpus.
 
 use vault_client::api::{
-    ConsentRequest, DetokenizeRequest, RectifyRequest, SubjectRequest, TokenizeRequest,
-    VerifyRequest,
+    ConsentRequest, DetokenizeRequest, ExportRequest, RectifyRequest, SubjectRequest,
+    TokenizeRequest, VerifyRequest,
 };
 
 use crate::api::{audit_query as parse_audit_query, parse_json};
@@ -18,7 +18,7 @@ pub fn json_body(data: &[u8]) {
     let Some((&which, body)) = data.split_first() else {
         return;
     };
-    match which % 6 {
+    match which % 7 {
         0 => {
             let _ = parse_json::<TokenizeRequest>(body);
         }
@@ -41,13 +41,16 @@ pub fn json_body(data: &[u8]) {
         4 => {
             let _ = parse_json::<SubjectRequest>(body);
         }
-        _ => {
+        5 => {
             // As `POST /v1/audit/verify` reads it: an empty body asks for nothing.
             if let Ok(request) = serde_json::from_slice::<VerifyRequest>(body)
                 && let Some(head) = request.expected_head
             {
                 let _ = auth::decode_hex32(&head.mac);
             }
+        }
+        _ => {
+            let _ = parse_json::<ExportRequest>(body);
         }
     }
 }
