@@ -281,15 +281,7 @@ fn a_failed_header_write_refuses_writes_and_one_root_key_opens() -> TestResult {
         assert!(vault.change_root_key(&new_root()).is_err());
         refuses_writes(&vault, &mut acked);
         drop(vault);
-        let (good, bad) = if changed {
-            (new_root(), root())
-        } else {
-            (root(), new_root())
-        };
-        assert!(matches!(
-            Vault::open(&dir, &bad, options()),
-            Err(Error::WrongRootKey)
-        ));
+        let good = only_opening_key(&dir, changed);
         reopens_clean(&dir, &good, options(), &acked)?;
     }
     Ok(())
@@ -303,6 +295,21 @@ fn child_env(var: &str) -> String {
 }
 
 /// Runs the child test `test` on `dir`, paused at `point`, and SIGKILLs it there.
+/// The root key the vault in `dir` opens with after a root-key change that did
+/// (`changed`) or did not take effect; the other key is refused.
+fn only_opening_key(dir: &Path, changed: bool) -> RootKey {
+    let (good, bad) = if changed {
+        (new_root(), root())
+    } else {
+        (root(), new_root())
+    };
+    assert!(matches!(
+        Vault::open(dir, &bad, options()),
+        Err(Error::WrongRootKey)
+    ));
+    good
+}
+
 fn kill_at(test: &str, dir: &Path, point: &str) -> TestResult {
     let mut child = child_test(test)?
         .env(DIR_VAR, dir)
@@ -493,15 +500,7 @@ fn a_root_key_change_killed_between_its_steps_is_finished_by_a_rerun() -> TestRe
         }
         kill_at("faults_child_change_root_key", &dir, point)?;
         // Killed: exactly one of the keys opens the vault.
-        let (good, bad) = if done {
-            (new_root(), root())
-        } else {
-            (root(), new_root())
-        };
-        assert!(matches!(
-            Vault::open(&dir, &bad, options()),
-            Err(Error::WrongRootKey)
-        ));
+        let good = only_opening_key(&dir, done);
         Vault::open(&dir, &good, options())?.close()?;
         // Run again, the change finishes (or finds itself done).
         assert_eq!(change_root_key(&dir)?, !done, "{point}");
