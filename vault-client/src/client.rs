@@ -344,10 +344,14 @@ impl Client {
         let mut export = self.export_page(subject.clone(), None, None).await?;
         while let Some(cursor) = export.next_cursor.take() {
             let page = self
-                .export_page(subject.clone(), Some(cursor), None)
+                .export_page(subject.clone(), Some(cursor.clone()), None)
                 .await?;
             if page.subject_ref != export.subject_ref {
                 return Err(Error::ExportChanged);
+            }
+            // A cursor that does not move would page forever.
+            if page.next_cursor.as_ref() == Some(&cursor) {
+                return Err(Error::Decode { status: 200 });
             }
             export.records.extend(page.records);
             export.access_log.extend(page.access_log);

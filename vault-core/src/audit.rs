@@ -298,17 +298,20 @@ impl Inner {
 
     /// The events about the subject with reference `subject`, through the index.
     pub(crate) fn events_about(&self, subject: &[u8; 16]) -> Result<Vec<AuditEvent>, Error> {
-        Ok(self.events_about_page(subject, None, usize::MAX)?.0)
+        Ok(self
+            .events_about_page(subject, None, u64::MAX, usize::MAX)?
+            .events)
     }
 
-    /// Up to `limit` events about `subject` after sequence number `after`, and
-    /// whether more follow.
+    /// Up to `limit` events about `subject` after sequence number `after` and
+    /// before `until`, and where the next page starts if more follow.
     pub(crate) fn events_about_page(
         &self,
         subject: &[u8; 16],
         after: Option<u64>,
+        until: u64,
         limit: usize,
-    ) -> Result<(Vec<AuditEvent>, bool), Error> {
+    ) -> Result<EventsPage, Error> {
         // Staged events about the subject go into the trail first; other subjects'
         // are left to the next group (a damaged trail refuses either way).
         if self.journal.damaged.is_some() || self.journal.staging.holds_about(subject) {
@@ -323,6 +326,10 @@ impl Inner {
                 if from.is_some_and(|f| f[..] == *k) {
                     return Ok(true);
                 }
+                let seq = u64::from_be_bytes(k[16..].try_into().map_err(|_| Error::Integrity)?);
+                if seq >= until {
+                    return Ok(false);
+                }
                 if keys.len() == limit {
                     more = true;
                     return Ok(false);
@@ -330,6 +337,11 @@ impl Inner {
                 keys.push(k[16..].to_vec());
                 Ok(true)
             })?;
+        // Where the next page starts: after the last event listed, even if it was
+        // pruned between the two reads.
+        let last = keys
+            .last()
+            .and_then(|k| Some(u64::from_be_bytes(k.as_slice().try_into().ok()?)));
         let mut out = Vec::with_capacity(keys.len());
         // An event pruned between the two reads is simply no longer there.
         for bytes in self
@@ -344,7 +356,10 @@ impl Inner {
             }
             out.push(stored.event);
         }
-        Ok((out, more))
+        Ok(EventsPage {
+            events: out,
+            next: if more { Some(last.or(after)) } else { None },
+        })
     }
 
     /// Prunes events older than the audit retention period at `now`, checking their
@@ -410,6 +425,13 @@ impl Inner {
             pruned += count;
         }
     }
+}
+
+/// A page of the events about one subject.
+pub(crate) struct EventsPage {
+    pub(crate) events: Vec<AuditEvent>,
+    /// `Some(after)` when more events follow: the next page starts after `after`.
+    pub(crate) next: Option<Option<u64>>,
 }
 
 impl Vault {

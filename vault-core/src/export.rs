@@ -39,38 +39,54 @@ pub struct SubjectExport {
     pub next: Option<String>,
 }
 
-/// Where a page of an export starts: after a record (its token), or after an audit
-/// event (its sequence number; `None` before the first).
+/// Where a page of an export starts, and where the export's access log ends.
 #[derive(Debug, Clone, Copy)]
-enum Position {
+struct Position {
+    at: At,
+    /// The audit events listed are those before this sequence number: the trail's
+    /// end when the export began. Later events (its own pages' among them) are
+    /// left out, so that following the pages ends.
+    until: u64,
+}
+
+/// After a record (its token), or after an audit event (its sequence number;
+/// `None` before the first).
+#[derive(Debug, Clone, Copy)]
+enum At {
     Records(TokenId),
     Events(Option<u64>),
 }
 
 impl Position {
+    /// Parses `r<token>.<until>`, `e<seq>.<until>` or `e.<until>`.
     fn parse(inner: &Inner, cursor: &str) -> Result<Position, Error> {
-        let malformed = || InputError::new(Argument::Cursor, Problem::Malformed);
-        if let Some(token) = cursor.strip_prefix('r') {
-            return inner
-                .token_id(token)
-                .map(Position::Records)
-                .map_err(|_| malformed().into());
-        }
-        match cursor.strip_prefix('e') {
-            Some("") => Ok(Position::Events(None)),
-            Some(seq) if seq.bytes().all(|b| b.is_ascii_digit()) => seq
-                .parse()
-                .map(|seq| Position::Events(Some(seq)))
-                .map_err(|_| malformed().into()),
-            _ => Err(malformed().into()),
-        }
+        let malformed = || Error::from(InputError::new(Argument::Cursor, Problem::Malformed));
+        let digits = |text: &str| -> Result<u64, Error> {
+            if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(malformed());
+            }
+            text.parse().map_err(|_| malformed())
+        };
+        let (at, until) = cursor.rsplit_once('.').ok_or_else(malformed)?;
+        let until = digits(until)?;
+        let at = if let Some(token) = at.strip_prefix('r') {
+            At::Records(inner.token_id(token).map_err(|_| malformed())?)
+        } else {
+            match at.strip_prefix('e') {
+                Some("") => At::Events(None),
+                Some(seq) => At::Events(Some(digits(seq)?)),
+                None => return Err(malformed()),
+            }
+        };
+        Ok(Position { at, until })
     }
 
     fn text(self, inner: &Inner) -> String {
-        match self {
-            Position::Records(id) => format!("r{}", inner.index.tokens.token(&id)),
-            Position::Events(None) => "e".to_owned(),
-            Position::Events(Some(seq)) => format!("e{seq}"),
+        let until = self.until;
+        match self.at {
+            At::Records(id) => format!("r{}.{until}", inner.index.tokens.token(&id)),
+            At::Events(None) => format!("e.{until}"),
+            At::Events(Some(seq)) => format!("e{seq}.{until}"),
         }
     }
 }
@@ -138,11 +154,23 @@ impl Vault {
         };
         let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
         let sid = entry.sid;
+        // The access log listed ends where the trail ended as the export began.
+        let until = match position {
+            Some(p) => p.until,
+            None => inner.audit_head()?.map_or(0, |h| h.seq.saturating_add(1)),
+        };
         let mut ids: Vec<TokenId> = Vec::new();
         let mut next = None;
-        if let None | Some(Position::Records(_)) = position {
+        if let None
+        | Some(Position {
+            at: At::Records(_), ..
+        }) = position
+        {
             let from = match position {
-                Some(Position::Records(id)) => Some(index_key(&sid, &id)),
+                Some(Position {
+                    at: At::Records(id),
+                    ..
+                }) => Some(index_key(&sid, &id)),
                 _ => None,
             };
             let start = from.as_ref().map_or(&sid[..], |k| &k[..]);
@@ -154,7 +182,10 @@ impl Vault {
                     }
                     let id: TokenId = key[16..].try_into().map_err(|_| Error::Integrity)?;
                     if ids.len() == limit {
-                        next = ids.last().map(|last| Position::Records(*last));
+                        next = ids.last().map(|last| Position {
+                            at: At::Records(*last),
+                            until,
+                        });
                         return Ok(false);
                     }
                     ids.push(id);
@@ -206,15 +237,18 @@ impl Vault {
         let mut access_log = Vec::new();
         if next.is_none() {
             let after = match position {
-                Some(Position::Events(after)) => after,
+                Some(Position {
+                    at: At::Events(after),
+                    ..
+                }) => after,
                 _ => None,
             };
-            let (events, more) =
-                inner.events_about_page(&dek.audit_ref, after, limit - ids.len())?;
-            if more {
-                next = Some(Position::Events(events.last().map(|e| e.seq).or(after)));
-            }
-            access_log = events;
+            let page = inner.events_about_page(&dek.audit_ref, after, until, limit - ids.len())?;
+            next = page.next.map(|after| Position {
+                at: At::Events(after),
+                until,
+            });
+            access_log = page.events;
         }
         let export = SubjectExport {
             subject_ref: Some(SubjectRef(sid)),

@@ -56,6 +56,8 @@ pub struct AppState {
     metrics: Metrics,
     ready: AtomicBool,
     failed_auth: FailedAuth,
+    /// The key gauges of the last scrape, and when they were rendered.
+    key_gauges: tokio::sync::Mutex<Option<(Instant, String)>>,
 }
 
 impl AppState {
@@ -69,6 +71,7 @@ impl AppState {
             metrics: Metrics::default(),
             ready: AtomicBool::new(true),
             failed_auth: FailedAuth::new(limits.failed_auth_per_sec, limits.failed_auth_burst),
+            key_gauges: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -263,12 +266,17 @@ async fn guard(
         Access::Public => return next.run(req).await,
         Access::Key(scope) => scope,
     };
-    if let Some(wait) = client.and_then(|ip| state.failed_auth.blocked(ip)) {
-        return ApiError::rate_limited(wait, "too many failed authentications from this address")
-            .into_response();
-    }
     let Some(key) = bearer(&req).and_then(|presented| state.keys.find(presented)) else {
+        // Only failures are throttled: a good key behind the same address (a
+        // proxy, a NAT) is served while another caller there keeps failing.
         if let Some(ip) = client {
+            if let Some(wait) = state.failed_auth.blocked(ip) {
+                return ApiError::rate_limited(
+                    wait,
+                    "too many failed authentications from this address",
+                )
+                .into_response();
+            }
             state.failed_auth.failed(ip);
         }
         return ApiError::unauthenticated().into_response();
@@ -277,6 +285,9 @@ async fn guard(
     let caller = Caller(Arc::clone(&key));
     let refused = match scope {
         Some(scope) if !key.allows(scope) => Some(ApiError::forbidden(scope.name())),
+        // A batch route charges its items once, in its handler (a batch above
+        // the burst then waits for a full bucket rather than failing forever).
+        Some(Scope::Tokenize | Scope::Detokenize) => None,
         _ => charge(&key, 1).err(),
     };
     let mut response = match refused {
@@ -445,8 +456,8 @@ async fn tokenize(
     {
         return Err(ApiError::forbidden(Scope::TokenizeDeterministic.name()));
     }
-    // The request took one item's worth at the door; a batch costs its items.
-    charge(&key, body.items.len().saturating_sub(1))?;
+    // A batch costs its items (the door charged nothing for this route).
+    charge(&key, body.items.len().max(1))?;
     let tokens = work.tokenize(body.items).await?;
     Ok(Json(TokenizeResponse {
         tokens: tokens.iter().map(ToString::to_string).collect(),
@@ -477,8 +488,8 @@ async fn detokenize(
 ) -> Result<Response, ApiError> {
     let state_limits = state.limits;
     check_purpose(&key, &body.purpose)?;
-    // The request took one item's worth at the door; a batch costs its items.
-    charge(&key, body.tokens.len().saturating_sub(1))?;
+    // A batch costs its items (the door charged nothing for this route).
+    charge(&key, body.tokens.len().max(1))?;
     let DetokenizeRequest { tokens, purpose } = body;
     let body_tokens = tokens.len();
     // The batch limit counts what was asked, repeats included.
@@ -976,13 +987,34 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// A scrape reads counters the vault keeps in memory, on the async thread: no
-/// blocking-pool task and no concurrency permit, so scrapes neither wait behind
-/// requests nor take their place.
+/// A scrape reads the counters kept in memory on the async thread, without a
+/// concurrency permit, so scrapes neither wait behind requests nor take their
+/// place. The key gauges read the store: one blocking-pool task renders them at
+/// most once a second, however many scrapes come.
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     let mut out = String::new();
     state.metrics.render(&mut out);
     metrics::render_vault(&state.vault, &mut out);
+    {
+        let mut cached = state.key_gauges.lock().await;
+        let fresh = cached
+            .as_ref()
+            .is_some_and(|(at, _)| at.elapsed() < metrics::KEY_GAUGES_TTL);
+        if !fresh {
+            let vault = Arc::clone(&state.vault);
+            let rendered = tokio::task::spawn_blocking(move || {
+                let mut keys = String::new();
+                metrics::render_keys(&vault, &mut keys);
+                keys
+            })
+            .await
+            .unwrap_or_default();
+            *cached = Some((Instant::now(), rendered));
+        }
+        if let Some((_, keys)) = cached.as_ref() {
+            out.push_str(keys);
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -619,9 +619,9 @@ fn check_limits(limits: LimitsConfig) -> Result<LimitsConfig, ConfigError> {
             )));
         }
     }
-    if !(limits.failed_auth_per_sec > 0.0 && limits.failed_auth_per_sec <= 1e6) {
+    if !(0.001..=1e6).contains(&limits.failed_auth_per_sec) {
         return Err(ConfigError::new(
-            "limits.failed_auth_per_sec must be above 0 and at most 1000000",
+            "limits.failed_auth_per_sec must be between 0.001 and 1000000",
         ));
     }
     if !(1..=1_000_000).contains(&limits.failed_auth_burst) {
@@ -856,9 +856,9 @@ fn check_api_keys(configs: &[ApiKeyConfig], declared: &[Purpose]) -> Result<ApiK
                 )));
             }
             (Some(rate), burst) => {
-                if !(rate > 0.0 && rate <= 1e9) {
+                if !(0.001..=1e9).contains(&rate) {
                     return Err(ConfigError::new(format!(
-                        "API key {name}: rate_per_sec must be above 0 and at most 1000000000"
+                        "API key {name}: rate_per_sec must be between 0.001 and 1000000000"
                     )));
                 }
                 let burst = burst.unwrap_or(rate.ceil().min(f64::from(u32::MAX)) as u32);

@@ -128,6 +128,7 @@ pub(crate) fn gauge(out: &mut String, name: &str, help: &str, value: u64) {
 }
 
 /// The vault's own metrics: storage counters, key versions, pending purges.
+/// The engine's counters and the caches' sizes: read from memory.
 pub(crate) fn render_vault(vault: &vault_core::Vault, out: &mut String) {
     let c = vault.storage_counters();
     gauge(
@@ -185,6 +186,12 @@ pub(crate) fn render_vault(vault: &vault_core::Vault, out: &mut String) {
         "Recently written subjects kept in memory with their keys.",
         vault.cached_subjects() as u64,
     );
+}
+
+/// Keys per KEK version, rotation and pending purges: read from the store (the
+/// purge queue is scanned), so rendered on the blocking pool, at most once a
+/// [`KEY_GAUGES_TTL`].
+pub(crate) fn render_keys(vault: &vault_core::Vault, out: &mut String) {
     match vault.key_status() {
         Ok(status) => {
             gauge(
@@ -233,6 +240,9 @@ pub(crate) fn render_vault(vault: &vault_core::Vault, out: &mut String) {
         }
     }
 }
+
+/// How long the key gauges are served from the last rendering.
+pub(crate) const KEY_GAUGES_TTL: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

@@ -37,9 +37,15 @@ impl Bucket {
             self.tokens -= cost;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((cost - self.tokens) / per_sec))
+            Err(wait((cost - self.tokens) / per_sec))
         }
     }
+}
+
+/// `secs` as a duration, saturating (the configuration bounds the rates; this keeps
+/// a wait from ever panicking).
+fn wait(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -89,9 +95,23 @@ impl fmt::Debug for RateLimit {
     }
 }
 
-/// Client addresses tracked at most; beyond, addresses whose bucket refilled are
-/// forgotten first, then the oldest.
+/// Client addresses tracked at most. When full, the table is cut to three quarters
+/// at once (refilled buckets first, then the least recently failing), so that the
+/// cost of a cut is spread over a quarter of the table's inserts.
 const MAX_ADDRESSES: usize = 10_000;
+
+/// The address a failure is counted against: an IPv6 host's /64, which one host
+/// can rotate through freely; an IPv4 address as it is.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[8..].fill(0);
+            IpAddr::from(octets)
+        }
+        v4 => v4,
+    }
+}
 
 /// Failed authentications per client address.
 pub(crate) struct FailedAuth {
@@ -117,9 +137,9 @@ impl FailedAuth {
 
     fn blocked_at(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
         let mut buckets = lock(&self.buckets);
-        let bucket = buckets.get_mut(&ip)?;
+        let bucket = buckets.get_mut(&client_key(ip))?;
         bucket.refill(self.per_sec, self.burst, now);
-        (bucket.tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_sec))
+        (bucket.tokens < 1.0).then(|| wait((1.0 - bucket.tokens) / self.per_sec))
     }
 
     /// Counts a failed authentication from `ip`.
@@ -128,6 +148,7 @@ impl FailedAuth {
     }
 
     fn failed_at(&self, ip: IpAddr, now: Instant) {
+        let ip = client_key(ip);
         let mut buckets = lock(&self.buckets);
         if buckets.len() >= MAX_ADDRESSES && !buckets.contains_key(&ip) {
             let (per_sec, burst) = (self.per_sec, self.burst);
@@ -135,10 +156,15 @@ impl FailedAuth {
                 b.refill(per_sec, burst, now);
                 b.tokens < burst
             });
-            if buckets.len() >= MAX_ADDRESSES
-                && let Some(oldest) = buckets.iter().min_by_key(|(_, b)| b.at).map(|(ip, _)| *ip)
-            {
-                buckets.remove(&oldest);
+            let keep = MAX_ADDRESSES * 3 / 4;
+            if buckets.len() > keep {
+                let mut by_age: Vec<(Instant, IpAddr)> =
+                    buckets.iter().map(|(ip, b)| (b.at, *ip)).collect();
+                let cut = by_age.len() - keep;
+                by_age.select_nth_unstable_by_key(cut, |&(at, _)| at);
+                for (_, oldest) in &by_age[..cut] {
+                    buckets.remove(oldest);
+                }
             }
         }
         let bucket = buckets
@@ -219,6 +245,28 @@ mod tests {
             auth.failed_at(IpAddr::from(i.to_be_bytes()), t0);
         }
         assert!(lock(&auth.buckets).len() <= MAX_ADDRESSES);
+    }
+
+    #[test]
+    fn an_ipv6_host_cannot_rotate_out_of_its_budget() {
+        let auth = FailedAuth::new(1.0, 3);
+        let t0 = Instant::now();
+        for host in 0..3u16 {
+            let ip = IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, host + 1]);
+            auth.failed_at(ip, t0);
+        }
+        let other = IpAddr::from([0x2001, 0xdb8, 0, 1, 0xffff, 0, 0, 9]);
+        assert!(auth.blocked_at(other, t0).is_some(), "the same /64");
+        let elsewhere = IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]);
+        assert!(auth.blocked_at(elsewhere, t0).is_none(), "another /64");
+    }
+
+    #[test]
+    fn waits_never_panic() {
+        let limit = RateLimit::new(1e-300, 1);
+        let t0 = Instant::now();
+        assert!(limit.take_at(1, t0).is_ok());
+        assert_eq!(limit.take_at(1, t0), Err(Duration::MAX));
     }
 
     #[test]
