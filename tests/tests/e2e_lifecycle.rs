@@ -611,7 +611,7 @@ async fn exports_come_in_pages_that_vaultctl_follows() -> TestResult {
     let dir = tempfile::tempdir()?;
     let server = Server::start_dev(&dir.path().join("data"))?;
     let client = server.admin()?;
-    // More than the default page (256), in batches the server accepts.
+    // More than the default page (128), in batches the server accepts.
     let mut tokens = Vec::new();
     for batch in 0..3 {
         let items = (0..200)

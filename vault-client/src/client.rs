@@ -339,12 +339,15 @@ impl Client {
 
     /// Exports everything the vault holds about a subject, following the pages the
     /// server answers in; the answer has no `next_cursor`.
+    /// A page the server finds too large (413 `response_too_large`: large values) is
+    /// asked again with half the limit, down to one item.
     pub async fn export(&self, subject: impl Into<Sensitive>) -> Result<SubjectExport, Error> {
         let subject = subject.into();
-        let mut export = self.export_page(subject.clone(), None, None).await?;
+        let mut limit = None;
+        let mut export = self.export_page_fitting(&subject, None, &mut limit).await?;
         while let Some(cursor) = export.next_cursor.take() {
             let page = self
-                .export_page(subject.clone(), Some(cursor.clone()), None)
+                .export_page_fitting(&subject, Some(cursor.clone()), &mut limit)
                 .await?;
             if page.subject_ref != export.subject_ref {
                 return Err(Error::ExportChanged);
@@ -358,6 +361,27 @@ impl Client {
             export.next_cursor = page.next_cursor;
         }
         Ok(export)
+    }
+
+    /// A page from `cursor`, halving `limit` (from the server's page size) while the
+    /// server answers that the page is too large.
+    async fn export_page_fitting(
+        &self,
+        subject: &Sensitive,
+        cursor: Option<String>,
+        limit: &mut Option<u32>,
+    ) -> Result<SubjectExport, Error> {
+        loop {
+            match self
+                .export_page(subject.clone(), cursor.clone(), *limit)
+                .await
+            {
+                Err(e) if e.code() == Some("response_too_large") && *limit != Some(1) => {
+                    *limit = Some(limit.map_or(EXPORT_PAGE_AFTER_413, |l| (l / 2).max(1)));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// One page of a subject's export: from `cursor` (a previous page's
@@ -630,6 +654,9 @@ impl Client {
         }
     }
 }
+
+/// The page size asked for after the server's own page size was too large.
+const EXPORT_PAGE_AFTER_413: u32 = 64;
 
 enum Retry<T> {
     No(Result<T, Error>),

@@ -16,7 +16,7 @@
 //! request_timeout_ms = 10000
 //! max_concurrent_requests = 512
 //! max_response_bytes = 33554432
-//! export_page = 256                         # records and events per export page
+//! export_page = 128                         # records and events per export page
 //! failed_auth_per_sec = 1.0                 # failed authentications per client address…
 //! failed_auth_burst = 20                    # …and at once; then 429 for that address
 //!
@@ -189,7 +189,8 @@ impl Default for LimitsConfig {
             request_timeout_ms: 10_000,
             max_concurrent_requests: 512,
             max_response_bytes: 32 * 1024 * 1024,
-            export_page: 256,
+            // 128 values at the default 64 KiB limit fit the default answer cap.
+            export_page: 128,
             failed_auth_per_sec: 1.0,
             failed_auth_burst: 20,
         }
