@@ -318,7 +318,8 @@ impl Inner {
             self.journal.flush_staged()?;
         }
         let from = after.map(|seq| index_key(subject, seq));
-        let mut keys = Vec::new();
+        // The events' keys in the trail: their sequence numbers, big-endian.
+        let mut keys: Vec<[u8; 8]> = Vec::new();
         let mut more = false;
         let start = from.as_ref().map_or(&subject[..], |k| &k[..]);
         self.store
@@ -326,22 +327,20 @@ impl Inner {
                 if from.is_some_and(|f| f[..] == *k) {
                     return Ok(true);
                 }
-                let seq = u64::from_be_bytes(k[16..].try_into().map_err(|_| Error::Integrity)?);
-                if seq >= until {
+                let seq: [u8; 8] = k[16..].try_into().map_err(|_| Error::Integrity)?;
+                if u64::from_be_bytes(seq) >= until {
                     return Ok(false);
                 }
                 if keys.len() == limit {
                     more = true;
                     return Ok(false);
                 }
-                keys.push(k[16..].to_vec());
+                keys.push(seq);
                 Ok(true)
             })?;
         // Where the next page starts: after the last event listed, even if it was
         // pruned between the two reads.
-        let last = keys
-            .last()
-            .and_then(|k| Some(u64::from_be_bytes(k.as_slice().try_into().ok()?)));
+        let last = keys.last().map(|k| u64::from_be_bytes(*k));
         let mut out = Vec::with_capacity(keys.len());
         // An event pruned between the two reads is simply no longer there.
         for bytes in self
