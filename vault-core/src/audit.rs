@@ -314,7 +314,7 @@ impl Inner {
     ) -> Result<EventsPage, Error> {
         // Staged events about the subject go into the trail first; other subjects'
         // are left to the next group (a damaged trail refuses either way).
-        if self.journal.damaged.is_some() || self.journal.staging.holds_about(subject) {
+        if self.journal.damaged.is_some() || self.journal.holds_about(subject) {
             self.journal.flush_staged()?;
         }
         let from = after.map(|seq| index_key(subject, seq));

@@ -15,6 +15,9 @@ const SHARDS: usize = 16;
 
 pub(crate) struct ShardedCache<K, V> {
     shards: Vec<Mutex<Shard<K, V>>>,
+    /// Capacity 0: nothing is kept (a shared store, where another replica may
+    /// change what a cached value came from).
+    off: bool,
 }
 
 /// One shard: the entries, and their keys in a ring that the clock hand sweeps.
@@ -110,6 +113,7 @@ impl<K: AsRef<[u8]> + Hash + Eq + Copy, V> ShardedCache<K, V> {
     pub(crate) fn new(capacity: usize) -> ShardedCache<K, V> {
         let per_shard = capacity.div_ceil(SHARDS).max(1);
         ShardedCache {
+            off: capacity == 0,
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
@@ -131,6 +135,9 @@ impl<K: AsRef<[u8]> + Hash + Eq + Copy, V> ShardedCache<K, V> {
     }
 
     pub(crate) fn insert(&self, key: K, value: V) {
+        if self.off {
+            return;
+        }
         self.shard(&key).insert(key, value);
     }
 
@@ -156,6 +163,9 @@ impl<K: AsRef<[u8]> + Hash + Eq + Copy, V: Clone> ShardedCache<K, V> {
         key: &K,
         load: impl FnOnce() -> Result<Option<V>, Error>,
     ) -> Result<Option<V>, Error> {
+        if self.off {
+            return load();
+        }
         let mut shard = self.shard(key);
         if let Some(value) = shard.get(key) {
             return Ok(Some(value.clone()));

@@ -15,7 +15,7 @@ use crate::crypto::{aad, domain};
 use crate::error::{Argument, Error, InputError, Problem};
 use crate::events::{AuditAction, AuditEvent, AuditOutcome, ReadEvent};
 use crate::store::{Cf, Storage, WriteSet};
-use crate::subjects::{Dek, SUBJECT_FORMAT, Sid, SubjectEntry};
+use crate::subjects::{Dek, SUBJECT_FORMAT, Sid, SubjectEntry, SubjectHash};
 use crate::vault::{Inner, Vault};
 
 pub(crate) const CONSENT_FORMAT: u8 = 1;
@@ -197,6 +197,22 @@ impl Vault {
             }
         }
         let h = inner.index.subject_hash(subject);
+        inner.retrying(|| inner.record_consent_once(actor, &h, purpose, granted, source))
+    }
+}
+
+impl Inner {
+    /// One attempt of [`Vault::record_consent`], on what it reads now.
+    fn record_consent_once(
+        &self,
+        actor: &str,
+        h: &SubjectHash,
+        purpose: &str,
+        granted: bool,
+        source: Option<&str>,
+    ) -> Result<ConsentEvent, Error> {
+        let inner = self;
+        let h = *h;
         let _stripe = inner.stripes.lock(&h);
         let _keys = inner
             .keys
@@ -214,7 +230,10 @@ impl Vault {
         }
         let pid = inner.purpose_id(purpose);
         let ckey = current_key(&entry.sid, &pid);
-        let seq = match inner.store.get(Cf::Consents, &ckey)? {
+        let stored = inner.store.get(Cf::Consents, &ckey)?;
+        // On a shared store: unless another replica recorded a change meanwhile.
+        batch.expect(Cf::Consents, &ckey, stored.as_deref());
+        let seq = match stored {
             Some(stored) => {
                 let current: Current = inner.open_consent(&dek, &ckey, &stored)?;
                 current.seq + 1
@@ -267,7 +286,9 @@ impl Vault {
         }
         Ok(event)
     }
+}
 
+impl Vault {
     /// The subject's consents: per purpose, the current state and every change,
     /// read by the subject's prefix. Empty for a subject the vault does not know.
     /// The read is recorded in the audit trail.

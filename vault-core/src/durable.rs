@@ -385,7 +385,7 @@ mod tests {
         // A synced write outside the journal (a purge), whose sync a write could
         // join.
         {
-            let _syncing = inner.store.pretend_syncing();
+            let _syncing = inner.store.rocks().pretend_syncing();
             assert!(vault.try_tokenize_batch_unsynced(&request)?.is_none());
         }
         assert_eq!(written(), before, "a refused try wrote something");
@@ -452,7 +452,7 @@ mod tests {
         // cannot finish before all four are written. The next sync then finds
         // several waiting, or the first found several before it began; either way
         // the syncer waits for more before syncing.
-        let disk = vault.inner.store.hold_wal_syncs();
+        let disk = vault.inner.store.rocks().hold_wal_syncs();
         let unsynced = (0..4).map(write).collect::<Result<Vec<_>, _>>()?;
         drop(disk);
         let mut tokens = Vec::new();

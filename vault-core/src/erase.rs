@@ -272,7 +272,7 @@ impl Vault {
         inner.opts.limits.check_subject(subject)?;
         let hash = inner.index.subject_hash(subject);
         let now = inner.now();
-        let (sid, records, due_by, audit_event) = {
+        let destroyed = inner.retrying(|| {
             let _stripe = inner.stripes.lock(&hash);
             let _keys = inner
                 .keys
@@ -283,18 +283,20 @@ impl Vault {
             // erasure (or after its failure) reads what is stored.
             inner.subjects.remove(&hash);
             let Some(bytes) = inner.store.get(Cf::Subjects, &hash)? else {
-                return Ok(ErasureReceipt {
-                    subject_ref: None,
-                    erased_at: now,
-                    records: 0,
-                    purge: PurgeState::NotNeeded,
-                    audit_event: None,
-                    backups: Vec::new(),
-                    in_backups_until: None,
-                });
+                return Ok(None);
             };
-            let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
-            inner.destroy(actor, &hash, entry, now, false)?
+            inner.destroy(actor, &hash, &bytes, now, false).map(Some)
+        })?;
+        let Some((sid, records, due_by, audit_event)) = destroyed else {
+            return Ok(ErasureReceipt {
+                subject_ref: None,
+                erased_at: now,
+                records: 0,
+                purge: PurgeState::NotNeeded,
+                audit_event: None,
+                backups: Vec::new(),
+                in_backups_until: None,
+            });
         };
         // The key is gone: from here on the caller gets a receipt, never an error. A
         // purge that fails leaves the erasure pending, for the worker or `purge_now`.
@@ -390,18 +392,23 @@ impl Inner {
         &self,
         actor: &str,
         hash: &SubjectHash,
-        entry: SubjectEntry,
+        stored: &[u8],
         now: u64,
         replaying: bool,
     ) -> Result<(Sid, u64, u64, Option<u64>), Error> {
+        let entry: SubjectEntry = decode(SUBJECT_FORMAT, stored)?;
         let sid = entry.sid;
         let mut batch = self.store.batch();
+        // On a shared store: only if no other replica erased or wrote the subject
+        // (or rewrapped its key) since this one read it.
+        batch.expect(Cf::Subjects, hash, Some(stored));
         // The key must be this subject's: a subject entry pointed at another
         // subject's key must not destroy it. The stored subject hash is what the
         // key's AAD binds, so a key whose hash was rewritten to match is already
         // unusable, and destroying it costs nothing. A subject entry without a
         // key is damage: nothing is erased or recorded for an unproven id.
         let key = self.store.get(Cf::Keys, &sid)?.ok_or(Error::Integrity)?;
+        batch.expect(Cf::Keys, &sid, Some(&key));
         let key: KeyEntry = decode(KEY_FORMAT, &key)?;
         if key.subject_hash != *hash {
             return Err(Error::Integrity);
@@ -463,14 +470,13 @@ impl Inner {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         self.subjects.remove(&hash);
-        let entry: SubjectEntry = match self.store.get(Cf::Subjects, &hash)? {
-            Some(bytes) => decode(SUBJECT_FORMAT, &bytes)?,
-            None => return Err(Error::Integrity),
+        let Some(stored) = self.store.get(Cf::Subjects, &hash)? else {
+            return Err(Error::Integrity);
         };
-        if entry.sid != *sid {
+        if decode::<SubjectEntry>(SUBJECT_FORMAT, &stored)?.sid != *sid {
             return Err(Error::Integrity);
         }
-        self.destroy(RESTORE_ACTOR, &hash, entry, self.now(), true)?;
+        self.destroy(RESTORE_ACTOR, &hash, &stored, self.now(), true)?;
         Ok(true)
     }
 

@@ -150,6 +150,14 @@ pub enum Error {
     /// Nothing was changed.
     #[error("{0}")]
     Backup(BackupProblem),
+    /// Another replica of the vault (on a shared PostgreSQL store) kept changing
+    /// what this write depended on, and it was given up after several tries.
+    /// Nothing was written; try again.
+    #[error("a concurrent change by another replica kept this write from committing; try again")]
+    Conflict,
+    /// The operation does not exist on this vault's storage backend.
+    #[error("not supported here: {0}")]
+    Unsupported(&'static str),
 }
 
 /// Why a backup, a restore or the erasure journal was refused.

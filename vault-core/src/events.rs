@@ -320,6 +320,13 @@ pub(crate) fn index_key(subject: &[u8; 16], seq: u64) -> [u8; 24] {
 /// The stored checkpoint, if any, checked against the mark of the staged read events
 /// (a format-1 checkpoint names no mark); `Err` with what is wrong when it does not
 /// authenticate or match.
+/// The checkpoint from its stored bytes, if they authenticate (current format: a
+/// vault on a shared store was never written by an older version).
+pub(crate) fn parse_head(key: &Key, bytes: &[u8]) -> Option<Head> {
+    let head = decode::<Head>(HEAD_FORMAT, bytes).ok()?;
+    bool::from(head_tag(key, head.seq, &head.mac, head.staged).ct_eq(&head.tag)).then_some(head)
+}
+
 pub(crate) fn read_head(
     store: &Store,
     key: &Key,

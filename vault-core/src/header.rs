@@ -15,6 +15,9 @@ use crate::error::Error;
 use crate::keys::KdfRecord;
 use crate::token::Layout;
 
+/// The key of the header in [`Cf::Meta`](crate::store::Cf::Meta) on a shared
+/// store, where there is no directory: the same bytes as the file.
+pub(crate) const HEADER_KEY: &[u8] = b"vault/header";
 /// The file name of the header inside a vault directory.
 pub(crate) const HEADER_FILE: &str = "VAULT";
 const MAGIC: &[u8; 8] = b"PIIVAULT";

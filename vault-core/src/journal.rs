@@ -8,6 +8,17 @@
 //! the group. The chain order is therefore the commit order, an operation and its
 //! events are one atomic write, and a crash leaves a prefix of the trail. Staged
 //! read events go first in the next group, with the mark of the last one taken.
+//!
+//! On a shared store (PostgreSQL, replicas) the chain's end is not this process's
+//! to keep: each group reads the checkpoint under a row lock in its own
+//! transaction ([`Store::write_locked`]), numbers its events after it and writes
+//! the new one, so replicas' groups take turns and the trail stays one chain. A
+//! caller's batch whose expectations no longer hold is left out of the group, with
+//! no events numbered for it, and gets [`Error::Conflict`]. Read events are not
+//! staged there (a replica's files would be lost with its machine): they go
+//! through the journal like any other, committed without a synchronous flush
+//! unless [`VaultOptions::sync_read_events`](crate::VaultOptions::sync_read_events)
+//! says otherwise.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -21,7 +32,7 @@ use crate::durable::SyncState;
 use crate::error::{Error, StorageError};
 use crate::events::{
     AUDIT_FORMAT, AuditEvent, HEAD, HEAD_FORMAT, Head, ReadEvent, StoredEvent, chain_mac, head_tag,
-    index_key, read_head,
+    index_key, parse_head, read_head,
 };
 use crate::events::{STAGED, mark_value, read_mark};
 use crate::options::{Clock, Durability, VaultOptions};
@@ -32,9 +43,34 @@ use crate::store::{Batch, Cf, RawBatch, Storage, Store, WriteSet};
 /// tickets count up from 0 and never reach it).
 const STAGED_TICKET: u64 = u64::MAX;
 
-/// Per ticket, the sequence numbers or the error; then the next sequence number and
-/// the last MAC after the group.
-type GroupOutcome = (Vec<(u64, Result<Vec<u64>, String>)>, u64, [u8; 32]);
+/// Why a caller's write failed.
+#[derive(Clone)]
+enum Failure {
+    /// Its expectations did not hold (a shared store): run the operation again.
+    Conflict,
+    Storage(String),
+}
+
+impl Failure {
+    fn of(e: &Error) -> Failure {
+        match e {
+            Error::Conflict => Failure::Conflict,
+            other => Failure::Storage(other.to_string()),
+        }
+    }
+
+    fn into_error(self) -> Error {
+        match self {
+            Failure::Conflict => Error::Conflict,
+            Failure::Storage(message) => Error::Storage(StorageError(message)),
+        }
+    }
+}
+
+/// Per ticket, the sequence numbers or the failure.
+type Outcomes = Vec<(u64, Result<Vec<u64>, Failure>)>;
+/// The outcomes; then the next sequence number and the last MAC after the group.
+type GroupOutcome = (Outcomes, u64, [u8; 32]);
 
 struct Request {
     ticket: u64,
@@ -55,7 +91,7 @@ struct State {
     queue: VecDeque<Request>,
     leader: bool,
     next_ticket: u64,
-    done: HashMap<u64, Result<Vec<u64>, String>>,
+    done: HashMap<u64, Result<Vec<u64>, Failure>>,
 }
 
 /// A group whose leader panicked: its callers get an error instead of waiting
@@ -85,9 +121,10 @@ impl Drop for Abandoned<'_> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for &ticket in &self.tickets {
-            state
-                .done
-                .insert(ticket, Err("the journal's leader panicked".to_owned()));
+            state.done.insert(
+                ticket,
+                Err(Failure::Storage("the journal's leader panicked".to_owned())),
+            );
         }
         state.leader = false;
         let next = state.queue.front().map(|r| r.caller.clone());
@@ -112,8 +149,10 @@ pub(crate) struct Journal {
     /// Chains and authenticates the audit trail (the one copy: see
     /// [`Keyring::audit_key`](crate::keys::Keyring::audit_key)).
     audit_key: Key,
-    /// Read events on their way into the audit trail.
-    pub(crate) staging: Staging,
+    /// Read events on their way into the audit trail (none on a shared store).
+    staging: Option<Staging>,
+    /// Whether other replicas write the store too (see the module's documentation).
+    shared: bool,
     /// Set when staged read events were committed without syncing the WAL.
     unsynced_events: AtomicBool,
     /// Unsynced writes awaiting the syncer (see [`crate::durable`]).
@@ -139,7 +178,7 @@ impl Journal {
     /// overwritten by the next event's checkpoint.
     pub(crate) fn open(
         store: Arc<Store>,
-        dir: &Path,
+        dir: Option<&Path>,
         audit_key: Key,
         opts: &VaultOptions,
     ) -> Result<Journal, Error> {
@@ -178,8 +217,12 @@ impl Journal {
             }
         }
         state.staged_done = staged_done;
-        let staging = Staging::open(dir, staged_done, key)?;
+        let staging = match dir {
+            Some(dir) if !store.shared() => Some(Staging::open(dir, staged_done, key)?),
+            _ => None,
+        };
         Ok(Journal {
+            shared: store.shared(),
             state: Mutex::new(state),
             damaged,
             prune: Mutex::new(()),
@@ -229,7 +272,21 @@ impl Journal {
     /// Whether a read may wait for the disk or for a commit of the staged events
     /// (see [`Vault::reads_may_wait`](crate::Vault::reads_may_wait)).
     pub(crate) fn reads_may_wait(&self) -> bool {
-        (self.synced && self.sync_read_events) || self.staging.filling()
+        (self.synced && self.sync_read_events) || self.staging.as_ref().is_none_or(Staging::filling)
+    }
+
+    /// Whether read events about `subject` are staged and not in the trail yet.
+    pub(crate) fn holds_about(&self, subject: &[u8; 16]) -> bool {
+        self.staging
+            .as_ref()
+            .is_some_and(|s| s.holds_about(subject))
+    }
+
+    /// Lets the staging files shrink back (the worker's chore).
+    pub(crate) fn trim_staging(&self) {
+        if let Some(staging) = &self.staging {
+            staging.trim();
+        }
     }
 
     /// Records the audit events of a read before its value is returned: staged (copied
@@ -247,16 +304,23 @@ impl Journal {
         if self.damaged.is_some() {
             return Err(Error::AuditDamaged);
         }
-        if self.synced && self.sync_read_events {
-            let events = events.iter().map(|e| e.to_event()).collect();
-            self.commit_audited(self.store.batch(), events, true)?;
-            return Ok(None);
-        }
-        if self.staging.backlogged() {
+        let staging = match &self.staging {
+            Some(staging) if !(self.synced && self.sync_read_events) => staging,
+            _ => {
+                let sync = self.synced && self.sync_read_events;
+                let events = events.iter().map(|e| e.to_event()).collect();
+                self.commit_audited(self.store.batch(), events, sync)?;
+                if !sync {
+                    self.unsynced_events.store(true, Ordering::Release);
+                }
+                return Ok(None);
+            }
+        };
+        if staging.backlogged() {
             // Commits have been failing: refuse reads rather than pile up events.
             self.flush_staged()?;
         }
-        if self.staging.append(&self.audit_key, self.now(), events)? {
+        if staging.append(&self.audit_key, self.now(), events)? {
             // The staging file is full: commit it now rather than let it grow. The
             // events are staged, so the read stands even if this fails (the worker
             // retries, and the caller reports it).
@@ -270,7 +334,7 @@ impl Journal {
     /// some staged (a killed process's, found at open) this is `AuditDamaged`, so
     /// that nobody reads the trail as complete.
     pub(crate) fn flush_staged(&self) -> Result<(), Error> {
-        if self.staging.settled() {
+        if self.staging.as_ref().is_none_or(Staging::settled) {
             return Ok(());
         }
         if self.damaged.is_some() {
@@ -324,7 +388,7 @@ impl Journal {
         // durable write). Parking tolerates an unpark that comes first.
         loop {
             if let Some(result) = state.done.remove(&ticket) {
-                return result.map_err(|e| Error::Storage(StorageError(e)));
+                return result.map_err(Failure::into_error);
             }
             if !state.leader {
                 state = self.lead(state);
@@ -354,9 +418,7 @@ impl Journal {
         }
         let mut state = self.lead(state);
         match state.done.remove(&ticket) {
-            Some(result) => result
-                .map(Some)
-                .map_err(|e| Error::Storage(StorageError(e))),
+            Some(result) => result.map(Some).map_err(Failure::into_error),
             None => Err(Error::Integrity),
         }
     }
@@ -421,17 +483,22 @@ impl Journal {
         let staged_done = state.staged_done;
         drop(state);
         let synced = group.iter().any(|r| r.sync);
-        let staged = self.staging.take();
+        let staged = self.staging.as_ref().map(Staging::take).unwrap_or_default();
         let staged_mark = staged.last().map_or(staged_done, |&(seq, _)| seq);
         if let Some(request) = self.staged_request(&staged) {
             group.insert(0, request);
         }
-        let (mut outcomes, next_seq, last_mac) =
-            self.write_group(group, next_seq, last_mac, (staged_done, staged_mark));
+        let (mut outcomes, next_seq, last_mac) = if self.shared {
+            (self.write_group_shared(group), next_seq, last_mac)
+        } else {
+            self.write_group(group, next_seq, last_mac, (staged_done, staged_mark))
+        };
         let staged_committed = match outcomes.iter().position(|(t, _)| *t == STAGED_TICKET) {
             Some(at) => {
                 let committed = outcomes.remove(at).1.is_ok();
-                self.staging.done(staged, committed);
+                if let Some(staging) = &self.staging {
+                    staging.done(staged, committed);
+                }
                 committed
             }
             None => false,
@@ -471,9 +538,69 @@ impl Journal {
         group: Vec<Request>,
         next_seq: u64,
         last_mac: [u8; 32],
-        (staged_before, staged_after): (u64, u64),
+        staged: (u64, u64),
     ) -> GroupOutcome {
         let sync = group.iter().any(|r| r.sync);
+        let (mut outcomes, batches, seq, mac) = self.chain(group, next_seq, last_mac, staged);
+        match self.store.write_detached(Store::join(batches), sync) {
+            Ok(()) => (outcomes, seq, mac),
+            Err(e) => {
+                fail_all(&mut outcomes, &e);
+                (outcomes, next_seq, last_mac)
+            }
+        }
+    }
+
+    /// [`write_group`](Self::write_group) on a shared store: the chain's end is read
+    /// under a row lock in the group's own transaction, and callers whose
+    /// expectations no longer hold are left out with [`Failure::Conflict`].
+    fn write_group_shared(&self, mut group: Vec<Request>) -> Outcomes {
+        let sync = group.iter().any(|r| r.sync);
+        let batches: Vec<RawBatch> = group
+            .iter_mut()
+            .map(|r| std::mem::take(&mut r.batch))
+            .collect();
+        let mut outcomes = Vec::with_capacity(group.len());
+        let result = self
+            .store
+            .write_locked(Cf::Meta, HEAD, batches, sync, |head, checked| {
+                let (next_seq, last_mac) = match head {
+                    None => (0, [0; 32]),
+                    Some(bytes) => {
+                        let head =
+                            parse_head(&self.audit_key, &bytes).ok_or(Error::AuditDamaged)?;
+                        (head.seq + 1, head.mac)
+                    }
+                };
+                let mut kept = Vec::with_capacity(group.len());
+                for (mut request, (batch, holds)) in group.into_iter().zip(checked) {
+                    if holds {
+                        request.batch = batch;
+                        kept.push(request);
+                    } else {
+                        outcomes.push((request.ticket, Err(Failure::Conflict)));
+                    }
+                }
+                let (chained, batches, _, _) = self.chain(kept, next_seq, last_mac, (0, 0));
+                outcomes.extend(chained);
+                Ok(Store::join(batches))
+            });
+        if let Err(e) = result {
+            fail_all(&mut outcomes, &e);
+        }
+        outcomes
+    }
+
+    /// Numbers and chains the group's events after `next_seq` and `last_mac`, into
+    /// the callers' batches (the checkpoint and the subjects' index entries into the
+    /// last); the outcomes, the batches to write, and the chain's end after them.
+    fn chain(
+        &self,
+        group: Vec<Request>,
+        next_seq: u64,
+        last_mac: [u8; 32],
+        (staged_before, staged_after): (u64, u64),
+    ) -> (Outcomes, Vec<RawBatch>, u64, [u8; 32]) {
         let key = &self.audit_key;
         let (mut seq, mut mac) = (next_seq, last_mac);
         let mut outcomes = Vec::with_capacity(group.len());
@@ -520,7 +647,7 @@ impl Journal {
                 Err(e) => {
                     // Its events are not written: nor are their index entries.
                     index_keys.truncate(indexed_before);
-                    outcomes.push((request.ticket, Err(e.to_string())));
+                    outcomes.push((request.ticket, Err(Failure::of(&e))));
                 }
             }
         }
@@ -553,17 +680,16 @@ impl Journal {
                     .put_detached(last_batch, Cf::Meta, HEAD, &encode(HEAD_FORMAT, &head));
             }
         }
-        match self.store.write_detached(Store::join(batches), sync) {
-            Ok(()) => (outcomes, seq, mac),
-            Err(e) => {
-                let message = e.to_string();
-                for (_, outcome) in &mut outcomes {
-                    if outcome.is_ok() {
-                        *outcome = Err(message.clone());
-                    }
-                }
-                (outcomes, next_seq, last_mac)
-            }
+        (outcomes, batches, seq, mac)
+    }
+}
+
+/// Fails every caller of a group whose write failed.
+fn fail_all(outcomes: &mut Outcomes, e: &Error) {
+    let failure = Failure::of(e);
+    for (_, outcome) in outcomes {
+        if outcome.is_ok() {
+            *outcome = Err(failure.clone());
         }
     }
 }

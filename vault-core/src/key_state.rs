@@ -1,15 +1,22 @@
 //! The vault's live key state: the current keyring and the header that seals it,
 //! the lock that orders writes of keys against a rotation, and the cache of
 //! unwrapped subject keys (DEKs).
+//!
+//! On a shared store the header is a row of the store, which other replicas
+//! rewrite when they rotate the KEK: a replica reloads it when a key names a KEK
+//! version it does not hold, when a write that depended on it conflicted, and
+//! before a rotation step. Every write that wraps a key under the active version
+//! expects the header it read ([`KeyState::expect_header`]), so no replica wraps a
+//! new key under a version another has just retired.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use crate::codec::decode;
 use crate::error::Error;
-use crate::header::Header;
+use crate::header::{HEADER_KEY, Header};
 use crate::keys::{DekSlot, Keyring, RootSecret};
-use crate::store::{Cf, Storage, Store};
+use crate::store::{Batch, Cf, Storage, Store, WriteSet};
 use crate::subjects::{Dek, DekCache, KEY_FORMAT, KeyEntry, Sid};
 
 /// The header and the root secret that seals the keyring in it.
@@ -73,7 +80,7 @@ impl KeyState {
         let mut state = self.header();
         let mut header = state.header.clone();
         header.keyring = state.root.seal_keyring(&self.vault_id, &ring)?;
-        self.write_header(&header)?;
+        self.write_header(&state, &header)?;
         state.header = header;
         *self.ring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
         Ok(())
@@ -81,11 +88,58 @@ impl KeyState {
 
     /// Replaces the header file. A failure leaves the file old or new, which this
     /// vault cannot tell: it then refuses writes until reopened (as after a failed
-    /// write of the store), and the reopened vault reads what is on disk.
-    pub(crate) fn write_header(&self, header: &Header) -> Result<(), Error> {
+    /// write of the store), and the reopened vault reads what is on disk. On a
+    /// shared store, the header row, if it is still the one this replica holds
+    /// (else [`Error::Conflict`]). Callers hold the header's lock.
+    pub(crate) fn write_header(&self, state: &HeaderState, header: &Header) -> Result<(), Error> {
+        if self.store.shared() {
+            let mut batch = self.store.batch();
+            batch.expect(Cf::Meta, HEADER_KEY, Some(&state.header.to_bytes()?));
+            batch.put(Cf::Meta, HEADER_KEY, &header.to_bytes()?);
+            return self.store.write_synced(batch);
+        }
         header
             .write(&self.dir)
             .inspect_err(|e| self.store.refuse_writes(e))
+    }
+
+    /// On a shared store, makes `batch` depend on the header this replica holds:
+    /// it commits only if no other replica changed the keyring meanwhile.
+    pub(crate) fn expect_header(&self, batch: &mut Batch<'_>) -> Result<(), Error> {
+        if self.store.shared() {
+            batch.expect(
+                Cf::Meta,
+                HEADER_KEY,
+                Some(&self.header().header.to_bytes()?),
+            );
+        }
+        Ok(())
+    }
+
+    /// On a shared store, reloads the header if another replica rewrote it (a KEK
+    /// rotation) and makes its keyring current. A header this root key does not
+    /// open (the root key was changed, which is done with every replica stopped)
+    /// is [`Error::WrongRootKey`].
+    pub(crate) fn refresh(&self) -> Result<(), Error> {
+        if !self.store.shared() {
+            return Ok(());
+        }
+        let Some(bytes) = self.store.get(Cf::Meta, HEADER_KEY)? else {
+            return Err(Error::Integrity);
+        };
+        let mut state = self.header();
+        if state.header.to_bytes()? == bytes {
+            return Ok(());
+        }
+        let header = Header::parse(&bytes, &self.dir)?;
+        if header.vault_id != self.vault_id {
+            return Err(Error::Integrity);
+        }
+        state.root.check(&header.vault_id, &header.commitment)?;
+        let ring = state.root.open_keyring(&header.vault_id, &header.keyring)?;
+        state.header = header;
+        *self.ring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
+        Ok(())
     }
 
     /// The subject's DEK: from the cache, else unwrapped from the `keys` family.
@@ -124,6 +178,14 @@ impl KeyState {
             sid,
             subject_hash: &entry.subject_hash,
         };
+        if !ring.holds(entry.kek_version) && self.store.shared() {
+            // Wrapped by another replica under a version this one has not seen yet.
+            self.refresh()?;
+            let key = self
+                .ring()
+                .unwrap_dek(entry.kek_version, &slot, &entry.wrapped)?;
+            return Ok(Some(Arc::new(Dek::new(&key, entry.subject_hash))));
+        }
         let key = ring.unwrap_dek(entry.kek_version, &slot, &entry.wrapped)?;
         Ok(Some(Arc::new(Dek::new(&key, entry.subject_hash))))
     }

@@ -289,6 +289,11 @@ impl Keyring {
         self.active
     }
 
+    /// Whether the keyring holds KEK `version`.
+    pub(crate) fn holds(&self, version: u32) -> bool {
+        self.keks.contains_key(&version)
+    }
+
     pub(crate) fn versions(&self) -> impl Iterator<Item = u32> + '_ {
         self.keks.keys().copied()
     }

@@ -109,6 +109,8 @@ pub use restore::{RestoreOptions, RestoreReport, restore};
 
 // --- Keys and storage, for ops ---
 pub use rotate::{KekVersionStatus, KeyStatus};
+#[cfg(feature = "postgres")]
+pub use store::PostgresConfig;
 pub use store::StorageCounters;
 
 // --- Errors ---

@@ -82,7 +82,7 @@ impl Inner {
         })?;
         let mut records = 0u64;
         for (key, id, sid) in &due {
-            if self.expire_record(key, id, sid, now)? {
+            if self.retrying(|| self.expire_record(key, id, sid, now))? {
                 records += 1;
             }
         }
@@ -132,16 +132,18 @@ impl Inner {
         };
         let live = match self.store.get(Cf::Records, id)? {
             Some(bytes) => match decode(RECORD_FORMAT, &bytes)? {
-                StoredRecord::Live(record) if record.sid == *sid => Some(record),
+                StoredRecord::Live(record) if record.sid == *sid => Some((record, bytes)),
                 _ => None,
             },
             None => None,
         };
-        let Some(record) = live else {
+        let Some((record, stored)) = live else {
             // Deleted, already stubbed, or moved: nothing left to expire.
             self.store.write(batch)?;
             return Ok(false);
         };
+        // On a shared store: unless another replica changed it meanwhile.
+        batch.expect(Cf::Records, id, Some(&stored));
         if !self
             .opts
             .policy

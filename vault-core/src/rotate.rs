@@ -54,12 +54,14 @@ impl Vault {
     /// worker). If a rotation is already under way this only reports its status.
     pub fn start_kek_rotation(&self) -> Result<KeyStatus, Error> {
         let inner = &*self.inner;
-        {
+        // A replica that started one at the same time wins; this one then sees it.
+        inner.retrying(|| {
             let _keys = inner
                 .keys
                 .writes()
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
+            inner.keys.refresh()?;
             let ring = inner.keys.ring();
             if ring.versions().count() == 1 {
                 // A cursor left by a rotation that finished just before a crash.
@@ -72,7 +74,8 @@ impl Vault {
                 next.add_active()?;
                 inner.keys.persist_ring(next)?;
             }
-        }
+            Ok(())
+        })?;
         self.key_status()
     }
 
@@ -152,7 +155,7 @@ impl Vault {
         header.kdf = kdf;
         header.commitment = secret.commitment(&inner.vault_id);
         header.keyring = secret.seal_keyring(&inner.vault_id, &ring)?;
-        inner.keys.write_header(&header)?;
+        inner.keys.write_header(&state, &header)?;
         state.header = header;
         state.root = secret;
         Ok(())
@@ -161,6 +164,12 @@ impl Vault {
 
 impl Inner {
     pub(crate) fn rotation_step(&self) -> Result<bool, Error> {
+        self.retrying(|| self.rotation_step_once())
+    }
+
+    fn rotation_step_once(&self) -> Result<bool, Error> {
+        // On a shared store another replica may have started (or finished) one.
+        self.keys.refresh()?;
         // The common case, no rotation, without taking the writers' lock.
         if self.keys.ring().versions().count() <= 1 {
             return Ok(false);
@@ -180,6 +189,10 @@ impl Inner {
             .store
             .scan_after(Cf::Keys, cursor.as_deref(), self.opts.rotation_batch)?;
         let mut batch = self.store.batch();
+        // On a shared store, replicas' steps take turns on the cursor, and a key
+        // erased or rewrapped by another meanwhile is not written back.
+        batch.expect(Cf::Meta, ROTATION_CURSOR, cursor.as_deref());
+        self.keys.expect_header(&mut batch)?;
         // DEKs moved off each old version, counted once per batch (one merge per
         // version, not two per DEK).
         let mut moved: std::collections::BTreeMap<u32, i64> = std::collections::BTreeMap::new();
@@ -196,6 +209,7 @@ impl Inner {
             };
             let dek = ring.unwrap_dek(entry.kek_version, &slot, &entry.wrapped)?;
             let (version, wrapped) = ring.wrap_dek_with(target, &slot, &dek)?;
+            batch.expect(Cf::Keys, &sid, Some(value));
             *moved.entry(entry.kek_version).or_default() += 1;
             entry.kek_version = version;
             entry.wrapped = wrapped;

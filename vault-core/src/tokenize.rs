@@ -230,8 +230,19 @@ impl Vault {
         items: &[TokenizeRequest<'_>],
         commit: Commit,
     ) -> Result<Option<Vec<Token>>, Error> {
+        self.inner.check_items(items)?;
+        self.inner
+            .retrying(|| self.tokenize_once(actor, items, commit))
+    }
+
+    /// One attempt of [`tokenize_with`](Self::tokenize_with), on what it reads now.
+    fn tokenize_once(
+        &self,
+        actor: &str,
+        items: &[TokenizeRequest<'_>],
+        commit: Commit,
+    ) -> Result<Option<Vec<Token>>, Error> {
         let inner = &*self.inner;
-        inner.check_items(items)?;
         let hashes: Vec<SubjectHash> = items
             .iter()
             .map(|it| inner.index.subject_hash(it.subject))

@@ -22,7 +22,7 @@ impl Vault {
         let inner = &*self.inner;
         inner.opts.limits.check_value(value)?;
         let id = inner.token_id(token)?;
-        inner.with_live_record(&id, |_, dek, record| {
+        inner.with_live_record(&id, |sid, dek, record, stored| {
             if inner
                 .opts
                 .policy
@@ -38,6 +38,8 @@ impl Vault {
             let updated =
                 StoredRecord::Live(record.reseal(&inner.vault_id, &id, &dek.aead, value)?);
             let mut batch = inner.store.batch();
+            batch.expect(Cf::Records, &id, Some(stored));
+            inner.expect_key(sid, &mut batch)?;
             batch.put(Cf::Records, &id, &encode(RECORD_FORMAT, &updated));
             let event = AuditEvent::new(actor, AuditAction::Rectify, AuditOutcome::Ok)
                 .about(Some(dek.audit_ref), 1);
@@ -59,8 +61,9 @@ impl Vault {
     pub(crate) fn delete_by(&self, actor: &str, token: &str) -> Result<(), Error> {
         let inner = &*self.inner;
         let id = inner.token_id(token)?;
-        inner.with_live_record(&id, |sid, dek, _| {
+        inner.with_live_record(&id, |sid, dek, _, stored| {
             let mut batch = inner.store.batch();
+            batch.expect(Cf::Records, &id, Some(stored));
             batch.delete(Cf::Records, &id);
             batch.delete(Cf::Index, &index_key(sid, &id));
             inner.count_removed_record(&dek.subject_hash, sid, &mut batch)?;
@@ -75,22 +78,32 @@ impl Vault {
 }
 
 impl Inner {
-    /// Runs `f` on a live record under its subject's stripe lock, after checking again
-    /// under the lock that the record is live and its subject not erased.
+    /// Runs `f` on a live record (and its stored bytes) under its subject's stripe
+    /// lock, after checking again under the lock that the record is live and its
+    /// subject not erased; again on fresh reads if another replica's write
+    /// conflicted.
     fn with_live_record<T>(
         &self,
         id: &TokenId,
-        f: impl FnOnce(&Sid, &Dek, LiveRecord) -> Result<T, Error>,
+        mut f: impl FnMut(&Sid, &Dek, LiveRecord, &[u8]) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        let read = |id: &TokenId| -> Result<LiveRecord, Error> {
+        self.retrying(|| self.with_live_record_once(id, &mut f))
+    }
+
+    fn with_live_record_once<T>(
+        &self,
+        id: &TokenId,
+        f: &mut impl FnMut(&Sid, &Dek, LiveRecord, &[u8]) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let read = |id: &TokenId| -> Result<(LiveRecord, Vec<u8>), Error> {
             let bytes = self.store.get(Cf::Records, id)?.ok_or(Error::NotFound)?;
             match decode(RECORD_FORMAT, &bytes)? {
                 StoredRecord::Shredded { tag } => Err(stub_outcome(&self.index, id, &tag)),
                 StoredRecord::Expired { tag } => Err(expired_outcome(&self.index, id, &tag)),
-                StoredRecord::Live(record) => Ok(record),
+                StoredRecord::Live(record) => Ok((record, bytes)),
             }
         };
-        let first = read(id)?;
+        let (first, _) = read(id)?;
         let sid = first.sid;
         let dek = self
             .keys
@@ -99,7 +112,7 @@ impl Inner {
         let _stripe = self.stripes.lock(&dek.subject_hash);
         // Under the lock: an erasure has either finished (key gone, cache entry
         // dropped) or not begun.
-        let record = read(id)?;
+        let (record, stored) = read(id)?;
         if record.sid != sid {
             return Err(Error::Integrity);
         }
@@ -107,6 +120,6 @@ impl Inner {
             .keys
             .dek(&sid)?
             .ok_or_else(|| self.missing_key(&sid, id, &record.link))?;
-        f(&sid, &dek, record)
+        f(&sid, &dek, record, &stored)
     }
 }

@@ -18,6 +18,8 @@ use crate::crypto::{Key, random_bytes};
 use crate::durable::Syncer;
 use crate::error::{BackupProblem, Error};
 use crate::events::ReadEvent;
+#[cfg(feature = "postgres")]
+use crate::header::HEADER_KEY;
 use crate::header::{FORMAT_VERSION, Header, sync_dir};
 use crate::journal::Journal;
 use crate::key_state::{HeaderState, KeyState};
@@ -27,7 +29,7 @@ use crate::owner::Owner;
 use crate::purposes::Purpose;
 use crate::records::{LiveRecord, RECORD_FORMAT, StoredRecord, expired_outcome, stub_outcome};
 use crate::retire::Retirement;
-use crate::store::{Batch, Cf, Storage, Store, StoreOptions, WriteSet};
+use crate::store::{Batch, Cf, RocksStore, Storage, Store, StoreOptions, WriteSet};
 use crate::subjects::{
     Dek, KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, Stripes, SubjectCache, SubjectEntry,
     SubjectHash, dek_counter,
@@ -57,9 +59,9 @@ pub(crate) struct Inner {
     pub backups: Option<Backups>,
     /// What the background worker's last run failed with, if it did.
     background_error: Mutex<Option<String>>,
-    /// The directory's lock. Last, so that it is released only after the store
-    /// and the staging files (the journal's) are closed.
-    _owner: Owner,
+    /// The directory's lock (none on a shared store). Last, so that it is released
+    /// only after the store and the staging files (the journal's) are closed.
+    _owner: Option<Owner>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -69,6 +71,9 @@ impl std::fmt::Debug for Inner {
             .finish_non_exhaustive()
     }
 }
+
+/// How many times a write that conflicted with another replica's is run.
+const CONFLICT_TRIES: u32 = 12;
 
 /// The mark a restore into `dir` leaves beside it between its copy being ready and
 /// being swapped in (see `restore.rs`).
@@ -179,16 +184,12 @@ impl Vault {
             }
             create_header(dir, root, &opts)?
         } else {
-            let header = Header::read(dir)?;
-            let secret = RootSecret::derive(root, &header.kdf)?;
-            secret.check(&header.vault_id, &header.commitment)?;
-            let ring = secret.open_keyring(&header.vault_id, &header.keyring)?;
-            (header, secret, ring)
+            open_header(&Header::read(dir)?, root)?
         };
         // A header without a database is a creation that stopped half-way: finish it.
         let create = !dir.join("CURRENT").exists();
         let (retirement, retire_rule) = Retirement::new(ring.index_keys(header.layout()));
-        let store = Arc::new(Store::open(
+        let store = Store::Rocks(RocksStore::open(
             dir,
             create,
             StoreOptions {
@@ -199,6 +200,105 @@ impl Vault {
             },
             retire_rule,
         )?);
+        let opened = Opened {
+            header,
+            secret,
+            ring,
+            retirement,
+        };
+        Vault::assemble(store, Some(dir), opened, Some(owner), opts)
+    }
+
+    /// Opens the vault in PostgreSQL that `config` names (feature `postgres`),
+    /// creating its schema and the vault when there is none (unless
+    /// [`VaultOptions::create_if_missing`] is off). Any number of processes may have
+    /// the same vault open, on one machine or many: replicas of one vault.
+    ///
+    /// The vault is the same as in a directory: the same keys, sealed bytes and
+    /// audit trail, in one table per kind of thing. What differs:
+    /// - Every write is a transaction; a synced one commits with
+    ///   `synchronous_commit = on`. A replica's write that raced another's change of
+    ///   the same subject (or of the keyring, or the audit trail's end) is run again
+    ///   on fresh reads, a few times, before [`Error::Conflict`].
+    /// - Nothing read from the database is cached between calls: an erasure through
+    ///   one replica is seen by every other at its next read.
+    /// - Read events are committed to the trail with the read (group-committed,
+    ///   without a synchronous flush unless
+    ///   [`VaultOptions::sync_read_events`](crate::VaultOptions::sync_read_events)).
+    /// - The purge applies the erasure to the rows and runs `VACUUM`; copies of the
+    ///   database (WAL, archives, standbys, base backups) are the cluster's, and an
+    ///   erased subject's sealed bytes in them are unreadable once its key is gone
+    ///   (see the README). [`Vault::backup`] is not supported here.
+    /// - A root-key change is made with every replica stopped.
+    #[cfg(feature = "postgres")]
+    pub fn open_postgres(
+        config: &crate::store::PostgresConfig,
+        root: &RootKey,
+        opts: VaultOptions,
+    ) -> Result<Vault, Error> {
+        use crate::store::PgStore;
+        opts.validate()?;
+        if opts.backups.is_some() {
+            return Err(Error::Unsupported(
+                "backups of a vault on PostgreSQL are the cluster's own (pg_basebackup, WAL archiving)",
+            ));
+        }
+        let named = || PathBuf::from(format!("postgres:{}", config.schema_name()));
+        if !opts.create_if_missing {
+            // Checked before the schema could be created.
+            let (probe, existed) = PgStore::open(config, opts.durability, false)?;
+            if !existed || probe.get(Cf::Meta, HEADER_KEY)?.is_none() {
+                return Err(Error::NoVault { path: named() });
+            }
+        }
+        let (store, _) = PgStore::open(config, opts.durability, opts.create_if_missing)?;
+        let (header, secret, ring) = match store.get(Cf::Meta, HEADER_KEY)? {
+            Some(bytes) => open_header(&Header::parse(&bytes, &named())?, root)?,
+            None => {
+                KdfRecord::check_new(root, &opts.kdf)?;
+                let (header, secret, ring) = new_header(root, &opts)?;
+                let mut batch = store.batch();
+                batch.expect(Cf::Meta, HEADER_KEY, None);
+                batch.put(Cf::Meta, HEADER_KEY, &header.to_bytes()?);
+                match store.write_synced(batch) {
+                    Ok(()) => (header, secret, ring),
+                    // Another replica created the vault first: open that one.
+                    Err(Error::Conflict) => {
+                        let bytes = store.get(Cf::Meta, HEADER_KEY)?.ok_or(Error::Conflict)?;
+                        open_header(&Header::parse(&bytes, &named())?, root)?
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let (retirement, retire_rule) = Retirement::new(ring.index_keys(header.layout()));
+        store.set_retire_rule(retire_rule);
+        let opened = Opened {
+            header,
+            secret,
+            ring,
+            retirement,
+        };
+        Vault::assemble(Store::Postgres(store), None, opened, None, opts)
+    }
+
+    /// The rest of opening, once the store is open: the erasure journal beside the
+    /// backups, the audit journal, the shared state, and the syncer and worker.
+    fn assemble(
+        store: Store,
+        dir: Option<&Path>,
+        opened: Opened,
+        owner: Option<Owner>,
+        opts: VaultOptions,
+    ) -> Result<Vault, Error> {
+        let Opened {
+            header,
+            secret,
+            ring,
+            retirement,
+        } = opened;
+        let store = Arc::new(store);
+        let shared = store.shared();
         let recorded = store
             .get(Cf::Meta, JOURNAL_SEQ)?
             .map(|b| b.try_into().map(u64::from_be_bytes))
@@ -219,23 +319,27 @@ impl Vault {
         };
         let index = ring.index_keys(header.layout());
         let journal = Journal::open(store.clone(), dir, ring.audit_key(), &opts)?;
+        // On a shared store another replica may change anything at any time:
+        // nothing read is kept between calls.
+        let cache_capacity = if shared { 0 } else { opts.dek_cache_capacity };
+        let dir = dir.map(Path::to_path_buf).unwrap_or_default();
         let inner = Arc::new(Inner {
-            dir: dir.to_path_buf(),
+            dir: dir.clone(),
             vault_id: header.vault_id,
             store: store.clone(),
             index,
             keys: KeyState::new(
-                dir.to_path_buf(),
+                dir,
                 store,
                 HeaderState {
                     header,
                     root: secret,
                 },
                 ring,
-                opts.dek_cache_capacity,
+                cache_capacity,
             ),
             journal,
-            subjects: SubjectCache::new(opts.dek_cache_capacity),
+            subjects: SubjectCache::new(cache_capacity),
             stripes: Stripes::new(),
             retirement,
             backups,
@@ -317,6 +421,40 @@ impl Inner {
         self.opts.clock.now_millis()
     }
 
+    /// Runs a write until it commits. On a shared store another replica may change
+    /// what the write read before it commits ([`Error::Conflict`]): it is then run
+    /// again on fresh reads (and a freshly read keyring), after a short random
+    /// wait, up to [`CONFLICT_TRIES`] times. On RocksDB it runs once.
+    pub(crate) fn retrying<T>(
+        &self,
+        mut write: impl FnMut() -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        let mut tries = 1;
+        loop {
+            match write() {
+                Err(Error::Conflict) if tries < CONFLICT_TRIES => {
+                    tries += 1;
+                    self.keys.refresh()?;
+                    let jitter: [u8; 1] = random_bytes()?;
+                    let wait = u64::from(jitter[0] % 8 + 1) * u64::from(tries);
+                    std::thread::sleep(std::time::Duration::from_millis(wait));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// On a shared store, makes `batch` depend on subject instance `sid`'s key
+    /// being stored as it is now: not erased (or rewrapped) by another replica
+    /// before it commits.
+    pub(crate) fn expect_key(&self, sid: &Sid, batch: &mut Batch<'_>) -> Result<(), Error> {
+        if self.store.shared() {
+            let key = self.store.get(Cf::Keys, sid)?.ok_or(Error::Erased)?;
+            batch.expect(Cf::Keys, sid, Some(&key));
+        }
+        Ok(())
+    }
+
     pub(crate) fn set_background_error(&self, error: Option<Error>) {
         *self
             .background_error
@@ -353,6 +491,8 @@ impl Inner {
         batch: &mut Batch<'_>,
         now: u64,
     ) -> Result<(SubjectEntry, Arc<Dek>, bool), Error> {
+        // On a shared store the write stands only on the entry as read.
+        batch.expect(Cf::Subjects, h, found);
         if let Some(bytes) = found {
             let entry: SubjectEntry = decode(SUBJECT_FORMAT, bytes)?;
             // A subject entry without its key is damage, not an erasure (erasure
@@ -376,6 +516,9 @@ impl Inner {
             subject_hash: h,
         };
         let (version, wrapped) = ring.wrap_dek(&slot, &key)?;
+        // ...and on the keyring as this replica holds it: no other may have retired
+        // the version the key is wrapped under.
+        self.keys.expect_header(batch)?;
         let key_entry = KeyEntry {
             subject_hash: *h,
             kek_version: version,
@@ -403,6 +546,7 @@ impl Inner {
         // The cached entry would be stale once the batch is written.
         self.subjects.remove(subject_hash);
         if let Some(bytes) = self.store.get(Cf::Subjects, subject_hash)? {
+            batch.expect(Cf::Subjects, subject_hash, Some(&bytes));
             let mut entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
             if entry.sid != *sid {
                 return Ok(());
@@ -470,7 +614,7 @@ impl Chores for Inner {
     }
 
     fn prune_audit_trail(&self) -> Result<(), Error> {
-        self.journal.staging.trim();
+        self.journal.trim_staging();
         self.prune_audit().map(drop)
     }
 
@@ -497,6 +641,32 @@ fn create_header(
     root: &RootKey,
     opts: &VaultOptions,
 ) -> Result<(Header, RootSecret, Keyring), Error> {
+    let (header, secret, ring) = new_header(root, opts)?;
+    header.write(dir)?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
+    Ok((header, secret, ring))
+}
+
+/// A header, root secret and keyring opened from `header` with `root`.
+fn open_header(header: &Header, root: &RootKey) -> Result<(Header, RootSecret, Keyring), Error> {
+    let secret = RootSecret::derive(root, &header.kdf)?;
+    secret.check(&header.vault_id, &header.commitment)?;
+    let ring = secret.open_keyring(&header.vault_id, &header.keyring)?;
+    Ok((header.clone(), secret, ring))
+}
+
+/// What a header opened with its root key gives, and the purges' state it sets up.
+struct Opened {
+    header: Header,
+    secret: RootSecret,
+    ring: Keyring,
+    retirement: Retirement,
+}
+
+/// A new vault's header, root secret and keyring.
+fn new_header(root: &RootKey, opts: &VaultOptions) -> Result<(Header, RootSecret, Keyring), Error> {
     let kdf = KdfRecord::for_key(root, &opts.kdf)?;
     let secret = RootSecret::derive(root, &kdf)?;
     let ring = Keyring::generate()?;
@@ -509,10 +679,6 @@ fn create_header(
         keyring: secret.seal_keyring(&vault_id, &ring)?,
         format: FORMAT_VERSION,
     };
-    header.write(dir)?;
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        sync_dir(parent)?;
-    }
     Ok((header, secret, ring))
 }
 

@@ -11,7 +11,7 @@ use common::{
     token_kinds,
 };
 use vault_core::{
-    Access, Argument, AuditAction, AuditEvent, Error, LawfulBasis, Purpose, TokenizeRequest, Vault,
+    Access, Argument, AuditAction, AuditEvent, Error, LawfulBasis, Purpose, TokenizeRequest,
     VaultOptions,
 };
 
@@ -23,7 +23,7 @@ fn audit_options() -> VaultOptions {
 
 /// A vault with a few audited operations: 8 events.
 fn populated(dir: &std::path::Path) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let vault = Vault::open(dir, &root(), audit_options())?;
+    let vault = common::open_vault(dir, &root(), audit_options())?;
     // 2 events: one per subject of the batch.
     let tokens = vault.as_actor("crm")?.tokenize_batch(&[
         TokenizeRequest::new("alice", "email", b"alice@example.com"),
@@ -46,7 +46,7 @@ fn populated(dir: &std::path::Path) -> Result<Vec<String>, Box<dyn std::error::E
 fn an_untouched_trail_verifies_and_says_who_did_what() -> TestResult {
     let dir = tempfile::tempdir()?;
     populated(dir.path())?;
-    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let vault = common::open_vault(dir.path(), &root(), audit_options())?;
     let check = vault.verify_audit()?;
     assert!(check.ok, "{check:?}");
     assert_eq!(check.events, 8);
@@ -104,7 +104,7 @@ fn an_untouched_trail_verifies_and_says_who_did_what() -> TestResult {
 #[test]
 fn one_token_reads_and_is_recorded_like_a_batch_of_one() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let vault = common::open_vault(dir.path(), &root(), audit_options())?;
     let other = tempfile::tempdir()?;
     let TokenKinds {
         live: good,
@@ -113,7 +113,7 @@ fn one_token_reads_and_is_recorded_like_a_batch_of_one() -> TestResult {
         foreign,
     } = token_kinds(
         &vault,
-        &Vault::open(other.path(), &root(), audit_options())?,
+        &common::open_vault(other.path(), &root(), audit_options())?,
     )?;
     let last = vault.audit_events(None, 100)?.last().map(|e| e.seq);
 
@@ -166,7 +166,7 @@ fn one_token_reads_and_is_recorded_like_a_batch_of_one() -> TestResult {
 fn a_subjects_history_includes_its_reads_still_staged() -> TestResult {
     let dir = tempfile::tempdir()?;
     // No worker: read events stay staged until something commits them.
-    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let vault = common::open_vault(dir.path(), &root(), audit_options())?;
     let erin = vault
         .tokenize("erin", "email", "erin@example.com")?
         .to_string();
@@ -209,8 +209,9 @@ fn a_subjects_history_includes_its_reads_still_staged() -> TestResult {
 
 #[test]
 fn every_operation_on_personal_data_is_recorded_and_listed_for_its_subject() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
-    let vault = Vault::open(dir.path(), &root(), audit_options().actor("billing-svc"))?;
+    let vault = common::open_vault(dir.path(), &root(), audit_options().actor("billing-svc"))?;
     let crm = vault.as_actor("crm")?;
     let t = crm
         .tokenize("erin", "email", "erin@example.com")?
@@ -288,19 +289,19 @@ fn every_operation_on_personal_data_is_recorded_and_listed_for_its_subject() -> 
 #[test]
 fn actor_names_are_checked() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let vault = common::open_vault(dir.path(), &root(), audit_options())?;
     for bad in ["", "has space", "émile", &"x".repeat(65), "a@b.example"] {
         let err = vault.as_actor(bad).expect_err("refused");
         assert!(matches!(err, Error::InvalidInput(ref e) if e.argument == Argument::Actor));
     }
-    assert!(Vault::open(dir.path(), &root(), audit_options().actor("two words")).is_err());
+    assert!(common::open_vault(dir.path(), &root(), audit_options().actor("two words")).is_err());
     Ok(())
 }
 
 #[test]
 fn the_erasure_receipt_names_its_event() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let vault = common::open_vault(dir.path(), &root(), audit_options())?;
     vault.tokenize("carol", "email", "carol@example.com")?;
     let receipt = vault.as_actor("dpo")?.erase("carol")?;
     let seq = receipt.audit_event.ok_or("no audit event")?;
@@ -327,7 +328,7 @@ fn tampered(
         edit(&db);
         db.flush_wal(true)?;
     }
-    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let vault = common::open_vault(dir.path(), &root(), audit_options())?;
     Ok(vault.verify_audit()?)
 }
 
@@ -337,6 +338,7 @@ fn key(seq: u64) -> [u8; 8] {
 
 #[test]
 fn edits_removals_insertions_reorders_and_truncation_are_detected() -> TestResult {
+    rocksdb_only!();
     let get = |db: &rocksdb::DB, seq: u64| -> Vec<u8> {
         let cf = db.cf_handle("audit").expect("audit family");
         db.get_cf(cf, key(seq)).expect("read").expect("event")
@@ -422,10 +424,11 @@ fn edits_removals_insertions_reorders_and_truncation_are_detected() -> TestResul
 
 #[test]
 fn after_erasure_nothing_in_the_trail_links_to_the_subject() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
     let sid;
     {
-        let vault = Vault::open(dir.path(), &root(), audit_options())?;
+        let vault = common::open_vault(dir.path(), &root(), audit_options())?;
         let t = vault
             .tokenize("dave", "email", "dave@example.com")?
             .to_string();
@@ -442,7 +445,7 @@ fn after_erasure_nothing_in_the_trail_links_to_the_subject() -> TestResult {
     // subject's key entry exists.
     let hash = common::raw_get(dir.path(), "keys", &sid).ok_or("a key entry")?[1..33].to_vec();
     {
-        let vault = Vault::open(dir.path(), &root(), audit_options())?;
+        let vault = common::open_vault(dir.path(), &root(), audit_options())?;
         let refs: Vec<_> = vault
             .audit_events(None, 100)?
             .iter()
@@ -506,9 +509,10 @@ fn pruning_options(clock: &Arc<ManualClock>) -> VaultOptions {
 
 #[test]
 fn events_past_their_retention_are_pruned_and_the_rest_still_verifies() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
     let clock = Arc::new(ManualClock::starting());
-    let vault = Vault::open(dir.path(), &root(), pruning_options(&clock))?;
+    let vault = common::open_vault(dir.path(), &root(), pruning_options(&clock))?;
     let old = vault
         .tokenize("gina", "email", "gina@example.com")?
         .to_string();
@@ -536,7 +540,7 @@ fn events_past_their_retention_are_pruned_and_the_rest_still_verifies() -> TestR
 
     // The background worker prunes too, and the trail survives reopening.
     clock.advance_days(31);
-    let vault = Vault::open(
+    let vault = common::open_vault(
         dir.path(),
         &root(),
         pruning_options(&clock).background_worker(true),
@@ -555,7 +559,7 @@ fn events_past_their_retention_are_pruned_and_the_rest_still_verifies() -> TestR
     // Removing the oldest kept event, or the base that says where the trail starts,
     // is detected.
     let first = {
-        let vault = Vault::open(dir.path(), &root(), pruning_options(&clock))?;
+        let vault = common::open_vault(dir.path(), &root(), pruning_options(&clock))?;
         vault.audit_events(None, 1)?.pop().ok_or("an event")?.seq
     };
     let base = {
@@ -566,7 +570,7 @@ fn events_past_their_retention_are_pruned_and_the_rest_still_verifies() -> TestR
         db.flush_wal(true)?;
         base
     };
-    let vault = Vault::open(dir.path(), &root(), pruning_options(&clock))?;
+    let vault = common::open_vault(dir.path(), &root(), pruning_options(&clock))?;
     let check = vault.verify_audit()?;
     assert!(!check.ok, "base removed: {check:?}");
     vault.close()?;
@@ -576,7 +580,7 @@ fn events_past_their_retention_are_pruned_and_the_rest_still_verifies() -> TestR
         db.delete_cf(db.cf_handle("audit").ok_or("audit")?, first.to_be_bytes())?;
         db.flush_wal(true)?;
     }
-    let vault = Vault::open(dir.path(), &root(), pruning_options(&clock))?;
+    let vault = common::open_vault(dir.path(), &root(), pruning_options(&clock))?;
     let check = vault.verify_audit()?;
     assert_eq!(
         (check.ok, check.first_bad),
@@ -588,10 +592,11 @@ fn events_past_their_retention_are_pruned_and_the_rest_still_verifies() -> TestR
 
 #[test]
 fn a_damaged_checkpoint_is_reported_and_nothing_is_appended_after_it() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
     populated(dir.path())?;
     common::alter_checkpoint(dir.path());
-    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let vault = common::open_vault(dir.path(), &root(), audit_options())?;
     let check = vault.verify_audit()?;
     assert!(!check.ok);
     assert!(check.problem.unwrap_or_default().contains("checkpoint"));
@@ -608,16 +613,18 @@ fn a_damaged_checkpoint_is_reported_and_nothing_is_appended_after_it() -> TestRe
 
 #[test]
 fn a_missing_or_older_checkpoint_stops_appends_instead_of_overwriting() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
     // An older, genuine checkpoint: saved after a first operation.
     let older = {
-        let vault = Vault::open(dir.path(), &root(), audit_options())?;
+        let vault = common::open_vault(dir.path(), &root(), audit_options())?;
         vault.tokenize("ivan", "email", "ivan@example.com")?;
         vault.close()?;
         common::raw_get(dir.path(), "meta", b"audit/head").ok_or("a checkpoint")?
     };
     populated(dir.path())?;
-    let events = Vault::open(dir.path(), &root(), audit_options())?.audit_events(None, 100)?;
+    let events =
+        common::open_vault(dir.path(), &root(), audit_options())?.audit_events(None, 100)?;
     for (name, head) in [("missing", None), ("older", Some(older))] {
         {
             let db = raw_db(dir.path());
@@ -629,7 +636,7 @@ fn a_missing_or_older_checkpoint_stops_appends_instead_of_overwriting() -> TestR
             }
             db.flush_wal(true)?;
             drop(db);
-            let vault = Vault::open(dir.path(), &root(), audit_options())?;
+            let vault = common::open_vault(dir.path(), &root(), audit_options())?;
             let check = vault.verify_audit()?;
             assert!(!check.ok, "{name}: {check:?}");
             assert!(
@@ -649,7 +656,7 @@ fn a_missing_or_older_checkpoint_stops_appends_instead_of_overwriting() -> TestR
             db.put_cf(db.cf_handle("meta").ok_or("meta")?, b"audit/head", &current)?;
             db.flush_wal(true)?;
         }
-        let vault = Vault::open(dir.path(), &root(), audit_options())?;
+        let vault = common::open_vault(dir.path(), &root(), audit_options())?;
         assert!(vault.verify_audit()?.ok, "{name}: restored");
         vault.close()?;
     }
@@ -659,7 +666,7 @@ fn a_missing_or_older_checkpoint_stops_appends_instead_of_overwriting() -> TestR
 #[test]
 fn concurrent_callers_share_commits_and_the_trail_stays_whole() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let vault = common::open_vault(dir.path(), &root(), audit_options())?;
     let stop = std::sync::atomic::AtomicBool::new(false);
     let syncs_before = vault.storage_counters().wal_syncs;
     std::thread::scope(|scope| -> TestResult {
@@ -713,6 +720,7 @@ fn concurrent_callers_share_commits_and_the_trail_stays_whole() -> TestResult {
 #[test]
 fn an_altered_or_removed_mark_of_the_staged_read_events_is_reported_and_reads_refused() -> TestResult
 {
+    rocksdb_only!();
     for tamper in ["altered", "removed"] {
         let dir = tempfile::tempdir()?;
         let tokens = populated(dir.path())?;
@@ -731,7 +739,7 @@ fn an_altered_or_removed_mark_of_the_staged_read_events_is_reported_and_reads_re
             }
             db.flush_wal(true)?;
         }
-        let vault = Vault::open(dir.path(), &root(), audit_options())?;
+        let vault = common::open_vault(dir.path(), &root(), audit_options())?;
         let check = vault.verify_audit()?;
         assert!(!check.ok, "{tamper}");
         assert!(
@@ -754,7 +762,7 @@ fn an_altered_or_removed_mark_of_the_staged_read_events_is_reported_and_reads_re
         );
         drop(vault);
         let before = events(dir.path());
-        let vault = Vault::open(dir.path(), &root(), audit_options())?;
+        let vault = common::open_vault(dir.path(), &root(), audit_options())?;
         assert!(matches!(vault.export("bob"), Err(Error::AuditDamaged)));
         drop(vault);
         assert_eq!(events(dir.path()), before, "{tamper}: nothing appended");
@@ -764,6 +772,7 @@ fn an_altered_or_removed_mark_of_the_staged_read_events_is_reported_and_reads_re
 
 #[test]
 fn a_trail_wiped_with_its_checkpoint_is_found_by_the_mark_left_behind() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
     populated(dir.path())?;
     {
@@ -780,7 +789,7 @@ fn a_trail_wiped_with_its_checkpoint_is_found_by_the_mark_left_behind() -> TestR
         db.delete_cf(meta, b"audit/head")?;
         db.flush_wal(true)?;
     }
-    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let vault = common::open_vault(dir.path(), &root(), audit_options())?;
     let check = vault.verify_audit()?;
     assert!(!check.ok, "{check:?}");
     assert!(
@@ -801,10 +810,11 @@ fn a_trail_wiped_with_its_checkpoint_is_found_by_the_mark_left_behind() -> TestR
 /// own, and only a head kept outside the vault shows what was lost.
 #[test]
 fn a_head_kept_outside_finds_a_cut_tail_and_a_rolled_back_trail() -> TestResult {
+    rocksdb_only!();
     use vault_core::AnchorCheck;
     let dir = tempfile::tempdir()?;
     let copy = tempfile::tempdir()?;
-    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let vault = common::open_vault(dir.path(), &root(), audit_options())?;
     vault.tokenize("ivan", "email", "ivan@example.com")?;
     let older = vault.audit_head()?.ok_or("a head")?;
     vault.close()?;
@@ -816,7 +826,7 @@ fn a_head_kept_outside_finds_a_cut_tail_and_a_rolled_back_trail() -> TestResult 
         let entry = entry?;
         std::fs::copy(entry.path(), copy.path().join(entry.file_name()))?;
     }
-    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let vault = common::open_vault(dir.path(), &root(), audit_options())?;
     vault.tokenize("judy", "email", "judy@example.com")?;
     vault.erase("judy")?;
     let anchor = vault.audit_head()?.ok_or("a head")?;
@@ -843,7 +853,7 @@ fn a_head_kept_outside_finds_a_cut_tail_and_a_rolled_back_trail() -> TestResult 
         }
         db.flush_wal(true)?;
     }
-    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let vault = common::open_vault(dir.path(), &root(), audit_options())?;
     assert!(
         vault.verify_audit()?.ok,
         "the cut trail verifies on its own"
@@ -858,7 +868,7 @@ fn a_head_kept_outside_finds_a_cut_tail_and_a_rolled_back_trail() -> TestResult 
     vault.close()?;
 
     // The rollback: an older copy of the directory, continued.
-    let vault = Vault::open(copy.path(), &root(), audit_options())?;
+    let vault = common::open_vault(copy.path(), &root(), audit_options())?;
     vault.tokenize("karl", "email", "karl@example.com")?;
     vault.tokenize("lena", "email", "lena@example.com")?;
     vault.erase("karl")?;
@@ -875,7 +885,7 @@ fn a_head_kept_outside_finds_a_cut_tail_and_a_rolled_back_trail() -> TestResult 
 fn deterministic_tokenizations_are_audited_as_such() -> TestResult {
     use vault_core::AuditAction;
     let dir = tempfile::tempdir()?;
-    let vault = Vault::open(dir.path(), &root(), audit_options())?;
+    let vault = common::open_vault(dir.path(), &root(), audit_options())?;
     let crm = vault.as_actor("crm")?;
     crm.tokenize_batch(&[
         TokenizeRequest::new("alice", "email", b"a@example.com").deterministic(),

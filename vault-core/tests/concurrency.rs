@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use common::*;
-use vault_core::{Error, Vault};
+use vault_core::Error;
 
 /// Sets the flag when dropped: when its thread ends, by returning or panicking.
 struct StopOnExit(Arc<AtomicBool>);
@@ -22,7 +22,7 @@ impl Drop for StopOnExit {
 #[test]
 fn tokenize_racing_erase_on_one_subject() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let vault = Arc::new(Vault::open(dir.path(), &root(), relaxed())?);
+    let vault = Arc::new(common::open_vault(dir.path(), &root(), relaxed())?);
     let stop = Arc::new(AtomicBool::new(false));
     // Erasures begun and finished: a token may read back *erased* only if an
     // erasure was under way or began after its tokenize started.
@@ -119,8 +119,9 @@ fn tokenize_racing_erase_on_one_subject() -> TestResult {
 
 #[test]
 fn many_threads_tokenize_and_detokenize() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
-    let vault = Arc::new(Vault::open(
+    let vault = Arc::new(common::open_vault(
         dir.path(),
         &root(),
         relaxed().dek_cache_capacity(64),
@@ -174,7 +175,7 @@ fn many_threads_tokenize_and_detokenize() -> TestResult {
 #[test]
 fn rotation_under_traffic_keeps_every_value_readable() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let vault = Arc::new(Vault::open(
+    let vault = Arc::new(common::open_vault(
         dir.path(),
         &root(),
         relaxed().rotation_batch(100),
@@ -242,7 +243,7 @@ fn rotation_under_traffic_keeps_every_value_readable() -> TestResult {
 #[test]
 fn the_trail_shows_every_read_that_returned_before_it_is_read() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let vault = Arc::new(Vault::open(dir.path(), &root(), options())?);
+    let vault = Arc::new(common::open_vault(dir.path(), &root(), options())?);
     let token = vault
         .tokenize("watched", "email", "watched@example.com")?
         .to_string();

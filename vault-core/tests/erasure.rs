@@ -71,6 +71,7 @@ fn found(dir: &Path, needle: &[u8]) -> bool {
 
 #[test]
 fn erasure_removes_key_and_ciphertexts_from_every_file() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
     let canary_field = "canary_field_q7x9z";
     let value = "erasure-canary-3f1d9a@example.com";
@@ -106,7 +107,7 @@ fn erasure_removes_key_and_ciphertexts_from_every_file() -> TestResult {
     assert!(!found(dir.path(), b"victim@example.com"));
 
     {
-        let vault = Vault::open(
+        let vault = common::open_vault(
             dir.path(),
             &root(),
             options().purge_policy(PurgePolicy::Immediate),
@@ -170,8 +171,9 @@ fn assert_gone(dir: &Path, traces: &Traces, canary: &str, value: &str) {
 /// part of what the vault stores (a whole compaction reads all of it).
 #[test]
 fn erasure_in_a_larger_vault_purges_only_the_subjects_files() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
-    let vault = Vault::open(dir.path(), &root(), relaxed())?;
+    let vault = common::open_vault(dir.path(), &root(), relaxed())?;
     let names: Vec<String> = (0..300_000)
         .map(|i| format!("subject-{:06}", i / 10))
         .collect();
@@ -207,7 +209,7 @@ fn erasure_in_a_larger_vault_purges_only_the_subjects_files() -> TestResult {
         assert!(!holders.is_empty(), "control: {needle:?} on disk");
     }
 
-    let vault = Vault::open(dir.path(), &root(), relaxed())?;
+    let vault = common::open_vault(dir.path(), &root(), relaxed())?;
     let before = vault.storage_counters();
     let receipt = vault.erase("victim@example.com")?;
     let report = vault.purge_now()?;
@@ -237,7 +239,7 @@ fn erasure_in_a_larger_vault_purges_only_the_subjects_files() -> TestResult {
 #[test]
 fn batched_purge_runs_when_due_and_covers_every_pending_erasure() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let vault = Vault::open(
+    let vault = common::open_vault(
         dir.path(),
         &root(),
         options().purge_policy(PurgePolicy::Within(std::time::Duration::ZERO)),
@@ -265,7 +267,7 @@ fn batched_purge_runs_when_due_and_covers_every_pending_erasure() -> TestResult 
 #[test]
 fn background_worker_purges_within_the_delay() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let vault = Vault::open(
+    let vault = common::open_vault(
         dir.path(),
         &root(),
         options()
@@ -291,8 +293,9 @@ fn background_worker_purges_within_the_delay() -> TestResult {
 /// *erased* while the others read.
 #[test]
 fn a_purge_of_subjects_erased_amid_writes_stays_targeted() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
-    let vault = Vault::open(dir.path(), &root(), relaxed())?;
+    let vault = common::open_vault(dir.path(), &root(), relaxed())?;
     let names: Vec<String> = (0..300_000)
         .map(|i| format!("subject-{:06}", i / 10))
         .collect();
@@ -378,6 +381,7 @@ fn a_purge_of_subjects_erased_amid_writes_stays_targeted() -> TestResult {
 /// with the vault's keys, leads to no erasure receipt.
 #[test]
 fn purged_tokens_cannot_be_linked_to_the_storage_id() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
     let (sid, group) = {
         let vault = open(dir.path());
@@ -401,7 +405,7 @@ fn purged_tokens_cannot_be_linked_to_the_storage_id() -> TestResult {
     link.extend_from_slice(&group);
     assert!(found(dir.path(), &link), "control: the index links them");
 
-    let vault = Vault::open(
+    let vault = common::open_vault(
         dir.path(),
         &root(),
         options().purge_policy(PurgePolicy::Immediate),
@@ -463,8 +467,9 @@ fn erase_cost_does_not_grow_with_record_count() -> TestResult {
 /// Export reads the subject's own index prefix and records, not other subjects'.
 #[test]
 fn export_touches_only_the_subjects_keys() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
-    let vault = Vault::open(dir.path(), &root(), relaxed())?;
+    let vault = common::open_vault(dir.path(), &root(), relaxed())?;
     let others: Vec<String> = (0..100_000).map(|i| format!("subject-{i:06}")).collect();
     for chunk in others.chunks(5_000) {
         let items: Vec<TokenizeRequest> = chunk
@@ -524,7 +529,7 @@ fn purge_verifies_with_nothing_to_write_after_reopen() -> TestResult {
 #[test]
 fn erasure_and_rotation_sync_the_wal_under_relaxed_durability() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let vault = Vault::open(dir.path(), &root(), relaxed())?;
+    let vault = common::open_vault(dir.path(), &root(), relaxed())?;
     vault.tokenize("a", "email", "v")?;
     let before = vault.storage_counters().wal_syncs;
     vault.tokenize("b", "email", "v")?;

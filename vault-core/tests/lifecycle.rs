@@ -96,7 +96,7 @@ fn an_unsynced_write_outstanding_at_close_is_synced_by_the_close() -> TestResult
 
     // With relaxed durability there is nothing to wait for, and no sync is made.
     let dir = tempfile::tempdir()?;
-    let vault = Vault::open(dir.path(), &root(), relaxed())?;
+    let vault = common::open_vault(dir.path(), &root(), relaxed())?;
     let before = vault.storage_counters().wal_syncs;
     let tokens = vault
         .tokenize_batch_unsynced(&[TokenizeRequest::new("customer-1", "email", b"a@x")])?
@@ -468,7 +468,8 @@ fn passphrase_vault_wrong_key_and_root_change() -> TestResult {
     let dir = tempfile::tempdir()?;
     let opts = || options().kdf_params(KdfParams::MINIMUM);
     let token = {
-        let vault = Vault::open(dir.path(), &RootKey::passphrase("first passphrase"), opts())?;
+        let vault =
+            common::open_vault(dir.path(), &RootKey::passphrase("first passphrase"), opts())?;
         vault.tokenize("s1", "email", "a@x.io")?.to_string()
     };
 
@@ -477,7 +478,7 @@ fn passphrase_vault_wrong_key_and_root_change() -> TestResult {
         RootKey::passphrase("wrong passphrase"),
         RootKey::from_bytes(&[1; 32])?,
     ] {
-        match Vault::open(dir.path(), &wrong, opts()) {
+        match common::open_vault(dir.path(), &wrong, opts()) {
             Err(Error::WrongRootKey) => {}
             other => panic!("expected WrongRootKey, got {other:?}"),
         }
@@ -489,16 +490,17 @@ fn passphrase_vault_wrong_key_and_root_change() -> TestResult {
     );
 
     {
-        let vault = Vault::open(dir.path(), &RootKey::passphrase("first passphrase"), opts())?;
+        let vault =
+            common::open_vault(dir.path(), &RootKey::passphrase("first passphrase"), opts())?;
         vault.change_root_key(&RootKey::passphrase("second passphrase"))?;
         assert_eq!(vault.detokenize(&token)?.value.as_bytes(), b"a@x.io");
     }
     assert!(matches!(
-        Vault::open(dir.path(), &RootKey::passphrase("first passphrase"), opts()),
+        common::open_vault(dir.path(), &RootKey::passphrase("first passphrase"), opts()),
         Err(Error::WrongRootKey)
     ));
     {
-        let vault = Vault::open(
+        let vault = common::open_vault(
             dir.path(),
             &RootKey::passphrase("second passphrase"),
             opts(),
@@ -506,7 +508,7 @@ fn passphrase_vault_wrong_key_and_root_change() -> TestResult {
         assert_eq!(vault.detokenize(&token)?.value.as_bytes(), b"a@x.io");
         vault.change_root_key(&root())?;
     }
-    let vault = Vault::open(dir.path(), &root(), opts())?;
+    let vault = common::open_vault(dir.path(), &root(), opts())?;
     assert_eq!(vault.detokenize(&token)?.value.as_bytes(), b"a@x.io");
     Ok(())
 }
@@ -519,7 +521,7 @@ fn weak_kdf_parameters_are_refused() -> TestResult {
         iterations: 1,
         parallelism: 1,
     };
-    let result = Vault::open(
+    let result = common::open_vault(
         dir.path(),
         &RootKey::passphrase("long enough passphrase"),
         options().kdf_params(weak),
@@ -534,7 +536,7 @@ fn a_short_passphrase_is_refused_for_a_new_vault_and_a_new_root_key() -> TestRes
     let tmp = tempfile::tempdir()?;
     let missing = tmp.path().join("vault");
     for short in ["", "short"] {
-        let result = Vault::open(&missing, &RootKey::passphrase(short), options());
+        let result = common::open_vault(&missing, &RootKey::passphrase(short), options());
         assert!(
             matches!(&result, Err(Error::InvalidOption(m)) if m.contains("at least 12 characters")),
             "{:?}",
@@ -543,21 +545,22 @@ fn a_short_passphrase_is_refused_for_a_new_vault_and_a_new_root_key() -> TestRes
         assert!(!missing.exists(), "no directory created");
     }
     // The same into an empty directory: nothing written.
-    let result = Vault::open(tmp.path(), &RootKey::passphrase(""), options());
+    let result = common::open_vault(tmp.path(), &RootKey::passphrase(""), options());
     assert!(matches!(result, Err(Error::InvalidOption(_))));
     assert!(all_files(tmp.path()).is_empty(), "nothing created");
 
-    let vault = Vault::open(&missing, &RootKey::passphrase("twelve chars"), options())?;
+    let vault = common::open_vault(&missing, &RootKey::passphrase("twelve chars"), options())?;
     let result = vault.change_root_key(&RootKey::passphrase("eleven char"));
     assert!(matches!(result, Err(Error::InvalidOption(_))));
     vault.close()?;
     // The passphrase it was made with still opens it.
-    Vault::open(&missing, &RootKey::passphrase("twelve chars"), options())?.close()?;
+    common::open_vault(&missing, &RootKey::passphrase("twelve chars"), options())?.close()?;
     Ok(())
 }
 
 #[test]
 fn foreign_directories_and_newer_formats_are_refused_untouched() -> TestResult {
+    rocksdb_only!();
     // A directory with other things in it.
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join("notes.txt"), b"hello")?;
@@ -587,14 +590,14 @@ fn foreign_directories_and_newer_formats_are_refused_untouched() -> TestResult {
 
     // A missing directory with creation off.
     let missing = tempfile::tempdir()?.path().join("nope");
-    let result = Vault::open(&missing, &root(), options().create_if_missing(false));
+    let result = common::open_vault(&missing, &root(), options().create_if_missing(false));
     assert!(matches!(result, Err(Error::NoVault { .. })));
     assert!(!missing.exists());
     Ok(())
 }
 
 fn open_result(dir: &std::path::Path) -> Result<Vault, Error> {
-    Vault::open(dir, &root(), options())
+    common::open_vault(dir, &root(), options())
 }
 
 #[test]
@@ -657,14 +660,14 @@ fn limits_are_configurable() -> TestResult {
         max_value_len: 8,
         ..vault_core::Limits::default()
     };
-    let vault = Vault::open(dir.path(), &root(), options().limits(limits))?;
+    let vault = common::open_vault(dir.path(), &root(), options().limits(limits))?;
     vault.tokenize("s", "f", "12345678")?;
     assert!(matches!(
         vault.tokenize("s", "f", "123456789"),
         Err(Error::InvalidInput(e)) if e.problem == Problem::TooLong { limit: 8 }
     ));
     assert!(matches!(
-        Vault::open(
+        common::open_vault(
             tempfile::tempdir()?.path(),
             &root(),
             VaultOptions::default().dek_cache_capacity(0)
@@ -704,6 +707,7 @@ fn secrets_stay_out_of_debug_output() -> TestResult {
 /// verified) work, and the header stays in that format when it is rewritten.
 #[test]
 fn a_vault_of_the_first_format_keeps_its_layout() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
     open(dir.path()).close()?;
     let header = dir.path().join("VAULT");

@@ -115,7 +115,7 @@ fn open(dir: &std::path::Path, clock: &Arc<ManualClock>) -> Vault {
         .clock(clock.clone())
         .retention(RETAINED, Duration::from_secs(RETENTION_DAYS * 86_400))
         .rotation_batch(2);
-    Vault::open(dir, &common::root(), opts).expect("open")
+    common::open_vault(dir, &common::root(), opts).expect("open")
 }
 
 fn check(vault: &Vault, model: &BTreeMap<String, State>, now: u64) {

@@ -28,7 +28,7 @@ fn gdpr_options() -> VaultOptions {
 }
 
 fn open(dir: &std::path::Path) -> Result<Vault, Error> {
-    Vault::open(dir, &root(), gdpr_options())
+    common::open_vault(dir, &root(), gdpr_options())
 }
 
 /// What the model expects: the value (possibly masked) or the error.
@@ -243,6 +243,7 @@ fn bad_consent_input_is_refused_and_writes_nothing() -> TestResult {
 
 #[test]
 fn a_rolled_back_consent_state_is_detected() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
     let (token, old_current, current_key) = {
         let vault = open(dir.path())?;
@@ -288,19 +289,20 @@ fn an_undeclared_or_malformed_purpose_is_refused_at_open() {
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = options().purpose(Purpose::new("Has Spaces", LawfulBasis::Consent));
     assert!(matches!(
-        Vault::open(dir.path(), &root(), bad),
+        common::open_vault(dir.path(), &root(), bad),
         Err(Error::InvalidOption(_))
     ));
     let empty =
         options().purpose(Purpose::new("x", LawfulBasis::Consent).fields(Vec::<String>::new()));
     assert!(matches!(
-        Vault::open(dir.path(), &root(), empty),
+        common::open_vault(dir.path(), &root(), empty),
         Err(Error::InvalidOption(_))
     ));
 }
 
 #[test]
 fn the_consent_ledger_goes_with_the_subject() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
     let subject_ref_hex;
     {

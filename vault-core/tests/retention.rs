@@ -32,9 +32,10 @@ fn stored_ciphertext(
 
 #[test]
 fn expired_values_answer_expired_and_leave_the_disk() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
     let clock = Arc::new(ManualClock::starting());
-    let vault = Vault::open(dir.path(), &root(), retention_options(&clock))?;
+    let vault = common::open_vault(dir.path(), &root(), retention_options(&clock))?;
     let ip = vault
         .tokenize("s1", "ip_address", "203.0.113.77")?
         .to_string();
@@ -96,16 +97,17 @@ fn expired_values_answer_expired_and_leave_the_disk() -> TestResult {
     );
     vault.close()?;
 
-    let vault = Vault::open(dir.path(), &root(), retention_options(&clock))?;
+    let vault = common::open_vault(dir.path(), &root(), retention_options(&clock))?;
     assert!(matches!(vault.detokenize(&ip), Err(Error::Expired)));
     Ok(())
 }
 
 #[test]
 fn the_background_worker_purges_expired_records() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
     let clock = Arc::new(ManualClock::starting());
-    let vault = Vault::open(
+    let vault = common::open_vault(
         dir.path(),
         &root(),
         retention_options(&clock).background_worker(true),
@@ -129,10 +131,11 @@ fn the_background_worker_purges_expired_records() -> TestResult {
 
 #[test]
 fn a_forged_expired_stub_is_an_integrity_error() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
     let clock = Arc::new(ManualClock::starting());
     let token = {
-        let vault = Vault::open(dir.path(), &root(), retention_options(&clock))?;
+        let vault = common::open_vault(dir.path(), &root(), retention_options(&clock))?;
         let t = vault
             .tokenize("s3", "email", "live@example.com")?
             .to_string();
@@ -142,7 +145,7 @@ fn a_forged_expired_stub_is_an_integrity_error() -> TestResult {
     // An expired stub of another token, copied over a live record: its tag is bound
     // to the other token's id.
     let other = {
-        let vault = Vault::open(dir.path(), &root(), retention_options(&clock))?;
+        let vault = common::open_vault(dir.path(), &root(), retention_options(&clock))?;
         let t = vault.tokenize("s3", "ip_address", "10.0.0.1")?.to_string();
         clock.advance_days(31);
         vault.purge_expired()?;
@@ -151,7 +154,7 @@ fn a_forged_expired_stub_is_an_integrity_error() -> TestResult {
     };
     let stub = raw_get(dir.path(), "records", &token_id(dir.path(), &other)).ok_or("no stub")?;
     common::raw_put(dir.path(), "records", &token_id(dir.path(), &token), &stub);
-    let vault = Vault::open(dir.path(), &root(), retention_options(&clock))?;
+    let vault = common::open_vault(dir.path(), &root(), retention_options(&clock))?;
     assert!(matches!(vault.detokenize(&token), Err(Error::Integrity)));
     assert!(matches!(vault.detokenize(&other), Err(Error::Expired)));
     Ok(())
@@ -164,7 +167,7 @@ fn a_forged_expired_stub_is_an_integrity_error() -> TestResult {
 fn a_deterministic_tokenization_of_an_expired_value_stores_it_afresh() -> TestResult {
     let dir = tempfile::tempdir()?;
     let clock = Arc::new(ManualClock::starting());
-    let vault = Vault::open(dir.path(), &root(), retention_options(&clock))?;
+    let vault = common::open_vault(dir.path(), &root(), retention_options(&clock))?;
     let first = vault
         .tokenize_deterministic("alice", "ip_address", "192.0.2.1")?
         .to_string();
@@ -197,9 +200,10 @@ fn a_deterministic_tokenization_of_an_expired_value_stores_it_afresh() -> TestRe
 /// removes them with the rest, from every file.
 #[test]
 fn an_erasure_purges_the_subjects_expiry_entries() -> TestResult {
+    rocksdb_only!();
     let dir = tempfile::tempdir()?;
     let clock = Arc::new(ManualClock::starting());
-    let vault = Vault::open(dir.path(), &root(), retention_options(&clock))?;
+    let vault = common::open_vault(dir.path(), &root(), retention_options(&clock))?;
     for i in 0..5 {
         vault.tokenize("victim", "ip_address", format!("192.0.2.{i}"))?;
     }
@@ -247,7 +251,7 @@ fn an_erasure_purges_the_subjects_expiry_entries() -> TestResult {
         "control: the storage id in an expiry file"
     );
 
-    let vault = Vault::open(
+    let vault = common::open_vault(
         dir.path(),
         &root(),
         retention_options(&clock).purge_policy(vault_core::PurgePolicy::Immediate),

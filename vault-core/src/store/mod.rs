@@ -1,21 +1,34 @@
 //! The storage seam: what the vault needs from an ordered key-value engine, as one
 //! trait ([`Storage`]) and its write batches ([`WriteSet`]), and the column
-//! families the vault keeps (each one a kind of thing). RocksDB, embedded, is its
-//! implementation (`rocks`); nothing outside this folder names a RocksDB type. The
-//! README's design section maps each operation to PostgreSQL, the planned second
-//! backend.
+//! families the vault keeps (each one a kind of thing). RocksDB, embedded, is the
+//! default implementation (`rocks`); PostgreSQL (`pg`, feature `postgres`) is the
+//! other, for replicas of one vault on one database. [`Store`] is an enum of the
+//! two, so calls stay statically dispatched; nothing outside this folder names an
+//! engine's type.
 //!
 //! Every multi-key change is one batch, applied atomically. `write` follows the
 //! vault's durability (synced by default); `write_synced` syncs whatever it says
 //! (rotation batches, the purge's bookkeeping). Audited writes (erasures and
 //! consent, synced; tokenizations as the durability says) go through the journal,
 //! which detaches callers' batches from the store, adds its events to them and
-//! writes them as one. After a failed write or log sync the store refuses every
-//! later write until it is reopened: what reached the disk is then what the
+//! writes them as one. After a failed write or log sync the RocksDB store refuses
+//! every later write until it is reopened: what reached the disk is then what the
 //! reopened store finds, and nothing written after the failure is acknowledged on
 //! top of data that may be lost.
+//!
+//! A *shared* store ([`Storage::shared`]: PostgreSQL) has other writers, other
+//! replicas of the vault, that no lock of this process orders. There a batch
+//! carries *expectations* ([`WriteSet::expect`]): the values its writer read and
+//! built it on. The batch is written only if each still holds at commit, checked
+//! under row locks in the same transaction; otherwise the write fails with
+//! [`Error::Conflict`] and the operation is run again on fresh reads. On RocksDB
+//! the vault is the only writer and its own locks keep what it read, so
+//! expectations cost nothing there.
 
 mod rocks;
+
+#[cfg(feature = "postgres")]
+mod pg;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,15 +37,43 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::options::Durability;
 
-pub(crate) use rocks::Store;
+pub(crate) use rocks::Store as RocksStore;
 
-/// The write batch of the vault's store.
-pub(crate) type Batch<'a> = <Store as Storage>::Batch<'a>;
+#[cfg(feature = "postgres")]
+pub(crate) use pg::PgStore;
+#[cfg(feature = "postgres")]
+pub use pg::PostgresConfig;
+
+/// The vault's store: one of the engines. (One per open vault, in an `Arc`: the
+/// variants' sizes do not matter.)
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Store {
+    Rocks(RocksStore),
+    #[cfg(feature = "postgres")]
+    Postgres(PgStore),
+}
+
+/// A write batch of the vault's store.
+pub(crate) enum Batch<'a> {
+    Rocks(rocks::Batch<'a>),
+    #[cfg(feature = "postgres")]
+    Postgres(pg::Ops),
+}
+
 /// A batch detached from the vault's store (the journal's queue holds these).
-pub(crate) type RawBatch = <Store as Storage>::Detached;
+#[derive(Default)]
+pub(crate) enum RawBatch {
+    /// Nothing yet; takes the kind of the first write added.
+    #[default]
+    Empty,
+    Rocks(rocks::RawBatch),
+    #[cfg(feature = "postgres")]
+    Postgres(pg::Ops),
+}
 
 /// The column families. Keys and values of each are described beside the variant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum Cf {
     /// Vault-wide state: the rotation cursor.
     Meta,
@@ -66,6 +107,24 @@ pub(crate) enum Cf {
 }
 
 impl Cf {
+    /// The family's name: RocksDB's column family, PostgreSQL's table.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Cf::Meta => "meta",
+            Cf::Subjects => "subjects",
+            Cf::Keys => "keys",
+            Cf::Records => "records",
+            Cf::Index => "index",
+            Cf::Erasures => "erasures",
+            Cf::PurgeQueue => "purge_queue",
+            Cf::Counters => "counters",
+            Cf::Consents => "consents",
+            Cf::Expiry => "expiry",
+            Cf::Audit => "audit",
+            Cf::AuditIndex => "audit_index",
+        }
+    }
+
     pub(crate) const ALL: [Cf; 12] = [
         Cf::Meta,
         Cf::Subjects,
@@ -114,6 +173,9 @@ pub struct StorageCounters {
     pub compaction_bytes_read: u64,
     /// Flushes and compactions running or pending now (not a counter).
     pub background_work: u64,
+    /// Writes refused because another replica changed what they were built on (a
+    /// shared store: PostgreSQL); each was run again on fresh reads.
+    pub conflicts: u64,
     /// The block cache's capacity in bytes (read with or without statistics).
     pub block_cache_capacity: u64,
     /// Bytes in the block cache now (read with or without statistics).
@@ -194,6 +256,13 @@ pub(crate) trait Storage: Send + Sync {
 
     /// A new, empty batch.
     fn batch(&self) -> Self::Batch<'_>;
+
+    /// Whether other processes (replicas of the vault) write to this store too:
+    /// then nothing read is known to stay as read without a batch's
+    /// [expectations](WriteSet::expect), and no cache of stored state is kept.
+    fn shared(&self) -> bool {
+        false
+    }
 
     /// Writes `batch` atomically, synced as the vault's [`Durability`] says.
     fn write(&self, batch: Self::Batch<'_>) -> Result<(), Error>;
@@ -336,4 +405,282 @@ pub(crate) trait WriteSet {
     fn delete(&mut self, cf: Cf, key: &[u8]);
     /// Adds `delta` to the counter `key` of [`Cf::Counters`].
     fn add(&mut self, key: &[u8], delta: i64);
+    /// Writes the batch only if `key` still holds `value` (`None`: is absent) when
+    /// it commits; see the module's documentation. Ignored by a store that is not
+    /// [shared](Storage::shared). A key expected absent should be written by the
+    /// same batch: only then is the check exact (no row to lock, but an insert that
+    /// fails if another writer got there first).
+    fn expect(&mut self, cf: Cf, key: &[u8], value: Option<&[u8]>);
+}
+
+/// Calls the same method of whichever engine the store is.
+macro_rules! each {
+    ($store:expr, $s:ident => $e:expr) => {
+        match $store {
+            Store::Rocks($s) => $e,
+            #[cfg(feature = "postgres")]
+            Store::Postgres($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    /// Writes, as one atomic transaction, the batch `build` makes of the current
+    /// value of `key` and of `batches` (each with whether its expectations hold),
+    /// with no other writer changing `key` from that read to the commit: the audit
+    /// journal numbers its events after the head it reads here. On RocksDB the vault
+    /// is the one writer and the journal's leader the one caller; on PostgreSQL the
+    /// row is locked.
+    pub(crate) fn write_locked(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        batches: Vec<RawBatch>,
+        sync: bool,
+        build: impl FnOnce(Option<Vec<u8>>, Vec<(RawBatch, bool)>) -> Result<RawBatch, Error>,
+    ) -> Result<(), Error> {
+        match self {
+            Store::Rocks(s) => {
+                let current = s.get(cf, key)?;
+                let batch = build(current, batches.into_iter().map(|b| (b, true)).collect())?;
+                self.write_detached(batch, sync)
+            }
+            #[cfg(feature = "postgres")]
+            Store::Postgres(s) => s.write_locked(
+                cf,
+                key,
+                batches.into_iter().map(pg::Ops::from_raw).collect(),
+                sync,
+                |current, batches| {
+                    let batches = batches
+                        .into_iter()
+                        .map(|(ops, holds)| (RawBatch::Postgres(ops), holds))
+                        .collect();
+                    build(current, batches).map(pg::Ops::from_raw)
+                },
+            ),
+        }
+    }
+
+    /// The RocksDB store, for tests of its behaviour.
+    #[cfg(test)]
+    pub(crate) fn rocks(&self) -> &RocksStore {
+        match self {
+            Store::Rocks(s) => s,
+            #[cfg(feature = "postgres")]
+            Store::Postgres(_) => panic!("a RocksDB test on another store"),
+        }
+    }
+}
+
+impl Storage for Store {
+    type Batch<'a> = Batch<'a>;
+    type Detached = RawBatch;
+
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        each!(self, s => s.get(cf, key))
+    }
+
+    fn with_value<T>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> T,
+    ) -> Result<T, Error> {
+        each!(self, s => s.with_value(cf, key, f))
+    }
+
+    fn multi_get<K: AsRef<[u8]>>(&self, cf: Cf, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        each!(self, s => s.multi_get(cf, keys))
+    }
+
+    fn scan_prefix_from(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        from: &[u8],
+        f: impl FnMut(&[u8], &[u8]) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        each!(self, s => s.scan_prefix_from(cf, prefix, from, f))
+    }
+
+    fn scan_after(
+        &self,
+        cf: Cf,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, Error> {
+        each!(self, s => s.scan_after(cf, after, limit))
+    }
+
+    fn last_key(&self, cf: Cf) -> Result<Option<Vec<u8>>, Error> {
+        each!(self, s => s.last_key(cf))
+    }
+
+    fn counter(&self, key: &[u8]) -> Result<i64, Error> {
+        each!(self, s => s.counter(key))
+    }
+
+    fn batch(&self) -> Batch<'_> {
+        match self {
+            Store::Rocks(s) => Batch::Rocks(s.batch()),
+            #[cfg(feature = "postgres")]
+            Store::Postgres(s) => Batch::Postgres(s.batch()),
+        }
+    }
+
+    fn shared(&self) -> bool {
+        each!(self, s => s.shared())
+    }
+
+    fn write(&self, batch: Batch<'_>) -> Result<(), Error> {
+        match (self, batch) {
+            (Store::Rocks(s), Batch::Rocks(b)) => s.write(b),
+            #[cfg(feature = "postgres")]
+            (Store::Postgres(s), Batch::Postgres(b)) => s.write(b),
+            #[cfg(feature = "postgres")]
+            _ => Err(Error::Integrity),
+        }
+    }
+
+    fn write_synced(&self, batch: Batch<'_>) -> Result<(), Error> {
+        match (self, batch) {
+            (Store::Rocks(s), Batch::Rocks(b)) => s.write_synced(b),
+            #[cfg(feature = "postgres")]
+            (Store::Postgres(s), Batch::Postgres(b)) => s.write_synced(b),
+            #[cfg(feature = "postgres")]
+            _ => Err(Error::Integrity),
+        }
+    }
+
+    fn refuse_writes(&self, cause: &Error) {
+        each!(self, s => s.refuse_writes(cause))
+    }
+
+    fn syncing(&self) -> bool {
+        each!(self, s => s.syncing())
+    }
+
+    fn sync_wal(&self) -> Result<(), Error> {
+        each!(self, s => s.sync_wal())
+    }
+
+    fn detach(batch: Batch<'_>) -> RawBatch {
+        match batch {
+            Batch::Rocks(b) => RawBatch::Rocks(RocksStore::detach(b)),
+            #[cfg(feature = "postgres")]
+            Batch::Postgres(b) => RawBatch::Postgres(b),
+        }
+    }
+
+    fn put_detached(&self, batch: &mut RawBatch, cf: Cf, key: &[u8], value: &[u8]) {
+        match self {
+            Store::Rocks(s) => {
+                if !matches!(batch, RawBatch::Rocks(_)) {
+                    *batch = RawBatch::Rocks(rocks::RawBatch::default());
+                }
+                if let RawBatch::Rocks(b) = batch {
+                    s.put_detached(b, cf, key, value);
+                }
+            }
+            #[cfg(feature = "postgres")]
+            Store::Postgres(s) => {
+                if !matches!(batch, RawBatch::Postgres(_)) {
+                    *batch = RawBatch::Postgres(pg::Ops::default());
+                }
+                if let RawBatch::Postgres(b) = batch {
+                    s.put_detached(b, cf, key, value);
+                }
+            }
+        }
+    }
+
+    fn join(batches: Vec<RawBatch>) -> RawBatch {
+        let mut rocks = Vec::new();
+        #[cfg(feature = "postgres")]
+        let mut pg = Vec::new();
+        for batch in batches {
+            match batch {
+                RawBatch::Empty => {}
+                RawBatch::Rocks(b) => rocks.push(b),
+                #[cfg(feature = "postgres")]
+                RawBatch::Postgres(b) => pg.push(b),
+            }
+        }
+        #[cfg(feature = "postgres")]
+        if !pg.is_empty() {
+            return RawBatch::Postgres(PgStore::join(pg));
+        }
+        if rocks.is_empty() {
+            RawBatch::Empty
+        } else {
+            RawBatch::Rocks(RocksStore::join(rocks))
+        }
+    }
+
+    fn write_detached(&self, batch: RawBatch, sync: bool) -> Result<(), Error> {
+        match (self, batch) {
+            (Store::Rocks(s), RawBatch::Rocks(b)) => s.write_detached(b, sync),
+            (Store::Rocks(s), RawBatch::Empty) => {
+                s.write_detached(rocks::RawBatch::default(), sync)
+            }
+            #[cfg(feature = "postgres")]
+            (Store::Postgres(s), RawBatch::Postgres(b)) => s.write_detached(b, sync),
+            #[cfg(feature = "postgres")]
+            (Store::Postgres(s), RawBatch::Empty) => s.write_detached(pg::Ops::default(), sync),
+            #[cfg(feature = "postgres")]
+            _ => Err(Error::Integrity),
+        }
+    }
+
+    fn estimate_keys(&self, cf: Cf) -> u64 {
+        each!(self, s => s.estimate_keys(cf))
+    }
+
+    fn counters(&self) -> StorageCounters {
+        each!(self, s => s.counters())
+    }
+
+    fn checkpoint(&self, dir: &Path) -> Result<(), Error> {
+        each!(self, s => s.checkpoint(dir))
+    }
+
+    fn purge_files(&self, scope: &PurgeScope, timeout: Duration) -> Result<bool, Error> {
+        each!(self, s => s.purge_files(scope, timeout))
+    }
+}
+
+impl WriteSet for Batch<'_> {
+    fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        match self {
+            Batch::Rocks(b) => b.put(cf, key, value),
+            #[cfg(feature = "postgres")]
+            Batch::Postgres(b) => b.put(cf, key, value),
+        }
+    }
+
+    fn delete(&mut self, cf: Cf, key: &[u8]) {
+        match self {
+            Batch::Rocks(b) => b.delete(cf, key),
+            #[cfg(feature = "postgres")]
+            Batch::Postgres(b) => b.delete(cf, key),
+        }
+    }
+
+    fn add(&mut self, key: &[u8], delta: i64) {
+        match self {
+            Batch::Rocks(b) => b.add(key, delta),
+            #[cfg(feature = "postgres")]
+            Batch::Postgres(b) => b.add(key, delta),
+        }
+    }
+
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+    fn expect(&mut self, cf: Cf, key: &[u8], value: Option<&[u8]>) {
+        match self {
+            Batch::Rocks(_) => {}
+            #[cfg(feature = "postgres")]
+            Batch::Postgres(b) => b.expect(cf, key, value),
+        }
+    }
 }

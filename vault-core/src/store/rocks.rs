@@ -1,4 +1,4 @@
-//! The storage seam's one implementation: RocksDB, embedded, one column family per
+//! The storage seam on RocksDB, embedded (the default), one column family per
 //! [`Cf`]. Write options follow the vault's [`Durability`]: synced by default, which
 //! RocksDB turns into group commit when writers are concurrent. The purge flushes,
 //! compacts and then checks the directory itself (see `purge_files`).
@@ -28,23 +28,6 @@ use crate::failpoints;
 use crate::options::{Durability, SCATTERED_WRITE_BUFFER, SMALL_ENTRY_WRITE_BUFFER};
 
 impl Cf {
-    fn name(self) -> &'static str {
-        match self {
-            Cf::Meta => "meta",
-            Cf::Subjects => "subjects",
-            Cf::Keys => "keys",
-            Cf::Records => "records",
-            Cf::Index => "index",
-            Cf::Erasures => "erasures",
-            Cf::PurgeQueue => "purge_queue",
-            Cf::Counters => "counters",
-            Cf::Consents => "consents",
-            Cf::Expiry => "expiry",
-            Cf::Audit => "audit",
-            Cf::AuditIndex => "audit_index",
-        }
-    }
-
     /// Whether point reads or scans of this family look for keys that are mostly not
     /// in the memtable (they live in the table files): such reads check a bloom
     /// filter of the memtable's keys (and prefixes) before searching its skip list.
@@ -621,6 +604,7 @@ impl Storage for Store {
             bytes_written: t(Ticker::BytesWritten),
             compaction_bytes_read: t(Ticker::CompactReadBytes),
             background_work: self.background_work(),
+            conflicts: 0,
             block_cache_capacity: self.property(Cf::Records, "rocksdb.block-cache-capacity"),
             block_cache_usage: self.property(Cf::Records, "rocksdb.block-cache-usage"),
         }
@@ -962,6 +946,9 @@ impl WriteSet for Batch<'_> {
         self.inner
             .merge_cf(self.store.cf(Cf::Counters), key, delta.to_le_bytes());
     }
+
+    /// The vault is the store's one writer, and its locks keep what it read.
+    fn expect(&mut self, _cf: Cf, _key: &[u8], _value: Option<&[u8]>) {}
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ pub fn relaxed() -> VaultOptions {
 }
 
 pub fn open(dir: &Path) -> Vault {
-    Vault::open(dir, &root(), options()).expect("open vault")
+    open_vault(dir, &root(), options()).expect("open vault")
 }
 
 /// One token of each kind a read can meet.
@@ -329,4 +329,92 @@ impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
     }
+}
+
+/// Whether the suite runs against PostgreSQL (`VAULT_TEST_BACKEND=postgres`): the
+/// tests that open vaults through [`open_vault`] then open each in a schema of its
+/// own, named after its directory, in the cluster that `scripts/postgres` runs.
+pub fn on_postgres() -> bool {
+    std::env::var("VAULT_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// The test cluster's URL (over TLS) and CA file: `VAULT_TEST_POSTGRES` and
+/// `VAULT_TEST_POSTGRES_CA` if set, else the cluster `scripts/postgres start`
+/// starts (or finds running), once per test process.
+pub fn postgres() -> &'static (String, PathBuf) {
+    static CLUSTER: std::sync::OnceLock<(String, PathBuf)> = std::sync::OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        if let (Ok(url), Ok(ca)) = (
+            std::env::var("VAULT_TEST_POSTGRES"),
+            std::env::var("VAULT_TEST_POSTGRES_CA"),
+        ) {
+            return (url, PathBuf::from(ca));
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres");
+        let run = |arg: &str| {
+            let out = Command::new(&script)
+                .arg(arg)
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("scripts/postgres runs");
+            assert!(out.status.success(), "scripts/postgres {arg} failed");
+            String::from_utf8(out.stdout)
+                .expect("utf-8")
+                .trim()
+                .to_owned()
+        };
+        let url = run("start");
+        let ca = PathBuf::from(run("ca"));
+        (format!("{url}?sslmode=require"), ca)
+    })
+}
+
+/// The schema a test vault in `dir` lives in on PostgreSQL: named after the
+/// directory, so that reopening `dir` reopens it.
+pub fn schema_for(dir: &Path) -> String {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    dir.hash(&mut hasher);
+    format!("t{:016x}", hasher.finish())
+}
+
+/// The PostgreSQL configuration of the test vault in `dir`.
+pub fn postgres_config(dir: &Path) -> vault_core::PostgresConfig {
+    let (url, ca) = postgres();
+    vault_core::PostgresConfig::new(url.clone())
+        .ca_file(ca)
+        .schema(schema_for(dir))
+        .pool_size(8)
+}
+
+/// Opens the test vault of `dir`: in the directory, or in PostgreSQL when the suite
+/// runs there ([`on_postgres`]).
+pub fn open_vault(
+    dir: &Path,
+    root: &RootKey,
+    opts: VaultOptions,
+) -> Result<Vault, vault_core::Error> {
+    if on_postgres() {
+        Vault::open_postgres(&postgres_config(dir), root, opts)
+    } else {
+        Vault::open(dir, root, opts)
+    }
+}
+
+/// Ends a test that reads or alters RocksDB's files (or the vault directory) when
+/// the suite runs on PostgreSQL, where there are none; says so on stderr.
+#[macro_export]
+macro_rules! rocksdb_only {
+    () => {
+        if $crate::common::on_postgres() {
+            eprintln!("not run on PostgreSQL: this test reads RocksDB's files");
+            return Ok(());
+        }
+    };
+    (unit) => {
+        if $crate::common::on_postgres() {
+            eprintln!("not run on PostgreSQL: this test reads RocksDB's files");
+            return;
+        }
+    };
 }

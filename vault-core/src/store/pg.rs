@@ -1,0 +1,1265 @@
+//! The storage seam on PostgreSQL (feature `postgres`): one table per [`Cf`],
+//! `(k bytea primary key, v bytea)`, in a schema of the vault's own, so that any
+//! number of vault replicas share one vault on one database (made highly available
+//! by the cluster: a synchronous standby and failover, e.g. Patroni).
+//!
+//! Reads are prepared statements on a pooled connection. A batch is one transaction
+//! sent as one simple query (its values as hex `bytea` literals: no text of ours is
+//! ever quoted): a write costs one round trip, two when the batch carries
+//! [expectations](WriteSet::expect), which are checked first under row locks
+//! (`FOR UPDATE`, or `FOR SHARE` for rows the batch does not write). A key expected
+//! absent is inserted without `ON CONFLICT`, so a replica that inserted it first
+//! makes the insert fail. A failed expectation, a unique violation, a serialization
+//! failure or a deadlock is [`Error::Conflict`]: the operation runs again. Nothing
+//! relies on advisory locks or `LISTEN`/`NOTIFY` (CockroachDB has neither).
+//!
+//! Durability: a synced write commits with `synchronous_commit = on` (flushed here
+//! and, where the cluster has a synchronous standby, there); an unsynced one with
+//! `off`, and [`Storage::sync_wal`] is a small synced transaction, which flushes the
+//! WAL past every earlier commit.
+//!
+//! A connection that broke (the primary failed over) is dropped from the pool; a
+//! read on it is retried once on a new connection, which the multi-host URL with
+//! `target_session_attrs=read-write` points at the new primary. A write is not
+//! retried here: whether its commit happened is unknown, and the caller decides.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use postgres::error::SqlState;
+use postgres::{Client, NoTls, SimpleQueryMessage, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::{Cf, KeyValue, PurgeScope, RetireRule, Retired, Storage, StorageCounters, WriteSet};
+use crate::crypto::random_bytes;
+use crate::error::{Error, StorageError};
+use crate::options::Durability;
+
+/// The schema version this build creates and reads. A database whose schema is
+/// newer is refused before anything is written.
+pub(crate) const SCHEMA_VERSION: u16 = 1;
+/// Rows a scan fetches per round trip.
+const SCAN_CHUNK: i64 = 512;
+/// How long a caller waits for a pooled connection before giving up.
+const POOL_WAIT: Duration = Duration::from_secs(30);
+/// The table of [`Storage::sync_wal`]'s barrier writes, one row per open store.
+const BARRIER: &str = "wal_barrier";
+
+/// Where a vault on PostgreSQL lives and how it is reached. Its `Debug` leaves out
+/// the URL, which may hold a password.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    url: String,
+    pool_size: usize,
+    ca_file: Option<PathBuf>,
+    schema: String,
+    connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("pool_size", &self.pool_size)
+            .field("ca_file", &self.ca_file)
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresConfig {
+    /// A vault at `url`: a libpq-style URL or key=value string, several hosts
+    /// allowed (`postgresql://vault@db1,db2/vault?target_session_attrs=read-write`,
+    /// so that a failover finds the new primary). TLS is used unless the URL says
+    /// `sslmode=disable`, and the server's certificate is always verified, against
+    /// [`ca_file`](Self::ca_file) or else the Mozilla root certificates.
+    pub fn new(url: impl Into<String>) -> PostgresConfig {
+        PostgresConfig {
+            url: url.into(),
+            pool_size: 16,
+            ca_file: None,
+            schema: "vault".to_owned(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Connections the vault keeps at most (16 by default).
+    pub fn pool_size(mut self, size: usize) -> PostgresConfig {
+        self.pool_size = size;
+        self
+    }
+
+    /// A PEM file of the certificates that sign the database's TLS certificate.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> PostgresConfig {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// The schema the vault's tables live in (`vault` by default): one vault per
+    /// schema. Lowercase letters, digits and `_`, starting with a letter, at most
+    /// 63 characters.
+    pub fn schema(mut self, schema: impl Into<String>) -> PostgresConfig {
+        self.schema = schema.into();
+        self
+    }
+
+    /// How long a connection attempt to one host may take (5 s by default).
+    pub fn connect_timeout(mut self, timeout: Duration) -> PostgresConfig {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The configured schema name.
+    pub fn schema_name(&self) -> &str {
+        &self.schema
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let valid_schema = self.schema.len() <= 63
+            && self.schema.starts_with(|c: char| c.is_ascii_lowercase())
+            && self
+                .schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid_schema {
+            return Err(Error::InvalidOption(
+                "the PostgreSQL schema must be lowercase letters, digits and _, starting with a letter, at most 63 characters",
+            ));
+        }
+        if !(1..=1024).contains(&self.pool_size) {
+            return Err(Error::InvalidOption(
+                "the PostgreSQL pool size must be 1 to 1024",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A PostgreSQL error as the vault's: its code and message, never its detail (a
+/// unique violation's detail quotes the key).
+fn engine(e: &postgres::Error) -> Error {
+    if let Some(code) = e.code()
+        && [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::UNIQUE_VIOLATION,
+        ]
+        .contains(code)
+    {
+        return Error::Conflict;
+    }
+    let message = match e.as_db_error() {
+        Some(db) => format!("PostgreSQL {}: {}", db.code().code(), db.message()),
+        None => format!("PostgreSQL: {e}"),
+    };
+    Error::Storage(StorageError(message))
+}
+
+fn storage(message: impl Into<String>) -> Error {
+    Error::Storage(StorageError(message.into()))
+}
+
+/// One pooled connection and its prepared statements.
+struct Conn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+impl Conn {
+    fn prepared(&mut self, sql: &str) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+}
+
+#[derive(Clone)]
+enum Tls {
+    Off,
+    On(MakeRustlsConnect),
+}
+
+struct Pool {
+    config: postgres::Config,
+    tls: Tls,
+    size: usize,
+    state: Mutex<PoolState>,
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    idle: Vec<Conn>,
+    open: usize,
+}
+
+/// A connection lent out; back to the pool when dropped, unless it broke.
+struct Lease<'a> {
+    pool: &'a Pool,
+    conn: Option<Conn>,
+}
+
+impl Lease<'_> {
+    fn conn(&mut self) -> &mut Conn {
+        self.conn
+            .as_mut()
+            .expect("a lease holds its connection until dropped")
+    }
+
+    fn broken(&self) -> bool {
+        self.conn.as_ref().is_none_or(|c| c.client.is_closed())
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let mut state = self
+            .pool
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match self.conn.take() {
+            Some(conn) if !conn.client.is_closed() => state.idle.push(conn),
+            _ => state.open -= 1,
+        }
+        drop(state);
+        self.pool.freed.notify_one();
+    }
+}
+
+impl Pool {
+    fn new(config: &PostgresConfig) -> Result<Pool, Error> {
+        let mut pg = postgres::Config::from_str(&config.url)
+            .map_err(|_| Error::InvalidOption("the PostgreSQL URL does not parse"))?;
+        pg.connect_timeout(config.connect_timeout);
+        pg.application_name("vault");
+        let tls = match pg.get_ssl_mode() {
+            postgres::config::SslMode::Disable => Tls::Off,
+            _ => Tls::On(tls_connector(config.ca_file.as_deref())?),
+        };
+        Ok(Pool {
+            config: pg,
+            tls,
+            size: config.pool_size,
+            state: Mutex::new(PoolState::default()),
+            freed: Condvar::new(),
+        })
+    }
+
+    fn connect(&self) -> Result<Conn, Error> {
+        let client = match &self.tls {
+            Tls::Off => self.config.connect(NoTls),
+            Tls::On(tls) => self.config.connect(tls.clone()),
+        };
+        let mut client = client.map_err(|e| engine(&e))?;
+        // Values are sent and read as hex `bytea` literals in simple queries.
+        client
+            .batch_execute("SET bytea_output = 'hex'; SET standard_conforming_strings = on")
+            .map_err(|e| engine(&e))?;
+        Ok(Conn {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn get(&self) -> Result<Lease<'_>, Error> {
+        let deadline = Instant::now() + POOL_WAIT;
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(conn) = state.idle.pop() {
+                return Ok(Lease {
+                    pool: self,
+                    conn: Some(conn),
+                });
+            }
+            if state.open < self.size {
+                state.open += 1;
+                drop(state);
+                return match self.connect() {
+                    Ok(conn) => Ok(Lease {
+                        pool: self,
+                        conn: Some(conn),
+                    }),
+                    Err(e) => {
+                        self.state
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .open -= 1;
+                        self.freed.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(storage(
+                    "no PostgreSQL connection came free within 30 s (pool_size)",
+                ));
+            }
+            state = self
+                .freed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+fn tls_connector(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, Error> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path).map_err(|_| {
+                Error::InvalidOption("the PostgreSQL CA file cannot be read as PEM")
+            })?;
+            for cert in certs {
+                let cert = cert.map_err(|_| {
+                    Error::InvalidOption("the PostgreSQL CA file cannot be read as PEM")
+                })?;
+                roots.add(cert).map_err(|_| {
+                    Error::InvalidOption("the PostgreSQL CA file holds an unusable certificate")
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(Error::InvalidOption(
+                    "the PostgreSQL CA file holds no certificate",
+                ));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|_| Error::InvalidOption("TLS to PostgreSQL cannot be set up"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// One write of a batch, as it ends up: the last put or delete of a key wins.
+#[derive(Clone)]
+enum Last {
+    Put(Vec<u8>),
+    Delete,
+}
+
+/// A batch for PostgreSQL: the final state of every key it writes, the counters it
+/// adds to, and what it expects to find.
+#[derive(Default)]
+pub(crate) struct Ops {
+    writes: BTreeMap<(Cf, Vec<u8>), Last>,
+    adds: BTreeMap<Vec<u8>, i64>,
+    expects: BTreeMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl Ops {
+    /// The batch inside a detached one (an empty one for `Empty`).
+    pub(crate) fn from_raw(raw: super::RawBatch) -> Ops {
+        match raw {
+            super::RawBatch::Postgres(ops) => ops,
+            _ => Ops::default(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.adds.is_empty()
+    }
+
+    fn append(&mut self, other: Ops) {
+        self.writes.extend(other.writes);
+        for (key, delta) in other.adds {
+            *self.adds.entry(key).or_default() += delta;
+        }
+        // The first expectation of a key is what was read before any write of it.
+        for (key, value) in other.expects {
+            self.expects.entry(key).or_insert(value);
+        }
+    }
+}
+
+impl WriteSet for Ops {
+    fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        self.writes
+            .insert((cf, key.to_vec()), Last::Put(value.to_vec()));
+    }
+
+    fn delete(&mut self, cf: Cf, key: &[u8]) {
+        self.writes.insert((cf, key.to_vec()), Last::Delete);
+    }
+
+    fn add(&mut self, key: &[u8], delta: i64) {
+        *self.adds.entry(key.to_vec()).or_default() += delta;
+    }
+
+    fn expect(&mut self, cf: Cf, key: &[u8], value: Option<&[u8]>) {
+        self.expects
+            .entry((cf, key.to_vec()))
+            .or_insert_with(|| value.map(<[u8]>::to_vec));
+    }
+}
+
+/// Locked rows: (family's number + 1, or 0 for the one locked first, key) → value.
+type Locked = HashMap<(u8, Vec<u8>), Vec<u8>>;
+/// Rows to write, by family.
+type Rows<'a> = BTreeMap<Cf, Vec<(&'a [u8], &'a [u8])>>;
+
+/// Appends `bytes` as a hex `bytea` literal.
+fn hex(sql: &mut String, bytes: &[u8]) {
+    sql.push_str("'\\x");
+    for b in bytes {
+        let _ = write!(sql, "{b:02x}");
+    }
+    sql.push('\'');
+}
+
+/// The bytes of a hex `bytea` text (`\x0a1b…`), as `bytea_output = 'hex'` gives.
+fn unhex(text: &str) -> Result<Vec<u8>, Error> {
+    let digits = text
+        .strip_prefix("\\x")
+        .ok_or_else(|| storage("PostgreSQL returned bytea in an unexpected form"))?;
+    let digits = digits.as_bytes();
+    if digits.len() % 2 != 0 {
+        return Err(storage("PostgreSQL returned bytea in an unexpected form"));
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        _ => Err(storage("PostgreSQL returned bytea in an unexpected form")),
+    };
+    digits
+        .chunks_exact(2)
+        .map(|pair| Ok((nibble(pair[0])? << 4) | nibble(pair[1])?))
+        .collect()
+}
+
+/// The smallest key greater than every key with this prefix, if one exists.
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Work counted for [`Storage::counters`].
+#[derive(Default)]
+struct Counts {
+    keys_read: AtomicU64,
+    keys_written: AtomicU64,
+    seeks: AtomicU64,
+    steps: AtomicU64,
+    commits_synced: AtomicU64,
+    bytes_written: AtomicU64,
+    conflicts: AtomicU64,
+}
+
+pub(crate) struct PgStore {
+    pool: Pool,
+    schema: String,
+    sync_by_default: bool,
+    /// The retirement rule, known once the keyring is open (after the store).
+    retire: OnceLock<RetireRule>,
+    /// This store's row in the barrier table.
+    id: [u8; 16],
+    counts: Counts,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects, and creates the schema and its tables if they are missing (when
+    /// `create` allows it). A schema of a newer version is refused before anything
+    /// is written; `Ok(false)` alongside the store when the schema did not exist.
+    pub(crate) fn open(
+        config: &PostgresConfig,
+        durability: Durability,
+        create: bool,
+    ) -> Result<(PgStore, bool), Error> {
+        config.validate()?;
+        let store = PgStore {
+            pool: Pool::new(config)?,
+            schema: config.schema.clone(),
+            sync_by_default: durability == Durability::Synced,
+            retire: OnceLock::new(),
+            id: random_bytes()?,
+            counts: Counts::default(),
+        };
+        let existed = store.schema_version()?.is_some();
+        if !existed && !create {
+            return Ok((store, false));
+        }
+        // Replicas started together may race to create the tables: whoever loses
+        // finds them there on the next try.
+        let mut tries = 0;
+        loop {
+            match store.create_schema() {
+                Ok(()) => break,
+                Err(Error::Conflict) if tries < 5 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50 * tries));
+                }
+                Err(Error::Storage(StorageError(m)))
+                    if m.contains("42P06") || m.contains("42P07") =>
+                {
+                    tries += 1;
+                    if tries > 5 {
+                        return Err(Error::Storage(StorageError(m)));
+                    }
+                    std::thread::sleep(Duration::from_millis(50 * tries));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((store, existed))
+    }
+
+    /// Sets the rule a purge applies to the rows of its scope.
+    pub(crate) fn set_retire_rule(&self, rule: RetireRule) {
+        let _ = self.retire.set(rule);
+    }
+
+    fn table(&self, cf: Cf) -> String {
+        format!("\"{}\".\"{}\"", self.schema, cf.name())
+    }
+
+    /// The stored schema version, `None` when there is no schema (yet). Newer than
+    /// this build: [`Error::UnsupportedFormat`].
+    fn schema_version(&self) -> Result<Option<u16>, Error> {
+        let sql = format!("SELECT version FROM \"{}\".schema_version", self.schema);
+        let mut lease = self.pool.get()?;
+        let rows = match lease.conn().client.query(&sql, &[]) {
+            Ok(rows) => rows,
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(None),
+            Err(e) => return Err(engine(&e)),
+        };
+        let version: Option<i32> = rows.first().map(|r| r.get(0));
+        match version {
+            None => Ok(None),
+            Some(v) => {
+                let found = u16::try_from(v).map_err(|_| Error::Integrity)?;
+                if found > SCHEMA_VERSION {
+                    return Err(Error::UnsupportedFormat {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                Ok(Some(found))
+            }
+        }
+    }
+
+    fn create_schema(&self) -> Result<(), Error> {
+        let s = &self.schema;
+        let mut sql = format!(
+            "BEGIN; CREATE SCHEMA IF NOT EXISTS \"{s}\"; \
+             CREATE TABLE IF NOT EXISTS \"{s}\".schema_version (version integer NOT NULL); "
+        );
+        for cf in Cf::ALL {
+            let column = if cf == Cf::Counters {
+                "n bigint"
+            } else {
+                "v bytea"
+            };
+            let _ = write!(
+                sql,
+                "CREATE TABLE IF NOT EXISTS {} (k bytea PRIMARY KEY, {column} NOT NULL); ",
+                self.table(cf)
+            );
+        }
+        let _ = write!(
+            sql,
+            "CREATE TABLE IF NOT EXISTS \"{s}\".{BARRIER} (k bytea PRIMARY KEY, n bigint NOT NULL); \
+             INSERT INTO \"{s}\".schema_version SELECT {SCHEMA_VERSION} \
+             WHERE NOT EXISTS (SELECT 1 FROM \"{s}\".schema_version); COMMIT"
+        );
+        let mut lease = self.pool.get()?;
+        let result = lease.conn().client.batch_execute(&sql);
+        if let Err(e) = result {
+            let _ = lease.conn().client.batch_execute("ROLLBACK");
+            return Err(engine(&e));
+        }
+        // The version again, now that it is there (another replica may have written it).
+        match self.schema_version()? {
+            Some(_) => Ok(()),
+            None => Err(storage("the vault's schema version was not recorded")),
+        }
+    }
+
+    /// Runs a read on a pooled connection; once more on a new one if the first
+    /// broke (a failover).
+    fn read<T>(
+        &self,
+        mut f: impl FnMut(&mut Conn) -> Result<T, postgres::Error>,
+    ) -> Result<T, Error> {
+        let mut retried = false;
+        loop {
+            let mut lease = self.pool.get()?;
+            match f(lease.conn()) {
+                Ok(value) => return Ok(value),
+                Err(e) if lease.broken() && !retried => {
+                    retried = true;
+                    drop(e);
+                }
+                Err(e) => return Err(engine(&e)),
+            }
+        }
+    }
+
+    fn value_column(cf: Cf) -> &'static str {
+        // Counters are numbers, read as the little-endian bytes RocksDB's merge
+        // operator keeps.
+        if cf == Cf::Counters { "n" } else { "v" }
+    }
+
+    fn row_value(cf: Cf, row: &postgres::Row, at: usize) -> Vec<u8> {
+        if cf == Cf::Counters {
+            row.get::<_, i64>(at).to_le_bytes().to_vec()
+        } else {
+            row.get::<_, Vec<u8>>(at)
+        }
+    }
+
+    /// Up to `limit` rows from `from` (inclusive or not) and below `end`, in key order.
+    fn range(
+        &self,
+        cf: Cf,
+        from: Option<(&[u8], bool)>,
+        end: Option<&[u8]>,
+        limit: i64,
+    ) -> Result<Vec<KeyValue>, Error> {
+        let mut sql = format!(
+            "SELECT k, {} FROM {}",
+            Self::value_column(cf),
+            self.table(cf)
+        );
+        let mut conditions = Vec::new();
+        let mut n = 0;
+        if let Some((_, inclusive)) = from {
+            n += 1;
+            conditions.push(format!("k {} ${n}", if inclusive { ">=" } else { ">" }));
+        }
+        if end.is_some() {
+            n += 1;
+            conditions.push(format!("k < ${n}"));
+        }
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        n += 1;
+        let _ = write!(sql, " ORDER BY k LIMIT ${n}");
+        self.counts.seeks.fetch_add(1, Ordering::Relaxed);
+        let rows = self.read(|conn| {
+            let statement = conn.prepared(&sql)?;
+            let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = Vec::new();
+            let from_key = from.map(|(k, _)| k);
+            if let Some(k) = &from_key {
+                params.push(k);
+            }
+            if let Some(e) = &end {
+                params.push(e);
+            }
+            params.push(&limit);
+            conn.client.query(&statement, &params)
+        })?;
+        self.counts
+            .steps
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        Ok(rows
+            .iter()
+            .map(|row| (row.get::<_, Vec<u8>>(0), Self::row_value(cf, row, 1)))
+            .collect())
+    }
+
+    /// Sends `sql` (a transaction's statements) as one simple query; rolls back
+    /// what it left open if it failed.
+    fn execute(&self, lease: &mut Lease<'_>, sql: &str) -> Result<Vec<SimpleQueryMessage>, Error> {
+        match lease.conn().client.simple_query(sql) {
+            Ok(messages) => Ok(messages),
+            Err(e) => {
+                if !lease.broken() {
+                    let _ = lease.conn().client.batch_execute("ROLLBACK");
+                }
+                let error = engine(&e);
+                if matches!(error, Error::Conflict) {
+                    self.counts.conflicts.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// The statements that lock and read the rows `expects` names (and `extra`,
+    /// tagged 0), each row tagged with its family's number + 1.
+    fn lock_sql(&self, sql: &mut String, expects: &[&Ops], extra: Option<(Cf, &[u8])>) {
+        let mut by_cf: BTreeMap<Cf, BTreeMap<Vec<u8>, bool>> = BTreeMap::new();
+        for ops in expects {
+            for (cf, key) in ops.expects.keys() {
+                let written = ops.writes.contains_key(&(*cf, key.clone()));
+                let entry = by_cf
+                    .entry(*cf)
+                    .or_default()
+                    .entry(key.clone())
+                    .or_default();
+                *entry |= written;
+            }
+        }
+        if let Some((cf, key)) = extra {
+            let _ = write!(sql, "SELECT 0, k, v FROM {} WHERE k = ", self.table(cf));
+            hex(sql, key);
+            sql.push_str(" FOR UPDATE; ");
+        }
+        for (cf, keys) in by_cf {
+            for (strength, keys) in [
+                (
+                    "UPDATE",
+                    keys.iter()
+                        .filter(|(_, w)| **w)
+                        .map(|(k, _)| k)
+                        .collect::<Vec<_>>(),
+                ),
+                (
+                    "SHARE",
+                    keys.iter().filter(|(_, w)| !**w).map(|(k, _)| k).collect(),
+                ),
+            ] {
+                if keys.is_empty() {
+                    continue;
+                }
+                let _ = write!(
+                    sql,
+                    "SELECT {}, k, {} FROM {} WHERE k IN (",
+                    cf as u8 + 1,
+                    Self::value_column(cf),
+                    self.table(cf)
+                );
+                for (i, key) in keys.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(',');
+                    }
+                    hex(sql, key);
+                }
+                let _ = write!(sql, ") ORDER BY k FOR {strength}; ");
+            }
+        }
+    }
+
+    /// The rows a lock query returned: (tag, key) → value.
+    fn locked_rows(messages: &[SimpleQueryMessage]) -> Result<Locked, Error> {
+        let mut rows = HashMap::new();
+        for message in messages {
+            if let SimpleQueryMessage::Row(row) = message {
+                let tag: u8 = row
+                    .get(0)
+                    .and_then(|t| t.parse().ok())
+                    .ok_or_else(|| storage("PostgreSQL returned an unexpected row"))?;
+                let key = unhex(row.get(1).unwrap_or_default())?;
+                let text = row.get(2).unwrap_or_default();
+                let value = if tag == Cf::Counters as u8 + 1 {
+                    text.parse::<i64>()
+                        .map_err(|_| storage("PostgreSQL returned an unexpected counter"))?
+                        .to_le_bytes()
+                        .to_vec()
+                } else {
+                    unhex(text)?
+                };
+                rows.insert((tag, key), value);
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Whether every expectation of `ops` holds in the locked `rows`.
+    fn holds(ops: &Ops, rows: &Locked) -> bool {
+        ops.expects.iter().all(|((cf, key), expected)| {
+            let found = rows.get(&(*cf as u8 + 1, key.clone()));
+            found.map(Vec::as_slice) == expected.as_deref()
+        })
+    }
+
+    /// The statements that apply `ops`, ending with `COMMIT`.
+    fn write_sql(&self, sql: &mut String, ops: &Ops) {
+        let mut deletes: BTreeMap<Cf, Vec<&[u8]>> = BTreeMap::new();
+        let mut upserts: Rows<'_> = BTreeMap::new();
+        let mut inserts: Rows<'_> = BTreeMap::new();
+        let mut bytes = 0;
+        for ((cf, key), last) in &ops.writes {
+            match last {
+                Last::Delete => deletes.entry(*cf).or_default().push(key),
+                Last::Put(value) => {
+                    bytes += key.len() + value.len();
+                    // Expected absent: a plain insert, which fails if another
+                    // writer inserted the key meanwhile.
+                    let fresh = matches!(ops.expects.get(&(*cf, key.clone())), Some(None));
+                    let to = if fresh { &mut inserts } else { &mut upserts };
+                    to.entry(*cf).or_default().push((key, value));
+                }
+            }
+        }
+        self.counts.keys_written.fetch_add(
+            (ops.writes.len() + ops.adds.len()) as u64,
+            Ordering::Relaxed,
+        );
+        self.counts
+            .bytes_written
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        for (cf, keys) in deletes {
+            let _ = write!(sql, "DELETE FROM {} WHERE k IN (", self.table(cf));
+            for (i, key) in keys.iter().enumerate() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                hex(sql, key);
+            }
+            sql.push_str("); ");
+        }
+        for (rows, conflict) in [
+            (inserts, ""),
+            (upserts, " ON CONFLICT (k) DO UPDATE SET v = EXCLUDED.v"),
+        ] {
+            for (cf, rows) in rows {
+                let _ = write!(sql, "INSERT INTO {} (k, v) VALUES ", self.table(cf));
+                for (i, (key, value)) in rows.iter().enumerate() {
+                    if i > 0 {
+                        sql.push(',');
+                    }
+                    sql.push('(');
+                    hex(sql, key);
+                    sql.push(',');
+                    hex(sql, value);
+                    sql.push(')');
+                }
+                let _ = write!(sql, "{conflict}; ");
+            }
+        }
+        if !ops.adds.is_empty() {
+            let table = self.table(Cf::Counters);
+            let _ = write!(sql, "INSERT INTO {table} (k, n) VALUES ");
+            for (i, (key, delta)) in ops.adds.iter().enumerate() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push('(');
+                hex(sql, key);
+                let _ = write!(sql, ",{delta})");
+            }
+            let _ = write!(
+                sql,
+                " ON CONFLICT (k) DO UPDATE SET n = {table}.n + EXCLUDED.n; "
+            );
+        }
+        sql.push_str("COMMIT");
+    }
+
+    fn begin(sql: &mut String, sync: bool) {
+        sql.push_str(if sync {
+            "BEGIN; SET LOCAL synchronous_commit = on; "
+        } else {
+            "BEGIN; SET LOCAL synchronous_commit = off; "
+        });
+    }
+
+    /// Writes `ops` as one transaction: its expectations first, under locks.
+    fn commit(&self, ops: Ops, sync: bool) -> Result<(), Error> {
+        if ops.is_empty() && ops.expects.is_empty() {
+            return if sync { self.sync_wal() } else { Ok(()) };
+        }
+        let mut lease = self.pool.get()?;
+        let mut sql = String::new();
+        Self::begin(&mut sql, sync);
+        if !ops.expects.is_empty() {
+            self.lock_sql(&mut sql, &[&ops], None);
+            let rows = Self::locked_rows(&self.execute(&mut lease, &sql)?)?;
+            if !Self::holds(&ops, &rows) {
+                let _ = lease.conn().client.batch_execute("ROLLBACK");
+                self.counts.conflicts.fetch_add(1, Ordering::Relaxed);
+                return Err(Error::Conflict);
+            }
+            sql.clear();
+        }
+        self.write_sql(&mut sql, &ops);
+        self.execute(&mut lease, &sql)?;
+        if sync {
+            self.counts.commits_synced.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// See [`Store::write_locked`](super::Store::write_locked).
+    pub(crate) fn write_locked(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        batches: Vec<Ops>,
+        sync: bool,
+        build: impl FnOnce(Option<Vec<u8>>, Vec<(Ops, bool)>) -> Result<Ops, Error>,
+    ) -> Result<(), Error> {
+        let mut lease = self.pool.get()?;
+        let mut sql = String::new();
+        Self::begin(&mut sql, sync);
+        let refs: Vec<&Ops> = batches.iter().collect();
+        self.lock_sql(&mut sql, &refs, Some((cf, key)));
+        let rows = Self::locked_rows(&self.execute(&mut lease, &sql)?)?;
+        let current = rows.get(&(0, key.to_vec())).cloned();
+        let checked = batches
+            .into_iter()
+            .map(|ops| {
+                let holds = Self::holds(&ops, &rows);
+                if !holds {
+                    self.counts.conflicts.fetch_add(1, Ordering::Relaxed);
+                }
+                (ops, holds)
+            })
+            .collect();
+        let ops = match build(current, checked) {
+            Ok(ops) => ops,
+            Err(e) => {
+                let _ = lease.conn().client.batch_execute("ROLLBACK");
+                return Err(e);
+            }
+        };
+        sql.clear();
+        self.write_sql(&mut sql, &ops);
+        self.execute(&mut lease, &sql)?;
+        if sync {
+            self.counts.commits_synced.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The tables' statistics, for a check that a VACUUM ran: vacuum counts by table.
+    fn vacuum_counts(&self) -> Result<HashMap<String, i64>, Error> {
+        let rows = self.read(|conn| {
+            conn.client.query(
+                "SELECT relname::text, vacuum_count FROM pg_stat_user_tables WHERE schemaname = $1",
+                &[&self.schema],
+            )
+        })?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get::<_, String>(0), row.get::<_, i64>(1)))
+            .collect())
+    }
+
+    /// Applies the retirement rule to the rows of `cf` from `first` to `last`
+    /// (everything if `None`), a chunk per transaction.
+    fn retire_rows(
+        &self,
+        cf: Cf,
+        range: Option<(&[u8], &[u8])>,
+        rule: &RetireRule,
+    ) -> Result<(), Error> {
+        let mut from: Option<Vec<u8>> = range.map(|(first, _)| first.to_vec());
+        let mut inclusive = true;
+        loop {
+            let rows = self.range(
+                cf,
+                from.as_deref().map(|k| (k, inclusive)),
+                None,
+                SCAN_CHUNK,
+            )?;
+            let mut ops = Ops::default();
+            let mut done = rows.len() < SCAN_CHUNK as usize;
+            for (key, value) in &rows {
+                if range.is_some_and(|(_, last)| key.as_slice() > last) {
+                    done = true;
+                    break;
+                }
+                match rule(cf, key, value) {
+                    Retired::Keep => {}
+                    Retired::Remove => ops.delete(cf, key),
+                    Retired::Replace(stub) => ops.put(cf, key, &stub),
+                }
+            }
+            if !ops.is_empty() {
+                self.commit(ops, true)?;
+            }
+            match rows.last() {
+                Some((key, _)) if !done => {
+                    from = Some(key.clone());
+                    inclusive = false;
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+impl Storage for PgStore {
+    type Batch<'a> = Ops;
+    type Detached = Ops;
+
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let sql = format!(
+            "SELECT {} FROM {} WHERE k = $1",
+            Self::value_column(cf),
+            self.table(cf)
+        );
+        self.counts.keys_read.fetch_add(1, Ordering::Relaxed);
+        let row = self.read(|conn| {
+            let statement = conn.prepared(&sql)?;
+            conn.client.query_opt(&statement, &[&key])
+        })?;
+        Ok(row.map(|row| Self::row_value(cf, &row, 0)))
+    }
+
+    fn with_value<T>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> T,
+    ) -> Result<T, Error> {
+        Ok(f(self.get(cf, key)?.as_deref()))
+    }
+
+    fn multi_get<K: AsRef<[u8]>>(&self, cf: Cf, keys: &[K]) -> Result<Vec<Option<Vec<u8>>>, Error> {
+        if let [key] = keys {
+            return Ok(vec![self.get(cf, key.as_ref())?]);
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT k, {} FROM {} WHERE k = ANY($1)",
+            Self::value_column(cf),
+            self.table(cf)
+        );
+        let wanted: Vec<&[u8]> = keys.iter().map(AsRef::as_ref).collect();
+        self.counts
+            .keys_read
+            .fetch_add(wanted.len() as u64, Ordering::Relaxed);
+        let rows = self.read(|conn| {
+            let statement = conn.prepared(&sql)?;
+            conn.client.query(&statement, &[&wanted])
+        })?;
+        let found: HashMap<Vec<u8>, Vec<u8>> = rows
+            .iter()
+            .map(|row| (row.get::<_, Vec<u8>>(0), Self::row_value(cf, row, 1)))
+            .collect();
+        Ok(wanted.iter().map(|k| found.get(*k).cloned()).collect())
+    }
+
+    fn scan_prefix_from(
+        &self,
+        cf: Cf,
+        prefix: &[u8],
+        from: &[u8],
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        let end = prefix_end(prefix);
+        let mut start = if from.is_empty() && prefix.is_empty() {
+            None
+        } else {
+            Some((from.to_vec(), true))
+        };
+        loop {
+            let rows = self.range(
+                cf,
+                start
+                    .as_ref()
+                    .map(|(k, inclusive)| (k.as_slice(), *inclusive)),
+                end.as_deref(),
+                SCAN_CHUNK,
+            )?;
+            for (key, value) in &rows {
+                if !f(key, value)? {
+                    return Ok(());
+                }
+            }
+            match rows.last() {
+                Some((key, _)) if rows.len() == SCAN_CHUNK as usize => {
+                    start = Some((key.clone(), false));
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn scan_after(
+        &self,
+        cf: Cf,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.range(cf, after.map(|k| (k, false)), None, limit)
+    }
+
+    fn last_key(&self, cf: Cf) -> Result<Option<Vec<u8>>, Error> {
+        let sql = format!("SELECT k FROM {} ORDER BY k DESC LIMIT 1", self.table(cf));
+        let row = self.read(|conn| {
+            let statement = conn.prepared(&sql)?;
+            conn.client.query_opt(&statement, &[])
+        })?;
+        Ok(row.map(|row| row.get::<_, Vec<u8>>(0)))
+    }
+
+    fn counter(&self, key: &[u8]) -> Result<i64, Error> {
+        Ok(self
+            .get(Cf::Counters, key)?
+            .and_then(|bytes| bytes.try_into().ok())
+            .map_or(0, i64::from_le_bytes))
+    }
+
+    fn batch(&self) -> Ops {
+        Ops::default()
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn write(&self, batch: Ops) -> Result<(), Error> {
+        self.commit(batch, self.sync_by_default)
+    }
+
+    fn write_synced(&self, batch: Ops) -> Result<(), Error> {
+        self.commit(batch, true)
+    }
+
+    /// Nothing to refuse: a failed transaction changed nothing, and the next one
+    /// starts from what the database holds.
+    fn refuse_writes(&self, _cause: &Error) {}
+
+    /// Each commit waits for its own flush; PostgreSQL groups them itself.
+    fn syncing(&self) -> bool {
+        false
+    }
+
+    fn sync_wal(&self) -> Result<(), Error> {
+        let mut sql = String::new();
+        Self::begin(&mut sql, true);
+        let table = format!("\"{}\".{BARRIER}", self.schema);
+        let _ = write!(sql, "INSERT INTO {table} (k, n) VALUES (");
+        hex(&mut sql, &self.id);
+        let _ = write!(
+            sql,
+            ", 1) ON CONFLICT (k) DO UPDATE SET n = {table}.n + 1; COMMIT"
+        );
+        let mut lease = self.pool.get()?;
+        self.execute(&mut lease, &sql)?;
+        self.counts.commits_synced.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn detach(batch: Ops) -> Ops {
+        batch
+    }
+
+    fn put_detached(&self, batch: &mut Ops, cf: Cf, key: &[u8], value: &[u8]) {
+        batch.put(cf, key, value);
+    }
+
+    fn join(batches: Vec<Ops>) -> Ops {
+        let mut joined = Ops::default();
+        for batch in batches {
+            joined.append(batch);
+        }
+        joined
+    }
+
+    fn write_detached(&self, batch: Ops, sync: bool) -> Result<(), Error> {
+        self.commit(batch, sync)
+    }
+
+    fn estimate_keys(&self, cf: Cf) -> u64 {
+        let name = self.table(cf);
+        self.read(|conn| {
+            conn.client.query_opt(
+                "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass($1)",
+                &[&name],
+            )
+        })
+        .ok()
+        .flatten()
+        .map_or(0, |row| u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    fn counters(&self) -> StorageCounters {
+        let c = &self.counts;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        StorageCounters {
+            keys_read: load(&c.keys_read),
+            keys_written: load(&c.keys_written),
+            seeks: load(&c.seeks),
+            iterator_steps: load(&c.steps),
+            wal_syncs: load(&c.commits_synced),
+            bytes_written: load(&c.bytes_written),
+            conflicts: load(&c.conflicts),
+            ..StorageCounters::default()
+        }
+    }
+
+    /// Copies of a vault on PostgreSQL are the cluster's own (`pg_basebackup`,
+    /// WAL archiving).
+    fn checkpoint(&self, _dir: &Path) -> Result<(), Error> {
+        Err(Error::Unsupported(
+            "backups of a vault on PostgreSQL are the cluster's own (pg_basebackup, WAL archiving)",
+        ))
+    }
+
+    /// Applies the retirement rule to the rows of the scope (stubs for the doomed
+    /// subjects' records, their other rows deleted), then runs `VACUUM` on the
+    /// scope's tables and checks that it ran. Unlike RocksDB's check, this cannot
+    /// prove the old row versions' bytes gone from every file: VACUUM frees the dead
+    /// rows' space for reuse, and the WAL, its archives and the standbys keep them
+    /// for a while. There the erasure rests on the destroyed key (README).
+    fn purge_files(&self, scope: &PurgeScope, _timeout: Duration) -> Result<bool, Error> {
+        let rule = self
+            .retire
+            .get()
+            .cloned()
+            .ok_or_else(|| storage("the purge ran before the store knew its rule"))?;
+        let mut tables = Vec::new();
+        for span in &scope.spans {
+            let range = span
+                .range
+                .as_ref()
+                .map(|(a, b)| (a.as_slice(), b.as_slice()));
+            self.retire_rows(span.cf, range, &rule)?;
+            if !tables.contains(&span.cf) {
+                tables.push(span.cf);
+            }
+        }
+        if tables.is_empty() {
+            return Ok(true);
+        }
+        let before = self.vacuum_counts()?;
+        let list: Vec<String> = tables.iter().map(|&cf| self.table(cf)).collect();
+        let sql = format!("VACUUM {}", list.join(", "));
+        {
+            let mut lease = self.pool.get()?;
+            lease
+                .conn()
+                .client
+                .batch_execute(&sql)
+                .map_err(|e| engine(&e))?;
+        }
+        // The statistics are written when the VACUUM ends; another replica's
+        // VACUUM of the same table counts as well.
+        let after = self.vacuum_counts()?;
+        Ok(tables.iter().all(|cf| {
+            let name = cf.name();
+            after.get(name).copied().unwrap_or(0) > before.get(name).copied().unwrap_or(0)
+        }))
+    }
+}
