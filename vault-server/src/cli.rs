@@ -224,7 +224,7 @@ fn change_root_key(args: &ChangeRootKeyArgs) -> Result<serde_json::Value, Config
         .background_worker(false);
     // Already done (a rerun, or a change whose key-file update was cut short): the
     // vault opens with the new key.
-    let changed = match Vault::open(&config.vault_dir, &new, options.clone()) {
+    let changed = match config.open_raw(&new, options.clone()) {
         Ok(vault) => {
             vault
                 .close()
@@ -232,12 +232,7 @@ fn change_root_key(args: &ChangeRootKeyArgs) -> Result<serde_json::Value, Config
             false
         }
         Err(vault_core::Error::WrongRootKey) => {
-            let vault = Vault::open(&config.vault_dir, &config.root_key, options).map_err(|e| {
-                ConfigError::new(format!(
-                    "cannot open the vault in {}: {e}",
-                    config.vault_dir.display()
-                ))
-            })?;
+            let vault = config.open_vault_with(&config.root_key, options)?;
             vault
                 .change_root_key(&new)
                 .map_err(|e| ConfigError::new(format!("cannot change the root key: {e}")))?;
@@ -246,12 +241,7 @@ fn change_root_key(args: &ChangeRootKeyArgs) -> Result<serde_json::Value, Config
                 .map_err(|e| ConfigError::new(format!("cannot close the vault: {e}")))?;
             true
         }
-        Err(e) => {
-            return Err(ConfigError::new(format!(
-                "cannot open the vault in {}: {e}",
-                config.vault_dir.display()
-            )));
-        }
+        Err(e) => return Err(config.open_error(e)),
     };
     if args.dev {
         dev::replace_root_key(data_dir, &new)?;
@@ -274,6 +264,12 @@ fn restore_with(args: &RestoreArgs) -> Result<serde_json::Value, ConfigError> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| ConfigError::new(format!("cannot create {}: {e}", data_dir.display())))?;
     let config = offline_config(args.config.as_deref(), args.dev, data_dir, "restore")?;
+    if matches!(config.storage, config::Storage::Postgres(_)) {
+        return Err(ConfigError::new(
+            "restore restores a vault in a data directory; a vault on PostgreSQL is restored \
+             with the cluster's own tools (see the README)",
+        ));
+    }
     let options = vault_core::RestoreOptions::new()
         .replace(args.replace)
         .danger_skip_erasure_journal(args.danger_skip_erasure_journal);
@@ -359,17 +355,7 @@ fn prepare(args: &Args) -> Result<Prepared, ConfigError> {
         }
         config::Transport::InsecurePlainHttp => None,
     };
-    let vault =
-        Vault::open(&config.vault_dir, &config.root_key, config.vault_options()).map_err(|e| {
-            match e {
-                // Names the directory itself; most likely another vault-server.
-                vault_core::Error::AlreadyOpen { .. } => ConfigError::new(e.to_string()),
-                e => ConfigError::new(format!(
-                    "cannot open the vault in {}: {e}",
-                    config.vault_dir.display()
-                )),
-            }
-        })?;
+    let vault = config.open_vault()?;
     let listener = TcpListener::bind(args.listen)
         .map_err(|e| ConfigError::new(format!("cannot listen on {}: {e}", args.listen)))?;
     let metrics_listener = match args.metrics_listen {

@@ -96,6 +96,52 @@ pub struct FileConfig {
     pub retention_days: BTreeMap<String, u64>,
     /// Backups and the erasure journal.
     pub backup: Option<BackupConfig>,
+    /// Where the vault's data lives: the data directory (default), or PostgreSQL.
+    #[serde(default)]
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`, as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `"rocksdb"` (embedded, in the data directory; the default) or `"postgres"`.
+    #[serde(default)]
+    pub backend: Backend,
+    /// PostgreSQL: a libpq URL, several hosts allowed
+    /// (`postgresql://vault@db1:5432,db2:5432/vault?target_session_attrs=read-write`).
+    pub url: Option<String>,
+    /// PostgreSQL: the environment variable holding the URL instead (it may hold a
+    /// password); removed from the environment once read.
+    pub url_env: Option<String>,
+    /// PostgreSQL: connections kept at most (1-1024; 16 if unset).
+    pub pool_size: Option<usize>,
+    /// PostgreSQL: a PEM file of the certificates that sign the database's TLS
+    /// certificate (relative to the configuration file's directory); the Mozilla
+    /// roots if unset. `sslmode=disable` in the URL turns TLS off.
+    pub ca_file: Option<PathBuf>,
+    /// PostgreSQL: the schema of the vault's tables (`vault` if unset).
+    pub schema: Option<String>,
+}
+
+/// The storage backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Embedded, in the data directory.
+    #[default]
+    Rocksdb,
+    /// A PostgreSQL database shared by any number of replicas.
+    Postgres,
+}
+
+/// Where the server's vault lives, checked.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// In this directory (under the data directory).
+    Directory(PathBuf),
+    /// In PostgreSQL.
+    Postgres(vault_core::PostgresConfig),
 }
 
 /// `[backup]`, as written.
@@ -292,8 +338,10 @@ impl std::fmt::Debug for Transport {
 /// Everything the server needs, checked.
 #[derive(Debug)]
 pub struct ServerConfig {
-    /// The vault's directory.
+    /// The vault's directory (used when the storage is the directory).
     pub vault_dir: PathBuf,
+    /// Where the vault lives.
+    pub storage: Storage,
     /// The root key.
     pub root_key: RootKey,
     /// HTTPS or (explicitly) plain HTTP.
@@ -322,8 +370,8 @@ pub struct ServerConfig {
     pub block_cache_bytes: usize,
     /// Backups and the erasure journal, if configured.
     pub backups: Option<BackupOptions>,
-    /// The environment variables the root key came from, to be removed from the
-    /// process environment.
+    /// The environment variables the root key (and the PostgreSQL URL) came from,
+    /// to be removed from the process environment.
     pub root_key_variables: Vec<String>,
     /// How often the audit head is logged (`None`: never).
     pub audit_head_every: Option<Duration>,
@@ -336,6 +384,53 @@ impl ServerConfig {
             max_value_len: self.limits.max_value_bytes,
             max_batch: self.limits.max_batch,
             ..Limits::default()
+        }
+    }
+
+    /// Opens the vault where the configuration says, with its options.
+    pub fn open_vault(&self) -> Result<vault_core::Vault, ConfigError> {
+        self.open_vault_with(&self.root_key, self.vault_options())
+    }
+
+    /// Opens the vault where the configuration says, with this key and options.
+    /// A refusal is one line naming where the vault is.
+    pub fn open_vault_with(
+        &self,
+        root: &RootKey,
+        options: VaultOptions,
+    ) -> Result<vault_core::Vault, ConfigError> {
+        self.open_raw(root, options).map_err(|e| self.open_error(e))
+    }
+
+    /// [`open_vault_with`](Self::open_vault_with), with the vault's own error.
+    pub fn open_raw(
+        &self,
+        root: &RootKey,
+        options: VaultOptions,
+    ) -> Result<vault_core::Vault, vault_core::Error> {
+        match &self.storage {
+            Storage::Directory(dir) => vault_core::Vault::open(dir, root, options),
+            Storage::Postgres(pg) => vault_core::Vault::open_postgres(pg, root, options),
+        }
+    }
+
+    /// A vault's refusal to open, as one line naming where the vault is.
+    pub fn open_error(&self, e: vault_core::Error) -> ConfigError {
+        match e {
+            // Names the directory itself; most likely another vault-server.
+            vault_core::Error::AlreadyOpen { .. } => ConfigError::new(e.to_string()),
+            e => ConfigError::new(format!(
+                "cannot open the vault {}: {e}",
+                self.storage_name()
+            )),
+        }
+    }
+
+    /// Where the vault is, for messages: its directory, or its PostgreSQL schema.
+    pub fn storage_name(&self) -> String {
+        match &self.storage {
+            Storage::Directory(dir) => format!("in {}", dir.display()),
+            Storage::Postgres(pg) => format!("in PostgreSQL (schema {})", pg.schema_name()),
         }
     }
 
@@ -413,8 +508,18 @@ pub fn resolve(
     let purposes = check_purposes(&file.purposes)?;
     let (masks, default_mask) = check_masks(&file.masks)?;
     let api_keys = check_api_keys(&file.api_keys, &purposes)?;
+    let storage = check_storage(&file.storage, data_dir, base)?;
+    let mut root_key_variables = root_key_variables;
+    root_key_variables.extend(file.storage.url_env.clone());
+    if matches!(storage, Storage::Postgres(_)) && file.backup.is_some() {
+        return Err(ConfigError::new(
+            "[backup] does not apply to [storage] backend = \"postgres\": back up the \
+             PostgreSQL cluster itself (pg_basebackup, WAL archiving)",
+        ));
+    }
     Ok(ServerConfig {
         vault_dir: vault_dir(data_dir),
+        storage,
         root_key,
         transport,
         api_keys,
@@ -563,6 +668,55 @@ fn check_masks(configs: &BTreeMap<String, String>) -> Result<Masks, ConfigError>
         }
     }
     Ok((masks, default))
+}
+
+/// `[storage]`, checked: the data directory, or a PostgreSQL configuration. (The
+/// variable `url_env` names is removed from the environment with the root key's.)
+fn check_storage(
+    config: &StorageConfig,
+    data_dir: &Path,
+    base: &Path,
+) -> Result<Storage, ConfigError> {
+    if config.backend == Backend::Rocksdb {
+        let set = config.url.is_some()
+            || config.url_env.is_some()
+            || config.pool_size.is_some()
+            || config.ca_file.is_some()
+            || config.schema.is_some();
+        if set {
+            return Err(ConfigError::new(
+                "storage.url, url_env, pool_size, ca_file and schema apply to backend = \"postgres\" only",
+            ));
+        }
+        return Ok(Storage::Directory(vault_dir(data_dir)));
+    }
+    let url = match (&config.url, &config.url_env) {
+        (Some(url), None) => url.clone(),
+        (None, Some(name)) => std::env::var(name).map_err(|_| {
+            ConfigError::new(format!(
+                "storage.url_env: the environment variable {name} is not set"
+            ))
+        })?,
+        _ => {
+            return Err(ConfigError::new(
+                "backend = \"postgres\" needs exactly one of storage.url and storage.url_env",
+            ));
+        }
+    };
+    let mut pg = vault_core::PostgresConfig::new(url);
+    if let Some(size) = config.pool_size {
+        if !(1..=1024).contains(&size) {
+            return Err(ConfigError::new("storage.pool_size must be 1-1024"));
+        }
+        pg = pg.pool_size(size);
+    }
+    if let Some(ca) = &config.ca_file {
+        pg = pg.ca_file(base.join(ca));
+    }
+    if let Some(schema) = &config.schema {
+        pg = pg.schema(schema.clone());
+    }
+    Ok(Storage::Postgres(pg))
 }
 
 /// Where the vault lives under the data directory.

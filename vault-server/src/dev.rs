@@ -99,6 +99,7 @@ pub fn prepare(data_dir: &Path) -> Result<(ServerConfig, DevInfo), ConfigError> 
     };
     let config = ServerConfig {
         vault_dir: config::vault_dir(data_dir),
+        storage: config::Storage::Directory(config::vault_dir(data_dir)),
         root_key,
         transport,
         api_keys: ApiKeys::new(vec![admin]),

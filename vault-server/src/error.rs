@@ -227,6 +227,17 @@ impl ApiError {
                 "backups_not_configured",
                 "no backup directory is configured ([backup] dir)",
             ),
+            // Another replica kept changing what the write read (a vault on
+            // PostgreSQL): nothing was written, and a retry is likely to pass.
+            E::Conflict => {
+                let mut error = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "conflict",
+                    "concurrent changes by other vault replicas kept this write from committing; nothing was written, retry",
+                );
+                error.retry_after = Some(1);
+                error
+            }
             other => ApiError::internal().because(other.to_string(), "vault error"),
         }
     }

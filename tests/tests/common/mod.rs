@@ -3,6 +3,10 @@
 
 #![allow(dead_code)] // each test file uses a part of the harness
 
+// The PostgreSQL cluster of the core tests (scripts/postgres).
+#[path = "../../../vault-core/tests/common/cluster.rs"]
+pub mod cluster;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
