@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test file uses a part of the harness
 
+pub mod ha;
+
 // The PostgreSQL cluster of the core tests (scripts/postgres).
 #[path = "../../../vault-core/tests/common/cluster.rs"]
 pub mod cluster;
