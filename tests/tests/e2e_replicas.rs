@@ -229,3 +229,59 @@ fn bad_postgres_settings_stop_the_server_before_it_listens() -> TestResult {
     assert!(message.contains("[backup]"), "{message}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_migrated_from_its_directory_serves_its_tokens_from_postgres() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let mut server = Server::start_dev(&data)?;
+    let admin = server.admin()?;
+    let kept = admin
+        .tokenize_one("alice", "email", "alice@example.com")
+        .await?;
+    let erased = admin
+        .tokenize_one("bob", "email", "bob@example.com")
+        .await?;
+    admin.erase("bob").await?;
+    tokio::task::block_in_place(|| server.terminate())?;
+
+    let (url, ca) = postgres();
+    let schema = schema_for(dir.path());
+    let output = Command::new(SERVER)
+        .args(["migrate", "--dev", "--from-data-dir"])
+        .arg(&data)
+        .args(["--to", url, "--schema", &schema, "--ca-file"])
+        .arg(ca)
+        .output()?;
+    assert!(output.status.success(), "{output:?}");
+    let line: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(line["migrated"], true);
+    assert_eq!(line["rows"]["records"], 2);
+    assert_eq!(line["rows"]["keys"], 1);
+    // Nothing of the URL's password in what it printed.
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("vault-test-password"));
+
+    // The same root key (the dev one), now with the vault in PostgreSQL.
+    let (config, cert, key) = replica_config(dir.path(), &schema)?;
+    let text = std::fs::read_to_string(&config)?.replace(
+        "file = \"root.key\"",
+        &format!("file = \"{}\"", data.join("dev/root.key").display()),
+    );
+    std::fs::write(&config, text)?;
+    let replica = Server::start(Launch::config(&dir.path().join("r"), &config, &cert))?;
+    let client = replica.client(&key)?;
+    let read = client.detokenize(&[kept, erased], "support").await?;
+    assert_eq!(value(&read[0]), Some("alice@example.com"));
+    assert!(
+        matches!(
+            &read[1],
+            DetokenizeResult::Error {
+                error: ItemError::Erased,
+                ..
+            }
+        ),
+        "{read:?}"
+    );
+    assert!(client.verify_audit().await?.ok);
+    Ok(())
+}

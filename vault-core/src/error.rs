@@ -155,6 +155,10 @@ pub enum Error {
     /// Nothing was written; try again.
     #[error("a concurrent change by another replica kept this write from committing; try again")]
     Conflict,
+    /// A migration into this PostgreSQL schema began and did not finish: the vault
+    /// there may be incomplete. Run the migration again; it copies everything anew.
+    #[error("a migration into this PostgreSQL schema did not finish; run it again")]
+    MigrationUnfinished,
     /// The operation does not exist on this vault's storage backend.
     #[error("not supported here: {0}")]
     Unsupported(&'static str),

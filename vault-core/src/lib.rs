@@ -66,6 +66,8 @@ mod journal;
 mod key_state;
 mod keys;
 mod mapped;
+#[cfg(feature = "postgres")]
+mod migrate;
 mod options;
 mod owner;
 mod purposes;
@@ -108,6 +110,8 @@ pub use options::{BackupOptions, DEFAULT_BACKUPS_KEPT};
 pub use restore::{RestoreOptions, RestoreReport, restore};
 
 // --- Keys and storage, for ops ---
+#[cfg(feature = "postgres")]
+pub use migrate::{MigrationReport, migrate_to_postgres};
 pub use rotate::{KekVersionStatus, KeyStatus};
 #[cfg(feature = "postgres")]
 pub use store::PostgresConfig;

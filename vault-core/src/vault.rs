@@ -236,6 +236,19 @@ impl Vault {
         root: &RootKey,
         opts: VaultOptions,
     ) -> Result<Vault, Error> {
+        Vault::open_postgres_as(config, root, opts, false)
+    }
+
+    /// [`open_postgres`](Self::open_postgres); `migrating`: also a schema a
+    /// migration is still filling (the migration's own check), which is otherwise
+    /// refused.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn open_postgres_as(
+        config: &crate::store::PostgresConfig,
+        root: &RootKey,
+        opts: VaultOptions,
+        migrating: bool,
+    ) -> Result<Vault, Error> {
         use crate::store::PgStore;
         opts.validate()?;
         if opts.backups.is_some() {
@@ -252,6 +265,9 @@ impl Vault {
             }
         }
         let (store, _) = PgStore::open(config, opts.durability, opts.create_if_missing)?;
+        if !migrating && store.get(Cf::Meta, crate::migrate::MIGRATING)?.is_some() {
+            return Err(Error::MigrationUnfinished);
+        }
         let (header, secret, ring) = match store.get(Cf::Meta, HEADER_KEY)? {
             Some(bytes) => open_header(&Header::parse(&bytes, &named())?, root)?,
             None => {

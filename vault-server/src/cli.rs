@@ -6,6 +6,8 @@
 //! vault-server restore --from BACKUP --data-dir DIR (--config FILE | --dev)
 //!     [--replace] [--danger-skip-erasure-journal]
 //! vault-server change-root-key --data-dir DIR (--config FILE | --dev) --new-key-file FILE
+//! vault-server migrate --from-data-dir DIR [--to URL] (--config FILE | --dev)
+//!     [--ca-file FILE] [--schema NAME]
 //! ```
 //!
 //! Everything is checked (configuration, TLS files, root key, the vault itself)
@@ -81,6 +83,33 @@ enum Command {
     /// Reseals the keyring under a new root key (the server stopped). Old copies
     /// of the data directory and old backups then open only with the old key.
     ChangeRootKey(ChangeRootKeyArgs),
+    /// Copies the vault of a data directory into PostgreSQL, keys still sealed (the
+    /// server stopped), checks the copy, and prints one JSON line.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MigrateArgs {
+    /// The data directory the server ran with.
+    #[arg(long, value_name = "DIR")]
+    from_data_dir: PathBuf,
+    /// The PostgreSQL URL to copy into (default: [storage] url of the
+    /// configuration). A password here is visible to other local users in the
+    /// process list: prefer a configuration with url_env.
+    #[arg(long, value_name = "URL")]
+    to: Option<String>,
+    /// The server's configuration file (root key, purposes, backups).
+    #[arg(long, value_name = "FILE", conflicts_with = "dev")]
+    config: Option<PathBuf>,
+    /// The development set-up under DIR/dev.
+    #[arg(long)]
+    dev: bool,
+    /// PEM certificates that sign PostgreSQL's TLS certificate (with --to).
+    #[arg(long, value_name = "FILE", requires = "to")]
+    ca_file: Option<PathBuf>,
+    /// The schema to create the vault in (with --to; default `vault`).
+    #[arg(long, value_name = "NAME", requires = "to")]
+    schema: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,6 +162,7 @@ pub fn main() -> ExitCode {
         Some(Command::NewApiKey) => return new_api_key(),
         Some(Command::Restore(restore)) => return restore_backup(restore),
         Some(Command::ChangeRootKey(change)) => return report_line(change_root_key(change)),
+        Some(Command::Migrate(migrate)) => return report_line(migrate_vault(migrate)),
         None => {}
     }
     init_logging();
@@ -256,6 +286,43 @@ fn change_root_key(args: &ChangeRootKeyArgs) -> Result<serde_json::Value, Config
         "root_key_changed": true,
         "already_changed": !changed,
         "data_dir": data_dir.display().to_string(),
+    }))
+}
+
+fn migrate_vault(args: &MigrateArgs) -> Result<serde_json::Value, ConfigError> {
+    let data_dir = &args.from_data_dir;
+    let config = offline_config(args.config.as_deref(), args.dev, data_dir, "migrate")?;
+    let target = match (&args.to, &config.storage) {
+        (Some(url), _) => {
+            let mut target = vault_core::PostgresConfig::new(url.clone());
+            if let Some(ca) = &args.ca_file {
+                target = target.ca_file(ca);
+            }
+            if let Some(schema) = &args.schema {
+                target = target.schema(schema.clone());
+            }
+            target
+        }
+        (None, config::Storage::Postgres(target)) => target.clone(),
+        (None, config::Storage::Directory(_)) => {
+            return Err(ConfigError::new(
+                "--to URL is required unless the configuration's [storage] is postgres",
+            ));
+        }
+    };
+    let report = vault_core::migrate_to_postgres(
+        &config.vault_dir,
+        &target,
+        &config.root_key,
+        config.vault_options(),
+    )
+    .map_err(|e| ConfigError::new(format!("migration refused or failed: {e}")))?;
+    Ok(serde_json::json!({
+        "migrated": true,
+        "from": config.vault_dir.display().to_string(),
+        "schema": report.schema,
+        "rows": report.rows,
+        "records_compared": report.records_compared,
     }))
 }
 

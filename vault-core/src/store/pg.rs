@@ -946,6 +946,24 @@ impl PgStore {
         Ok(())
     }
 
+    /// The rows of a family (a full count: for checks, not for serving).
+    pub(crate) fn count(&self, cf: Cf) -> Result<u64, Error> {
+        let sql = format!("SELECT count(*) FROM {}", self.table(cf));
+        let row = self.read(|conn| conn.client.query_one(&sql, &[]))?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    /// Deletes every row of a family.
+    pub(crate) fn clear(&self, cf: Cf) -> Result<(), Error> {
+        let sql = format!("DELETE FROM {}", self.table(cf));
+        let mut lease = self.pool.get()?;
+        lease
+            .conn()
+            .client
+            .batch_execute(&sql)
+            .map_err(|e| engine(&e))
+    }
+
     /// The tables' statistics, for a check that a VACUUM ran: vacuum counts by table.
     fn vacuum_counts(&self) -> Result<HashMap<String, i64>, Error> {
         let rows = self.read(|conn| {
