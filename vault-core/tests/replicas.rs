@@ -172,3 +172,110 @@ fn a_missing_vault_is_not_created_when_creation_is_off() -> TestResult {
     ));
     Ok(())
 }
+
+/// A PostgreSQL cluster of this test's own (`scripts/postgres` in a directory and
+/// on a port of its own), stopped and deleted when dropped: small enough that every
+/// byte of its data directory and WAL can be scanned.
+struct OwnCluster {
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl OwnCluster {
+    fn script(&self, arg: &str) -> Result<String, Box<dyn std::error::Error>> {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres");
+        let out = std::process::Command::new(script)
+            .arg(arg)
+            .env("VAULT_PG_DIR", &self.dir)
+            .env("VAULT_PG_PORT", self.port.to_string())
+            .stderr(std::process::Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("scripts/postgres {arg} failed").into());
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    fn start(tmp: &std::path::Path) -> Result<OwnCluster, Box<dyn std::error::Error>> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let cluster = OwnCluster {
+            dir: std::path::PathBuf::from(format!(
+                "/tmp/vault-scan-pg-{}",
+                tmp.file_name().unwrap_or_default().to_string_lossy()
+            )),
+            port,
+        };
+        cluster.script("start")?;
+        Ok(cluster)
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = self.script("stop");
+    }
+}
+
+#[test]
+fn the_database_files_and_wal_hold_no_value_and_no_subject_id() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let cluster = OwnCluster::start(tmp.path())?;
+    let url = format!("{}?sslmode=require", cluster.script("url")?);
+    let config = vault_core::PostgresConfig::new(url.clone()).ca_file(cluster.script("ca")?);
+    let vault = Vault::open_postgres(&config, &root(), options())?;
+    let marker = common::schema_for(tmp.path());
+    let mut needles: Vec<Vec<u8>> = Vec::new();
+    let mut tokens = Vec::new();
+    for i in 0..20 {
+        let subject = format!("scan-subject-{marker}-{i}");
+        let value = format!("scan-value-{marker}-{i}@example.com");
+        tokens.push(vault.tokenize(&subject, "email", &value)?.to_string());
+        needles.push(subject.into_bytes());
+        needles.push(value.into_bytes());
+    }
+    let rectified = format!("scan-rectified-{marker}@example.com");
+    vault.rectify(&tokens[3], &rectified)?;
+    needles.push(rectified.into_bytes());
+    vault.erase(&format!("scan-subject-{marker}-5"))?;
+    vault.purge_now()?;
+    let exported = vault.export(&format!("scan-subject-{marker}-7"))?;
+    assert_eq!(exported.records.len(), 1);
+
+    // The positive control: plaintext that PostgreSQL does store, in a table of
+    // the same database; the scan must find it (in the WAL, and after the
+    // checkpoint in the table's file).
+    // (Nothing in common with the needles: the scan matches 16-byte pieces.)
+    let reversed: String = marker.chars().rev().collect();
+    let control = format!("positive-control/{reversed}/plaintext");
+    let plain = url.replace("sslmode=require", "sslmode=disable");
+    let mut client = postgres::Client::connect(&plain, postgres::NoTls)?;
+    client.batch_execute(&format!(
+        "CREATE TABLE vault.scan_control (t text); INSERT INTO vault.scan_control VALUES ('{control}')"
+    ))?;
+    let mut admin = postgres::Client::connect(&cluster.script("admin")?, postgres::NoTls)?;
+    admin.batch_execute("CHECKPOINT")?;
+    vault.close()?;
+
+    let data = cluster.dir.join("data");
+    let mut all = needles.clone();
+    all.push(control.clone().into_bytes());
+    let holders = common::holders_of_each(&data, &all);
+    let control_in = holders.last().ok_or("no control result")?;
+    assert!(
+        control_in
+            .iter()
+            .any(|p| p.starts_with(data.join("pg_wal")))
+            && control_in.iter().any(|p| p.starts_with(data.join("base"))),
+        "the control must be found in the WAL and in a table file: {control_in:?}"
+    );
+    for (needle, found) in needles.iter().zip(&holders) {
+        assert!(
+            found.is_empty(),
+            "{} found in {found:?}",
+            String::from_utf8_lossy(needle)
+        );
+    }
+    Ok(())
+}

@@ -238,6 +238,24 @@ impl ApiError {
                 error.retry_after = Some(1);
                 error
             }
+            // The storage failed the call (on PostgreSQL: the database unreachable
+            // during a failover, say). Nothing the caller saw succeed is lost, and a
+            // later call may pass.
+            E::Storage(ref cause) => {
+                let mut error = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_unavailable",
+                    "the vault's storage failed this call; retry later (the server log has the details under this request's id)",
+                )
+                .because(format!("storage error: {cause}"), "storage error");
+                error.retry_after = Some(1);
+                error
+            }
+            E::Unsupported(what) => ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "unsupported",
+                format!("not supported by this vault's storage: {what}"),
+            ),
             other => ApiError::internal().because(other.to_string(), "vault error"),
         }
     }
