@@ -223,10 +223,13 @@ fn bad_postgres_settings_stop_the_server_before_it_listens() -> TestResult {
         &dir.path().join("cert.pem"),
     ))?);
 
-    // [backup] does not apply to a vault on PostgreSQL.
-    std::fs::write(&config, format!("{text}[backup]\ndir = \"backups\"\n"))?;
+    // [backup] keeps the erasure journal alone on PostgreSQL: no backups to keep.
+    std::fs::write(
+        &config,
+        format!("{text}[backup]\ndir = \"journal\"\nkeep = 3\n"),
+    )?;
     let message = refused(dir.path(), &config)?;
-    assert!(message.contains("[backup]"), "{message}");
+    assert!(message.contains("only the erasure journal"), "{message}");
     Ok(())
 }
 

@@ -39,6 +39,11 @@ impl Inner {
     }
 
     pub(crate) fn backup(&self) -> Result<BackupInfo, Error> {
+        if self.store.shared() {
+            return Err(Error::Unsupported(
+                "backups of a vault on PostgreSQL are the cluster's own (pg_basebackup, WAL archiving)",
+            ));
+        }
         let backups = self.backups()?;
         let _one = backups.one_at_a_time();
         let dir = &backups.opts.dir;
@@ -81,7 +86,7 @@ impl Inner {
         self.journal.flush_staged()?;
         let (journal_seq, unpurged) = {
             let _no_erasure_in_flight = backups.no_erasure_in_flight();
-            (backups.journal.seq(), self.pending()?.len() as u64)
+            (backups.journal.seq()?, self.pending()?.len() as u64)
         };
         let records = self.store.estimate_keys(Cf::Records);
         let header = {
@@ -177,7 +182,7 @@ impl Inner {
     pub(crate) fn backup_list(&self) -> Result<BackupList, Error> {
         let backups = self.backups()?;
         let manifests = backups.manifests()?;
-        let seq = backups.journal.seq();
+        let seq = backups.journal.seq()?;
         let holding: Vec<usize> = manifests
             .iter()
             .enumerate()

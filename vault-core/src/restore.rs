@@ -347,14 +347,15 @@ impl Inner {
         let Some(backups) = &self.backups else {
             return Ok(0);
         };
-        let seq = backups.journal.seq();
+        let seq = backups.journal.seq()?;
         if recorded == Some(seq) {
             return Ok(0);
         }
         let after = recorded.unwrap_or(0);
         let mut replayed = 0;
         for entry in backups.journal.entries()?.iter().filter(|e| e.seq > after) {
-            if self.replay_entry(entry)? {
+            // On a shared store another replica may be replaying it too.
+            if self.retrying(|| self.replay_entry(entry))? {
                 replayed += 1;
             }
         }

@@ -228,7 +228,11 @@ impl Vault {
     /// - The purge applies the erasure to the rows and runs `VACUUM`; copies of the
     ///   database (WAL, archives, standbys, base backups) are the cluster's, and an
     ///   erased subject's sealed bytes in them are unreadable once its key is gone
-    ///   (see the README). [`Vault::backup`] is not supported here.
+    ///   (see the README). [`Vault::backup`] is not supported here; with
+    ///   [`VaultOptions::backups`] the directory keeps the erasure journal alone,
+    ///   shared by the replicas (on a filesystem they all reach), and a vault opened
+    ///   on a database restored to an earlier time replays the erasures made since
+    ///   before it serves anything.
     /// - A root-key change is made with every replica stopped.
     #[cfg(feature = "postgres")]
     pub fn open_postgres(
@@ -251,11 +255,6 @@ impl Vault {
     ) -> Result<Vault, Error> {
         use crate::store::PgStore;
         opts.validate()?;
-        if opts.backups.is_some() {
-            return Err(Error::Unsupported(
-                "backups of a vault on PostgreSQL are the cluster's own (pg_basebackup, WAL archiving)",
-            ));
-        }
         let named = || PathBuf::from(format!("postgres:{}", config.schema_name()));
         if !opts.create_if_missing {
             // Checked before the schema could be created.
@@ -327,6 +326,7 @@ impl Vault {
                 header.vault_id,
                 &ring,
                 recorded.unwrap_or(0),
+                shared,
             )?),
             (None, false, Some(_)) => {
                 return Err(Error::Backup(BackupProblem::JournalNotAttached));

@@ -279,3 +279,70 @@ fn the_database_files_and_wal_hold_no_value_and_no_subject_id() -> TestResult {
     }
     Ok(())
 }
+
+/// Copies every table of `schema` into a new schema `copy` (rows, keys and all),
+/// as a base backup of the database would keep them.
+fn snapshot(client: &mut postgres::Client, schema: &str, copy: &str) -> TestResult {
+    client.batch_execute(&format!("CREATE SCHEMA \"{copy}\""))?;
+    let tables: Vec<String> = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+            &[&schema],
+        )?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for table in tables {
+        client.batch_execute(&format!(
+            "CREATE TABLE \"{copy}\".\"{table}\" (LIKE \"{schema}\".\"{table}\" INCLUDING ALL); \
+             INSERT INTO \"{copy}\".\"{table}\" SELECT * FROM \"{schema}\".\"{table}\""
+        ))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_database_restored_to_before_erasures_has_them_replayed_from_the_shared_journal() -> TestResult
+{
+    let tmp = tempfile::tempdir()?;
+    let journal = tmp.path().join("journal");
+    let opts = || options().backups(vault_core::BackupOptions::new(&journal));
+    let config = postgres_config(tmp.path());
+    let schema = config.schema_name().to_owned();
+    let (url, _) = common::postgres();
+    let mut client = postgres::Client::connect(
+        &url.replace("sslmode=require", "sslmode=disable"),
+        postgres::NoTls,
+    )?;
+
+    let a = Vault::open_postgres(&config, &root(), opts())?;
+    let b = Vault::open_postgres(&config, &root(), opts())?;
+    let alice = a.tokenize("alice", "email", "a@x.io")?.to_string();
+    let bob = a.tokenize("bob", "email", "b@x.io")?.to_string();
+    let carol = b.tokenize("carol", "email", "c@x.io")?.to_string();
+    // The database as a base backup taken now would hold it.
+    snapshot(&mut client, &schema, &format!("{schema}_base"))?;
+    // Both replicas append to the one journal.
+    a.erase("alice")?;
+    b.erase("bob")?;
+    drop((a, b));
+
+    // The cluster restored to the base backup: alice and bob are back in it...
+    client.batch_execute(&format!(
+        "DROP SCHEMA \"{schema}\" CASCADE; ALTER SCHEMA \"{schema}_base\" RENAME TO \"{schema}\""
+    ))?;
+    // ...and a replica without the journal refuses to serve them.
+    assert!(matches!(
+        Vault::open_postgres(&config, &root(), options()),
+        Err(Error::Backup(vault_core::BackupProblem::JournalNotAttached))
+    ));
+    // With it, both erasures are made again before anything is served.
+    let c = Vault::open_postgres(&config, &root(), opts())?;
+    assert!(matches!(c.detokenize(&alice), Err(Error::Erased)));
+    assert!(matches!(c.detokenize(&bob), Err(Error::Erased)));
+    assert_eq!(c.detokenize(&carol)?.value.as_str(), Some("c@x.io"));
+    assert!(c.verify_audit()?.ok);
+    // A backup of its own is not offered on PostgreSQL.
+    assert!(matches!(c.backup(), Err(Error::Unsupported(_))));
+    Ok(())
+}

@@ -511,10 +511,15 @@ pub fn resolve(
     let storage = check_storage(&file.storage, data_dir, base)?;
     let mut root_key_variables = root_key_variables;
     root_key_variables.extend(file.storage.url_env.clone());
-    if matches!(storage, Storage::Postgres(_)) && file.backup.is_some() {
+    // On PostgreSQL the backups are the cluster's, and [backup] keeps the erasure
+    // journal alone: a directory every replica reaches.
+    if let (Storage::Postgres(_), Some(backup)) = (&storage, &file.backup)
+        && (backup.keep.is_some() || backup.every_hours.is_some())
+    {
         return Err(ConfigError::new(
-            "[backup] does not apply to [storage] backend = \"postgres\": back up the \
-             PostgreSQL cluster itself (pg_basebackup, WAL archiving)",
+            "with [storage] backend = \"postgres\", [backup] keeps only the erasure journal \
+             (dir); keep and every_hours do not apply: back up the PostgreSQL cluster itself \
+             (pg_basebackup, WAL archiving)",
         ));
     }
     Ok(ServerConfig {

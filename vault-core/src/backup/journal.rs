@@ -9,6 +9,10 @@
 //! synced before the erasure it records is written to the store, so every erasure a
 //! caller saw succeed is in the journal. A crash while appending leaves a partial
 //! entry at the end, for an erasure that was never acknowledged: opening cuts it.
+//!
+//! Replicas of a vault on PostgreSQL share one journal (a directory they all
+//! reach): there each append holds an exclusive `flock` on the file and first reads
+//! and authenticates what the other replicas appended since, so the chain stays one.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Write};
@@ -163,6 +167,9 @@ pub(crate) struct ErasureJournal {
     vault_id: [u8; 16],
     key: Key,
     tail: Mutex<Tail>,
+    /// Appended to by other processes too (replicas): appends lock the file and
+    /// catch up first.
+    shared: bool,
 }
 
 struct Tail {
@@ -186,9 +193,20 @@ impl ErasureJournal {
     /// Opens the journal in `dir` (creating both if missing), checks it is this
     /// vault's and whole, and cuts a torn last entry. A damaged journal is refused:
     /// a restore could not trust it, so erasures must not go on being recorded in it.
-    pub(crate) fn open(dir: &Path, vault_id: &[u8; 16], key: Key) -> Result<ErasureJournal, Error> {
+    pub(crate) fn open(
+        dir: &Path,
+        vault_id: &[u8; 16],
+        key: Key,
+        shared: bool,
+    ) -> Result<ErasureJournal, Error> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(JOURNAL_FILE);
+        // Shared: no other replica creates, appends or cuts meanwhile.
+        let _locked = if shared {
+            Some(FileLock::exclusive(&lock_file(dir)?, &path)?)
+        } else {
+            None
+        };
         let read = match read(&path, vault_id, &key)? {
             Some(read) => read,
             None => {
@@ -221,7 +239,40 @@ impl ErasureJournal {
             path,
             vault_id: *vault_id,
             key,
+            shared,
         })
+    }
+
+    /// Reads and authenticates what other replicas appended after `tail`, and moves
+    /// `tail` to the file's end. Called holding the file's lock.
+    fn catch_up(&self, tail: &mut Tail) -> Result<(), Error> {
+        use std::io::{Seek, SeekFrom};
+        let mut bytes = Vec::new();
+        let mut file = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        file.seek(SeekFrom::Start(tail.len))
+            .and_then(|_| file.read_to_end(&mut bytes))
+            .map_err(|e| Error::io(&self.path, e))?;
+        let whole = bytes.len() / ENTRY_LEN;
+        for (i, chunk) in bytes.chunks_exact(ENTRY_LEN).enumerate() {
+            let (body, mac) = chunk.split_at(BODY_LEN);
+            let entry = Entry::parse(body).filter(|e| e.seq == tail.seq + 1);
+            match entry {
+                Some(_) if bool::from(mac.ct_eq(&entry_mac(&self.key, &tail.head, body))) => {
+                    tail.head.copy_from_slice(mac);
+                    tail.seq += 1;
+                    tail.len += ENTRY_LEN as u64;
+                }
+                // A replica killed while appending left it: never acknowledged.
+                _ if i + 1 == whole && chunk.iter().all(|&b| b == 0) => break,
+                _ => {
+                    return Err(Error::Backup(BackupProblem::JournalDamaged {
+                        path: self.path.clone(),
+                        entry: tail.seq + 1,
+                    }));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every entry, read again from the file and authenticated.
@@ -239,9 +290,15 @@ impl ErasureJournal {
         }
     }
 
-    /// The number of entries so far.
-    pub(crate) fn seq(&self) -> u64 {
-        self.tail.lock().unwrap_or_else(PoisonError::into_inner).seq
+    /// The number of entries so far (shared: as the file says now).
+    pub(crate) fn seq(&self) -> Result<u64, Error> {
+        let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.shared {
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            let _locked = FileLock::exclusive(&lock_file(dir)?, &self.path)?;
+            self.catch_up(&mut tail)?;
+        }
+        Ok(tail.seq)
     }
 
     /// Appends one entry per item and syncs them; returns the last sequence number.
@@ -254,6 +311,15 @@ impl ErasureJournal {
                 entry: tail.seq + 1,
             }));
         }
+        // Shared: held until the entries are synced, after what the others wrote.
+        let _locked = if self.shared {
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            let locked = FileLock::exclusive(&lock_file(dir)?, &self.path)?;
+            self.catch_up(&mut tail)?;
+            Some(locked)
+        } else {
+            None
+        };
         let mut bytes = Vec::with_capacity(items.len() * ENTRY_LEN);
         let (mut seq, mut head) = (tail.seq, tail.head);
         for &(sid, what) in items {
@@ -290,6 +356,32 @@ impl ErasureJournal {
     }
 }
 
+/// The file the replicas lock around appends to a shared journal (beside it: the
+/// journal itself is replaced when it is created).
+fn lock_file(dir: &Path) -> Result<File, Error> {
+    let path = dir.join(format!("{JOURNAL_FILE}.lock"));
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))
+}
+
+/// An exclusive `flock`, released when dropped (with the file).
+struct FileLock {
+    _file: File,
+}
+
+impl FileLock {
+    fn exclusive(file: &File, journal: &Path) -> Result<FileLock, Error> {
+        let file = file.try_clone().map_err(|e| Error::io(journal, e))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| Error::io(journal, e.into()))?;
+        Ok(FileLock { _file: file })
+    }
+}
+
 fn create(path: &Path, vault_id: &[u8; 16], key: &Key) -> Result<(), Error> {
     let mut header = Vec::with_capacity(HEADER_LEN);
     header.extend_from_slice(MAGIC);
@@ -314,7 +406,7 @@ mod tests {
     #[test]
     fn entries_chain_and_a_torn_tail_is_cut() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let journal = ErasureJournal::open(dir.path(), &[1; 16], key())?;
+        let journal = ErasureJournal::open(dir.path(), &[1; 16], key(), false)?;
         assert_eq!(journal.append(10, &[([2; 16], Destroyed::Subject)])?, 1);
         assert_eq!(
             journal.append(11, &[([3; 16], Destroyed::Record([4; 16]))])?,
@@ -326,8 +418,8 @@ mod tests {
         let mut file = OpenOptions::new().append(true).open(&path)?;
         file.write_all(&[0xab; 20])?;
         drop(file);
-        let journal = ErasureJournal::open(dir.path(), &[1; 16], key())?;
-        assert_eq!(journal.seq(), 2);
+        let journal = ErasureJournal::open(dir.path(), &[1; 16], key(), false)?;
+        assert_eq!(journal.seq()?, 2);
         assert_eq!(journal.append(12, &[([5; 16], Destroyed::Subject)])?, 3);
         let found = super::read(&path, &[1; 16], &key())?.ok_or("no journal")?;
         let seen: Vec<_> = found
@@ -348,31 +440,64 @@ mod tests {
     }
 
     #[test]
+    fn replicas_appending_to_one_shared_journal_keep_one_chain()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let a = ErasureJournal::open(dir.path(), &[1; 16], key(), true)?;
+        let b = ErasureJournal::open(dir.path(), &[1; 16], key(), true)?;
+        assert_eq!(a.append(10, &[([1; 16], Destroyed::Subject)])?, 1);
+        // B catches up on A's entry before appending after it.
+        assert_eq!(b.append(11, &[([2; 16], Destroyed::Record([3; 16]))])?, 2);
+        assert_eq!(a.append(12, &[([4; 16], Destroyed::Subject)])?, 3);
+        assert_eq!(b.seq()?, 3);
+        let read = read(&dir.path().join(JOURNAL_FILE), &[1; 16], &key())?.ok_or("journal")?;
+        assert!(read.damaged.is_none() && !read.torn);
+        let sids: Vec<Sid> = read.entries.iter().map(|e| e.sid).collect();
+        assert_eq!(sids, vec![[1; 16], [2; 16], [4; 16]]);
+        // An entry that does not chain (a writer that ignored the lock): the next
+        // append finds it and refuses, rather than chain after it.
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(JOURNAL_FILE))?;
+        file.write_all(&[0x55; ENTRY_LEN])?;
+        for journal in [&a, &b] {
+            assert!(matches!(
+                journal.append(13, &[([5; 16], Destroyed::Subject)]),
+                Err(Error::Backup(BackupProblem::JournalDamaged {
+                    entry: 4,
+                    ..
+                }))
+            ));
+        }
+        Ok(())
+    }
+
+    #[test]
     fn a_last_entry_of_zeros_is_cut_as_never_written() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let journal = ErasureJournal::open(dir.path(), &[1; 16], key())?;
+        let journal = ErasureJournal::open(dir.path(), &[1; 16], key(), false)?;
         journal.append(1, &[([2; 16], Destroyed::Subject)])?;
         drop(journal);
         let path = dir.path().join(JOURNAL_FILE);
         let mut file = OpenOptions::new().append(true).open(&path)?;
         file.write_all(&[0; ENTRY_LEN])?;
         drop(file);
-        let journal = ErasureJournal::open(dir.path(), &[1; 16], key())?;
-        assert_eq!(journal.seq(), 1);
+        let journal = ErasureJournal::open(dir.path(), &[1; 16], key(), false)?;
+        assert_eq!(journal.seq()?, 1);
         assert_eq!(journal.append(2, &[([3; 16], Destroyed::Subject)])?, 2);
         assert_eq!(journal.entries()?.len(), 2);
         // Zeros anywhere but at the end are damage.
         let mut bytes = std::fs::read(&path)?;
         bytes[HEADER_LEN..HEADER_LEN + ENTRY_LEN].fill(0);
         std::fs::write(&path, &bytes)?;
-        assert!(ErasureJournal::open(dir.path(), &[1; 16], key()).is_err());
+        assert!(ErasureJournal::open(dir.path(), &[1; 16], key(), false).is_err());
         Ok(())
     }
 
     #[test]
     fn altered_removed_or_foreign_entries_are_found() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
-        let journal = ErasureJournal::open(dir.path(), &[1; 16], key())?;
+        let journal = ErasureJournal::open(dir.path(), &[1; 16], key(), false)?;
         for i in 0..4u8 {
             journal.append(u64::from(i), &[([i; 16], Destroyed::Subject)])?;
         }
@@ -388,7 +513,7 @@ mod tests {
         assert_eq!(found.entries.len(), 1);
         assert_eq!(found.damaged, Some((2, 3)));
         assert!(matches!(
-            ErasureJournal::open(dir.path(), &[1; 16], key()),
+            ErasureJournal::open(dir.path(), &[1; 16], key(), false),
             Err(Error::Backup(BackupProblem::JournalDamaged {
                 entry: 2,
                 ..

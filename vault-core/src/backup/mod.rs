@@ -223,8 +223,9 @@ pub(crate) struct Backups {
     /// One backup at a time.
     running: Mutex<()>,
     /// The backup directory's lock: two vaults appending to one journal would
-    /// overwrite each other's entries.
-    _lock: Owner,
+    /// overwrite each other's entries. (None for replicas on a shared store: they
+    /// append to one journal under its file lock.)
+    _lock: Option<Owner>,
 }
 
 impl std::fmt::Debug for Backups {
@@ -243,14 +244,20 @@ impl Backups {
         vault_id: [u8; 16],
         ring: &Keyring,
         recorded: u64,
+        shared: bool,
     ) -> Result<Backups, Error> {
         std::fs::create_dir_all(&opts.dir).map_err(|e| Error::io(&opts.dir, e))?;
-        let lock = Owner::acquire(&opts.dir)?;
-        let journal = ErasureJournal::open(&opts.dir, &vault_id, ring.backup_key())?;
-        if journal.seq() < recorded {
+        let lock = if shared {
+            None
+        } else {
+            Some(Owner::acquire(&opts.dir)?)
+        };
+        let journal = ErasureJournal::open(&opts.dir, &vault_id, ring.backup_key(), shared)?;
+        let found = journal.seq()?;
+        if found < recorded {
             return Err(Error::Backup(BackupProblem::JournalBehind {
                 path: opts.dir.join(journal::JOURNAL_FILE),
-                found: journal.seq(),
+                found,
                 expected: recorded,
             }));
         }
