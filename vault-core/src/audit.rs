@@ -374,19 +374,34 @@ impl Inner {
             .saturating_sub(u64::try_from(period.as_millis()).unwrap_or(u64::MAX));
         let _prune = self.journal.prune_lock();
         let mut pruned = 0;
+        // On a shared store every replica's worker prunes: one at a time moves the
+        // base (the others' batches expect the base they read, and run again).
+        self.retrying(|| self.prune_from_base(key, cutoff, &mut pruned))?;
+        Ok(pruned)
+    }
+
+    /// Prunes page by page from the trail's base, adding to `pruned`.
+    fn prune_from_base(
+        &self,
+        key: &crate::crypto::Key,
+        cutoff: u64,
+        pruned: &mut u64,
+    ) -> Result<(), Error> {
         loop {
+            let stored_base = self.store.get(Cf::Meta, BASE)?;
             let (first, mut mac) = read_base(&self.store, key)?.map_err(|_| Error::Integrity)?;
             let from = first.checked_sub(1).map(u64::to_be_bytes);
             let from = from.as_ref().map(|k| &k[..]);
             // Most runs find nothing due: look at the oldest event before reading more.
             let Some((_, oldest)) = self.store.scan_after(Cf::Audit, from, 1)?.pop() else {
-                return Ok(pruned);
+                return Ok(());
             };
             if decode::<StoredEvent>(AUDIT_FORMAT, &oldest)?.event.at >= cutoff {
-                return Ok(pruned);
+                return Ok(());
             }
             let page = self.store.scan_after(Cf::Audit, from, PRUNE_CHUNK)?;
             let mut batch = self.store.batch();
+            batch.expect(Cf::Meta, BASE, stored_base.as_deref());
             let mut next = first;
             for (k, v) in &page {
                 let stored: StoredEvent = decode(AUDIT_FORMAT, v)?;
@@ -409,7 +424,7 @@ impl Inner {
             }
             let count = next - first;
             if count == 0 {
-                return Ok(pruned);
+                return Ok(());
             }
             let base = Base {
                 first: next,
@@ -421,7 +436,7 @@ impl Inner {
                 AuditEvent::new(RETENTION_ACTOR, AuditAction::AuditPruned, AuditOutcome::Ok)
                     .about(None, count);
             self.journal.commit_audited(batch, vec![event], true)?;
-            pruned += count;
+            *pruned += count;
         }
     }
 }

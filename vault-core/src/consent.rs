@@ -219,7 +219,7 @@ impl Inner {
             .writes()
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let ring = inner.keys.ring();
+        let ring = inner.keys.sealed();
         let now = inner.now();
         let found = inner.store.get(Cf::Subjects, &h)?;
         let mut batch = inner.store.batch();

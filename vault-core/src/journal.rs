@@ -193,7 +193,24 @@ impl Journal {
             None => None,
         };
         let mut staged_done = 0;
-        let mut damaged = match (read_head(&store, key)?, last) {
+        // On a shared store other replicas append between any two reads here: the
+        // head is checked only for authenticity (each group reads it under its lock).
+        let head = if store.shared() {
+            match store.get(Cf::Meta, HEAD)? {
+                None => Ok(None),
+                Some(bytes) => parse_head(key, &bytes)
+                    .map(Some)
+                    .ok_or("the checkpoint was altered"),
+            }
+        } else {
+            read_head(&store, key)?
+        };
+        let last = if store.shared() {
+            head.as_ref().ok().and_then(|h| h.as_ref().map(|h| h.seq))
+        } else {
+            last
+        };
+        let mut damaged = match (head, last) {
             (Err(problem), _) => Some(problem),
             (Ok(None), None) => None,
             (Ok(None), Some(_)) => Some("the checkpoint is missing"),
@@ -564,12 +581,11 @@ impl Journal {
         let result = self
             .store
             .write_locked(Cf::Meta, HEAD, batches, sync, |head, checked| {
-                let (next_seq, last_mac) = match head {
-                    None => (0, [0; 32]),
+                let (next_seq, last_mac, staged) = match &head {
+                    None => (0, [0; 32], 0),
                     Some(bytes) => {
-                        let head =
-                            parse_head(&self.audit_key, &bytes).ok_or(Error::AuditDamaged)?;
-                        (head.seq + 1, head.mac)
+                        let head = parse_head(&self.audit_key, bytes).ok_or(Error::AuditDamaged)?;
+                        (head.seq + 1, head.mac, head.staged)
                     }
                 };
                 let mut kept = Vec::with_capacity(group.len());
@@ -581,9 +597,18 @@ impl Journal {
                         outcomes.push((request.ticket, Err(Failure::Conflict)));
                     }
                 }
-                let (chained, batches, _, _) = self.chain(kept, next_seq, last_mac, (0, 0));
+                // The mark of staged read events stays as it is (a vault migrated
+                // from a directory has one; replicas stage nothing).
+                let (chained, batches, _, _) =
+                    self.chain(kept, next_seq, last_mac, (staged, staged));
                 outcomes.extend(chained);
-                Ok(Store::join(batches))
+                let mut joined = Store::join(batches);
+                if head.is_none() {
+                    // The trail's first events: no head row to lock, so its insert
+                    // fails if another replica's group got there first.
+                    Store::expect_detached(&mut joined, Cf::Meta, HEAD, None);
+                }
+                Ok(joined)
             });
         if let Err(e) = result {
             fail_all(&mut outcomes, &e);

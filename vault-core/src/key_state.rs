@@ -6,7 +6,8 @@
 //! rewrite when they rotate the KEK: a replica reloads it when a key names a KEK
 //! version it does not hold, when a write that depended on it conflicted, and
 //! before a rotation step. Every write that wraps a key under the active version
-//! expects the header it read ([`KeyState::expect_header`]), so no replica wraps a
+//! expects the header its keyring came from ([`Sealed::expect_header`]), so no
+//! replica wraps a
 //! new key under a version another has just retired.
 
 use std::path::PathBuf;
@@ -25,12 +26,30 @@ pub(crate) struct HeaderState {
     pub root: RootSecret,
 }
 
+/// A keyring and the header bytes that sealed it, taken together.
+#[derive(Clone)]
+pub(crate) struct Sealed {
+    pub ring: Arc<Keyring>,
+    header: Arc<Vec<u8>>,
+}
+
+impl Sealed {
+    /// Makes `batch` (on a shared store) depend on the header this keyring came
+    /// from: it commits only if no other replica changed the keyring since, so a
+    /// key wrapped under this keyring's active version is never written after that
+    /// version was retired.
+    pub(crate) fn expect_header(&self, batch: &mut Batch<'_>) {
+        batch.expect(Cf::Meta, HEADER_KEY, Some(&self.header));
+    }
+}
+
 pub(crate) struct KeyState {
     vault_id: [u8; 16],
     dir: PathBuf,
     store: Arc<Store>,
-    /// The current keyring. Readers clone the `Arc` and let go at once.
-    ring: RwLock<Arc<Keyring>>,
+    /// The current keyring and the header bytes that seal it, swapped together.
+    /// Readers clone the `Arc`s and let go at once.
+    ring: RwLock<Sealed>,
     /// Taken (shared) by every write of the `keys` column family and exclusively by
     /// key rotation, so a rotation batch never races an erasure or a new subject.
     writes: RwLock<()>,
@@ -50,7 +69,10 @@ impl KeyState {
             vault_id: header.header.vault_id,
             dir,
             store,
-            ring: RwLock::new(Arc::new(ring)),
+            ring: RwLock::new(Sealed {
+                header: Arc::new(header.header.to_bytes().unwrap_or_default()),
+                ring: Arc::new(ring),
+            }),
             writes: RwLock::new(()),
             header: Mutex::new(header),
             deks: DekCache::new(dek_cache_capacity),
@@ -58,6 +80,16 @@ impl KeyState {
     }
 
     pub(crate) fn ring(&self) -> Arc<Keyring> {
+        self.ring
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ring
+            .clone()
+    }
+
+    /// The keyring with the header bytes it came from, for a write that wraps a key
+    /// under it (see [`Sealed::expect_header`]).
+    pub(crate) fn sealed(&self) -> Sealed {
         self.ring
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -81,8 +113,11 @@ impl KeyState {
         let mut header = state.header.clone();
         header.keyring = state.root.seal_keyring(&self.vault_id, &ring)?;
         self.write_header(&state, &header)?;
+        *self.ring.write().unwrap_or_else(PoisonError::into_inner) = Sealed {
+            header: Arc::new(header.to_bytes()?),
+            ring: Arc::new(ring),
+        };
         state.header = header;
-        *self.ring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
         Ok(())
     }
 
@@ -101,19 +136,6 @@ impl KeyState {
         header
             .write(&self.dir)
             .inspect_err(|e| self.store.refuse_writes(e))
-    }
-
-    /// On a shared store, makes `batch` depend on the header this replica holds:
-    /// it commits only if no other replica changed the keyring meanwhile.
-    pub(crate) fn expect_header(&self, batch: &mut Batch<'_>) -> Result<(), Error> {
-        if self.store.shared() {
-            batch.expect(
-                Cf::Meta,
-                HEADER_KEY,
-                Some(&self.header().header.to_bytes()?),
-            );
-        }
-        Ok(())
     }
 
     /// On a shared store, reloads the header if another replica rewrote it (a KEK
@@ -138,7 +160,10 @@ impl KeyState {
         state.root.check(&header.vault_id, &header.commitment)?;
         let ring = state.root.open_keyring(&header.vault_id, &header.keyring)?;
         state.header = header;
-        *self.ring.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ring);
+        *self.ring.write().unwrap_or_else(PoisonError::into_inner) = Sealed {
+            header: Arc::new(bytes),
+            ring: Arc::new(ring),
+        };
         Ok(())
     }
 

@@ -65,25 +65,33 @@ pub fn migrate_to_postgres(
     let header = Header::read(from)?;
     let (target, _) = PgStore::open(to, opts.durability, true)?;
     let header_bytes = header.to_bytes()?;
-    match target.get(Cf::Meta, HEADER_KEY)? {
+    let found = target.get(Cf::Meta, HEADER_KEY)?;
+    match &found {
         None => {}
         // Resumed: the same vault's header, and the mark still there. What the
         // earlier run copied goes (the directory may have changed since).
-        Some(found) if found == header_bytes && target.get(Cf::Meta, MIGRATING)?.is_some() => {
-            for cf in Cf::ALL {
-                target.clear(cf)?;
-            }
-        }
+        Some(found) if *found == header_bytes && target.get(Cf::Meta, MIGRATING)?.is_some() => {}
         Some(_) => {
             return Err(Error::InvalidOption(
                 "the PostgreSQL schema already holds a vault: migrate into an empty schema",
             ));
         }
     }
-    let mut start = target.batch();
-    start.put(Cf::Meta, MIGRATING, b"");
-    start.put(Cf::Meta, HEADER_KEY, &header_bytes);
-    target.write_synced(start)?;
+    // Emptied, marked and given the header in one transaction, and only if no
+    // vault was created there meanwhile: a crash leaves the schema as it was or
+    // marked, never half-cleared and unmarked.
+    target
+        .reset(
+            HEADER_KEY,
+            found.as_deref(),
+            &[(MIGRATING, b""), (HEADER_KEY, &header_bytes)],
+        )
+        .map_err(|e| match e {
+            Error::Conflict => Error::InvalidOption(
+                "the PostgreSQL schema changed while the migration began: run it again",
+            ),
+            e => e,
+        })?;
 
     let store = &source.inner.store;
     let mut rows = BTreeMap::new();

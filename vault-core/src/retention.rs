@@ -93,10 +93,12 @@ impl Inner {
                 ..PurgeReport::default()
             });
         }
-        let verified = self.store.purge_files(
-            &crate::store::PurgeScope::everything(),
-            crate::purge::PURGE_VERIFY_TIMEOUT,
-        )?;
+        // The expired records are stubs already: nothing for the rule to retire.
+        let mut scope = crate::store::PurgeScope::everything();
+        scope.nothing_doomed = true;
+        let verified = self
+            .store
+            .purge_files(&scope, crate::purge::PURGE_VERIFY_TIMEOUT)?;
         if verified {
             let mut batch = self.store.batch();
             batch.delete(Cf::Meta, UNVERIFIED);

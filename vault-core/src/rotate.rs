@@ -179,7 +179,8 @@ impl Inner {
             .writes()
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let ring = self.keys.ring();
+        let sealed = self.keys.sealed();
+        let ring = &*sealed.ring;
         if ring.versions().count() <= 1 {
             return Ok(false);
         }
@@ -192,7 +193,7 @@ impl Inner {
         // On a shared store, replicas' steps take turns on the cursor, and a key
         // erased or rewrapped by another meanwhile is not written back.
         batch.expect(Cf::Meta, ROTATION_CURSOR, cursor.as_deref());
-        self.keys.expect_header(&mut batch)?;
+        sealed.expect_header(&mut batch);
         // DEKs moved off each old version, counted once per batch (one merge per
         // version, not two per DEK).
         let mut moved: std::collections::BTreeMap<u32, i64> = std::collections::BTreeMap::new();

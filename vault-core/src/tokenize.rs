@@ -388,7 +388,7 @@ impl Inner {
             self.store.multi_get(Cf::Subjects, &unknown)?
         }
         .into_iter();
-        let ring = self.keys.ring();
+        let ring = self.keys.sealed();
         let mut subjects = Vec::with_capacity(distinct.len());
         for (h, known) in distinct.iter().zip(cached) {
             let (known, created) = match known {

@@ -64,6 +64,7 @@ impl Vault {
         inner.with_live_record(&id, |sid, dek, _, stored| {
             let mut batch = inner.store.batch();
             batch.expect(Cf::Records, &id, Some(stored));
+            inner.expect_key(sid, &mut batch)?;
             batch.delete(Cf::Records, &id);
             batch.delete(Cf::Index, &index_key(sid, &id));
             inner.count_removed_record(&dek.subject_hash, sid, &mut batch)?;

@@ -22,7 +22,7 @@ use crate::events::ReadEvent;
 use crate::header::HEADER_KEY;
 use crate::header::{FORMAT_VERSION, Header, sync_dir};
 use crate::journal::Journal;
-use crate::key_state::{HeaderState, KeyState};
+use crate::key_state::{HeaderState, KeyState, Sealed};
 use crate::keys::{DekSlot, IndexKeys, KdfRecord, Keyring, RootKey, RootSecret};
 use crate::options::VaultOptions;
 use crate::owner::Owner;
@@ -489,7 +489,8 @@ impl Inner {
     /// staging file that could not be committed does not fail the read (its events
     /// are staged): it is reported like the worker's errors, and the worker retries.
     pub(crate) fn commit_read_events(&self, events: &[ReadEvent<'_>]) -> Result<(), Error> {
-        if let Some(e) = self.journal.commit_read_events(events)? {
+        // On a shared store a group that another replica's conflicted is tried again.
+        if let Some(e) = self.retrying(|| self.journal.commit_read_events(events))? {
             self.set_background_error(Some(e));
         }
         Ok(())
@@ -503,10 +504,11 @@ impl Inner {
         &self,
         h: &SubjectHash,
         found: Option<&[u8]>,
-        ring: &Keyring,
+        sealed: &Sealed,
         batch: &mut Batch<'_>,
         now: u64,
     ) -> Result<(SubjectEntry, Arc<Dek>, bool), Error> {
+        let ring = &*sealed.ring;
         // On a shared store the write stands only on the entry as read.
         batch.expect(Cf::Subjects, h, found);
         if let Some(bytes) = found {
@@ -534,7 +536,7 @@ impl Inner {
         let (version, wrapped) = ring.wrap_dek(&slot, &key)?;
         // ...and on the keyring as this replica holds it: no other may have retired
         // the version the key is wrapped under.
-        self.keys.expect_header(batch)?;
+        sealed.expect_header(batch);
         let key_entry = KeyEntry {
             subject_hash: *h,
             kek_version: version,

@@ -533,6 +533,12 @@ fn erasure_and_rotation_sync_the_wal_under_relaxed_durability() -> TestResult {
     vault.tokenize("a", "email", "v")?;
     let before = vault.storage_counters().wal_syncs;
     vault.tokenize("b", "email", "v")?;
+    if common::on_postgres() {
+        // On PostgreSQL every commit is synchronous, whatever the durability says:
+        // an asynchronous one could be lost in a failover.
+        assert!(vault.storage_counters().wal_syncs > before);
+        return Ok(());
+    }
     assert_eq!(
         vault.storage_counters().wal_syncs,
         before,

@@ -474,8 +474,18 @@ impl ServerConfig {
 pub fn load(path: &Path, data_dir: &Path) -> Result<ServerConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new(format!("cannot read {}: {e}", path.display())))?;
-    let file: FileConfig =
-        toml::from_str(&text).map_err(|e| ConfigError::new(format!("{}: {e}", path.display())))?;
+    // The message and where, not the quoted line: that could hold a secret (the
+    // PostgreSQL URL's password).
+    let file: FileConfig = toml::from_str(&text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|span| {
+                let line = text[..span.start.min(text.len())].lines().count().max(1);
+                format!(" (line {line})")
+            })
+            .unwrap_or_default();
+        ConfigError::new(format!("{}{at}: {}", path.display(), e.message()))
+    })?;
     resolve(file, data_dir, path.parent().unwrap_or(Path::new(".")))
 }
 

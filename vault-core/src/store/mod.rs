@@ -343,6 +343,10 @@ pub(crate) fn retire_nothing() -> RetireRule {
 #[derive(Default, Clone)]
 pub(crate) struct PurgeScope {
     pub(crate) spans: Vec<Span>,
+    /// No subject is being retired: the rows were written as they must end (an
+    /// expiry's stubs), and only their old versions are to go. (RocksDB rewrites
+    /// the scope either way; PostgreSQL then skips reading it through the rule.)
+    pub(crate) nothing_doomed: bool,
 }
 
 /// One column family of a [`PurgeScope`], all of it or one key range.
@@ -460,6 +464,16 @@ impl Store {
                 },
             ),
         }
+    }
+
+    /// [`WriteSet::expect`] on a detached batch (nothing on RocksDB).
+    pub(crate) fn expect_detached(batch: &mut RawBatch, cf: Cf, key: &[u8], value: Option<&[u8]>) {
+        #[cfg(feature = "postgres")]
+        if let RawBatch::Postgres(ops) = batch {
+            ops.expect(cf, key, value);
+        }
+        #[cfg(not(feature = "postgres"))]
+        let _ = (batch, cf, key, value);
     }
 
     /// The RocksDB store, for tests of its behaviour.

@@ -13,15 +13,20 @@
 //! failure or a deadlock is [`Error::Conflict`]: the operation runs again. Nothing
 //! relies on advisory locks or `LISTEN`/`NOTIFY` (CockroachDB has neither).
 //!
-//! Durability: a synced write commits with `synchronous_commit = on` (flushed here
-//! and, where the cluster has a synchronous standby, there); an unsynced one with
-//! `off`, and [`Storage::sync_wal`] is a small synced transaction, which flushes the
-//! WAL past every earlier commit.
+//! Durability: every write commits with `synchronous_commit = on` (flushed here and,
+//! where the cluster has a synchronous standby, there), whatever the vault's
+//! durability says, so [`Storage::sync_wal`] has nothing left to do. An
+//! asynchronous commit made durable later by a barrier would not do: after a
+//! failover the barrier would run on the new primary, which never received it.
 //!
-//! A connection that broke (the primary failed over) is dropped from the pool; a
+//! A connection that broke (the primary failed over) is dropped from the pool, and
+//! so is every idle one opened before it broke (they lead to the old primary): a
 //! read on it is retried once on a new connection, which the multi-host URL with
-//! `target_session_attrs=read-write` points at the new primary. A write is not
-//! retried here: whether its commit happened is unknown, and the caller decides.
+//! `target_session_attrs=read-write` points at the new primary, and so is a write
+//! whose first round trip (`BEGIN` and the row locks, no `COMMIT`) failed. A write
+//! that failed later is not retried here: whether its commit happened is unknown,
+//! and the caller decides. A connection never goes back to the pool inside a
+//! transaction.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -36,7 +41,6 @@ use postgres::{Client, NoTls, SimpleQueryMessage, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Cf, KeyValue, PurgeScope, RetireRule, Retired, Storage, StorageCounters, WriteSet};
-use crate::crypto::random_bytes;
 use crate::error::{Error, StorageError};
 use crate::options::Durability;
 
@@ -47,8 +51,6 @@ pub(crate) const SCHEMA_VERSION: u16 = 1;
 const SCAN_CHUNK: i64 = 512;
 /// How long a caller waits for a pooled connection before giving up.
 const POOL_WAIT: Duration = Duration::from_secs(30);
-/// The table of [`Storage::sync_wal`]'s barrier writes, one row per open store.
-const BARRIER: &str = "wal_barrier";
 
 /// Where a vault on PostgreSQL lives and how it is reached. Its `Debug` leaves out
 /// the URL, which may hold a password.
@@ -147,6 +149,7 @@ fn engine(e: &postgres::Error) -> Error {
             SqlState::T_R_SERIALIZATION_FAILURE,
             SqlState::T_R_DEADLOCK_DETECTED,
             SqlState::UNIQUE_VIOLATION,
+            SqlState::LOCK_NOT_AVAILABLE,
         ]
         .contains(code)
     {
@@ -167,6 +170,8 @@ fn storage(message: impl Into<String>) -> Error {
 struct Conn {
     client: Client,
     statements: HashMap<String, Statement>,
+    /// The pool's generation when it was opened: older ones are not reused.
+    generation: u64,
 }
 
 impl Conn {
@@ -198,12 +203,20 @@ struct Pool {
 struct PoolState {
     idle: Vec<Conn>,
     open: usize,
+    /// Moves on when a connection breaks: the idle ones opened before lead to
+    /// a server that is gone (a failover) and are dropped.
+    generation: u64,
 }
 
-/// A connection lent out; back to the pool when dropped, unless it broke.
+/// A connection lent out; back to the pool when dropped, unless it broke, is of
+/// an older generation or is still inside a transaction.
 struct Lease<'a> {
     pool: &'a Pool,
     conn: Option<Conn>,
+    /// A transaction was begun and not yet committed or rolled back.
+    in_transaction: bool,
+    /// Came from the idle list (not opened for this lease).
+    reused: bool,
 }
 
 impl Lease<'_> {
@@ -225,8 +238,15 @@ impl Drop for Lease<'_> {
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let generation = state.generation;
         match self.conn.take() {
-            Some(conn) if !conn.client.is_closed() => state.idle.push(conn),
+            Some(conn)
+                if !conn.client.is_closed()
+                    && !self.in_transaction
+                    && conn.generation == generation =>
+            {
+                state.idle.push(conn);
+            }
             _ => state.open -= 1,
         }
         drop(state);
@@ -240,10 +260,21 @@ impl Pool {
             .map_err(|_| Error::InvalidOption("the PostgreSQL URL does not parse"))?;
         pg.connect_timeout(config.connect_timeout);
         pg.application_name("vault");
+        // `prefer` (the driver's default) would fall back to plaintext when the
+        // server (or someone in between) declines TLS: anything but `disable`
+        // requires it.
         let tls = match pg.get_ssl_mode() {
             postgres::config::SslMode::Disable => Tls::Off,
-            _ => Tls::On(tls_connector(config.ca_file.as_deref())?),
+            _ => {
+                pg.ssl_mode(postgres::config::SslMode::Require);
+                Tls::On(tls_connector(config.ca_file.as_deref())?)
+            }
         };
+        // A dead peer is noticed in about 30 s rather than the kernel's 15 minutes.
+        pg.keepalives(true);
+        pg.keepalives_idle(Duration::from_secs(10));
+        pg.keepalives_interval(Duration::from_secs(5));
+        pg.keepalives_retries(3);
         Ok(Pool {
             config: pg,
             tls,
@@ -259,14 +290,37 @@ impl Pool {
             Tls::On(tls) => self.config.connect(tls.clone()),
         };
         let mut client = client.map_err(|e| engine(&e))?;
-        // Values are sent and read as hex `bytea` literals in simple queries.
+        // Values are sent and read as hex `bytea` literals in simple queries (so
+        // connect directly or through a session pooler: these are session settings).
+        // No transaction waits long for a lock or a statement, and none left open
+        // by a replica that froze holds the audit trail's head for long.
         client
-            .batch_execute("SET bytea_output = 'hex'; SET standard_conforming_strings = on")
+            .batch_execute(
+                "SET bytea_output = 'hex'; SET standard_conforming_strings = on; \
+                 SET lock_timeout = '10s'; SET statement_timeout = '60s'; \
+                 SET idle_in_transaction_session_timeout = '30s'",
+            )
             .map_err(|e| engine(&e))?;
         Ok(Conn {
             client,
             statements: HashMap::new(),
+            generation: self
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .generation,
         })
+    }
+
+    /// A connection broke: the idle ones opened before it go too.
+    fn broke(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.generation += 1;
+        let stale = state.idle.len();
+        state.idle.clear();
+        state.open -= stale;
+        drop(state);
+        self.freed.notify_all();
     }
 
     fn get(&self) -> Result<Lease<'_>, Error> {
@@ -277,6 +331,8 @@ impl Pool {
                 return Ok(Lease {
                     pool: self,
                     conn: Some(conn),
+                    in_transaction: false,
+                    reused: true,
                 });
             }
             if state.open < self.size {
@@ -286,6 +342,8 @@ impl Pool {
                     Ok(conn) => Ok(Lease {
                         pool: self,
                         conn: Some(conn),
+                        in_transaction: false,
+                        reused: false,
                     }),
                     Err(e) => {
                         self.state
@@ -472,8 +530,6 @@ pub(crate) struct PgStore {
     sync_by_default: bool,
     /// The retirement rule, known once the keyring is open (after the store).
     retire: OnceLock<RetireRule>,
-    /// This store's row in the barrier table.
-    id: [u8; 16],
     counts: Counts,
 }
 
@@ -500,7 +556,6 @@ impl PgStore {
             schema: config.schema.clone(),
             sync_by_default: durability == Durability::Synced,
             retire: OnceLock::new(),
-            id: random_bytes()?,
             counts: Counts::default(),
         };
         let existed = store.schema_version()?.is_some();
@@ -587,8 +642,7 @@ impl PgStore {
         }
         let _ = write!(
             sql,
-            "CREATE TABLE IF NOT EXISTS \"{s}\".{BARRIER} (k bytea PRIMARY KEY, n bigint NOT NULL); \
-             INSERT INTO \"{s}\".schema_version SELECT {SCHEMA_VERSION} \
+            "INSERT INTO \"{s}\".schema_version SELECT {SCHEMA_VERSION} \
              WHERE NOT EXISTS (SELECT 1 FROM \"{s}\".schema_version); COMMIT"
         );
         let mut lease = self.pool.get()?;
@@ -615,9 +669,12 @@ impl PgStore {
             let mut lease = self.pool.get()?;
             match f(lease.conn()) {
                 Ok(value) => return Ok(value),
-                Err(e) if lease.broken() && !retried => {
+                Err(e) if lease.broken() => {
+                    self.pool.broke();
+                    if retried {
+                        return Err(engine(&e));
+                    }
                     retried = true;
-                    drop(e);
                 }
                 Err(e) => return Err(engine(&e)),
             }
@@ -693,11 +750,18 @@ impl PgStore {
     /// Sends `sql` (a transaction's statements) as one simple query; rolls back
     /// what it left open if it failed.
     fn execute(&self, lease: &mut Lease<'_>, sql: &str) -> Result<Vec<SimpleQueryMessage>, Error> {
+        lease.in_transaction = true;
         match lease.conn().client.simple_query(sql) {
-            Ok(messages) => Ok(messages),
+            Ok(messages) => {
+                // Ended by its `COMMIT`, or still open for the statements to come.
+                lease.in_transaction = !sql.ends_with("COMMIT");
+                Ok(messages)
+            }
             Err(e) => {
-                if !lease.broken() {
-                    let _ = lease.conn().client.batch_execute("ROLLBACK");
+                if lease.broken() {
+                    self.pool.broke();
+                } else {
+                    Self::rollback(lease);
                 }
                 let error = engine(&e);
                 if matches!(error, Error::Conflict) {
@@ -705,6 +769,31 @@ impl PgStore {
                 }
                 Err(error)
             }
+        }
+    }
+
+    /// Ends the lease's open transaction; if that fails the connection is not
+    /// reused.
+    fn rollback(lease: &mut Lease<'_>) {
+        if lease.conn().client.batch_execute("ROLLBACK").is_ok() {
+            lease.in_transaction = false;
+        }
+    }
+
+    /// A lease with `sql` (a transaction's first statements, no `COMMIT`) run on
+    /// it. A pooled connection found broken (a failover since it was last used) is
+    /// replaced and the statements sent again: nothing of them took effect.
+    fn begin_on(&self, sql: &str) -> Result<(Lease<'_>, Vec<SimpleQueryMessage>), Error> {
+        let mut lease = self.pool.get()?;
+        match self.execute(&mut lease, sql) {
+            Ok(messages) => Ok((lease, messages)),
+            Err(_) if lease.reused && lease.broken() => {
+                drop(lease);
+                let mut lease = self.pool.get()?;
+                let messages = self.execute(&mut lease, sql)?;
+                Ok((lease, messages))
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -870,37 +959,38 @@ impl PgStore {
         sql.push_str("COMMIT");
     }
 
-    fn begin(sql: &mut String, sync: bool) {
-        sql.push_str(if sync {
-            "BEGIN; SET LOCAL synchronous_commit = on; "
-        } else {
-            "BEGIN; SET LOCAL synchronous_commit = off; "
-        });
+    /// Every transaction commits synchronously (see the module's documentation).
+    fn begin(sql: &mut String, _sync: bool) {
+        sql.push_str("BEGIN; SET LOCAL synchronous_commit = on; ");
     }
 
     /// Writes `ops` as one transaction: its expectations first, under locks.
     fn commit(&self, ops: Ops, sync: bool) -> Result<(), Error> {
         if ops.is_empty() && ops.expects.is_empty() {
-            return if sync { self.sync_wal() } else { Ok(()) };
+            return Ok(());
         }
-        let mut lease = self.pool.get()?;
         let mut sql = String::new();
         Self::begin(&mut sql, sync);
-        if !ops.expects.is_empty() {
+        let mut lease = if ops.expects.is_empty() {
+            self.pool.get()?
+        } else {
             self.lock_sql(&mut sql, &[&ops], None);
-            let rows = Self::locked_rows(&self.execute(&mut lease, &sql)?)?;
-            if !Self::holds(&ops, &rows) {
-                let _ = lease.conn().client.batch_execute("ROLLBACK");
+            let (mut lease, messages) = self.begin_on(&sql)?;
+            let holds = Self::locked_rows(&messages).map(|rows| Self::holds(&ops, &rows));
+            if holds.as_ref().is_ok_and(|h| !h) {
                 self.counts.conflicts.fetch_add(1, Ordering::Relaxed);
-                return Err(Error::Conflict);
+            }
+            if !holds.as_ref().is_ok_and(|h| *h) {
+                Self::rollback(&mut lease);
+                return Err(holds.err().unwrap_or(Error::Conflict));
             }
             sql.clear();
-        }
+            lease
+        };
         self.write_sql(&mut sql, &ops);
         self.execute(&mut lease, &sql)?;
-        if sync {
-            self.counts.commits_synced.fetch_add(1, Ordering::Relaxed);
-        }
+        // Every commit is synchronous (see the module's documentation).
+        self.counts.commits_synced.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -913,12 +1003,18 @@ impl PgStore {
         sync: bool,
         build: impl FnOnce(Option<Vec<u8>>, Vec<(Ops, bool)>) -> Result<Ops, Error>,
     ) -> Result<(), Error> {
-        let mut lease = self.pool.get()?;
         let mut sql = String::new();
         Self::begin(&mut sql, sync);
         let refs: Vec<&Ops> = batches.iter().collect();
         self.lock_sql(&mut sql, &refs, Some((cf, key)));
-        let rows = Self::locked_rows(&self.execute(&mut lease, &sql)?)?;
+        let (mut lease, messages) = self.begin_on(&sql)?;
+        let rows = match Self::locked_rows(&messages) {
+            Ok(rows) => rows,
+            Err(e) => {
+                Self::rollback(&mut lease);
+                return Err(e);
+            }
+        };
         let current = rows.get(&(0, key.to_vec())).cloned();
         let checked = batches
             .into_iter()
@@ -933,16 +1029,15 @@ impl PgStore {
         let ops = match build(current, checked) {
             Ok(ops) => ops,
             Err(e) => {
-                let _ = lease.conn().client.batch_execute("ROLLBACK");
+                Self::rollback(&mut lease);
                 return Err(e);
             }
         };
         sql.clear();
         self.write_sql(&mut sql, &ops);
         self.execute(&mut lease, &sql)?;
-        if sync {
-            self.counts.commits_synced.fetch_add(1, Ordering::Relaxed);
-        }
+        // Every commit is synchronous (see the module's documentation).
+        self.counts.commits_synced.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -953,15 +1048,34 @@ impl PgStore {
         Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
-    /// Deletes every row of a family.
-    pub(crate) fn clear(&self, cf: Cf) -> Result<(), Error> {
-        let sql = format!("DELETE FROM {}", self.table(cf));
-        let mut lease = self.pool.get()?;
-        lease
-            .conn()
-            .client
-            .batch_execute(&sql)
-            .map_err(|e| engine(&e))
+    /// Empties every table and writes `rows` into `meta`, in one transaction, if
+    /// `meta` holds `expected` under `key` (else [`Error::Conflict`]).
+    pub(crate) fn reset(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        rows: &[(&[u8], &[u8])],
+    ) -> Result<(), Error> {
+        let mut sql = String::new();
+        Self::begin(&mut sql, true);
+        let mut check = Ops::default();
+        check.expect(Cf::Meta, key, expected);
+        self.lock_sql(&mut sql, &[&check], None);
+        let (mut lease, messages) = self.begin_on(&sql)?;
+        let holds = Self::locked_rows(&messages).map(|rows| Self::holds(&check, &rows));
+        if !holds.as_ref().is_ok_and(|h| *h) {
+            Self::rollback(&mut lease);
+            return Err(holds.err().unwrap_or(Error::Conflict));
+        }
+        let tables: Vec<String> = Cf::ALL.iter().map(|&cf| self.table(cf)).collect();
+        let mut sql = format!("TRUNCATE {}; ", tables.join(", "));
+        let mut ops = Ops::default();
+        for (k, v) in rows {
+            ops.put(Cf::Meta, k, v);
+        }
+        self.write_sql(&mut sql, &ops);
+        self.execute(&mut lease, &sql)?;
+        Ok(())
     }
 
     /// The tables' statistics, for a check that a VACUUM ran: vacuum counts by table.
@@ -1163,19 +1277,8 @@ impl Storage for PgStore {
         false
     }
 
+    /// Every commit was synchronous: nothing to make durable.
     fn sync_wal(&self) -> Result<(), Error> {
-        let mut sql = String::new();
-        Self::begin(&mut sql, true);
-        let table = format!("\"{}\".{BARRIER}", self.schema);
-        let _ = write!(sql, "INSERT INTO {table} (k, n) VALUES (");
-        hex(&mut sql, &self.id);
-        let _ = write!(
-            sql,
-            ", 1) ON CONFLICT (k) DO UPDATE SET n = {table}.n + 1; COMMIT"
-        );
-        let mut lease = self.pool.get()?;
-        self.execute(&mut lease, &sql)?;
-        self.counts.commits_synced.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1253,13 +1356,27 @@ impl Storage for PgStore {
                 .range
                 .as_ref()
                 .map(|(a, b)| (a.as_slice(), b.as_slice()));
-            self.retire_rows(span.cf, range, &rule)?;
+            if !scope.nothing_doomed {
+                self.retire_rows(span.cf, range, &rule)?;
+            }
             if !tables.contains(&span.cf) {
                 tables.push(span.cf);
             }
         }
         if tables.is_empty() {
             return Ok(true);
+        }
+        // Every row the purge (and the erasures before it) deleted is older than
+        // this transaction id: a VACUUM removes them only if no snapshot that could
+        // still see them (a long transaction, a replication slot) is left.
+        let horizon: i64 = self
+            .read(|conn| {
+                conn.client
+                    .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+            })?
+            .get(0);
+        if self.snapshots_older_than(horizon)? {
+            return Ok(false);
         }
         let before = self.vacuum_counts()?;
         let list: Vec<String> = tables.iter().map(|&cf| self.table(cf)).collect();
@@ -1275,9 +1392,30 @@ impl Storage for PgStore {
         // The statistics are written when the VACUUM ends; another replica's
         // VACUUM of the same table counts as well.
         let after = self.vacuum_counts()?;
-        Ok(tables.iter().all(|cf| {
+        let ran = tables.iter().all(|cf| {
             let name = cf.name();
             after.get(name).copied().unwrap_or(0) > before.get(name).copied().unwrap_or(0)
-        }))
+        });
+        Ok(ran && !self.snapshots_older_than(horizon)?)
+    }
+}
+
+impl PgStore {
+    /// Whether any session or replication slot of the cluster holds a snapshot
+    /// that may still see rows deleted before transaction `horizon` (a 64-bit id):
+    /// then a VACUUM leaves them.
+    fn snapshots_older_than(&self, horizon: i64) -> Result<bool, Error> {
+        let row = self.read(|conn| {
+            conn.client.query_one(
+                "WITH h AS (SELECT age((($1::bigint) % 4294967296)::text::xid) AS age) \
+                 SELECT (SELECT count(*) FROM pg_stat_activity, h \
+                         WHERE pid <> pg_backend_pid() AND backend_xmin IS NOT NULL \
+                         AND age(backend_xmin) >= h.age) \
+                      + (SELECT count(*) FROM pg_replication_slots, h \
+                         WHERE xmin IS NOT NULL AND age(xmin) >= h.age)",
+                &[&horizon],
+            )
+        })?;
+        Ok(row.get::<_, i64>(0) > 0)
     }
 }
