@@ -55,6 +55,8 @@ impl Failure {
     fn of(e: &Error) -> Failure {
         match e {
             Error::Conflict => Failure::Conflict,
+            // Its own message, not "storage error: …" twice once wrapped again.
+            Error::Storage(cause) => Failure::Storage(cause.to_string()),
             other => Failure::Storage(other.to_string()),
         }
     }

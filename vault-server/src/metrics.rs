@@ -164,6 +164,12 @@ pub(crate) fn render_vault(vault: &vault_core::Vault, out: &mut String) {
     );
     gauge(
         out,
+        "vault_storage_conflicts_total",
+        "Writes run again because another replica changed what they read (PostgreSQL).",
+        c.conflicts,
+    );
+    gauge(
+        out,
         "vault_block_cache_capacity_bytes",
         "Capacity of the storage engine's block cache.",
         c.block_cache_capacity,
