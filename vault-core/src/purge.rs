@@ -52,6 +52,11 @@ impl Inner {
 
     /// Purges every queued erasure in one run (one flush and set of compactions).
     pub(crate) fn purge_pending(&self) -> Result<PurgeReport, Error> {
+        // On a shared store another replica may be purging the same erasures.
+        self.retrying(|| self.purge_pending_once())
+    }
+
+    fn purge_pending_once(&self) -> Result<PurgeReport, Error> {
         let turn = self.retirement.turn();
         let mut queued: Vec<(Sid, QueueEntry)> = Vec::new();
         self.store.scan_prefix(Cf::PurgeQueue, &[], |k, v| {
@@ -182,6 +187,9 @@ impl Inner {
                     taken.insert(*sid, subject);
                 }
                 let kept = QueueEntry::new(&self.index, sid, entry.due_by, None);
+                // Not over another replica's purge that finished (and removed the
+                // entry) since this one read it.
+                batch.expect(Cf::PurgeQueue, sid, Some(&entry.encode()));
                 batch.put(Cf::PurgeQueue, sid, &kept.encode());
             }
         }
