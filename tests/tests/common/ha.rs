@@ -140,6 +140,24 @@ impl HaCluster {
         Err("no Patroni answers /cluster".into())
     }
 
+    /// Each member as Patroni lists it now, `name role state` (for a report).
+    pub fn members(&self) -> TestResult<Vec<String>> {
+        for node in &self.nodes {
+            if let Ok((200, body)) = http_get(node.rest_port, "/cluster") {
+                let cluster: serde_json::Value = serde_json::from_str(&body)?;
+                let members = cluster["members"].as_array().ok_or("no members")?;
+                return Ok(members
+                    .iter()
+                    .map(|m| {
+                        let field = |k: &str| m[k].as_str().unwrap_or("?").to_owned();
+                        format!("{} {} {}", field("name"), field("role"), field("state"))
+                    })
+                    .collect());
+            }
+        }
+        Err("no Patroni answers /cluster".into())
+    }
+
     /// Waits until a node is the running synchronous standby.
     pub fn wait_for_sync_standby(&self, limit: Duration) -> TestResult<Node> {
         self.poll(limit, "a synchronous standby", || {

@@ -204,6 +204,14 @@ impl Server {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Whether the process is still running (it has not exited, nor been waited for).
+    pub fn running(&mut self) -> TestResult<bool> {
+        match self.child.as_mut() {
+            Some(child) => Ok(child.try_wait()?.is_none()),
+            None => Ok(false),
+        }
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> TestResult<ExitStatus> {
         self.signal("TERM")?;
