@@ -579,6 +579,10 @@ impl Journal {
             .iter_mut()
             .map(|r| std::mem::take(&mut r.batch))
             .collect();
+        // Every caller gets an outcome, whatever fails (the connection, the first
+        // round trip, the head): one left without would wait forever, holding its
+        // subjects' locks.
+        let tickets: Vec<u64> = group.iter().map(|r| r.ticket).collect();
         let mut outcomes = Vec::with_capacity(group.len());
         let result = self
             .store
@@ -614,6 +618,11 @@ impl Journal {
             });
         if let Err(e) = result {
             fail_all(&mut outcomes, &e);
+            for ticket in tickets {
+                if !outcomes.iter().any(|(t, _)| *t == ticket) {
+                    outcomes.push((ticket, Err(Failure::of(&e))));
+                }
+            }
         }
         outcomes
     }
