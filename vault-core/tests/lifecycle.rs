@@ -101,7 +101,12 @@ fn an_unsynced_write_outstanding_at_close_is_synced_by_the_close() -> TestResult
     let tokens = vault
         .tokenize_batch_unsynced(&[TokenizeRequest::new("customer-1", "email", b"a@x")])?
         .wait()?;
-    assert_eq!(vault.storage_counters().wal_syncs, before);
+    if common::on_postgres() {
+        // Every commit on PostgreSQL is synchronous, whatever the durability says.
+        assert!(vault.storage_counters().wal_syncs > before);
+    } else {
+        assert_eq!(vault.storage_counters().wal_syncs, before);
+    }
     assert!(vault.detokenize(&tokens[0].to_string()).is_ok());
     Ok(())
 }
