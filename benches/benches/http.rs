@@ -40,45 +40,33 @@
 //! The vault server logs (one JSON line per request, as in production) go to a file
 //! in the temporary directory.
 
-use std::error::Error;
 use std::ffi::OsString;
-use std::future::Future;
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use vault_benches::Res;
 use vault_benches::WriteShape;
-use vault_client::api::{
-    DetokenizeRequest, SubjectRequest, TokenizeItem, TokenizeRequest, TokenizeResponse,
+use vault_benches::child::{ChildGuard, ROLE_ENV, exit_when_parent_goes};
+use vault_benches::https::{
+    LOAD_BATCH, LOAD_CONNECTIONS, RECORDS_PER_SUBJECT, VALUE_LEN, contains, detokenize_body,
+    field_name, https_client, load_vault, post, serve_role, subject_id, tokenize_body,
 };
-
-type Res<T> = Result<T, Box<dyn Error + Send + Sync>>;
+use vault_benches::load::{Rng, Stats, drive, utc_now};
+use vault_client::api::{DetokenizeRequest, SubjectRequest, TokenizeRequest, TokenizeResponse};
 
 /// Concurrent connections (workers) in every measurement and load.
 const CONNECTIONS: usize = 64;
-/// Batches loaded at a time: 64 concurrent 1 000-item batches queue past the server's
-/// 10 s request timeout once RocksDB starts compacting.
-const LOAD_CONNECTIONS: usize = 8;
-/// Bytes per value.
-const VALUE_LEN: usize = 100;
-/// Records per data subject when loading.
-const RECORDS_PER_SUBJECT: usize = 10;
-/// Items per batch tokenize (and rows per INSERT) when loading.
-const LOAD_BATCH: usize = 1000;
 /// Erasures timed one after the other at the end (not under load).
 const ERASURES: usize = 5;
 /// Rounds of tokenize with the vault, the two RocksDB-alone servers and the bare
 /// server back to back.
 const TOKENIZE_ROUNDS: usize = 5;
-/// The purpose used for detokenize (dev: legitimate interests, every field).
-const PURPOSE: &str = "support";
-const ROLE_ENV: &str = "VAULT_BENCH_ROLE";
 
 fn main() -> ExitCode {
     match std::env::var(ROLE_ENV).as_deref() {
@@ -234,25 +222,6 @@ impl Op {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Stats {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-    requests: u64,
-}
-
-impl Stats {
-    fn to_json(self) -> Value {
-        json!({"rps": self.rps, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "errors": self.errors})
-    }
-
-    fn with_name(self, name: &str) -> Value {
-        json!({"name": name, "rps": self.rps, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms, "errors": self.errors})
-    }
-}
-
 // ---------------------------------------------------------------------------------
 // The run
 // ---------------------------------------------------------------------------------
@@ -325,7 +294,7 @@ async fn run() -> Res<()> {
         cfg.records
     );
     let started = Instant::now();
-    let tokens = load_vault(&cfg, &ca_pem, &vault_url, &api_key).await?;
+    let tokens = load_vault(&ca_pem, &vault_url, &api_key, cfg.records).await?;
     let vault_load_secs = started.elapsed().as_secs_f64();
     let rss_after_load = rss_kib(pid).ok_or("cannot read the server's VmRSS")?;
     let rss_peak = sampler.stop().await.max(rss_after_load);
@@ -336,7 +305,8 @@ async fn run() -> Res<()> {
         mib(rss_after_load),
         mib(rss_peak)
     );
-    let metrics = dek_metrics(&ca_pem, &field("metrics_url")?).await?;
+    let metrics_url = field("metrics_url")?;
+    let metrics = dek_metrics(&ca_pem, &metrics_url).await?;
     for line in &metrics {
         println!("  metrics: {line}");
     }
@@ -351,14 +321,14 @@ async fn run() -> Res<()> {
     let mut shape = None;
     for op in Op::MEASURED {
         let before = match op {
-            Op::Tokenize => Some(write_counters(&ca_pem, &vault_url).await?),
+            Op::Tokenize => Some(write_counters(&ca_pem, &metrics_url).await?),
             _ => None,
         };
         let stats = measure_http(&cfg, &ca_pem, &vault_url, &api_key, op, &data).await?;
         print_line("vault", op.name(), stats);
         vault_stats[op.index()] = stats;
         if let Some(before) = before {
-            shape = Some(before.shape_to(&write_counters(&ca_pem, &vault_url).await?)?);
+            shape = Some(before.shape_to(&write_counters(&ca_pem, &metrics_url).await?)?);
         }
         let stats = measure_http(&cfg, &ca_pem, &axum_url, &api_key, op, &data).await?;
         print_line("bare axum", op.name(), stats);
@@ -520,145 +490,15 @@ struct Data {
     tokens: Vec<String>,
 }
 
-fn subject_id(i: usize) -> String {
-    format!("subj-{i}")
-}
-
-fn field_name(i: usize) -> String {
-    format!("field{}", i % RECORDS_PER_SUBJECT)
-}
-
 // ---------------------------------------------------------------------------------
 // HTTP
 // ---------------------------------------------------------------------------------
-
-/// One client per worker: HTTP/1.1, one keep-alive connection each.
-fn https_client(ca_pem: &[u8]) -> Res<reqwest::Client> {
-    Ok(reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem)?)
-        .http1_only()
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(60))
-        .build()?)
-}
-
-/// POSTs a JSON body; the answer's body when the status is 2xx.
-async fn post(
-    client: &reqwest::Client,
-    url: &str,
-    key: &str,
-    body: Vec<u8>,
-) -> Result<axum::body::Bytes, String> {
-    let response = client
-        .post(url)
-        .bearer_auth(key)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| format!("transport: {e}"))?;
-    let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| format!("reading the body: {e}"))?;
-    if status.is_success() {
-        Ok(body)
-    } else {
-        Err(format!(
-            "status {status}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(300)])
-        ))
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-fn tokenize_body(rng: &mut Rng, subjects: usize) -> Vec<u8> {
-    let request = TokenizeRequest {
-        items: vec![TokenizeItem::new(
-            subject_id(rng.below(subjects)),
-            "note",
-            rng.alnum(VALUE_LEN),
-        )],
-    };
-    serde_json::to_vec(&request).expect("a tokenize request serialises")
-}
-
-fn detokenize_body(rng: &mut Rng, tokens: &[String]) -> Vec<u8> {
-    let request = DetokenizeRequest {
-        tokens: vec![tokens[rng.below(tokens.len())].clone()],
-        purpose: PURPOSE.to_owned(),
-    };
-    serde_json::to_vec(&request).expect("a detokenize request serialises")
-}
 
 fn export_body(rng: &mut Rng, subjects: usize) -> Vec<u8> {
     let request = SubjectRequest {
         subject: subject_id(rng.below(subjects)).into(),
     };
     serde_json::to_vec(&request).expect("an export request serialises")
-}
-
-/// Loads `cfg.records` records with batch tokenize, 8 batches at a time; the tokens.
-async fn load_vault(cfg: &Config, ca_pem: &[u8], url: &str, key: &Arc<str>) -> Res<Vec<String>> {
-    let batches = cfg.records.div_ceil(LOAD_BATCH);
-    let next = Arc::new(AtomicUsize::new(0));
-    let url: Arc<str> = format!("{url}{}", Op::Tokenize.path()).into();
-    let mut workers = Vec::new();
-    for w in 0..LOAD_CONNECTIONS {
-        let client = https_client(ca_pem)?;
-        let next = next.clone();
-        let url = url.clone();
-        let key = key.clone();
-        let records = cfg.records;
-        workers.push(tokio::spawn(async move {
-            let mut rng = Rng::new(w as u64);
-            let mut tokens = Vec::new();
-            loop {
-                let batch = next.fetch_add(1, Ordering::Relaxed);
-                if batch >= batches {
-                    break;
-                }
-                let range = batch * LOAD_BATCH..((batch + 1) * LOAD_BATCH).min(records);
-                let items: Vec<TokenizeItem> = range
-                    .clone()
-                    .map(|i| {
-                        TokenizeItem::new(
-                            subject_id(i / RECORDS_PER_SUBJECT),
-                            field_name(i),
-                            rng.alnum(VALUE_LEN),
-                        )
-                    })
-                    .collect();
-                let body = serde_json::to_vec(&TokenizeRequest { items })
-                    .map_err(|e| format!("serialising a batch: {e}"))?;
-                let answer = post(&client, &url, &key, body)
-                    .await
-                    .map_err(|e| format!("loading batch {batch}: {e}"))?;
-                let answer: TokenizeResponse = serde_json::from_slice(&answer)
-                    .map_err(|e| format!("loading batch {batch}: the answer: {e}"))?;
-                if answer.tokens.len() != range.len() {
-                    return Err(format!(
-                        "batch {batch}: {} tokens for {} items",
-                        answer.tokens.len(),
-                        range.len()
-                    ));
-                }
-                tokens.extend(answer.tokens);
-            }
-            Ok::<_, String>(tokens)
-        }));
-    }
-    let mut tokens = Vec::with_capacity(cfg.records);
-    for worker in workers {
-        tokens.extend(worker.await??);
-    }
-    Ok(tokens)
 }
 
 /// One operation against one HTTPS server (vault or echo), same bodies for both.
@@ -710,95 +550,13 @@ async fn measure_http(
             }
         }
     };
-    let stats = drive(cfg, workers, make, call).await;
+    let stats = drive(cfg.warmup(), cfg.window(), workers, make, call).await;
     if let Ok(first) = first_error.lock()
         && let Some(e) = first.as_ref()
     {
         println!("  first error ({} {}): {e}", base, op.name());
     }
     Ok(stats)
-}
-
-/// Closed loop: every worker sends its next request as soon as the previous answer
-/// is in. Requests started in the warm-up are not counted; latency is measured from
-/// just before sending (the body is built before) to the end of the answer's body.
-async fn drive<W, R, M, C, Fut>(cfg: &Config, workers: Vec<W>, make: M, call: C) -> Stats
-where
-    W: Clone + Send + 'static,
-    R: Send + 'static,
-    M: Fn(&mut Rng) -> R + Send + Sync + 'static,
-    C: Fn(W, R) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = bool> + Send + 'static,
-{
-    let make = Arc::new(make);
-    let call = Arc::new(call);
-    let start = Instant::now();
-    let t0 = start + cfg.warmup();
-    let end = t0 + cfg.window();
-    let seed = SEED.fetch_add(1_000, Ordering::Relaxed);
-    let mut handles = Vec::with_capacity(workers.len());
-    for (i, worker) in workers.into_iter().enumerate() {
-        let make = make.clone();
-        let call = call.clone();
-        handles.push(tokio::spawn(async move {
-            let mut rng = Rng::new(seed + i as u64);
-            let mut latencies: Vec<u32> = Vec::with_capacity(16 * 1024);
-            let mut errors = 0u64;
-            let mut last = t0;
-            loop {
-                if Instant::now() >= end {
-                    break;
-                }
-                let request = make(&mut rng);
-                let sent = Instant::now();
-                let ok = call(worker.clone(), request).await;
-                let done = Instant::now();
-                if !ok {
-                    errors += 1;
-                } else if sent >= t0 {
-                    let micros = done.duration_since(sent).as_micros();
-                    latencies.push(u32::try_from(micros).unwrap_or(u32::MAX));
-                }
-                if sent >= t0 {
-                    last = last.max(done);
-                }
-            }
-            (latencies, errors, last)
-        }));
-    }
-    let mut all: Vec<u32> = Vec::new();
-    let mut errors = 0;
-    let mut last = t0;
-    for handle in handles {
-        match handle.await {
-            Ok((latencies, e, l)) => {
-                all.extend(latencies);
-                errors += e;
-                last = last.max(l);
-            }
-            Err(_) => errors += 1,
-        }
-    }
-    all.sort_unstable();
-    let elapsed = last.duration_since(t0).as_secs_f64().max(1e-9);
-    Stats {
-        rps: all.len() as f64 / elapsed,
-        p50_ms: percentile_ms(&all, 0.50),
-        p99_ms: percentile_ms(&all, 0.99),
-        errors,
-        requests: all.len() as u64,
-    }
-}
-
-static SEED: AtomicU64 = AtomicU64::new(1);
-
-fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    let index = rank.clamp(1, sorted.len()) - 1;
-    f64::from(sorted[index]) / 1000.0
 }
 
 /// The `/metrics` lines about keys and caches (DEK cache entries, recently written
@@ -821,17 +579,17 @@ async fn dek_metrics(ca_pem: &[u8], url: &str) -> Res<Vec<String>> {
 }
 
 /// The vault's storage write counters and its answered tokenize requests, from
-/// `/metrics`.
+/// `/metrics` on the server's metrics listener.
 struct WriteCounters {
     keys: f64,
     bytes: f64,
     tokenized: f64,
 }
 
-async fn write_counters(ca_pem: &[u8], base: &str) -> Res<WriteCounters> {
+async fn write_counters(ca_pem: &[u8], metrics_url: &str) -> Res<WriteCounters> {
     let client = https_client(ca_pem)?;
     let text = client
-        .get(format!("{base}/metrics"))
+        .get(metrics_url)
         .send()
         .await?
         .error_for_status()?
@@ -1161,7 +919,7 @@ async fn measure_pg(cfg: &Config, conns: &[Arc<PgConn>], op: Op, data: &Arc<Data
             }
         }
     };
-    let stats = drive(cfg, conns.to_vec(), make, call).await;
+    let stats = drive(cfg.warmup(), cfg.window(), conns.to_vec(), make, call).await;
     if let Ok(first) = first_error.lock()
         && let Some(e) = first.as_ref()
     {
@@ -1199,49 +957,6 @@ fn axum_role() -> ExitCode {
         .route(Op::Detokenize.path(), post(echo::<DetokenizeRequest>))
         .route(Op::Export.path(), post(echo::<SubjectRequest>));
     serve_role("axum", cert, key, app)
-}
-
-/// Serves `app` for a child role until the process ends.
-fn serve_role(role: &str, cert: &str, key: &str, app: axum::Router) -> ExitCode {
-    let served = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(Into::into)
-        .and_then(|runtime| runtime.block_on(serve_tls(Path::new(cert), Path::new(key), app)));
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{role} role: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Serves `app` over TLS on a loopback port, as vault-server does; prints
-/// `{"url": …}` once listening.
-async fn serve_tls(cert: &Path, key: &Path, app: axum::Router) -> Res<()> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-    let certs = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(key)?;
-    // As vault-server's serve::tls_config: ring, TLS 1.2 + 1.3, h2 and HTTP/1.1.
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
-    let server = axum_server::from_tcp_rustls(listener, config)?;
-    println!(
-        "{}",
-        json!({ "url": format!("https://127.0.0.1:{}", addr.port()) })
-    );
-    server.serve(app.into_make_service()).await?;
-    Ok(())
 }
 
 async fn echo<T: Serialize + DeserializeOwned>(axum::Json(body): axum::Json<T>) -> axum::Json<T> {
@@ -1402,97 +1117,6 @@ async fn raw_tokenize(
 }
 
 // ---------------------------------------------------------------------------------
-// Child processes
-// ---------------------------------------------------------------------------------
-
-/// A child process of this binary in another role; killed (and reaped) on drop, also
-/// when the bench panics. The child also exits by itself when its stdin closes, i.e.
-/// when this process is gone, however it ended.
-#[derive(Debug)]
-struct ChildGuard {
-    child: Child,
-    _stdin: Option<ChildStdin>,
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl ChildGuard {
-    /// Starts `role` and reads its one JSON start line from stdout; stderr to `log`.
-    fn spawn(role: &str, args: &[OsString], log: &Path) -> Res<(ChildGuard, Value)> {
-        let exe = std::env::current_exe()?;
-        let log_file = std::fs::File::create(log)?;
-        let mut child = Command::new(exe)
-            .env(ROLE_ENV, role)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().ok_or("the child has no stdout")?;
-        let mut guard = ChildGuard {
-            child,
-            _stdin: stdin,
-            _stdout: BufReader::new(stdout),
-        };
-        let mut line = String::new();
-        guard._stdout.read_line(&mut line)?;
-        if line.trim().is_empty() {
-            return Err(format!(
-                "the {role} child printed no start line; its log ({}) ends with:\n{}",
-                log.display(),
-                tail(log, 20)
-            )
-            .into());
-        }
-        let info: Value = serde_json::from_str(line.trim())
-            .map_err(|e| format!("the {role} child's start line is not JSON ({e}): {line}"))?;
-        Ok((guard, info))
-    }
-
-    /// [`spawn`](Self::spawn) for a server role (from the runtime); its URL.
-    fn spawn_server(role: &str, args: &[OsString], log: &Path) -> Res<(ChildGuard, String)> {
-        let (child, info) = tokio::task::block_in_place(|| ChildGuard::spawn(role, args, log))?;
-        let url = info
-            .get("url")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("the {role} server's start line has no url"))?
-            .to_owned();
-        Ok((child, url))
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// In a child role: exit as soon as stdin reaches its end (the parent is gone).
-fn exit_when_parent_goes() {
-    std::thread::spawn(|| {
-        let mut stdin = std::io::stdin();
-        let mut buf = [0u8; 64];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => std::process::exit(0),
-                Ok(_) => {}
-            }
-        }
-    });
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-// ---------------------------------------------------------------------------------
 // Memory
 // ---------------------------------------------------------------------------------
 
@@ -1626,77 +1250,4 @@ fn fmt_list(values: &[f64]) -> String {
         .map(|v| format!("{v:.1}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-// ---------------------------------------------------------------------------------
-// Randomness (not cryptographic: workload choices and test values only)
-// ---------------------------------------------------------------------------------
-
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(stream: u64) -> Rng {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let mut rng = Rng(nanos ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        rng.next();
-        rng
-    }
-
-    /// splitmix64
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn alnum(&mut self, len: usize) -> String {
-        const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-        (0..len)
-            .map(|_| char::from(CHARS[self.below(CHARS.len())]))
-            .collect()
-    }
-
-    /// A client-side token for the PostgreSQL baseline (128 random bits).
-    fn token(&mut self) -> String {
-        format!("tok_{:016x}{:016x}", self.next(), self.next())
-    }
 }

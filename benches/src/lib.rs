@@ -1,9 +1,21 @@
 //! Benchmarks of the vault against the baselines they are judged by: raw RocksDB with
-//! the vault's own options (in process, `benches/core.rs`), and a bare axum server over
-//! the same TLS stack and PostgreSQL + pgcrypto (`benches/http.rs`). `bench-report`
-//! turns the results into `BENCHMARKS.md`.
+//! the vault's own options (in process, `benches/core.rs`), a bare axum server over
+//! the same TLS stack and PostgreSQL + pgcrypto (`benches/http.rs`), and raw
+//! PostgreSQL doing the rows' work of replicas on PostgreSQL (`benches/replicas.rs`).
+//! `bench-report` turns the results into `BENCHMARKS.md`.
+//!
+//! The HTTPS benchmarks share their harness: child processes ([`child`]), the
+//! closed-loop load generator ([`load`]) and the client, servers and workload
+//! ([`https`]).
 
 use std::path::Path;
+
+pub mod child;
+pub mod https;
+pub mod load;
+
+/// The benchmarks' result type: any error, reported and the run ended.
+pub type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Raw RocksDB with the options the vault gives its own column families (bloom
 /// filter, block cache, compression, and the memtable size of `records`, the family
