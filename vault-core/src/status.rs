@@ -17,6 +17,13 @@ impl Vault {
         self.inner.journal.reads_may_wait()
     }
 
+    /// Whether every write waits for another process (a vault on PostgreSQL: the
+    /// database): then [`try_tokenize_batch_unsynced`](Self::try_tokenize_batch_unsynced)
+    /// always answers `None`, and trying it is wasted work.
+    pub fn writes_always_wait(&self) -> bool {
+        self.inner.store.shared()
+    }
+
     /// Storage-engine counters (zero unless [`VaultOptions::statistics`](crate::VaultOptions::statistics) is on), and
     /// the block cache's capacity and use.
     pub fn storage_counters(&self) -> StorageCounters {

@@ -232,7 +232,7 @@ impl Vault {
         commit: Commit,
     ) -> Result<Option<Vec<Token>>, Error> {
         self.inner.check_items(items)?;
-        if matches!(commit, Commit::IfFree) && self.inner.store.shared() {
+        if matches!(commit, Commit::IfFree) && self.writes_always_wait() {
             // Every write to a shared store waits for the database.
             return Ok(None);
         }

@@ -101,8 +101,9 @@ pub struct FileConfig {
     pub storage: StorageConfig,
 }
 
-/// `[storage]`, as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[storage]`, as written. (Its `Debug` leaves out the URL, which may hold a
+/// password.)
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// `"rocksdb"` (embedded, in the data directory; the default) or `"postgres"`.
@@ -122,6 +123,18 @@ pub struct StorageConfig {
     pub ca_file: Option<PathBuf>,
     /// PostgreSQL: the schema of the vault's tables (`vault` if unset).
     pub schema: Option<String>,
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("backend", &self.backend)
+            .field("url_env", &self.url_env)
+            .field("pool_size", &self.pool_size)
+            .field("ca_file", &self.ca_file)
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The storage backends.

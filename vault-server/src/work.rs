@@ -143,7 +143,10 @@ impl Work {
     pub(crate) async fn tokenize(self, items: Vec<TokenizeItem>) -> Result<Vec<Token>, ApiError> {
         let bytes: usize = items.iter().map(|i| i.value.expose().len()).sum();
         let mut written = None;
-        if items.len() <= SHORT_WRITE_ITEMS && bytes <= SHORT_WRITE_BYTES {
+        if items.len() <= SHORT_WRITE_ITEMS
+            && bytes <= SHORT_WRITE_BYTES
+            && !self.vault.writes_always_wait()
+        {
             let requests = requests(&items);
             for _ in 0..SHORT_WRITE_TRIES {
                 written =

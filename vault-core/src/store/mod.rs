@@ -151,6 +151,19 @@ impl Cf {
     ];
 }
 
+/// The smallest key greater than every key with this prefix, if one exists (the
+/// exclusive end of a prefix scan, on either engine).
+pub(crate) fn prefix_upper_bound(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut upper = prefix.to_vec();
+    while let Some(last) = upper.pop() {
+        if last < u8::MAX {
+            upper.push(last + 1);
+            return Some(upper);
+        }
+    }
+    None
+}
+
 /// A stored key and its value.
 pub(crate) type KeyValue = (Vec<u8>, Vec<u8>);
 

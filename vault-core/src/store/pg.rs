@@ -471,11 +471,15 @@ type Locked = HashMap<(u8, Vec<u8>), Vec<u8>>;
 /// Rows to write, by family.
 type Rows<'a> = BTreeMap<Cf, Vec<(&'a [u8], &'a [u8])>>;
 
-/// Appends `bytes` as a hex `bytea` literal.
+/// Appends `bytes` as a hex `bytea` literal (by table: formatting each byte was
+/// about 3 % of a replica's CPU under load).
 fn hex(sql: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    sql.reserve(bytes.len() * 2 + 4);
     sql.push_str("'\\x");
-    for b in bytes {
-        let _ = write!(sql, "{b:02x}");
+    for &b in bytes {
+        sql.push(char::from(DIGITS[usize::from(b >> 4)]));
+        sql.push(char::from(DIGITS[usize::from(b & 15)]));
     }
     sql.push('\'');
 }
@@ -498,18 +502,6 @@ fn unhex(text: &str) -> Result<Vec<u8>, Error> {
         .chunks_exact(2)
         .map(|pair| Ok((nibble(pair[0])? << 4) | nibble(pair[1])?))
         .collect()
-}
-
-/// The smallest key greater than every key with this prefix, if one exists.
-fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < u8::MAX {
-            end.push(last + 1);
-            return Some(end);
-        }
-    }
-    None
 }
 
 /// Work counted for [`Storage::counters`].
@@ -1197,7 +1189,7 @@ impl Storage for PgStore {
         from: &[u8],
         mut f: impl FnMut(&[u8], &[u8]) -> Result<bool, Error>,
     ) -> Result<(), Error> {
-        let end = prefix_end(prefix);
+        let end = super::prefix_upper_bound(prefix);
         let mut start = if from.is_empty() && prefix.is_empty() {
             None
         } else {

@@ -21,7 +21,7 @@ use rocksdb::{
 
 use super::{
     Cf, KeyValue, PurgeScope, RetireRule, Retired, Span, Storage, StorageCounters, StoreOptions,
-    WriteSet,
+    WriteSet, prefix_upper_bound,
 };
 use crate::error::{Error, StorageError};
 use crate::failpoints;
@@ -912,18 +912,6 @@ fn iterate_options(cf: Cf, prefix: &[u8]) -> ReadOptions {
         ro.set_iterate_upper_bound(upper);
     }
     ro
-}
-
-/// The smallest key greater than every key with this prefix, if one exists.
-fn prefix_upper_bound(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut upper = prefix.to_vec();
-    while let Some(last) = upper.pop() {
-        if last < u8::MAX {
-            upper.push(last + 1);
-            return Some(upper);
-        }
-    }
-    None
 }
 
 /// An atomic group of writes.
