@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{postgres, schema_for};
 use common::ha::HaCluster;
-use common::{KeySpec, Launch, SCOPES, Server, TestResult, write_config};
+use common::{Launch, Server, TestResult, write_replica_config};
 use vault_client::Client;
 use vault_client::api::{DetokenizeResult, ExpectedHead, ItemError};
 
@@ -95,21 +95,7 @@ fn vault_config(dir: &Path, cluster: &HaCluster) -> TestResult<(PathBuf, PathBuf
     } else {
         format!("{url}&sslmode=require")
     };
-    let storage = format!(
-        "[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\nca_file = \"{}\"\npool_size = 8\n",
-        cluster.ca_file().display()
-    );
-    let admin = KeySpec {
-        name: "admin",
-        scopes: &SCOPES,
-        purposes: &["*"],
-    };
-    let (config, cert, keys) = write_config(
-        dir,
-        &[admin],
-        &format!("[[purposes]]\nname = \"{PURPOSE}\"\nbasis = \"contract\"\n{storage}"),
-    )?;
-    Ok((config, cert, keys["admin"].clone()))
+    write_replica_config(dir, &url, &cluster.ca_file(), PURPOSE, "")
 }
 
 /// How a call failed, coarsely, for the counts.
@@ -502,25 +488,17 @@ async fn a_write_cut_off_in_its_first_round_trip_is_answered() -> TestResult {
     let dir = tempfile::tempdir()?;
     let (url, ca) = postgres();
     let schema = schema_for(dir.path());
-    let admin = KeySpec {
-        name: "admin",
-        scopes: &SCOPES,
-        purposes: &["*"],
-    };
-    let (config, cert, keys) = write_config(
+    let (config, cert, key) = write_replica_config(
         dir.path(),
-        &[admin],
-        &format!(
-            "[[purposes]]\nname = \"{PURPOSE}\"\nbasis = \"contract\"\n[limits]\n\
-             request_timeout_ms = 4000\n[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\n\
-             ca_file = \"{}\"\nschema = \"{schema}\"\n",
-            ca.display()
-        ),
+        url,
+        ca,
+        PURPOSE,
+        &format!("schema = \"{schema}\"\n[limits]\nrequest_timeout_ms = 4000\n"),
     )?;
     let server = tokio::task::block_in_place(|| {
         Server::start(Launch::config(&dir.path().join("a"), &config, &cert))
     })?;
-    let client = server.client(&keys["admin"])?;
+    let client = server.client(&key)?;
     client
         .tokenize_one("alice", "email", "alice@example.com")
         .await?;

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::{postgres, schema_for};
-use common::{KeySpec, Launch, SCOPES, SERVER, Server, TestResult, write_config};
+use common::{Launch, SERVER, Server, TestResult, write_replica_config};
 use vault_client::api::{DetokenizeResult, ItemError, TokenizeItem};
 
 /// A configuration for replicas of the vault in `schema`, with an admin key.
@@ -19,21 +19,13 @@ fn replica_config(
     schema: &str,
 ) -> TestResult<(std::path::PathBuf, std::path::PathBuf, String)> {
     let (url, ca) = postgres();
-    let storage = format!(
-        "[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\nca_file = \"{}\"\nschema = \"{schema}\"\npool_size = 8\n[vault]\npurge_delay_secs = 0\n",
-        ca.display()
-    );
-    let admin = KeySpec {
-        name: "admin",
-        scopes: &SCOPES,
-        purposes: &["*"],
-    };
-    let (config, cert, keys) = write_config(
+    write_replica_config(
         dir,
-        &[admin],
-        &format!("[[purposes]]\nname = \"support\"\nbasis = \"contract\"\n{storage}"),
-    )?;
-    Ok((config, cert, keys["admin"].clone()))
+        url,
+        ca,
+        "support",
+        &format!("schema = \"{schema}\"\n[vault]\npurge_delay_secs = 0\n"),
+    )
 }
 
 fn value(result: &DetokenizeResult) -> Option<&str> {

@@ -337,6 +337,31 @@ pub fn write_config(
     Ok((path, cert, secrets))
 }
 
+/// A configuration for vault-server replicas on PostgreSQL at `url` (TLS checked
+/// against `ca`): an admin key with every scope and `purpose` (a contract purpose)
+/// declared, `extra` appended after the `[storage]` section; its path, the
+/// certificate to trust and the admin key.
+pub fn write_replica_config(
+    dir: &Path,
+    url: &str,
+    ca: &Path,
+    purpose: &str,
+    extra: &str,
+) -> TestResult<(PathBuf, PathBuf, String)> {
+    let admin = KeySpec {
+        name: "admin",
+        scopes: &SCOPES,
+        purposes: &["*"],
+    };
+    let text = format!(
+        "[[purposes]]\nname = \"{purpose}\"\nbasis = \"contract\"\n\
+         [storage]\nbackend = \"postgres\"\nurl = \"{url}\"\nca_file = \"{}\"\npool_size = 8\n{extra}",
+        ca.display()
+    );
+    let (config, cert, keys) = write_config(dir, &[admin], &text)?;
+    Ok((config, cert, keys["admin"].clone()))
+}
+
 /// Reads one metric's value from a Prometheus text page.
 pub fn metric(page: &str, name: &str) -> Option<f64> {
     page.lines()
