@@ -1336,7 +1336,7 @@ impl Storage for PgStore {
     /// prove the old row versions' bytes gone from every file: VACUUM frees the dead
     /// rows' space for reuse, and the WAL, its archives and the standbys keep them
     /// for a while. There the erasure rests on the destroyed key (README).
-    fn purge_files(&self, scope: &PurgeScope, _timeout: Duration) -> Result<bool, Error> {
+    fn purge_files(&self, scope: &PurgeScope, timeout: Duration) -> Result<bool, Error> {
         let rule = self
             .retire
             .get()
@@ -1367,8 +1367,15 @@ impl Storage for PgStore {
                     .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
             })?
             .get(0);
-        if self.snapshots_older_than(horizon)? {
-            return Ok(false);
+        // Other sessions' transactions that began before `horizon` are usually
+        // short: wait a little for them. A long one leaves the purge pending, and
+        // the worker tries again later.
+        let deadline = Instant::now() + timeout.min(Duration::from_secs(5));
+        while self.snapshots_older_than(horizon)? {
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
         let before = self.vacuum_counts()?;
         let list: Vec<String> = tables.iter().map(|&cf| self.table(cf)).collect();
@@ -1395,13 +1402,15 @@ impl Storage for PgStore {
 impl PgStore {
     /// Whether any session or replication slot of the cluster holds a snapshot
     /// that may still see rows deleted before transaction `horizon` (a 64-bit id):
-    /// then a VACUUM leaves them.
+    /// then a VACUUM leaves them. Sessions running a VACUUM do not count: the
+    /// server leaves their snapshots out of every other VACUUM's horizon.
     fn snapshots_older_than(&self, horizon: i64) -> Result<bool, Error> {
         let row = self.read(|conn| {
             conn.client.query_one(
                 "WITH h AS (SELECT age((($1::bigint) % 4294967296)::text::xid) AS age) \
                  SELECT (SELECT count(*) FROM pg_stat_activity, h \
                          WHERE pid <> pg_backend_pid() AND backend_xmin IS NOT NULL \
+                         AND pid NOT IN (SELECT pid FROM pg_stat_progress_vacuum) \
                          AND age(backend_xmin) >= h.age) \
                       + (SELECT count(*) FROM pg_replication_slots, h \
                          WHERE xmin IS NOT NULL AND age(xmin) >= h.age)",
