@@ -82,6 +82,22 @@ pub struct TokenizeItem {
     /// Issue the deterministic token of (subject, field, value) instead of a random one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deterministic: bool,
+    /// The shape of the token, for columns that validate what they hold; absent:
+    /// the opaque `tok_…` form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<TokenFormat>,
+}
+
+/// The shape of a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenFormat {
+    /// As many digits as the value (digits only, 1 to 32), random.
+    Digits,
+    /// As many digits as the card number (8 to 19), keeping its last four, Luhn-valid.
+    Luhn,
+    /// An e-mail address at `example.net` (reserved: mail to it goes nowhere).
+    Email,
 }
 
 impl TokenizeItem {
@@ -96,7 +112,14 @@ impl TokenizeItem {
             field: field.into(),
             value: value.into(),
             deterministic: false,
+            format: None,
         }
+    }
+
+    /// Asks for a token of `format` (deterministic only as `email`).
+    pub fn format(mut self, format: TokenFormat) -> TokenizeItem {
+        self.format = Some(format);
+        self
     }
 
     /// Asks for the deterministic token instead.

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use serde::Serialize;
 
-use crate::api::{Sensitive, TokenizeItem, TokenizeRequest};
+use crate::api::{Sensitive, TokenFormat, TokenizeItem, TokenizeRequest};
 use crate::client::{Client, Error};
 
 /// `vaultctl` arguments.
@@ -252,6 +252,9 @@ struct TokenizeArgs {
     /// Ask for the deterministic token.
     #[arg(long, conflicts_with = "batch")]
     deterministic: bool,
+    /// The token's shape: digits, luhn or email.
+    #[arg(long, value_name = "FORMAT", conflicts_with = "batch", value_parser = parse_format)]
+    format: Option<TokenFormat>,
     /// A JSON file of `{"items": [...]}` as the API takes it; `-` reads stdin.
     #[arg(long, value_name = "FILE")]
     batch: Option<String>,
@@ -266,6 +269,15 @@ struct ValueArgs {
     /// Read the value from stdin (one trailing newline is dropped).
     #[arg(long)]
     value_stdin: bool,
+}
+
+fn parse_format(text: &str) -> Result<TokenFormat, String> {
+    match text {
+        "digits" => Ok(TokenFormat::Digits),
+        "luhn" => Ok(TokenFormat::Luhn),
+        "email" => Ok(TokenFormat::Email),
+        _ => Err("a token format is digits, luhn or email".into()),
+    }
 }
 
 impl ValueArgs {
@@ -366,7 +378,8 @@ async fn run(command: Command, allow_plain_http: bool) -> Result<(), Failure> {
                     let value = args.value.read_from(&mut stdin)?.ok_or_else(|| {
                         Failure::Usage("--value or --value-stdin is required".into())
                     })?;
-                    let item = TokenizeItem::new(subject, field, value);
+                    let mut item = TokenizeItem::new(subject, field, value);
+                    item.format = args.format;
                     vec![if args.deterministic {
                         item.deterministic()
                     } else {

@@ -312,7 +312,7 @@ impl Vault {
             inner.commit_read_events(&[read(None, 0)])?;
             return Ok(Vec::new());
         };
-        let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
+        let entry = SubjectEntry::decode(&bytes)?;
         let dek = inner.keys.dek(&entry.sid)?.ok_or(Error::Integrity)?;
         if dek.subject_hash != h {
             return Err(Error::Integrity);

@@ -56,6 +56,7 @@ pub(crate) mod domain {
     pub const AUDIT_STAGED_MARK: &[u8] = b"pii-vault/audit-staged-mark/v1";
     pub const BACKUP_MANIFEST: &[u8] = b"pii-vault/backup-manifest/v1";
     pub const ERASURE_JOURNAL: &[u8] = b"pii-vault/erasure-journal/v1";
+    pub const TOKEN_ALIAS: &[u8] = b"pii-vault/token-alias/v1";
 }
 
 /// A 256-bit secret key on the heap, wiped on drop, never `Clone`, `Copy` or `Debug`-printed.

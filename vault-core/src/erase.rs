@@ -21,13 +21,12 @@ use crate::codec::{decode, encode};
 use crate::crypto::domain;
 use crate::error::Error;
 use crate::events::{AuditAction, AuditEvent, AuditOutcome, RESTORE_ACTOR};
+use crate::inventory::Tally;
 use crate::keys::IndexKeys;
 use crate::options::PurgePolicy;
 use crate::records::link_ok;
 use crate::store::{Cf, Storage, WriteSet};
-use crate::subjects::{
-    KEY_FORMAT, KeyEntry, SUBJECT_FORMAT, Sid, SubjectEntry, SubjectHash, dek_counter,
-};
+use crate::subjects::{KEY_FORMAT, KeyEntry, Sid, SubjectEntry, SubjectHash, dek_counter};
 use crate::token::{RecordGroup, TokenId};
 use crate::vault::{Inner, Vault};
 
@@ -396,7 +395,7 @@ impl Inner {
         now: u64,
         replaying: bool,
     ) -> Result<(Sid, u64, u64, Option<u64>), Error> {
-        let entry: SubjectEntry = decode(SUBJECT_FORMAT, stored)?;
+        let entry = SubjectEntry::decode(stored)?;
         let sid = entry.sid;
         let mut batch = self.store.batch();
         // On a shared store: only if no other replica erased or wrote the subject
@@ -414,6 +413,9 @@ impl Inner {
             return Err(Error::Integrity);
         }
         batch.add(&dek_counter(key.kek_version), -1);
+        let mut tally = Tally::default();
+        tally.subject_erased(&entry, &self.records_of(&sid)?);
+        tally.write(&mut batch);
         batch.delete(Cf::Subjects, hash);
         batch.delete(Cf::Keys, &sid);
         let erasure = ErasureEntry::new(&self.index, &sid, now, entry.records);
@@ -473,7 +475,7 @@ impl Inner {
         let Some(stored) = self.store.get(Cf::Subjects, &hash)? else {
             return Err(Error::Integrity);
         };
-        if decode::<SubjectEntry>(SUBJECT_FORMAT, &stored)?.sid != *sid {
+        if SubjectEntry::decode(&stored)?.sid != *sid {
             return Err(Error::Integrity);
         }
         self.destroy(RESTORE_ACTOR, &hash, &stored, self.now(), true)?;

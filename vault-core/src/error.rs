@@ -74,6 +74,10 @@ pub enum Error {
     /// it): tokenize the new value and delete the old token instead.
     #[error("a deterministic token cannot be rectified")]
     DeterministicToken,
+    /// Every token of the format and length asked for is taken (a short value's
+    /// digits allow few tokens): nothing was stored.
+    #[error("no token of this format and length is left")]
+    TokenSpaceExhausted,
     /// Stored data failed authentication: it was altered, moved, or cannot be read
     /// with this vault's keys. Nothing was returned from it.
     #[error("integrity check failed")]
@@ -341,6 +345,8 @@ pub enum Argument {
     Actor,
     /// Where a paged read goes on (an export's `next`).
     Cursor,
+    /// A token format.
+    Format,
 }
 
 impl fmt::Display for Argument {
@@ -355,6 +361,7 @@ impl fmt::Display for Argument {
             Argument::Token => "token",
             Argument::Actor => "actor",
             Argument::Cursor => "cursor",
+            Argument::Format => "token format",
         })
     }
 }
@@ -385,6 +392,13 @@ pub enum Problem {
     Invisible,
     /// It is not one this vault handed out.
     Malformed,
+    /// It is not one of the names accepted (token formats: digits, luhn, email).
+    Unknown,
+    /// The value does not have the shape its token format keeps: digits only (1
+    /// to 32) for `digits`, 8 to 19 digits for `luhn`.
+    WrongShape,
+    /// The token format cannot be deterministic (only `email` can).
+    NotDeterministic,
 }
 
 impl fmt::Display for Problem {
@@ -398,6 +412,9 @@ impl fmt::Display for Problem {
             Problem::SurroundingWhitespace => f.write_str("has whitespace at its start or end"),
             Problem::Invisible => f.write_str("contains an invisible character"),
             Problem::Malformed => f.write_str("is not one this vault handed out"),
+            Problem::Unknown => f.write_str("is not one of those accepted"),
+            Problem::WrongShape => f.write_str("does not have the shape its token format keeps"),
+            Problem::NotDeterministic => f.write_str("cannot be deterministic"),
         }
     }
 }

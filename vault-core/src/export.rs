@@ -1,6 +1,7 @@
 //! Export (GDPR Art. 15 and 20): every record of one subject, read through the
 //! subject's index prefix and a multi-get of its records, never a scan of others.
 
+use crate::alias;
 use crate::codec::decode;
 use crate::consent::ConsentStatus;
 use crate::erase::SubjectRef;
@@ -10,7 +11,7 @@ use crate::records::{
     ExportedRecord, Plaintext, RECORD_FORMAT, StoredRecord, index_key, stub_outcome,
 };
 use crate::store::{Cf, Storage};
-use crate::subjects::{SUBJECT_FORMAT, SubjectEntry};
+use crate::subjects::SubjectEntry;
 use crate::token::TokenId;
 use crate::vault::{Inner, Vault};
 
@@ -152,7 +153,7 @@ impl Vault {
             };
             return Ok((empty, None));
         };
-        let entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
+        let entry = SubjectEntry::decode(&bytes)?;
         let sid = entry.sid;
         // The access log listed ends where the trail ended as the export began.
         let until = match position {
@@ -198,8 +199,13 @@ impl Vault {
             return Err(Error::Integrity);
         }
         let stored = inner.store.multi_get(Cf::Records, &ids)?;
+        let issued = if alias::any_issued(&*inner.store, &inner.issued_aliases)? {
+            alias::issued_texts(&*inner.store, &ids)?
+        } else {
+            vec![None; ids.len()]
+        };
         let mut records = Vec::with_capacity(ids.len());
-        for (id, value) in ids.iter().zip(stored) {
+        for ((id, value), issued) in ids.iter().zip(stored).zip(issued) {
             // Deleted between the index scan and the read: not part of the export.
             let Some(value) = value else { continue };
             match decode(RECORD_FORMAT, &value)? {
@@ -217,8 +223,14 @@ impl Vault {
                         continue;
                     }
                     let plain = record.open(&inner.vault_id, id, &dek.aead)?;
+                    // The token as issued: in its format, or production's in a
+                    // staging vault.
+                    let token = match issued {
+                        Some(text) => text.parse().map_err(|_| Error::Integrity)?,
+                        None => inner.index.tokens.token(id),
+                    };
                     records.push(ExportedRecord {
-                        token: inner.index.tokens.token(id),
+                        token,
                         field: record.field,
                         value: Plaintext::new(plain),
                         created_at: record.created_at,

@@ -70,6 +70,8 @@ pub fn stored(data: &[u8]) {
         }
         1 => {
             let _ = round_trip::<SubjectEntry>(SUBJECT_FORMAT, bytes);
+            // Either format, as the vault reads subject entries.
+            let _ = SubjectEntry::decode(bytes);
         }
         2 => {
             if let Some(entry) = round_trip::<KeyEntry>(KEY_FORMAT, bytes) {
@@ -336,6 +338,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         sid: [3; 16],
         created_at: 1_700_000_000_000,
         records: 2,
+        fields: vec![("email".to_owned(), 1), ("phone".to_owned(), 1)],
     };
     add(
         "stored",

@@ -53,6 +53,7 @@ mod retention;
 mod rotate;
 mod status;
 
+mod alias;
 mod backup;
 mod cache;
 mod codec;
@@ -62,6 +63,7 @@ mod error;
 mod events;
 mod failpoints;
 mod header;
+mod inventory;
 mod journal;
 mod key_state;
 mod keys;
@@ -76,6 +78,7 @@ mod retire;
 mod staged;
 mod store;
 mod subjects;
+mod synthetic;
 mod token;
 mod worker;
 
@@ -88,7 +91,7 @@ pub use vault::Vault;
 // --- Tokens and values ---
 pub use durable::{Synced, Unsynced};
 pub use records::{Detokenized, ExportedRecord, Plaintext};
-pub use token::{TOKEN_TEXT_LEN, Token};
+pub use token::{EMAIL_TOKEN_DOMAIN, MAX_DIGIT_TOKEN_LEN, TOKEN_TEXT_LEN, Token, TokenFormat};
 
 // --- Purposes and consent ---
 pub use consent::{ConsentEvent, ConsentStatus, MAX_SOURCE_LEN};
@@ -97,6 +100,7 @@ pub use purposes::{Access, LawfulBasis, Mask, Purpose, valid_purpose_name};
 // --- The data subject's rights: export and erasure ---
 pub use erase::{ErasureReceipt, PendingPurge, PurgeReport, PurgeState, SubjectRef};
 pub use export::SubjectExport;
+pub use inventory::{BackupStatus, FieldInventory, FieldPurpose, Inventory};
 
 // --- Accountability: actors and the audit trail ---
 pub use actor::Actor;
@@ -116,6 +120,7 @@ pub use rotate::{KekVersionStatus, KeyStatus};
 #[cfg(feature = "postgres")]
 pub use store::PostgresConfig;
 pub use store::StorageCounters;
+pub use synthetic::FakeKind;
 
 // --- Errors ---
 pub use error::{Argument, BackupProblem, Error, InputError, Problem, StorageError};

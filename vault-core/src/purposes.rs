@@ -297,6 +297,18 @@ impl Policy {
             .is_some_and(|at| at <= now)
     }
 
+    /// The fields with a retention period.
+    pub(crate) fn retained_fields(&self) -> impl Iterator<Item = &str> {
+        self.retention.keys().map(String::as_str)
+    }
+
+    /// The retention period of `field`, if it has one.
+    pub(crate) fn retention_of(&self, field: &str) -> Option<std::time::Duration> {
+        self.retention
+            .get(field)
+            .map(|ms| std::time::Duration::from_millis(*ms))
+    }
+
     pub(crate) fn purpose(&self, name: &str) -> Option<&Purpose> {
         self.purposes.get(name)
     }

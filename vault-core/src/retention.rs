@@ -13,7 +13,7 @@ use crate::codec::{decode, encode};
 use crate::erase::PurgeReport;
 use crate::error::Error;
 use crate::events::{AuditAction, AuditEvent, AuditOutcome, RESTORE_ACTOR, RETENTION_ACTOR};
-use crate::records::{RECORD_FORMAT, StoredRecord, expired_tag, index_key};
+use crate::records::{LiveRecord, RECORD_FORMAT, StoredRecord, expired_tag, index_key};
 use crate::store::{Batch, Cf, Storage, WriteSet};
 use crate::subjects::{Dek, Sid};
 use crate::token::TokenId;
@@ -163,7 +163,7 @@ impl Inner {
             self.store.write(batch)?;
             return Ok(false);
         }
-        let event = self.stub_expired(&mut batch, sid, id, &dek, RETENTION_ACTOR)?;
+        let event = self.stub_expired(&mut batch, sid, id, &record, &dek, RETENTION_ACTOR)?;
         // In the erasure journal first: a restored backup expires it again.
         let _journaled = match &self.backups {
             Some(backups) => {
@@ -185,17 +185,17 @@ impl Inner {
         };
         let _stripe = self.stripes.lock(&dek.subject_hash);
         let live = match self.store.get(Cf::Records, id)? {
-            Some(bytes) => matches!(
-                decode(RECORD_FORMAT, &bytes)?,
-                StoredRecord::Live(record) if record.sid == *sid
-            ),
-            None => false,
+            Some(bytes) => match decode(RECORD_FORMAT, &bytes)? {
+                StoredRecord::Live(record) if record.sid == *sid => Some(record),
+                _ => None,
+            },
+            None => None,
         };
-        if !live {
+        let Some(record) = live else {
             return Ok(false);
-        }
+        };
         let mut batch = self.store.batch();
-        let event = self.stub_expired(&mut batch, sid, id, &dek, RESTORE_ACTOR)?;
+        let event = self.stub_expired(&mut batch, sid, id, &record, &dek, RESTORE_ACTOR)?;
         // Not synced: the restore syncs once, before the vault is swapped in.
         self.journal.commit_audited(batch, vec![event], false)?;
         Ok(true)
@@ -208,6 +208,7 @@ impl Inner {
         batch: &mut Batch<'_>,
         sid: &Sid,
         id: &TokenId,
+        record: &LiveRecord,
         dek: &Dek,
         actor: &str,
     ) -> Result<AuditEvent, Error> {
@@ -216,7 +217,13 @@ impl Inner {
         };
         batch.put(Cf::Records, id, &encode(RECORD_FORMAT, &stub));
         batch.delete(Cf::Index, &index_key(sid, id));
-        self.count_removed_record(&dek.subject_hash, sid, batch)?;
+        self.count_removed_record(
+            &dek.subject_hash,
+            sid,
+            &record.field,
+            record.created_at,
+            batch,
+        )?;
         batch.put(Cf::Meta, UNVERIFIED, b"");
         Ok(
             AuditEvent::new(actor, AuditAction::Expire, AuditOutcome::Ok)

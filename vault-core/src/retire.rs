@@ -12,7 +12,7 @@ use crate::codec::{decode, encode};
 use crate::keys::IndexKeys;
 use crate::records::{RECORD_FORMAT, StoredRecord, shredded_tag};
 use crate::store::{Cf, RetireRule, Retired};
-use crate::subjects::{SUBJECT_FORMAT, Sid, SubjectEntry};
+use crate::subjects::{Sid, SubjectEntry};
 use crate::token::{RECORD_GROUP_LEN, RecordGroup, TokenId};
 
 /// The purges' shared state: one purge (or expiry run) at a time, and the subjects
@@ -148,7 +148,7 @@ fn retire_rule(doomed: Arc<Doomed>, index: IndexKeys) -> RetireRule {
             Cf::Index | Cf::Consents => doomed_if(key.len() >= 16 && doomed.holds(&key[..16])),
             // expiry time ‖ token id → storage id.
             Cf::Expiry => doomed_if(doomed.holds(value)),
-            Cf::Subjects => match decode::<SubjectEntry>(SUBJECT_FORMAT, value) {
+            Cf::Subjects => match SubjectEntry::decode(value) {
                 Ok(entry) => doomed_if(doomed.holds(&entry.sid)),
                 Err(_) => Retired::Keep,
             },

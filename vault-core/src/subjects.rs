@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::ShardedCache;
+use crate::codec::decode;
 use crate::crypto::{Aead256, Key, label};
+use crate::error::Error;
 use crate::token::{RECORD_GROUP_LEN, RecordGroup, TokenId};
 
 /// A subject instance's random storage id.
@@ -19,7 +21,9 @@ pub(crate) type Sid = [u8; 16];
 /// A subject id's keyed hash.
 pub(crate) type SubjectHash = [u8; 32];
 
-pub(crate) const SUBJECT_FORMAT: u8 = 1;
+/// Format 2 added the per-field counts; entries of format 1 are still read.
+pub(crate) const SUBJECT_FORMAT: u8 = 2;
+const SUBJECT_FORMAT_1: u8 = 1;
 pub(crate) const KEY_FORMAT: u8 = 1;
 
 /// `subjects` column family: subject hash → this.
@@ -29,6 +33,36 @@ pub(crate) struct SubjectEntry {
     pub created_at: u64,
     /// Live records, kept so that erasure can report them without counting (O(1)).
     pub records: u64,
+    /// Live records per field (fields with none are left out), for the inventory:
+    /// a write sees when the subject gains its first record of a field, or loses
+    /// its last.
+    pub fields: Vec<(String, u64)>,
+}
+
+/// A subject entry of format 1 (no per-field counts).
+#[derive(Deserialize)]
+struct SubjectEntry1 {
+    sid: Sid,
+    created_at: u64,
+    records: u64,
+}
+
+impl SubjectEntry {
+    /// A stored entry, of either format. Format 1 comes without per-field counts:
+    /// the first open by a build with the inventory counts them
+    /// (`Inner::count_inventory`) before anything else reads them.
+    pub(crate) fn decode(bytes: &[u8]) -> Result<SubjectEntry, Error> {
+        if bytes.first() == Some(&SUBJECT_FORMAT_1) {
+            let old: SubjectEntry1 = decode(SUBJECT_FORMAT_1, bytes)?;
+            return Ok(SubjectEntry {
+                sid: old.sid,
+                created_at: old.created_at,
+                records: old.records,
+                fields: Vec::new(),
+            });
+        }
+        decode(SUBJECT_FORMAT, bytes)
+    }
 }
 
 /// `keys` column family: sid → this. The DEK sealed under KEK `kek_version`.
@@ -139,7 +173,21 @@ impl Stripes {
     }
 
     fn index(hash: &SubjectHash) -> usize {
-        usize::from(u16::from_le_bytes([hash[0], hash[1]])) % STRIPES
+        Self::index_of(hash[0], hash[1])
+    }
+
+    /// The stripe of a key whose first bytes (of a keyed hash) are `a`, `b`.
+    pub(crate) fn index_of(a: u8, b: u8) -> usize {
+        usize::from(u16::from_le_bytes([a, b])) % STRIPES
+    }
+
+    /// Stripe `i`, if nobody holds it (this thread included).
+    pub(crate) fn try_lock_index(&self, i: usize) -> Option<MutexGuard<'_, ()>> {
+        match self.locks.get(i)?.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 
     pub(crate) fn lock(&self, hash: &SubjectHash) -> MutexGuard<'_, ()> {
@@ -150,7 +198,7 @@ impl Stripes {
 
     /// The stripes of `hashes`, once each, in stripe order (so that batches cannot
     /// deadlock).
-    fn indices<'a>(hashes: impl Iterator<Item = &'a SubjectHash>) -> Vec<usize> {
+    pub(crate) fn indices<'a>(hashes: impl Iterator<Item = &'a SubjectHash>) -> Vec<usize> {
         let mut indices: Vec<usize> = hashes.map(Self::index).collect();
         indices.sort_unstable();
         indices.dedup();
@@ -188,7 +236,6 @@ impl Stripes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Error;
 
     #[test]
     fn deterministic_ids_depend_on_key_field_and_value() -> Result<(), Error> {

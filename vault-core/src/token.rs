@@ -22,7 +22,7 @@ use aes::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 use subtle::ConstantTimeEq;
 
 use crate::crypto::Key;
-use crate::error::Error;
+use crate::error::{Argument, Error, InputError, Problem};
 
 /// Bytes of the random (or derived) identifier, the storage key of a record.
 pub(crate) const ID_LEN: usize = 16;
@@ -103,10 +103,65 @@ impl TokenCodec {
     }
 }
 
-/// An opaque token, as issued by [`Vault::tokenize`](crate::Vault::tokenize).
+/// The domain of e-mail-shaped tokens (reserved by RFC 2606: mail to it goes nowhere).
+pub const EMAIL_TOKEN_DOMAIN: &str = "example.net";
+/// The most digits a digits-only token has.
+pub const MAX_DIGIT_TOKEN_LEN: usize = 32;
+
+/// The shape a token takes, for columns that validate what they hold. Ask for one
+/// with [`TokenizeRequest::format`](crate::TokenizeRequest::format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenFormat {
+    /// As many digits as the value (which must be digits only), random.
+    Digits,
+    /// As many digits as the value (a card number: 8 to 19 digits), keeping its
+    /// last four, and Luhn-valid.
+    Luhn,
+    /// An e-mail address: the token's text as the local part, at
+    /// [`EMAIL_TOKEN_DOMAIN`].
+    Email,
+}
+
+impl TokenFormat {
+    /// The word used on the wire: `digits`, `luhn` or `email`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenFormat::Digits => "digits",
+            TokenFormat::Luhn => "luhn",
+            TokenFormat::Email => "email",
+        }
+    }
+}
+
+impl FromStr for TokenFormat {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<TokenFormat, Error> {
+        match s {
+            "digits" => Ok(TokenFormat::Digits),
+            "luhn" => Ok(TokenFormat::Luhn),
+            "email" => Ok(TokenFormat::Email),
+            _ => Err(Error::from(InputError::new(
+                Argument::Format,
+                Problem::Unknown,
+            ))),
+        }
+    }
+}
+
+/// A token, as issued by [`Vault::tokenize`](crate::Vault::tokenize): opaque, or
+/// in the [format](TokenFormat) asked for.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Token {
-    raw: [u8; RAW_LEN],
+    form: Form,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Form {
+    /// `tok_` and the identifier with its tag; `email`: at [`EMAIL_TOKEN_DOMAIN`].
+    Id { raw: [u8; RAW_LEN], email: bool },
+    /// Digits only (the `digits` and `luhn` formats): the vault looks these up.
+    Digits(Box<str>),
 }
 
 impl Token {
@@ -114,14 +169,35 @@ impl Token {
         let mut raw = [0u8; RAW_LEN];
         raw[..ID_LEN].copy_from_slice(&id);
         raw[ID_LEN..].copy_from_slice(&tag(&id, tag_key));
-        Token { raw }
+        Token {
+            form: Form::Id { raw, email: false },
+        }
     }
 
-    /// Checks the vault tag: a well-formed token from another vault is refused here.
+    /// A digits-only token (checked by the caller).
+    pub(crate) fn digits(text: String) -> Token {
+        Token {
+            form: Form::Digits(text.into_boxed_str()),
+        }
+    }
+
+    /// This token in e-mail form (an opaque token; digits stay as they are).
+    pub(crate) fn into_email(mut self) -> Token {
+        if let Form::Id { email, .. } = &mut self.form {
+            *email = true;
+        }
+        self
+    }
+
+    /// Checks the vault tag: a well-formed token from another vault is refused here,
+    /// and so is a token the vault must look up (digits).
     pub(crate) fn verify(&self, tag_key: &Key) -> Result<TokenId, Error> {
+        let Form::Id { raw, .. } = &self.form else {
+            return Err(Error::InvalidToken);
+        };
         let id = self.id();
         let expected = tag(&id, tag_key);
-        if bool::from(expected.ct_eq(&self.raw[ID_LEN..])) {
+        if bool::from(expected.ct_eq(&raw[ID_LEN..])) {
             Ok(id)
         } else {
             Err(Error::InvalidToken)
@@ -130,8 +206,19 @@ impl Token {
 
     pub(crate) fn id(&self) -> TokenId {
         let mut id = [0u8; ID_LEN];
-        id.copy_from_slice(&self.raw[..ID_LEN]);
+        if let Form::Id { raw, .. } = &self.form {
+            id.copy_from_slice(&raw[..ID_LEN]);
+        }
         id
+    }
+
+    /// The text a lookup of this token goes by: the token without its e-mail
+    /// domain.
+    pub(crate) fn lookup_text(&self) -> String {
+        match &self.form {
+            Form::Id { raw, .. } => opaque_text(raw),
+            Form::Digits(text) => text.to_string(),
+        }
     }
 }
 
@@ -142,25 +229,36 @@ fn tag(id: &TokenId, tag_key: &Key) -> [u8; TAG_LEN] {
     out
 }
 
+/// `tok_` and the identifier with its tag in base32.
+fn opaque_text(raw: &[u8; RAW_LEN]) -> String {
+    let mut text = String::with_capacity(TOKEN_TEXT_LEN);
+    text.push_str(PREFIX);
+    // 20 bytes = 160 bits = exactly 32 groups of 5 bits.
+    let mut acc: u64 = 0;
+    let mut bits = 0;
+    for &b in raw {
+        acc = (acc << 8) | u64::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            text.push(char::from(ALPHABET[((acc >> bits) & 31) as usize]));
+        }
+    }
+    text
+}
+
 impl fmt::Display for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = [0u8; TOKEN_TEXT_LEN];
-        text[..PREFIX.len()].copy_from_slice(PREFIX.as_bytes());
-        // 20 bytes = 160 bits = exactly 32 groups of 5 bits.
-        let mut acc: u64 = 0;
-        let mut bits = 0;
-        let mut pos = PREFIX.len();
-        for &b in &self.raw {
-            acc = (acc << 8) | u64::from(b);
-            bits += 8;
-            while bits >= 5 {
-                bits -= 5;
-                text[pos] = ALPHABET[((acc >> bits) & 31) as usize];
-                pos += 1;
+        match &self.form {
+            Form::Id { raw, email } => {
+                f.write_str(&opaque_text(raw))?;
+                if *email {
+                    write!(f, "@{EMAIL_TOKEN_DOMAIN}")?;
+                }
+                Ok(())
             }
+            Form::Digits(text) => f.write_str(text),
         }
-        // Every byte written is ASCII from PREFIX or ALPHABET.
-        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -173,8 +271,18 @@ impl fmt::Debug for Token {
 impl FromStr for Token {
     type Err = Error;
 
-    /// Parses the text form. This checks the shape only; the vault checks the tag.
+    /// Parses the text form. This checks the shape only; the vault checks the tag,
+    /// or looks the token up.
     fn from_str(s: &str) -> Result<Token, Error> {
+        if !s.is_empty() && s.len() <= MAX_DIGIT_TOKEN_LEN && s.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Ok(Token::digits(s.to_owned()));
+        }
+        let (s, email) = match s.split_once('@') {
+            Some((local, EMAIL_TOKEN_DOMAIN)) => (local, true),
+            Some(_) => return Err(Error::InvalidToken),
+            None => (s, false),
+        };
         let body = s.strip_prefix(PREFIX).ok_or(Error::InvalidToken)?;
         if s.len() != TOKEN_TEXT_LEN {
             return Err(Error::InvalidToken);
@@ -197,7 +305,9 @@ impl FromStr for Token {
                 pos += 1;
             }
         }
-        Ok(Token { raw })
+        Ok(Token {
+            form: Form::Id { raw, email },
+        })
     }
 }
 

@@ -5,16 +5,19 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{MutexGuard, PoisonError, RwLockReadGuard, TryLockError};
 
+use crate::alias;
 use crate::codec::{decode, encode};
 use crate::crypto::random_bytes;
 use crate::durable::Unsynced;
-use crate::error::Error;
+use crate::error::{Argument, Error, InputError, Problem};
 use crate::events::{AuditAction, AuditEvent, AuditOutcome};
+use crate::inventory::Tally;
 use crate::records::{LiveRecord, RECORD_FORMAT, RecordPlace, StoredRecord, index_key};
 use crate::retention::expiry_key;
 use crate::store::{Batch, Cf, Storage, WriteSet};
+use crate::subjects::Stripes;
 use crate::subjects::{KnownSubject, SUBJECT_FORMAT, SubjectHash};
-use crate::token::{Token, TokenId};
+use crate::token::{Token, TokenFormat, TokenId};
 use crate::vault::{Inner, Vault};
 
 /// How a tokenization commits.
@@ -52,6 +55,9 @@ pub struct TokenizeRequest<'a> {
     pub value: &'a [u8],
     /// Issue the deterministic token of (subject, field, value) instead of a random one.
     pub deterministic: bool,
+    /// The shape of the token, for columns that validate what they hold; `None`:
+    /// the opaque `tok_…` form.
+    pub format: Option<TokenFormat>,
 }
 
 impl<'a> TokenizeRequest<'a> {
@@ -62,12 +68,19 @@ impl<'a> TokenizeRequest<'a> {
             field,
             value,
             deterministic: false,
+            format: None,
         }
     }
 
     /// Asks for the deterministic token instead.
     pub fn deterministic(mut self) -> Self {
         self.deterministic = true;
+        self
+    }
+
+    /// Asks for a token of `format` (a deterministic token only as `email`).
+    pub fn format(mut self, format: TokenFormat) -> Self {
+        self.format = Some(format);
         self
     }
 }
@@ -77,6 +90,7 @@ impl std::fmt::Debug for TokenizeRequest<'_> {
         f.debug_struct("TokenizeRequest")
             .field("field", &self.field)
             .field("deterministic", &self.deterministic)
+            .field("format", &self.format)
             .finish_non_exhaustive()
     }
 }
@@ -252,14 +266,20 @@ impl Vault {
             .iter()
             .map(|it| inner.index.subject_hash(it.subject))
             .collect();
-        let Some((_stripes, _keys)) = inner.lock_subjects(&hashes, commit) else {
+        let Some((stripes, _keys)) = inner.lock_subjects(&hashes, commit) else {
             return Ok(None);
+        };
+        let mut held = Held {
+            own: Stripes::indices(hashes.iter()),
+            guards: stripes,
+            tally: Tally::default(),
         };
         let now = inner.now();
         let (distinct, slots) = distinct_subjects(&hashes);
         let mut batch = inner.store.batch();
         let mut subjects = inner.subjects_for_tokenize(&distinct, &mut batch, now)?;
-        let tokens = inner.seal_items(items, &slots, &mut subjects, &mut batch, now)?;
+        let tokens = inner.seal_items(items, &slots, &mut subjects, &mut batch, now, &mut held)?;
+        std::mem::take(&mut held.tally).write(&mut batch);
         for subject in subjects.iter().filter(|s| s.stored > 0) {
             batch.put(
                 Cf::Subjects,
@@ -305,6 +325,14 @@ impl Vault {
     }
 }
 
+/// What a tokenization holds until its write: its subjects' stripes and those of
+/// the aliases it chose, and its changes to the inventory's counts.
+struct Held<'a> {
+    own: Vec<usize>,
+    guards: Vec<MutexGuard<'a, ()>>,
+    tally: Tally,
+}
+
 /// The subjects' stripe locks, and the key lock for reading (so that no KEK
 /// rotation batch runs meanwhile).
 type SubjectLocks<'a> = (Vec<MutexGuard<'a, ()>>, RwLockReadGuard<'a, ()>);
@@ -334,6 +362,15 @@ impl Inner {
             limits.check_subject(item.subject).map_err(|e| e.at(i))?;
             limits.check_field(item.field).map_err(|e| e.at(i))?;
             limits.check_value(item.value).map_err(|e| e.at(i))?;
+            if let Some(format) = item.format {
+                if item.deterministic && format != TokenFormat::Email {
+                    return Err(InputError::new(Argument::Format, Problem::NotDeterministic)
+                        .at(i)
+                        .into());
+                }
+                alias::check_shape(format, item.value)
+                    .map_err(|p| InputError::new(Argument::Value, p).at(i))?;
+            }
         }
         Ok(())
     }
@@ -415,17 +452,20 @@ impl Inner {
     /// Seals each item under its subject's key into `batch` (record, index entry,
     /// expiry entry), and its token. A deterministic token already stored, or issued
     /// earlier in the batch, is handed out again without a write.
-    fn seal_items(
-        &self,
+    fn seal_items<'a>(
+        &'a self,
         items: &[TokenizeRequest<'_>],
         slots: &[usize],
         subjects: &mut [SubjectWrite],
         batch: &mut Batch<'_>,
         now: u64,
+        held: &mut Held<'a>,
     ) -> Result<Vec<Token>, Error> {
         let mut tokens = Vec::with_capacity(items.len());
         // Deterministic ids issued by this batch (random ones cannot repeat).
         let mut issued: HashSet<TokenId> = HashSet::new();
+        // Aliases chosen by this batch, not yet stored.
+        let mut aliases: HashSet<[u8; 17]> = HashSet::new();
         for (item, &slot) in items.iter().zip(slots) {
             let SubjectWrite {
                 known: KnownSubject { entry, dek },
@@ -436,7 +476,7 @@ impl Inner {
             } = &mut subjects[slot];
             // Whether a live record past its period is stored under the id: it is
             // counted in the subject's entry already, and replaced.
-            let mut replaced = false;
+            let mut replaced = None;
             let id: TokenId = if item.deterministic {
                 *deterministic += 1;
                 let id = self.index.tokens.record_key(
@@ -449,7 +489,7 @@ impl Inner {
                 let live = match self.store.get(Cf::Records, &id)? {
                     Some(bytes) => match decode(RECORD_FORMAT, &bytes)? {
                         StoredRecord::Live(record) => {
-                            replaced = true;
+                            replaced = Some(record.created_at);
                             !self
                                 .opts
                                 .policy
@@ -460,7 +500,7 @@ impl Inner {
                     None => false,
                 };
                 if issued.contains(&id) || live {
-                    tokens.push(self.index.tokens.token(&id));
+                    tokens.push(self.issued_token(&id, item.format));
                     continue;
                 }
                 issued.insert(id);
@@ -497,16 +537,91 @@ impl Inner {
             if let Some(at) = expires {
                 batch.put(Cf::Expiry, &expiry_key(at, &id), &entry.sid);
             }
-            if !replaced {
-                entry.records += 1;
+            match replaced {
+                Some(was) => held.tally.record_renewed(item.field, was, now),
+                None => held.tally.record_added(entry, item.field, now),
             }
             *stored += 1;
             if !item.deterministic {
                 *random += 1;
             }
-            tokens.push(self.index.tokens.token(&id));
+            if item.format.is_some() {
+                self.issued_aliases
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            let token = match item.format {
+                Some(format @ (TokenFormat::Digits | TokenFormat::Luhn)) => {
+                    let text = self.choose_alias(format, item.value, &mut aliases, held)?;
+                    alias::put(batch, &self.index, &text, &id, true);
+                    Token::digits(text)
+                }
+                Some(TokenFormat::Email) => {
+                    let token = self.index.tokens.token(&id).into_email();
+                    alias::put_issued(batch, &id, &token.to_string());
+                    token
+                }
+                None => self.index.tokens.token(&id),
+            };
+            tokens.push(token);
         }
         Ok(tokens)
+    }
+
+    /// The token of the record `id` in `format`, for a deterministic token handed
+    /// out again (only the opaque forms can be deterministic).
+    fn issued_token(&self, id: &TokenId, format: Option<TokenFormat>) -> Token {
+        let token = self.index.tokens.token(id);
+        match format {
+            Some(TokenFormat::Email) => token.into_email(),
+            _ => token,
+        }
+    }
+
+    /// A free alias of `format` for `value`: not stored, not chosen earlier in
+    /// this batch (`chosen`), and guarded until the write by its stripe (kept in
+    /// `held`), so that no concurrent tokenization of this process takes it too.
+    /// On a shared store the write also expects it absent.
+    fn choose_alias<'a>(
+        &'a self,
+        format: TokenFormat,
+        value: &[u8],
+        chosen: &mut HashSet<[u8; 17]>,
+        held: &mut Held<'a>,
+    ) -> Result<String, Error> {
+        let mut busy = false;
+        for text in alias::candidates(format, value)? {
+            let key = alias::forward_key(&self.index, &text);
+            if chosen.contains(&key) {
+                continue;
+            }
+            if self.store.get(Cf::Aliases, &key)?.is_some() {
+                continue;
+            }
+            let stripe = Stripes::index_of(key[1], key[2]);
+            if !held.own.contains(&stripe) {
+                match self.stripes.try_lock_index(stripe) {
+                    Some(guard) => {
+                        held.guards.push(guard);
+                        held.own.push(stripe);
+                    }
+                    None => {
+                        busy = true;
+                        continue;
+                    }
+                }
+            }
+            // Read again under the stripe: a write that held it may have stored it.
+            if self.store.get(Cf::Aliases, &key)?.is_none() {
+                chosen.insert(key);
+                return Ok(text);
+            }
+        }
+        // Every candidate was taken, or held by another write for a moment.
+        Err(if busy {
+            Error::Conflict
+        } else {
+            Error::TokenSpaceExhausted
+        })
     }
 
     /// After the commit: the subjects back into the cache as stored, and a new

@@ -61,13 +61,19 @@ impl Vault {
     pub(crate) fn delete_by(&self, actor: &str, token: &str) -> Result<(), Error> {
         let inner = &*self.inner;
         let id = inner.token_id(token)?;
-        inner.with_live_record(&id, |sid, dek, _, stored| {
+        inner.with_live_record(&id, |sid, dek, record, stored| {
             let mut batch = inner.store.batch();
             batch.expect(Cf::Records, &id, Some(stored));
             inner.expect_key(sid, &mut batch)?;
             batch.delete(Cf::Records, &id);
             batch.delete(Cf::Index, &index_key(sid, &id));
-            inner.count_removed_record(&dek.subject_hash, sid, &mut batch)?;
+            inner.count_removed_record(
+                &dek.subject_hash,
+                sid,
+                &record.field,
+                record.created_at,
+                &mut batch,
+            )?;
             let event = AuditEvent::new(actor, AuditAction::Delete, AuditOutcome::Ok)
                 .about(Some(dek.audit_ref), 1);
             inner

@@ -10,8 +10,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::alias;
 use crate::backup::{Backups, JOURNAL_SEQ};
 use crate::codec::{decode, encode};
 use crate::crypto::{Key, random_bytes};
@@ -21,6 +23,7 @@ use crate::events::ReadEvent;
 #[cfg(feature = "postgres")]
 use crate::header::HEADER_KEY;
 use crate::header::{FORMAT_VERSION, Header, sync_dir};
+use crate::inventory::Tally;
 use crate::journal::Journal;
 use crate::key_state::{HeaderState, KeyState, Sealed};
 use crate::keys::{DekSlot, IndexKeys, KdfRecord, Keyring, RootKey, RootSecret};
@@ -59,6 +62,9 @@ pub(crate) struct Inner {
     pub backups: Option<Backups>,
     /// What the background worker's last run failed with, if it did.
     background_error: Mutex<Option<String>>,
+    /// Whether some record's token was issued in a form its id does not give (a
+    /// format, or production's in a staging vault): exports then look it up.
+    pub issued_aliases: AtomicBool,
     /// The directory's lock (none on a shared store). Last, so that it is released
     /// only after the store and the staging files (the journal's) are closed.
     _owner: Option<Owner>,
@@ -334,6 +340,7 @@ impl Vault {
             (None, false, None) => None,
         };
         let index = ring.index_keys(header.layout());
+        let store_for_aliases = store.clone();
         let journal = Journal::open(store.clone(), dir, ring.audit_key(), &opts)?;
         // On a shared store another replica may change anything at any time:
         // nothing read is kept between calls.
@@ -360,9 +367,12 @@ impl Vault {
             retirement,
             backups,
             background_error: Mutex::new(None),
+            issued_aliases: AtomicBool::new(alias::issued_at_open(&*store_for_aliases)?),
             opts,
             _owner: owner,
         });
+        // A vault of an earlier build gets the inventory's counts before any write.
+        inner.retrying(|| inner.count_inventory())?;
         // Read events a killed process staged are committed before anything else
         // (a damaged trail takes none: they stay staged, and reads are refused).
         if inner.journal.damaged.is_none() {
@@ -512,7 +522,7 @@ impl Inner {
         // On a shared store the write stands only on the entry as read.
         batch.expect(Cf::Subjects, h, found);
         if let Some(bytes) = found {
-            let entry: SubjectEntry = decode(SUBJECT_FORMAT, bytes)?;
+            let entry = SubjectEntry::decode(bytes)?;
             // A subject entry without its key is damage, not an erasure (erasure
             // removes both in one batch).
             let dek = self
@@ -548,35 +558,50 @@ impl Inner {
             sid,
             created_at: now,
             records: 0,
+            fields: Vec::new(),
         };
         Ok((entry, Arc::new(Dek::new(&key, *h)), true))
     }
 
-    /// Adds to `batch` the subject entry with one live record fewer, if the subject
-    /// `subject_hash` names is still the instance `sid` (not a new subject of the same
-    /// id after an erasure). The caller holds the subject's stripe lock.
+    /// Adds to `batch` the subject entry with one live record fewer (of `field`,
+    /// created at `created_at`) and the inventory's counts, if the subject
+    /// `subject_hash` names is still the instance `sid` (not a new subject of the
+    /// same id after an erasure). The caller holds the subject's stripe lock.
     pub(crate) fn count_removed_record(
         &self,
         subject_hash: &SubjectHash,
         sid: &Sid,
+        field: &str,
+        created_at: u64,
         batch: &mut Batch<'_>,
     ) -> Result<(), Error> {
         // The cached entry would be stale once the batch is written.
         self.subjects.remove(subject_hash);
         if let Some(bytes) = self.store.get(Cf::Subjects, subject_hash)? {
             batch.expect(Cf::Subjects, subject_hash, Some(&bytes));
-            let mut entry: SubjectEntry = decode(SUBJECT_FORMAT, &bytes)?;
+            let mut entry = SubjectEntry::decode(&bytes)?;
             if entry.sid != *sid {
                 return Ok(());
             }
-            entry.records = entry.records.saturating_sub(1);
+            let mut tally = Tally::default();
+            tally.record_removed(&mut entry, field, created_at);
+            tally.write(batch);
             batch.put(Cf::Subjects, subject_hash, &encode(SUBJECT_FORMAT, &entry));
         }
         Ok(())
     }
 
-    pub(crate) fn token_id(&self, token: &str) -> Result<TokenId, Error> {
-        self.index.tokens.key(&token.parse::<Token>()?)
+    /// The record a token names: decoded, or looked up (digits, and in a staging
+    /// vault production's tokens). Text that is neither is [`Error::InvalidToken`].
+    pub(crate) fn token_id(&self, text: &str) -> Result<TokenId, Error> {
+        let token: Token = text.parse()?;
+        match self.index.tokens.key(&token) {
+            Err(Error::InvalidToken) => {
+                alias::lookup(&*self.store, &self.index, &token.lookup_text())?
+                    .ok_or(Error::InvalidToken)
+            }
+            decoded => decoded,
+        }
     }
 
     /// A stored record as a live record and its subject's key: stubs answer

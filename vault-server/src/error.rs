@@ -185,6 +185,11 @@ impl ApiError {
                 "not_consent_based",
                 "the purpose's lawful basis is not consent: there is no consent to record",
             ),
+            E::TokenSpaceExhausted => ApiError::new(
+                StatusCode::CONFLICT,
+                "token_space_exhausted",
+                "every token of this format and length is taken",
+            ),
             E::Expired => ApiError::new(
                 StatusCode::GONE,
                 "expired",

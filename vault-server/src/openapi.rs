@@ -160,7 +160,7 @@ pub fn document() -> Value {
                 "E403": error_answer("The key lacks the route's scope, or the purpose."),
                 "E404": error_answer("No record for this token."),
                 "E405": error_answer("The route does not take this method."),
-                "E409": error_answer("A deterministic token cannot be rectified; consent recorded for a purpose whose basis is not consent."),
+                "E409": error_answer("A deterministic token cannot be rectified; consent recorded for a purpose whose basis is not consent; no token of the format and length asked for is left."),
                 "E410": error_answer("The token's subject was erased, or the record is past its retention period."),
                 "E413": error_answer("Body, value or batch over its limit."),
                 "E429": error_answer("Concurrency limit reached; retry later."),
@@ -175,7 +175,11 @@ pub fn document() -> Value {
                     "subject": { "type": "string", "description": "Data subject id (personal data)." },
                     "field": { "type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$" },
                     "value": { "type": "string" },
-                    "deterministic": { "type": "boolean", "default": false }
+                    "deterministic": { "type": "boolean", "default": false },
+                    "format": {
+                        "enum": ["digits", "luhn", "email"],
+                        "description": "The token's shape: digits (as many as the value, which is digits only), luhn (a card number's length and last four, Luhn-valid), email (an address at example.net). Deterministic only as email."
+                    }
                 })),
                 "TokenizeResponse": object(&["tokens"], json!({
                     "tokens": { "type": "array", "items": { "type": "string" } }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use tokio::sync::OwnedSemaphorePermit;
-use vault_client::api::TokenizeItem;
+use vault_client::api::{TokenFormat, TokenizeItem};
 use vault_core::{Actor, Token, TokenizeRequest, Vault};
 
 use crate::auth::ApiKey;
@@ -178,6 +178,12 @@ fn requests(items: &[TokenizeItem]) -> Vec<TokenizeRequest<'_>> {
                 &item.field,
                 item.value.expose().as_bytes(),
             );
+            let request = match item.format {
+                Some(TokenFormat::Digits) => request.format(vault_core::TokenFormat::Digits),
+                Some(TokenFormat::Luhn) => request.format(vault_core::TokenFormat::Luhn),
+                Some(TokenFormat::Email) => request.format(vault_core::TokenFormat::Email),
+                None => request,
+            };
             if item.deterministic {
                 request.deterministic()
             } else {

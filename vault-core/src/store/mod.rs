@@ -104,6 +104,11 @@ pub(crate) enum Cf {
     /// events, by prefix. The reference is in the events too; it says nothing once
     /// the subject's key is gone.
     AuditIndex,
+    /// `f` || alias key (16: the keyed hash of a token's text) → the token id and
+    /// text of a token the vault looks up (digits; a staging vault's production
+    /// tokens); `r` || token id (16) → the text of the token issued for the record,
+    /// where it is not the plain opaque form. Tokens only: no value, no subject.
+    Aliases,
 }
 
 impl Cf {
@@ -122,10 +127,11 @@ impl Cf {
             Cf::Expiry => "expiry",
             Cf::Audit => "audit",
             Cf::AuditIndex => "audit_index",
+            Cf::Aliases => "aliases",
         }
     }
 
-    pub(crate) const ALL: [Cf; 12] = [
+    pub(crate) const ALL: [Cf; 13] = [
         Cf::Meta,
         Cf::Subjects,
         Cf::Keys,
@@ -138,6 +144,7 @@ impl Cf {
         Cf::Expiry,
         Cf::Audit,
         Cf::AuditIndex,
+        Cf::Aliases,
     ];
 
     /// The column families that hold a subject's key or data, and so are compacted by a purge.

@@ -45,8 +45,9 @@ use crate::error::{Error, StorageError};
 use crate::options::Durability;
 
 /// The schema version this build creates and reads. A database whose schema is
-/// newer is refused before anything is written.
-pub(crate) const SCHEMA_VERSION: u16 = 1;
+/// newer is refused before anything is written. Version 2 added the `aliases`
+/// table and the inventory's counters: replicas of an older build must not write.
+pub(crate) const SCHEMA_VERSION: u16 = 2;
 /// Rows a scan fetches per round trip.
 const SCAN_CHUNK: i64 = 512;
 /// How long a caller waits for a pooled connection before giving up.
@@ -635,7 +636,9 @@ impl PgStore {
         let _ = write!(
             sql,
             "INSERT INTO \"{s}\".schema_version SELECT {SCHEMA_VERSION} \
-             WHERE NOT EXISTS (SELECT 1 FROM \"{s}\".schema_version); COMMIT"
+             WHERE NOT EXISTS (SELECT 1 FROM \"{s}\".schema_version); \
+             UPDATE \"{s}\".schema_version SET version = {SCHEMA_VERSION} \
+             WHERE version < {SCHEMA_VERSION}; COMMIT"
         );
         let mut lease = self.pool.get()?;
         let result = lease.conn().client.batch_execute(&sql);

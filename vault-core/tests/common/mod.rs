@@ -114,7 +114,7 @@ pub fn hex_decode(s: &str) -> Vec<u8> {
         .collect()
 }
 
-pub const COLUMN_FAMILIES: [&str; 12] = [
+pub const COLUMN_FAMILIES: [&str; 13] = [
     "meta",
     "subjects",
     "keys",
@@ -127,6 +127,7 @@ pub const COLUMN_FAMILIES: [&str; 12] = [
     "expiry",
     "audit",
     "audit_index",
+    "aliases",
 ];
 
 /// The column families as the vault declares them: `counters` needs its merge
