@@ -33,6 +33,7 @@ pub(crate) mod label {
         "pii-vault 2026-11 index key -> shredded records and erasure entries";
     pub const AUDIT_MAC: &str = "pii-vault 2026-11 index key -> audit trail chain";
     pub const AUDIT_SUBJECT: &str = "pii-vault 2026-11 DEK -> audit subject reference";
+    pub const FIELD_NAMES: &str = "pii-vault 2026-12 index key -> inventory field names";
     pub const BACKUP_MAC: &str =
         "pii-vault 2026-12 index key -> backup manifests and the erasure journal";
 }
@@ -57,6 +58,7 @@ pub(crate) mod domain {
     pub const BACKUP_MANIFEST: &[u8] = b"pii-vault/backup-manifest/v1";
     pub const ERASURE_JOURNAL: &[u8] = b"pii-vault/erasure-journal/v1";
     pub const TOKEN_ALIAS: &[u8] = b"pii-vault/token-alias/v1";
+    pub const INVENTORY_FIELD: &[u8] = b"pii-vault/inventory-field/v1";
 }
 
 /// A 256-bit secret key on the heap, wiped on drop, never `Clone`, `Copy` or `Debug`-printed.

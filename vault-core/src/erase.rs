@@ -414,8 +414,8 @@ impl Inner {
         }
         batch.add(&dek_counter(key.kek_version), -1);
         let mut tally = Tally::default();
-        tally.subject_erased(&entry, &self.records_of(&sid)?);
-        tally.write(&mut batch);
+        tally.subject_erased(&entry);
+        tally.write(&self.index, &mut batch)?;
         batch.delete(Cf::Subjects, hash);
         batch.delete(Cf::Keys, &sid);
         let erasure = ErasureEntry::new(&self.index, &sid, now, entry.records);

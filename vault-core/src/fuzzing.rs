@@ -338,7 +338,10 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         sid: [3; 16],
         created_at: 1_700_000_000_000,
         records: 2,
-        fields: vec![("email".to_owned(), 1), ("phone".to_owned(), 1)],
+        fields: vec![crate::subjects::FieldDays {
+            field: "email".to_owned(),
+            days: vec![(20_000, 2)],
+        }],
     };
     add(
         "stored",

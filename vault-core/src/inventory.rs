@@ -12,12 +12,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::codec::{decode, encode};
+use crate::crypto::domain;
 use crate::error::Error;
-use crate::purposes::LawfulBasis;
+use crate::keys::IndexKeys;
+use crate::purposes::{LawfulBasis, Policy};
 use crate::records::{RECORD_FORMAT, StoredRecord};
 use crate::rotate::KeyStatus;
 use crate::store::{Batch, Cf, Storage, WriteSet};
-use crate::subjects::{SUBJECT_FORMAT, SubjectEntry};
+use crate::subjects::{FieldDays, SUBJECT_FORMAT, SubjectEntry};
 use crate::token::TokenId;
 use crate::vault::{Inner, Vault};
 
@@ -28,106 +30,171 @@ pub(crate) const COUNTED: &[u8] = b"inventory/counted";
 const DAY_MS: u64 = 86_400_000;
 const SUBJECTS_TOTAL: &[u8] = b"inv/subjects";
 const ERASED_TOTAL: &[u8] = b"inv/erased";
+/// Counters per field, under the field's id (a keyed hash of its name).
 const RECORDS: &[u8] = b"inv/records/";
 const SUBJECTS: &[u8] = b"inv/subjects/";
 const DAYS: &[u8] = b"inv/day/";
+/// `meta`: field id → the field's name, sealed under a vault key. So no file holds
+/// a field name in clear once the last record of the field is erased.
+const NAMES: &[u8] = b"inventory/field/";
 
-fn field_key(prefix: &[u8], field: &str) -> Vec<u8> {
+type FieldId = [u8; 16];
+
+fn field_id(index: &IndexKeys, field: &str) -> FieldId {
+    index.tombstone_tag(domain::INVENTORY_FIELD, &[field.as_bytes()])
+}
+
+fn field_key(prefix: &[u8], id: &FieldId) -> Vec<u8> {
     let mut key = prefix.to_vec();
-    key.extend_from_slice(field.as_bytes());
+    key.extend_from_slice(id);
     key
 }
 
-/// Records of `field` created on the day of `at`: `inv/day/<field>/<day>`. Field
-/// names hold no `/`.
-fn day_key(field: &str, at: u64) -> Vec<u8> {
-    let mut key = field_key(DAYS, field);
-    key.push(b'/');
-    let day = u32::try_from(at / DAY_MS).unwrap_or(u32::MAX);
+/// Records of a field created on `day`: `inv/day/<field id><day>`.
+fn day_key(id: &FieldId, day: u32) -> Vec<u8> {
+    let mut key = field_key(DAYS, id);
     key.extend_from_slice(&day.to_be_bytes());
     key
 }
 
+/// The day (since the Unix epoch, UTC) of a time in milliseconds.
+fn day_of(at: u64) -> u32 {
+    u32::try_from(at / DAY_MS).unwrap_or(u32::MAX)
+}
+
+/// One counter a write changes.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Count {
+    SubjectsTotal,
+    Erased,
+    Records(String),
+    Subjects(String),
+    Day(String, u32),
+}
+
 /// The changes a write makes to the counters, added to its batch by [`write`](Self::write).
 #[derive(Debug, Default)]
-pub(crate) struct Tally(BTreeMap<Vec<u8>, i64>);
+pub(crate) struct Tally {
+    counts: BTreeMap<Count, i64>,
+    /// Fields that gained a subject: their sealed names are (re)written.
+    named: BTreeSet<String>,
+}
 
 impl Tally {
-    fn add(&mut self, key: Vec<u8>, delta: i64) {
-        *self.0.entry(key).or_insert(0) += delta;
+    fn add(&mut self, count: Count, delta: i64) {
+        *self.counts.entry(count).or_insert(0) += delta;
     }
 
     /// A live record of `field` created at `at` stored for the subject of `entry`
     /// (whose counts it updates).
     pub(crate) fn record_added(&mut self, entry: &mut SubjectEntry, field: &str, at: u64) {
         if entry.records == 0 {
-            self.add(SUBJECTS_TOTAL.to_vec(), 1);
+            self.add(Count::SubjectsTotal, 1);
         }
         entry.records += 1;
-        let count = match entry.fields.iter_mut().find(|(f, _)| f == field) {
-            Some((_, count)) => count,
+        let day = day_of(at);
+        let i = match entry.fields.iter().position(|f| f.field == field) {
+            Some(i) => i,
             None => {
-                entry.fields.push((field.to_owned(), 0));
-                let last = entry.fields.len() - 1;
-                &mut entry.fields[last].1
+                entry.fields.push(FieldDays {
+                    field: field.to_owned(),
+                    days: Vec::new(),
+                });
+                self.add(Count::Subjects(field.to_owned()), 1);
+                self.named.insert(field.to_owned());
+                entry.fields.len() - 1
             }
         };
-        if *count == 0 {
-            self.add(field_key(SUBJECTS, field), 1);
+        let days = &mut entry.fields[i].days;
+        match days.iter_mut().find(|(d, _)| *d == day) {
+            Some((_, n)) => *n += 1,
+            None => days.push((day, 1)),
         }
-        *count += 1;
-        self.add(field_key(RECORDS, field), 1);
-        self.add(day_key(field, at), 1);
+        self.add(Count::Records(field.to_owned()), 1);
+        self.add(Count::Day(field.to_owned(), day), 1);
     }
 
     /// A live record of `field` created at `at` removed (deleted or expired).
     pub(crate) fn record_removed(&mut self, entry: &mut SubjectEntry, field: &str, at: u64) {
         entry.records = entry.records.saturating_sub(1);
         if entry.records == 0 {
-            self.add(SUBJECTS_TOTAL.to_vec(), -1);
+            self.add(Count::SubjectsTotal, -1);
         }
-        if let Some(i) = entry.fields.iter().position(|(f, _)| f == field) {
-            entry.fields[i].1 = entry.fields[i].1.saturating_sub(1);
-            if entry.fields[i].1 == 0 {
-                entry.fields.remove(i);
-                self.add(field_key(SUBJECTS, field), -1);
+        let day = day_of(at);
+        if let Some(i) = entry.fields.iter().position(|f| f.field == field) {
+            let days = &mut entry.fields[i].days;
+            if let Some(j) = days.iter().position(|(d, _)| *d == day) {
+                days[j].1 = days[j].1.saturating_sub(1);
+                if days[j].1 == 0 {
+                    days.swap_remove(j);
+                }
+            }
+            if days.is_empty() {
+                entry.fields.swap_remove(i);
+                self.add(Count::Subjects(field.to_owned()), -1);
             }
         }
-        self.add(field_key(RECORDS, field), -1);
-        self.add(day_key(field, at), -1);
+        self.add(Count::Records(field.to_owned()), -1);
+        self.add(Count::Day(field.to_owned(), day), -1);
     }
 
     /// A live record stored again under its id (a deterministic token past its
     /// period): same field, new creation time.
-    pub(crate) fn record_renewed(&mut self, field: &str, was: u64, now: u64) {
-        self.add(day_key(field, was), -1);
-        self.add(day_key(field, now), 1);
+    pub(crate) fn record_renewed(
+        &mut self,
+        entry: &mut SubjectEntry,
+        field: &str,
+        was: u64,
+        now: u64,
+    ) {
+        self.record_removed(entry, field, was);
+        self.record_added(entry, field, now);
     }
 
-    /// The subject of `entry` erased, with its live records (field, creation time).
-    pub(crate) fn subject_erased(&mut self, entry: &SubjectEntry, records: &[(String, u64)]) {
+    /// The subject of `entry` erased, with every live record its entry counts.
+    pub(crate) fn subject_erased(&mut self, entry: &SubjectEntry) {
         if entry.records > 0 {
-            self.add(SUBJECTS_TOTAL.to_vec(), -1);
+            self.add(Count::SubjectsTotal, -1);
         }
-        self.add(ERASED_TOTAL.to_vec(), 1);
-        for (field, count) in &entry.fields {
-            if *count > 0 {
-                self.add(field_key(SUBJECTS, field), -1);
+        self.add(Count::Erased, 1);
+        for f in &entry.fields {
+            self.add(Count::Subjects(f.field.clone()), -1);
+            for &(day, n) in &f.days {
+                let n = i64::try_from(n).unwrap_or(i64::MAX);
+                self.add(Count::Records(f.field.clone()), -n);
+                self.add(Count::Day(f.field.clone(), day), -n);
             }
-        }
-        for (field, at) in records {
-            self.add(field_key(RECORDS, field), -1);
-            self.add(day_key(field, *at), -1);
         }
     }
 
     /// Adds the changes to `batch`.
-    pub(crate) fn write(self, batch: &mut Batch<'_>) {
-        for (key, delta) in self.0 {
-            if delta != 0 {
-                batch.add(&key, delta);
-            }
+    pub(crate) fn write(self, index: &IndexKeys, batch: &mut Batch<'_>) -> Result<(), Error> {
+        let mut ids: BTreeMap<&str, FieldId> = BTreeMap::new();
+        for field in &self.named {
+            let fid = field_id(index, field);
+            let sealed = index.field_names.seal(&fid, field.as_bytes())?;
+            batch.put(Cf::Meta, &field_key(NAMES, &fid), &sealed);
+            ids.insert(field, fid);
         }
+        for (count, delta) in &self.counts {
+            if *delta == 0 {
+                continue;
+            }
+            let of = |field: &str| {
+                ids.get(field)
+                    .copied()
+                    .unwrap_or_else(|| field_id(index, field))
+            };
+            let key = match count {
+                Count::SubjectsTotal => SUBJECTS_TOTAL.to_vec(),
+                Count::Erased => ERASED_TOTAL.to_vec(),
+                Count::Records(field) => field_key(RECORDS, &of(field)),
+                Count::Subjects(field) => field_key(SUBJECTS, &of(field)),
+                Count::Day(field, day) => day_key(&of(field), *day),
+            };
+            batch.add(&key, *delta);
+        }
+        Ok(())
     }
 }
 
@@ -214,37 +281,57 @@ impl Vault {
 
 impl Inner {
     fn inventory(&self, keys: KeyStatus) -> Result<Inventory, Error> {
-        let counts = |prefix: &[u8]| -> Result<BTreeMap<String, u64>, Error> {
+        let counts = |prefix: &[u8]| -> Result<BTreeMap<FieldId, u64>, Error> {
             let mut out = BTreeMap::new();
             self.store.scan_prefix(Cf::Counters, prefix, |key, value| {
-                let field = String::from_utf8(key[prefix.len()..].to_vec())
+                let id: FieldId = key[prefix.len()..]
+                    .try_into()
                     .map_err(|_| Error::Integrity)?;
-                out.insert(field, non_negative(value));
+                out.insert(id, non_negative(value));
                 Ok(true)
             })?;
             Ok(out)
         };
         let records = counts(RECORDS)?;
         let subjects = counts(SUBJECTS)?;
+        // Every field that ever had a record has its name; declared fields too.
+        let mut names: BTreeMap<String, FieldId> = BTreeMap::new();
+        self.store.scan_prefix(Cf::Meta, NAMES, |key, sealed| {
+            let id: FieldId = key[NAMES.len()..]
+                .try_into()
+                .map_err(|_| Error::Integrity)?;
+            let name = self.index.field_names.open(&id, sealed)?;
+            let name = String::from_utf8(name.to_vec()).map_err(|_| Error::Integrity)?;
+            names.insert(name, id);
+            Ok(true)
+        })?;
         let policy = &self.opts.policy;
-        let mut names: BTreeSet<String> = records.keys().cloned().collect();
-        names.extend(policy.retained_fields().map(str::to_owned));
+        let mut declared: Vec<&str> = policy.retained_fields().collect();
         for purpose in policy.purposes() {
             if let Some(fields) = purpose.field_names() {
-                names.extend(fields.iter().cloned());
+                declared.extend(fields.iter().map(String::as_str));
             }
         }
+        for field in declared {
+            names
+                .entry(field.to_owned())
+                .or_insert_with(|| field_id(&self.index, field));
+        }
         let mut fields = Vec::with_capacity(names.len());
-        for field in names {
-            let held = records.get(&field).copied().unwrap_or(0);
+        for (field, id) in names {
+            let held = records.get(&id).copied().unwrap_or(0);
+            // A field of an erased subject alone keeps its name but no record.
+            if held == 0 && !policy_names(policy, &field) {
+                continue;
+            }
             fields.push(FieldInventory {
                 oldest_record_day: if held > 0 {
-                    self.oldest_day(&field)?
+                    self.oldest_day(&id)?
                 } else {
                     None
                 },
                 records: held,
-                subjects: subjects.get(&field).copied().unwrap_or(0),
+                subjects: subjects.get(&id).copied().unwrap_or(0),
                 retention: policy.retention_of(&field),
                 purposes: policy
                     .purposes()
@@ -283,10 +370,9 @@ impl Inner {
         })
     }
 
-    /// The start of the first day with a live record of `field`.
-    fn oldest_day(&self, field: &str) -> Result<Option<u64>, Error> {
-        let mut prefix = field_key(DAYS, field);
-        prefix.push(b'/');
+    /// The start of the first day with a live record of the field `id`.
+    fn oldest_day(&self, id: &FieldId) -> Result<Option<u64>, Error> {
+        let prefix = field_key(DAYS, id);
         let mut oldest = None;
         self.store
             .scan_prefix(Cf::Counters, &prefix, |key, value| {
@@ -358,11 +444,19 @@ impl Inner {
             erased += 1;
             Ok(true)
         })?;
-        tally.add(ERASED_TOTAL.to_vec(), erased);
-        tally.write(&mut batch);
+        tally.add(Count::Erased, erased);
+        tally.write(&self.index, &mut batch)?;
         batch.put(Cf::Meta, COUNTED, &[1]);
         self.store.write_synced(batch)
     }
+}
+
+/// Whether the policy names `field` (a retention period, or a purpose's fields).
+fn policy_names(policy: &Policy, field: &str) -> bool {
+    policy.retention_of(field).is_some()
+        || policy
+            .purposes()
+            .any(|p| p.field_names().is_some_and(|f| f.contains(field)))
 }
 
 fn non_negative(value: &[u8]) -> u64 {

@@ -308,6 +308,7 @@ impl Keyring {
                 &self.index_key.derive(label::TOKEN_CIPHER),
             ),
             tombstone_key: self.index_key.derive(label::TOMBSTONE_MAC),
+            field_names: self.index_key.derive(label::FIELD_NAMES).aead(),
         }
     }
 
@@ -415,6 +416,9 @@ pub(crate) struct IndexKeys {
     /// Authenticates what an erasure leaves behind (record stubs, erasure entries),
     /// so that tampering cannot make live data look erased.
     pub(crate) tombstone_key: Key,
+    /// Seals the field names the inventory lists, so that no file holds a field
+    /// name in clear once no record of it is left.
+    pub(crate) field_names: Aead256,
 }
 
 impl IndexKeys {

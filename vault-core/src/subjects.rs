@@ -33,10 +33,19 @@ pub(crate) struct SubjectEntry {
     pub created_at: u64,
     /// Live records, kept so that erasure can report them without counting (O(1)).
     pub records: u64,
-    /// Live records per field (fields with none are left out), for the inventory:
-    /// a write sees when the subject gains its first record of a field, or loses
-    /// its last.
-    pub fields: Vec<(String, u64)>,
+    /// Live records per field and creation day (fields with none are left out),
+    /// for the inventory: a write sees when the subject gains its first record of
+    /// a field or loses its last, and an erasure takes the subject's records off
+    /// the counts without reading them.
+    pub fields: Vec<FieldDays>,
+}
+
+/// A subject's live records of one field, per creation day.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct FieldDays {
+    pub field: String,
+    /// (day since the Unix epoch, records created that day).
+    pub days: Vec<(u32, u64)>,
 }
 
 /// A subject entry of format 1 (no per-field counts).

@@ -279,7 +279,7 @@ impl Vault {
         let mut batch = inner.store.batch();
         let mut subjects = inner.subjects_for_tokenize(&distinct, &mut batch, now)?;
         let tokens = inner.seal_items(items, &slots, &mut subjects, &mut batch, now, &mut held)?;
-        std::mem::take(&mut held.tally).write(&mut batch);
+        std::mem::take(&mut held.tally).write(&inner.index, &mut batch)?;
         for subject in subjects.iter().filter(|s| s.stored > 0) {
             batch.put(
                 Cf::Subjects,
@@ -538,7 +538,7 @@ impl Inner {
                 batch.put(Cf::Expiry, &expiry_key(at, &id), &entry.sid);
             }
             match replaced {
-                Some(was) => held.tally.record_renewed(item.field, was, now),
+                Some(was) => held.tally.record_renewed(entry, item.field, was, now),
                 None => held.tally.record_added(entry, item.field, now),
             }
             *stored += 1;

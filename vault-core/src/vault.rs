@@ -585,7 +585,7 @@ impl Inner {
             }
             let mut tally = Tally::default();
             tally.record_removed(&mut entry, field, created_at);
-            tally.write(batch);
+            tally.write(&self.index, batch)?;
             batch.put(Cf::Subjects, subject_hash, &encode(SUBJECT_FORMAT, &entry));
         }
         Ok(())

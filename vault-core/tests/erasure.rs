@@ -458,8 +458,9 @@ fn erase_cost_does_not_grow_with_record_count() -> TestResult {
         "reads, writes, seeks, steps: small {small:?} vs large {large:?}"
     );
     // Subject and key entries, counter, erasure entry, purge queue, audit event and
-    // audit checkpoint.
-    assert!(small[1] <= 8, "{small:?}");
+    // audit checkpoint; the inventory's counters of subjects and erasures, and of
+    // the one field its subjects, records and records of the one creation day.
+    assert!(small[1] <= 12, "{small:?}");
     assert_eq!(small[3], 0, "erase iterates nothing");
     Ok(())
 }
