@@ -492,6 +492,72 @@ pub struct AuditEventInfo {
     pub subject: Option<String>,
 }
 
+/// Answer to `GET /v1/inventory`: the record of processing (GDPR Art. 30), as
+/// of `taken_at`. Counts only: no value, no subject id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    /// When it was read, in milliseconds since the Unix epoch.
+    pub taken_at: u64,
+    /// Every field with live records, or named by a purpose or a retention period.
+    pub fields: Vec<FieldInventory>,
+    /// Live records of every field.
+    pub records: u64,
+    /// Subjects with at least one live record.
+    pub subjects: u64,
+    /// Subjects erased, ever.
+    pub erased_subjects: u64,
+    /// Erasures whose bytes are not purged yet.
+    pub pending_purges: usize,
+    /// The KEK version new subject keys are wrapped with.
+    pub active_kek_version: u32,
+    /// Every KEK version that still exists.
+    pub kek_versions: Vec<u32>,
+    /// The backups; `null` when the vault takes none.
+    pub backups: Option<InventoryBackups>,
+}
+
+/// One field of an [`Inventory`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldInventory {
+    /// The field name.
+    pub field: String,
+    /// Live records.
+    pub records: u64,
+    /// Subjects with at least one live record of the field.
+    pub subjects: u64,
+    /// The start (UTC) of the day the oldest live record was created, in
+    /// milliseconds since the Unix epoch; `null` without records.
+    pub oldest_record_day: Option<u64>,
+    /// How long values are kept, in seconds; `null`: until deleted or erased.
+    pub retention_seconds: Option<u64>,
+    /// The purposes that may read it.
+    pub purposes: Vec<FieldPurpose>,
+}
+
+/// A purpose that may read a field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldPurpose {
+    /// The purpose's name.
+    pub purpose: String,
+    /// Its lawful basis, as in [`PurposeInfo::basis`].
+    pub basis: String,
+    /// Whether it sees masked values only.
+    pub masked: bool,
+}
+
+/// The backups of an [`Inventory`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InventoryBackups {
+    /// Backups kept.
+    pub kept: usize,
+    /// When the newest was taken, in milliseconds since the Unix epoch.
+    pub latest_at: Option<u64>,
+    /// How many may hold data of a subject erased (or a record expired) since.
+    pub holding_erased: usize,
+    /// When the last of those will be deleted, if backups are taken on a schedule.
+    pub erasures_in_backups_until: Option<u64>,
+}
+
 /// The audit trail's end (`GET /v1/audit/head`): keep it outside the vault, and
 /// give it to `POST /v1/audit/verify` later. Both `null` while the trail is empty.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

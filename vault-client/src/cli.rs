@@ -199,6 +199,13 @@ enum Command {
     },
     /// Print the audit trail's head (sequence number and MAC), to keep elsewhere.
     AuditHead,
+    /// Print the data inventory, the record of processing (GDPR Art. 30): per
+    /// field, records, subjects, oldest record, retention and purposes.
+    Inventory {
+        /// `markdown` (a table for an auditor) or `json`.
+        #[arg(long, default_value = "markdown", value_parser = ["markdown", "json"])]
+        format: String,
+    },
     /// Start a key-encryption-key rotation.
     Rotate,
     /// Show key versions, rotation and purge progress; `keys retire` finishes the
@@ -432,6 +439,15 @@ async fn run(command: Command, allow_plain_http: bool) -> Result<(), Failure> {
         Command::Purposes => print(&client.purposes().await?),
         Command::Audit { after, limit } => print(&client.audit_events(after, limit).await?),
         Command::AuditHead => print(&client.audit_head().await?),
+        Command::Inventory { format } => {
+            let inventory = client.inventory().await?;
+            if format == "json" {
+                print(&inventory)
+            } else {
+                print!("{}", crate::inventory::markdown(&inventory));
+                Ok(())
+            }
+        }
         Command::AuditVerify {
             expected_seq,
             expected_mac,

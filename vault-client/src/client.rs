@@ -500,6 +500,15 @@ impl Client {
             .ok_or(Error::Decode { status: 204 })
     }
 
+    /// The data inventory (the record of processing): per field, records,
+    /// subjects, the oldest record's day, retention and purposes; totals, erasures,
+    /// pending purges, KEK versions and backups. Needs the `audit` scope.
+    pub async fn inventory(&self) -> Result<crate::api::Inventory, Error> {
+        self.call::<(), _>(Method::GET, "/v1/inventory", None, Idempotent::Yes)
+            .await?
+            .ok_or(Error::Decode { status: 204 })
+    }
+
     /// Starts a KEK rotation (or reports the one under way). Not retried: after a
     /// lost answer, a second attempt could start a second rotation.
     pub async fn rotate(&self) -> Result<KeyStatus, Error> {

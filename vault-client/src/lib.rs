@@ -28,6 +28,8 @@ pub mod api;
 pub mod cli;
 #[cfg(feature = "http")]
 mod client;
+#[cfg(feature = "http")]
+mod inventory;
 
 #[cfg(feature = "http")]
 pub use client::{Client, ClientBuilder, Error, RetryPolicy};

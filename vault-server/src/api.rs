@@ -82,7 +82,7 @@ impl AppState {
 }
 
 /// Every route, as its template: the only route names that reach logs and metrics.
-pub const ROUTES: [&str; 17] = [
+pub const ROUTES: [&str; 18] = [
     "/v1/tokenize",
     "/v1/detokenize",
     "/v1/tokens/{token}",
@@ -94,6 +94,7 @@ pub const ROUTES: [&str; 17] = [
     "/v1/audit",
     "/v1/audit/verify",
     "/v1/audit/head",
+    "/v1/inventory",
     "/v1/admin/rotate",
     "/v1/admin/keys",
     "/v1/admin/keys/retire",
@@ -117,6 +118,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/audit", get(audit_events))
         .route("/v1/audit/verify", post(verify_audit))
         .route("/v1/audit/head", get(audit_head))
+        .route("/v1/inventory", get(inventory))
         .route("/v1/admin/rotate", post(rotate))
         .route("/v1/admin/keys", get(keys))
         .route("/v1/admin/keys/retire", post(retire_keys))
@@ -233,9 +235,8 @@ fn access(route: &str, method: &Method) -> Access {
         ("/v1/subjects/erase", &Method::POST) => Scope::Erase,
         ("/v1/subjects/export", &Method::POST) => Scope::Export,
         ("/v1/subjects/consent" | "/v1/subjects/consents", &Method::POST) => Scope::Consent,
-        ("/v1/audit" | "/v1/audit/head", &Method::GET) | ("/v1/audit/verify", &Method::POST) => {
-            Scope::Audit
-        }
+        ("/v1/audit" | "/v1/audit/head" | "/v1/inventory", &Method::GET)
+        | ("/v1/audit/verify", &Method::POST) => Scope::Audit,
         (
             "/v1/admin/rotate" | "/v1/admin/keys" | "/v1/admin/keys/retire" | "/v1/admin/backups",
             _,
@@ -749,6 +750,45 @@ async fn audit_head(work: Work) -> Result<Json<api::AuditHead>, ApiError> {
     }))
 }
 
+async fn inventory(work: Work) -> Result<Json<api::Inventory>, ApiError> {
+    let inventory = work.run(|vault| vault.inventory()).await?;
+    Ok(Json(api::Inventory {
+        taken_at: inventory.taken_at,
+        records: inventory.records,
+        subjects: inventory.subjects,
+        erased_subjects: inventory.erased_subjects,
+        pending_purges: inventory.pending_purges,
+        active_kek_version: inventory.active_kek_version,
+        kek_versions: inventory.kek_versions,
+        backups: inventory.backups.map(|b| api::InventoryBackups {
+            kept: b.kept,
+            latest_at: b.latest_at,
+            holding_erased: b.holding_erased,
+            erasures_in_backups_until: b.erasures_in_backups_until,
+        }),
+        fields: inventory
+            .fields
+            .into_iter()
+            .map(|f| api::FieldInventory {
+                records: f.records,
+                subjects: f.subjects,
+                oldest_record_day: f.oldest_record_day,
+                retention_seconds: f.retention.map(|d| d.as_secs()),
+                purposes: f
+                    .purposes
+                    .into_iter()
+                    .map(|p| api::FieldPurpose {
+                        purpose: p.purpose,
+                        basis: p.basis.name().to_owned(),
+                        masked: p.masked,
+                    })
+                    .collect(),
+                field: f.field,
+            })
+            .collect(),
+    }))
+}
+
 async fn purposes(work: Work) -> Result<Json<Purposes>, ApiError> {
     let purposes = work.run(|vault| Ok(vault.purposes())).await?;
     Ok(Json(Purposes {
@@ -1042,6 +1082,21 @@ mod tests {
     use crate::auth::{KeyHash, Purposes};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// A route missing from `ROUTES` is served as "unmatched", where no scope is
+    /// checked: every route the API describes must be listed.
+    #[test]
+    fn every_described_route_is_listed_for_its_scope() {
+        let document = crate::openapi::document();
+        let paths = document["paths"].as_object().expect("paths");
+        for path in paths.keys() {
+            assert!(
+                ROUTES.contains(&path.as_str()) || path == OPENAPI_ROUTE,
+                "{path} is not in ROUTES"
+            );
+        }
+        assert_eq!(paths.len(), ROUTES.len() + 1);
+    }
 
     const KEY: &str = "pvk_router-test-key";
 
@@ -1362,7 +1417,7 @@ mod tests {
                 assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
             }
         }
-        assert_eq!(described, 20, "every route and method");
+        assert_eq!(described, 21, "every route and method");
         Ok(())
     }
 

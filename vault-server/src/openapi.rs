@@ -112,6 +112,10 @@ pub fn document() -> Value {
                 "summary": "The trail's end (last sequence number and MAC), to keep outside the vault. Scope: audit.",
                 "responses": with_errors(json!({ "200": answer("The head.", "AuditHead") }), &[401, 403, 405, 429, 500, 503])
             }},
+            "/v1/inventory": { "get": {
+                "summary": "The data inventory, the record of processing (GDPR Art. 30): per field, live records, subjects, the oldest record's day, retention and the purposes that may read it; totals, erasures, pending purges, KEK versions and backups. Counts only. Scope: audit.",
+                "responses": with_errors(json!({ "200": answer("The inventory.", "Inventory") }), &[401, 403, 405, 429, 500, 503])
+            }},
             "/v1/audit/verify": { "post": {
                 "summary": "Check the whole audit trail: chain, order and checkpoint; with expected_head, whether the trail still holds it. Scope: audit.",
                 "requestBody": { "required": false, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/VerifyRequest" } } } },
@@ -215,6 +219,33 @@ pub fn document() -> Value {
                     "ok": { "type": "boolean" }, "events": { "type": "integer" },
                     "first_bad": { "type": "integer" }, "problem": { "type": "string" },
                     "anchor": { "enum": ["contained", "truncated", "rolled_back", "pruned"], "description": "With expected_head: whether the trail still holds it." }
+                })),
+                "Inventory": object(&["taken_at", "fields", "records", "subjects", "erased_subjects", "pending_purges", "active_kek_version", "kek_versions", "backups"], json!({
+                    "taken_at": { "type": "integer", "description": "Milliseconds since the Unix epoch." },
+                    "fields": { "type": "array", "items": object(&["field", "records", "subjects", "oldest_record_day", "retention_seconds", "purposes"], json!({
+                        "field": { "type": "string" },
+                        "records": { "type": "integer", "minimum": 0 },
+                        "subjects": { "type": "integer", "minimum": 0 },
+                        "oldest_record_day": { "type": ["integer", "null"], "description": "Start (UTC) of the day the oldest live record was created, in milliseconds since the Unix epoch." },
+                        "retention_seconds": { "type": ["integer", "null"] },
+                        "purposes": { "type": "array", "items": object(&["purpose", "basis", "masked"], json!({
+                            "purpose": { "type": "string" },
+                            "basis": { "enum": ["consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interests"] },
+                            "masked": { "type": "boolean" }
+                        })) }
+                    })) },
+                    "records": { "type": "integer", "minimum": 0 },
+                    "subjects": { "type": "integer", "minimum": 0 },
+                    "erased_subjects": { "type": "integer", "minimum": 0 },
+                    "pending_purges": { "type": "integer", "minimum": 0 },
+                    "active_kek_version": { "type": "integer" },
+                    "kek_versions": { "type": "array", "items": { "type": "integer" } },
+                    "backups": { "oneOf": [ { "type": "null" }, object(&["kept", "latest_at", "holding_erased", "erasures_in_backups_until"], json!({
+                        "kept": { "type": "integer", "minimum": 0 },
+                        "latest_at": { "type": ["integer", "null"] },
+                        "holding_erased": { "type": "integer", "minimum": 0 },
+                        "erasures_in_backups_until": { "type": ["integer", "null"] }
+                    })) ] }
                 })),
                 "AuditHead": object(&["seq", "mac"], json!({
                     "seq": { "type": ["integer", "null"] },
