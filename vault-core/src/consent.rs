@@ -120,6 +120,39 @@ impl Inner {
         postcard::from_bytes(&plain).map_err(|_| Error::Integrity)
     }
 
+    /// Adds to `batch` a subject's consents as another vault held them (a staging
+    /// vault's copy): every event of each history in order, and the current state.
+    pub(crate) fn import_consents(
+        &self,
+        batch: &mut crate::store::Batch<'_>,
+        sid: &Sid,
+        dek: &Dek,
+        consents: &[ConsentStatus],
+    ) -> Result<(), Error> {
+        for status in consents {
+            let pid = self.purpose_id(&status.purpose);
+            let mut seq = 0;
+            for (i, event) in status.history.iter().enumerate() {
+                seq = i as u64;
+                let ekey = event_key(sid, &pid, seq);
+                batch.put(Cf::Consents, &ekey, &self.seal_consent(dek, &ekey, event)?);
+            }
+            let ckey = current_key(sid, &pid);
+            let current = Current {
+                purpose: status.purpose.clone(),
+                granted: status.granted,
+                at: status.since,
+                seq,
+            };
+            batch.put(
+                Cf::Consents,
+                &ckey,
+                &self.seal_consent(dek, &ckey, &current)?,
+            );
+        }
+        Ok(())
+    }
+
     /// Whether the subject currently consents to `purpose`.
     pub(crate) fn consent_granted(
         &self,

@@ -33,6 +33,8 @@ pub(crate) mod label {
         "pii-vault 2026-11 index key -> shredded records and erasure entries";
     pub const AUDIT_MAC: &str = "pii-vault 2026-11 index key -> audit trail chain";
     pub const AUDIT_SUBJECT: &str = "pii-vault 2026-11 DEK -> audit subject reference";
+    pub const SYNTHETIC: &str =
+        "pii-vault 2026-12 index key -> synthetic values of a staging vault";
     pub const FIELD_NAMES: &str = "pii-vault 2026-12 index key -> inventory field names";
     pub const BACKUP_MAC: &str =
         "pii-vault 2026-12 index key -> backup manifests and the erasure journal";

@@ -74,6 +74,12 @@ pub enum Error {
     /// it): tokenize the new value and delete the old token instead.
     #[error("a deterministic token cannot be rectified")]
     DeterministicToken,
+    /// A new vault (a staging vault) is built only in a new or empty directory.
+    #[error("{} is not empty: a staging vault is built in a new directory", path.display())]
+    NotEmpty {
+        /// The directory.
+        path: PathBuf,
+    },
     /// Every token of the format and length asked for is taken (a short value's
     /// digits allow few tokens): nothing was stored.
     #[error("no token of this format and length is left")]

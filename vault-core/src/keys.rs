@@ -318,6 +318,12 @@ impl Keyring {
         self.index_key.derive(label::AUDIT_MAC)
     }
 
+    /// The key a staging vault derives its synthetic values and subject ids under
+    /// (never the production vault's: each vault has its own index key).
+    pub(crate) fn synthetic_key(&self) -> Key {
+        self.index_key.derive(label::SYNTHETIC)
+    }
+
     /// The key that authenticates backup manifests and the erasure journal. Derived
     /// from the index key, which no rotation or root-key change alters, so a journal
     /// stays one chain across both.

@@ -72,6 +72,7 @@ mod mapped;
 mod migrate;
 mod options;
 mod owner;
+mod pseudonymize;
 mod purposes;
 mod records;
 mod retire;
@@ -116,6 +117,7 @@ pub use restore::{RestoreOptions, RestoreReport, restore};
 // --- Keys and storage, for ops ---
 #[cfg(feature = "postgres")]
 pub use migrate::{MigrationReport, migrate_to_postgres};
+pub use pseudonymize::{FakeFields, PseudonymizeReport, pseudonymize};
 pub use rotate::{KekVersionStatus, KeyStatus};
 #[cfg(feature = "postgres")]
 pub use store::PostgresConfig;

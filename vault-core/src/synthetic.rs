@@ -160,10 +160,6 @@ fn field_words(field: &str) -> Vec<String> {
 }
 
 /// Makes fakes under one secret key (the staging vault's; production never sees it).
-#[allow(
-    dead_code,
-    reason = "used by the staging-vault builder, not yet merged"
-)]
 pub(crate) struct Faker {
     value_key: Key,
     subject_key: Key,
@@ -176,10 +172,6 @@ impl fmt::Debug for Faker {
     }
 }
 
-#[allow(
-    dead_code,
-    reason = "used by the staging-vault builder, not yet merged"
-)]
 impl Faker {
     /// A faker whose sub-keys are derived from `key`, one per purpose.
     pub(crate) fn new(key: Key) -> Faker {

@@ -8,6 +8,9 @@
 //! vault-server change-root-key --data-dir DIR (--config FILE | --dev) --new-key-file FILE
 //! vault-server migrate --from-data-dir DIR [--to URL] (--config FILE | --dev)
 //!     [--ca-file FILE] [--schema NAME]
+//! vault-server pseudonymize --from-data-dir DIR (--config FILE | --dev)
+//!     --to-data-dir DIR [--to-root-key-file FILE] [--fields-config FILE]
+//!     [--mapping-file FILE]
 //! ```
 //!
 //! Everything is checked (configuration, TLS files, root key, the vault itself)
@@ -86,6 +89,40 @@ enum Command {
     /// Copies the vault of a data directory into PostgreSQL, keys still sealed (the
     /// server stopped), checks the copy, and prints one JSON line.
     Migrate(MigrateArgs),
+    /// Builds a staging vault in a new data directory: every token of production
+    /// resolves there to a fake value of the same shape, under a pseudonymous
+    /// subject id (run it on a restored backup, or with production stopped).
+    /// Progress on stderr, then one JSON line.
+    Pseudonymize(PseudonymizeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PseudonymizeArgs {
+    /// Production's data directory.
+    #[arg(long, value_name = "DIR")]
+    from_data_dir: PathBuf,
+    /// Production's configuration file (root key, purposes, retention).
+    #[arg(long, value_name = "FILE", conflicts_with = "dev")]
+    config: Option<PathBuf>,
+    /// Production's development set-up under DIR/dev; the staging vault gets one
+    /// of its own under its data directory (serve it with --dev).
+    #[arg(long)]
+    dev: bool,
+    /// The staging vault's data directory (new, or without a vault).
+    #[arg(long, value_name = "DIR")]
+    to_data_dir: PathBuf,
+    /// The staging vault's root key (32 bytes or 64 hex digits), created (mode
+    /// 0600) if missing. Required with --config.
+    #[arg(long, value_name = "FILE")]
+    to_root_key_file: Option<PathBuf>,
+    /// A TOML file of fake kinds per field: `[fields]` then `notes = "text"`
+    /// (kinds: email, name, phone, iban, date, card, text, shape). Others by name.
+    #[arg(long, value_name = "FILE")]
+    fields_config: Option<PathBuf>,
+    /// Writes each subject's production reference and staging id here (mode
+    /// 0600; new file). Without it the mapping is printed nowhere.
+    #[arg(long, value_name = "FILE")]
+    mapping_file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -163,6 +200,7 @@ pub fn main() -> ExitCode {
         Some(Command::Restore(restore)) => return restore_backup(restore),
         Some(Command::ChangeRootKey(change)) => return report_line(change_root_key(change)),
         Some(Command::Migrate(migrate)) => return report_line(migrate_vault(migrate)),
+        Some(Command::Pseudonymize(args)) => return report_line(pseudonymize(args)),
         None => {}
     }
     init_logging();
@@ -287,6 +325,23 @@ fn change_root_key(args: &ChangeRootKeyArgs) -> Result<serde_json::Value, Config
         "already_changed": !changed,
         "data_dir": data_dir.display().to_string(),
     }))
+}
+
+fn pseudonymize(args: &PseudonymizeArgs) -> Result<serde_json::Value, ConfigError> {
+    let config = offline_config(
+        args.config.as_deref(),
+        args.dev,
+        &args.from_data_dir,
+        "pseudonymize",
+    )?;
+    crate::staging::build(&crate::staging::StagingArgs {
+        source: &config,
+        to_data_dir: &args.to_data_dir,
+        root_key_file: args.to_root_key_file.as_deref(),
+        dev: args.dev,
+        fields_config: args.fields_config.as_deref(),
+        mapping_file: args.mapping_file.as_deref(),
+    })
 }
 
 fn migrate_vault(args: &MigrateArgs) -> Result<serde_json::Value, ConfigError> {

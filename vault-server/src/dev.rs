@@ -47,15 +47,11 @@ pub fn prepare(data_dir: &Path) -> Result<(ServerConfig, DevInfo), ConfigError> 
     })?;
 
     let root_path = dir.join("root.key");
-    if !root_path.exists() {
-        let root = RootKey::generate().map_err(|e| ConfigError::new(e.to_string()))?;
-        let bytes = root
-            .expose_bytes()
-            .ok_or_else(|| ConfigError::new("a generated root key has bytes"))?;
-        let hex = Zeroizing::new(hex(bytes));
-        write_private(&root_path, hex.as_bytes())?;
-    }
-    let root_key = config::read_root_key_file(&root_path)?;
+    let root_key = if root_path.exists() {
+        config::read_root_key_file(&root_path)?
+    } else {
+        new_root_key_file(&root_path)?
+    };
 
     let cert_path = dir.join("tls-cert.pem");
     let key_path = dir.join("tls-key.pem");
@@ -164,6 +160,18 @@ pub fn replace_root_key(data_dir: &Path, new: &RootKey) -> Result<(), ConfigErro
     fs::rename(&tmp, &path)
         .and_then(|()| fs::File::open(&dir)?.sync_all())
         .map_err(|e| ConfigError::new(format!("cannot replace {}: {e}", path.display())))
+}
+
+/// A new random root key, written as 64 hex digits to a new file at `path`
+/// (mode 0600).
+pub fn new_root_key_file(path: &Path) -> Result<RootKey, ConfigError> {
+    let root = RootKey::generate().map_err(|e| ConfigError::new(e.to_string()))?;
+    let bytes = root
+        .expose_bytes()
+        .ok_or_else(|| ConfigError::new("a generated root key has bytes"))?;
+    let hex = Zeroizing::new(hex(bytes));
+    write_private(path, hex.as_bytes())?;
+    config::read_root_key_file(path)
 }
 
 /// Writes a new file readable by its owner only.

@@ -26,6 +26,7 @@ mod metrics;
 mod openapi;
 mod request_id;
 mod serve;
+pub mod staging;
 pub mod throttle;
 mod work;
 
