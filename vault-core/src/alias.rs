@@ -121,6 +121,21 @@ pub(crate) fn put(
     }
 }
 
+/// Set in a staging vault, whose aliases include another vault's opaque tokens:
+/// those are looked up before they are decoded, since one may carry a tag that
+/// happens to check under this vault's key (one in 2³²).
+const FOREIGN: &[u8] = b"aliases/foreign";
+
+/// Whether the vault holds another vault's tokens as aliases.
+pub(crate) fn foreign_at_open(store: &impl Storage) -> Result<bool, Error> {
+    Ok(store.get(Cf::Meta, FOREIGN)?.is_some())
+}
+
+/// Marks the vault as holding another vault's tokens (`foreign_at_open`).
+pub(crate) fn mark_foreign(batch: &mut Batch<'_>) {
+    batch.put(Cf::Meta, FOREIGN, &[1]);
+}
+
 /// Whether the store says a record has an issued text, for `any_issued`'s flag.
 pub(crate) fn issued_at_open(store: &impl Storage) -> Result<bool, Error> {
     Ok(store.get(Cf::Meta, ISSUED)?.is_some())

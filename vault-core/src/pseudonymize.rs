@@ -109,6 +109,13 @@ pub fn pseudonymize(
     opts.backups = None;
     let staging = Vault::open(target, root, opts)?;
     let faker = Faker::new(staging.inner.keys.ring().synthetic_key());
+    let mut batch = staging.inner.store.batch();
+    alias::mark_foreign(&mut batch);
+    staging.inner.store.write(batch)?;
+    staging
+        .inner
+        .foreign_aliases
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let mut copy = Copy {
         source: &source.inner,
         staging: &staging.inner,

@@ -65,6 +65,8 @@ pub(crate) struct Inner {
     /// Whether some record's token was issued in a form its id does not give (a
     /// format, or production's in a staging vault): exports then look it up.
     pub issued_aliases: AtomicBool,
+    /// Whether aliases name another vault's opaque tokens (a staging vault's).
+    pub foreign_aliases: AtomicBool,
     /// The directory's lock (none on a shared store). Last, so that it is released
     /// only after the store and the staging files (the journal's) are closed.
     _owner: Option<Owner>,
@@ -368,6 +370,7 @@ impl Vault {
             backups,
             background_error: Mutex::new(None),
             issued_aliases: AtomicBool::new(alias::issued_at_open(&*store_for_aliases)?),
+            foreign_aliases: AtomicBool::new(alias::foreign_at_open(&*store_for_aliases)?),
             opts,
             _owner: owner,
         });
@@ -595,6 +598,13 @@ impl Inner {
     /// vault production's tokens). Text that is neither is [`Error::InvalidToken`].
     pub(crate) fn token_id(&self, text: &str) -> Result<TokenId, Error> {
         let token: Token = text.parse()?;
+        if self
+            .foreign_aliases
+            .load(std::sync::atomic::Ordering::Relaxed)
+            && let Some(id) = alias::lookup(&*self.store, &self.index, &token.lookup_text())?
+        {
+            return Ok(id);
+        }
         match self.index.tokens.key(&token) {
             Err(Error::InvalidToken) => {
                 alias::lookup(&*self.store, &self.index, &token.lookup_text())?
