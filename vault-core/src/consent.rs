@@ -19,6 +19,8 @@ use crate::subjects::{Dek, SUBJECT_FORMAT, Sid, SubjectEntry, SubjectHash};
 use crate::vault::{Inner, Vault};
 
 pub(crate) const CONSENT_FORMAT: u8 = 1;
+/// The source of a consent event in a staging vault, where production's said one.
+const COPIED_SOURCE: &str = "copied from production";
 /// Longest consent source, in bytes.
 pub const MAX_SOURCE_LEN: usize = 256;
 
@@ -135,7 +137,12 @@ impl Inner {
             for (i, event) in status.history.iter().enumerate() {
                 seq = i as u64;
                 let ekey = event_key(sid, &pid, seq);
-                batch.put(Cf::Consents, &ekey, &self.seal_consent(dek, &ekey, event)?);
+                // The source is the caller's free text, which may name the person.
+                let event = ConsentEvent {
+                    source: event.source.as_ref().map(|_| COPIED_SOURCE.to_owned()),
+                    ..event.clone()
+                };
+                batch.put(Cf::Consents, &ekey, &self.seal_consent(dek, &ekey, &event)?);
             }
             let ckey = current_key(sid, &pid);
             let current = Current {

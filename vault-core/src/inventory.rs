@@ -28,6 +28,10 @@ use crate::vault::{Inner, Vault};
 pub(crate) const COUNTED: &[u8] = b"inventory/counted";
 
 const DAY_MS: u64 = 86_400_000;
+/// Subjects counted per write when a vault of an earlier build is counted.
+const COUNT_PAGE: usize = 2_000;
+/// The subject entry format without per-field counts.
+const FIRST_SUBJECT_FORMAT: u8 = 1;
 const SUBJECTS_TOTAL: &[u8] = b"inv/subjects";
 const ERASED_TOTAL: &[u8] = b"inv/erased";
 /// Counters per field, under the field's id (a keyed hash of its name).
@@ -412,41 +416,70 @@ impl Inner {
     }
 
     /// Counts every record of a vault whose counters do not (one written before the
-    /// inventory), once, at open: every subject entry gets its per-field counts,
-    /// and the counters their totals, in one batch with the mark that they are
-    /// done. On a shared store, replicas opening together count once: the batch
-    /// expects the mark absent.
+    /// inventory), once, at open: subject entries of the first format get their
+    /// per-field counts and the counters their records, a page of subjects per
+    /// write (an entry of the second format is counted), then the erasures, with
+    /// the mark that the count is done. A count cut short goes on at the next
+    /// open; replicas opening together share the work (each page expects the
+    /// entries it converts, the mark expects to be absent).
     pub(crate) fn count_inventory(&self) -> Result<(), Error> {
         if self.store.get(Cf::Meta, COUNTED)?.is_some() {
             return Ok(());
         }
-        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        self.store.scan_prefix(Cf::Subjects, &[], |key, value| {
-            entries.push((key.to_vec(), value.to_vec()));
-            Ok(true)
-        })?;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .store
+                .scan_after(Cf::Subjects, after.as_deref(), COUNT_PAGE)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            self.retrying(|| self.count_page(&page))?;
+        }
+        self.retrying(|| {
+            if self.store.get(Cf::Meta, COUNTED)?.is_some() {
+                return Ok(());
+            }
+            let mut erased = 0;
+            self.store.scan_prefix(Cf::Erasures, &[], |_, _| {
+                erased += 1;
+                Ok(true)
+            })?;
+            let mut batch = self.store.batch();
+            batch.expect(Cf::Meta, COUNTED, None);
+            let mut tally = Tally::default();
+            tally.add(Count::Erased, erased);
+            tally.write(&self.index, &mut batch)?;
+            batch.put(Cf::Meta, COUNTED, &[1]);
+            self.store.write_synced(batch)
+        })
+    }
+
+    /// Counts the subjects of `page` whose entries are of the first format (as
+    /// stored now: another replica may have counted them).
+    fn count_page(&self, page: &[crate::store::KeyValue]) -> Result<(), Error> {
+        let keys: Vec<&[u8]> = page.iter().map(|(k, _)| k.as_slice()).collect();
         let mut batch = self.store.batch();
-        batch.expect(Cf::Meta, COUNTED, None);
         let mut tally = Tally::default();
-        for (key, value) in &entries {
-            let mut entry = SubjectEntry::decode(value)?;
-            let records = self.records_of(&entry.sid)?;
+        let mut any = false;
+        for (key, stored) in keys.iter().zip(self.store.multi_get(Cf::Subjects, &keys)?) {
+            let Some(value) = stored else { continue };
+            if value.first() != Some(&FIRST_SUBJECT_FORMAT) {
+                continue;
+            }
+            any = true;
+            let mut entry = SubjectEntry::decode(&value)?;
             entry.records = 0;
             entry.fields.clear();
-            for (field, at) in &records {
+            for (field, at) in &self.records_of(&entry.sid)? {
                 tally.record_added(&mut entry, field, *at);
             }
-            batch.expect(Cf::Subjects, key, Some(value));
+            batch.expect(Cf::Subjects, key, Some(&value));
             batch.put(Cf::Subjects, key, &encode(SUBJECT_FORMAT, &entry));
         }
-        let mut erased = 0;
-        self.store.scan_prefix(Cf::Erasures, &[], |_, _| {
-            erased += 1;
-            Ok(true)
-        })?;
-        tally.add(Count::Erased, erased);
+        if !any {
+            return Ok(());
+        }
         tally.write(&self.index, &mut batch)?;
-        batch.put(Cf::Meta, COUNTED, &[1]);
         self.store.write_synced(batch)
     }
 }

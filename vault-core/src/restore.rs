@@ -330,11 +330,13 @@ fn backup_manifests(dir: &Path, vault_id: &[u8; 16], key: &crate::crypto::Key) -
 
 impl Inner {
     /// Destroys again what one journal entry destroyed, if the store still holds
-    /// it; whether it did.
+    /// it; whether it did. (An issued alias is kept from being issued again, which
+    /// destroys nothing.)
     pub(crate) fn replay_entry(&self, entry: &Entry) -> Result<bool, Error> {
         match entry.what {
             Destroyed::Subject => self.replay_erasure(&entry.sid),
             Destroyed::Record(id) => self.replay_expiry(&entry.sid, &id),
+            Destroyed::Alias(hash) => self.replay_alias(&hash).map(|_| false),
         }
     }
 

@@ -398,7 +398,9 @@ const EMAIL_DOMAINS: [&str; 2] = ["example.com", "example.net"];
 fn email(s: &mut Stream) -> String {
     let first = s.pick(&FIRST_NAMES).to_ascii_lowercase();
     let last = s.pick(&LAST_NAMES).to_ascii_lowercase();
-    let digits: String = (0..4).map(|_| s.digit()).collect();
+    // Six digits: about 7 × 10⁹ addresses, so a million real ones give a handful
+    // of fakes in common, not thousands.
+    let digits: String = (0..6).map(|_| s.digit()).collect();
     let domain = s.pick(&EMAIL_DOMAINS);
     format!("{first}.{last}{digits}@{domain}")
 }
@@ -909,7 +911,7 @@ mod tests {
                 !first.is_empty() && first.bytes().all(|b| b.is_ascii_lowercase()),
                 "{out}"
             );
-            let (last, digits) = rest.split_at(rest.len() - 4);
+            let (last, digits) = rest.split_at(rest.len() - 6);
             assert!(
                 !last.is_empty() && last.bytes().all(|b| b.is_ascii_lowercase()),
                 "{out}"

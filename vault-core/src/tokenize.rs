@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{MutexGuard, PoisonError, RwLockReadGuard, TryLockError};
 
 use crate::alias;
+use crate::backup::Destroyed;
 use crate::codec::{decode, encode};
 use crate::crypto::random_bytes;
 use crate::durable::Unsynced;
@@ -16,7 +17,7 @@ use crate::records::{LiveRecord, RECORD_FORMAT, RecordPlace, StoredRecord, index
 use crate::retention::expiry_key;
 use crate::store::{Batch, Cf, Storage, WriteSet};
 use crate::subjects::Stripes;
-use crate::subjects::{KnownSubject, SUBJECT_FORMAT, SubjectHash};
+use crate::subjects::{KnownSubject, SUBJECT_FORMAT, Sid, SubjectHash};
 use crate::token::{Token, TokenFormat, TokenId};
 use crate::vault::{Inner, Vault};
 
@@ -250,6 +251,16 @@ impl Vault {
             // Every write to a shared store waits for the database.
             return Ok(None);
         }
+        let digits = |it: &TokenizeRequest<'_>| {
+            matches!(it.format, Some(TokenFormat::Digits | TokenFormat::Luhn))
+        };
+        if matches!(commit, Commit::IfFree)
+            && self.inner.backups.is_some()
+            && items.iter().any(digits)
+        {
+            // Its tokens go into the erasure journal, a synced file write.
+            return Ok(None);
+        }
         self.inner
             .retrying(|| self.tokenize_once(actor, items, commit))
     }
@@ -273,6 +284,7 @@ impl Vault {
             own: Stripes::indices(hashes.iter()),
             guards: stripes,
             tally: Tally::default(),
+            chosen: Vec::new(),
         };
         let now = inner.now();
         let (distinct, slots) = distinct_subjects(&hashes);
@@ -280,6 +292,19 @@ impl Vault {
         let mut subjects = inner.subjects_for_tokenize(&distinct, &mut batch, now)?;
         let tokens = inner.seal_items(items, &slots, &mut subjects, &mut batch, now, &mut held)?;
         std::mem::take(&mut held.tally).write(&inner.index, &mut batch)?;
+        // Tokens of digits in the erasure journal first (synced): a restore to
+        // before this write must not issue them again.
+        let _journaled = match &inner.backups {
+            Some(backups) if !held.chosen.is_empty() => {
+                let issued: Vec<(Sid, Destroyed)> = held
+                    .chosen
+                    .iter()
+                    .map(|key| ([0; 16], Destroyed::Alias(alias::journal_hash(key))))
+                    .collect();
+                Some(backups.record(now, &issued, &mut batch)?)
+            }
+            _ => None,
+        };
         for subject in subjects.iter().filter(|s| s.stored > 0) {
             batch.put(
                 Cf::Subjects,
@@ -331,6 +356,8 @@ struct Held<'a> {
     own: Vec<usize>,
     guards: Vec<MutexGuard<'a, ()>>,
     tally: Tally,
+    /// The aliases chosen, for the erasure journal.
+    chosen: Vec<[u8; 17]>,
 }
 
 /// The subjects' stripe locks, and the key lock for reading (so that no KEK
@@ -552,6 +579,10 @@ impl Inner {
             let token = match item.format {
                 Some(format @ (TokenFormat::Digits | TokenFormat::Luhn)) => {
                     let text = self.choose_alias(format, item.value, &mut aliases, held)?;
+                    held.chosen.push(alias::forward_key(&self.index, &text));
+                    for counter in alias::space_counters(&text) {
+                        batch.add(&counter, 1);
+                    }
                     alias::put(batch, &self.index, &text, &id, true);
                     Token::digits(text)
                 }
@@ -588,6 +619,9 @@ impl Inner {
         chosen: &mut HashSet<[u8; 17]>,
         held: &mut Held<'a>,
     ) -> Result<String, Error> {
+        if alias::known_full(&*self.store, format, value)? {
+            return Err(Error::TokenSpaceExhausted);
+        }
         let mut busy = false;
         for text in alias::candidates(format, value)? {
             let key = alias::forward_key(&self.index, &text);

@@ -786,3 +786,70 @@ fn a_backup_of_another_vault_is_not_restored_over_a_vault() -> TestResult {
     assert!(snapshot(&x) == before, "the vault was changed");
     Ok(())
 }
+
+/// A token of digits issued after a backup is never issued again once the vault
+/// is restored from that backup: a service may still hold it, and it must not come
+/// to name someone else's value.
+#[test]
+fn a_restore_never_issues_again_a_token_of_digits_issued_after_the_backup() -> TestResult {
+    use std::collections::HashSet;
+    use vault_core::{TokenFormat, TokenizeRequest};
+    let dir = tempfile::tempdir()?;
+    let live = dir.path().join("live");
+    let backups = dir.path().join("backups");
+    fn pin(s: &str) -> TokenizeRequest<'_> {
+        TokenizeRequest::new(s, "pin", b"55").format(TokenFormat::Digits)
+    }
+    let backup = {
+        let vault = Vault::open(&live, &root(), with_backups(&backups))?;
+        let before: Vec<String> = (0..40)
+            .map(|i| {
+                Ok(vault
+                    .tokenize_batch(&[pin(&format!("early-{i}"))])?
+                    .remove(0)
+                    .to_string())
+            })
+            .collect::<Result<_, Error>>()?;
+        let backup = vault.backup()?;
+        // After the backup: the rest of the 2-digit space (99 tokens, not "55").
+        let mut after = HashSet::new();
+        for i in 0..59 {
+            after.insert(
+                vault
+                    .tokenize_batch(&[pin(&format!("late-{i}"))])?
+                    .remove(0)
+                    .to_string(),
+            );
+        }
+        assert!(matches!(
+            vault.tokenize_batch(&[pin("one-more")]),
+            Err(Error::TokenSpaceExhausted)
+        ));
+        assert_eq!(before.len() + after.len(), 99);
+        vault.close()?;
+        (backup, after)
+    };
+    let target = dir.path().join("restored");
+    restore(
+        &backup.0.path,
+        &target,
+        &root(),
+        options(),
+        RestoreOptions::new(),
+    )?;
+    let vault = Vault::open(&target, &root(), with_backups(&backups))?;
+    // The tokens issued after the backup lost their records with the restore, and
+    // answer not_found; none of them is given to a new value.
+    for token in &backup.1 {
+        assert!(
+            matches!(vault.detokenize(token), Err(Error::NotFound)),
+            "{token}"
+        );
+    }
+    assert!(matches!(
+        vault.tokenize_batch(&[pin("after-restore")]),
+        Err(Error::TokenSpaceExhausted)
+    ));
+    vault.close()?;
+    Ok(())
+}

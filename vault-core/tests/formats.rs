@@ -299,3 +299,55 @@ fn format_tokens_rectify_delete_export_erase_and_survive_a_reopen() -> TestResul
     }
     Ok(())
 }
+
+#[test]
+fn a_full_space_is_known_without_a_search() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = open(dir.path());
+    // One digit: "5" gets the 9 others, then "6" gets "5": all 10 are taken.
+    for i in 0..9 {
+        tokenize_as(&vault, &format!("a{i}"), "d", "5", TokenFormat::Digits)?;
+    }
+    assert_eq!(
+        tokenize_as(&vault, "b", "d", "6", TokenFormat::Digits)?,
+        "5"
+    );
+    let before = vault.storage_counters();
+    assert!(matches!(
+        tokenize_as(&vault, "c", "d", "7", TokenFormat::Digits),
+        Err(Error::TokenSpaceExhausted)
+    ));
+    let reads = vault.storage_counters().keys_read - before.keys_read;
+    // The subject entry, its key, and the counter of 1-digit tokens: no candidate.
+    assert!(reads <= 4, "{reads} reads");
+    // Luhn tokens count by length and last four: 8 digits ending 1111 leave
+    // 3 free digits, 1 000 tokens (the value itself is not Luhn-valid).
+    let card = "4111111111111111";
+    let mut issued = 0;
+    loop {
+        match tokenize_as(
+            &vault,
+            &format!("l{issued}"),
+            "card",
+            "00001111",
+            TokenFormat::Luhn,
+        ) {
+            Ok(t) => {
+                assert!(t.ends_with("1111") && t.len() == 8);
+                issued += 1;
+            }
+            Err(Error::TokenSpaceExhausted) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    assert_eq!(issued, 1_000);
+    let before = vault.storage_counters();
+    assert!(matches!(
+        tokenize_as(&vault, "n", "card", "99991111", TokenFormat::Luhn),
+        Err(Error::TokenSpaceExhausted)
+    ));
+    assert!(vault.storage_counters().keys_read - before.keys_read <= 4);
+    // Another last four is another space.
+    assert!(tokenize_as(&vault, "m", "card", card, TokenFormat::Luhn).is_ok());
+    Ok(())
+}

@@ -257,6 +257,15 @@ fn a_vault_written_before_the_inventory_is_counted_at_its_first_open() -> TestRe
             clock.advance_days(1);
         }
         vault.erase("s3")?;
+        // More subjects than the count converts in one write.
+        let names: Vec<String> = (0..4_500).map(|i| format!("bulk-{i}")).collect();
+        for chunk in names.chunks(500) {
+            let items: Vec<TokenizeRequest<'_>> = chunk
+                .iter()
+                .map(|n| TokenizeRequest::new(n, "email", b"bulk@x.example"))
+                .collect();
+            vault.tokenize_batch(&items)?;
+        }
         vault.inventory()?
     };
     // What an older build left: no counters, no mark, subject entries of format 1.
@@ -287,13 +296,13 @@ fn a_vault_written_before_the_inventory_is_counted_at_its_first_open() -> TestRe
     let vault = open_vault(dir.path(), &root(), opts(&clock))?;
     let counted = vault.inventory()?;
     assert_eq!(counted.fields, expected.fields);
-    assert_eq!(counted.records, 29);
-    assert_eq!(counted.subjects, 19);
+    assert_eq!(counted.records, 29 + 4_500);
+    assert_eq!(counted.subjects, 19 + 4_500);
     assert_eq!(counted.erased_subjects, 1);
     // The counts go on from there.
     vault.erase("s0")?;
     let after = vault.inventory()?;
-    assert_eq!(after.records, 27);
-    assert_eq!(after.subjects, 18);
+    assert_eq!(after.records, 27 + 4_500);
+    assert_eq!(after.subjects, 18 + 4_500);
     Ok(())
 }

@@ -116,7 +116,11 @@ fn production(vault: &Vault, clock: &ManualClock) -> Result<Production, Error> {
             shared.push(tokens[1].to_string());
         }
     }
-    secrets.push("4929123456781234".into());
+    secrets.extend([
+        "4929123456781234".into(),
+        "unsubscribe-link".into(),
+        "signup-form".into(),
+    ]);
     vault.record_consent("cust-ana-4471", "newsletter", true, Some("signup-form"))?;
     vault.record_consent(
         "cust-ana-4471",
@@ -297,6 +301,19 @@ fn production_tokens_resolve_to_fakes_of_the_same_shape_in_staging() -> TestResu
             .iter()
             .flatten()
             .any(|s| !s.granted && s.history.len() == 2)
+    );
+    // The sources were the callers' free text: not copied.
+    let sources: Vec<Option<&str>> = consents
+        .iter()
+        .flatten()
+        .flat_map(|s| s.history.iter().map(|e| e.source.as_deref()))
+        .collect();
+    assert_eq!(sources.len(), 3);
+    assert!(
+        sources
+            .iter()
+            .all(|s| s.is_none() || *s == Some("copied from production")),
+        "{sources:?}"
     );
     // Counted like any write: the inventory of staging.
     assert_eq!(staging.inventory()?.records, production.live.len() as u64);

@@ -42,6 +42,10 @@ pub(crate) enum Destroyed {
     Subject,
     /// One record, past its retention period.
     Record(TokenId),
+    /// Not a destruction: a token of digits issued (the keyed hash of its text).
+    /// A restore to before it keeps it from being issued again, so that a token a
+    /// service still holds never names another value.
+    Alias([u8; 16]),
 }
 
 /// One entry. (No `Debug`: a storage id with a time.)
@@ -65,6 +69,10 @@ impl Entry {
                 body[16] = 2;
                 body[17..33].copy_from_slice(&id);
             }
+            Destroyed::Alias(hash) => {
+                body[16] = 3;
+                body[17..33].copy_from_slice(&hash);
+            }
         }
         body
     }
@@ -76,6 +84,7 @@ impl Entry {
         let what = match body.get(16)? {
             1 => Destroyed::Subject,
             2 => Destroyed::Record(body.get(17..33)?.try_into().ok()?),
+            3 => Destroyed::Alias(body.get(17..33)?.try_into().ok()?),
             _ => return None,
         };
         Some(Entry { seq, at, sid, what })
