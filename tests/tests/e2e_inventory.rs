@@ -54,6 +54,21 @@ async fn format_tokens_fit_their_columns_over_https() -> TestResult {
             Some("carol@mail.example")
         ]
     );
+    // Rectify and delete through their routes, the e-mail form escaped in the path.
+    client.rectify(&tokens[2], "carol.new@mail.example").await?;
+    client.delete(&tokens[1]).await?;
+    let back = client.detokenize(&tokens[1..], "support").await?;
+    assert!(matches!(
+        &back[0],
+        DetokenizeResult::Error {
+            error: vault_client::api::ItemError::NotFound,
+            ..
+        }
+    ));
+    assert!(matches!(
+        &back[1],
+        DetokenizeResult::Value { value, .. } if value.expose() == "carol.new@mail.example"
+    ));
     // A value that does not fit its format: 400 naming the item, nothing stored.
     let http = server.raw()?;
     let response = http

@@ -94,6 +94,19 @@ async fn a_staging_vault_serves_productions_tokens_with_fake_values() -> TestRes
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--to-root-key-file"), "{stderr}");
 
+    // Production's own root key is refused as the staging vault's.
+    let out = Command::new(SERVER)
+        .args(["pseudonymize", "--dev", "--from-data-dir"])
+        .arg(&prod_dir)
+        .arg("--to-data-dir")
+        .arg(dir.path().join("elsewhere"))
+        .arg("--to-root-key-file")
+        .arg(prod_dir.join("dev").join("root.key"))
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("a key of its own"), "{stderr}");
+
     // Staging serves production's tokens: fakes of the same shape.
     let staging = Server::start_dev(&staging_dir)?;
     let results = staging.admin()?.detokenize(&tokens, "support").await?;

@@ -676,18 +676,28 @@ fn transport(e: reqwest::Error) -> Error {
     Error::Transport(e.without_url())
 }
 
-/// The path of a token's resource; a token is `tok_` + base32, nothing to escape, and
-/// anything else is refused here rather than put into a URL.
+/// The path of a token's resource. A token is `tok_` + base32, digits, or an
+/// opaque token at a domain (`tok_…@example.net`, its `@` escaped); anything else
+/// is refused here rather than put into a URL.
 fn token_path(token: &str) -> Result<String, Error> {
-    let ok = !token.is_empty()
-        && token.len() <= 64
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    if ok {
-        Ok(format!("/v1/tokens/{token}"))
-    } else {
-        Err(Error::InvalidArgument("not a token"))
+    let (local, domain) = match token.split_once('@') {
+        Some((local, domain)) => (local, Some(domain)),
+        None => (token, None),
+    };
+    let word = |s: &str, extra: u8| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == extra)
+    };
+    // Only the vault's e-mail form: an address that is not a token (a value) must
+    // never go into a URL.
+    let ok = token.len() <= 96
+        && word(local, b'_')
+        && domain.is_none_or(|d| d == "example.net" && local.starts_with("tok_"));
+    match (ok, domain) {
+        (true, None) => Ok(format!("/v1/tokens/{token}")),
+        (true, Some(domain)) => Ok(format!("/v1/tokens/{local}%40{domain}")),
+        (false, _) => Err(Error::InvalidArgument("not a token")),
     }
 }
 
@@ -721,6 +731,13 @@ mod tests {
     fn only_token_shaped_text_goes_into_a_path() {
         assert!(token_path("tok_abcdefghijklmnopqrstuvwxyz234567").is_ok());
         assert!(token_path("alice@example.com").is_err());
+        assert!(token_path("alice@example.net").is_err());
+        assert!(token_path("tok_x@example.org").is_err());
+        assert_eq!(
+            token_path("tok_abc@example.net").ok().as_deref(),
+            Some("/v1/tokens/tok_abc%40example.net")
+        );
+        assert!(token_path("4111000011112222").is_ok());
         assert!(token_path("../admin/keys").is_err());
         assert!(token_path("").is_err());
     }

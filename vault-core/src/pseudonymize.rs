@@ -104,10 +104,30 @@ pub fn pseudonymize(
             path: target.to_path_buf(),
         });
     }
+    if let Some(path) = mapping
+        && path.exists()
+    {
+        return Err(Error::NotEmpty {
+            path: path.to_path_buf(),
+        });
+    }
+    // Built beside the target and renamed into place once whole: a build cut
+    // short leaves no vault that serves half of production's tokens.
+    let partial = partial_dir(target)?;
+    if partial.exists() {
+        std::fs::remove_dir_all(&partial).map_err(|e| Error::io(&partial, e))?;
+    }
     // Production's backup directory and erasure journal are production's.
     let mut opts = opts.create_if_missing(true).background_worker(false);
     opts.backups = None;
-    let staging = Vault::open(target, root, opts)?;
+    // Production's trail says who read every value, and when.
+    let event = AuditEvent::new(ACTOR, AuditAction::Export, AuditOutcome::Ok)
+        .about(None, source.inner.store.estimate_keys(Cf::Records));
+    source
+        .inner
+        .journal
+        .commit_audited(source.inner.store.batch(), vec![event], true)?;
+    let staging = Vault::open(&partial, root, opts)?;
     let faker = Faker::new(staging.inner.keys.ring().synthetic_key());
     let mut batch = staging.inner.store.batch();
     alias::mark_foreign(&mut batch);
@@ -128,11 +148,28 @@ pub fn pseudonymize(
     };
     copy.subjects(&mut progress)?;
     copy.stubs(&mut progress)?;
-    staging.inner.store.sync_wal()?;
+    let (report, lines) = (copy.report, copy.mapping);
+    staging.close()?;
     if let Some(path) = mapping {
-        write_private(path, &copy.mapping)?;
+        write_private(path, &lines)?;
     }
-    Ok(copy.report)
+    std::fs::rename(&partial, target).map_err(|e| Error::io(target, e))?;
+    if let Some(parent) = target.parent() {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(parent, e))?;
+    }
+    Ok(report)
+}
+
+/// Where the staging vault is built before it is renamed to `target`.
+fn partial_dir(target: &Path) -> Result<std::path::PathBuf, Error> {
+    let name = target.file_name().ok_or(Error::InvalidOption(
+        "the staging vault's directory has no name",
+    ))?;
+    let mut partial = name.to_os_string();
+    partial.push(".pseudonymizing");
+    Ok(target.with_file_name(partial))
 }
 
 /// A record of a production subject, faked, for the staging vault.

@@ -379,5 +379,40 @@ fn a_staging_vault_is_built_only_in_a_new_directory() -> TestResult {
     );
     assert!(matches!(result, Err(Error::NotEmpty { .. })), "{result:?}");
     assert_eq!(std::fs::read_to_string(target.join("keep.txt"))?, "mine");
+    // A mapping file that exists is refused before anything is built.
+    let mapping = dir.path().join("mapping.txt");
+    std::fs::write(&mapping, "theirs")?;
+    let fresh = dir.path().join("fresh");
+    let result = pseudonymize(
+        &prod,
+        &fresh,
+        &staging_root(),
+        opts(&clock),
+        &FakeFields::default(),
+        Some(&mapping),
+        |_, _| {},
+    );
+    assert!(matches!(result, Err(Error::NotEmpty { .. })), "{result:?}");
+    assert!(!fresh.exists() && !dir.path().join("fresh.pseudonymizing").exists());
+    // A build leaves the vault in place and nothing beside it; production's trail
+    // says who read its values.
+    pseudonymize(
+        &prod,
+        &fresh,
+        &staging_root(),
+        opts(&clock),
+        &FakeFields::default(),
+        None,
+        |_, _| {},
+    )?;
+    assert!(fresh.join("VAULT").exists());
+    assert!(!dir.path().join("fresh.pseudonymizing").exists());
+    let events = prod.audit_events(None, 100)?;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.actor == "pseudonymize" && e.action == vault_core::AuditAction::Export),
+        "{events:?}"
+    );
     Ok(())
 }

@@ -93,6 +93,13 @@ pub fn build(args: &StagingArgs<'_>) -> Result<serde_json::Value, ConfigError> {
         }
     };
     let source = args.source;
+    if let (Some(a), Some(b)) = (root.expose_bytes(), source.root_key.expose_bytes())
+        && a == b
+    {
+        return Err(ConfigError::new(
+            "the staging vault's root key is production's: give it a key of its own",
+        ));
+    }
     let options = source
         .vault_options()
         .create_if_missing(false)
