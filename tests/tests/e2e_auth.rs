@@ -72,6 +72,12 @@ fn routes(token: &str) -> Vec<(&'static str, Method, String, Option<serde_json::
         ("audit", Method::GET, "/v1/audit?limit=10".into(), None),
         ("audit", Method::POST, "/v1/audit/verify".into(), None),
         ("audit", Method::GET, "/v1/inventory".into(), None),
+        (
+            "export",
+            Method::POST,
+            "/v1/subjects/lookup".into(),
+            Some(json!({"subject":"s-1"})),
+        ),
         ("admin", Method::POST, "/v1/admin/rotate".into(), None),
         ("admin", Method::GET, "/v1/admin/keys".into(), None),
     ]

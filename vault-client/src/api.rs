@@ -307,6 +307,51 @@ pub struct SubjectExport {
     pub next_cursor: Option<String>,
 }
 
+/// Answer to `POST /v1/subjects/lookup`: what the vault holds about a subject,
+/// without the values (reveal one with `POST /v1/detokenize`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubjectOverview {
+    /// The subject, as asked.
+    pub subject: Sensitive,
+    /// The subject instance (as in exports and erasure receipts); `None` when the
+    /// vault holds nothing under this id.
+    pub subject_ref: Option<String>,
+    /// The first records (at most `[limits] export_page`).
+    pub records: Vec<RecordInfo>,
+    /// Whether there are more records than listed (an export lists every one).
+    pub more_records: bool,
+    /// The consents, per purpose, with their history.
+    pub consents: Vec<Consent>,
+    /// The first audit events about the subject, oldest first.
+    pub access_log: Vec<AuditEventInfo>,
+    /// The kept backups taken since the subject was stored (they hold its data).
+    pub backups: Vec<String>,
+}
+
+/// A record of a [`SubjectOverview`]: no value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordInfo {
+    /// Its token, as issued.
+    pub token: String,
+    /// The field name.
+    pub field: String,
+    /// When it was created, in milliseconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+/// Answer to `GET /v1/whoami`: the calling key's name and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    /// The key's name in the configuration.
+    pub name: String,
+    /// Its scopes.
+    pub scopes: Vec<String>,
+    /// The purposes it may detokenize for; `None`: any.
+    pub purposes: Option<Vec<String>>,
+    /// Whether it sees masked values only.
+    pub masked: bool,
+}
+
 /// `POST /v1/subjects/consent`: a grant or withdrawal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

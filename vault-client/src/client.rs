@@ -500,6 +500,32 @@ impl Client {
             .ok_or(Error::Decode { status: 204 })
     }
 
+    /// What the vault holds about `subject`, without the values. Needs the
+    /// `export` scope; recorded in the audit trail as a lookup.
+    pub async fn lookup(
+        &self,
+        subject: impl Into<Sensitive>,
+    ) -> Result<crate::api::SubjectOverview, Error> {
+        let body = SubjectRequest {
+            subject: subject.into(),
+        };
+        self.call(
+            Method::POST,
+            "/v1/subjects/lookup",
+            Some(&body),
+            Idempotent::Yes,
+        )
+        .await?
+        .ok_or(Error::Decode { status: 204 })
+    }
+
+    /// The calling key's name, scopes and purposes.
+    pub async fn whoami(&self) -> Result<crate::api::WhoAmI, Error> {
+        self.call::<(), _>(Method::GET, "/v1/whoami", None, Idempotent::Yes)
+            .await?
+            .ok_or(Error::Decode { status: 204 })
+    }
+
     /// The data inventory (the record of processing): per field, records,
     /// subjects, the oldest record's day, retention and purposes; totals, erasures,
     /// pending purges, KEK versions and backups. Needs the `audit` scope.

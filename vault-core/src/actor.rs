@@ -142,6 +142,11 @@ impl Actor<'_> {
         self.vault.export_by(self.name, subject, None, usize::MAX)
     }
 
+    /// [`Vault::overview`].
+    pub fn overview(&self, subject: &str, limit: usize) -> Result<crate::SubjectOverview, Error> {
+        self.vault.overview_by(self.name, subject, limit)
+    }
+
     /// [`Vault::export_page`].
     pub fn export_page(
         &self,

@@ -49,6 +49,9 @@ pub enum AuditAction {
     /// Deterministic tokens asked for (one event per subject of a call; `records`
     /// of them). Such a call confirms whether a guessed value is stored.
     TokenizeDeterministic,
+    /// A subject's records listed without their values, its consents and access
+    /// log read (a privacy desk's look-up; `records` listed).
+    Lookup,
 }
 
 impl AuditOutcome {
@@ -82,6 +85,7 @@ impl AuditAction {
             AuditAction::Expire => "expire",
             AuditAction::AuditPruned => "audit_pruned",
             AuditAction::TokenizeDeterministic => "tokenize_deterministic",
+            AuditAction::Lookup => "lookup",
         }
     }
 }

@@ -71,6 +71,7 @@ mod mapped;
 #[cfg(feature = "postgres")]
 mod migrate;
 mod options;
+mod overview;
 mod owner;
 mod pseudonymize;
 mod purposes;
@@ -102,6 +103,7 @@ pub use purposes::{Access, LawfulBasis, Mask, Purpose, valid_purpose_name};
 pub use erase::{ErasureReceipt, PendingPurge, PurgeReport, PurgeState, SubjectRef};
 pub use export::SubjectExport;
 pub use inventory::{BackupStatus, FieldInventory, FieldPurpose, Inventory};
+pub use overview::{RecordInfo, SubjectOverview};
 
 // --- Accountability: actors and the audit trail ---
 pub use actor::Actor;

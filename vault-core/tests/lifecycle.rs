@@ -744,3 +744,42 @@ fn a_vault_of_the_first_format_keeps_its_layout() -> TestResult {
     assert!(matches!(vault.detokenize(&gone), Err(Error::Erased)));
     Ok(())
 }
+
+#[test]
+fn an_overview_lists_records_without_their_values_and_is_audited() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = open(dir.path());
+    let tokens: Vec<String> = (0..5)
+        .map(|i| {
+            vault
+                .tokenize("ov-1", "email", format!("secret-{i}@x.example"))
+                .map(|t| t.to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    let overview = vault.overview("ov-1", 3)?;
+    assert_eq!(overview.records.len(), 3);
+    assert!(overview.more_records);
+    assert!(overview.subject_ref.is_some());
+    for record in &overview.records {
+        assert!(tokens.contains(&record.token.to_string()));
+        assert_eq!(record.field, "email");
+    }
+    // Nothing of the values, in any form the overview gives.
+    assert!(!format!("{overview:?}").contains("secret-"));
+    let all = vault.overview("ov-1", 10)?;
+    assert_eq!(all.records.len(), 5);
+    assert!(!all.more_records);
+    let events = vault.audit_events(None, 100)?;
+    let lookups: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == vault_core::AuditAction::Lookup)
+        .collect();
+    assert_eq!(lookups.len(), 2);
+    assert_eq!(lookups[0].records, 3);
+    // Nobody under this id: nothing, and nothing recorded about anyone.
+    let none = vault.overview("nobody", 10)?;
+    assert!(none.subject_ref.is_none() && none.records.is_empty());
+    vault.erase("ov-1")?;
+    assert!(vault.overview("ov-1", 10)?.subject_ref.is_none());
+    Ok(())
+}

@@ -82,7 +82,7 @@ impl AppState {
 }
 
 /// Every route, as its template: the only route names that reach logs and metrics.
-pub const ROUTES: [&str; 18] = [
+pub const ROUTES: [&str; 20] = [
     "/v1/tokenize",
     "/v1/detokenize",
     "/v1/tokens/{token}",
@@ -90,6 +90,8 @@ pub const ROUTES: [&str; 18] = [
     "/v1/subjects/export",
     "/v1/subjects/consent",
     "/v1/subjects/consents",
+    "/v1/subjects/lookup",
+    "/v1/whoami",
     "/v1/purposes",
     "/v1/audit",
     "/v1/audit/verify",
@@ -103,6 +105,9 @@ pub const ROUTES: [&str; 18] = [
     "/readyz",
 ];
 const OPENAPI_ROUTE: &str = "/openapi.json";
+/// The privacy desk's page and its files: public (they hold no data; the page asks
+/// for an API key and keeps it in memory).
+const DESK_ROUTES: [&str; 3] = ["/desk", "/desk/", "/desk/{file}"];
 
 /// The application: routes, middleware and state.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -114,7 +119,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/subjects/export", post(export))
         .route("/v1/subjects/consent", post(record_consent))
         .route("/v1/subjects/consents", post(consents))
+        .route("/v1/subjects/lookup", post(lookup))
+        .route("/v1/whoami", get(whoami))
         .route("/v1/purposes", get(purposes))
+        .route("/desk", get(crate::desk::redirect))
+        .route("/desk/", get(crate::desk::index))
+        .route("/desk/{file}", get(crate::desk::file))
         .route("/v1/audit", get(audit_events))
         .route("/v1/audit/verify", post(verify_audit))
         .route("/v1/audit/head", get(audit_head))
@@ -144,6 +154,7 @@ fn route_of(req: &Request) -> &'static str {
     ROUTES
         .into_iter()
         .chain([OPENAPI_ROUTE])
+        .chain(DESK_ROUTES)
         .find(|r| *r == path.as_str())
         .unwrap_or("unmatched")
 }
@@ -233,7 +244,7 @@ fn access(route: &str, method: &Method) -> Access {
         ("/v1/tokens/{token}", &Method::PUT) => Scope::Rectify,
         ("/v1/tokens/{token}", &Method::DELETE) => Scope::Delete,
         ("/v1/subjects/erase", &Method::POST) => Scope::Erase,
-        ("/v1/subjects/export", &Method::POST) => Scope::Export,
+        ("/v1/subjects/export" | "/v1/subjects/lookup", &Method::POST) => Scope::Export,
         ("/v1/subjects/consent" | "/v1/subjects/consents", &Method::POST) => Scope::Consent,
         ("/v1/audit" | "/v1/audit/head" | "/v1/inventory", &Method::GET)
         | ("/v1/audit/verify", &Method::POST) => Scope::Audit,
@@ -241,7 +252,9 @@ fn access(route: &str, method: &Method) -> Access {
             "/v1/admin/rotate" | "/v1/admin/keys" | "/v1/admin/keys/retire" | "/v1/admin/backups",
             _,
         ) => Scope::Admin,
-        ("/healthz" | "/readyz" | OPENAPI_ROUTE, _) => return Access::Public,
+        ("/healthz" | "/readyz" | OPENAPI_ROUTE | "/desk" | "/desk/" | "/desk/{file}", _) => {
+            return Access::Public;
+        }
         _ => return Access::Key(None),
     };
     Access::Key(Some(scope))
@@ -786,6 +799,55 @@ async fn inventory(work: Work) -> Result<Json<api::Inventory>, ApiError> {
                 field: f.field,
             })
             .collect(),
+    }))
+}
+
+async fn whoami(work: Work) -> Result<Json<api::WhoAmI>, ApiError> {
+    let key = work.key.ok_or_else(ApiError::unauthenticated)?;
+    Ok(Json(api::WhoAmI {
+        name: key.name.clone(),
+        scopes: key.scopes.iter().map(|s| s.name().to_owned()).collect(),
+        purposes: match &key.purposes {
+            auth::Purposes::Any => None,
+            auth::Purposes::Only(set) => Some(set.iter().cloned().collect()),
+        },
+        masked: key.masked,
+    }))
+}
+
+async fn lookup(
+    State(state): State<Arc<AppState>>,
+    work: Work,
+    JsonBody(body): JsonBody<SubjectRequest>,
+) -> Result<Json<api::SubjectOverview>, ApiError> {
+    let limit = state.limits.export_page;
+    let subject = body.subject;
+    let (subject, overview) = work
+        .run_as(move |actor| {
+            let overview = actor.overview(subject.expose(), limit)?;
+            Ok((subject, overview))
+        })
+        .await?;
+    Ok(Json(api::SubjectOverview {
+        subject,
+        subject_ref: overview.subject_ref.map(|r| r.to_string()),
+        records: overview
+            .records
+            .into_iter()
+            .map(|r| api::RecordInfo {
+                token: r.token.to_string(),
+                field: r.field,
+                created_at: r.created_at,
+            })
+            .collect(),
+        more_records: overview.more_records,
+        consents: overview.consents.into_iter().map(consent_answer).collect(),
+        access_log: overview
+            .access_log
+            .into_iter()
+            .map(audit_event_info)
+            .collect(),
+        backups: overview.backups,
     }))
 }
 
@@ -1417,7 +1479,7 @@ mod tests {
                 assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
             }
         }
-        assert_eq!(described, 21, "every route and method");
+        assert_eq!(described, 23, "every route and method");
         Ok(())
     }
 

@@ -20,6 +20,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+mod desk;
 pub mod dev;
 mod error;
 mod metrics;

@@ -96,6 +96,15 @@ pub fn document() -> Value {
                 "requestBody": body("SubjectRequest"),
                 "responses": with_errors(json!({ "200": answer("Consents.", "SubjectConsents") }), &KEYED)
             }},
+            "/v1/subjects/lookup": { "post": {
+                "summary": "What the vault holds about a subject, without the values: the first records (token, field, time), consents, the first audit events about it, the backups that hold it. Recorded as a lookup. Scope: export.",
+                "requestBody": body("SubjectRequest"),
+                "responses": with_errors(json!({ "200": answer("The overview.", "SubjectOverview") }), &KEYED)
+            }},
+            "/v1/whoami": { "get": {
+                "summary": "The calling key's name, scopes and purposes. Any valid key.",
+                "responses": with_errors(json!({ "200": answer("The key.", "WhoAmI") }), &[401, 405, 429, 500, 503])
+            }},
             "/v1/purposes": { "get": {
                 "summary": "The declared purposes, their lawful bases and fields. Any valid key.",
                 "responses": with_errors(json!({ "200": answer("Purposes.", "Purposes") }), &[401, 405, 429, 500, 503])
@@ -209,7 +218,7 @@ pub fn document() -> Value {
                 })),
                 "AuditEvent": object(&["seq", "at", "actor", "action", "outcome", "records"], json!({
                     "seq": { "type": "integer" }, "at": { "type": "integer" }, "actor": { "type": "string" },
-                    "action": { "enum": ["tokenize", "tokenize_deterministic", "detokenize", "rectify", "delete", "erase", "export", "consent_granted", "consent_withdrawn", "consents_read", "expire", "audit_pruned"] },
+                    "action": { "enum": ["tokenize", "tokenize_deterministic", "detokenize", "rectify", "delete", "erase", "export", "consent_granted", "consent_withdrawn", "consents_read", "expire", "audit_pruned", "lookup"] },
                     "purpose": { "type": ["string", "null"] },
                     "outcome": { "enum": ["ok", "forbidden", "no_consent", "not_found", "erased", "expired", "integrity"] },
                     "records": { "type": "integer" },
@@ -285,6 +294,23 @@ pub fn document() -> Value {
                     }))}
                 })),
                 "SubjectRequest": object(&["subject"], json!({ "subject": { "type": "string" } })),
+                "SubjectOverview": object(&["subject", "subject_ref", "records", "more_records", "consents", "access_log", "backups"], json!({
+                    "subject": { "type": "string" },
+                    "subject_ref": { "type": ["string", "null"] },
+                    "records": { "type": "array", "items": object(&["token", "field", "created_at"], json!({
+                        "token": { "type": "string" }, "field": { "type": "string" }, "created_at": { "type": "integer" }
+                    })) },
+                    "more_records": { "type": "boolean" },
+                    "consents": { "type": "array", "items": { "$ref": "#/components/schemas/Consent" } },
+                    "access_log": { "type": "array", "items": { "$ref": "#/components/schemas/AuditEvent" } },
+                    "backups": { "type": "array", "items": { "type": "string" } }
+                })),
+                "WhoAmI": object(&["name", "scopes", "purposes", "masked"], json!({
+                    "name": { "type": "string" },
+                    "scopes": { "type": "array", "items": { "type": "string" } },
+                    "purposes": { "type": ["array", "null"], "items": { "type": "string" } },
+                    "masked": { "type": "boolean" }
+                })),
                 "ExportRequest": object(&["subject"], json!({
                     "subject": { "type": "string" },
                     "cursor": { "type": "string", "description": "The previous page's next_cursor; absent for the first page." },
