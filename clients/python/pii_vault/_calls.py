@@ -198,24 +198,22 @@ def _bad(what: str) -> Any:
     raise DecodeError(f"{what}: expected an object")
 
 
-_TOKEN_WORD = re.compile(r"[A-Za-z0-9_]+")
+# Exactly the shapes the server issues (vault-core's `Token::from_str`): digits (the
+# `digits` and `luhn` formats), `tok_` and 32 lowercase base32 characters, and that at
+# example.net (the `email` format).
+_TOKEN = re.compile(r"[0-9]{1,32}|tok_[a-z2-7]{32}(@example\.net)?")
 
 
 def token_path(token: str) -> str:
-    """The path of a token's resource. Only token-shaped text goes into a URL (`tok_…`,
-    digits, or `tok_…@example.net` with its `@` escaped): a value passed by mistake must
-    never end up in an access log."""
+    """The path of a token's resource. Only what the server issues as a token goes into
+    a URL: a name, an address or a phone number passed by mistake must never end up in
+    an access log. The message never quotes the argument."""
     if not isinstance(token, str):
         raise TypeError("a token is a str")
-    local, at, domain = token.partition("@")
-    ok = (
-        0 < len(token) <= 96
-        and _TOKEN_WORD.fullmatch(local) is not None
-        and (not at or (domain == "example.net" and local.startswith("tok_")))
-    )
-    if not ok:
-        raise ValueError("not a token")
-    return "/v1/tokens/" + quote(token, safe="")
+    # fullmatch: not even a trailing newline, which `$` would let through.
+    if _TOKEN.fullmatch(token) is None:
+        raise ValueError("not a token (digits, tok_ and 32 base32 characters, or that at example.net)")
+    return "/v1/tokens/" + quote(token, safe="")  # `@` as %40
 
 
 # --- Retries and answers ---------------------------------------------------------------
@@ -238,11 +236,15 @@ class RetryPolicy:
 
 # Failures after which an idempotent call may be sent again.
 RETRIABLE_TRANSPORT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+# Failures before any of the request was sent: the server never saw it. After the
+# others (a read or write failing, a read timing out, the connection dropped) it may
+# have carried the request out.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 def retry_wait(call: Call[Any], attempt: int, policy: RetryPolicy, response: Optional[httpx.Response]) -> Optional[float]:
     """Seconds to wait before sending `call` again, or None to stop here. `response` is
-    None after a connection failure."""
+    None after a (retriable) connection failure."""
     if not call.retry or attempt >= policy.retries:
         return None
     if response is None:
@@ -268,27 +270,90 @@ def retry_after(response: httpx.Response) -> Optional[float]:
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
-def result(call: Call[T], response: httpx.Response, attempt: int) -> T:
-    """The call's result from its (last) answer, or the error it carries."""
+class Attempts(Generic[T]):
+    """One call's attempts: what came of the last one, whether to send the call again,
+    and its result. The clients record each attempt with `answered` or `lost`, then ask
+    `wait()`, and once it is None return `result()`."""
+
+    def __init__(self, call: Call[T], policy: RetryPolicy) -> None:
+        self.call = call
+        self.policy = policy
+        # Attempts made before the last one.
+        self.earlier = 0
+        self.response: Optional[httpx.Response] = None
+        self.failure: Optional[TransportError] = None
+        self.retriable = False
+        # Whether the last attempt may have been carried out although its answer says
+        # nothing of it; and whether one of the earlier ones may have been.
+        self.may_have_run = False
+        self.earlier_may_have_run = False
+
+    def answered(self, response: httpx.Response) -> None:
+        self.response, self.failure = response, None
+        # A 429 refuses the request before any work; a 503 does not say how far it got.
+        self.may_have_run = response.status_code == 503
+
+    def lost(self, exc: httpx.HTTPError) -> None:
+        """An attempt that got no answer. Nothing of `exc` is kept: its text and its
+        request can hold the API key, a subject id or a value."""
+        self.response, self.failure = None, transport_error(exc)
+        self.retriable = isinstance(exc, RETRIABLE_TRANSPORT)
+        self.may_have_run = self.retriable and not isinstance(exc, NOT_SENT)
+
+    def wait(self) -> Optional[float]:
+        """Seconds to wait before the next attempt, or None: the last one is the result."""
+        if self.failure is not None and not self.retriable:
+            return None
+        wait = retry_wait(self.call, self.earlier, self.policy, self.response)
+        if wait is not None:
+            self.earlier += 1
+            self.earlier_may_have_run = self.earlier_may_have_run or self.may_have_run
+        return wait
+
+    def result(self) -> T:
+        """The last attempt's result, or the error it ended with. Raised here, outside
+        any `except` block, the error has no `__context__` (nor `__cause__`)."""
+        if self.failure is not None:
+            raise self.failure
+        assert self.response is not None
+        return result(self.call, self.response, self.earlier_may_have_run)
+
+
+def result(call: Call[T], response: httpx.Response, earlier_may_have_run: bool = False) -> T:
+    """The call's result from its (last) answer, or the error it carries.
+    `earlier_may_have_run`: an earlier attempt's outcome is unknown (its connection was
+    lost after sending, or it was answered 503)."""
     status = response.status_code
     if call.probe:
         return call.parse(status == 200)
     if status == 204:
         return call.parse(None)
     if 200 <= status < 300:
-        try:
-            data = response.json()
-        except ValueError:
-            raise DecodeError("the answer is not JSON", status=status) from None
+        data = _json(response)
         try:
             return call.parse(data)
         except DecodeError as e:
             e.status = status
             raise
-    if status == 404 and call.method == "DELETE" and attempt > 0:
-        # An earlier attempt deleted the record and its answer was lost.
+    if status == 404 and call.method == "DELETE" and earlier_may_have_run:
+        # An earlier attempt may have deleted the record, its answer lost. Not after a
+        # 429 only: that attempt was refused before it ran, and the token is unknown.
         return call.parse(None)
     raise api_error(response)
+
+
+_NOT_JSON = object()
+
+
+def _json(response: httpx.Response) -> Any:
+    # The JSONDecodeError holds the whole answer (`doc`): not even as a `__context__`.
+    try:
+        data = response.json()
+    except ValueError:
+        data = _NOT_JSON
+    if data is _NOT_JSON:
+        raise DecodeError("the answer is not JSON", status=response.status_code)
+    return data
 
 
 def api_error(response: httpx.Response) -> VaultError:
@@ -307,9 +372,48 @@ def api_error(response: httpx.Response) -> VaultError:
     return error
 
 
-def transport_error(exc: Exception) -> TransportError:
-    # httpx's message names the failure (refused, TLS, timeout), never the body.
-    return TransportError("transport", f"{type(exc).__name__}: {exc}")
+# What each failure means, first match wins. The message is built from these and from
+# exception *types* only: an exception's text can quote the request (h11 quotes an
+# illegal header value, the API key included).
+_TRANSPORT_FAILURES: Tuple[Tuple[type, str], ...] = (
+    (httpx.ConnectTimeout, "timed out connecting to the server"),
+    (httpx.ConnectError, "could not connect to the server (refused, unreachable, or the TLS handshake failed)"),
+    (httpx.ReadTimeout, "timed out waiting for the answer"),
+    (httpx.WriteTimeout, "timed out sending the request"),
+    (httpx.PoolTimeout, "timed out waiting for a free connection"),
+    (httpx.TimeoutException, "timed out"),
+    (httpx.RemoteProtocolError, "the server closed the connection or broke the HTTP protocol"),
+    (httpx.LocalProtocolError, "the request could not be sent as valid HTTP"),
+    (httpx.ReadError, "the connection failed while reading the answer"),
+    (httpx.WriteError, "the connection failed while sending the request"),
+    (httpx.ProxyError, "the proxy failed"),
+    (httpx.UnsupportedProtocol, "unsupported URL scheme"),
+    (httpx.DecodingError, "the answer's content encoding could not be decoded"),
+)
+
+
+def transport_error(exc: BaseException) -> TransportError:
+    """A `TransportError` that names the failure by its type (and the type of what
+    caused it, e.g. `SSLCertVerificationError`, `ConnectionRefusedError`), never by its
+    text."""
+    what = next((text for kind, text in _TRANSPORT_FAILURES if isinstance(exc, kind)), "the request failed")
+    root = _root_cause(exc)
+    because = f" ({type(root).__name__})" if root is not None else ""
+    return TransportError("transport", f"{type(exc).__name__}{because}: {what}")
+
+
+def _root_cause(exc: BaseException) -> Optional[BaseException]:
+    """The first exception down the chain that is not httpx's or httpcore's own."""
+    seen = {id(exc)}
+    node: Optional[BaseException] = exc
+    while node is not None and len(seen) < 16:
+        node = node.__cause__ or node.__context__
+        if node is None or id(node) in seen:
+            return None
+        seen.add(id(node))
+        if type(node).__module__.split(".")[0] not in ("httpx", "httpcore"):
+            return node
+    return None
 
 
 # --- Export paging ---------------------------------------------------------------------

@@ -6,12 +6,13 @@ between retries and the export's paging loop differ between the two.
 
 from __future__ import annotations
 
-import asyncio
 import os
+import re
 import ssl
 import time
 from typing import Any, Dict, Iterable, List, Optional, Type, TypeVar, Union
 
+import anyio
 import httpx
 
 from . import _calls as calls
@@ -43,6 +44,24 @@ __version__ = "0.1.0"
 T = TypeVar("T")
 C = TypeVar("C", bound="_Settings")
 
+# What an API key may hold: visible ASCII, no space. Anything else would be refused by
+# h11 when sending, in an error message that quotes the header: the key itself.
+_API_KEY = re.compile(r"[\x21-\x7e]+")
+
+
+def _check_api_key(api_key: Optional[str]) -> None:
+    """Refuses a key that cannot be a header value. Nothing is stripped: a key with a
+    stray newline is a mistake to fix where it comes from. The message never quotes it."""
+    if api_key is None:
+        return
+    if not isinstance(api_key, str):
+        raise TypeError("the API key must be a str")
+    if _API_KEY.fullmatch(api_key) is None:
+        raise ValueError(
+            "the API key must be visible ASCII characters only, without spaces or line breaks"
+            " (check for a trailing newline where it was read from)"
+        )
+
 
 class _Settings:
     """Construction, shared by both clients."""
@@ -63,10 +82,15 @@ class _Settings:
         `timeout` seconds per attempt; `retries` of idempotent calls after the first
         attempt. `danger_allow_plain_http` accepts `http://`: keys, subject ids and
         values then cross the network in the clear. `transport` is an httpx transport
-        to send through (tests); `ca_cert` is then the transport's business."""
+        to send through (tests), which verifies the server itself: it does not go with
+        `ca_cert`."""
         scheme = httpx.URL(base_url).scheme
         if scheme != "https" and not (scheme == "http" and danger_allow_plain_http):
             raise ValueError("the vault address must start with https:// (http:// only with danger_allow_plain_http)")
+        _check_api_key(api_key)
+        if transport is not None and ca_cert is not None:
+            # The transport's own TLS settings would apply, the CA silently ignored.
+            raise ValueError("give ca_cert= or transport= (whose TLS settings verify the server), not both")
         self.base_url = base_url.rstrip("/")
         self._policy = RetryPolicy(retries=retries)
         headers = {"user-agent": f"pii-vault-python/{__version__}"}
@@ -88,7 +112,8 @@ class _Settings:
     @classmethod
     def from_env(cls: Type[C], **options: Any) -> C:
         """A client from `VAULT_ADDR`, `VAULT_API_KEY` and `VAULT_CACERT` (a PEM file),
-        as `vaultctl` reads them; `options` as for the constructor."""
+        as `vaultctl` reads them; `options` as for the constructor (with `transport=`,
+        pass `ca_cert=None` too if `VAULT_CACERT` is set)."""
         addr = os.environ.get("VAULT_ADDR")
         if not addr:
             raise ValueError("VAULT_ADDR is not set (e.g. https://127.0.0.1:8200)")
@@ -117,22 +142,19 @@ class Client(_Settings):
         self._http.close()
 
     def _send(self, call: Call[T]) -> T:
-        attempt = 0
+        attempts = calls.Attempts(call, self._policy)
         while True:
             try:
                 response = self._http.request(call.method, call.path, **call.request_args())
-            except calls.RETRIABLE_TRANSPORT as exc:
-                wait = calls.retry_wait(call, attempt, self._policy, None)
-                if wait is None:
-                    raise calls.transport_error(exc) from exc
             except httpx.HTTPError as exc:
-                raise calls.transport_error(exc) from exc
+                # Neither chained nor quoted: its text can hold the request's headers.
+                attempts.lost(exc)
             else:
-                wait = calls.retry_wait(call, attempt, self._policy, response)
-                if wait is None:
-                    return calls.result(call, response, attempt)
+                attempts.answered(response)
+            wait = attempts.wait()
+            if wait is None:
+                return attempts.result()
             time.sleep(wait)
-            attempt += 1
 
     def tokenize(self, items: Iterable[TokenizeItem]) -> List[str]:
         """Tokenizes values, all-or-nothing: one token per item, in order. Not retried."""
@@ -254,22 +276,19 @@ class AsyncClient(_Settings):
         await self._http.aclose()
 
     async def _send(self, call: Call[T]) -> T:
-        attempt = 0
+        attempts = calls.Attempts(call, self._policy)
         while True:
             try:
                 response = await self._http.request(call.method, call.path, **call.request_args())
-            except calls.RETRIABLE_TRANSPORT as exc:
-                wait = calls.retry_wait(call, attempt, self._policy, None)
-                if wait is None:
-                    raise calls.transport_error(exc) from exc
             except httpx.HTTPError as exc:
-                raise calls.transport_error(exc) from exc
+                attempts.lost(exc)
             else:
-                wait = calls.retry_wait(call, attempt, self._policy, response)
-                if wait is None:
-                    return calls.result(call, response, attempt)
-            await asyncio.sleep(wait)
-            attempt += 1
+                attempts.answered(response)
+            wait = attempts.wait()
+            if wait is None:
+                return attempts.result()
+            # anyio, as httpx: asyncio or trio alike.
+            await anyio.sleep(wait)
 
     async def tokenize(self, items: Iterable[TokenizeItem]) -> List[str]:
         return await self._send(calls.tokenize(items))

@@ -273,7 +273,8 @@ class RecordInfo(_Model):
 @dataclass(frozen=True)
 class SubjectOverview(_Model):
     """What the vault holds about a subject, without the values: the first records
-    (`more_records` if there are more), consents, access log, backups that hold it."""
+    (`more_records` if there are more), consents, the latest events of its access log
+    (`more_events` if there are older ones), backups that hold it."""
 
     subject: Sensitive
     subject_ref: Optional[str]
@@ -281,6 +282,7 @@ class SubjectOverview(_Model):
     more_records: bool
     consents: Tuple[Consent, ...]
     access_log: Tuple[AuditEvent, ...]
+    more_events: bool
     backups: Tuple[str, ...]
 
 

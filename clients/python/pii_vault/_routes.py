@@ -14,8 +14,8 @@ from . import _wire as w
 
 
 class Route(NamedTuple):
-    """The client method of a route, and whether it is sent again after a failure
-    whose outcome is unknown (429, 503, a lost connection)."""
+    """The client method of a route, and whether it is sent again after a 429, a 503
+    or a lost connection (whose outcome, but for the 429's, is unknown)."""
 
     method: str
     retry: bool

@@ -7,6 +7,7 @@ self-signed certificate to trust) and `api_key` (an admin key with every scope).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import queue
@@ -16,8 +17,9 @@ import subprocess
 import threading
 import uuid
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import httpx
 import pytest
@@ -99,9 +101,76 @@ def subject() -> str:
     return f"customer-{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(
+    params=[
+        "asyncio",
+        pytest.param(
+            "trio",
+            marks=pytest.mark.skipif(importlib.util.find_spec("trio") is None, reason="trio is not installed"),
+        ),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """The async tests run under asyncio, and under trio too where it is installed."""
+    return request.param
+
+
+# A stub's answer: (status, headers, JSON body), or None to drop the connection
+# without answering (after reading the whole request).
+Answer = Optional[Tuple[int, Dict[str, str], dict]]
+
+
+class Stub:
+    """A plain-HTTP server that answers each request with the next of `answers` (the
+    last one repeats): the 429s, 503s and lost connections a real vault gives only
+    under load."""
+
+    def __init__(self) -> None:
+        self.answers: List[Answer] = []
+        self.seen: List[Tuple[str, str]] = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def answer(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                stub.seen.append((self.command, self.path))
+                answer = stub.answers[min(len(stub.seen), len(stub.answers)) - 1]
+                if answer is None:
+                    self.close_connection = True
+                    return
+                status, headers, body = answer
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for name, value in {"content-type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = answer
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
+
+    def will_answer(self, *answers: Answer) -> None:
+        self.answers = list(answers)
+
+
+def error(status: int, code: str, **headers: str) -> Answer:
+    return status, {"x-vault-error": code, **headers}, {"error": {"code": code, "message": "stub"}}
+
+
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+def stub() -> Iterator[Stub]:
+    stub = Stub()
+    thread = threading.Thread(target=stub.http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield stub
+    stub.http.shutdown()
+    stub.http.server_close()
 
 
 class Counting(httpx.BaseTransport, httpx.AsyncBaseTransport):

@@ -1,19 +1,22 @@
 """The client against the server's own description of its API (`/openapi.json`): every
 route has a method that calls it, every schema a dataclass with exactly its fields. A
-route or a field added to the server fails here until the client has it too."""
+route or a field added to the server fails here until the client has it too; a field
+the server may leave out or send as null must be Optional, and one that carries personal
+data `Sensitive`."""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
 import re
-from typing import Any, Dict, Iterator, Set
+import typing
+from typing import Any, Dict, Iterator, Set, Tuple
 
 import httpx
 import pytest
 
 from conftest import DevServer
-from pii_vault import AsyncClient, AuditHead, Client, TokenizeItem, VaultError
+from pii_vault import AsyncClient, AuditHead, Client, Sensitive, TokenizeItem, VaultError
 from pii_vault._routes import ROUTES, SCHEMAS
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options"}
@@ -161,3 +164,94 @@ def test_each_dataclass_has_exactly_the_schema_fields(document: Dict[str, Any], 
         f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     }
     assert sorted(needed - set(schema.get("required", []))) == [], "required here, optional in the schema"
+
+
+def deref(document: Dict[str, Any], node: Dict[str, Any]) -> Dict[str, Any]:
+    while "$ref" in node:
+        node = document["components"]["schemas"][node["$ref"].rsplit("/", 1)[-1]]
+    return node
+
+
+def allows_null(document: Dict[str, Any], node: Dict[str, Any]) -> bool:
+    """Whether a schema admits null: `type` is or includes "null", `nullable` (OpenAPI
+    3.0), or a `oneOf`/`anyOf` branch admits it."""
+    node = deref(document, node)
+    kind = node.get("type")
+    if kind == "null" or (isinstance(kind, list) and "null" in kind) or node.get("nullable") is True:
+        return True
+    return any(allows_null(document, branch) for key in ("oneOf", "anyOf") for branch in node.get(key, []))
+
+
+def accepts_none(hint: Any) -> bool:
+    return hint is Any or (typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint))
+
+
+def test_allows_null_reads_the_ways_a_schema_says_so():
+    document: Dict[str, Any] = {"components": {"schemas": {"N": {"type": ["integer", "null"]}}}}
+    assert allows_null(document, {"type": ["string", "null"]})
+    assert allows_null(document, {"type": "null"})
+    assert allows_null(document, {"oneOf": [{"type": "null"}, {"type": "object"}]})
+    assert allows_null(document, {"anyOf": [{"type": "string"}, {"$ref": "#/components/schemas/N"}]})
+    assert allows_null(document, {"type": "string", "nullable": True})
+    assert not allows_null(document, {"type": "string"})
+    assert not allows_null(document, {"enum": ["a", "b"]})
+    assert accepts_none(typing.Optional[Sensitive]) and not accepts_none(Sensitive)
+
+
+@pytest.mark.parametrize("path", sorted(SCHEMAS))
+def test_fields_the_server_may_omit_or_null_accept_none(document: Dict[str, Any], path: str):
+    schema = resolve(document, path)
+    cls = SCHEMAS[path]
+    hints = typing.get_type_hints(cls)
+    required = set(schema.get("required", []))
+    wrong = []
+    for f in dataclasses.fields(cls):
+        prop = schema["properties"].get(f.name)
+        if prop is None:
+            continue  # test_each_dataclass_has_exactly_the_schema_fields says so
+        if allows_null(document, prop):
+            # null is a value of its own: no default stands in for it.
+            if not accepts_none(hints[f.name]):
+                wrong.append(f"{f.name}: the schema allows null")
+        elif f.name not in required and not accepts_none(hints[f.name]):
+            # Absent, it is None; unless the schema says what absent means and the
+            # dataclass has that very default (`masked`: false).
+            if "default" not in prop or f.default != prop["default"]:
+                wrong.append(f"{f.name}: not required, without the schema's default")
+    assert wrong == [], f"{cls.__name__} fields that must be Optional"
+
+
+# Properties that carry personal data: subject ids, values, consent sources. The
+# audit event's `subject` is a reference derived from the subject's key, not the id.
+PERSONAL_PROPERTIES = {"subject", "value", "source"}
+NOT_PERSONAL: Set[Tuple[str, str]] = {("AuditEvent", "subject")}
+
+
+def personal_fields(document: Dict[str, Any]) -> Iterator[Tuple[str, str]]:
+    for path in sorted(SCHEMAS):
+        for name in resolve(document, path)["properties"]:
+            if name in PERSONAL_PROPERTIES and (path, name) not in NOT_PERSONAL:
+                yield path, name
+
+
+def without_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) is typing.Union:
+        rest = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(rest) == 1:
+            return rest[0]
+    return hint
+
+
+def test_personal_data_is_sensitive(document: Dict[str, Any]):
+    found = list(personal_fields(document))
+    # The check is not vacuous: requests and answers both have such fields.
+    assert {("TokenizeItem", "value"), ("SubjectConsents", "subject"), ("ConsentRequest", "source")} <= set(found)
+    assert ("Consent.history[]", "source") in found and ("SubjectExport.records[]", "value") in found
+    wrong = [
+        f"{SCHEMAS[path].__name__}.{name}"
+        for path, name in found
+        if without_optional(typing.get_type_hints(SCHEMAS[path])[name]) is not Sensitive
+    ]
+    assert wrong == [], "personal data not typed Sensitive (its repr would show it)"
+    # And the one exception is still what it says.
+    assert "reference" in resolve(document, "AuditEvent")["properties"]["subject"].get("description", "")

@@ -4,66 +4,17 @@ answers 429 and 503 only under load): only idempotent calls are sent again, only
 
 from __future__ import annotations
 
-import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict, Iterator, List, Tuple
+from typing import List
 
 import httpx
 import pytest
 
-from conftest import Counting
-from pii_vault import AsyncClient, Client, RateLimited, TokenizeItem, TransportError, VaultError
+from conftest import Answer, Counting, Stub, error
+from pii_vault import AsyncClient, Client, NotFound, RateLimited, TokenizeItem, TransportError, VaultError
 
-Answer = Tuple[int, Dict[str, str], dict]
-
-
-class Stub:
-    """Answers each request with the next of `answers` (the last one repeats)."""
-
-    def __init__(self) -> None:
-        self.answers: List[Answer] = []
-        self.seen: List[Tuple[str, str]] = []
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def answer(self) -> None:
-                self.rfile.read(int(self.headers.get("content-length") or 0))
-                stub.seen.append((self.command, self.path))
-                status, headers, body = stub.answers[min(len(stub.seen), len(stub.answers)) - 1]
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                for name, value in {"content-type": "application/json", **headers}.items():
-                    self.send_header(name, value)
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = do_DELETE = answer
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.http.server_address[1]}"
-
-    def will_answer(self, *answers: Answer) -> None:
-        self.answers = list(answers)
-
-
-def error(status: int, code: str, **headers: str) -> Answer:
-    return status, {"x-vault-error": code, **headers}, {"error": {"code": code, "message": "stub"}}
-
-
-@pytest.fixture
-def stub() -> Iterator[Stub]:
-    stub = Stub()
-    thread = threading.Thread(target=stub.http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield stub
-    stub.http.shutdown()
-    stub.http.server_close()
+TOKEN = "tok_abcdefghijklmnopqrstuvwxyz234567"
+EMAIL_TOKEN = TOKEN + "@example.net"
 
 
 def stub_client(stub: Stub, retries: int = 3) -> Client:
@@ -126,11 +77,76 @@ def test_other_failures_are_not_retried(stub: Stub, answer: Answer):
     assert len(stub.seen) == 1
 
 
-def test_a_delete_whose_answer_was_lost_succeeds(stub: Stub):
-    stub.will_answer(error(503, "storage_unavailable"), error(404, "not_found"))
+NOT_FOUND = error(404, "not_found")
+
+
+@pytest.mark.parametrize(
+    "first",
+    [error(503, "storage_unavailable"), None],
+    ids=["503", "connection dropped"],
+)
+def test_a_delete_whose_outcome_was_unknown_then_404_succeeds(stub: Stub, first: Answer):
+    # The first attempt may have deleted the record, its answer lost.
+    stub.will_answer(first, NOT_FOUND)
     with stub_client(stub) as client:
-        client.delete("tok_abc@example.net")
-    assert stub.seen == [("DELETE", "/v1/tokens/tok_abc%40example.net")] * 2
+        client.delete(EMAIL_TOKEN)
+    assert stub.seen == [("DELETE", "/v1/tokens/" + EMAIL_TOKEN.replace("@", "%40"))] * 2
+
+
+@pytest.mark.parametrize(
+    "earlier",
+    [[error(429, "overloaded")], [error(429, "rate_limited", **{"retry-after": "0"})] * 2],
+    ids=["429", "429 twice"],
+)
+def test_a_delete_refused_with_429_then_404_is_not_found(stub: Stub, earlier: List[Answer]):
+    # A 429 refuses the request before it runs: the 404 is the token's own.
+    stub.will_answer(*earlier, NOT_FOUND)
+    with stub_client(stub) as client, pytest.raises(NotFound) as raised:
+        client.delete(TOKEN)
+    assert raised.value.code == "not_found" and len(stub.seen) == len(earlier) + 1
+
+
+def test_a_404_after_429_then_503_is_success(stub: Stub):
+    # One earlier attempt of unknown outcome is enough, wherever it came.
+    stub.will_answer(error(429, "overloaded"), error(503, "storage_unavailable"), NOT_FOUND)
+    with stub_client(stub) as client:
+        client.delete(TOKEN)
+    assert len(stub.seen) == 3
+
+
+def test_a_404_on_the_first_attempt_is_not_found(stub: Stub):
+    stub.will_answer(NOT_FOUND)
+    with stub_client(stub) as client, pytest.raises(NotFound):
+        client.delete(TOKEN)
+    assert len(stub.seen) == 1
+
+
+def test_a_delete_after_a_failed_connect_then_404_is_not_found():
+    # A connection that was never made sent nothing: the 404 is the token's own.
+    answers = iter([httpx.ConnectError("refused"), NOT_FOUND])
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        status, headers, body = answer
+        return httpx.Response(status, headers=headers, json=body)
+
+    with Client("https://vault.test", "k", transport=httpx.MockTransport(handle)) as client:
+        with pytest.raises(NotFound):
+            client.delete(TOKEN)
+
+
+@pytest.mark.anyio
+async def test_async_delete_counts_404_the_same_way(stub: Stub):
+    async with AsyncClient(stub.url, "k", danger_allow_plain_http=True) as client:
+        stub.will_answer(error(429, "overloaded"), NOT_FOUND)
+        with pytest.raises(NotFound):
+            await client.delete(TOKEN)
+        stub.seen.clear()
+        stub.will_answer(None, NOT_FOUND)
+        await client.delete(TOKEN)
+        assert len(stub.seen) == 2
 
 
 def closed_port() -> int:
