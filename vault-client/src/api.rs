@@ -322,8 +322,10 @@ pub struct SubjectOverview {
     pub more_records: bool,
     /// The consents, per purpose, with their history.
     pub consents: Vec<Consent>,
-    /// The first audit events about the subject, oldest first.
+    /// The latest audit events about the subject, oldest first.
     pub access_log: Vec<AuditEventInfo>,
+    /// Whether there are older events than listed (an export lists every one).
+    pub more_events: bool,
     /// The kept backups taken since the subject was stored (they hold its data).
     pub backups: Vec<String>,
 }

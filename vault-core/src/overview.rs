@@ -26,8 +26,10 @@ pub struct SubjectOverview {
     pub more_records: bool,
     /// The consents: current state and history per purpose.
     pub consents: Vec<ConsentStatus>,
-    /// The first audit events about the subject (its access log), oldest first.
+    /// The latest audit events about the subject (its access log), oldest first.
     pub access_log: Vec<AuditEvent>,
+    /// Whether there are older events than listed (an export lists every one).
+    pub more_events: bool,
     /// The kept backups taken since the subject was stored: they hold its data.
     pub backups: Vec<String>,
 }
@@ -46,8 +48,9 @@ pub struct RecordInfo {
 
 impl Vault {
     /// The subject's first `limit` records (tokens, fields, times: no value is
-    /// decrypted), consents, first `limit` audit events and the backups that hold
-    /// it. Recorded in the audit trail as a lookup.
+    /// decrypted), consents, latest `limit` audit events and the backups that hold
+    /// it. Recorded in the audit trail as a lookup, also when the vault holds
+    /// nothing under the id (so that probing ids leaves a trace).
     pub fn overview(&self, subject: &str, limit: usize) -> Result<SubjectOverview, Error> {
         self.default_actor().overview(subject, limit)
     }
@@ -63,12 +66,16 @@ impl Vault {
         let limit = limit.max(1);
         let hash = inner.index.subject_hash(subject);
         let Some(bytes) = inner.store.get(Cf::Subjects, &hash)? else {
+            let event =
+                ReadEvent::new(actor, AuditAction::Lookup, AuditOutcome::NotFound).about(None, 0);
+            inner.commit_read_events(&[event])?;
             return Ok(SubjectOverview {
                 subject_ref: None,
                 records: Vec::new(),
                 more_records: false,
                 consents: Vec::new(),
                 access_log: Vec::new(),
+                more_events: false,
                 backups: Vec::new(),
             });
         };
@@ -124,9 +131,26 @@ impl Vault {
         }
         let consents = inner.consents_of(&sid, &dek)?;
         let until = inner.audit_head()?.map_or(0, |h| h.seq.saturating_add(1));
-        let access_log = inner
-            .events_about_page(&dek.audit_ref, None, until, limit)?
-            .events;
+        // The latest `limit`: the pages read in order, the oldest dropped.
+        let mut access_log: std::collections::VecDeque<AuditEvent> =
+            std::collections::VecDeque::with_capacity(limit);
+        let mut more_events = false;
+        let mut after = None;
+        loop {
+            let page = inner.events_about_page(&dek.audit_ref, after, until, limit)?;
+            for event in page.events {
+                if access_log.len() == limit {
+                    access_log.pop_front();
+                    more_events = true;
+                }
+                access_log.push_back(event);
+            }
+            match page.next {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+        let access_log: Vec<AuditEvent> = access_log.into();
         let backups = match &inner.backups {
             Some(_) if !inner.store.shared() => inner
                 .backup_list()?
@@ -146,6 +170,7 @@ impl Vault {
             more_records,
             consents,
             access_log,
+            more_events,
             backups,
         })
     }

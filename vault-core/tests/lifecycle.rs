@@ -766,6 +766,15 @@ fn an_overview_lists_records_without_their_values_and_is_audited() -> TestResult
     }
     // Nothing of the values, in any form the overview gives.
     assert!(!format!("{overview:?}").contains("secret-"));
+    // The latest events: 5 tokenize events, then this lookup.
+    let few = vault.overview("ov-1", 2)?;
+    assert!(few.more_events);
+    assert_eq!(few.access_log.len(), 2);
+    assert_eq!(
+        few.access_log[1].action,
+        vault_core::AuditAction::Lookup,
+        "the newest last"
+    );
     let all = vault.overview("ov-1", 10)?;
     assert_eq!(all.records.len(), 5);
     assert!(!all.more_records);
@@ -774,11 +783,15 @@ fn an_overview_lists_records_without_their_values_and_is_audited() -> TestResult
         .iter()
         .filter(|e| e.action == vault_core::AuditAction::Lookup)
         .collect();
-    assert_eq!(lookups.len(), 2);
+    assert_eq!(lookups.len(), 3);
     assert_eq!(lookups[0].records, 3);
-    // Nobody under this id: nothing, and nothing recorded about anyone.
+    // Nobody under this id: nothing, but the look-up is recorded (about no one).
     let none = vault.overview("nobody", 10)?;
     assert!(none.subject_ref.is_none() && none.records.is_empty());
+    let last = vault.audit_events(None, 100)?.pop().expect("an event");
+    assert_eq!(last.action, vault_core::AuditAction::Lookup);
+    assert_eq!(last.outcome, vault_core::AuditOutcome::NotFound);
+    assert!(last.subject.is_none());
     vault.erase("ov-1")?;
     assert!(vault.overview("ov-1", 10)?.subject_ref.is_none());
     Ok(())

@@ -9,6 +9,10 @@
   let declared = [];
   let current = null;
   let receipt = null;
+  // Each look-up's number: an answer to an older one is dropped, so the screen
+  // never shows a subject other than the last one asked for.
+  let asked = 0;
+  let busy = false;
 
   const $ = (id) => document.getElementById(id);
 
@@ -112,17 +116,11 @@
     else say('Signed in, but this key may not look subjects up nor read the audit trail.');
   }
 
+  // Signing out reloads the page: the key and every value shown go with it (the
+  // address holds nothing to lose).
   function signOut() {
     key = null;
-    me = null;
-    current = null;
-    receipt = null;
-    for (const id of ['who', 'sign-out', 'nav', 'subject-view', 'audit-view', 'print-view', 'subject-result']) {
-      show(id, false);
-    }
-    show('sign-in', true);
-    $('subject-id').value = '';
-    say('Signed out.');
+    location.reload();
   }
 
   function view(id) {
@@ -131,22 +129,54 @@
       if (b.dataset.view === id) b.setAttribute('aria-current', 'page');
       else b.removeAttribute('aria-current');
     }
+    // Where a screen reader (and the keyboard) goes on: the view's heading.
+    const heading = $(id).querySelector('h2');
+    heading.tabIndex = -1;
+    heading.focus();
+  }
+
+  // Runs one write at a time: a second click while one is under way does nothing
+  // (a second erasure would answer with an empty receipt).
+  async function once(task) {
+    if (busy) return;
+    busy = true;
+    try {
+      await task();
+    } finally {
+      busy = false;
+    }
+  }
+
+  function forget() {
+    current = null;
+    receipt = null;
+    show('subject-result', false);
+    show('receipt', false);
+    clearPrint();
   }
 
   // A subject.
 
   async function lookUp(event) {
-    if (event) event.preventDefault();
+    event.preventDefault();
     const subject = $('subject-id').value;
     if (!subject) return;
+    forget();
+    await load(subject);
+  }
+
+  // Reads `subject` and shows it, unless another look-up was asked for meanwhile.
+  async function load(subject) {
+    const mine = ++asked;
     say('Looking up…');
     try {
       const overview = await api('POST', '/v1/subjects/lookup', { subject });
+      if (mine !== asked) return;
       current = { subject, overview };
       render();
       say(overview.subject_ref ? 'Found.' : 'The vault holds nothing under this id.');
     } catch (error) {
-      say('Look-up failed: ' + error.message, true);
+      if (mine === asked) say('Look-up failed: ' + error.message, true);
     }
   }
 
@@ -155,6 +185,7 @@
     const found = overview.subject_ref !== null;
     show('subject-result', true);
     show('erase-confirm', false);
+    $('subject-shown').textContent = current.subject;
     $('subject-ref').textContent = found ? overview.subject_ref : 'none';
     show('export-json', found && can('export'));
     show('export-print', found && can('export'));
@@ -162,6 +193,7 @@
     renderRecords(overview);
     renderConsents(overview);
     renderLog(overview.access_log, $('access-log').tBodies[0], 'access-empty', false);
+    show('access-more', overview.more_events);
     const list = $('backups');
     while (list.firstChild) list.removeChild(list.firstChild);
     for (const id of overview.backups) {
@@ -202,8 +234,11 @@
       cell(row, when(record.created_at));
       cell(row, record.token, 'token');
       const value = cell(row, '•••••• ');
+      value.tabIndex = -1;
       if (purposes.length > 0) {
-        value.appendChild(button('Reveal', () => reveal(record, value), 'reveal'));
+        const reveal_ = button('Reveal', () => reveal(record, value), 'reveal');
+        reveal_.setAttribute('aria-label', 'Reveal ' + record.field);
+        value.appendChild(reveal_);
       }
       body.appendChild(row);
     }
@@ -219,6 +254,8 @@
       } else {
         target.textContent = result.value + (result.masked ? ' (masked)' : '');
       }
+      // The button is gone: the keyboard's place is the value.
+      target.focus();
       say('Revealed for ' + purpose + ' (recorded in the audit trail).');
     } catch (error) {
       say('Reveal failed: ' + error.message, true);
@@ -273,8 +310,12 @@
     }
   }
 
-  async function recordConsent(event) {
+  function recordConsent(event) {
     event.preventDefault();
+    once(() => recordConsentNow());
+  }
+
+  async function recordConsentNow() {
     const granted = document.querySelector('input[name="consent-change"]:checked').value === 'grant';
     const source = $('consent-source').value.trim();
     const body = { subject: current.subject, purpose: $('consent-purpose').value, granted };
@@ -282,7 +323,7 @@
     try {
       await api('POST', '/v1/subjects/consent', body);
       $('consent-source').value = '';
-      await lookUp();
+      await load(current.subject);
       say('Consent ' + (granted ? 'granted' : 'withdrawn') + ' for ' + body.purpose + '.');
     } catch (error) {
       say('Recording the consent failed: ' + error.message, true);
@@ -309,8 +350,10 @@
   }
 
   async function exportJson() {
+    const subject = current.subject;
     try {
       const all = await exportAll();
+      if (!current || current.subject !== subject) return;
       download('export-' + all.subject_ref + '.json', all);
       say('Export downloaded (recorded in the audit trail).');
     } catch (error) {
@@ -318,7 +361,17 @@
     }
   }
 
+  function clearPrint() {
+    for (const id of ['print-records', 'print-consents', 'print-log']) {
+      const element = id === 'print-records' ? $(id).tBodies[0] : $(id);
+      while (element.firstChild) element.removeChild(element.firstChild);
+    }
+    $('print-date').textContent = '';
+    $('print-ref').textContent = '';
+  }
+
   async function exportPrint() {
+    const subject = current.subject;
     let all;
     try {
       all = await exportAll();
@@ -326,7 +379,10 @@
       say('Export failed: ' + error.message, true);
       return;
     }
+    if (!current || current.subject !== subject) return;
+    clearPrint();
     $('print-date').textContent = when(all.exported_at);
+    $('print-ref').textContent = all.subject_ref;
     const body = $('print-records').tBodies[0];
     clear(body);
     for (const r of all.records) {
@@ -362,8 +418,12 @@
     $('erase-id').focus();
   }
 
-  async function eraseConfirm(event) {
+  function eraseConfirm(event) {
     event.preventDefault();
+    once(() => eraseNow());
+  }
+
+  async function eraseNow() {
     if ($('erase-id').value !== current.subject) {
       say('The id typed again does not match: nothing was erased.', true);
       return;
@@ -395,9 +455,10 @@
       dd.textContent = value;
       fields.append(dt, dd);
     }
+    await load(current.subject);
     show('receipt', true);
-    await lookUp();
-    show('receipt', true);
+    $('receipt').querySelector('h3').tabIndex = -1;
+    $('receipt').querySelector('h3').focus();
     say('Erased. The receipt is below.');
   }
 
@@ -413,10 +474,12 @@
       $('audit-head').textContent = head.seq === null
         ? 'The trail is empty.'
         : 'Head: event ' + head.seq + ', MAC ' + head.mac;
-      const after = head.seq === null ? null : Math.max(head.seq - 50, 0);
-      const path = after === null || after === 0 ? '/v1/audit?limit=50' : '/v1/audit?limit=50&after=' + after;
+      // The latest 50: those after head - 50 (sequence numbers start at 0).
+      const path = head.seq !== null && head.seq >= 50
+        ? '/v1/audit?limit=50&after=' + (head.seq - 50)
+        : '/v1/audit?limit=50';
       const events = (await api('GET', path)).events.reverse();
-      renderLog(events, $('audit-events').tBodies[0], 'audit-check', true);
+      renderLog(events, $('audit-events').tBodies[0], 'audit-empty', true);
       say('Showing the latest ' + events.length + ' events.');
     } catch (error) {
       say('Reading the trail failed: ' + error.message, true);
@@ -426,7 +489,6 @@
   async function auditVerify() {
     try {
       const check = await api('POST', '/v1/audit/verify');
-      $('audit-check').hidden = false;
       $('audit-check').textContent = check.ok
         ? 'The trail verifies: ' + check.events + ' events, chain and checkpoint intact.'
         : 'The trail does NOT verify: ' + (check.problem || 'damaged') + ' at event ' + check.first_bad + '.';
@@ -452,7 +514,19 @@
     $('receipt-download').addEventListener('click', receiptDownload);
     $('audit-refresh').addEventListener('click', auditRefresh);
     $('audit-verify').addEventListener('click', auditVerify);
-    $('print-now').addEventListener('click', () => window.print());
+    $('print-now').addEventListener('click', () => {
+      document.body.classList.add('printing');
+      window.print();
+    });
+    window.addEventListener('afterprint', () => document.body.classList.remove('printing'));
+    // A page restored from the back-forward cache would come back signed in.
+    window.addEventListener('pagehide', () => {
+      key = null;
+      forget();
+    });
+    $('subject-id').addEventListener('input', () => {
+      if (current && $('subject-id').value !== current.subject) forget();
+    });
     $('print-close').addEventListener('click', () => view('subject-view'));
     $('api-key').focus();
   });

@@ -847,6 +847,7 @@ async fn lookup(
             .into_iter()
             .map(audit_event_info)
             .collect(),
+        more_events: overview.more_events,
         backups: overview.backups,
     }))
 }

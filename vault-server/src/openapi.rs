@@ -97,7 +97,7 @@ pub fn document() -> Value {
                 "responses": with_errors(json!({ "200": answer("Consents.", "SubjectConsents") }), &KEYED)
             }},
             "/v1/subjects/lookup": { "post": {
-                "summary": "What the vault holds about a subject, without the values: the first records (token, field, time), consents, the first audit events about it, the backups that hold it. Recorded as a lookup. Scope: export.",
+                "summary": "What the vault holds about a subject, without the values: the first records (token, field, time), consents, the latest audit events about it, the backups that hold it. Recorded as a lookup, also when nothing is found. Scope: export.",
                 "requestBody": body("SubjectRequest"),
                 "responses": with_errors(json!({ "200": answer("The overview.", "SubjectOverview") }), &KEYED)
             }},
@@ -294,7 +294,7 @@ pub fn document() -> Value {
                     }))}
                 })),
                 "SubjectRequest": object(&["subject"], json!({ "subject": { "type": "string" } })),
-                "SubjectOverview": object(&["subject", "subject_ref", "records", "more_records", "consents", "access_log", "backups"], json!({
+                "SubjectOverview": object(&["subject", "subject_ref", "records", "more_records", "consents", "access_log", "more_events", "backups"], json!({
                     "subject": { "type": "string" },
                     "subject_ref": { "type": ["string", "null"] },
                     "records": { "type": "array", "items": object(&["token", "field", "created_at"], json!({
@@ -303,6 +303,7 @@ pub fn document() -> Value {
                     "more_records": { "type": "boolean" },
                     "consents": { "type": "array", "items": { "$ref": "#/components/schemas/Consent" } },
                     "access_log": { "type": "array", "items": { "$ref": "#/components/schemas/AuditEvent" } },
+                    "more_events": { "type": "boolean" },
                     "backups": { "type": "array", "items": { "type": "string" } }
                 })),
                 "WhoAmI": object(&["name", "scopes", "purposes", "masked"], json!({

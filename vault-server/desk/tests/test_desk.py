@@ -214,12 +214,13 @@ def test_a_privacy_officer_answers_requests(server, browser):
     page.press("#subject-id", "Enter")
     rows = page.locator("#records tbody tr")
     expect(rows).to_have_count(2)
+    expect(page.locator("#subject-shown")).to_have_text(SUBJECT)
     expect(page.locator("#records")).not_to_contain_text(EMAIL)
     shot(page, "03-lookup")
 
     # Reveal one value for a purpose.
     page.select_option("#reveal-purpose", "support")
-    page.locator("#records tbody tr", has_text="email").get_by_role("button", name="Reveal").click()
+    page.get_by_role("button", name="Reveal email").click()
     expect(page.locator("#records")).to_contain_text(EMAIL)
     expect(page.locator("#records")).not_to_contain_text(PHONE)
     shot(page, "04-reveal")
@@ -234,6 +235,7 @@ def test_a_privacy_officer_answers_requests(server, browser):
     page.click("#export-print")
     expect(page.locator("#print-view")).to_be_visible()
     expect(page.locator("#print-records")).to_contain_text(PHONE)
+    expect(page.locator("#print-view")).not_to_contain_text(SUBJECT)
     shot(page, "05-printable-export")
     page.click("#print-close")
 
@@ -281,6 +283,16 @@ def test_a_privacy_officer_answers_requests(server, browser):
     expect(page.locator("#sign-in")).to_be_visible()
     expect(page.locator("#nav")).to_be_hidden()
     shot(page, "09-reloaded")
+
+    # Signing out leaves nothing of what was shown in the page.
+    sign_in(page, server["officer"])
+    page.fill("#subject-id", "someone-else")
+    page.press("#subject-id", "Enter")
+    expect(page.locator("#status")).to_contain_text("holds nothing")
+    page.click("#sign-out")
+    expect(page.locator("#sign-in")).to_be_visible()
+    assert "someone-else" not in page.content()
+    assert page.input_value("#subject-id") == ""
 
     visits.check()
     assert page.url.endswith("/desk/")
