@@ -43,7 +43,7 @@ const KEYED: [u16; 8] = [400, 401, 403, 405, 413, 429, 500, 503];
 pub fn document() -> Value {
     let token_param = json!([{
         "name": "token", "in": "path", "required": true,
-        "schema": { "type": "string", "pattern": "^tok_[a-z2-7]{32}$" }
+        "schema": { "type": "string", "pattern": "^([0-9]{1,32}|tok_[a-z2-7]{32}(@example\\.net)?)$" }
     }]);
     json!({
         "openapi": "3.1.0",
