@@ -88,6 +88,20 @@ pub(crate) fn any_issued(store: &impl Storage, seen: &AtomicBool) -> Result<bool
     Ok(found)
 }
 
+/// The issued texts of the records `ids` (in order), reading none while the
+/// vault has issued none (`any_issued`).
+pub(crate) fn issued_if_any(
+    store: &impl Storage,
+    seen: &AtomicBool,
+    ids: &[TokenId],
+) -> Result<Vec<Option<String>>, Error> {
+    if any_issued(store, seen)? {
+        issued_texts(store, ids)
+    } else {
+        Ok(vec![None; ids.len()])
+    }
+}
+
 /// The issued texts of the records `ids` that have one (in order).
 pub(crate) fn issued_texts(
     store: &impl Storage,
@@ -216,7 +230,7 @@ pub(crate) fn check_shape(format: TokenFormat, value: &[u8]) -> Result<(), Probl
 pub(crate) fn candidates(
     format: TokenFormat,
     value: &[u8],
-) -> Result<impl Iterator<Item = String> + '_, Error> {
+) -> Result<impl Iterator<Item = Result<String, Error>> + '_, Error> {
     // Luhn tokens keep the last four digits and fix one more (the check digit).
     let free = match format {
         TokenFormat::Digits => value.len(),
@@ -226,21 +240,18 @@ pub(crate) fn candidates(
     let space = u32::try_from(free)
         .ok()
         .and_then(|free| 10u64.checked_pow(free));
-    let mut draws = Vec::with_capacity(RANDOM_TRIES);
-    for _ in 0..RANDOM_TRIES {
-        draws.push(random_digits(free)?);
-    }
+    // Drawn as they are asked for: the first is nearly always free.
+    let draws = std::iter::repeat_with(move || random_digits(free)).take(RANDOM_TRIES);
     let start = u64::from_le_bytes(random_bytes()?);
     let ordered = space
         .filter(|&space| space <= SEARCHABLE)
         .into_iter()
         .flat_map(move |space| (0..space).map(move |i| (start.wrapping_add(i)) % space))
-        .map(move |n| format!("{n:0free$}"));
+        .map(move |n| Ok(format!("{n:0free$}")));
     Ok(draws
-        .into_iter()
         .chain(ordered)
-        .map(move |free_digits| shape(format, value, &free_digits))
-        .filter(move |text| text.as_bytes() != value))
+        .map(move |free_digits| free_digits.map(|f| shape(format, value, &f)))
+        .filter(move |text| text.as_ref().map_or(true, |t| t.as_bytes() != value)))
 }
 
 /// `free` random decimal digits.
@@ -261,31 +272,30 @@ fn random_digits(free: usize) -> Result<String, Error> {
 fn shape(format: TokenFormat, value: &[u8], free: &str) -> String {
     match format {
         TokenFormat::Luhn => {
-            let last4 = &value[value.len() - 4..];
-            let mut digits: Vec<u8> = free.bytes().map(|b| b - b'0').collect();
-            digits.push(0); // the check digit's place, fifth from the right
-            digits.extend(last4.iter().map(|b| b - b'0'));
+            // The check digit's place is the fifth from the right, which Luhn does
+            // not double: the digit adds itself to the sum.
+            let mut digits = free.as_bytes().to_vec();
+            digits.push(b'0');
+            digits.extend_from_slice(&value[value.len() - 4..]);
             let check_at = digits.len() - 5;
             let sum = luhn_sum(&digits);
-            // The fifth digit from the right is not doubled: it adds itself.
-            digits[check_at] = ((10 - sum % 10) % 10) as u8;
-            digits.iter().map(|d| char::from(b'0' + d)).collect()
+            digits[check_at] = b'0' + u8::try_from((10 - sum % 10) % 10).unwrap_or(0);
+            String::from_utf8(digits).unwrap_or_default()
         }
         TokenFormat::Digits | TokenFormat::Email => free.to_owned(),
     }
 }
 
-/// The Luhn sum of `digits` (each 0..=9), every second from the right doubled.
-fn luhn_sum(digits: &[u8]) -> u32 {
+/// The Luhn sum of ASCII digits, every second from the right doubled.
+pub(crate) fn luhn_sum(digits: &[u8]) -> u32 {
     digits
         .iter()
         .rev()
         .enumerate()
-        .map(|(i, &d)| {
-            let d = u32::from(d);
+        .map(|(i, &b)| {
+            let d = u32::from(b.wrapping_sub(b'0'));
             if i % 2 == 1 {
-                let twice = d * 2;
-                if twice > 9 { twice - 9 } else { twice }
+                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
             } else {
                 d
             }
@@ -293,10 +303,12 @@ fn luhn_sum(digits: &[u8]) -> u32 {
         .sum()
 }
 
-/// Whether a digit string passes the Luhn check.
-fn luhn_valid(text: &str) -> bool {
-    let digits: Vec<u8> = text.bytes().map(|b| b.wrapping_sub(b'0')).collect();
-    digits.iter().all(|d| *d <= 9) && luhn_sum(&digits).is_multiple_of(10)
+/// Whether a string of ASCII digits passes the Luhn check.
+pub(crate) fn luhn_valid(text: &str) -> bool {
+    let digits = text.as_bytes();
+    !digits.is_empty()
+        && digits.iter().all(u8::is_ascii_digit)
+        && luhn_sum(digits).is_multiple_of(10)
 }
 
 impl Inner {
@@ -330,6 +342,7 @@ mod tests {
     fn luhn_tokens_keep_the_last_four_and_check() -> Result<(), Error> {
         let value = b"4111111111111111";
         for text in candidates(TokenFormat::Luhn, value)?.take(200) {
+            let text = text?;
             assert_eq!(text.len(), 16);
             assert!(text.ends_with("1111"));
             assert!(luhn_valid(&text), "{text}");
@@ -344,7 +357,7 @@ mod tests {
     fn a_small_space_is_searched_whole() -> Result<(), Error> {
         // 2 digits: 100 texts, less the value itself.
         let all: std::collections::HashSet<String> =
-            candidates(TokenFormat::Digits, b"42")?.collect();
+            candidates(TokenFormat::Digits, b"42")?.collect::<Result<_, _>>()?;
         assert_eq!(all.len(), 99);
         assert!(!all.contains("42"));
         assert!(all.iter().all(|t| t.len() == 2));

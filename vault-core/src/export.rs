@@ -199,11 +199,7 @@ impl Vault {
             return Err(Error::Integrity);
         }
         let stored = inner.store.multi_get(Cf::Records, &ids)?;
-        let issued = if alias::any_issued(&*inner.store, &inner.issued_aliases)? {
-            alias::issued_texts(&*inner.store, &ids)?
-        } else {
-            vec![None; ids.len()]
-        };
+        let issued = alias::issued_if_any(&*inner.store, &inner.issued_aliases, &ids)?;
         let mut records = Vec::with_capacity(ids.len());
         for ((id, value), issued) in ids.iter().zip(stored).zip(issued) {
             // Deleted between the index scan and the read: not part of the export.

@@ -95,11 +95,7 @@ impl Vault {
             ids.push(key[16..].try_into().map_err(|_| Error::Integrity)?);
             Ok(true)
         })?;
-        let issued = if alias::any_issued(&*inner.store, &inner.issued_aliases)? {
-            alias::issued_texts(&*inner.store, &ids)?
-        } else {
-            vec![None; ids.len()]
-        };
+        let issued = alias::issued_if_any(&*inner.store, &inner.issued_aliases, &ids)?;
         let now = inner.now();
         let mut records = Vec::with_capacity(ids.len());
         for ((id, stored), issued) in ids

@@ -298,11 +298,7 @@ impl Copy<'_> {
 
     /// The issued texts of production's records `ids` (formats), if it has any.
     fn issued(&self, ids: &[TokenId]) -> Result<Vec<Option<String>>, Error> {
-        if alias::any_issued(&*self.source.store, &self.source.issued_aliases)? {
-            alias::issued_texts(&*self.source.store, ids)
-        } else {
-            Ok(vec![None; ids.len()])
-        }
+        alias::issued_if_any(&*self.source.store, &self.source.issued_aliases, ids)
     }
 
     /// The texts production's record `id` is found by, and the one it was issued as.

@@ -624,6 +624,7 @@ impl Inner {
         }
         let mut busy = false;
         for text in alias::candidates(format, value)? {
+            let text = text?;
             let key = alias::forward_key(&self.index, &text);
             if chosen.contains(&key) {
                 continue;

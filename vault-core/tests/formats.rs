@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use common::{TestResult, open, open_vault, options, root};
+use common::{TestResult, luhn_valid, open, open_vault, options, root};
 use vault_core::{Argument, Error, InputError, Problem, TokenFormat, TokenizeRequest, Vault};
 
 fn tokenize_as(
@@ -18,23 +18,6 @@ fn tokenize_as(
 ) -> Result<String, Error> {
     let item = TokenizeRequest::new(subject, field, value.as_bytes()).format(format);
     Ok(vault.tokenize_batch(&[item])?.remove(0).to_string())
-}
-
-fn luhn_valid(digits: &str) -> bool {
-    let sum: u32 = digits
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b - b'0');
-            if i % 2 == 1 {
-                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
-            } else {
-                d
-            }
-        })
-        .sum();
-    sum.is_multiple_of(10)
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{DAY, ManualClock, TestResult, files_containing, options, root};
+use common::{DAY, ManualClock, TestResult, files_containing, luhn_valid, options, root};
 use vault_core::{
     Error, FakeFields, FakeKind, LawfulBasis, Purpose, RootKey, TokenFormat, TokenizeRequest,
     Vault, VaultOptions, pseudonymize,
@@ -26,23 +26,6 @@ fn opts(clock: &Arc<ManualClock>) -> VaultOptions {
 
 fn staging_root() -> RootKey {
     RootKey::from_bytes(&[0x42; 32]).expect("32 bytes")
-}
-
-fn luhn_valid(digits: &str) -> bool {
-    let sum: u32 = digits
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, b)| {
-            let d = u32::from(b - b'0');
-            if i % 2 == 1 {
-                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
-            } else {
-                d
-            }
-        })
-        .sum();
-    sum.is_multiple_of(10)
 }
 
 /// Production: what each live token's value is, and the tokens that must answer
