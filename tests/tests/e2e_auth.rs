@@ -328,6 +328,15 @@ async fn rate_limits_per_key_and_failed_authentications_per_address() -> TestRes
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     assert_eq!(tokenize(slow, 5).await?.status().as_u16(), 200);
 
+    // Requests without any credential guess nothing: refused, and not counted.
+    for _ in 0..10 {
+        let anonymous = http
+            .post(format!("{}/v1/tokenize", server.url))
+            .json(&serde_json::json!({ "items": [item.clone()] }))
+            .send()
+            .await?;
+        assert_eq!(anonymous.status().as_u16(), 401);
+    }
     // Five wrong keys use this address's budget; the sixth wrong key is refused
     // with 429, while a good key from the same address (a proxy, a NAT) is
     // still served.

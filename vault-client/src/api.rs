@@ -231,7 +231,11 @@ pub struct ExportRequest {
     pub cursor: Option<String>,
     /// At most this many records and audit events in the page (the server's
     /// `[limits] export_page` when absent, and never more).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "whole::optional",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub limit: Option<u32>,
 }
 
@@ -364,7 +368,7 @@ pub struct ConsentRequest {
     pub purpose: String,
     /// Granted (`true`) or withdrawn (`false`).
     pub granted: bool,
-    /// Where it was given or withdrawn (e.g. which form); at most 256 bytes.
+    /// Where it was given or withdrawn (e.g. which form); at most 256 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Sensitive>,
 }
@@ -629,9 +633,85 @@ pub struct VerifyRequest {
 #[serde(deny_unknown_fields)]
 pub struct ExpectedHead {
     /// Its sequence number.
+    #[serde(deserialize_with = "whole::required")]
     pub seq: u64,
     /// Its MAC, 64 hex digits.
     pub mac: String,
+}
+
+/// Whole numbers in request bodies. JSON (and the JSON Schema of `/openapi.json`)
+/// calls `7.0` an integer, and some encoders write whole numbers that way: they
+/// are taken, while a fraction, a negative number or one out of range is not.
+mod whole {
+    use serde::{Deserialize, Deserializer};
+
+    /// 2^64, the first whole number a `u64` cannot hold, as a float.
+    const U64_END: f64 = 18_446_744_073_709_551_616.0;
+
+    fn of<T: TryFrom<u64>>(n: &serde_json::Number) -> Option<T> {
+        let whole = n.as_u64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..U64_END).contains(f))
+                .map(|f| f as u64)
+        })?;
+        T::try_from(whole).ok()
+    }
+
+    fn refused<E: serde::de::Error>() -> E {
+        E::custom("not a whole number in range")
+    }
+
+    pub(super) fn required<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+        d: D,
+    ) -> Result<T, D::Error> {
+        of(&serde_json::Number::deserialize(d)?).ok_or_else(refused)
+    }
+
+    pub(super) fn optional<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
+        d: D,
+    ) -> Result<Option<T>, D::Error> {
+        Option::<serde_json::Number>::deserialize(d)?
+            .map(|n| of(&n).ok_or_else(refused))
+            .transpose()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::{ExpectedHead, ExportRequest};
+
+        #[test]
+        fn whole_numbers_written_as_floats_are_taken_and_fractions_are_not() {
+            let limit = |json: &str| {
+                serde_json::from_str::<ExportRequest>(&format!(
+                    r#"{{"subject":"s","limit":{json}}}"#
+                ))
+                .map(|r| r.limit)
+                .ok()
+            };
+            assert_eq!(limit("7"), Some(Some(7)));
+            assert_eq!(limit("7.0"), Some(Some(7)));
+            assert_eq!(limit("7e0"), Some(Some(7)));
+            assert_eq!(limit("null"), Some(None));
+            assert_eq!(limit("7.5"), None);
+            assert_eq!(limit("-1"), None);
+            assert_eq!(limit("4294967296"), None);
+            assert_eq!(
+                serde_json::from_str::<ExportRequest>(r#"{"subject":"s"}"#)
+                    .map(|r| r.limit)
+                    .ok(),
+                Some(None)
+            );
+            let seq = |json: &str| {
+                serde_json::from_str::<ExpectedHead>(&format!(r#"{{"seq":{json},"mac":""}}"#))
+                    .map(|h| h.seq)
+                    .ok()
+            };
+            assert_eq!(seq("18446744073709551615"), Some(u64::MAX));
+            assert_eq!(seq("1e3"), Some(1000));
+            assert_eq!(seq("1.8446744073709552e19"), None);
+            assert_eq!(seq("-0.5"), None);
+        }
+    }
 }
 
 /// Answer to `POST /v1/audit/verify`.

@@ -23,10 +23,11 @@ impl Vault {
     /// Detokenizes for a declared purpose, with one result per token, in order.
     ///
     /// The whole call fails only when the purpose is not declared
-    /// ([`Error::UnknownPurpose`]), the batch is invalid, or an item is not a token of
-    /// this vault (an [`InputError`](crate::InputError) naming it); each token's own
-    /// outcome is its value, or [`Error::Forbidden`], [`Error::NoConsent`],
-    /// [`Error::Expired`], [`Error::NotFound`], [`Error::Erased`] or
+    /// ([`Error::UnknownPurpose`]), the batch is invalid, or an item does not have a
+    /// token's shape (an [`InputError`](crate::InputError) naming it); each token's
+    /// own outcome is its value, or [`Error::Forbidden`], [`Error::NoConsent`],
+    /// [`Error::Expired`], [`Error::NotFound`] (deleted, or a token this vault did
+    /// not issue, such as another vault's), [`Error::Erased`] or
     /// [`Error::Integrity`]. Every token's outcome is recorded in the audit trail
     /// before the values are returned. A consent
     /// withdrawal is seen by the next call: consent is read from storage, not cached.
@@ -44,12 +45,15 @@ impl Vault {
         inner.opts.limits.check_batch(tokens.len())?;
         // The actor goes into the audit trail: a name, never an address or free text.
         self.as_actor(access.actor)?;
-        // Text that is not a token of this vault fails the whole call, before anything
-        // is read or audited: it is a caller's mistake, not an access.
+        // Text without a token's shape fails the whole call, before anything is read
+        // or audited: it is a caller's mistake, not an access. A token of that shape
+        // this vault did not issue is answered, and audited, like a missing record:
+        // whether the vault issued it is a lookup, not something a caller can check.
         let mut ids: Vec<Result<TokenId, Error>> = Vec::with_capacity(tokens.len());
         for (i, token) in tokens.iter().enumerate() {
             match inner.token_id(token.as_ref()) {
                 Ok(id) => ids.push(Ok(id)),
+                Err(Error::NotFound) => ids.push(Err(Error::NotFound)),
                 Err(Error::InvalidToken) => {
                     return Err(InputError::new(Argument::Token, Problem::NotAToken)
                         .at(i)

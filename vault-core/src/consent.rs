@@ -21,7 +21,8 @@ use crate::vault::{Inner, Vault};
 pub(crate) const CONSENT_FORMAT: u8 = 1;
 /// The source of a consent event in a staging vault, where production's said one.
 const COPIED_SOURCE: &str = "copied from production";
-/// Longest consent source, in bytes.
+/// Longest consent source, in characters (Unicode scalar values, as JSON Schema's
+/// `maxLength` counts them).
 pub const MAX_SOURCE_LEN: usize = 256;
 
 /// One grant or withdrawal. Its `Debug` leaves out the source (caller text).
@@ -191,7 +192,7 @@ impl Inner {
 impl Vault {
     /// Records a grant (`granted = true`) or withdrawal of the subject's consent to a
     /// declared purpose whose basis is consent ([`Error::NotConsentBased`] otherwise), with an optional source (e.g. `signup-form-v3`; at most
-    /// 256 bytes, no control characters). The change applies to the very next
+    /// 256 characters, no control characters). The change applies to the very next
     /// detokenization. A subject the vault does not know yet is created (consent is
     /// often given before any data is stored).
     pub fn record_consent(
@@ -226,7 +227,7 @@ impl Vault {
             if source.is_empty() {
                 return Err(InputError::new(Argument::Source, Problem::Empty).into());
             }
-            if source.len() > MAX_SOURCE_LEN {
+            if source.chars().count() > MAX_SOURCE_LEN {
                 let problem = Problem::TooLong {
                     limit: MAX_SOURCE_LEN,
                 };
@@ -416,5 +417,38 @@ impl Inner {
         }
         out.sort_by(|a, b| a.purpose.cmp(&b.purpose));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MAX_SOURCE_LEN;
+    use crate::error::{Argument, Error, InputError, Problem};
+    use crate::{KdfParams, LawfulBasis, Purpose, RootKey, Vault, VaultOptions};
+
+    #[test]
+    fn a_source_is_measured_in_characters() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("temporary directory", e))?;
+        let opts = VaultOptions::default()
+            .background_worker(false)
+            .kdf_params(KdfParams::MINIMUM)
+            .purpose(Purpose::new("newsletter", LawfulBasis::Consent));
+        let vault = Vault::open(dir.path(), &RootKey::from_bytes(&[7; 32])?, opts)?;
+        // A 4-byte character: the longest source is 1 KiB.
+        let wide = "\u{1F4DD}";
+        let longest = wide.repeat(MAX_SOURCE_LEN);
+        vault.record_consent("s1", "newsletter", true, Some(&longest))?;
+        let over = wide.repeat(MAX_SOURCE_LEN + 1);
+        let refused = vault
+            .record_consent("s1", "newsletter", false, Some(&over))
+            .expect_err("refused");
+        let expected = InputError::new(
+            Argument::Source,
+            Problem::TooLong {
+                limit: MAX_SOURCE_LEN,
+            },
+        );
+        assert!(matches!(refused, Error::InvalidInput(e) if e == expected));
+        vault.close()
     }
 }

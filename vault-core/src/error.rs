@@ -24,8 +24,8 @@ use std::path::PathBuf;
 /// match vault.detokenize(&token) {
 ///     Ok(record) => println!("{} is {} bytes", record.field, record.value.as_bytes().len()),
 ///     Err(Error::Erased) => println!("the person was erased: forget the token"),
-///     Err(Error::NotFound) => println!("no such record (deleted)"),
-///     Err(Error::InvalidToken) => println!("not a token of this vault"),
+///     Err(Error::NotFound) => println!("no such record (deleted, or not this vault's)"),
+///     Err(Error::InvalidToken) => println!("not a token at all"),
 ///     Err(e) => return Err(e.into()),
 /// }
 /// // Bad input names the argument and the problem, never the content.
@@ -42,10 +42,17 @@ pub enum Error {
     /// `source()`, which would print it twice.
     #[error("invalid input: {0}")]
     InvalidInput(InputError),
-    /// The text is not a token of this vault (malformed, or issued by another vault).
+    /// The text does not have a token's shape (what [`Token`](crate::Token)'s
+    /// `FromStr` refuses): it is not `tok_` and 32 lowercase base32 characters
+    /// (alone or at [`EMAIL_TOKEN_DOMAIN`](crate::EMAIL_TOKEN_DOMAIN)), nor 1 to
+    /// [`MAX_DIGIT_TOKEN_LEN`](crate::MAX_DIGIT_TOKEN_LEN) digits. A token of that
+    /// shape that this vault did not issue is [`Error::NotFound`].
     #[error("invalid token")]
     InvalidToken,
-    /// No record exists for this token.
+    /// No record exists for this token: it was deleted, or this vault never issued
+    /// it (another vault's token, or digits no token was issued as). The shape is
+    /// what a client can check; whether this vault issued a token is a lookup,
+    /// answered like any missing record.
     #[error("not found")]
     NotFound,
     /// The record's subject has been erased; its key no longer exists.
@@ -378,19 +385,17 @@ impl fmt::Display for Argument {
 pub enum Problem {
     /// It is empty.
     Empty,
-    /// It is longer than the configured limit (bytes, or items for a batch).
+    /// It is longer than the configured limit (characters for a subject id and a
+    /// consent source, items for a batch, else bytes).
     TooLong {
         /// The configured limit.
         limit: usize,
     },
-    /// It is not a token of this vault (malformed, or another vault's).
+    /// It does not have a token's shape ([`Error::InvalidToken`]).
     NotAToken,
     /// It contains a character that is not allowed (control characters; for field
     /// names anything but ASCII letters, digits, `_`, `-` and `.`).
     BadCharacter,
-    /// A subject id not in Unicode NFC form: another spelling of the same text
-    /// would name another subject.
-    NotNormalized,
     /// A subject id with whitespace at its start or end.
     SurroundingWhitespace,
     /// A subject id with a character that shows nothing (zero-width, a direction
@@ -413,8 +418,7 @@ impl fmt::Display for Problem {
             Problem::Empty => f.write_str("is empty"),
             Problem::TooLong { limit } => write!(f, "exceeds the limit of {limit}"),
             Problem::BadCharacter => f.write_str("contains a character that is not allowed"),
-            Problem::NotAToken => f.write_str("is not a token of this vault"),
-            Problem::NotNormalized => f.write_str("is not in Unicode NFC form"),
+            Problem::NotAToken => f.write_str("does not have a token's shape"),
             Problem::SurroundingWhitespace => f.write_str("has whitespace at its start or end"),
             Problem::Invisible => f.write_str("contains an invisible character"),
             Problem::Malformed => f.write_str("is not one this vault handed out"),

@@ -12,7 +12,7 @@ use crate::records::{
 };
 use crate::store::{Cf, Storage};
 use crate::subjects::SubjectEntry;
-use crate::token::TokenId;
+use crate::token::{Token, TokenId};
 use crate::vault::{Inner, Vault};
 
 /// Everything the vault holds about one subject, or one page of it.
@@ -71,7 +71,8 @@ impl Position {
         let (at, until) = cursor.rsplit_once('.').ok_or_else(malformed)?;
         let until = digits(until)?;
         let at = if let Some(token) = at.strip_prefix('r') {
-            At::Records(inner.token_id(token).map_err(|_| malformed())?)
+            let token: Token = token.parse().map_err(|_| malformed())?;
+            At::Records(inner.index.tokens.position(&token).ok_or_else(malformed)?)
         } else {
             match at.strip_prefix('e') {
                 Some("") => At::Events(None),

@@ -17,6 +17,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+use unicode_normalization::UnicodeNormalization;
 use zeroize::Zeroizing;
 
 use crate::crypto::{Aead256, KEY_LEN, Key, aad, domain, label, random_bytes};
@@ -428,9 +429,18 @@ pub(crate) struct IndexKeys {
 }
 
 impl IndexKeys {
-    /// The storage key of a subject id: keyed BLAKE3, so ids are never stored in clear.
+    /// The storage key of a subject id: keyed BLAKE3, so ids are never stored in
+    /// clear. Of the id's NFC form: spellings that differ only in composition (`é`
+    /// or `e` and a combining accent) name one subject. This is the one place a
+    /// subject id becomes bytes the vault keeps or compares.
     pub(crate) fn subject_hash(&self, subject: &str) -> [u8; 32] {
-        self.subject_hash_key.mac(subject.as_bytes())
+        // Nearly every id is NFC already (ASCII always is): hashed without a copy.
+        if unicode_normalization::is_nfc(subject) {
+            self.subject_hash_key.mac(subject.as_bytes())
+        } else {
+            let nfc: String = subject.nfc().collect();
+            self.subject_hash_key.mac(nfc.as_bytes())
+        }
     }
 
     /// A 128-bit tag over `parts` under the tombstone key, for `domain`.
@@ -484,6 +494,31 @@ mod tests {
         assert!(!format!("{key:?}").contains("65"));
         let ring = Keyring::generate()?;
         assert!(!format!("{ring:?}").contains("Key("));
+        Ok(())
+    }
+
+    #[test]
+    fn a_subject_id_is_known_by_its_nfc_form() -> Result<(), Error> {
+        let index = Keyring::generate()?.index_keys(Layout::BySubject);
+        // "é" composed, and as e + combining acute.
+        assert_eq!(
+            index.subject_hash("jos\u{e9}"),
+            index.subject_hash("jose\u{301}")
+        );
+        // Two combining marks in either order, and the letter that composes with both.
+        assert_eq!(
+            index.subject_hash("\u{1e69}"),
+            index.subject_hash("s\u{307}\u{323}")
+        );
+        assert_ne!(index.subject_hash("jos\u{e9}"), index.subject_hash("jose"));
+        // An id in NFC (every id accepted before) hashes as its bytes did: stored
+        // subjects are found as before.
+        for id in ["alice@example.com", "jos\u{e9}", "\u{5c71}\u{7530}"] {
+            assert_eq!(
+                index.subject_hash(id),
+                index.subject_hash_key.mac(id.as_bytes())
+            );
+        }
         Ok(())
     }
 

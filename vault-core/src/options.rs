@@ -49,7 +49,8 @@ impl Default for PurgePolicy {
 /// [`InputError`] before anything is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Longest subject id, in bytes. Default 256.
+    /// Longest subject id, in characters (Unicode scalar values, as JSON Schema's
+    /// `maxLength` counts them). Default 256.
     pub max_subject_len: usize,
     /// Longest field name, in bytes. Default 64.
     pub max_field_len: usize,
@@ -72,10 +73,18 @@ impl Default for Limits {
 
 impl Limits {
     /// A subject id must look like one text only: ids that differ in what does not
-    /// show (a trailing space, a zero-width joiner, a decomposed accent) would name
-    /// different subjects, and erasing the visible spelling would miss the data.
+    /// show (a trailing space, a zero-width joiner) would name different subjects,
+    /// and erasing the visible spelling would miss the data. Those are refused;
+    /// spellings that differ only in composition (a decomposed accent) are accepted
+    /// and name one subject, since the vault knows an id by its NFC form
+    /// (`IndexKeys::subject_hash`). Every rule here is checked on the id as given,
+    /// so a JSON Schema can state them all.
     pub(crate) fn check_subject(&self, subject: &str) -> Result<(), InputError> {
-        check_len(Argument::Subject, subject.len(), self.max_subject_len)?;
+        check_len(
+            Argument::Subject,
+            subject.chars().count(),
+            self.max_subject_len,
+        )?;
         let refuse = |problem| Err(InputError::new(Argument::Subject, problem));
         if subject.chars().any(char::is_control) {
             return refuse(Problem::BadCharacter);
@@ -85,9 +94,6 @@ impl Limits {
         }
         if subject.chars().any(invisible) {
             return refuse(Problem::Invisible);
-        }
-        if !unicode_normalization::is_nfc(subject) {
-            return refuse(Problem::NotNormalized);
         }
         Ok(())
     }
@@ -507,7 +513,7 @@ impl VaultOptions {
         }
         if l.max_field_len > 1024 || l.max_subject_len > 4096 || l.max_value_len > 16 << 20 {
             return Err(Error::InvalidOption(
-                "limits above 1 KiB (field), 4 KiB (subject) or 16 MiB (value)",
+                "limits above 1 KiB (field), 4096 characters (subject) or 16 MiB (value)",
             ));
         }
         Ok(())
@@ -641,8 +647,6 @@ mod tests {
             ("\u{FEFF}alice", Problem::Invisible),
             ("ali\u{00AD}ce", Problem::Invisible),
             ("ali\u{202E}ce", Problem::Invisible),
-            // "é" as e + combining acute: NFD.
-            ("jose\u{0301}", Problem::NotNormalized),
         ] {
             assert_eq!(
                 problem(id),
@@ -651,9 +655,63 @@ mod tests {
                 id.escape_unicode().to_string()
             );
         }
-        for id in ["josé", "Zoë Ann", "山田太郎", "alice@x.com", "+49 30 1234"] {
+        // "é" as e + combining acute (NFD) is accepted: it names the subject
+        // "josé" does (see below).
+        for id in [
+            "josé",
+            "jose\u{0301}",
+            "Zoë Ann",
+            "山田太郎",
+            "alice@x.com",
+            "+49 30 1234",
+        ] {
             assert_eq!(problem(id), None, "{id}");
         }
+    }
+
+    #[test]
+    fn spellings_that_differ_in_composition_name_one_subject() -> Result<(), Error> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io("temporary directory", e))?;
+        let opts = VaultOptions::default()
+            .background_worker(false)
+            .kdf_params(KdfParams::MINIMUM);
+        let vault = crate::Vault::open(dir.path(), &crate::RootKey::from_bytes(&[7; 32])?, opts)?;
+        let decomposed = "jose\u{0301}";
+        let composed = "jos\u{e9}";
+        let token = vault.tokenize(decomposed, "email", "jose@example.com")?;
+        let second = vault.tokenize(composed, "phone", "+34 600 000 000")?;
+        let export = vault.export(composed)?;
+        let tokens: Vec<_> = export.records.iter().map(|r| r.token.clone()).collect();
+        assert_eq!(tokens.len(), 2);
+        assert!(tokens.contains(&token) && tokens.contains(&second));
+        assert_eq!(vault.export(decomposed)?.subject_ref, export.subject_ref);
+        // Erased under the other spelling: both records go.
+        assert_eq!(vault.erase(composed)?.records, 2);
+        assert!(matches!(
+            vault.detokenize(&token.to_string()),
+            Err(Error::Erased)
+        ));
+        assert!(vault.export(decomposed)?.records.is_empty());
+        vault.close()
+    }
+
+    #[test]
+    fn subject_ids_are_measured_in_characters() {
+        let l = Limits::default();
+        // A 4-byte character (a CJK ideograph of family names): 256 of them are
+        // 1 KiB, and one id of 256 characters.
+        let wide = "\u{20BB7}";
+        assert_eq!(wide.len(), 4);
+        assert!(l.check_subject(&wide.repeat(256)).is_ok());
+        assert_eq!(
+            l.check_subject(&wide.repeat(257))
+                .expect_err("refused")
+                .problem,
+            Problem::TooLong { limit: 256 }
+        );
+        // Combining marks count as characters of their own, as given.
+        assert!(l.check_subject(&"e\u{0301}".repeat(128)).is_ok());
+        assert!(l.check_subject(&"e\u{0301}".repeat(129)).is_err());
     }
 
     #[test]

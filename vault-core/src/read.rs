@@ -12,8 +12,10 @@ use crate::vault::{Inner, Vault};
 impl Vault {
     /// Turns a token back into its field and value.
     ///
-    /// Errors: [`Error::InvalidToken`] (malformed or another vault's),
-    /// [`Error::NotFound`], [`Error::Erased`], [`Error::Integrity`].
+    /// Errors: [`Error::InvalidToken`] (the text does not have a token's shape),
+    /// [`Error::NotFound`] (deleted, or not issued by this vault: another vault's
+    /// token, or digits no token was issued as), [`Error::Erased`],
+    /// [`Error::Expired`], [`Error::Integrity`].
     /// The read is recorded in the audit trail (no purpose) before it returns; text
     /// that is not a token is not.
     pub fn detokenize(&self, token: &str) -> Result<Detokenized, Error> {
@@ -25,10 +27,14 @@ impl Vault {
     pub(crate) fn detokenize_one_by(&self, actor: &str, token: &str) -> Result<Detokenized, Error> {
         let inner = &*self.inner;
         // Text that is not a token is refused, and not recorded, as in a batch.
-        let id = inner.token_id(token)?;
-        let (result, event) = inner.store.with_value(Cf::Records, &id, |bytes| {
-            inner.read_record(actor, &id, bytes)
-        })?;
+        let (result, event) = match inner.token_id(token) {
+            Ok(id) => inner.store.with_value(Cf::Records, &id, |bytes| {
+                inner.read_record(actor, bytes.map(|bytes| (&id, bytes)))
+            })?,
+            // A token this vault did not issue: a read of a missing record.
+            Err(Error::NotFound) => inner.read_record(actor, None),
+            Err(e) => return Err(e),
+        };
         inner.commit_read_events(&[event])?;
         result
     }
@@ -61,8 +67,15 @@ impl Vault {
         let results = ids
             .into_iter()
             .map(|id| {
-                let (result, event) =
-                    inner.read_record(actor, &id?, found.next().flatten().as_deref());
+                let (result, event) = match id {
+                    Ok(id) => {
+                        let bytes = found.next().flatten();
+                        inner.read_record(actor, bytes.as_deref().map(|bytes| (&id, bytes)))
+                    }
+                    // A token this vault did not issue: a read of a missing record.
+                    Err(Error::NotFound) => inner.read_record(actor, None),
+                    Err(e) => return Err(e),
+                };
                 events.push(event);
                 result
             })
@@ -75,17 +88,16 @@ impl Vault {
 }
 
 impl Inner {
-    /// A detokenization of the record stored as `bytes` (`None`: not found), and
-    /// its event for the trail.
+    /// A detokenization of the record `found` (its id and stored bytes; `None`: not
+    /// found), and its event for the trail.
     fn read_record<'a>(
         &self,
         actor: &'a str,
-        id: &TokenId,
-        bytes: Option<&[u8]>,
+        found: Option<(&TokenId, &[u8])>,
     ) -> (Result<Detokenized, Error>, ReadEvent<'a>) {
         let mut subject = None;
-        let result = match bytes {
-            Some(bytes) => self.open_record(id, bytes, &mut subject),
+        let result = match found {
+            Some((id, bytes)) => self.open_record(id, bytes, &mut subject),
             None => Err(Error::NotFound),
         };
         let event = ReadEvent::new(actor, AuditAction::Detokenize, AuditOutcome::of(&result))

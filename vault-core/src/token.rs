@@ -1,9 +1,14 @@
 //! Tokens: what the rest of the company stores instead of personal data.
 //!
 //! A token is a 128-bit identifier followed by a 32-bit tag keyed by the vault, in a
-//! fixed-length text form: `tok_` and 32 lowercase base32 characters. The tag lets
-//! the vault reject typos and other vaults' tokens without a lookup; the token says
-//! nothing about the subject or the value.
+//! fixed-length text form: `tok_` and 32 lowercase base32 characters. The tag tells
+//! the vault's own tokens from typos and other vaults' tokens (which name none of
+//! its records: not found); the token says nothing about the subject or the value.
+//!
+//! Text without a token's shape is refused ([`Error::InvalidToken`]): the shapes are
+//! fixed, so a client can check them. Whether this vault issued a token of the right
+//! shape is for the vault to find out, and one it did not issue is answered like
+//! any missing record.
 //!
 //! The identifier is the record's storage key encrypted with a block cipher under a
 //! vault key ([`TokenCodec`]). The storage key starts with 64 bits derived from the
@@ -93,13 +98,30 @@ impl TokenCodec {
         Token::new(id, &self.tag_key)
     }
 
-    /// The storage key a token names, once its tag shows it is this vault's.
-    pub(crate) fn key(&self, token: &Token) -> Result<TokenId, Error> {
+    /// The storage key a token names, once its tag shows it is this vault's;
+    /// `None` for a token whose tag does not verify, and for one the vault looks
+    /// up (digits).
+    pub(crate) fn key(&self, token: &Token) -> Option<TokenId> {
         let mut key = token.verify(&self.tag_key)?;
         if let Some(cipher) = &self.cipher {
             cipher.decrypt_block((&mut key).into());
         }
-        Ok(key)
+        Some(key)
+    }
+
+    /// The storage key an opaque token (`tok_…`, not in e-mail form) decodes to,
+    /// tag unchecked: for a position to seek from (an export's cursor), where a
+    /// token this vault did not issue names a place among the subject's own
+    /// records, never a record to read.
+    pub(crate) fn position(&self, token: &Token) -> Option<TokenId> {
+        let Form::Id { email: false, .. } = &token.form else {
+            return None;
+        };
+        let mut key = token.id();
+        if let Some(cipher) = &self.cipher {
+            cipher.decrypt_block((&mut key).into());
+        }
+        Some(key)
     }
 }
 
@@ -189,19 +211,15 @@ impl Token {
         self
     }
 
-    /// Checks the vault tag: a well-formed token from another vault is refused here,
-    /// and so is a token the vault must look up (digits).
-    pub(crate) fn verify(&self, tag_key: &Key) -> Result<TokenId, Error> {
+    /// Checks the vault tag: `None` for a well-formed token of another vault (or
+    /// an altered one), and for a token the vault must look up (digits).
+    pub(crate) fn verify(&self, tag_key: &Key) -> Option<TokenId> {
         let Form::Id { raw, .. } = &self.form else {
-            return Err(Error::InvalidToken);
+            return None;
         };
         let id = self.id();
         let expected = tag(&id, tag_key);
-        if bool::from(expected.ct_eq(&raw[ID_LEN..])) {
-            Ok(id)
-        } else {
-            Err(Error::InvalidToken)
-        }
+        bool::from(expected.ct_eq(&raw[ID_LEN..])).then_some(id)
     }
 
     pub(crate) fn id(&self) -> TokenId {
@@ -271,8 +289,8 @@ impl fmt::Debug for Token {
 impl FromStr for Token {
     type Err = Error;
 
-    /// Parses the text form. This checks the shape only; the vault checks the tag,
-    /// or looks the token up.
+    /// Parses the text form. This checks the shape only ([`Error::InvalidToken`]
+    /// when it is not a token's); the vault checks the tag, or looks the token up.
     fn from_str(s: &str) -> Result<Token, Error> {
         if !s.is_empty() && s.len() <= MAX_DIGIT_TOKEN_LEN && s.bytes().all(|b| b.is_ascii_digit())
         {
@@ -330,14 +348,14 @@ mod tests {
         assert!(s.starts_with("tok_"));
         let back: Token = s.parse()?;
         assert_eq!(back, t);
-        assert_eq!(back.verify(&k)?, [0xab; ID_LEN]);
+        assert_eq!(back.verify(&k), Some([0xab; ID_LEN]));
         Ok(())
     }
 
     #[test]
     fn foreign_and_malformed_tokens_are_refused() {
         let t = Token::new([7; ID_LEN], &key(1));
-        assert!(matches!(t.verify(&key(2)), Err(Error::InvalidToken)));
+        assert_eq!(t.verify(&key(2)), None);
         for bad in [
             "",
             "tok_",
@@ -348,13 +366,16 @@ mod tests {
             "tok_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
             "tok_ééééééééééééééé",
         ] {
-            assert!(bad.parse::<Token>().is_err(), "{bad:?}");
+            assert!(
+                matches!(bad.parse::<Token>(), Err(Error::InvalidToken)),
+                "{bad:?}"
+            );
         }
         // One changed character breaks the tag.
         let mut s = t.to_string().into_bytes();
         s[10] = if s[10] == b'a' { b'b' } else { b'a' };
         let changed: Token = String::from_utf8(s).expect("ascii").parse().expect("shape");
-        assert!(changed.verify(&key(1)).is_err());
+        assert_eq!(changed.verify(&key(1)), None);
     }
 
     proptest! {

@@ -14,6 +14,8 @@ use crate::vault::{Inner, Vault};
 
 impl Vault {
     /// Replaces the value behind `token`; the token stays valid and keeps its field.
+    /// A token this vault did not issue is [`Error::NotFound`], like a deleted one;
+    /// text without a token's shape is [`Error::InvalidToken`].
     pub fn rectify(&self, token: &str, value: impl AsRef<[u8]>) -> Result<(), Error> {
         self.default_actor().rectify(token, value)
     }
@@ -50,7 +52,8 @@ impl Vault {
         })
     }
 
-    /// Deletes the record behind `token`; the token then answers [`Error::NotFound`].
+    /// Deletes the record behind `token`; the token then answers [`Error::NotFound`],
+    /// as does a token this vault did not issue.
     ///
     /// The ciphertext stays in older storage files until compaction reaches them; it is
     /// still under the subject's key. Erasure is what removes bytes provably.

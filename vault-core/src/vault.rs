@@ -595,7 +595,14 @@ impl Inner {
     }
 
     /// The record a token names: decoded, or looked up (digits, and in a staging
-    /// vault production's tokens). Text that is neither is [`Error::InvalidToken`].
+    /// vault production's tokens).
+    ///
+    /// Text without a token's shape is [`Error::InvalidToken`]. A token of the
+    /// right shape that this vault did not issue (another vault's, whose tag does
+    /// not verify, or digits no alias names) is [`Error::NotFound`], as is one
+    /// whose record was deleted: the shape is what a client can check; whether this
+    /// vault issued a token is a lookup, answered like any missing record. Callers
+    /// treat it as a read of a missing record (audited where such a read is).
     pub(crate) fn token_id(&self, text: &str) -> Result<TokenId, Error> {
         let token: Token = text.parse()?;
         if self
@@ -606,11 +613,9 @@ impl Inner {
             return Ok(id);
         }
         match self.index.tokens.key(&token) {
-            Err(Error::InvalidToken) => {
-                alias::lookup(&*self.store, &self.index, &token.lookup_text())?
-                    .ok_or(Error::InvalidToken)
-            }
-            decoded => decoded,
+            Some(id) => Ok(id),
+            None => alias::lookup(&*self.store, &self.index, &token.lookup_text())?
+                .ok_or(Error::NotFound),
         }
     }
 

@@ -55,18 +55,23 @@ fn tokens_keep_their_format_and_are_unique() -> TestResult {
             );
         }
     }
-    // A digit string the vault never issued, and the opaque form of an e-mail
-    // token at another domain, are not tokens.
+    // A digit string the vault never issued has a token's shape: no record.
     assert!(matches!(
         vault.detokenize("0000000000000000"),
-        Err(Error::InvalidToken)
+        Err(Error::NotFound)
     ));
+    // The opaque form of an e-mail token at another domain is not a token at all.
     let mail = tokenize_as(&vault, "s1", "email", "x@y.example", TokenFormat::Email)?;
     let (local, _) = mail.split_once('@').expect("an address");
     assert!(matches!(
         vault.detokenize(&format!("{local}@example.com")),
         Err(Error::InvalidToken)
     ));
+    // Another vault's token in e-mail form has the shape, and no record here.
+    let other_dir = tempfile::tempdir()?;
+    let other = open(other_dir.path());
+    let theirs = tokenize_as(&other, "s1", "email", "x@y.example", TokenFormat::Email)?;
+    assert!(matches!(vault.detokenize(&theirs), Err(Error::NotFound)));
     assert_eq!(vault.detokenize(local)?.value.as_str(), Some("x@y.example"));
     Ok(())
 }

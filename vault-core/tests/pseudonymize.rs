@@ -34,6 +34,8 @@ struct Production {
     live: BTreeMap<String, (String, String)>,
     erased: Vec<String>,
     expired: Vec<String>,
+    /// A record deleted in production: nothing of it is copied.
+    deleted: String,
     /// Every real value and subject id, for the scan.
     secrets: Vec<String>,
     /// Two subjects' tokens of the same e-mail address.
@@ -145,10 +147,15 @@ fn production(vault: &Vault, clock: &ManualClock) -> Result<Production, Error> {
     assert_eq!(vault.purge_expired()?.records, 1);
     clock.advance_days(20);
     secrets.extend(["old note 1".to_owned(), "old note 2".to_owned()]);
+    let deleted = vault
+        .tokenize("cust-bo-9915", "phone", "+44 20 7946 0000")?
+        .to_string();
+    vault.delete(&deleted)?;
     Ok(Production {
         live,
         erased,
         expired,
+        deleted,
         secrets,
         same_email: (shared[0].clone(), shared[1].clone()),
     })
@@ -242,6 +249,12 @@ fn production_tokens_resolve_to_fakes_of_the_same_shape_in_staging() -> TestResu
             "{token}"
         );
     }
+    // A deletion leaves nothing to copy: the token names no record in staging, as
+    // in production.
+    assert!(matches!(
+        staging.detokenize(&production.deleted),
+        Err(Error::NotFound)
+    ));
     // Subjects under pseudonymous ids, from the mapping (the operator's file).
     let mapping = std::fs::read_to_string(out.path().join("mapping.txt"))?;
     let mode = std::fs::metadata(out.path().join("mapping.txt"))?

@@ -2,8 +2,11 @@
 
 mod common;
 
-use common::{TestResult, hex_decode, options, raw_db, root, subject_ref};
-use vault_core::{Access, Error, LawfulBasis, Mask, Purpose, TokenizeRequest, Vault, VaultOptions};
+use common::{TestResult, TokenKinds, hex_decode, options, raw_db, root, subject_ref, token_kinds};
+use vault_core::{
+    Access, Argument, AuditAction, Error, InputError, LawfulBasis, Mask, Problem, Purpose,
+    TokenizeRequest, Vault, VaultOptions,
+};
 
 const FIELDS: [&str; 3] = ["email", "phone", "iban"];
 
@@ -129,6 +132,71 @@ fn purpose_basis_consent_and_field_matrix() -> TestResult {
         }
     }
     assert_eq!(checked, 5 * 2 * 12);
+    Ok(())
+}
+
+/// A token of a token's shape that this vault did not issue (another vault's,
+/// digits never issued) is answered per item, and audited, like a deleted record:
+/// whether the vault issued it is a lookup. Text without a token's shape fails the
+/// whole call, naming the item, and nothing is recorded.
+#[test]
+fn a_token_this_vault_did_not_issue_is_not_found_per_item() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let vault = open(dir.path())?;
+    let other_dir = tempfile::tempdir()?;
+    let TokenKinds {
+        live,
+        deleted,
+        foreign,
+        ..
+    } = token_kinds(&vault, &open(other_dir.path())?)?;
+    let access = Access::new("billing", "test-suite");
+    let last = vault.audit_events(None, 1000)?.last().map(|e| e.seq);
+    let tokens = [
+        live.as_str(),
+        foreign.as_str(),
+        deleted.as_str(),
+        "0000000000000000",
+    ];
+    let results = vault.detokenize_for(&tokens, &access)?;
+    assert!(results[0].is_ok());
+    for (token, result) in tokens.iter().zip(&results).skip(1) {
+        assert!(
+            matches!(result, Err(Error::NotFound)),
+            "{token}: {result:?}"
+        );
+    }
+    let recorded: Vec<_> = vault
+        .audit_events(last, 100)?
+        .into_iter()
+        .filter(|e| e.action == AuditAction::Detokenize)
+        .map(|e| (e.outcome.name(), e.purpose, e.subject.is_some()))
+        .collect();
+    let billing = Some("billing".to_owned());
+    assert_eq!(
+        recorded,
+        [
+            ("ok", billing.clone(), true),
+            ("not_found", billing.clone(), false),
+            ("not_found", billing.clone(), false),
+            ("not_found", billing, false),
+        ]
+    );
+
+    let before = vault.audit_events(None, 1000)?.len();
+    let refused = vault
+        .detokenize_for(&[live.as_str(), foreign.as_str(), "tok_x"], &access)
+        .expect_err("refused");
+    let expected = InputError {
+        item: Some(2),
+        argument: Argument::Token,
+        problem: Problem::NotAToken,
+    };
+    assert!(
+        matches!(&refused, Error::InvalidInput(e) if *e == expected),
+        "{refused:?}"
+    );
+    assert_eq!(vault.audit_events(None, 1000)?.len(), before);
     Ok(())
 }
 

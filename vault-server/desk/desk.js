@@ -424,7 +424,8 @@
   }
 
   async function eraseNow() {
-    if ($('erase-id').value !== current.subject) {
+    // Compared as the vault compares ids: in NFC.
+    if ($('erase-id').value.normalize('NFC') !== current.subject.normalize('NFC')) {
       say('The id typed again does not match: nothing was erased.', true);
       return;
     }

@@ -239,6 +239,18 @@ pub struct LimitsConfig {
     pub failed_auth_burst: u32,
 }
 
+impl LimitsConfig {
+    /// The vault's own limits, from these: values and batches as configured, subject
+    /// ids and field names at the vault's defaults.
+    pub fn vault_limits(&self) -> Limits {
+        Limits {
+            max_value_len: self.max_value_bytes,
+            max_batch: self.max_batch,
+            ..Limits::default()
+        }
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
@@ -393,11 +405,7 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// The vault's own limits, from the request limits.
     pub fn vault_limits(&self) -> Limits {
-        Limits {
-            max_value_len: self.limits.max_value_bytes,
-            max_batch: self.limits.max_batch,
-            ..Limits::default()
-        }
+        self.limits.vault_limits()
     }
 
     /// Opens the vault where the configuration says, with its options.

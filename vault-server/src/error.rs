@@ -155,10 +155,12 @@ impl ApiError {
         )
     }
 
+    /// Text without a token's shape. (A token of that shape the vault did not
+    /// issue is `not_found`, like a deleted one.)
     pub(crate) fn invalid_token(item: Option<usize>) -> Self {
         let message = match item {
-            Some(i) => format!("item {i}: not a token of this vault"),
-            None => "not a token of this vault".to_owned(),
+            Some(i) => format!("item {i}: not a token"),
+            None => "not a token".to_owned(),
         };
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_token", message).at(item)
     }

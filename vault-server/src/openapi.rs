@@ -3,204 +3,642 @@
 //! Written by hand next to the wire types (`vault_client::api`); a test checks that
 //! every route the router serves is described.
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+use vault_core::{LawfulBasis, Limits, Purpose};
 
-fn error_responses(codes: &[u16]) -> Value {
-    let mut map = serde_json::Map::new();
-    for code in codes {
-        map.insert(
-            code.to_string(),
-            json!({ "$ref": format!("#/components/responses/E{code}") }),
+use crate::config::LimitsConfig;
+
+/// What a running server enforces, for the document to state it: its limits and
+/// the purposes it declares.
+#[derive(Debug, Clone, Copy)]
+pub struct Contract<'a> {
+    /// The request limits (`[limits]`).
+    pub limits: &'a LimitsConfig,
+    /// The vault's own limits (subject ids and field names).
+    pub vault: &'a Limits,
+    /// The declared purposes.
+    pub purposes: &'a [Purpose],
+}
+
+/// Every error code the API answers with: its status and what it means.
+const CODES: &[(&str, u16, &str)] = &[
+    (
+        "malformed_request",
+        400,
+        "the body is not JSON of the route's shape (an unknown, missing or null field, a wrong type), or the query is not one the route takes",
+    ),
+    (
+        "invalid_item",
+        400,
+        "an argument breaks a rule the document states (an empty or over-long subject id, a field name, a value that does not fit its format, an export limit or cursor); `item` names the batch item",
+    ),
+    (
+        "invalid_token",
+        400,
+        "text without the shape of a token (see the token pattern); `item` names it in a batch",
+    ),
+    (
+        "invalid_purpose",
+        400,
+        "a purpose name that is not 1-64 of a-z, 0-9, '_', '-', '.'",
+    ),
+    (
+        "unknown_purpose",
+        400,
+        "a purpose this server does not declare (GET /v1/purposes)",
+    ),
+    ("unauthenticated", 401, "no API key, or not a known one"),
+    (
+        "forbidden",
+        403,
+        "the API key lacks the route's scope (tokenize_deterministic for deterministic items)",
+    ),
+    (
+        "purpose_not_allowed",
+        403,
+        "the API key may not use this purpose",
+    ),
+    (
+        "not_found",
+        404,
+        "no record for this token in this vault (never issued here, or deleted)",
+    ),
+    (
+        "deterministic_token",
+        409,
+        "a deterministic token's value cannot be rectified: tokenize the new value and delete the token",
+    ),
+    (
+        "not_consent_based",
+        409,
+        "the purpose's lawful basis is not consent: there is no consent to record",
+    ),
+    (
+        "token_space_exhausted",
+        409,
+        "every token of the format and length asked for is taken",
+    ),
+    (
+        "backups_not_configured",
+        409,
+        "no backup directory is configured ([backup] dir)",
+    ),
+    ("erased", 410, "the token's subject was erased"),
+    (
+        "expired",
+        410,
+        "the record is past its field's retention period",
+    ),
+    (
+        "body_too_large",
+        413,
+        "the body is over [limits] max_body_bytes",
+    ),
+    ("batch_too_large", 413, "more items than [limits] max_batch"),
+    (
+        "value_too_large",
+        413,
+        "a value over [limits] max_value_bytes bytes (UTF-8)",
+    ),
+    (
+        "response_too_large",
+        413,
+        "the answer would be over [limits] max_response_bytes: ask for fewer tokens or a smaller limit",
+    ),
+    (
+        "rate_limited",
+        429,
+        "the key's rate limit, or this address's failed authentications; retry after Retry-After seconds",
+    ),
+    (
+        "overloaded",
+        429,
+        "the server is at its concurrency limit; retry later",
+    ),
+    (
+        "internal",
+        500,
+        "internal error; the server log has the details under the x-request-id",
+    ),
+    ("integrity", 500, "stored data failed authentication"),
+    (
+        "audit_damaged",
+        500,
+        "the audit trail is damaged: audited operations are refused until it is restored",
+    ),
+    ("unsupported", 501, "not supported by this vault's storage"),
+    (
+        "timeout",
+        503,
+        "the request did not complete in time; a write may or may not have taken effect",
+    ),
+    (
+        "conflict",
+        503,
+        "concurrent changes by other replicas kept the write from committing; nothing was written, retry",
+    ),
+    (
+        "storage_unavailable",
+        503,
+        "the vault's storage failed the call; retry later",
+    ),
+];
+
+/// Codes every route that takes an API key may answer with.
+const KEYED: &[&str] = &[
+    "unauthenticated",
+    "rate_limited",
+    "overloaded",
+    "internal",
+    "timeout",
+];
+/// Codes of a route that reads or writes the vault's data.
+const STORED: &[&str] = &[
+    "integrity",
+    "audit_damaged",
+    "conflict",
+    "storage_unavailable",
+];
+/// Codes of a route that takes a JSON body.
+const BODY: &[&str] = &["malformed_request", "body_too_large"];
+
+/// The error answers of an operation: one per status, its body's `code` one of
+/// the codes given.
+fn errors(groups: &[&[&str]]) -> Map<String, Value> {
+    let mut by_status: std::collections::BTreeMap<u16, Vec<(&str, &str)>> = Default::default();
+    for code in groups.iter().flat_map(|g| g.iter()) {
+        let Some(&(name, status, meaning)) = CODES.iter().find(|(name, ..)| name == code) else {
+            panic!("error code {code} is not in CODES");
+        };
+        let list = by_status.entry(status).or_default();
+        if !list.iter().any(|(n, _)| *n == name) {
+            list.push((name, meaning));
+        }
+    }
+    let mut out = Map::new();
+    for (status, codes) in by_status {
+        let description = codes
+            .iter()
+            .map(|(name, meaning)| format!("`{name}`: {meaning}."))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let names: Vec<&str> = codes.iter().map(|(name, _)| *name).collect();
+        let mut headers = json!({ "x-vault-error": {
+            "description": "The error code, as in the body.",
+            "schema": { "enum": names }
+        }});
+        if matches!(status, 429 | 503) {
+            headers["Retry-After"] = json!({
+                "description": "Seconds to wait before a retry (rate_limited, conflict, storage_unavailable).",
+                "schema": { "type": "integer", "minimum": 0 }
+            });
+        }
+        out.insert(
+            status.to_string(),
+            json!({
+                "description": description,
+                "headers": headers,
+                "content": { "application/json": { "schema": object(&["error"], json!({
+                    "error": object(&["code", "message"], json!({
+                        "code": { "enum": names },
+                        "message": { "type": "string", "description": "For people; never quotes the input." },
+                        "item": { "type": "integer", "minimum": 0, "description": "Index of the offending batch item." }
+                    }))
+                })) } }
+            }),
         );
     }
-    Value::Object(map)
+    out
 }
 
-fn with_errors(mut ok: Value, codes: &[u16]) -> Value {
-    if let (Some(ok), Value::Object(errors)) = (ok.as_object_mut(), error_responses(codes)) {
-        ok.extend(errors);
-    }
-    ok
+/// An operation's answers: the successful one and its errors.
+fn answers(ok: Value, groups: &[&[&str]]) -> Value {
+    let mut all = ok.as_object().cloned().unwrap_or_default();
+    all.extend(errors(groups));
+    Value::Object(all)
 }
 
-fn body(schema: &str) -> Value {
+fn body(schema: &str, example: Value) -> Value {
     json!({
         "required": true,
-        "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } }
+        "content": { "application/json": {
+            "schema": { "$ref": format!("#/components/schemas/{schema}") },
+            "example": example
+        } }
     })
 }
 
 fn answer(description: &str, schema: &str) -> Value {
     json!({
         "description": description,
-        "content": { "application/json": { "schema": { "$ref": format!("#/components/schemas/{schema}") } } }
+        "content": { "application/json": {
+            "schema": { "$ref": format!("#/components/schemas/{schema}") },
+            "example": example(schema)
+        } }
     })
 }
 
-const KEYED: [u16; 8] = [400, 401, 403, 405, 413, 429, 500, 503];
+/// A successful answer of each kind, with obviously fake values.
+fn example(schema: &str) -> Value {
+    let at = 1_767_225_600_000_u64; // 2026-01-01T00:00:00Z
+    let key_status = json!({
+        "active_version": 2,
+        "versions": [{ "version": 1, "active": false, "deks": 0 }, { "version": 2, "active": true, "deks": 1204 }],
+        "rotation_in_progress": false, "pending_purges": 0, "background_error": null
+    });
+    let event = json!({
+        "seq": 41, "at": at, "actor": "checkout-service", "action": "detokenize",
+        "purpose": "support", "outcome": "ok", "records": 1,
+        "subject": "5f0c2a9e4b7d1e3a8c6f0b2d4e6a8c0e"
+    });
+    let consent = json!({
+        "purpose": "marketing", "granted": true, "since": at,
+        "history": [{ "granted": true, "at": at, "source": "signup form v2" }]
+    });
+    let backup = json!({
+        "id": "20260101T000000Z", "created_at": at,
+        "path": "/var/lib/pii-vault/backups/20260101T000000Z", "records": 1204, "bytes": 5_242_880
+    });
+    match schema {
+        "DetokenizeResponse" => json!({ "results": [
+            { "token": EXAMPLE_TOKEN, "field": "email", "value": "ada@example.com" },
+            { "token": "4000123412341111", "error": "erased" }
+        ] }),
+        "ErasureReceipt" => json!({
+            "subject_ref": "5f0c2a9e4b7d1e3a8c6f0b2d4e6a8c0e", "erased_at": at, "records": 2,
+            "purge": { "state": "done", "at": at }, "audit_event": 42,
+            "backups": [], "in_backups_until": null
+        }),
+        "SubjectExport" => json!({
+            "subject": "customer-0001", "subject_ref": "5f0c2a9e4b7d1e3a8c6f0b2d4e6a8c0e",
+            "exported_at": at, "next_cursor": null,
+            "records": [{ "token": EXAMPLE_TOKEN, "field": "email", "value": "ada@example.com", "created_at": at }],
+            "consents": [consent], "access_log": [event]
+        }),
+        "SubjectConsents" => json!({ "subject": "customer-0001", "consents": [consent] }),
+        "SubjectOverview" => json!({
+            "subject": "customer-0001", "subject_ref": "5f0c2a9e4b7d1e3a8c6f0b2d4e6a8c0e",
+            "records": [{ "token": EXAMPLE_TOKEN, "field": "email", "created_at": at }],
+            "more_records": false, "consents": [consent], "access_log": [event],
+            "more_events": false, "backups": []
+        }),
+        "WhoAmI" => {
+            json!({ "name": "privacy-desk", "scopes": ["export", "erase", "consent", "audit"], "purposes": ["support"], "masked": false })
+        }
+        "Purposes" => json!({ "purposes": [
+            { "name": "support", "basis": "legitimate_interests", "fields": null, "masked": false },
+            { "name": "marketing", "basis": "consent", "fields": ["email"], "masked": false }
+        ] }),
+        "AuditEvents" => json!({ "events": [event] }),
+        "AuditHead" => {
+            json!({ "seq": 41, "mac": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" })
+        }
+        "AuditCheck" => json!({ "ok": true, "events": 42, "anchor": "contained" }),
+        "Inventory" => json!({
+            "taken_at": at,
+            "fields": [{
+                "field": "email", "records": 1204, "subjects": 1180, "oldest_record_day": at,
+                "retention_seconds": null,
+                "purposes": [{ "purpose": "support", "basis": "legitimate_interests", "masked": false }]
+            }],
+            "records": 1204, "subjects": 1180, "erased_subjects": 12, "pending_purges": 0,
+            "active_kek_version": 2, "kek_versions": [2],
+            "backups": { "kept": 1, "latest_at": at, "holding_erased": 0, "erasures_in_backups_until": null }
+        }),
+        "KeyStatus" => key_status,
+        "KeyRetirement" => json!({ "retired": [1], "keys": key_status }),
+        "BackupCreated" => json!({ "backup": backup }),
+        "Backups" => json!({
+            "backups": [backup], "erasures_in_backups_until": null,
+            "holding_erased": 0, "backups_until_clean": 0
+        }),
+        other => panic!("no example for {other}"),
+    }
+}
 
-/// The document.
-pub fn document() -> Value {
+/// The largest number a `u64` field takes.
+const U64_MAX: u64 = u64::MAX;
+
+/// The token's forms: digits (format-preserving), or `tok_` and 32 letters of
+/// base32, optionally as an e-mail address at example.net. A text of this shape
+/// that this vault did not issue is not found (404), not invalid.
+const TOKEN_PATTERN: &str = "^([0-9]{1,32}|tok_[a-z2-7]{32}(@example\\.net)?)$";
+/// A fake token for the examples.
+const EXAMPLE_TOKEN: &str = "tok_exampleexampleexampleexample2345";
+
+/// Characters `char::is_control` and `char::is_whitespace` name, and those the
+/// vault calls invisible (`vault_core`'s subject rules), as regex class members:
+/// BMP characters as `\u` escapes, understood by ECMA-262 and Python alike; the
+/// few above the BMP as themselves.
+const CONTROLS: &str = "\\u0000-\\u001F\\u007F-\\u009F";
+const WHITESPACE: &str =
+    "\\u0009-\\u000D\\u0020\\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000";
+const INVISIBLE_BMP: &str = "\\u00AD\\u034F\\u061C\\u115F\\u1160\\u17B4\\u17B5\\u180B-\\u180F\\u200B-\\u200F\\u202A-\\u202E\\u2060-\\u206F\\u3164\\uFE00-\\uFE0F\\uFEFF\\uFFA0";
+
+/// Above the BMP: U+1D173-U+1D17A (musical formatting) and U+E0000-U+E0FFF (tags,
+/// variation selectors).
+fn invisible_astral() -> String {
+    ['\u{1D173}', '-', '\u{1D17A}', '\u{E0000}', '-', '\u{E0FFF}']
+        .iter()
+        .collect()
+}
+
+/// A subject id: no control or invisible character, no whitespace at either end.
+fn subject_pattern() -> String {
+    let inner = format!("{CONTROLS}{INVISIBLE_BMP}{}", invisible_astral());
+    let edge = format!("{inner}{WHITESPACE}");
+    format!("^[^{edge}]([^{inner}]*[^{edge}])?$")
+}
+
+/// The document for a server over `vault` with these request limits.
+pub fn document_of(vault: &vault_core::Vault, limits: &LimitsConfig) -> Value {
+    let purposes = vault.purposes();
+    document(&Contract {
+        limits,
+        vault: &limits.vault_limits(),
+        purposes: &purposes,
+    })
+}
+
+/// The document for a server with these limits and purposes.
+pub fn document(contract: &Contract<'_>) -> Value {
+    let limits = contract.limits;
+    let vault = contract.vault;
+    let declared: Vec<&str> = contract.purposes.iter().map(Purpose::name).collect();
+    let consent_based: Vec<&str> = contract
+        .purposes
+        .iter()
+        .filter(|p| p.basis() == LawfulBasis::Consent)
+        .map(Purpose::name)
+        .collect();
+    let example_purpose = declared.first().copied().unwrap_or("support");
+    let example_consent = consent_based.first().copied().unwrap_or("marketing");
+    let subject = json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": vault.max_subject_len,
+        "pattern": subject_pattern(),
+        "description": format!(
+            "Data subject id (personal data): 1 to {} characters, no control or invisible character (zero-width spaces and joiners, direction marks, the byte-order mark, soft hyphens…), no whitespace at either end. Ids are compared in Unicode NFC: spellings that differ only in composition name one subject.",
+            vault.max_subject_len
+        ),
+        "example": "customer-0001"
+    });
+    let field = json!({
+        "type": "string",
+        "pattern": format!("^[A-Za-z0-9_.-]{{1,{}}}$", vault.max_field_len),
+        "description": "The kind of value (email, phone…): what purposes, masks and retention periods name.",
+        "example": "email"
+    });
+    let value_max = limits.max_value_bytes;
+    let value = |description: &str| {
+        json!({
+            "type": "string",
+            "minLength": 1,
+            "maxLength": value_max,
+            "description": format!("{description} Personal data: 1 to {value_max} bytes of UTF-8 (beyond, 413 value_too_large)."),
+            "example": "ada@example.com"
+        })
+    };
+    let purpose = |names: &[&str], description: &str| json!({ "type": "string", "enum": names, "description": description });
+    let token = json!({ "type": "string", "pattern": TOKEN_PATTERN, "example": EXAMPLE_TOKEN });
     let token_param = json!([{
         "name": "token", "in": "path", "required": true,
-        "schema": { "type": "string", "pattern": "^([0-9]{1,32}|tok_[a-z2-7]{32}(@example\\.net)?)$" }
+        "description": "A token of this vault.",
+        "schema": token
     }]);
+    let batch = limits.max_batch;
+    let body_limit = format!(
+        "The whole body is at most {} bytes ([limits] max_body_bytes; beyond, 413 body_too_large).",
+        limits.max_body_bytes
+    );
+    let export_page = limits.export_page;
+    let cursor_pattern = format!("^(e[0-9]{{0,19}}|r{})\\.[0-9]{{1,19}}$", "tok_[a-z2-7]{32}");
+    let tokens_link = |operation: &str| {
+        json!({
+            "operationId": operation,
+            "parameters": { "token": "$response.body#/tokens/0" }
+        })
+    };
     json!({
         "openapi": "3.1.0",
         "info": {
             "title": "pii-vault",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Personal-data vault: values encrypted under a key per data subject, opaque tokens for everyone else. Subject ids and values travel only in request bodies."
+            "description": "Personal-data vault: values encrypted under a key per data subject, opaque tokens for everyone else. Subject ids and values travel only in request bodies. This document describes this server: its limits and declared purposes are those it runs with."
         },
         "security": [{ "apiKey": [] }],
         "paths": {
             "/v1/tokenize": { "post": {
-                "summary": "Tokenize values (all-or-nothing). Scope: tokenize.",
-                "requestBody": body("TokenizeRequest"),
-                "responses": with_errors(json!({ "200": answer("One token per item, in order.", "TokenizeResponse") }), &KEYED)
+                "operationId": "tokenize",
+                "summary": "Tokenize values (all-or-nothing). Scope: tokenize (and tokenize_deterministic for deterministic items).",
+                "requestBody": body("TokenizeRequest", json!({ "items": [
+                    { "subject": "customer-0001", "field": "email", "value": "ada@example.com" },
+                    { "subject": "customer-0001", "field": "card", "value": "4111111111111111", "format": "luhn" }
+                ] })),
+                "responses": answers(json!({ "200": {
+                    "description": "One token per item, in order.",
+                    "content": { "application/json": {
+                        "schema": { "$ref": "#/components/schemas/TokenizeResponse" },
+                        "example": { "tokens": [EXAMPLE_TOKEN, "4000123412341111"] }
+                    } },
+                    "links": {
+                        "Detokenize": {
+                            "operationId": "detokenize",
+                            "requestBody": { "tokens": ["$response.body#/tokens/0"], "purpose": example_purpose }
+                        },
+                        "Rectify": tokens_link("rectify"),
+                        "Delete": tokens_link("delete"),
+                        "Export": { "operationId": "export", "requestBody": { "subject": "$request.body#/items/0/subject" } },
+                        "Lookup": { "operationId": "lookup", "requestBody": { "subject": "$request.body#/items/0/subject" } },
+                        "Erase": { "operationId": "erase", "requestBody": { "subject": "$request.body#/items/0/subject" } }
+                    }
+                } }), &[KEYED, STORED, BODY, &["invalid_item", "forbidden", "token_space_exhausted", "batch_too_large", "value_too_large"]])
             }},
             "/v1/detokenize": { "post": {
-                "summary": "Turn tokens back into values, for a purpose the key is allowed. Scope: detokenize.",
-                "requestBody": body("DetokenizeRequest"),
-                "responses": with_errors(json!({ "200": answer("One result per token, in order.", "DetokenizeResponse") }), &KEYED)
+                "operationId": "detokenize",
+                "summary": "Turn tokens back into values, for a purpose the key is allowed. Each token is answered, in order, with its value or why there is none. Scope: detokenize.",
+                "requestBody": body("DetokenizeRequest", json!({ "tokens": [EXAMPLE_TOKEN], "purpose": example_purpose })),
+                "responses": answers(json!({ "200": linked(answer("One result per token, in order.", "DetokenizeResponse"), json!({
+                    "Rectify": { "operationId": "rectify", "parameters": { "token": "$request.body#/tokens/0" } }
+                })) }),
+                    &[KEYED, STORED, BODY, &["invalid_item", "invalid_token", "invalid_purpose", "unknown_purpose", "forbidden", "purpose_not_allowed", "batch_too_large", "response_too_large"]])
             }},
             "/v1/tokens/{token}": {
                 "parameters": token_param,
                 "put": {
+                    "operationId": "rectify",
                     "summary": "Rectify: replace the value behind a token; the token stays. Scope: rectify.",
-                    "requestBody": body("RectifyRequest"),
-                    "responses": with_errors(json!({ "204": { "description": "Rectified." } }), &[400, 401, 403, 404, 405, 409, 410, 413, 429, 500, 503])
+                    "requestBody": body("RectifyRequest", json!({ "value": "ada.lovelace@example.com" })),
+                    "responses": answers(json!({ "204": {
+                        "description": "Rectified.",
+                        "links": {
+                            "Detokenize": {
+                                "operationId": "detokenize",
+                                "requestBody": { "tokens": ["$request.path.token"], "purpose": example_purpose }
+                            },
+                            "Delete": { "operationId": "delete", "parameters": { "token": "$request.path.token" } }
+                        }
+                    } }), &[KEYED, STORED, BODY, &["invalid_item", "invalid_token", "forbidden", "not_found", "deterministic_token", "erased", "expired", "value_too_large"]])
                 },
                 "delete": {
+                    "operationId": "delete",
                     "summary": "Delete one record. Scope: delete.",
-                    "responses": with_errors(json!({ "204": { "description": "Deleted." } }), &[400, 401, 403, 404, 405, 410, 429, 500, 503])
+                    "responses": answers(json!({ "204": { "description": "Deleted." } }),
+                        &[KEYED, STORED, &["invalid_token", "forbidden", "not_found", "erased", "expired"]])
                 }
             },
             "/v1/subjects/erase": { "post": {
+                "operationId": "erase",
                 "summary": "Erase a subject (right to be forgotten): destroys its key; idempotent. Scope: erase.",
-                "requestBody": body("SubjectRequest"),
-                "responses": with_errors(json!({ "200": answer("Erasure receipt; no personal data.", "ErasureReceipt") }), &KEYED)
+                "requestBody": body("SubjectRequest", json!({ "subject": "customer-0001" })),
+                "responses": answers(json!({ "200": answer("Erasure receipt; no personal data.", "ErasureReceipt") }),
+                    &[KEYED, STORED, BODY, &["invalid_item", "forbidden"]])
             }},
             "/v1/subjects/export": { "post": {
+                "operationId": "export",
                 "summary": "Export a subject's records, consents and access log (access and portability), one page at a time: send each answer's next_cursor back as cursor until it is null. Scope: export.",
-                "requestBody": body("ExportRequest"),
-                "responses": with_errors(json!({ "200": answer("The subject's records.", "SubjectExport") }), &KEYED)
+                "requestBody": body("ExportRequest", json!({ "subject": "customer-0001", "limit": export_page.min(50) })),
+                "responses": answers(json!({ "200": {
+                    "description": "The subject's records.",
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/SubjectExport" }, "example": example("SubjectExport") } },
+                    "links": { "NextPage": {
+                        "operationId": "export",
+                        "requestBody": { "subject": "$request.body#/subject", "cursor": "$response.body#/next_cursor" }
+                    } }
+                } }), &[KEYED, STORED, BODY, &["invalid_item", "forbidden", "response_too_large"]])
             }},
             "/v1/subjects/consent": { "post": {
+                "operationId": "recordConsent",
                 "summary": "Record a grant or withdrawal of a subject's consent to a declared, consent-based purpose of the key; it applies to the next request. Scope: consent.",
-                "requestBody": body("ConsentRequest"),
-                "responses": with_errors(json!({ "204": { "description": "Recorded." } }), &[400, 401, 403, 405, 409, 413, 429, 500, 503])
+                "requestBody": body("ConsentRequest", json!({ "subject": "customer-0001", "purpose": example_consent, "granted": true, "source": "signup form v2" })),
+                "responses": answers(json!({ "204": { "description": "Recorded." } }),
+                    &[KEYED, STORED, BODY, &["invalid_item", "invalid_purpose", "unknown_purpose", "forbidden", "purpose_not_allowed", "not_consent_based"]])
             }},
             "/v1/subjects/consents": { "post": {
+                "operationId": "consents",
                 "summary": "A subject's consents: current state and history per purpose. Scope: consent.",
-                "requestBody": body("SubjectRequest"),
-                "responses": with_errors(json!({ "200": answer("Consents.", "SubjectConsents") }), &KEYED)
+                "requestBody": body("SubjectRequest", json!({ "subject": "customer-0001" })),
+                "responses": answers(json!({ "200": answer("Consents.", "SubjectConsents") }),
+                    &[KEYED, STORED, BODY, &["invalid_item", "forbidden"]])
             }},
             "/v1/subjects/lookup": { "post": {
+                "operationId": "lookup",
                 "summary": "What the vault holds about a subject, without the values: the first records (token, field, time), consents, the latest audit events about it, the backups that hold it. Recorded as a lookup, also when nothing is found. Scope: export.",
-                "requestBody": body("SubjectRequest"),
-                "responses": with_errors(json!({ "200": answer("The overview.", "SubjectOverview") }), &KEYED)
+                "requestBody": body("SubjectRequest", json!({ "subject": "customer-0001" })),
+                "responses": answers(json!({ "200": answer("The overview.", "SubjectOverview") }),
+                    &[KEYED, STORED, BODY, &["invalid_item", "forbidden"]])
             }},
             "/v1/whoami": { "get": {
+                "operationId": "whoami",
                 "summary": "The calling key's name, scopes and purposes. Any valid key.",
-                "responses": with_errors(json!({ "200": answer("The key.", "WhoAmI") }), &[401, 405, 429, 500, 503])
+                "responses": answers(json!({ "200": answer("The key.", "WhoAmI") }), &[KEYED])
             }},
             "/v1/purposes": { "get": {
+                "operationId": "purposes",
                 "summary": "The declared purposes, their lawful bases and fields. Any valid key.",
-                "responses": with_errors(json!({ "200": answer("Purposes.", "Purposes") }), &[401, 405, 429, 500, 503])
+                "responses": answers(json!({ "200": answer("Purposes.", "Purposes") }), &[KEYED])
             }},
             "/v1/audit": { "get": {
-                "summary": "Audit events in sequence order (no personal data). Scope: audit.",
+                "operationId": "auditEvents",
+                "summary": "Audit events in sequence order (no personal data). Takes no other query parameter. Scope: audit.",
                 "parameters": [
-                    { "name": "after", "in": "query", "schema": { "type": "integer" }, "description": "Events after this sequence number." },
-                    { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 } }
+                    { "name": "after", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX }, "description": "Events after this sequence number.", "example": 40 },
+                    { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 }, "example": 100 }
                 ],
-                "responses": with_errors(json!({ "200": answer("Events.", "AuditEvents") }), &[400, 401, 403, 405, 429, 500, 503])
+                "responses": answers(json!({ "200": answer("Events.", "AuditEvents") }),
+                    &[KEYED, STORED, &["malformed_request", "forbidden"]])
             }},
             "/v1/audit/head": { "get": {
+                "operationId": "auditHead",
                 "summary": "The trail's end (last sequence number and MAC), to keep outside the vault. Scope: audit.",
-                "responses": with_errors(json!({ "200": answer("The head.", "AuditHead") }), &[401, 403, 405, 429, 500, 503])
+                "responses": answers(json!({ "200": {
+                    "description": "The head.",
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/AuditHead" }, "example": example("AuditHead") } },
+                    "links": { "Verify": {
+                        "operationId": "verifyAudit",
+                        "requestBody": { "expected_head": { "seq": "$response.body#/seq", "mac": "$response.body#/mac" } }
+                    } }
+                } }), &[KEYED, STORED, &["forbidden"]])
             }},
             "/v1/inventory": { "get": {
+                "operationId": "inventory",
                 "summary": "The data inventory, the record of processing (GDPR Art. 30): per field, live records, subjects, the oldest record's day, retention and the purposes that may read it; totals, erasures, pending purges, KEK versions and backups. Counts only. Scope: audit.",
-                "responses": with_errors(json!({ "200": answer("The inventory.", "Inventory") }), &[401, 403, 405, 429, 500, 503])
+                "responses": answers(json!({ "200": answer("The inventory.", "Inventory") }), &[KEYED, STORED, &["forbidden"]])
             }},
             "/v1/audit/verify": { "post": {
-                "summary": "Check the whole audit trail: chain, order and checkpoint; with expected_head, whether the trail still holds it. Scope: audit.",
-                "requestBody": { "required": false, "content": { "application/json": { "schema": { "$ref": "#/components/schemas/VerifyRequest" } } } },
-                "responses": with_errors(json!({ "200": answer("The result, with the first bad event.", "AuditCheck") }), &[401, 403, 405, 429, 500, 503])
+                "operationId": "verifyAudit",
+                "summary": "Check the whole audit trail: chain, order and checkpoint; with expected_head, whether the trail still holds it. The body is optional. Scope: audit.",
+                "requestBody": { "required": false, "content": { "application/json": {
+                    "schema": { "$ref": "#/components/schemas/VerifyRequest" },
+                    "example": { "expected_head": { "seq": 41, "mac": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" } }
+                } } },
+                "responses": answers(json!({ "200": answer("The result, with the first bad event.", "AuditCheck") }),
+                    &[KEYED, STORED, BODY, &["forbidden"]])
             }},
             "/v1/admin/rotate": { "post": {
-                "summary": "Start a key-encryption-key rotation; rewrapping runs in the background. Scope: admin.",
-                "responses": with_errors(json!({ "200": answer("Key status.", "KeyStatus") }), &[401, 403, 405, 429, 500, 503])
+                "operationId": "rotate",
+                "summary": "Start a key-encryption-key rotation; rewrapping runs in the background. Takes no body. Scope: admin.",
+                "responses": answers(json!({ "200": answer("Key status.", "KeyStatus") }), &[KEYED, STORED, &["forbidden"]])
             }},
             "/v1/admin/keys": { "get": {
+                "operationId": "keys",
                 "summary": "Key versions, subject keys per version, rotation and purge progress. Scope: admin.",
-                "responses": with_errors(json!({ "200": answer("Key status.", "KeyStatus") }), &[401, 403, 405, 429, 500, 503])
+                "responses": answers(json!({ "200": answer("Key status.", "KeyStatus") }), &[KEYED, STORED, &["forbidden"]])
             }},
             "/v1/admin/keys/retire": { "post": {
-                "summary": "Finish the rotation under way (rewrapping every subject key) and retire the old KEK versions: removed from the keyring and the header. Scope: admin.",
-                "responses": with_errors(json!({ "200": answer("The versions retired and the key status.", "KeyRetirement") }), &[401, 403, 405, 429, 500, 503])
+                "operationId": "retireKeys",
+                "summary": "Finish the rotation under way (rewrapping every subject key) and retire the old KEK versions: removed from the keyring and the header. Takes no body. Scope: admin.",
+                "responses": answers(json!({ "200": answer("The versions retired and the key status.", "KeyRetirement") }), &[KEYED, STORED, &["forbidden"]])
             }},
             "/v1/admin/backups": {
                 "post": {
-                    "summary": "Take a backup now, while serving; older ones past `keep` are deleted. Scope: admin.",
-                    "responses": with_errors(json!({ "201": answer("The backup.", "BackupCreated") }), &[401, 403, 405, 409, 429, 500, 503])
+                    "operationId": "createBackup",
+                    "summary": "Take a backup now, while serving; older ones past `keep` are deleted. Takes no body. Scope: admin.",
+                    "responses": answers(json!({ "201": answer("The backup.", "BackupCreated") }), &[KEYED, STORED, &["forbidden", "backups_not_configured", "unsupported"]])
                 },
                 "get": {
+                    "operationId": "backups",
                     "summary": "The kept backups, and how long erased subjects live on in them. Scope: admin.",
-                    "responses": with_errors(json!({ "200": answer("The backups.", "Backups") }), &[401, 403, 405, 409, 429, 500, 503])
+                    "responses": answers(json!({ "200": answer("The backups.", "Backups") }), &[KEYED, STORED, &["forbidden", "backups_not_configured", "unsupported"]])
                 }
             },
             "/healthz": { "get": {
+                "operationId": "healthz",
                 "summary": "Liveness.", "security": [],
-                "responses": { "200": { "description": "The process serves requests." } }
+                "responses": { "200": {
+                    "description": "The process serves requests.",
+                    "content": { "application/json": { "schema": object(&["status"], json!({ "status": { "const": "ok" } })) } }
+                } }
             }},
             "/readyz": { "get": {
+                "operationId": "readyz",
                 "summary": "Readiness: 503 once shutdown has begun.", "security": [],
-                "responses": { "200": { "description": "Ready." }, "503": { "description": "Shutting down." } }
+                "responses": {
+                    "200": { "description": "Ready.", "content": { "application/json": { "schema": object(&["status"], json!({ "status": { "const": "ready" } })) } } },
+                    "503": { "description": "Shutting down.", "content": { "application/json": { "schema": object(&["status"], json!({ "status": { "const": "shutting_down" } })) } } }
+                }
             }},
             "/openapi.json": { "get": {
+                "operationId": "openapi",
                 "summary": "This document.", "security": [],
-                "responses": { "200": { "description": "OpenAPI 3.1." } }
+                "responses": { "200": { "description": "OpenAPI 3.1.", "content": { "application/json": { "schema": { "type": "object" } } } } }
             }}
         },
         "components": {
             "securitySchemes": { "apiKey": { "type": "http", "scheme": "bearer" } },
-            "responses": {
-                "E400": error_answer("Malformed body, unknown field, invalid item (named by index), invalid token or purpose."),
-                "E401": error_answer("No API key, or not a known one."),
-                "E403": error_answer("The key lacks the route's scope, or the purpose."),
-                "E404": error_answer("No record for this token."),
-                "E405": error_answer("The route does not take this method."),
-                "E409": error_answer("A deterministic token cannot be rectified; consent recorded for a purpose whose basis is not consent; no token of the format and length asked for is left."),
-                "E410": error_answer("The token's subject was erased, or the record is past its retention period."),
-                "E413": error_answer("Body, value or batch over its limit."),
-                "E429": error_answer("Concurrency limit reached; retry later."),
-                "E500": error_answer("Internal error; the log has details under the x-request-id."),
-                "E503": error_answer("The request did not complete within the server's timeout; a write may or may not have taken effect.")
-            },
             "schemas": {
-                "TokenizeRequest": object(&["items"], json!({
-                    "items": { "type": "array", "items": { "$ref": "#/components/schemas/TokenizeItem" } }
-                })),
-                "TokenizeItem": object(&["subject", "field", "value"], json!({
-                    "subject": { "type": "string", "description": "Data subject id (personal data)." },
-                    "field": { "type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$" },
-                    "value": { "type": "string" },
-                    "deterministic": { "type": "boolean", "default": false },
-                    "format": {
-                        "enum": ["digits", "luhn", "email"],
-                        "description": "The token's shape: digits (as many as the value, which is digits only), luhn (a card number's length and last four, Luhn-valid), email (an address at example.net). Deterministic only as email."
-                    }
-                })),
+                "TokenizeRequest": described(closed(&["items"], json!({
+                    "items": { "type": "array", "minItems": 1, "maxItems": batch, "items": { "$ref": "#/components/schemas/TokenizeItem" } }
+                })), &body_limit),
+                "TokenizeItem": tokenize_item(&subject, &field, value("The value.")),
                 "TokenizeResponse": object(&["tokens"], json!({
                     "tokens": { "type": "array", "items": { "type": "string" } }
                 })),
-                "DetokenizeRequest": object(&["tokens", "purpose"], json!({
-                    "tokens": { "type": "array", "items": { "type": "string" } },
-                    "purpose": { "type": "string", "pattern": "^[a-z0-9_.-]{1,64}$" }
-                })),
+                "DetokenizeRequest": described(closed(&["tokens", "purpose"], json!({
+                    "tokens": { "type": "array", "minItems": 1, "maxItems": batch, "items": token, "description": "A token asked for more than once is read once and answered at each position." },
+                    "purpose": purpose(&declared, "Why the values are read: one of this server's declared purposes (GET /v1/purposes) that the key may use.")
+                })), &body_limit),
                 "DetokenizeResponse": object(&["results"], json!({
                     "results": { "type": "array", "items": { "oneOf": [
                         object(&["token", "field", "value"], json!({
@@ -260,18 +698,27 @@ pub fn document() -> Value {
                     "seq": { "type": ["integer", "null"] },
                     "mac": { "type": ["string", "null"], "pattern": "^[0-9a-f]{64}$" }
                 })),
-                "VerifyRequest": { "type": "object", "additionalProperties": false, "properties": {
-                    "expected_head": object(&["seq", "mac"], json!({
-                        "seq": { "type": "integer", "minimum": 0 },
-                        "mac": { "type": "string", "pattern": "^[0-9a-f]{64}$" }
-                    }))
-                }},
-                "RectifyRequest": object(&["value"], json!({ "value": { "type": "string" } })),
-                "ConsentRequest": object(&["subject", "purpose", "granted"], json!({
-                    "subject": { "type": "string" },
-                    "purpose": { "type": "string", "pattern": "^[a-z0-9_.-]{1,64}$" },
+                "VerifyRequest": closed(&[], json!({
+                    "expected_head": {
+                        "type": ["object", "null"], "required": ["seq", "mac"], "additionalProperties": false,
+                        "properties": {
+                            "seq": { "type": "integer", "minimum": 0, "maximum": U64_MAX },
+                            "mac": { "type": "string", "pattern": "^[0-9a-fA-F]{64}$" }
+                        },
+                        "description": "A head taken earlier (GET /v1/audit/head)."
+                    }
+                })),
+                "RectifyRequest": closed(&["value"], json!({ "value": value("The new value.") })),
+                "ConsentRequest": closed(&["subject", "purpose", "granted"], json!({
+                    "subject": subject,
+                    "purpose": purpose(&consent_based, "A declared purpose whose lawful basis is consent."),
                     "granted": { "type": "boolean" },
-                    "source": { "type": "string", "description": "At most 256 bytes (UTF-8), no control characters." }
+                    "source": {
+                        "type": ["string", "null"], "minLength": 1, "maxLength": 256,
+                        "pattern": format!("^[^{CONTROLS}]*$"),
+                        "description": "Where the consent was given or withdrawn (a form, a call): 1 to 256 characters, no control characters. Personal data.",
+                        "example": "signup form v2"
+                    }
                 })),
                 "Consent": object(&["purpose", "granted", "since", "history"], json!({
                     "purpose": { "type": "string" },
@@ -293,7 +740,7 @@ pub fn document() -> Value {
                         "masked": { "type": "boolean" }
                     }))}
                 })),
-                "SubjectRequest": object(&["subject"], json!({ "subject": { "type": "string" } })),
+                "SubjectRequest": closed(&["subject"], json!({ "subject": subject })),
                 "SubjectOverview": object(&["subject", "subject_ref", "records", "more_records", "consents", "access_log", "more_events", "backups"], json!({
                     "subject": { "type": "string" },
                     "subject_ref": { "type": ["string", "null"] },
@@ -312,10 +759,16 @@ pub fn document() -> Value {
                     "purposes": { "type": ["array", "null"], "items": { "type": "string" } },
                     "masked": { "type": "boolean" }
                 })),
-                "ExportRequest": object(&["subject"], json!({
-                    "subject": { "type": "string" },
-                    "cursor": { "type": "string", "description": "The previous page's next_cursor; absent for the first page." },
-                    "limit": { "type": "integer", "minimum": 1, "description": "Most records and events in the page; at most, and by default, [limits] export_page." }
+                "ExportRequest": closed(&["subject"], json!({
+                    "subject": subject,
+                    "cursor": {
+                        "type": ["string", "null"], "pattern": cursor_pattern,
+                        "description": "The previous page's next_cursor; absent or null for the first page."
+                    },
+                    "limit": {
+                        "type": ["integer", "null"], "minimum": 1, "maximum": export_page,
+                        "description": format!("Most records and events in the page; at most, and by default, {export_page} ([limits] export_page).")
+                    }
                 })),
                 "ErasureReceipt": object(&["subject_ref", "erased_at", "records", "purge", "backups", "in_backups_until"], json!({
                     "subject_ref": { "type": ["string", "null"], "description": "Says nothing about who the subject was." },
@@ -386,8 +839,57 @@ fn object(required: &[&str], properties: Value) -> Value {
     json!({ "type": "object", "required": required, "properties": properties })
 }
 
-fn error_answer(description: &str) -> Value {
-    answer(description, "Error")
+/// An answer with links to the operations that can follow it.
+fn linked(mut answer: Value, links: Value) -> Value {
+    answer["links"] = links;
+    answer
+}
+
+fn described(mut schema: Value, description: &str) -> Value {
+    schema["description"] = json!(description);
+    schema
+}
+
+/// A request object: the server refuses properties it does not know.
+fn closed(required: &[&str], properties: Value) -> Value {
+    let mut schema = object(required, properties);
+    schema["additionalProperties"] = json!(false);
+    schema
+}
+
+/// A tokenize item. `format` constrains the value (digits only for `digits`, 8 to
+/// 19 digits for `luhn`) and whether the item may be deterministic (only `email`).
+fn tokenize_item(subject: &Value, field: &Value, value: Value) -> Value {
+    let mut item = closed(
+        &["subject", "field", "value"],
+        json!({
+            "subject": subject,
+            "field": field,
+            "value": value,
+            "deterministic": {
+                "type": "boolean", "default": false,
+                "description": "The same subject, field and value give the same token (needs the tokenize_deterministic scope)."
+            },
+            "format": {
+                "enum": ["digits", "luhn", "email", null],
+                "description": "The token's shape: digits (as many as the value, which is 1 to 32 digits), luhn (a card number's length and last four, Luhn-valid; the value is 8 to 19 digits), email (an address at example.net). Only email tokens can be deterministic."
+            }
+        }),
+    );
+    let shaped = |format: &str, pattern: &str| {
+        json!({
+            "if": { "required": ["format"], "properties": { "format": { "const": format } } },
+            "then": { "properties": {
+                "value": { "pattern": pattern },
+                "deterministic": { "const": false }
+            } }
+        })
+    };
+    item["allOf"] = json!([
+        shaped("digits", "^[0-9]{1,32}$"),
+        shaped("luhn", "^[0-9]{8,19}$")
+    ]);
+    item
 }
 
 #[cfg(test)]
@@ -396,7 +898,12 @@ mod tests {
 
     #[test]
     fn every_route_is_described() {
-        let doc = document();
+        let limits = LimitsConfig::default();
+        let doc = document(&Contract {
+            limits: &limits,
+            vault: &limits.vault_limits(),
+            purposes: &[],
+        });
         for route in crate::api::ROUTES.into_iter().chain(["/openapi.json"]) {
             assert!(
                 doc["paths"].get(route).is_some(),

@@ -64,6 +64,46 @@ def test_the_document_is_valid_openapi_3_1(document: Dict[str, Any]):
     validate(document, cls=OpenAPIV31SpecValidator)
 
 
+def examples(document: Dict[str, Any]) -> Iterator[Tuple[str, Any, Any]]:
+    """Every example in the document: where, its schema, and the example."""
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            where = f"{method.upper()} {path}"
+            for parameter in operation.get("parameters", []):
+                if "example" in parameter:
+                    yield f"{where} ?{parameter['name']}", parameter["schema"], parameter["example"]
+            for media in operation.get("requestBody", {}).get("content", {}).values():
+                if "example" in media:
+                    yield f"{where} request", media["schema"], media["example"]
+            for status, response in operation["responses"].items():
+                for media in response.get("content", {}).values():
+                    if "example" in media:
+                        yield f"{where} {status}", media["schema"], media["example"]
+
+
+def test_every_example_fits_its_schema(document: Dict[str, Any]):
+    # Examples are what a reader copies first: each must be valid where it stands.
+    from jsonschema import Draft202012Validator
+    seen = 0
+    for where, schema, example in examples(document):
+        # The document as the root, so that its "#/components/…" references resolve;
+        # its other keys are not schema keywords and are ignored.
+        validator = Draft202012Validator({**document, "x-example-schema": schema, "$ref": "#/x-example-schema"})
+        errors = [e.message for e in validator.iter_errors(example)]
+        assert not errors, f"{where}: {errors}"
+        seen += 1
+    # Every operation with a body has a request example, every success an answer's.
+    bodies = sum(
+        1
+        for item in document["paths"].values()
+        for operation in item.values()
+        if isinstance(operation, dict) and "requestBody" in operation
+    )
+    assert seen >= bodies + 14, seen
+
+
 def test_every_documented_route_is_in_the_table_and_back(document: Dict[str, Any]):
     documented = {
         (method.upper(), path)
