@@ -108,6 +108,15 @@ async fn bad_input_on_every_route_changes_nothing() -> TestResult {
             bad,
         ),
         case("not an object", Method::POST, "/v1/tokenize", "[1,2]", bad),
+        // serde fills a struct from an array too; the API takes objects only.
+        case(
+            "the fields as an array",
+            Method::POST,
+            "/v1/subjects/erase",
+            body(json!(["customer-1"])),
+            bad,
+        ),
+        case("an array", Method::POST, "/v1/audit/verify", "[]", bad),
         case("empty body", Method::POST, "/v1/tokenize", "", bad),
         case(
             "items not a list",
@@ -268,6 +277,16 @@ async fn bad_input_on_every_route_changes_nothing() -> TestResult {
                 (400, "invalid_token"),
             ),
             1,
+        ),
+        at(
+            case(
+                "malformed token after a repeated one",
+                Method::POST,
+                "/v1/detokenize",
+                body(json!({"tokens": [t0, t0, "tok_x"], "purpose": "support"})),
+                (400, "invalid_token"),
+            ),
+            2,
         ),
         case(
             "no tokens",

@@ -640,38 +640,73 @@ pub struct ExpectedHead {
 }
 
 /// Whole numbers in request bodies. JSON (and the JSON Schema of `/openapi.json`)
-/// calls `7.0` an integer, and some encoders write whole numbers that way: they
-/// are taken, while a fraction, a negative number or one out of range is not.
+/// calls `7.0`, `7e0` and `70e-1` the integer 7, and some encoders write whole
+/// numbers that way: they are taken, read from their text exactly (a float would
+/// round large ones), while a fraction, a negative number or one out of range is
+/// not.
 mod whole {
+    use serde::de::Error as _;
     use serde::{Deserialize, Deserializer};
+    use serde_json::value::RawValue;
 
-    /// 2^64, the first whole number a `u64` cannot hold, as a float.
-    const U64_END: f64 = 18_446_744_073_709_551_616.0;
-
-    fn of<T: TryFrom<u64>>(n: &serde_json::Number) -> Option<T> {
-        let whole = n.as_u64().or_else(|| {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && (0.0..U64_END).contains(f))
-                .map(|f| f as u64)
-        })?;
-        T::try_from(whole).ok()
+    /// The whole number a JSON number's text denotes, if it is one and fits.
+    fn parse(text: &str) -> Option<u64> {
+        let text = text.trim();
+        let (negative, text) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let (mantissa, exponent) = match text.find(['e', 'E']) {
+            Some(at) => (&text[..at], text[at + 1..].parse::<i64>().ok()?),
+            None => (text, 0),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        if int.is_empty() || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        // The digits as one integer, times ten to `exponent`.
+        let digits = format!("{int}{frac}");
+        let exponent = exponent.checked_sub(i64::try_from(frac.len()).ok()?)?;
+        let significant = digits.trim_start_matches('0');
+        let trimmed = significant.trim_end_matches('0');
+        if trimmed.is_empty() {
+            return Some(0); // zero, -0 included
+        }
+        if negative {
+            return None;
+        }
+        let exponent = exponent + i64::try_from(significant.len() - trimmed.len()).ok()?;
+        if exponent < 0 || trimmed.len() > 20 {
+            return None; // a fraction, or more than any u64
+        }
+        let mut value: u64 = trimmed.parse().ok()?;
+        for _ in 0..exponent {
+            value = value.checked_mul(10)?;
+        }
+        Some(value)
     }
 
-    fn refused<E: serde::de::Error>() -> E {
-        E::custom("not a whole number in range")
+    fn of<'de, D: Deserializer<'de>, T: TryFrom<u64>>(raw: &RawValue) -> Result<T, D::Error> {
+        let text = raw.get();
+        if !text.starts_with(|c: char| c == '-' || c.is_ascii_digit()) {
+            return Err(D::Error::custom("not a number"));
+        }
+        parse(text)
+            .and_then(|n| T::try_from(n).ok())
+            .ok_or_else(|| D::Error::custom("not a whole number in range"))
     }
 
     pub(super) fn required<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
         d: D,
     ) -> Result<T, D::Error> {
-        of(&serde_json::Number::deserialize(d)?).ok_or_else(refused)
+        of::<D, T>(&Box::<RawValue>::deserialize(d)?)
     }
 
     pub(super) fn optional<'de, D: Deserializer<'de>, T: TryFrom<u64>>(
         d: D,
     ) -> Result<Option<T>, D::Error> {
-        Option::<serde_json::Number>::deserialize(d)?
-            .map(|n| of(&n).ok_or_else(refused))
+        Option::<Box<RawValue>>::deserialize(d)?
+            .map(|raw| of::<D, T>(&raw))
             .transpose()
     }
 
@@ -707,9 +742,23 @@ mod whole {
                     .ok()
             };
             assert_eq!(seq("18446744073709551615"), Some(u64::MAX));
-            assert_eq!(seq("1e3"), Some(1000));
+            assert_eq!(seq("18446744073709551615.000"), Some(u64::MAX));
+            assert_eq!(seq("1.8446744073709551615e19"), Some(u64::MAX));
+            assert_eq!(seq("18446744073709551616"), None);
             assert_eq!(seq("1.8446744073709552e19"), None);
+            assert_eq!(seq("6434034183.0"), Some(6_434_034_183));
+            assert_eq!(seq("9007199254740993.0"), Some(9_007_199_254_740_993));
+            assert_eq!(seq("1e3"), Some(1000));
+            assert_eq!(seq("15E-1"), None);
+            assert_eq!(seq("150e-1"), Some(15));
+            assert_eq!(seq("0.0e5"), Some(0));
+            assert_eq!(seq("-0.0"), Some(0));
+            assert_eq!(seq("-1"), None);
             assert_eq!(seq("-0.5"), None);
+            assert_eq!(seq("1e999999999999999999999"), None);
+            assert_eq!(seq("\"7\""), None);
+            assert_eq!(seq("null"), None);
+            assert_eq!(seq("true"), None);
         }
     }
 }

@@ -401,7 +401,8 @@ pub enum Problem {
     /// A subject id with a character that shows nothing (zero-width, a direction
     /// mark, a soft hyphen…).
     Invisible,
-    /// It is not one this vault handed out.
+    /// It does not have the shape of one (an export cursor: `r<token>.<n>`,
+    /// `e<n>.<n>` or `e.<n>`, numbers of at most 19 digits).
     Malformed,
     /// It is not one of the names accepted (token formats: digits, luhn, email).
     Unknown,
@@ -421,7 +422,7 @@ impl fmt::Display for Problem {
             Problem::NotAToken => f.write_str("does not have a token's shape"),
             Problem::SurroundingWhitespace => f.write_str("has whitespace at its start or end"),
             Problem::Invisible => f.write_str("contains an invisible character"),
-            Problem::Malformed => f.write_str("is not one this vault handed out"),
+            Problem::Malformed => f.write_str("does not have the shape of one"),
             Problem::Unknown => f.write_str("is not one of those accepted"),
             Problem::WrongShape => f.write_str("does not have the shape its token format keeps"),
             Problem::NotDeterministic => f.write_str("cannot be deterministic"),

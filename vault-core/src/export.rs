@@ -62,8 +62,10 @@ impl Position {
     /// Parses `r<token>.<until>`, `e<seq>.<until>` or `e.<until>`.
     fn parse(inner: &Inner, cursor: &str) -> Result<Position, Error> {
         let malformed = || Error::from(InputError::new(Argument::Cursor, Problem::Malformed));
+        // At most 19 digits: every such number is a u64, so the shape alone
+        // (what /openapi.json states) says whether a cursor is taken.
         let digits = |text: &str| -> Result<u64, Error> {
-            if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            if !(1..=19).contains(&text.len()) || !text.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(malformed());
             }
             text.parse().map_err(|_| malformed())
@@ -104,8 +106,9 @@ impl Vault {
     /// One page of [`export`](Self::export): up to `limit` records and audit
     /// events (at least one), starting where `cursor` (a previous page's
     /// [`next`](SubjectExport::next)) says, or at the start. Each page is recorded in
-    /// the audit trail. A cursor this vault did not hand out is refused
-    /// ([`Argument::Cursor`]).
+    /// the audit trail. Text without a cursor's shape is refused
+    /// ([`Argument::Cursor`]); a cursor of that shape is a position among the
+    /// subject's records, whoever wrote it.
     pub fn export_page(
         &self,
         subject: &str,

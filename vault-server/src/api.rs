@@ -58,16 +58,21 @@ pub struct AppState {
     failed_auth: FailedAuth,
     /// The key gauges of the last scrape, and when they were rendered.
     key_gauges: tokio::sync::Mutex<Option<(Instant, String)>>,
-    /// `/openapi.json`: this server's limits and purposes do not change while it runs.
+    /// `/openapi.json`, for a key holder (the purposes named) and for anyone:
+    /// this server's limits and purposes do not change while it runs.
     openapi: Bytes,
+    openapi_public: Bytes,
 }
 
 impl AppState {
     /// State over an open vault.
     pub fn new(vault: Arc<Vault>, keys: ApiKeys, limits: LimitsConfig) -> Arc<AppState> {
-        let openapi = Bytes::from(crate::openapi::document_of(&vault, &limits).to_string());
+        let document =
+            |named| Bytes::from(crate::openapi::document_of(&vault, &limits, named).to_string());
+        let (openapi, openapi_public) = (document(true), document(false));
         Arc::new(AppState {
             openapi,
+            openapi_public,
             vault,
             keys,
             limits,
@@ -281,6 +286,13 @@ async fn guard(
     next: Next,
 ) -> Response {
     let scope = match access(route, req.method()) {
+        // The document is public; a caller who presents a key has it checked like
+        // on any route, and gets this deployment's own (its purposes named).
+        Access::Public
+            if route == OPENAPI_ROUTE && req.headers().contains_key(header::AUTHORIZATION) =>
+        {
+            None
+        }
         Access::Public => return next.run(req).await,
         Access::Key(scope) => scope,
     };
@@ -346,13 +358,10 @@ fn charge(key: &ApiKey, cost: usize) -> Result<(), ApiError> {
 // ---------------------------------------------------------------------------------
 // Body parsing
 
-/// A JSON request body, with errors in the API's format and no input quoted back.
-struct JsonBody<T>(T);
+/// A request body's bytes, or the API's error for a body over the limit or cut off.
+struct BodyBytes(Bytes);
 
-/// Bodies above this many bytes are parsed on the blocking pool.
-const LARGE_BODY: usize = 64 * 1024;
-
-impl<T: DeserializeOwned + ItemsProbe + Send + 'static> FromRequest<Arc<AppState>> for JsonBody<T> {
+impl FromRequest<Arc<AppState>> for BodyBytes {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
@@ -363,6 +372,21 @@ impl<T: DeserializeOwned + ItemsProbe + Send + 'static> FromRequest<Arc<AppState
                 ApiError::malformed("the request body could not be read")
             }
         })?;
+        Ok(BodyBytes(bytes))
+    }
+}
+
+/// A JSON request body, with errors in the API's format and no input quoted back.
+struct JsonBody<T>(T);
+
+/// Bodies above this many bytes are parsed on the blocking pool.
+const LARGE_BODY: usize = 64 * 1024;
+
+impl<T: DeserializeOwned + ItemsProbe + Send + 'static> FromRequest<Arc<AppState>> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let BodyBytes(bytes) = BodyBytes::from_request(req, state).await?;
         let bytes_len = bytes.len();
         let parse = move || parse_json::<T>(&bytes).map(JsonBody);
         // Parsing megabytes takes milliseconds: not on an async worker.
@@ -378,7 +402,19 @@ impl<T: DeserializeOwned + ItemsProbe + Send + 'static> FromRequest<Arc<AppState
 
 /// A request body as `T`, or the API's error for it.
 pub(crate) fn parse_json<T: DeserializeOwned + ItemsProbe>(bytes: &[u8]) -> Result<T, ApiError> {
+    object_body(bytes)?;
     serde_json::from_slice::<T>(bytes).map_err(|e| describe_json_error(&e, T::failing_item(bytes)))
+}
+
+/// Every body is a JSON object: serde would also fill a struct from an array
+/// (`["alice"]` as `{"subject": "alice"}`), which the document does not allow.
+fn object_body(bytes: &[u8]) -> Result<(), ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        _ => Err(ApiError::malformed(
+            "the body must be a JSON object of the route's shape",
+        )),
+    }
 }
 
 /// serde's messages quote the input ("invalid type: string \"alice@…\""): only the
@@ -556,7 +592,11 @@ async fn detokenize(
         let outcomes = vault.detokenize_for(&unique, &access)?;
         Ok((unique, purpose, outcomes))
     };
-    let (unique, purpose, outcomes) = work.read(body_tokens, call).await?;
+    // An error naming an item names it as the request does, repeats included.
+    let (unique, purpose, outcomes) = work
+        .read(body_tokens, call)
+        .await
+        .map_err(|e| e.at_position(&unique_at))?;
     // Each distinct token's answer, before it is repeated at its positions.
     let mut answers: Vec<DetokenizeResult> = Vec::with_capacity(unique.len());
     for ((token, outcome), &i) in unique.into_iter().zip(outcomes).zip(&unique_at) {
@@ -581,7 +621,6 @@ async fn detokenize(
                 tracing::error!(request_id = %request_id(), item = i, "a detokenized record failed authentication");
                 item_error(token, ItemError::Integrity)
             }
-            Err(vault_core::Error::InvalidToken) => return Err(ApiError::invalid_token(Some(i))),
             Err(other) => return Err(ApiError::from_vault(other)),
         };
         answers.push(result);
@@ -721,11 +760,15 @@ fn audit_event_info(e: vault_core::AuditEvent) -> AuditEventInfo {
     }
 }
 
-async fn verify_audit(work: Work, body: Bytes) -> Result<Json<AuditCheck>, ApiError> {
+async fn verify_audit(
+    work: Work,
+    BodyBytes(body): BodyBytes,
+) -> Result<Json<AuditCheck>, ApiError> {
     // No body: the trail alone. A body may name a head taken earlier.
     let request: api::VerifyRequest = if body.is_empty() {
         api::VerifyRequest::default()
     } else {
+        object_body(&body)?;
         serde_json::from_slice(&body).map_err(|e| describe_json_error(&e, None))?
     };
     let expected = match request.expected_head {
@@ -1135,13 +1178,17 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-async fn openapi(State(state): State<Arc<AppState>>) -> Response {
+async fn openapi(State(state): State<Arc<AppState>>, work: Work) -> Response {
+    let document = match work.key {
+        Some(_) => state.openapi.clone(),
+        None => state.openapi_public.clone(),
+    };
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        state.openapi.clone(),
+        document,
     )
         .into_response()
 }
@@ -1168,7 +1215,7 @@ mod tests {
         let document = crate::openapi::document(&crate::openapi::Contract {
             limits: &limits,
             vault: &limits.vault_limits(),
-            purposes: &[],
+            purposes: None,
         });
         let paths = document["paths"].as_object().expect("paths");
         for path in paths.keys() {
@@ -1246,6 +1293,37 @@ mod tests {
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
         };
         Ok((status, headers, json))
+    }
+
+    /// The purposes are named to a key holder only, as `GET /v1/purposes` names
+    /// them; anyone gets the rest of the document.
+    #[tokio::test]
+    async fn the_document_names_purposes_to_key_holders_only() -> TestResult {
+        let dir = tempfile::tempdir()?;
+        let app = app(dir.path(), &[Scope::Tokenize])?;
+        let purpose = |doc: &serde_json::Value| {
+            doc["components"]["schemas"]["DetokenizeRequest"]["properties"]["purpose"].clone()
+        };
+        let (status, _, public) = call(&app, "GET", "/openapi.json", None, "").await?;
+        assert_eq!(status, StatusCode::OK);
+        assert!(purpose(&public)["enum"].is_null());
+        assert!(purpose(&public)["pattern"].is_string());
+        // Built without the purposes: nothing in it depends on them.
+        let limits = LimitsConfig::default();
+        let blind = crate::openapi::document(&crate::openapi::Contract {
+            limits: &limits,
+            vault: &limits.vault_limits(),
+            purposes: None,
+        });
+        assert_eq!(public, blind);
+        let (status, _, named) = call(&app, "GET", "/openapi.json", Some(KEY), "").await?;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(purpose(&named)["enum"], serde_json::json!(["support"]));
+        // A wrong key is refused, as on any route.
+        let (status, _, answer) = call(&app, "GET", "/openapi.json", Some("pvk_wrong"), "").await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(answer["error"]["code"], "unauthenticated");
+        Ok(())
     }
 
     #[tokio::test]

@@ -61,6 +61,13 @@ impl ApiError {
         self
     }
 
+    /// The same answer with its item renumbered: `positions[i]` is where item `i`
+    /// of the call stands in the request (a batch read with its repeats removed).
+    pub(crate) fn at_position(mut self, positions: &[usize]) -> Self {
+        self.item = self.item.map(|i| positions.get(i).copied().unwrap_or(i));
+        self
+    }
+
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status

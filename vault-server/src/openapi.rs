@@ -4,7 +4,10 @@
 //! every route the router serves is described.
 
 use serde_json::{Map, Value, json};
-use vault_core::{LawfulBasis, Limits, Purpose};
+use vault_core::{
+    EMAIL_TOKEN_DOMAIN, LawfulBasis, Limits, MAX_DIGIT_TOKEN_LEN, MAX_SOURCE_LEN, Purpose,
+    TOKEN_TEXT_LEN,
+};
 
 use crate::config::LimitsConfig;
 
@@ -16,8 +19,9 @@ pub struct Contract<'a> {
     pub limits: &'a LimitsConfig,
     /// The vault's own limits (subject ids and field names).
     pub vault: &'a Limits,
-    /// The declared purposes.
-    pub purposes: &'a [Purpose],
+    /// The declared purposes, named in the document served to a key holder;
+    /// `None` for the public one, which states only a purpose name's shape.
+    pub purposes: Option<&'a [Purpose]>,
 }
 
 /// Every error code the API answers with: its status and what it means.
@@ -83,7 +87,11 @@ const CODES: &[(&str, u16, &str)] = &[
         409,
         "no backup directory is configured ([backup] dir)",
     ),
-    ("erased", 410, "the token's subject was erased"),
+    (
+        "erased",
+        410,
+        "the token's subject was erased (for an export or a look-up: erased while it was being read)",
+    ),
     (
         "expired",
         410,
@@ -152,13 +160,18 @@ const KEYED: &[&str] = &[
     "internal",
     "timeout",
 ];
-/// Codes of a route that reads or writes the vault's data.
-const STORED: &[&str] = &[
+/// Codes of a route that reads the vault's data.
+const READS: &[&str] = &["integrity", "storage_unavailable"];
+/// Codes of a route that writes it, or is audited (and refused while the trail is
+/// damaged).
+const AUDITED: &[&str] = &[
     "integrity",
     "audit_damaged",
     "conflict",
     "storage_unavailable",
 ];
+/// Codes of an administrative write (not audited).
+const WRITES: &[&str] = &["integrity", "conflict", "storage_unavailable"];
 /// Codes of a route that takes a JSON body.
 const BODY: &[&str] = &["malformed_request", "body_too_large"];
 
@@ -198,17 +211,26 @@ fn errors(groups: &[&[&str]]) -> Map<String, Value> {
             json!({
                 "description": description,
                 "headers": headers,
-                "content": { "application/json": { "schema": object(&["error"], json!({
-                    "error": object(&["code", "message"], json!({
-                        "code": { "enum": names },
-                        "message": { "type": "string", "description": "For people; never quotes the input." },
-                        "item": { "type": "integer", "minimum": 0, "description": "Index of the offending batch item." }
-                    }))
-                })) } }
+                "content": { "application/json": { "schema": error_body(json!({ "enum": names })) } }
             }),
         );
     }
     out
+}
+
+/// An error answer's body (`components/schemas/Error`, with `code` narrowed to
+/// an operation's codes in each of its answers).
+fn error_body(code: Value) -> Value {
+    object(
+        &["error"],
+        json!({
+            "error": object(&["code", "message"], json!({
+                "code": code,
+                "message": { "type": "string", "description": "For people; never quotes the input." },
+                "item": { "type": "integer", "minimum": 0, "description": "Index of the offending batch item." }
+            }))
+        }),
+    )
 }
 
 /// An operation's answers: the successful one and its errors.
@@ -316,13 +338,23 @@ fn example(schema: &str) -> Value {
     }
 }
 
-/// The largest number a `u64` field takes.
-const U64_MAX: u64 = u64::MAX;
-
 /// The token's forms: digits (format-preserving), or `tok_` and 32 letters of
 /// base32, optionally as an e-mail address at example.net. A text of this shape
 /// that this vault did not issue is not found (404), not invalid.
-const TOKEN_PATTERN: &str = "^([0-9]{1,32}|tok_[a-z2-7]{32}(@example\\.net)?)$";
+fn token_pattern() -> String {
+    let domain = EMAIL_TOKEN_DOMAIN.replace('.', "\\.");
+    let letters = TOKEN_TEXT_LEN - "tok_".len();
+    whole(&format!(
+        "([0-9]{{1,{MAX_DIGIT_TOKEN_LEN}}}|tok_[a-z2-7]{{{letters}}}(@{domain})?)"
+    ))
+}
+
+/// A pattern that matches the whole text. `$` alone would let Python's `re` (which
+/// Python validators use) match before a final newline; the look-ahead refuses it,
+/// in ECMA-262 as in Python.
+fn whole(body: &str) -> String {
+    format!("^{body}(?!\\n)$")
+}
 /// A fake token for the examples.
 const EXAMPLE_TOKEN: &str = "tok_exampleexampleexampleexample2345";
 
@@ -347,16 +379,22 @@ fn invisible_astral() -> String {
 fn subject_pattern() -> String {
     let inner = format!("{CONTROLS}{INVISIBLE_BMP}{}", invisible_astral());
     let edge = format!("{inner}{WHITESPACE}");
-    format!("^[^{edge}]([^{inner}]*[^{edge}])?$")
+    whole(&format!("[^{edge}]([^{inner}]*[^{edge}])?"))
 }
 
 /// The document for a server over `vault` with these request limits.
-pub fn document_of(vault: &vault_core::Vault, limits: &LimitsConfig) -> Value {
+/// With `named_purposes`, the one for key holders: this deployment's purposes
+/// (which `GET /v1/purposes` shows only to a key) as enums.
+pub fn document_of(
+    vault: &vault_core::Vault,
+    limits: &LimitsConfig,
+    named_purposes: bool,
+) -> Value {
     let purposes = vault.purposes();
     document(&Contract {
         limits,
         vault: &limits.vault_limits(),
-        purposes: &purposes,
+        purposes: named_purposes.then_some(&purposes[..]),
     })
 }
 
@@ -364,9 +402,9 @@ pub fn document_of(vault: &vault_core::Vault, limits: &LimitsConfig) -> Value {
 pub fn document(contract: &Contract<'_>) -> Value {
     let limits = contract.limits;
     let vault = contract.vault;
-    let declared: Vec<&str> = contract.purposes.iter().map(Purpose::name).collect();
-    let consent_based: Vec<&str> = contract
-        .purposes
+    let all = contract.purposes.unwrap_or_default();
+    let declared: Vec<&str> = all.iter().map(Purpose::name).collect();
+    let consent_based: Vec<&str> = all
         .iter()
         .filter(|p| p.basis() == LawfulBasis::Consent)
         .map(Purpose::name)
@@ -386,7 +424,7 @@ pub fn document(contract: &Contract<'_>) -> Value {
     });
     let field = json!({
         "type": "string",
-        "pattern": format!("^[A-Za-z0-9_.-]{{1,{}}}$", vault.max_field_len),
+        "pattern": whole(&format!("[A-Za-z0-9_.-]{{1,{}}}", vault.max_field_len)),
         "description": "The kind of value (email, phone…): what purposes, masks and retention periods name.",
         "example": "email"
     });
@@ -400,11 +438,19 @@ pub fn document(contract: &Contract<'_>) -> Value {
             "example": "ada@example.com"
         })
     };
-    let purpose = |names: &[&str], description: &str| json!({ "type": "string", "enum": names, "description": description });
-    let token = json!({ "type": "string", "pattern": TOKEN_PATTERN, "example": EXAMPLE_TOKEN });
+    let purpose = |names: &[&str], description: &str| match contract.purposes {
+        Some(_) => json!({ "type": "string", "enum": names, "description": description }),
+        None => json!({
+            "type": "string",
+            "pattern": whole("[a-z0-9_.-]{1,64}"),
+            "description": format!("{description} This server's are named in the document served with an API key (Authorization: Bearer)."),
+            "example": "support"
+        }),
+    };
+    let token = json!({ "type": "string", "pattern": token_pattern(), "example": EXAMPLE_TOKEN });
     let token_param = json!([{
         "name": "token", "in": "path", "required": true,
-        "description": "A token of this vault.",
+        "description": "A token: its shape is checked (400 invalid_token); one of that shape this vault did not issue is not found (404).",
         "schema": token
     }]);
     let batch = limits.max_batch;
@@ -413,7 +459,10 @@ pub fn document(contract: &Contract<'_>) -> Value {
         limits.max_body_bytes
     );
     let export_page = limits.export_page;
-    let cursor_pattern = format!("^(e[0-9]{{0,19}}|r{})\\.[0-9]{{1,19}}$", "tok_[a-z2-7]{32}");
+    let cursor_pattern = whole(&format!(
+        "(e[0-9]{{0,19}}|rtok_[a-z2-7]{{{}}})\\.[0-9]{{1,19}}",
+        TOKEN_TEXT_LEN - "tok_".len()
+    ));
     let tokens_link = |operation: &str| {
         json!({
             "operationId": operation,
@@ -453,7 +502,7 @@ pub fn document(contract: &Contract<'_>) -> Value {
                         "Lookup": { "operationId": "lookup", "requestBody": { "subject": "$request.body#/items/0/subject" } },
                         "Erase": { "operationId": "erase", "requestBody": { "subject": "$request.body#/items/0/subject" } }
                     }
-                } }), &[KEYED, STORED, BODY, &["invalid_item", "forbidden", "token_space_exhausted", "batch_too_large", "value_too_large"]])
+                } }), &[KEYED, AUDITED, BODY, &["invalid_item", "forbidden", "token_space_exhausted", "batch_too_large", "value_too_large"]])
             }},
             "/v1/detokenize": { "post": {
                 "operationId": "detokenize",
@@ -462,7 +511,7 @@ pub fn document(contract: &Contract<'_>) -> Value {
                 "responses": answers(json!({ "200": linked(answer("One result per token, in order.", "DetokenizeResponse"), json!({
                     "Rectify": { "operationId": "rectify", "parameters": { "token": "$request.body#/tokens/0" } }
                 })) }),
-                    &[KEYED, STORED, BODY, &["invalid_item", "invalid_token", "invalid_purpose", "unknown_purpose", "forbidden", "purpose_not_allowed", "batch_too_large", "response_too_large"]])
+                    &[KEYED, AUDITED, BODY, &["invalid_item", "invalid_token", "invalid_purpose", "unknown_purpose", "forbidden", "purpose_not_allowed", "batch_too_large", "response_too_large"]])
             }},
             "/v1/tokens/{token}": {
                 "parameters": token_param,
@@ -479,13 +528,13 @@ pub fn document(contract: &Contract<'_>) -> Value {
                             },
                             "Delete": { "operationId": "delete", "parameters": { "token": "$request.path.token" } }
                         }
-                    } }), &[KEYED, STORED, BODY, &["invalid_item", "invalid_token", "forbidden", "not_found", "deterministic_token", "erased", "expired", "value_too_large"]])
+                    } }), &[KEYED, AUDITED, BODY, &["invalid_item", "invalid_token", "forbidden", "not_found", "deterministic_token", "erased", "expired", "value_too_large"]])
                 },
                 "delete": {
                     "operationId": "delete",
                     "summary": "Delete one record. Scope: delete.",
                     "responses": answers(json!({ "204": { "description": "Deleted." } }),
-                        &[KEYED, STORED, &["invalid_token", "forbidden", "not_found", "erased", "expired"]])
+                        &[KEYED, AUDITED, &["invalid_token", "forbidden", "not_found", "erased", "expired"]])
                 }
             },
             "/v1/subjects/erase": { "post": {
@@ -493,7 +542,7 @@ pub fn document(contract: &Contract<'_>) -> Value {
                 "summary": "Erase a subject (right to be forgotten): destroys its key; idempotent. Scope: erase.",
                 "requestBody": body("SubjectRequest", json!({ "subject": "customer-0001" })),
                 "responses": answers(json!({ "200": answer("Erasure receipt; no personal data.", "ErasureReceipt") }),
-                    &[KEYED, STORED, BODY, &["invalid_item", "forbidden"]])
+                    &[KEYED, AUDITED, BODY, &["invalid_item", "forbidden", "erased"]])
             }},
             "/v1/subjects/export": { "post": {
                 "operationId": "export",
@@ -506,28 +555,28 @@ pub fn document(contract: &Contract<'_>) -> Value {
                         "operationId": "export",
                         "requestBody": { "subject": "$request.body#/subject", "cursor": "$response.body#/next_cursor" }
                     } }
-                } }), &[KEYED, STORED, BODY, &["invalid_item", "forbidden", "response_too_large"]])
+                } }), &[KEYED, AUDITED, BODY, &["invalid_item", "forbidden", "erased", "response_too_large"]])
             }},
             "/v1/subjects/consent": { "post": {
                 "operationId": "recordConsent",
                 "summary": "Record a grant or withdrawal of a subject's consent to a declared, consent-based purpose of the key; it applies to the next request. Scope: consent.",
                 "requestBody": body("ConsentRequest", json!({ "subject": "customer-0001", "purpose": example_consent, "granted": true, "source": "signup form v2" })),
                 "responses": answers(json!({ "204": { "description": "Recorded." } }),
-                    &[KEYED, STORED, BODY, &["invalid_item", "invalid_purpose", "unknown_purpose", "forbidden", "purpose_not_allowed", "not_consent_based"]])
+                    &[KEYED, AUDITED, BODY, &["invalid_item", "invalid_purpose", "unknown_purpose", "forbidden", "purpose_not_allowed", "not_consent_based"]])
             }},
             "/v1/subjects/consents": { "post": {
                 "operationId": "consents",
                 "summary": "A subject's consents: current state and history per purpose. Scope: consent.",
                 "requestBody": body("SubjectRequest", json!({ "subject": "customer-0001" })),
                 "responses": answers(json!({ "200": answer("Consents.", "SubjectConsents") }),
-                    &[KEYED, STORED, BODY, &["invalid_item", "forbidden"]])
+                    &[KEYED, AUDITED, BODY, &["invalid_item", "forbidden"]])
             }},
             "/v1/subjects/lookup": { "post": {
                 "operationId": "lookup",
                 "summary": "What the vault holds about a subject, without the values: the first records (token, field, time), consents, the latest audit events about it, the backups that hold it. Recorded as a lookup, also when nothing is found. Scope: export.",
                 "requestBody": body("SubjectRequest", json!({ "subject": "customer-0001" })),
                 "responses": answers(json!({ "200": answer("The overview.", "SubjectOverview") }),
-                    &[KEYED, STORED, BODY, &["invalid_item", "forbidden"]])
+                    &[KEYED, AUDITED, BODY, &["invalid_item", "forbidden"]])
             }},
             "/v1/whoami": { "get": {
                 "operationId": "whoami",
@@ -543,28 +592,24 @@ pub fn document(contract: &Contract<'_>) -> Value {
                 "operationId": "auditEvents",
                 "summary": "Audit events in sequence order (no personal data). Takes no other query parameter. Scope: audit.",
                 "parameters": [
-                    { "name": "after", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": U64_MAX }, "description": "Events after this sequence number.", "example": 40 },
+                    { "name": "after", "in": "query", "schema": { "type": "integer", "minimum": 0, "maximum": u64::MAX }, "description": "Events after this sequence number.", "example": 40 },
                     { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 1000, "default": 100 }, "example": 100 }
                 ],
                 "responses": answers(json!({ "200": answer("Events.", "AuditEvents") }),
-                    &[KEYED, STORED, &["malformed_request", "forbidden"]])
+                    &[KEYED, READS, &["malformed_request", "forbidden"]])
             }},
             "/v1/audit/head": { "get": {
                 "operationId": "auditHead",
                 "summary": "The trail's end (last sequence number and MAC), to keep outside the vault. Scope: audit.",
                 "responses": answers(json!({ "200": {
                     "description": "The head.",
-                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/AuditHead" }, "example": example("AuditHead") } },
-                    "links": { "Verify": {
-                        "operationId": "verifyAudit",
-                        "requestBody": { "expected_head": { "seq": "$response.body#/seq", "mac": "$response.body#/mac" } }
-                    } }
-                } }), &[KEYED, STORED, &["forbidden"]])
+                    "content": { "application/json": { "schema": { "$ref": "#/components/schemas/AuditHead" }, "example": example("AuditHead") } }
+                } }), &[KEYED, READS, &["forbidden"]])
             }},
             "/v1/inventory": { "get": {
                 "operationId": "inventory",
                 "summary": "The data inventory, the record of processing (GDPR Art. 30): per field, live records, subjects, the oldest record's day, retention and the purposes that may read it; totals, erasures, pending purges, KEK versions and backups. Counts only. Scope: audit.",
-                "responses": answers(json!({ "200": answer("The inventory.", "Inventory") }), &[KEYED, STORED, &["forbidden"]])
+                "responses": answers(json!({ "200": answer("The inventory.", "Inventory") }), &[KEYED, READS, &["forbidden"]])
             }},
             "/v1/audit/verify": { "post": {
                 "operationId": "verifyAudit",
@@ -574,33 +619,33 @@ pub fn document(contract: &Contract<'_>) -> Value {
                     "example": { "expected_head": { "seq": 41, "mac": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" } }
                 } } },
                 "responses": answers(json!({ "200": answer("The result, with the first bad event.", "AuditCheck") }),
-                    &[KEYED, STORED, BODY, &["forbidden"]])
+                    &[KEYED, READS, BODY, &["forbidden"]])
             }},
             "/v1/admin/rotate": { "post": {
                 "operationId": "rotate",
                 "summary": "Start a key-encryption-key rotation; rewrapping runs in the background. Takes no body. Scope: admin.",
-                "responses": answers(json!({ "200": answer("Key status.", "KeyStatus") }), &[KEYED, STORED, &["forbidden"]])
+                "responses": answers(json!({ "200": answer("Key status.", "KeyStatus") }), &[KEYED, WRITES, &["forbidden"]])
             }},
             "/v1/admin/keys": { "get": {
                 "operationId": "keys",
                 "summary": "Key versions, subject keys per version, rotation and purge progress. Scope: admin.",
-                "responses": answers(json!({ "200": answer("Key status.", "KeyStatus") }), &[KEYED, STORED, &["forbidden"]])
+                "responses": answers(json!({ "200": answer("Key status.", "KeyStatus") }), &[KEYED, READS, &["forbidden"]])
             }},
             "/v1/admin/keys/retire": { "post": {
                 "operationId": "retireKeys",
                 "summary": "Finish the rotation under way (rewrapping every subject key) and retire the old KEK versions: removed from the keyring and the header. Takes no body. Scope: admin.",
-                "responses": answers(json!({ "200": answer("The versions retired and the key status.", "KeyRetirement") }), &[KEYED, STORED, &["forbidden"]])
+                "responses": answers(json!({ "200": answer("The versions retired and the key status.", "KeyRetirement") }), &[KEYED, WRITES, &["forbidden"]])
             }},
             "/v1/admin/backups": {
                 "post": {
                     "operationId": "createBackup",
                     "summary": "Take a backup now, while serving; older ones past `keep` are deleted. Takes no body. Scope: admin.",
-                    "responses": answers(json!({ "201": answer("The backup.", "BackupCreated") }), &[KEYED, STORED, &["forbidden", "backups_not_configured", "unsupported"]])
+                    "responses": answers(json!({ "201": answer("The backup.", "BackupCreated") }), &[KEYED, WRITES, &["forbidden", "backups_not_configured", "unsupported"]])
                 },
                 "get": {
                     "operationId": "backups",
                     "summary": "The kept backups, and how long erased subjects live on in them. Scope: admin.",
-                    "responses": answers(json!({ "200": answer("The backups.", "Backups") }), &[KEYED, STORED, &["forbidden", "backups_not_configured", "unsupported"]])
+                    "responses": answers(json!({ "200": answer("The backups.", "Backups") }), &[KEYED, READS, &["forbidden", "backups_not_configured", "unsupported"]])
                 }
             },
             "/healthz": { "get": {
@@ -696,14 +741,14 @@ pub fn document(contract: &Contract<'_>) -> Value {
                 })),
                 "AuditHead": object(&["seq", "mac"], json!({
                     "seq": { "type": ["integer", "null"] },
-                    "mac": { "type": ["string", "null"], "pattern": "^[0-9a-f]{64}$" }
+                    "mac": { "type": ["string", "null"], "pattern": whole("[0-9a-f]{64}") }
                 })),
                 "VerifyRequest": closed(&[], json!({
                     "expected_head": {
                         "type": ["object", "null"], "required": ["seq", "mac"], "additionalProperties": false,
                         "properties": {
-                            "seq": { "type": "integer", "minimum": 0, "maximum": U64_MAX },
-                            "mac": { "type": "string", "pattern": "^[0-9a-fA-F]{64}$" }
+                            "seq": { "type": "integer", "minimum": 0, "maximum": u64::MAX },
+                            "mac": { "type": "string", "pattern": whole("[0-9a-fA-F]{64}") }
                         },
                         "description": "A head taken earlier (GET /v1/audit/head)."
                     }
@@ -714,9 +759,9 @@ pub fn document(contract: &Contract<'_>) -> Value {
                     "purpose": purpose(&consent_based, "A declared purpose whose lawful basis is consent."),
                     "granted": { "type": "boolean" },
                     "source": {
-                        "type": ["string", "null"], "minLength": 1, "maxLength": 256,
-                        "pattern": format!("^[^{CONTROLS}]*$"),
-                        "description": "Where the consent was given or withdrawn (a form, a call): 1 to 256 characters, no control characters. Personal data.",
+                        "type": ["string", "null"], "minLength": 1, "maxLength": MAX_SOURCE_LEN,
+                        "pattern": whole(&format!("[^{CONTROLS}]*")),
+                        "description": format!("Where the consent was given or withdrawn (a form, a call): 1 to {MAX_SOURCE_LEN} characters, no control characters. Personal data."),
                         "example": "signup form v2"
                     }
                 })),
@@ -823,13 +868,7 @@ pub fn document(contract: &Contract<'_>) -> Value {
                     "holding_erased": { "type": "integer" },
                     "backups_until_clean": { "type": "integer" }
                 })),
-                "Error": object(&["error"], json!({
-                    "error": object(&["code", "message"], json!({
-                        "code": { "type": "string" },
-                        "message": { "type": "string" },
-                        "item": { "type": "integer", "description": "Index of the offending batch item." }
-                    }))
-                }))
+                "Error": error_body(json!({ "type": "string" }))
             }
         }
     })
@@ -886,8 +925,11 @@ fn tokenize_item(subject: &Value, field: &Value, value: Value) -> Value {
         })
     };
     item["allOf"] = json!([
-        shaped("digits", "^[0-9]{1,32}$"),
-        shaped("luhn", "^[0-9]{8,19}$")
+        shaped(
+            "digits",
+            &whole(&format!("[0-9]{{1,{MAX_DIGIT_TOKEN_LEN}}}"))
+        ),
+        shaped("luhn", &whole("[0-9]{8,19}"))
     ]);
     item
 }
@@ -902,7 +944,7 @@ mod tests {
         let doc = document(&Contract {
             limits: &limits,
             vault: &limits.vault_limits(),
-            purposes: &[],
+            purposes: None,
         });
         for route in crate::api::ROUTES.into_iter().chain(["/openapi.json"]) {
             assert!(
