@@ -318,6 +318,11 @@
   async function recordConsentNow() {
     const granted = document.querySelector('input[name="consent-change"]:checked').value === 'grant';
     const source = $('consent-source').value.trim();
+    // Counted as the vault counts: characters, not UTF-16 units (maxlength's).
+    if ([...source].length > 256) {
+      say('The source has more than 256 characters: nothing was recorded.', true);
+      return;
+    }
     const body = { subject: current.subject, purpose: $('consent-purpose').value, granted };
     if (source) body.source = source;
     try {

@@ -1,7 +1,11 @@
-//! `/openapi.json`: an OpenAPI 3.1 description of every route.
+//! `/openapi.json`: an OpenAPI 3.1 description of every route, precise enough for
+//! a generated client to validate what it sends: every rule the server enforces,
+//! with this server's limits and (to a key holder) its purposes, and every error
+//! each operation answers with.
 //!
-//! Written by hand next to the wire types (`vault_client::api`); a test checks that
-//! every route the router serves is described.
+//! Written by hand next to the wire types (`vault_client::api`). Tests check that
+//! every route the router serves is described; `scripts/test-api` checks the server
+//! against the document with schemathesis, a tool we did not write.
 
 use serde_json::{Map, Value, json};
 use vault_core::{

@@ -239,8 +239,17 @@ def test_a_privacy_officer_answers_requests(server, browser):
     shot(page, "05-printable-export")
     page.click("#print-close")
 
-    # Consent: a grant for a consent-based purpose, with its source.
+    # Consent: a grant for a consent-based purpose, with its source. A source is
+    # counted in characters, as the vault counts it: 256 characters outside the
+    # BMP (512 UTF-16 units) are taken, one more is refused before it is sent.
     page.select_option("#consent-purpose", "newsletter")
+    page.check("input[name=consent-change][value=grant]")
+    page.fill("#consent-source", "\U0001F4DD" * 257)
+    page.click("#consent-form button[type=submit]")
+    expect(page.locator("#status")).to_contain_text("more than 256 characters")
+    page.fill("#consent-source", "\U0001F4DD" * 256)
+    page.click("#consent-form button[type=submit]")
+    expect(page.locator("#status")).to_contain_text("Consent granted")
     page.check("input[name=consent-change][value=grant]")
     page.fill("#consent-source", "desk test form")
     page.click("#consent-form button[type=submit]")
