@@ -722,7 +722,9 @@ fn secrets_stay_out_of_debug_output() -> TestResult {
     ] {
         assert!(!shown.contains("alice"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(!shown.contains("7, 7, 7"), "{shown}");
+        // The root key's bytes as Debug would list them, twenty in a row: a short
+        // run like "7, 7, 7" turns up in a random subject reference now and then.
+        assert!(!shown.contains(&format!("{ROOT:?}")[1..60]), "{shown}");
     }
     Ok(())
 }
