@@ -272,14 +272,12 @@ fn random_digits(free: usize) -> Result<String, Error> {
 fn shape(format: TokenFormat, value: &[u8], free: &str) -> String {
     match format {
         TokenFormat::Luhn => {
-            // The check digit's place is the fifth from the right, which Luhn does
-            // not double: the digit adds itself to the sum.
+            // The check digit's place is the fifth from the right.
             let mut digits = free.as_bytes().to_vec();
             digits.push(b'0');
             digits.extend_from_slice(&value[value.len() - 4..]);
             let check_at = digits.len() - 5;
-            let sum = luhn_sum(&digits);
-            digits[check_at] = b'0' + u8::try_from((10 - sum % 10) % 10).unwrap_or(0);
+            luhn_complete(&mut digits, check_at);
             String::from_utf8(digits).unwrap_or_default()
         }
         TokenFormat::Digits | TokenFormat::Email => free.to_owned(),
@@ -287,7 +285,7 @@ fn shape(format: TokenFormat, value: &[u8], free: &str) -> String {
 }
 
 /// The Luhn sum of ASCII digits, every second from the right doubled.
-pub(crate) fn luhn_sum(digits: &[u8]) -> u32 {
+fn luhn_sum(digits: &[u8]) -> u32 {
     digits
         .iter()
         .rev()
@@ -301,6 +299,15 @@ pub(crate) fn luhn_sum(digits: &[u8]) -> u32 {
             }
         })
         .sum()
+}
+
+/// Sets the ASCII digit at `at` so that `digits` pass the Luhn check. `at` must be
+/// a place Luhn does not double (the first, third… from the right): the digit then
+/// adds itself to the sum.
+pub(crate) fn luhn_complete(digits: &mut [u8], at: usize) {
+    digits[at] = b'0';
+    let sum = luhn_sum(digits);
+    digits[at] = b'0' + u8::try_from((10 - sum % 10) % 10).unwrap_or(0);
 }
 
 /// Whether a string of ASCII digits passes the Luhn check.

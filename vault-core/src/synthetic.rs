@@ -694,10 +694,10 @@ fn card(s: &mut Stream, text: &str) -> Option<String> {
 
 /// The digit that, appended to `payload`, makes it Luhn-valid.
 fn luhn_check_digit(payload: &[u8]) -> u8 {
-    let mut with_zero = payload.to_vec();
-    with_zero.push(b'0');
-    let sum = crate::alias::luhn_sum(&with_zero);
-    b'0' + u8::try_from((10 - sum % 10) % 10).unwrap_or(0)
+    let mut digits = payload.to_vec();
+    digits.push(b'0');
+    crate::alias::luhn_complete(&mut digits, payload.len());
+    digits[payload.len()]
 }
 
 // --- Free text ---

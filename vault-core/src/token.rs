@@ -102,11 +102,7 @@ impl TokenCodec {
     /// `None` for a token whose tag does not verify, and for one the vault looks
     /// up (digits).
     pub(crate) fn key(&self, token: &Token) -> Option<TokenId> {
-        let mut key = token.verify(&self.tag_key)?;
-        if let Some(cipher) = &self.cipher {
-            cipher.decrypt_block((&mut key).into());
-        }
-        Some(key)
+        token.verify(&self.tag_key).map(|id| self.decrypt(id))
     }
 
     /// The storage key an opaque token (`tok_…`, not in e-mail form) decodes to,
@@ -117,11 +113,15 @@ impl TokenCodec {
         let Form::Id { email: false, .. } = &token.form else {
             return None;
         };
-        let mut key = token.id();
+        Some(self.decrypt(token.id()))
+    }
+
+    /// The storage key a token's identifier stands for.
+    fn decrypt(&self, mut id: TokenId) -> TokenId {
         if let Some(cipher) = &self.cipher {
-            cipher.decrypt_block((&mut key).into());
+            cipher.decrypt_block((&mut id).into());
         }
-        Some(key)
+        id
     }
 }
 

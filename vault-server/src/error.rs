@@ -164,12 +164,8 @@ impl ApiError {
 
     /// Text without a token's shape. (A token of that shape the vault did not
     /// issue is `not_found`, like a deleted one.)
-    pub(crate) fn invalid_token(item: Option<usize>) -> Self {
-        let message = match item {
-            Some(i) => format!("item {i}: not a token"),
-            None => "not a token".to_owned(),
-        };
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_token", message).at(item)
+    pub(crate) fn invalid_token() -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_token", "not a token")
     }
 
     /// A vault error, for the call that produced it.
@@ -177,7 +173,7 @@ impl ApiError {
         use vault_core::Error as E;
         match err {
             E::InvalidInput(input) => ApiError::from_input(&input),
-            E::InvalidToken => ApiError::invalid_token(None),
+            E::InvalidToken => ApiError::invalid_token(),
             E::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such token"),
             E::Erased => ApiError::new(
                 StatusCode::GONE,

@@ -9,24 +9,10 @@
 
 use serde_json::{Map, Value, json};
 use vault_core::{
-    EMAIL_TOKEN_DOMAIN, LawfulBasis, Limits, MAX_DIGIT_TOKEN_LEN, MAX_SOURCE_LEN, Purpose,
-    TOKEN_TEXT_LEN,
+    EMAIL_TOKEN_DOMAIN, LawfulBasis, MAX_DIGIT_TOKEN_LEN, MAX_SOURCE_LEN, Purpose, TOKEN_TEXT_LEN,
 };
 
 use crate::config::LimitsConfig;
-
-/// What a running server enforces, for the document to state it: its limits and
-/// the purposes it declares.
-#[derive(Debug, Clone, Copy)]
-pub struct Contract<'a> {
-    /// The request limits (`[limits]`).
-    pub limits: &'a LimitsConfig,
-    /// The vault's own limits (subject ids and field names).
-    pub vault: &'a Limits,
-    /// The declared purposes, named in the document served to a key holder;
-    /// `None` for the public one, which states only a purpose name's shape.
-    pub purposes: Option<&'a [Purpose]>,
-}
 
 /// Every error code the API answers with: its status and what it means.
 const CODES: &[(&str, u16, &str)] = &[
@@ -386,27 +372,23 @@ fn subject_pattern() -> String {
     whole(&format!("[^{edge}]([^{inner}]*[^{edge}])?"))
 }
 
-/// The document for a server over `vault` with these request limits.
-/// With `named_purposes`, the one for key holders: this deployment's purposes
-/// (which `GET /v1/purposes` shows only to a key) as enums.
-pub fn document_of(
-    vault: &vault_core::Vault,
-    limits: &LimitsConfig,
-    named_purposes: bool,
-) -> Value {
-    let purposes = vault.purposes();
-    document(&Contract {
-        limits,
-        vault: &limits.vault_limits(),
-        purposes: named_purposes.then_some(&purposes[..]),
-    })
+/// The document anyone may read: this server's limits, and a purpose stated by
+/// its shape only.
+pub fn public(limits: &LimitsConfig) -> Value {
+    document(limits, None)
 }
 
-/// The document for a server with these limits and purposes.
-pub fn document(contract: &Contract<'_>) -> Value {
-    let limits = contract.limits;
-    let vault = contract.vault;
-    let all = contract.purposes.unwrap_or_default();
+/// The document for key holders: also this deployment's purposes (which
+/// `GET /v1/purposes` shows only to a key) as enums.
+pub fn for_key_holders(limits: &LimitsConfig, purposes: &[Purpose]) -> Value {
+    document(limits, Some(purposes))
+}
+
+/// The document for a server with these request limits (the vault's own follow
+/// from them) and, when named, purposes.
+fn document(limits: &LimitsConfig, purposes: Option<&[Purpose]>) -> Value {
+    let vault = &limits.vault_limits();
+    let all = purposes.unwrap_or_default();
     let declared: Vec<&str> = all.iter().map(Purpose::name).collect();
     let consent_based: Vec<&str> = all
         .iter()
@@ -442,7 +424,7 @@ pub fn document(contract: &Contract<'_>) -> Value {
             "example": "ada@example.com"
         })
     };
-    let purpose = |names: &[&str], description: &str| match contract.purposes {
+    let purpose = |names: &[&str], description: &str| match purposes {
         Some(_) => json!({ "type": "string", "enum": names, "description": description }),
         None => json!({
             "type": "string",
@@ -944,12 +926,7 @@ mod tests {
 
     #[test]
     fn every_route_is_described() {
-        let limits = LimitsConfig::default();
-        let doc = document(&Contract {
-            limits: &limits,
-            vault: &limits.vault_limits(),
-            purposes: None,
-        });
+        let doc = public(&LimitsConfig::default());
         for route in crate::api::ROUTES.into_iter().chain(["/openapi.json"]) {
             assert!(
                 doc["paths"].get(route).is_some(),
