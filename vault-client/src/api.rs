@@ -675,7 +675,8 @@ mod whole {
         if negative {
             return None;
         }
-        let exponent = exponent + i64::try_from(significant.len() - trimmed.len()).ok()?;
+        let exponent =
+            exponent.checked_add(i64::try_from(significant.len() - trimmed.len()).ok()?)?;
         if exponent < 0 || trimmed.len() > 20 {
             return None; // a fraction, or more than any u64
         }
@@ -756,6 +757,9 @@ mod whole {
             assert_eq!(seq("-1"), None);
             assert_eq!(seq("-0.5"), None);
             assert_eq!(seq("1e999999999999999999999"), None);
+            // Trailing zeros moved into an exponent already at its largest.
+            assert_eq!(seq("10e9223372036854775807"), None);
+            assert_eq!(seq("1.0e-9223372036854775808"), None);
             assert_eq!(seq("\"7\""), None);
             assert_eq!(seq("null"), None);
             assert_eq!(seq("true"), None);

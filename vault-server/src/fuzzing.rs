@@ -42,8 +42,8 @@ pub fn json_body(data: &[u8]) {
             let _ = parse_json::<SubjectRequest>(body);
         }
         5 => {
-            // As `POST /v1/audit/verify` reads it: an empty body asks for nothing.
-            if let Ok(request) = serde_json::from_slice::<VerifyRequest>(body)
+            // As `POST /v1/audit/verify` reads a body it was given.
+            if let Ok(request) = parse_json::<VerifyRequest>(body)
                 && let Some(head) = request.expected_head
             {
                 let _ = auth::decode_hex32(&head.mac);
